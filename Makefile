@@ -1,0 +1,93 @@
+# unmix-ports: two environments, one suite.
+#   make setup   create .venv (Python 3.11) and .venv-nnabla (Python 3.10), install the project into both, provide ffmpeg
+#   make test    the whole suite in both environments (fails if either fails or the NNabla run executes no test)
+#   make demo    separate the stempeg example clip and print the SDR table
+#   make lint    ruff
+#   make fixtures  regenerate parity_tests/fixtures from the upstream code
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+VENV     := .venv
+NNVENV   := .venv-nnabla
+PY       := $(VENV)/bin/python
+NNPY     := $(NNVENV)/bin/python
+PYTEST_ARGS ?=
+
+export TF_CPP_MIN_LOG_LEVEL := 2
+export PYTHONDONTWRITEBYTECODE := 1
+
+# A usable interpreter of a given version: on PATH first (pyenv shims answer even when that version is not
+# selected, so run it), then under pyenv's versions folder.
+find_python = $(firstword $(shell \
+	for c in python$(1) $$(ls -d $$(pyenv root 2>/dev/null || echo $$HOME/.pyenv)/versions/$(1).*/bin/python$(1) 2>/dev/null | sort -V -r); do \
+		"$$c" -c 'import sys; assert sys.version_info[:2] == tuple(map(int, "$(1)".split(".")))' >/dev/null 2>&1 && { echo "$$c"; break; }; \
+	done))
+
+.PHONY: help setup test test-main test-nnabla demo lint fixtures ffmpeg clean
+
+help:
+	@sed -n '2,7p' Makefile
+
+setup: $(VENV)/.installed $(NNVENV)/.installed ffmpeg
+
+$(VENV)/.installed: requirements/main.txt requirements/oracles.txt pyproject.toml
+	@py=$(call find_python,3.11); \
+	if [ -z "$$py" ]; then echo "make setup: Python 3.11 not found (looked for python3.11 on PATH and under \$$(pyenv root)/versions/3.11.*); install it, e.g. 'pyenv install 3.11'" >&2; exit 1; fi; \
+	echo "setup: $(VENV) with $$py"; \
+	[ -x $(PY) ] || "$$py" -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip setuptools
+	$(PY) -m pip install -q -r requirements/main.txt
+	$(PY) -m pip install -q --no-deps -r requirements/oracles.txt
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+$(NNVENV)/.installed: requirements/nnabla.txt pyproject.toml
+	@py=$(call find_python,3.10); \
+	if [ -z "$$py" ]; then echo "make setup: Python 3.10 not found (nnabla 1.39 has no wheel for 3.11; looked for python3.10 on PATH and under \$$(pyenv root)/versions/3.10.*); install it, e.g. 'pyenv install 3.10'" >&2; exit 1; fi; \
+	echo "setup: $(NNVENV) with $$py"; \
+	[ -x $(NNPY) ] || "$$py" -m venv $(NNVENV)
+	$(NNPY) -m pip install -q --upgrade pip setuptools
+	$(NNPY) -m pip install -q -r requirements/nnabla.txt
+	$(NNPY) -m pip install -q --no-deps --no-build-isolation -e .
+	@touch $@
+
+# stempeg (and musdb) decode stem files with the ffmpeg and ffprobe executables.
+ffmpeg:
+	@if command -v ffmpeg >/dev/null && command -v ffprobe >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "setup: installing ffmpeg (Debian package)"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends ffmpeg >/dev/null; \
+	else \
+		echo "make setup: ffmpeg and ffprobe are needed to read the stempeg example (stem files); install them, e.g. 'sudo apt-get install ffmpeg' or 'brew install ffmpeg'" >&2; exit 1; \
+	fi
+
+test: setup
+	@status=0; \
+	$(MAKE) --no-print-directory test-main || status=1; \
+	$(MAKE) --no-print-directory test-nnabla || status=1; \
+	if [ $$status != 0 ]; then echo "make test: FAILED (see above)" >&2; fi; exit $$status
+
+# Main environment: everything but the NNabla port.
+test-main:
+	@echo "== tests in $(VENV) (Python 3.11: NumPy reference, upstream oracles, torch/tf/jax ports)"
+	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile parity_tests --ignore=parity_tests/nnabla $(PYTEST_ARGS)
+
+# NNabla environment: the torch-free spec tests (against the committed fixtures) and the NNabla port.
+# UNMIX_REQUIRE_TESTS makes the run fail when no test passed.
+test-nnabla:
+	@echo "== tests in $(NNVENV) (Python 3.10: NumPy reference against committed fixtures, NNabla port)"
+	UNMIX_REQUIRE_TESTS=1 $(NNPY) -m pytest -p no:cacheprovider parity_tests/spec $$(ls -d parity_tests/nnabla 2>/dev/null) $(PYTEST_ARGS)
+
+demo: setup
+	$(PY) scripts/demo.py --out out
+
+lint: $(VENV)/.installed
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+fixtures: $(VENV)/.installed
+	$(PY) parity_tests/make_fixtures.py
+
+clean:
+	rm -rf $(VENV) $(NNVENV) out parity_tests/report

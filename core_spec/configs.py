@@ -1,0 +1,304 @@
+"""Framework-neutral configurations and the presets named like upstream.
+
+Every port builds its models from these dataclasses, and every canonical weight file stores one of them as JSON
+beside its arrays, so that a file is self-describing (the idea of demucs's ``capture_init``).
+
+Open-Unmix presets follow ``openunmix/__init__.py`` of openunmix 1.3.0; Demucs presets follow
+``demucs/pretrained.py`` of demucs 2.0.3 (branch ``v2``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DEMUCS_PRESETS",
+    "UMX_PRESETS",
+    "DemucsConfig",
+    "STFTConfig",
+    "SeparatorConfig",
+    "UMXConfig",
+    "UMXSeparatorConfig",
+    "WienerConfig",
+    "bandwidth_to_max_bin",
+    "config_from_json",
+    "config_to_json",
+    "demucs_preset",
+    "umx_preset",
+]
+
+
+def bandwidth_to_max_bin(rate: float, n_fft: int, bandwidth: float) -> int:
+    """Number of STFT bins the UMX network reads: every bin whose centre frequency is <= ``bandwidth`` Hz.
+
+    ``max(where(linspace(0, rate / 2, n_fft // 2 + 1) <= bandwidth)) + 1``: 1487 for 44.1 kHz, n_fft 4096 and
+    16 kHz; 513 (the full band) for 16 kHz, n_fft 1024.
+    """
+    freqs = np.linspace(0, float(rate) / 2, n_fft // 2 + 1, endpoint=True)
+    return int(np.max(np.where(freqs <= bandwidth)[0])) + 1
+
+
+@dataclass(frozen=True)
+class STFTConfig:
+    """STFT with the ``torch.stft`` conventions used by Open-Unmix.
+
+    Periodic Hann window of length ``n_fft``, hop ``n_hop``, reflect padding of ``n_fft // 2`` on both sides when
+    ``center``, one-sided spectrum, no normalisation (``normalized=True`` scales by ``1 / sqrt(n_fft)``).
+    """
+
+    n_fft: int = 4096
+    n_hop: int = 1024
+    center: bool = True
+    normalized: bool = False
+
+    @property
+    def nb_bins(self) -> int:
+        return self.n_fft // 2 + 1
+
+    def nb_frames(self, nb_timesteps: int) -> int:
+        """Frames for a signal of ``nb_timesteps`` samples (``1 + L // n_hop`` when centred)."""
+        if self.center:
+            return 1 + nb_timesteps // self.n_hop
+        return 1 + (nb_timesteps - self.n_fft) // self.n_hop
+
+
+@dataclass(frozen=True)
+class UMXConfig:
+    """Constructor arguments of ``openunmix.model.OpenUnmix`` (one target), plus the STFT it expects.
+
+    ``nb_bins`` is the number of STFT bins of the input (``n_fft // 2 + 1``); ``max_bin`` the number the network
+    reads (the bandwidth crop). ``nb_channels`` is the number of channels the network sees (1 for ``umxse``, whose
+    separator down-mixes magnitudes).
+    """
+
+    nb_bins: int = 2049
+    nb_channels: int = 2
+    hidden_size: int = 512
+    nb_layers: int = 3
+    unidirectional: bool = False
+    max_bin: int | None = 1487
+
+    kind: str = field(default="umx", init=False)
+
+    def __post_init__(self) -> None:
+        if self.max_bin is not None and not 0 < self.max_bin <= self.nb_bins:
+            raise ValueError(f"max_bin must lie in [1, nb_bins={self.nb_bins}], got {self.max_bin}")
+        if not self.unidirectional and self.hidden_size % 2:
+            raise ValueError(f"a bidirectional UMX needs an even hidden_size, got {self.hidden_size}")
+
+    @property
+    def crop_bins(self) -> int:
+        """Width of the network's input after the bandwidth crop (``max_bin or nb_bins``)."""
+        return self.max_bin or self.nb_bins
+
+    @property
+    def lstm_hidden_size(self) -> int:
+        return self.hidden_size if self.unidirectional else self.hidden_size // 2
+
+    @property
+    def nb_directions(self) -> int:
+        return 1 if self.unidirectional else 2
+
+
+@dataclass(frozen=True)
+class WienerConfig:
+    """Post-processing of the UMX separator (``openunmix.filtering.wiener``).
+
+    ``niter``: EM iterations (0 = the initial estimate only). ``softmask``: initialise with a ratio mask instead of
+    the mixture phase. ``residual``: add ``mixture - sum(targets)`` as an extra source. ``wiener_win_len``: frames
+    per independently filtered chunk (``None``: the whole track at once). ``atan2``: ``"upstream"`` reproduces
+    openunmix's own ``atan2`` (it sets the real part of every exactly-zero mixture bin to 1.0 inside the filter,
+    and uses pi rounded to float32); ``"exact"`` uses the true ``atan2`` and leaves the mixture untouched (see
+    ``core_spec.reference.filtering``).
+    """
+
+    niter: int = 1
+    softmask: bool = False
+    residual: bool = False
+    wiener_win_len: int | None = 300
+    eps: float = 1e-10
+    scale_factor: float = 10.0
+    batch_size: int = 200
+    atan2: str = "upstream"
+
+    def __post_init__(self) -> None:
+        if self.atan2 not in ("upstream", "exact"):
+            raise ValueError(f"atan2 must be 'upstream' or 'exact', got {self.atan2!r}")
+        if self.niter < 0:
+            raise ValueError(f"niter must be >= 0, got {self.niter}")
+
+
+@dataclass(frozen=True)
+class SeparatorConfig:
+    """Everything the UMX separator needs beyond the per-target weights."""
+
+    targets: tuple[str, ...] = ("vocals", "drums", "bass", "other")
+    sample_rate: float = 44100.0
+    nb_audio_channels: int = 2
+    stft: STFTConfig = STFTConfig()
+    wiener: WienerConfig = WienerConfig()
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "targets", tuple(self.targets))
+
+
+@dataclass(frozen=True)
+class UMXSeparatorConfig:
+    """A whole UMX preset: the network config (same for every target) and the separator config."""
+
+    model: UMXConfig
+    separator: SeparatorConfig
+
+    kind: str = field(default="umx_separator", init=False)
+
+
+def _umx(hidden_size: int, **sep: Any) -> UMXSeparatorConfig:
+    stft = sep.pop("stft", STFTConfig())
+    rate = sep.get("sample_rate", 44100.0)
+    nb_channels = sep.pop("nb_channels", 2)
+    model = UMXConfig(
+        nb_bins=stft.nb_bins,
+        nb_channels=nb_channels,
+        hidden_size=hidden_size,
+        nb_layers=3,
+        unidirectional=False,
+        max_bin=bandwidth_to_max_bin(rate, stft.n_fft, 16000),
+    )
+    return UMXSeparatorConfig(model=model, separator=SeparatorConfig(stft=stft, **sep))
+
+
+MUSIC_TARGETS = ("vocals", "drums", "bass", "other")
+
+UMX_PRESETS: dict[str, UMXSeparatorConfig] = {
+    "umx": _umx(512, targets=MUSIC_TARGETS),
+    "umxhq": _umx(512, targets=MUSIC_TARGETS),
+    "umxl": _umx(1024, targets=MUSIC_TARGETS),
+    "umxse": _umx(
+        256,
+        targets=("speech", "noise"),
+        sample_rate=16000.0,
+        nb_channels=1,
+        stft=STFTConfig(n_fft=1024, n_hop=512),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class DemucsConfig:
+    """Constructor arguments of ``demucs.model.Demucs`` of demucs 2.0.x (the v2 waveform model).
+
+    The seed paper's v1 model is the same network with ``resample=False`` and ``normalize=False``: preset
+    ``demucs_v1``. ``segment_length`` is in samples (40 s for the released v2 models).
+    """
+
+    sources: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+    audio_channels: int = 2
+    channels: int = 64
+    depth: int = 6
+    rewrite: bool = True
+    glu: bool = True
+    rescale: float = 0.1
+    resample: bool = True
+    kernel_size: int = 8
+    stride: int = 4
+    growth: float = 2.0
+    lstm_layers: int = 2
+    context: int = 3
+    normalize: bool = False
+    samplerate: int = 44100
+    segment_length: int = 4 * 10 * 44100
+
+    kind: str = field(default="demucs", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources))
+
+    def layer_channels(self) -> list[tuple[int, int]]:
+        """``(in_channels, channels)`` of every encoder layer, outermost first."""
+        out, chin, ch = [], self.audio_channels, self.channels
+        for _ in range(self.depth):
+            out.append((chin, ch))
+            chin, ch = ch, int(self.growth * ch)
+        return out
+
+
+DEMUCS_PRESETS: dict[str, DemucsConfig] = {
+    "demucs": DemucsConfig(channels=64),
+    "demucs48_hq": DemucsConfig(channels=48),
+    "demucs_extra": DemucsConfig(channels=64),
+    "demucs_unittest": DemucsConfig(channels=4),
+    # arXiv 1909.01174: no resampling, no normalisation, C1 = 64 (the released v1 "demucs" used 100).
+    "demucs_v1": DemucsConfig(channels=64, resample=False, normalize=False),
+}
+
+
+def umx_preset(name: str) -> UMXSeparatorConfig:
+    try:
+        return UMX_PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown Open-Unmix preset {name!r}; known: {sorted(UMX_PRESETS)}") from None
+
+
+def demucs_preset(name: str) -> DemucsConfig:
+    try:
+        return DEMUCS_PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown Demucs preset {name!r}; known: {sorted(DEMUCS_PRESETS)}") from None
+
+
+# --- JSON round trip ------------------------------------------------------------------------------------------
+
+_CLASSES = {
+    "STFTConfig": STFTConfig,
+    "UMXConfig": UMXConfig,
+    "WienerConfig": WienerConfig,
+    "SeparatorConfig": SeparatorConfig,
+    "UMXSeparatorConfig": UMXSeparatorConfig,
+    "DemucsConfig": DemucsConfig,
+}
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        out: dict[str, Any] = {"__class__": type(obj).__name__}
+        for f in dataclasses.fields(obj):
+            if f.init:
+                out[f.name] = _to_plain(getattr(obj, f.name))
+        return out
+    if isinstance(obj, tuple):
+        return [_to_plain(x) for x in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ValueError(f"cannot store a non-finite float in a config: {obj}")
+    return obj
+
+
+def _from_plain(obj: Any) -> Any:
+    if isinstance(obj, dict) and "__class__" in obj:
+        name = obj["__class__"]
+        if name not in _CLASSES:
+            raise ValueError(f"unknown config class {name!r} in JSON; known: {sorted(_CLASSES)}")
+        cls = _CLASSES[name]
+        names = {f.name for f in dataclasses.fields(cls) if f.init}
+        unknown = set(obj) - names - {"__class__"}
+        if unknown:
+            raise ValueError(f"{name}: unknown fields {sorted(unknown)} in JSON")
+        return cls(**{k: _from_plain(v) for k, v in obj.items() if k != "__class__"})
+    if isinstance(obj, list):
+        return tuple(_from_plain(x) for x in obj)
+    return obj
+
+
+def config_to_json(config: Any) -> str:
+    """Serialise any config of this module to JSON (sorted keys, class names recorded)."""
+    return json.dumps(_to_plain(config), sort_keys=True, indent=2)
+
+
+def config_from_json(text: str) -> Any:
+    """Inverse of :func:`config_to_json`."""
+    return _from_plain(json.loads(text))

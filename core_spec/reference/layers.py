@@ -1,0 +1,138 @@
+"""The layers both networks are made of, in float64 NumPy, with PyTorch's weight layouts and semantics.
+
+Written for reading: each function is the textbook formula with the layout spelt out.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+__all__ = [
+    "BATCH_NORM_EPS",
+    "batch_norm",
+    "conv1d",
+    "conv_transpose1d",
+    "glu",
+    "linear",
+    "lstm",
+    "sigmoid",
+]
+
+BATCH_NORM_EPS = 1e-5  # torch.nn.BatchNorm1d default (Keras's default is 1e-3: ports must set it)
+
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    """``x @ weight.T + bias``; ``weight`` is ``(out_features, in_features)`` as in ``torch.nn.Linear``."""
+    y = x @ _f64(weight).T
+    return y if bias is None else y + _f64(bias)
+
+
+def batch_norm(x: np.ndarray, w: Mapping[str, np.ndarray], prefix: str, eps: float = BATCH_NORM_EPS) -> np.ndarray:
+    """Eval-mode batch norm over the last axis: ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``."""
+    mean, var = _f64(w[f"{prefix}.running_mean"]), _f64(w[f"{prefix}.running_var"])
+    return (x - mean) / np.sqrt(var + eps) * _f64(w[f"{prefix}.weight"]) + _f64(w[f"{prefix}.bias"])
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def _lstm_direction(x: np.ndarray, w_ih: np.ndarray, w_hh: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """One direction of one layer: ``x (T, B, I)`` -> hidden states ``(T, B, H)``; zero initial state.
+
+    Gate rows of ``w_ih (4H, I)`` / ``w_hh (4H, H)`` are the blocks ``[i | f | g | o]`` (PyTorch order).
+    """
+    nb_frames, nb_samples, _ = x.shape
+    hidden = w_hh.shape[1]
+    h = np.zeros((nb_samples, hidden))
+    c = np.zeros((nb_samples, hidden))
+    x_proj = x @ w_ih.T + bias  # input projection of every step at once: (T, B, 4H)
+    out = np.empty((nb_frames, nb_samples, hidden))
+    for t in range(nb_frames):
+        gates = x_proj[t] + h @ w_hh.T
+        i = sigmoid(gates[:, 0 * hidden : 1 * hidden])
+        f = sigmoid(gates[:, 1 * hidden : 2 * hidden])
+        g = np.tanh(gates[:, 2 * hidden : 3 * hidden])
+        o = sigmoid(gates[:, 3 * hidden : 4 * hidden])
+        c = f * c + i * g
+        h = o * np.tanh(c)
+        out[t] = h
+    return out
+
+
+def lstm(x: np.ndarray, w: Mapping[str, np.ndarray], prefix: str, nb_layers: int, bidirectional: bool) -> np.ndarray:
+    """Multi-layer (bi)LSTM with ``torch.nn.LSTM`` names and semantics (eval mode: no dropout).
+
+    Args:
+        x: ``(nb_frames, nb_samples, input_size)``.
+        w: weights named ``{prefix}weight_ih_l{k}[_reverse]`` etc.
+
+    Returns:
+        ``(nb_frames, nb_samples, nb_directions * hidden_size)``: forward and backward states concatenated per
+        step. The backward direction runs over the whole sequence from its end.
+    """
+    for layer in range(nb_layers):
+        outputs = []
+        for suffix in ("", "_reverse") if bidirectional else ("",):
+            key = f"l{layer}{suffix}"
+            w_ih = _f64(w[f"{prefix}weight_ih_{key}"])
+            w_hh = _f64(w[f"{prefix}weight_hh_{key}"])
+            bias = _f64(w[f"{prefix}bias_ih_{key}"]) + _f64(w[f"{prefix}bias_hh_{key}"])
+            if suffix:
+                outputs.append(_lstm_direction(x[::-1], w_ih, w_hh, bias)[::-1])
+            else:
+                outputs.append(_lstm_direction(x, w_ih, w_hh, bias))
+        x = np.concatenate(outputs, axis=-1)
+    return x
+
+
+def glu(x: np.ndarray, axis: int = 1) -> np.ndarray:
+    """Gated linear unit: first half of ``axis`` (value) times sigmoid of the second half (gate)."""
+    a, b = np.split(x, 2, axis=axis)
+    return a * sigmoid(b)
+
+
+def conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int = 1) -> np.ndarray:
+    """Valid 1-D convolution (cross-correlation), ``torch.nn.Conv1d`` with padding 0.
+
+    Args:
+        x: ``(nb_samples, in_channels, length)``.
+        weight: ``(out_channels, in_channels, kernel_size)``.
+
+    Returns:
+        ``(nb_samples, out_channels, (length - kernel_size) // stride + 1)``.
+    """
+    weight = _f64(weight)
+    kernel = weight.shape[-1]
+    nb_out = (x.shape[-1] - kernel) // stride + 1
+    idx = np.arange(nb_out)[:, None] * stride + np.arange(kernel)  # (nb_out, kernel)
+    patches = x[:, :, idx]  # (B, in, nb_out, kernel)
+    return np.einsum("bitk,oik->bot", patches, weight) + _f64(bias)[:, None]
+
+
+def conv_transpose1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int = 1) -> np.ndarray:
+    """Transposed 1-D convolution, ``torch.nn.ConvTranspose1d`` with padding 0.
+
+    Every input step ``t`` adds ``x[:, i, t] * weight[i, o, :]`` at output positions ``t * stride + k``.
+
+    Args:
+        x: ``(nb_samples, in_channels, length)``.
+        weight: ``(in_channels, out_channels, kernel_size)`` (PyTorch's transposed-convolution layout).
+
+    Returns:
+        ``(nb_samples, out_channels, (length - 1) * stride + kernel_size)``.
+    """
+    weight = _f64(weight)
+    nb_samples, _, length = x.shape
+    kernel = weight.shape[-1]
+    contrib = np.einsum("bit,iok->botk", x, weight)  # (B, out, length, kernel)
+    y = np.zeros((nb_samples, weight.shape[1], (length - 1) * stride + kernel))
+    for k in range(kernel):
+        y[:, :, k : k + (length - 1) * stride + 1 : stride] += contrib[..., k]
+    return y + _f64(bias)[:, None]

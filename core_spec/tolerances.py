@@ -1,0 +1,180 @@
+"""The one table of tolerances, and the metrics every parity assertion in the project uses.
+
+Three metrics are computed for every comparison and all three are recorded:
+
+- ``max_abs``: ``max |actual - expected|``;
+- ``rel``: ``max |actual - expected| / max |expected|`` (relative to the signal's peak, not element-wise, so that
+  near-zero entries do not dominate);
+- ``snr_db``: ``10 log10(sum expected^2 / sum (actual - expected)^2)`` (``inf`` when equal).
+
+A :class:`Tolerance` bounds one or more of them; every bound that is set must hold. The table is keyed by
+``(stage, dtype, device)``: ``dtype`` is the precision of the computation under test (``"float64"`` or
+``"float32"``), ``device`` is ``"cpu"`` or ``"gpu"``. The float64 rows bound both the NumPy reference against the
+upstream oracle and float64 ports against the reference. Tests never carry their own numbers: they call
+:func:`check` with a stage name from this table.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "RECORDED",
+    "SDR_DIFF_DB",
+    "TOLERANCES",
+    "Metrics",
+    "Tolerance",
+    "check",
+    "metrics",
+    "tolerance",
+]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """Upper bounds on ``max_abs`` and ``rel``, lower bound on ``snr_db``; ``None`` = not bounded."""
+
+    rel: float | None = None
+    max_abs: float | None = None
+    snr_db: float | None = None
+
+    def describe(self) -> str:
+        parts = []
+        if self.rel is not None:
+            parts.append(f"rel <= {self.rel:.0e}")
+        if self.max_abs is not None:
+            parts.append(f"max_abs <= {self.max_abs:.0e}")
+        if self.snr_db is not None:
+            parts.append(f"snr >= {self.snr_db:g} dB")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class Metrics:
+    max_abs: float
+    rel: float
+    snr_db: float
+
+    def __str__(self) -> str:
+        return f"max_abs={self.max_abs:.3e} rel={self.rel:.3e} snr={self.snr_db:.1f} dB"
+
+
+# Stages, in the order of the chain of parity. Each stage names what is compared.
+#   stft / istft / magnitude        transforms
+#   umx.layer                       every intermediate output of OpenUnmix (after fc1, bn1, lstm, fc2, ..., mask)
+#   umx.output                      the network output (masked magnitude)
+#   wiener                          the Wiener/EM filter output (complex, per source)
+#   separator                       waveform in -> stems out (UMX)
+#   resample                        the julius-compatible resampler
+#   demucs.layer / demucs.output    every encoder/decoder/LSTM output, and the forward
+#   demucs.apply                    apply_model with split and overlap-add
+#   round_trip                      STFT -> ISTFT reconstruction of a signal
+_F64 = {
+    "stft": Tolerance(rel=1e-12),
+    "istft": Tolerance(rel=1e-12),
+    "magnitude": Tolerance(rel=1e-12),
+    "round_trip": Tolerance(rel=1e-12),
+    "umx.layer": Tolerance(rel=1e-11),
+    "umx.output": Tolerance(rel=1e-11),
+    "wiener": Tolerance(rel=1e-10),
+    "separator": Tolerance(rel=1e-10),
+    "resample": Tolerance(rel=1e-12),
+    "demucs.layer": Tolerance(rel=1e-11),
+    "demucs.output": Tolerance(rel=1e-11),
+    "demucs.apply": Tolerance(rel=1e-11),
+}
+
+_F32 = {
+    "stft": Tolerance(rel=1e-5),
+    "istft": Tolerance(rel=1e-5),
+    "magnitude": Tolerance(rel=1e-5),
+    "round_trip": Tolerance(rel=1e-5),
+    "umx.layer": Tolerance(rel=1e-4),
+    "umx.output": Tolerance(rel=1e-4, snr_db=70.0),
+    # EM inverts near-singular 2x2 covariances in quiet bins: bounded by energy (SNR), not by the worst bin
+    "wiener": Tolerance(snr_db=60.0),
+    "separator": Tolerance(snr_db=60.0),
+    "resample": Tolerance(rel=1e-5),
+    "demucs.layer": Tolerance(rel=1e-4),
+    "demucs.output": Tolerance(rel=1e-4, snr_db=70.0),
+    "demucs.apply": Tolerance(rel=1e-4, snr_db=70.0),
+}
+
+TOLERANCES: dict[tuple[str, str, str], Tolerance] = {}
+for _device in ("cpu", "gpu"):
+    TOLERANCES.update({(stage, "float64", _device): tol for stage, tol in _F64.items()})
+    TOLERANCES.update({(stage, "float32", _device): tol for stage, tol in _F32.items()})
+
+# Oracle separation of the real clip scored with museval: SDR of a port (or the reference) may differ from the
+# upstream's SDR by at most this many dB per source.
+SDR_DIFF_DB = 0.01
+
+# Every call of :func:`check` appends a row here; the parity suite writes them to its report.
+RECORDED: list[dict[str, Any]] = []
+
+
+def tolerance(stage: str, dtype: str | np.dtype | type, device: str = "cpu") -> Tolerance:
+    """The tolerance for ``stage`` at ``dtype`` on ``device``; a clear error for an unknown key."""
+    key = (stage, np.dtype(dtype).name, device)
+    try:
+        return TOLERANCES[key]
+    except KeyError:
+        stages = sorted({k[0] for k in TOLERANCES})
+        raise KeyError(f"no tolerance for {key}; stages: {stages}, dtypes float32/float64, devices cpu/gpu") from None
+
+
+def metrics(actual: Any, expected: Any) -> Metrics:
+    """The three metrics of ``actual`` against ``expected`` (computed in float64; complex arrays allowed)."""
+    a = np.asarray(actual)
+    e = np.asarray(expected)
+    if a.shape != e.shape:
+        raise AssertionError(f"shape mismatch: actual {a.shape}, expected {e.shape}")
+    a = a.astype(np.complex128 if np.iscomplexobj(a) or np.iscomplexobj(e) else np.float64)
+    e = e.astype(a.dtype)
+    if not np.all(np.isfinite(a)):
+        bad = np.argwhere(~np.isfinite(a))[0]
+        raise AssertionError(f"non-finite value in actual at index {tuple(int(i) for i in bad)}")
+    diff = np.abs(a - e)
+    max_abs = float(diff.max()) if diff.size else 0.0
+    peak = float(np.abs(e).max()) if e.size else 0.0
+    rel = max_abs / peak if peak > 0 else (0.0 if max_abs == 0 else math.inf)
+    noise = float(np.sum(diff**2))
+    signal = float(np.sum(np.abs(e) ** 2))
+    if noise == 0:
+        snr = math.inf
+    elif signal == 0:
+        snr = -math.inf
+    else:
+        snr = 10 * math.log10(signal / noise)
+    return Metrics(max_abs=max_abs, rel=rel, snr_db=snr)
+
+
+def check(
+    actual: Any,
+    expected: Any,
+    stage: str,
+    dtype: str | np.dtype | type,
+    device: str = "cpu",
+    what: str = "",
+) -> Metrics:
+    """Assert that ``actual`` matches ``expected`` within the table's tolerance for ``(stage, dtype, device)``.
+
+    Records the metrics in :data:`RECORDED` (pass or fail) and returns them.
+    """
+    tol = tolerance(stage, dtype, device)
+    m = metrics(actual, expected)
+    ok = (
+        (tol.rel is None or m.rel <= tol.rel)
+        and (tol.max_abs is None or m.max_abs <= tol.max_abs)
+        and (tol.snr_db is None or m.snr_db >= tol.snr_db)
+    )
+    RECORDED.append(
+        {"what": what, "stage": stage, "dtype": np.dtype(dtype).name, "device": device, "ok": ok, **asdict(m)}
+    )
+    if not ok:
+        raise AssertionError(f"{what or stage}: {m} exceeds the tolerance ({tol.describe()}) for {stage}")
+    return m
