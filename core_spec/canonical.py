@@ -1,0 +1,146 @@
+"""The canonical weight format: one safetensors file of float32 arrays plus a JSON config beside it.
+
+``<stem>.safetensors`` holds the arrays under their upstream PyTorch state-dict names and layouts; ``<stem>.json``
+holds the config (``core_spec.configs`` JSON: model kind, constructor arguments, targets/sources, sample rate,
+STFT) and provenance (source file, its SHA-256). A copy of the JSON also sits in the safetensors metadata under
+``"unmix_ports"``, so a lone ``.safetensors`` file still describes itself.
+
+Layouts:
+
+- a Demucs model or a single UMX target (``UMXConfig``): names exactly as the upstream model's ``state_dict()``;
+- a UMX separator (``UMXSeparatorConfig``, several targets): one file, names prefixed as in upstream's
+  ``Separator.state_dict()``: ``target_models.<target>.<name>`` (e.g. ``target_models.vocals.fc1.weight``).
+
+Both are checked against :func:`core_spec.params.parameter_inventory` on write and on read.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from .params import check_weights
+
+__all__ = [
+    "FORMAT",
+    "CanonicalModel",
+    "canonical_paths",
+    "join_targets",
+    "load_canonical",
+    "save_canonical",
+    "split_targets",
+]
+
+FORMAT = "unmix-ports/canonical/1"
+TARGET_PREFIX = "target_models."
+
+CanonicalModel = tuple[dict[str, np.ndarray], UMXConfig | UMXSeparatorConfig | DemucsConfig, dict[str, Any]]
+
+
+def canonical_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(<stem>.safetensors, <stem>.json)`` for a path given with either suffix or none."""
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
+    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+
+
+def split_targets(weights: Mapping[str, np.ndarray], targets: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
+    """``target_models.<t>.<name>`` -> ``{t: {name: array}}``; unknown prefixes are an error."""
+    out: dict[str, dict[str, np.ndarray]] = {t: {} for t in targets}
+    for key, value in weights.items():
+        if not key.startswith(TARGET_PREFIX):
+            raise KeyError(f"separator weights: key {key!r} lacks the '{TARGET_PREFIX}<target>.' prefix")
+        target, name = key[len(TARGET_PREFIX) :].split(".", 1)
+        if target not in out:
+            raise KeyError(f"separator weights: key {key!r} names target {target!r}, not one of {targets}")
+        out[target][name] = value
+    return out
+
+
+def join_targets(per_target: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Inverse of :func:`split_targets`."""
+    return {f"{TARGET_PREFIX}{t}.{k}": v for t, w in per_target.items() for k, v in w.items()}
+
+
+def _check(weights: Mapping[str, np.ndarray], config: Any, source: str) -> dict[str, np.ndarray]:
+    if isinstance(config, UMXSeparatorConfig):
+        per_target = split_targets(weights, config.separator.targets)
+        checked = {t: check_weights(w, config.model, f"{source} [target {t}]") for t, w in per_target.items()}
+        return join_targets(checked)
+    return check_weights(weights, config, source)
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_canonical(
+    path: str | os.PathLike,
+    weights: Mapping[str, np.ndarray],
+    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
+    provenance: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> tuple[Path, Path]:
+    """Write ``<stem>.safetensors`` and ``<stem>.json`` atomically; refuse to overwrite unless ``force``.
+
+    Arrays are checked against the inventory and stored as float32 (exact for float16/float32 sources).
+    """
+    from safetensors.numpy import save_file
+
+    st_path, json_path = canonical_paths(path)
+    if not force:
+        for p in (st_path, json_path):
+            if p.exists():
+                raise FileExistsError(f"{p} exists; pass force=True (--force) to overwrite it")
+    st_path.parent.mkdir(parents=True, exist_ok=True)
+    checked = _check(weights, config, "weights")
+    arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in checked.items()}
+    header = {
+        "format": FORMAT,
+        "config": json.loads(config_to_json(config)),
+        "provenance": dict(provenance or {}),
+    }
+    text = json.dumps(header, indent=2, sort_keys=True)
+    _atomic_write(st_path, lambda tmp: save_file(arrays, tmp, metadata={"unmix_ports": text}))
+    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    return st_path, json_path
+
+
+def load_canonical(path: str | os.PathLike) -> CanonicalModel:
+    """Read a canonical model: ``(weights, config, provenance)``; the weights are checked against the inventory.
+
+    The JSON beside the safetensors file is read if present, else the copy in the safetensors metadata.
+    """
+    from safetensors import safe_open
+    from safetensors.numpy import load_file
+
+    st_path, json_path = canonical_paths(path)
+    if not st_path.exists():
+        raise FileNotFoundError(f"canonical weights {st_path} not found")
+    if json_path.exists():
+        text = json_path.read_text()
+    else:
+        with safe_open(str(st_path), framework="numpy") as f:
+            text = (f.metadata() or {}).get("unmix_ports", "")
+        if not text:
+            raise ValueError(f"{st_path} carries no unmix-ports config and {json_path} does not exist")
+    header = json.loads(text)
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{json_path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    config = config_from_json(json.dumps(header["config"]))
+    weights = _check(load_file(str(st_path)), config, str(st_path))
+    return weights, config, header.get("provenance", {})

@@ -1,0 +1,39 @@
+"""Regenerate every committed fixture from the upstream code: ``make fixtures`` (main environment, needs torch).
+
+Each ``parity_tests/fixtures_*.py`` module runs one upstream package on seeded inputs and ``random_weights`` in
+float64 and float32 and writes per-stage outputs to ``parity_tests/fixtures/*.npz`` with the versions it ran.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from parity_tests import fixtures_demucs, fixtures_umx
+from parity_tests.fixtures import FIXTURE_DIR
+
+BUDGET_BYTES = 20 * 1024 * 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--only", choices=("umx", "demucs"), help="regenerate one family only")
+    args = parser.parse_args()
+    written: list[Path] = []
+    if args.only in (None, "umx"):
+        written += fixtures_umx.make()
+    if args.only in (None, "demucs"):
+        written += fixtures_demucs.make()
+    for path in written:
+        print(f"wrote {path.relative_to(FIXTURE_DIR.parent.parent)} ({path.stat().st_size / 1e6:.2f} MB)")
+    total = sum(p.stat().st_size for p in FIXTURE_DIR.glob("*.npz"))
+    print(f"fixtures: {total / 1e6:.2f} MB in total (budget {BUDGET_BYTES / 1e6:.0f} MB)")
+    if total > BUDGET_BYTES:
+        raise SystemExit("fixtures exceed their budget: shorten the cases")
+
+
+if __name__ == "__main__":
+    main()
