@@ -16,6 +16,7 @@ __all__ = [
     "center_trim",
     "center_trim_bounds",
     "chunk_window",
+    "output_length",
     "segment_offsets",
     "transition_weight",
     "valid_length",
@@ -38,6 +39,31 @@ def valid_length(length: int, config: DemucsConfig) -> int:
         length = (length - 1) * config.stride + config.kernel_size
     if config.resample:
         length = math.ceil(length / 2)
+    return int(length)
+
+
+def output_length(length: int, config: DemucsConfig) -> int:
+    """Length of the model's output for an input of ``length`` samples (any length the model accepts).
+
+    Resample x2 (``2 L``), each encoder ``floor((L - kernel_size) / stride) + 1``, each decoder
+    ``L - context + 1`` (with ``rewrite``) then ``(L - 1) * stride + kernel_size``, resample /2 (``floor(L / 2)``).
+    For ``length = valid_length(L)`` the result is ``>= L``; :func:`center_trim` brings it back to ``L``.
+    Raises ``ValueError`` where a convolution would get fewer steps than its kernel.
+    """
+    if config.resample:
+        length *= 2
+    for index in range(config.depth):
+        if length < config.kernel_size:
+            raise ValueError(f"encoder.{index} gets {length} steps, fewer than its kernel ({config.kernel_size})")
+        length = (length - config.kernel_size) // config.stride + 1
+    for index in range(config.depth):
+        if config.rewrite:
+            if length < config.context:
+                raise ValueError(f"decoder.{index} gets {length} steps, fewer than its context ({config.context})")
+            length = length - config.context + 1
+        length = (length - 1) * config.stride + config.kernel_size
+    if config.resample:
+        length //= 2
     return int(length)
 
 

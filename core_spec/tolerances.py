@@ -45,9 +45,9 @@ class Tolerance:
     def describe(self) -> str:
         parts = []
         if self.rel is not None:
-            parts.append(f"rel <= {self.rel:.0e}")
+            parts.append(f"rel <= {self.rel:.2g}")
         if self.max_abs is not None:
-            parts.append(f"max_abs <= {self.max_abs:.0e}")
+            parts.append(f"max_abs <= {self.max_abs:.2g}")
         if self.snr_db is not None:
             parts.append(f"snr >= {self.snr_db:g} dB")
         return ", ".join(parts)
@@ -74,14 +74,21 @@ class Metrics:
 #   demucs.apply                    apply_model with split and overlap-add
 #   round_trip                      STFT -> ISTFT reconstruction of a signal
 _F64 = {
+    # upstream's STFT window is torch.hann_window in float32, cast to float64: it differs from the float64 Hann
+    # window by float32 rounding. Tests of the other stages inject upstream's window (see reference.transforms).
+    "window": Tolerance(rel=3e-7),
+    # openunmix's own atan2 adds pi rounded to float32 (8.7e-8 rad off): "exact" vs "upstream" phase init
+    "wiener.atan2": Tolerance(rel=1e-6),
     "stft": Tolerance(rel=1e-12),
     "istft": Tolerance(rel=1e-12),
     "magnitude": Tolerance(rel=1e-12),
     "round_trip": Tolerance(rel=1e-12),
     "umx.layer": Tolerance(rel=1e-11),
     "umx.output": Tolerance(rel=1e-11),
-    "wiener": Tolerance(rel=1e-10),
-    "separator": Tolerance(rel=1e-10),
+    # EM inverts 2x2 covariances whose condition number reaches ~1e6 where one source dominates a bin (rank-one
+    # R_j, regularised by sqrt(eps) = 1e-5 only): float64 rounding is amplified to ~1e-10 there.
+    "wiener": Tolerance(rel=1e-9),
+    "separator": Tolerance(rel=1e-9),
     "resample": Tolerance(rel=1e-12),
     "demucs.layer": Tolerance(rel=1e-11),
     "demucs.output": Tolerance(rel=1e-11),
@@ -89,6 +96,8 @@ _F64 = {
 }
 
 _F32 = {
+    "window": Tolerance(rel=3e-7),
+    "wiener.atan2": Tolerance(rel=1e-5),
     "stft": Tolerance(rel=1e-5),
     "istft": Tolerance(rel=1e-5),
     "magnitude": Tolerance(rel=1e-5),

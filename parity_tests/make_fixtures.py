@@ -10,9 +10,11 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+# Run as a script, this folder would be sys.path[0] and its test packages (torch/, nnabla/) would shadow the real
+# frameworks: put the repository root there instead.
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from parity_tests import fixtures_demucs, fixtures_umx
 from parity_tests.fixtures import FIXTURE_DIR
 
 BUDGET_BYTES = 20 * 1024 * 1024
@@ -24,8 +26,12 @@ def main() -> None:
     args = parser.parse_args()
     written: list[Path] = []
     if args.only in (None, "umx"):
+        from parity_tests import fixtures_umx
+
         written += fixtures_umx.make()
     if args.only in (None, "demucs"):
+        from parity_tests import fixtures_demucs
+
         written += fixtures_demucs.make()
     for path in written:
         print(f"wrote {path.relative_to(FIXTURE_DIR.parent.parent)} ({path.stat().st_size / 1e6:.2f} MB)")
