@@ -145,7 +145,7 @@ def make() -> list[Path]:
             model = oracle.umx_model(cfg.model, weights, tdt[dt])
             captured: dict[str, np.ndarray] = {}
 
-            def grab(key: str, kind: str):
+            def grab(key: str, kind: str, captured: dict[str, np.ndarray] = captured):
                 def hook(module, args, output=None):
                     tensor = args[0] if kind == "input" else output
                     if isinstance(tensor, tuple):

@@ -15,7 +15,7 @@ from pathlib import Path
 _HERE = Path(__file__).resolve().parent
 sys.path[:] = [str(_HERE.parent)] + [p for p in sys.path if Path(p or ".").resolve() != _HERE]
 
-from parity_tests.fixtures import FIXTURE_DIR
+from parity_tests.fixtures import FIXTURE_DIR  # noqa: E402
 
 BUDGET_BYTES = 20 * 1024 * 1024
 

@@ -29,7 +29,8 @@ def test_separator_matches_upstream(fx, name):
     audio = arrays[f"{name}.audio"]
     assert audio.shape == (1, 2, length)
     # upstream's float32-rounded Hann window (see core_spec.reference.transforms); the window stage is tested alone
-    window = load("umx_transforms")[0][f"{cfg.model.nb_channels == 1 and 'umxse' or 'umxhq'}.window.float64"]
+    preset = "umxse" if cfg.model.nb_channels == 1 else "umxhq"
+    window = load("umx_transforms")[0][f"{preset}.window.float64"]
     out = separate(audio, weights, cfg, window=window)
     assert out.shape == (1, len(target_names(cfg)), 2, length)
     check(out, arrays[f"{name}.out.float64"], "separator", "float64", what=f"separator {name}")

@@ -18,7 +18,9 @@ def fx() -> dict[str, np.ndarray]:
 
 def _name(i: int) -> str:
     c = WIENER_CASES[i]
-    return f"niter{c['niter']}-{'softmask' if c['softmask'] else 'phase'}-{'residual' if c['residual'] else 'targets'}-C{c['spec_channels']}"
+    init = "softmask" if c["softmask"] else "phase"
+    sources = "residual" if c["residual"] else "targets"
+    return f"niter{c['niter']}-{init}-{sources}-C{c['spec_channels']}"
 
 
 @pytest.mark.parametrize("i", range(len(WIENER_CASES)), ids=_name)
