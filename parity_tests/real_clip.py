@@ -58,8 +58,7 @@ def oracle_reference(clip: Clip, sep: SeparatorConfig) -> np.ndarray:
 
 def oracle_upstream(clip: Clip, sep: SeparatorConfig) -> np.ndarray:
     """The same separation by upstream openunmix (its STFT, ComplexNorm, wiener, ISTFT), float64."""
-    from parity_tests.oracle import torch  # inserts the torchaudio stub first
-
+    from parity_tests.oracle import torch  # noqa: I001  (inserts the torchaudio stub before openunmix is imported)
     from openunmix.filtering import wiener
     from openunmix.transforms import ComplexNorm, make_filterbanks
 
