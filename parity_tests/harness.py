@@ -1,0 +1,261 @@
+"""The parity tests every port runs, written once. NumPy only: both environments.
+
+A port's test module defines a ``port`` fixture returning a :class:`Port` adapter (plain functions that take and
+return NumPy arrays, running the port's own code in ``dtype`` on ``device``) and imports the tests::
+
+    from parity_tests.harness import *  # noqa: F403  (the shared stage tests)
+
+    @pytest.fixture(scope="module")
+    def port() -> Port: ...
+
+Each test runs one stage of the port on the inputs of a committed fixture and compares it with
+
+- the NumPy reference on the same inputs (float64, the spec; the chain of parity), at the tolerance of the
+  port's dtype, and
+- for float32, also the upstream output made in float32 (the fixture itself).
+
+Adapters may leave a stage as ``None`` only while the port does not have it yet; such tests fail (not skip)
+with a message naming the missing stage, so an unfinished port is never counted as passing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+
+from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig, umx_preset
+from core_spec.reference import apply as ref_apply
+from core_spec.reference import demucs as ref_demucs
+from core_spec.reference import filtering as ref_filtering
+from core_spec.reference import resample as ref_resample
+from core_spec.reference import separator as ref_separator
+from core_spec.reference import transforms as ref_transforms
+from core_spec.reference import umx as ref_umx
+from core_spec.tolerances import check
+from core_spec.weights import random_weights
+from parity_tests import fixtures_demucs, fixtures_umx
+from parity_tests.fixtures import load
+
+__all__ = [
+    "Port",
+    "test_port_stft",
+    "test_port_istft",
+    "test_port_magnitude",
+    "test_port_umx_layers",
+    "test_port_wiener",
+    "test_port_separator",
+    "test_port_resample",
+    "test_port_demucs_forward",
+    "test_port_demucs_apply",
+]
+
+Array = np.ndarray
+
+
+@dataclasses.dataclass
+class Port:
+    """What the shared tests call. Every function returns NumPy arrays (complex where the stage is complex).
+
+    - ``stft(x (B, C, L), cfg, dtype, device) -> (B, C, F, T) complex``
+    - ``istft(X (B, C, F, T) complex, cfg, length, dtype, device) -> (B, C, length)``
+    - ``complex_norm(X complex, mono, dtype, device) -> (B, C|1, F, T)``
+    - ``umx(weights, config, x (B, C, F, T), dtype, device) -> (output (B, C, F, T), trace dict)``; the trace holds
+      the keys of ``core_spec.reference.umx.UMX_TRACE_KEYS`` in the same layouts
+    - ``wiener(v (T, F, C|1, S), mix (T, F, C) complex, niter, softmask, residual, dtype, device) -> complex``
+    - ``separator(weights_by_target, config, audio (B, 2, L), dtype, device) -> (B, S, 2, L)``
+    - ``resample(x (..., L), old, new, dtype, device) -> (..., L')``
+    - ``demucs(weights, config, mix (B, C, L), dtype, device) -> (output (B, S, C, L'), trace dict)``
+    - ``apply_model(weights, config, mix (C, L), split, overlap, transition_power, segment_length, dtype,
+      device) -> (S, C, L)``
+    """
+
+    name: str
+    dtypes: tuple[str, ...] = ("float32", "float64")
+    device: str = "cpu"
+    stft: Callable[..., Array] | None = None
+    istft: Callable[..., Array] | None = None
+    complex_norm: Callable[..., Array] | None = None
+    umx: Callable[..., tuple[Array, dict[str, Array]]] | None = None
+    wiener: Callable[..., Array] | None = None
+    separator: Callable[..., Array] | None = None
+    resample: Callable[..., Array] | None = None
+    demucs: Callable[..., tuple[Array, dict[str, Array]]] | None = None
+    apply_model: Callable[..., Array] | None = None
+
+
+def _stage(port: Port, name: str) -> Callable[..., Any]:
+    fn = getattr(port, name)
+    if fn is None:
+        pytest.fail(f"{port.name} has no '{name}' stage yet")
+    return fn
+
+
+def _dtypes(port: Port) -> list[str]:
+    return list(port.dtypes)
+
+
+def _both(port: Port, actual: Array, reference: Array, upstream32: Array | None, stage: str, dtype: str, what: str):
+    """Check against the float64 reference, and for float32 also against upstream's float32 output."""
+    check(actual, reference, stage, dtype, port.device, what=f"{port.name} {what} vs reference")
+    if dtype == "float32" and upstream32 is not None:
+        check(actual, upstream32, stage, dtype, port.device, what=f"{port.name} {what} vs upstream float32")
+
+
+# --- transforms ---------------------------------------------------------------------------------------------
+
+_TRANSFORM_PRESETS = sorted(fixtures_umx.TRANSFORM_PRESETS)
+
+
+def _stft_cfg(preset: str) -> STFTConfig:
+    return umx_preset(preset).separator.stft
+
+
+@pytest.mark.parametrize("preset", _TRANSFORM_PRESETS)
+def test_port_stft(port: Port, preset: str) -> None:
+    fx, _ = load("umx_transforms")
+    cfg = _stft_cfg(preset)
+    audio = fx[f"{preset}.audio"]
+    reference = ref_transforms.stft(audio, cfg.n_fft, cfg.n_hop)
+    for dtype in _dtypes(port):
+        X = _stage(port, "stft")(audio.astype(dtype), cfg, dtype, port.device)
+        _both(port, X, reference, fx[f"{preset}.stft.float32"], "stft", dtype, f"{preset} stft")
+
+
+@pytest.mark.parametrize("preset", _TRANSFORM_PRESETS)
+def test_port_istft(port: Port, preset: str) -> None:
+    fx, _ = load("umx_transforms")
+    cfg = _stft_cfg(preset)
+    X = fx[f"{preset}.stft.float64"]
+    length = fx[f"{preset}.audio"].shape[-1]
+    reference = ref_transforms.istft(X, cfg.n_fft, cfg.n_hop, length=length)
+    for dtype in _dtypes(port):
+        cdtype = np.complex64 if dtype == "float32" else np.complex128
+        y = _stage(port, "istft")(X.astype(cdtype), cfg, length, dtype, port.device)
+        _both(port, y, reference, fx[f"{preset}.istft.float32"], "istft", dtype, f"{preset} istft")
+        audio = fx[f"{preset}.audio"].astype(dtype)
+        round_trip = _stage(port, "istft")(
+            _stage(port, "stft")(audio, cfg, dtype, port.device), cfg, length, dtype, port.device
+        )
+        check(
+            round_trip, fx[f"{preset}.audio"], "round_trip", dtype, port.device, what=f"{port.name} {preset} round trip"
+        )
+
+
+@pytest.mark.parametrize("mono", [False, True])
+def test_port_magnitude(port: Port, mono: bool) -> None:
+    fx, _ = load("umx_transforms")
+    X = fx["umxhq.stft.float64"]
+    reference = ref_transforms.complex_norm(X, mono=mono)
+    key = "magnitude_mono" if mono else "magnitude"
+    for dtype in _dtypes(port):
+        cdtype = np.complex64 if dtype == "float32" else np.complex128
+        mag = _stage(port, "complex_norm")(X.astype(cdtype), mono, dtype, port.device)
+        _both(port, mag, reference, fx[f"umxhq.{key}.float32"], "magnitude", dtype, key)
+
+
+# --- Open-Unmix -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("preset", sorted(fixtures_umx.MODEL_PRESETS))
+def test_port_umx_layers(port: Port, preset: str) -> None:
+    fx, meta = load(f"umx_model_{preset}")
+    config: UMXConfig = umx_preset(preset).model
+    weights = random_weights(config, meta["weights_seed"])
+    x = fx["input.float64"]
+    ref_trace: dict[str, Array] = {}
+    reference = ref_umx.open_unmix(weights, config, x, trace=ref_trace)
+    for dtype in _dtypes(port):
+        out, trace = _stage(port, "umx")(weights, config, x.astype(dtype), dtype, port.device)
+        missing = [k for k in ref_umx.UMX_TRACE_KEYS if k not in trace]
+        assert not missing, f"{port.name} umx trace lacks {missing}"
+        for key in ref_umx.UMX_TRACE_KEYS:
+            _both(port, trace[key], ref_trace[key], fx[f"trace.{key}.float32"], "umx.layer", dtype, f"{preset} {key}")
+        _both(port, out, reference, fx["output.float32"], "umx.output", dtype, f"{preset} output")
+
+
+@pytest.mark.parametrize("i", range(len(fixtures_umx.WIENER_CASES)))
+def test_port_wiener(port: Port, i: int) -> None:
+    fx, _ = load("umx_wiener")
+    case = fixtures_umx.WIENER_CASES[i]
+    v, mix = fx[f"{i}.v"], fx[f"{i}.mix"]
+    args = (case["niter"], case["softmask"], case["residual"])
+    reference = ref_filtering.wiener(v, mix, *args)
+    what = f"wiener case {i} {case}"
+    for dtype in _dtypes(port):
+        cdtype = np.complex64 if dtype == "float32" else np.complex128
+        out = _stage(port, "wiener")(v.astype(dtype), mix.astype(cdtype), *args, dtype, port.device)
+        _both(port, out, reference, fx[f"{i}.out.float32"], "wiener", dtype, what)
+
+
+@pytest.mark.parametrize("name", sorted(fixtures_umx.SEPARATOR_CASES))
+def test_port_separator(port: Port, name: str) -> None:
+    fx, _ = load("umx_separator")
+    config: UMXSeparatorConfig
+    config, _ = fixtures_umx.SEPARATOR_CASES[name]
+    weights = fixtures_umx.separator_weights(config)
+    audio = fx[f"{name}.audio"]
+    reference = ref_separator.separate(audio, weights, config)
+    for dtype in _dtypes(port):
+        out = _stage(port, "separator")(weights, config, audio.astype(dtype), dtype, port.device)
+        _both(port, out, reference, fx[f"{name}.out.float32"], "separator", dtype, f"separator {name}")
+
+
+# --- Demucs ---------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("direction", ["up", "down"])
+def test_port_resample(port: Port, direction: str) -> None:
+    fx, _ = load("demucs_resample")
+    old, new = (1, 2) if direction == "up" else (2, 1)
+    audio = fx["audio"]
+    reference = ref_resample.resample_frac(audio, old, new)
+    for dtype in _dtypes(port):
+        y = _stage(port, "resample")(audio.astype(dtype), old, new, dtype, port.device)
+        check(y, reference, "resample", dtype, port.device, what=f"{port.name} resample {direction} vs reference")
+
+
+def _demucs_case(prefix: str, name: str) -> tuple[dict[str, Array], DemucsConfig, dict[str, Array]]:
+    from core_spec.configs import config_from_json
+
+    fx, meta = load(f"demucs_{prefix}_{name}")
+    config = config_from_json(meta["config"])
+    return fx, config, random_weights(config, meta["weights_seed"])
+
+
+@pytest.mark.parametrize("name", sorted(fixtures_demucs.FORWARD_CASES))
+def test_port_demucs_forward(port: Port, name: str) -> None:
+    fx, config, weights = _demucs_case("forward", name)
+    mix = fx["mix"]
+    ref_trace: dict[str, Array] = {}
+    reference = ref_demucs.demucs(weights, config, mix, trace=ref_trace)
+    for dtype in _dtypes(port):
+        out, trace = _stage(port, "demucs")(weights, config, mix.astype(dtype), dtype, port.device)
+        missing = [k for k in ref_demucs.demucs_trace_keys(config) if k not in trace]
+        assert not missing, f"{port.name} demucs trace lacks {missing}"
+        for key in ref_demucs.demucs_trace_keys(config):
+            check(trace[key], ref_trace[key], "demucs.layer", dtype, port.device, what=f"{port.name} {name} {key}")
+        check(out, reference, "demucs.output", dtype, port.device, what=f"{port.name} {name} output vs reference")
+        if dtype == "float32":
+            check(
+                out, fx["output.float32"], "demucs.output", dtype, port.device, what=f"{port.name} {name} vs upstream"
+            )
+
+
+@pytest.mark.parametrize("name", sorted(fixtures_demucs.APPLY_CASES))
+def test_port_demucs_apply(port: Port, name: str) -> None:
+    fx, config, weights = _demucs_case("apply", name)
+    case = fixtures_demucs.APPLY_CASES[name]
+    mix = fx["mix"]
+    kwargs = dict(
+        split=True, overlap=case.overlap, transition_power=case.transition_power, segment_length=config.segment_length
+    )
+    reference = ref_apply.apply_model(weights, config, mix, **kwargs)
+    for dtype in _dtypes(port):
+        out = _stage(port, "apply_model")(weights, config, mix.astype(dtype), dtype=dtype, device=port.device, **kwargs)
+        check(out, reference, "demucs.apply", dtype, port.device, what=f"{port.name} apply {name} vs reference")
+        if dtype == "float32":
+            check(out, fx["output.float32"], "demucs.apply", dtype, port.device, what=f"{port.name} apply {name}")
