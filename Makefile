@@ -6,6 +6,9 @@
 #   make fixtures  regenerate parity_tests/fixtures from the upstream code
 
 SHELL := /bin/bash
+.SHELLFLAGS := -o pipefail -c
+# this machine's pip configuration names local index folders that may be absent: keep their warnings out of logs
+QUIET_PIP := 2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
 .DEFAULT_GOAL := help
 
 VENV     := .venv
@@ -36,10 +39,10 @@ $(VENV)/.installed: requirements/main.txt requirements/oracles.txt pyproject.tom
 	if [ -z "$$py" ]; then echo "make setup: Python 3.11 not found (looked for python3.11 on PATH and under \$$(pyenv root)/versions/3.11.*); install it, e.g. 'pyenv install 3.11'" >&2; exit 1; fi; \
 	echo "setup: $(VENV) with $$py"; \
 	[ -x $(PY) ] || "$$py" -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip setuptools
-	$(PY) -m pip install -q -r requirements/main.txt
-	$(PY) -m pip install -q --no-deps -r requirements/oracles.txt
-	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(PY) -m pip install -q --upgrade pip setuptools $(QUIET_PIP)
+	$(PY) -m pip install -q -r requirements/main.txt $(QUIET_PIP)
+	$(PY) -m pip install -q --no-deps -r requirements/oracles.txt $(QUIET_PIP)
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e . $(QUIET_PIP)
 	@touch $@
 
 $(NNVENV)/.installed: requirements/nnabla.txt pyproject.toml
@@ -47,9 +50,9 @@ $(NNVENV)/.installed: requirements/nnabla.txt pyproject.toml
 	if [ -z "$$py" ]; then echo "make setup: Python 3.10 not found (nnabla 1.39 has no wheel for 3.11; looked for python3.10 on PATH and under \$$(pyenv root)/versions/3.10.*); install it, e.g. 'pyenv install 3.10'" >&2; exit 1; fi; \
 	echo "setup: $(NNVENV) with $$py"; \
 	[ -x $(NNPY) ] || "$$py" -m venv $(NNVENV)
-	$(NNPY) -m pip install -q --upgrade pip setuptools
-	$(NNPY) -m pip install -q -r requirements/nnabla.txt
-	$(NNPY) -m pip install -q --no-deps --no-build-isolation -e .
+	$(NNPY) -m pip install -q --upgrade pip setuptools $(QUIET_PIP)
+	$(NNPY) -m pip install -q -r requirements/nnabla.txt $(QUIET_PIP)
+	$(NNPY) -m pip install -q --no-deps --no-build-isolation -e . $(QUIET_PIP)
 	@touch $@
 
 # stempeg (and musdb) decode stem files with the ffmpeg and ffprobe executables.
