@@ -76,11 +76,13 @@ test-main:
 	@echo "== tests in $(VENV) (Python 3.11: NumPy reference, upstream oracles, torch/tf/jax ports)"
 	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile parity_tests --ignore=parity_tests/nnabla $(PYTEST_ARGS)
 
+NNABLA_TESTS := parity_tests/convert/test_reader_torchfree.py parity_tests/convert/test_cli.py $(wildcard parity_tests/nnabla)
+
 # NNabla environment: the torch-free spec tests (against the committed fixtures) and the NNabla port.
 # UNMIX_REQUIRE_TESTS makes the run fail when no test passed.
 test-nnabla:
 	@echo "== tests in $(NNVENV) (Python 3.10: NumPy reference against committed fixtures, NNabla port)"
-	UNMIX_REQUIRE_TESTS=1 $(NNPY) -m pytest -p no:cacheprovider parity_tests/spec $$(ls -d parity_tests/nnabla 2>/dev/null) $(PYTEST_ARGS)
+	UNMIX_REQUIRE_TESTS=1 $(NNPY) -m pytest -p no:cacheprovider parity_tests/spec $(NNABLA_TESTS) $(PYTEST_ARGS)
 
 demo: setup
 	$(PY) scripts/demo.py --out out

@@ -47,8 +47,8 @@ CanonicalModel = tuple[dict[str, np.ndarray], UMXConfig | UMXSeparatorConfig | D
 def canonical_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """``(<stem>.safetensors, <stem>.json)`` for a path given with either suffix or none."""
     p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".safetensors", ".json") else p
-    return stem.with_suffix(".safetensors"), stem.with_suffix(".json")
+    stem = str(p.with_suffix("") if p.suffix in (".safetensors", ".json") else p)
+    return Path(stem + ".safetensors"), Path(stem + ".json")  # keeps dots in the name: umx.v1 -> umx.v1.json
 
 
 def split_targets(weights: Mapping[str, np.ndarray], targets: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:

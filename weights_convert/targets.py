@@ -1,0 +1,182 @@
+"""Canonical weights -> each framework's own format, through the ports' ``weights.py``.
+
+A small registry: ``--to torch|tf|jax|nnabla`` imports ``umx_<fw>.weights`` lazily and calls its
+
+    save_native(path, weights, config, force=False) -> list[Path]
+
+where ``path`` is an output stem (no suffix: the port adds its own, e.g. ``.pth``, ``.weights.h5``, ``.h5``; the
+``unmix-convert`` command passes ``<out>-<fw>`` so that a port's files never collide with the canonical ones),
+``weights`` the canonical arrays (upstream names; ``target_models.<target>.<name>`` for a UMX separator) and
+``config`` the :mod:`core_spec.configs` object. A port that does not exist yet, or has no ``save_native`` yet,
+gives a :class:`~weights_convert.errors.ConversionError` saying so.
+
+- ``torch``: until ``umx_torch.weights`` offers ``save_native``, a fallback here writes ``<stem>.pth``, the state
+  dict of ``umx_torch.weights.state_dict_from_canonical`` (upstream names, float32), with ``torch.save``.
+- ``nnabla``: NNabla lives in its own environment (``.venv-nnabla``, Python 3.10). When ``nnabla`` is not
+  importable here, the arrays go to a temporary canonical file and ``<nnabla python> -m weights_convert.targets
+  nnabla CANONICAL STEM`` writes the NNabla files in that environment; it prints the written paths as JSON. The
+  NNabla interpreter is ``$UNMIX_NNABLA_PYTHON`` or ``<repo>/.venv-nnabla/bin/python``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core_spec.canonical import canonical_paths, load_canonical, save_canonical
+
+from .errors import ConversionError, OutputExistsError
+
+__all__ = ["FRAMEWORKS", "Framework", "nnabla_python", "save_native"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass(frozen=True)
+class Framework:
+    key: str
+    package: str
+    label: str
+    module: str  # the framework's own import name
+    install: str
+
+
+FRAMEWORKS: dict[str, Framework] = {
+    "torch": Framework("torch", "umx_torch", "PyTorch", "torch", "pip install -e '.[torch]'"),
+    "tf": Framework("tf", "umx_tf", "TensorFlow", "tensorflow", "pip install -e '.[tf]'"),
+    "jax": Framework("jax", "umx_jax", "JAX", "jax", "pip install -e '.[jax]'"),
+    "nnabla": Framework("nnabla", "umx_nnabla", "NNabla", "nnabla", "make setup (creates .venv-nnabla)"),
+}
+
+Writer = Callable[..., list]
+
+
+def framework(key: str) -> Framework:
+    try:
+        return FRAMEWORKS[key]
+    except KeyError:
+        raise ConversionError(f"unknown target framework {key!r}; known: {', '.join(FRAMEWORKS)}") from None
+
+
+def _torch_fallback(module: Any) -> Writer:
+    """``<stem>.pth``: ``torch.save`` of ``umx_torch.weights.state_dict_from_canonical`` (zip format)."""
+
+    def save_native(path: Path, weights: Mapping[str, np.ndarray], config: Any, force: bool = False) -> list[Path]:
+        import torch
+
+        out = canonical_paths(path)[0].with_suffix(".pth")
+        if out.exists() and not force:
+            raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
+        state = module.state_dict_from_canonical(weights, config)
+        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+        os.close(fd)
+        try:
+            torch.save(state, tmp)
+            os.replace(tmp, out)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        return [out]
+
+    return save_native
+
+
+def _writer(fw: Framework) -> Writer:
+    name = f"{fw.package}.weights"
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        if e.name in (fw.package, name):
+            raise ConversionError(f"the {fw.label} port is not available yet ({name} does not exist)") from None
+        raise ConversionError(
+            f"the {fw.label} port needs {e.name!r}, which is not installed in this environment: {fw.install}"
+        ) from None
+    except ImportError as e:
+        raise ConversionError(f"the {fw.label} port cannot be imported: {e}") from None
+    writer = getattr(module, "save_native", None)
+    if writer is not None:
+        return writer
+    if fw.key == "torch" and hasattr(module, "state_dict_from_canonical"):
+        return _torch_fallback(module)
+    raise ConversionError(
+        f"the {fw.label} port has no save_native(path, weights, config, force) in {fw.package}/weights.py yet"
+    )
+
+
+def nnabla_python() -> Path:
+    """The interpreter of the NNabla environment: ``$UNMIX_NNABLA_PYTHON`` or ``<repo>/.venv-nnabla/bin/python``."""
+    configured = os.environ.get("UNMIX_NNABLA_PYTHON")
+    candidate = Path(configured) if configured else REPO_ROOT / ".venv-nnabla" / "bin" / "python"
+    if not candidate.exists():
+        raise ConversionError(
+            f"--to nnabla runs the NNabla writer in the NNabla environment, whose interpreter {candidate} does not "
+            "exist: run 'make setup' or set UNMIX_NNABLA_PYTHON"
+        )
+    return candidate
+
+
+def _save_nnabla_elsewhere(path: Path, weights: Mapping[str, np.ndarray], config: Any, force: bool) -> list[Path]:
+    python = nnabla_python()
+    with tempfile.TemporaryDirectory(dir=Path(path).parent, prefix=".nnabla-handoff-") as tmp:
+        st_path, _ = save_canonical(Path(tmp) / "canonical", weights, config, {"handoff": "to the NNabla environment"})
+        cmd = [str(python), "-m", "weights_convert.targets", "nnabla", str(st_path), str(path)]
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+        result = subprocess.run(
+            [*cmd, *(["--force"] if force else [])], capture_output=True, text=True, cwd=REPO_ROOT, env=env
+        )
+        if result.returncode != 0:
+            detail = (result.stderr.strip() or result.stdout.strip())[-2000:]
+            raise ConversionError(f"the NNabla writer failed in {python}:\n{detail}")
+        try:
+            written = json.loads(result.stdout.strip().splitlines()[-1])
+        except (IndexError, ValueError):
+            raise ConversionError(f"the NNabla writer printed no file list: {result.stdout[-500:]!r}") from None
+    return [Path(p) for p in written]
+
+
+def save_native(
+    key: str, path: str | os.PathLike, weights: Mapping[str, np.ndarray], config: Any, force: bool = False
+) -> list[Path]:
+    """Write ``weights`` in framework ``key``'s own format next to the stem ``path``; returns the files written."""
+    fw = framework(key)
+    path = Path(path)
+    if fw.key == "nnabla" and importlib.util.find_spec("nnabla") is None:
+        return _save_nnabla_elsewhere(path, weights, config, force)
+    return [Path(p) for p in _writer(fw)(path, weights, config, force=force)]
+
+
+def _main(argv: list[str] | None = None) -> int:
+    """``python -m weights_convert.targets FW CANONICAL STEM [--force]``: the in-environment writer."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m weights_convert.targets")
+    parser.add_argument("framework", choices=sorted(FRAMEWORKS))
+    parser.add_argument("canonical")
+    parser.add_argument("stem")
+    parser.add_argument("--force", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        weights, config, _ = load_canonical(args.canonical)
+        fw = framework(args.framework)
+        written = _writer(fw)(Path(args.stem), weights, config, force=args.force)
+    except (ValueError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps([str(p) for p in written]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
