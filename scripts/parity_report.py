@@ -28,7 +28,7 @@ def main() -> None:
     groups: dict[tuple[str, str, str, str], list[dict]] = defaultdict(list)
     for r in rows:
         groups[(r["env"], r["stage"], r["dtype"], r["device"])].append(r)
-    head = f"{'env':<6}{'stage':<16}{'dtype':<9}{'dev':<5}{'n':>4}"
+    head = f"{'env':<6}{'stage':<20}{'dtype':<9}{'dev':<5}{'n':>4}"
     print(head + f"{'worst rel':>12}{'worst abs':>12}{'min SNR dB':>12}  tolerance")
     for (env, stage, dtype, device), rs in sorted(groups.items()):
         rel = max(r["rel"] for r in rs)
@@ -37,7 +37,7 @@ def main() -> None:
         failed = sum(not r["ok"] for r in rs)
         flag = f"  ({failed} FAILED)" if failed else ""
         tol = tolerance(stage, dtype, device).describe()
-        print(f"{env:<6}{stage:<16}{dtype:<9}{device:<5}{len(rs):>4}{rel:>12.2e}{mab:>12.2e}{snr:>12.1f}  {tol}{flag}")
+        print(f"{env:<6}{stage:<20}{dtype:<9}{device:<5}{len(rs):>4}{rel:>12.2e}{mab:>12.2e}{snr:>12.1f}  {tol}{flag}")
 
 
 if __name__ == "__main__":
