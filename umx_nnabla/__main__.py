@@ -1,0 +1,72 @@
+"""Command line of the NNabla port, for the main environment's scripts (arrays cross as ``.npz`` files)::
+
+    python -m umx_nnabla oracle --input IN.npz --output OUT.npz
+
+``oracle``: the oracle Wiener separation of ``make demo`` done by this port (its STFT, magnitude graph, Wiener
+filter and inverse STFT, float32): ``IN.npz`` holds ``mixture`` ``(nb_channels, nb_timesteps)``, ``stems``
+``(nb_sources, nb_channels, nb_timesteps)`` (their magnitudes replace the networks' outputs) and ``config``, the
+``core_spec.configs`` JSON of a ``SeparatorConfig``; ``OUT.npz`` gets ``estimates``
+``(nb_sources, nb_channels, nb_timesteps)`` and ``seconds`` (the time the separation took).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import nnabla as nn
+import numpy as np
+
+from core_spec.configs import SeparatorConfig, config_from_json
+
+from .separator import Separator
+from .transforms import complex_norm, istft, stft
+
+__all__ = ["main", "oracle_separation"]
+
+
+def oracle_separation(mixture: np.ndarray, stems: np.ndarray, sep: SeparatorConfig) -> np.ndarray:
+    """Wiener-filter ``mixture`` ``(C, L)`` with the true magnitudes of ``stems`` ``(S, C, L)``: ``(S, C, L)``."""
+    fft, w = sep.stft, sep.wiener
+    separator = Separator(
+        {},
+        niter=w.niter,
+        softmask=w.softmask,
+        residual=w.residual,
+        sample_rate=sep.sample_rate,
+        n_fft=fft.n_fft,
+        n_hop=fft.n_hop,
+        wiener_win_len=w.wiener_win_len,
+        atan2=w.atan2,
+        eps=w.eps,
+        scale_factor=w.scale_factor,
+    )
+    X = stft(mixture[None].astype(np.float32), fft.n_fft, fft.n_hop)  # (1, C, F, T)
+    S = stft(stems.astype(np.float32), fft.n_fft, fft.n_hop)  # (S, C, F, T)
+    magnitude = complex_norm(nn.Variable.from_numpy_array(S.real), nn.Variable.from_numpy_array(S.imag))
+    magnitude.forward()
+    v = magnitude.d.transpose(3, 2, 1, 0)[None]  # (1, T, F, C, S)
+    return istft(separator.filter(v, X), fft.n_fft, fft.n_hop, length=mixture.shape[-1])[0]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m umx_nnabla", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    oracle = commands.add_parser("oracle", help="oracle Wiener separation (true stem magnitudes), .npz in and out")
+    oracle.add_argument("--input", required=True)
+    oracle.add_argument("--output", required=True)
+    args = parser.parse_args(argv)
+    with np.load(args.input, allow_pickle=False) as data:
+        mixture, stems, config = data["mixture"], data["stems"], config_from_json(str(data["config"]))
+    if not isinstance(config, SeparatorConfig):
+        print(f"error: config must be a SeparatorConfig, got {type(config).__name__}", file=sys.stderr)
+        return 1
+    start = time.perf_counter()
+    estimates = oracle_separation(mixture, stems, config)
+    np.savez(args.output, estimates=estimates, seconds=time.perf_counter() - start)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,450 @@
+"""Waveform in, stems out: the Open-Unmix :class:`Separator` and Demucs's :func:`apply_model` / :func:`separate_track`.
+
+- :class:`Separator` (``openunmix.model.Separator`` semantics): STFT (:func:`umx_nnabla.transforms.stft`), one
+  NNabla graph for the magnitude and every target network (all targets' parameters in one parameter dictionary,
+  one scope per target), the Wiener filter chunk by chunk (:mod:`umx_nnabla.filtering`), the inverse STFT. Chunks
+  of ``wiener_win_len`` frames stay independent, as upstream (the filter's ``max_abs`` scaling and covariances are
+  per chunk). The graph is built once per input shape and kept.
+- :func:`apply_model` and :func:`separate_track` (``demucs.utils.apply_model`` and ``demucs/separate.py`` of
+  demucs 2.0.3): split into overlapping segments with a triangular cross-fade, random shifts, padding with real
+  neighbouring samples, with the chunk geometry of :mod:`core_spec.shapes` and shifts drawn from a seeded
+  generator (``core_spec.reference.apply`` is the spec). The network runs as a graph per chunk length
+  (:meth:`umx_nnabla.demucs.Demucs.infer`); the overlap-add is NumPy, in the mixture's dtype (float32).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Mapping
+from typing import Any, Protocol
+
+import nnabla as nn
+import nnabla.functions as F
+import numpy as np
+
+from core_spec import shapes
+from core_spec.audio import prepare_audio
+from core_spec.configs import SeparatorConfig, STFTConfig, UMXSeparatorConfig, WienerConfig
+
+from ._context import GraphCache
+from .demucs import Demucs
+from .filtering import wiener, wiener_graph
+from .transforms import complex_norm, istft, stft
+from .umx import OpenUnmix, open_unmix_stack
+
+__all__ = ["WIENER_BACKENDS", "Separator", "apply_model", "separate_track"]
+
+WIENER_BACKENDS = ("numpy", "nnabla")
+
+
+class Separator:
+    """Open-Unmix separation of waveforms.
+
+    Args:
+        target_models: ``{target name: OpenUnmix}``, in output order. Their parameter dictionaries are gathered
+            into :attr:`params`, one scope per target (the layout of the native ``.h5`` file).
+        niter: EM iterations of the Wiener filter (0: the networks' magnitudes with the mixture phase).
+        softmask: initialise the filter with ratio masks.
+        residual: add ``mixture - sum(targets)`` as an extra output (``"residual"``).
+        sample_rate: the models' rate in Hz.
+        n_fft, n_hop: STFT geometry.
+        nb_channels: channels the networks see (1: a mono magnitude, as ``umxse``).
+        wiener_win_len: frames per independently filtered chunk (``None``: the whole track at once).
+        atan2: ``"upstream"`` (openunmix's phase initialisation, default) or ``"exact"``.
+        eps, scale_factor: the filter's constants (upstream's defaults).
+        window: STFT/ISTFT window ``(n_fft,)``; ``None``: the periodic Hann window.
+        wiener_backend: ``"numpy"`` (default, the faster; see :mod:`umx_nnabla.filtering`) or ``"nnabla"``.
+    """
+
+    def __init__(
+        self,
+        target_models: Mapping[str, OpenUnmix],
+        niter: int = 0,
+        softmask: bool = False,
+        residual: bool = False,
+        sample_rate: float = 44100.0,
+        n_fft: int = 4096,
+        n_hop: int = 1024,
+        nb_channels: int = 2,
+        wiener_win_len: int | None = 300,
+        atan2: str = "upstream",
+        eps: float = 1e-10,
+        scale_factor: float = 10.0,
+        window: np.ndarray | None = None,
+        wiener_backend: str = "numpy",
+    ):
+        if wiener_backend not in WIENER_BACKENDS:
+            raise ValueError(f"wiener_backend must be one of {WIENER_BACKENDS}, got {wiener_backend!r}")
+        self.wiener_config = WienerConfig(
+            niter=niter,
+            softmask=softmask,
+            residual=residual,
+            wiener_win_len=wiener_win_len,
+            eps=eps,
+            scale_factor=scale_factor,
+            atan2=atan2,
+        )
+        self.sample_rate = float(sample_rate)
+        self.stft_config = STFTConfig(n_fft=n_fft, n_hop=n_hop, center=True)
+        self.nb_channels = nb_channels
+        self.window = None if window is None else np.asarray(window, dtype=np.float32)
+        self.wiener_backend = wiener_backend
+        self.params: OrderedDict = OrderedDict()
+        self.target_models: dict[str, OpenUnmix] = {}
+        for name, model in target_models.items():
+            with model.parameter_scope() as own:
+                self.params[name] = own  # the model's parameters, now also reachable as params[name]
+            model.params, model.scope = self.params, name
+            self.target_models[name] = model
+        self.graphs = GraphCache(self._build_graph)
+
+    # upstream's attribute names
+    @property
+    def niter(self) -> int:
+        return self.wiener_config.niter
+
+    @property
+    def residual(self) -> bool:
+        return self.wiener_config.residual
+
+    @property
+    def softmask(self) -> bool:
+        return self.wiener_config.softmask
+
+    @property
+    def wiener_win_len(self) -> int | None:
+        return self.wiener_config.wiener_win_len
+
+    @property
+    def nb_targets(self) -> int:
+        return len(self.target_models)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """Names of the outputs, in order: the targets, then ``"residual"`` if enabled."""
+        names = tuple(self.target_models)
+        return names + ("residual",) if self.residual else names
+
+    @classmethod
+    def from_config(
+        cls,
+        config: UMXSeparatorConfig,
+        weights: Mapping[str, Any] | None = None,
+        lstm_impl: str = "auto",
+        **overrides: Any,
+    ) -> Separator:
+        """A separator for a preset (:func:`core_spec.configs.umx_preset`).
+
+        Args:
+            config: the preset.
+            weights: canonical weights, ``{target: {name: array}}`` or ``{"target_models.<t>.<name>": array}``;
+                ``None`` leaves NNabla's initialisation (parameters are created on the first call).
+            lstm_impl: see :func:`umx_nnabla.umx.lstm`.
+            overrides: constructor arguments replacing the config's (``niter=0``, ``wiener_backend=...``).
+        """
+        sep, w = config.separator, config.separator.wiener
+        kwargs: dict[str, Any] = dict(
+            niter=w.niter,
+            softmask=w.softmask,
+            residual=w.residual,
+            sample_rate=sep.sample_rate,
+            n_fft=sep.stft.n_fft,
+            n_hop=sep.stft.n_hop,
+            nb_channels=config.model.nb_channels,
+            wiener_win_len=w.wiener_win_len,
+            atan2=w.atan2,
+            eps=w.eps,
+            scale_factor=w.scale_factor,
+        )
+        kwargs.update(overrides)
+        models = {t: OpenUnmix.from_config(config.model, lstm_impl=lstm_impl) for t in sep.targets}
+        separator = cls(models, **kwargs)
+        if weights is not None:
+            from .weights import load_weights
+
+            load_weights(separator, weights)
+        return separator
+
+    @property
+    def config(self) -> UMXSeparatorConfig:
+        """The :class:`core_spec.configs.UMXSeparatorConfig` of this separator."""
+        models = list(self.target_models.values())
+        if not models:
+            raise ValueError("a separator without target models has no config")
+        return UMXSeparatorConfig(
+            model=models[0].config,
+            separator=SeparatorConfig(
+                targets=tuple(self.target_models),
+                sample_rate=self.sample_rate,
+                stft=self.stft_config,
+                wiener=self.wiener_config,
+            ),
+        )
+
+    def get_parameters(self, grad_only: bool = False) -> OrderedDict:
+        """``{"<target>/<name>": nn.Variable}`` of every target."""
+        with nn.parameter_scope("", self.params):
+            return nn.get_parameters(grad_only=grad_only)
+
+    def spectrogram_graph(self, re: nn.Variable, im: nn.Variable) -> nn.Variable:
+        """The networks as one graph: mixture STFT ``(B, C, F, T)`` (real and imaginary parts) -> target
+        magnitudes ``(T, B, C or 1, F, nb_targets)``, frame-major (the networks' own layout)."""
+        X = complex_norm(re, im, mono=self.nb_channels == 1)
+        outs = open_unmix_stack(list(self.target_models.values()), X, frame_major=True)
+        return F.stack(*outs, axis=4) if len(outs) > 1 else F.reshape(outs[0], (*outs[0].shape, 1))
+
+    def _build_graph(self, shape: tuple[int, ...]) -> tuple[nn.Variable, nn.Variable, nn.Variable]:
+        re, im = nn.Variable(shape), nn.Variable(shape)
+        return re, im, self.spectrogram_graph(re, im)
+
+    def spectrograms(self, mix_stft: np.ndarray) -> np.ndarray:
+        """Target magnitudes of a complex NumPy STFT ``(B, C, F, T)``: ``(B, T, F, C or 1, nb_targets)`` (the
+        Wiener filter's layout; a view of the graph's output). The graph is kept per input shape."""
+        re, im, out = self.graphs(mix_stft.shape)
+        re.d, im.d = mix_stft.real, mix_stft.imag
+        out.forward(clear_buffer=True)
+        return out.d.copy().transpose(1, 0, 3, 2, 4)
+
+    def __call__(self, audio: np.ndarray) -> np.ndarray:
+        """Separate a batch of mixtures (no input checks: see :meth:`separate`).
+
+        Args:
+            audio: ``(nb_samples, nb_channels, nb_timesteps)`` at :attr:`sample_rate`, float32.
+
+        Returns:
+            ``(nb_samples, nb_sources, nb_channels, nb_timesteps)`` float32, sources in :attr:`target_names`
+            order.
+        """
+        fft, wcfg = self.stft_config, self.wiener_config
+        nb_sources = self.nb_targets + int(wcfg.residual)
+        if nb_sources == 1 and wcfg.niter > 0:
+            raise ValueError("the Wiener filter with niter > 0 needs at least two sources: enable residual=True")
+        audio = np.asarray(audio, dtype=np.float32)
+        mix_stft = stft(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, self.window)  # (B, C, F, T)
+        spectrograms = self.spectrograms(mix_stft)  # (B, T, F, C|1, S)
+        targets_stft = self.filter(spectrograms, mix_stft)  # (B, S', C, F, T)
+        return istft(targets_stft, fft.n_fft, fft.n_hop, fft.center, fft.normalized, audio.shape[-1], self.window)
+
+    def filter(self, spectrograms: np.ndarray, mix_stft: np.ndarray) -> np.ndarray:
+        """The Wiener step, per batch item and chunk of ``wiener_win_len`` frames.
+
+        Args:
+            spectrograms: target magnitudes ``(nb_samples, nb_frames, nb_bins, nb_channels or 1, nb_targets)``.
+            mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+
+        Returns:
+            complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)``.
+        """
+        w = self.wiener_config
+        nb_samples, nb_channels, nb_bins, nb_frames = mix_stft.shape
+        nb_sources = spectrograms.shape[-1] + int(w.residual)
+        win = w.wiener_win_len or nb_frames
+        out = np.empty((nb_samples, nb_frames, nb_bins, nb_channels, nb_sources), dtype=mix_stft.dtype)
+        mix_all = mix_stft.transpose(0, 3, 2, 1)  # (B, T, F, C)
+        for b in range(nb_samples):
+            for pos in range(0, nb_frames, win):
+                t = slice(pos, min(nb_frames, pos + win))
+                v = np.ascontiguousarray(spectrograms[b, t])
+                out[b, t] = self._wiener(v, np.ascontiguousarray(mix_all[b, t]))
+        return out.transpose(0, 4, 3, 2, 1)
+
+    def _wiener(self, v: np.ndarray, mix: np.ndarray) -> np.ndarray:
+        w = self.wiener_config
+        args = (w.niter, w.softmask, w.residual, w.scale_factor, w.eps, w.atan2)
+        if self.wiener_backend == "numpy":
+            return wiener(v, mix, *args)
+        v_var = nn.Variable.from_numpy_array(v)
+        re, im = wiener_graph(
+            v_var, nn.Variable.from_numpy_array(mix.real), nn.Variable.from_numpy_array(mix.imag), *args
+        )
+        re.persistent = im.persistent = True
+        nn.forward_all([re, im], clear_buffer=True)
+        return (re.d + 1j * im.d).astype(mix.dtype)
+
+    def separate(self, audio: Any, sample_rate: float | None = None, resample: bool = False) -> np.ndarray:
+        """Check and shape ``audio`` (:func:`core_spec.audio.prepare_audio`), then separate it.
+
+        Args:
+            audio: ``(nb_timesteps,)``, ``(nb_channels, nb_timesteps)``, ``(nb_timesteps, nb_channels)`` or
+                ``(nb_samples, nb_channels, nb_timesteps)``.
+            sample_rate: its rate (``None``: the model's).
+            resample: resample to the model's rate instead of refusing another rate.
+
+        Returns:
+            ``(nb_samples, nb_sources, 2, nb_timesteps)`` float32.
+        """
+        batch = prepare_audio(
+            np.asarray(audio),
+            self.sample_rate if sample_rate is None else sample_rate,
+            self.sample_rate,
+            nb_channels=2,
+            resample=resample,
+            dtype=np.float32,
+        )
+        return self(batch)
+
+    def to_dict(
+        self, estimates: np.ndarray, aggregate_dict: Mapping[str, list[str]] | None = None
+    ) -> dict[str, np.ndarray]:
+        """``(nb_samples, nb_sources, ...)`` -> ``{name: (nb_samples, ...)}``, optionally summed into groups."""
+        out = {name: estimates[:, k] for k, name in enumerate(self.target_names)}
+        if aggregate_dict is not None:
+            out = {key: sum(out[t] for t in targets) for key, targets in aggregate_dict.items()}  # type: ignore[misc]
+        return out
+
+
+# --- Demucs ------------------------------------------------------------------------------------------------
+
+
+class _Draws(Protocol):
+    def integers(self, low: int, high: int) -> Any: ...
+
+
+def _padded(track: np.ndarray, offset: int, length: int, target_length: int) -> np.ndarray:
+    """``TensorChunk(track, offset, length).padded(target_length)``: real neighbours first, zeros beyond the ends."""
+    win = shapes.chunk_window(track.shape[-1], offset, length, target_length)
+    pad = [(0, 0)] * (track.ndim - 1) + [(win.pad_left, win.pad_right)]
+    return np.pad(track[..., win.start : win.stop], pad)
+
+
+def _apply_valid(model: Demucs, track: np.ndarray, offset: int, length: int) -> np.ndarray:
+    """Pad the chunk to ``valid_length`` (real neighbours first), run the network, centre-trim to the chunk."""
+    length = min(track.shape[-1] - offset, length)
+    padded = _padded(track, offset, length, model.valid_length(length))
+    return shapes.center_trim(model.infer(padded), length)
+
+
+def _apply_shifted(model: Demucs, track: np.ndarray, offset: int, length: int, shifts: int, rng: _Draws) -> np.ndarray:
+    """Average of ``shifts`` runs on randomly shifted windows (one plain run when ``shifts`` is 0)."""
+    if not shifts:
+        return _apply_valid(model, track, offset, length)
+    length = min(track.shape[-1] - offset, length)
+    max_shift = int(0.5 * model.samplerate)
+    padded = _padded(track, offset, length, length + 2 * max_shift)  # a new array: zeros beyond it
+    out = None
+    for _ in range(shifts):
+        shift = int(rng.integers(0, max_shift + 1))  # upstream: random.randint(0, max_shift), unseeded
+        shifted = _apply_valid(model, padded, shift, length + max_shift - shift)[..., max_shift - shift :]
+        out = shifted if out is None else out + shifted
+    return out / np.asarray(shifts, dtype=out.dtype)
+
+
+def apply_model(
+    model: Demucs,
+    mix: np.ndarray,
+    shifts: int = 0,
+    split: bool = False,
+    overlap: float = 0.25,
+    transition_power: float = 1.0,
+    segment_length: int | None = None,
+    rng: _Draws | int | None = None,
+) -> np.ndarray:
+    """Apply Demucs to a (normalised) track with ``demucs.utils.apply_model`` semantics (demucs 2.0.3).
+
+    Args:
+        model: the network.
+        mix: ``(audio_channels, nb_timesteps)`` or a batch ``(nb_samples, audio_channels, nb_timesteps)``; float32.
+        shifts: random shifts to average (0: none).
+        split: process segments of ``segment_length`` samples with a triangular overlap-add.
+        overlap: fraction of a segment shared with the next.
+        transition_power: exponent of the cross-fade weight (>= 1).
+        segment_length: segment in samples (``model.segment_length``, 40 s for the released models, if None).
+        rng: a ``numpy.random.Generator`` or a seed (0 if None) for the shifts; anything with
+            ``integers(low, high)`` works.
+
+    Returns:
+        ``(nb_sources, audio_channels, nb_timesteps)`` (or with the batch dimension first), float32.
+    """
+    if transition_power < 1:
+        raise ValueError("transition_power < 1 leads to weird behavior (upstream asserts >= 1)")
+    mix = np.asarray(mix, dtype=np.float32)
+    unbatched = mix.ndim == 2
+    track = mix[None] if unbatched else mix
+    if track.ndim != 3 or track.shape[1] != model.audio_channels:
+        raise ValueError(
+            f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
+            f"(nb_samples, audio_channels, nb_timesteps), got {mix.shape}"
+        )
+    if rng is None or isinstance(rng, (int, np.integer)):
+        rng = np.random.default_rng(0 if rng is None else int(rng))
+    length = track.shape[-1]
+    if not split:
+        out = _apply_shifted(model, track, 0, length, shifts, rng)
+    else:
+        segment = segment_length or model.segment_length
+        _, offsets = shapes.segment_offsets(length, segment, overlap)
+        weight = shapes.transition_weight(segment, transition_power).astype(track.dtype)
+        out = np.zeros(track.shape[:1] + (len(model.sources),) + track.shape[1:], dtype=track.dtype)
+        sum_weight = np.zeros(length, dtype=track.dtype)
+        for offset in offsets:
+            chunk_out = _apply_shifted(model, track, offset, segment, shifts, rng)
+            n = chunk_out.shape[-1]
+            out[..., offset : offset + n] += weight[:n] * chunk_out
+            sum_weight[offset : offset + n] += weight[:n]
+        out /= sum_weight
+    return out[0] if unbatched else out
+
+
+def separate_track(
+    model: Demucs,
+    audio: Any,
+    sample_rate: float | None = None,
+    shifts: int = 0,
+    split: bool = True,
+    overlap: float = 0.25,
+    transition_power: float = 1.0,
+    segment_length: int | None = None,
+    rng: _Draws | int | None = None,
+    silence_guard: bool = True,
+    resample: bool = False,
+) -> np.ndarray:
+    """Separate whole tracks as ``demucs/separate.py`` of demucs 2.0.3, before writing files.
+
+    Per track: ``ref = wav.mean(channels)``; ``wav = (wav - ref.mean()) / ref.std()`` (unbiased);
+    :func:`apply_model`; ``sources * ref.std() + ref.mean()``.
+
+    Args:
+        model: the network.
+        audio: any layout :func:`core_spec.audio.prepare_audio` accepts.
+        sample_rate: its rate (``None``: the model's).
+        silence_guard: a track whose mono downmix is constant comes back as that constant in every stem (digital
+            silence gives silence); ``False`` reproduces upstream's 0 / 0 = NaN.
+        resample: resample to the model's rate instead of refusing another rate.
+        the others: as :func:`apply_model` (``split`` defaults to True, as the CLI).
+
+    Returns:
+        ``(nb_samples, nb_sources, audio_channels, nb_timesteps)`` float32.
+    """
+    rate = model.samplerate
+    batch = prepare_audio(
+        np.asarray(audio),
+        rate if sample_rate is None else sample_rate,
+        rate,
+        model.audio_channels,
+        resample,
+        dtype=np.float32,
+    )
+    if rng is None or isinstance(rng, (int, np.integer)):
+        rng = np.random.default_rng(0 if rng is None else int(rng))
+    outputs = []
+    tiny = 16 * np.finfo(np.float32).eps
+    for track in batch:
+        mono = track.mean(axis=0)
+        mean, std = mono.mean(), mono.std(ddof=1) if mono.size > 1 else np.float32(np.nan)
+        if silence_guard and not std > tiny * abs(mean):
+            outputs.append(np.full((len(model.sources), *track.shape), mean, dtype=np.float32))
+            continue
+        with np.errstate(divide="ignore", invalid="ignore"):
+            normalised = (track - mean) / std
+        sources = apply_model(
+            model,
+            normalised,
+            shifts=shifts,
+            split=split,
+            overlap=overlap,
+            transition_power=transition_power,
+            segment_length=segment_length,
+            rng=rng,
+        )
+        outputs.append(sources * std + mean)
+    return np.stack(outputs).astype(np.float32, copy=False)

@@ -1,0 +1,391 @@
+"""Canonical weights <-> NNabla parameters, and the port's own weight file (``nn.save_parameters`` ``.h5``).
+
+The canonical names and layouts are upstream's PyTorch ones (:mod:`core_spec.canonical`). This module is the one
+place where they are mapped to the parameter scopes of :mod:`umx_nnabla.umx` and :mod:`umx_nnabla.demucs`, by
+rule (``<upstream module path>/<NNabla function scope>/<parameter>``):
+
+==================================================  ==============================================================
+canonical (PyTorch)                                 NNabla parameter
+==================================================  ==============================================================
+``input_mean``, ``input_scale``, ``output_*``        the same name and shape
+``fcN.weight (out, in)``                            ``fcN/affine/W (in, out)`` (transpose)
+``bnN.{weight, bias, running_mean, running_var}``   ``bnN/bn/{gamma, beta, mean, var} (1, 1, n)``
+``lstm.weight_ih_l0[_reverse] (4H, I)`` and         ``lstm/lstm/weight_l0 (D, 4, H, I + H)``: per direction and
+``lstm.weight_hh_l0[_reverse] (4H, H)``             gate, ``[W_ih | W_hh]`` (``PF.lstm``'s packing)
+``lstm.weight_{ih,hh}_l<k>``, ``k >= 1``            ``lstm/lstm/weight (L - 1, D, 4, H, D H + H)``
+``lstm.bias_ih_l<k>`` + ``lstm.bias_hh_l<k>``       ``lstm/lstm/bias (L, D, 4, H)``: the float32 sum (one folded
+                                                    bias); the two upstream biases are also kept, unused by the
+                                                    graph, as ``lstm/lstm/bias_ih`` and ``bias_hh`` (need_grad
+                                                    False), so that the canonical weights come back bit for bit
+``encoder.<i>.<s>.{weight, bias}`` (Conv1d)         ``encoder/<i>/<s>/conv/{W (out, in, k), b}`` (same layout)
+``decoder.<j>.0.{weight, bias}`` (Conv1d)           ``decoder/<j>/0/conv/{W, b}``
+``decoder.<j>.2.{weight, bias}`` (ConvTranspose1d)  ``decoder/<j>/2/deconv/{W (in, out, k), b}`` (same layout)
+``lstm.lstm.*`` (Demucs)                            ``lstm/lstm/lstm/*`` as above
+``lstm.linear.{weight (C, 2C), bias}``              ``lstm/linear/affine/{W (2C, C), b}``
+``target_models.<t>.<name>`` (UMX separator)        ``<t>/<NNabla name>``
+==================================================  ==============================================================
+
+Going back (:func:`canonical_from_parameters`), a folded LSTM bias is split into the kept upstream pair when they
+still add up to it, else written as ``bias_ih`` with ``bias_hh = 0`` (the same network).
+
+**The native file** (:func:`save_native` / :func:`load_native`): ``<stem>.h5`` written by ``nn.save_parameters``
+(the parameters above, float32, with their ``need_grad`` flags) and ``<stem>.json`` beside it with the format tag
+and the :mod:`core_spec.configs` JSON of the model. Load it in plain NNabla with::
+
+    with nn.parameter_scope("", params):      # or the global scope
+        nn.load_parameters("model.h5")
+
+Command line (the main environment's ``unmix-convert --to nnabla`` runs the writer in ``.venv-nnabla``)::
+
+    python -m umx_nnabla.weights --from-canonical IN[.safetensors] --out OUT_STEM [--force]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nnabla as nn
+import numpy as np
+
+from core_spec.canonical import join_targets, load_canonical, split_targets
+from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from core_spec.params import WeightsMismatchError, check_weights
+
+from .demucs import Demucs
+from .separator import Separator
+from .umx import OpenUnmix
+
+__all__ = [
+    "FORMAT",
+    "WeightsMismatchError",
+    "canonical_from_parameters",
+    "from_canonical",
+    "load_module",
+    "load_native",
+    "load_weights",
+    "main",
+    "native_paths",
+    "parameters_from_canonical",
+    "save_native",
+    "to_canonical",
+]
+
+FORMAT = "unmix-ports/nnabla-h5/1"
+Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
+Model = OpenUnmix | Demucs | Separator
+
+# need_grad of each NNabla parameter: everything upstream trains, but not the BatchNorm statistics and the kept
+# upstream LSTM biases
+_FIXED_LEAVES = ("mean", "var", "bias_ih", "bias_hh")
+
+_BN = {"weight": "gamma", "bias": "beta", "running_mean": "mean", "running_var": "var"}
+
+
+# --- canonical -> NNabla ---------------------------------------------------------------------------------------
+
+
+def _lstm_to_nnabla(w: Mapping[str, np.ndarray], prefix: str, layers: int, directions: int) -> dict[str, np.ndarray]:
+    """Upstream ``{prefix}weight_ih_l<k>[_reverse]`` ... -> ``weight_l0``, ``weight``, ``bias`` (+ the kept pair)."""
+    suffixes = ("", "_reverse")[:directions]
+    hidden = w[f"{prefix}weight_hh_l0"].shape[1]
+
+    def packed(k: int) -> np.ndarray:  # (D, 4, H, I + H)
+        return np.stack(
+            [
+                np.concatenate(
+                    [
+                        w[f"{prefix}weight_ih_l{k}{s}"].reshape(4, hidden, -1),
+                        w[f"{prefix}weight_hh_l{k}{s}"].reshape(4, hidden, hidden),
+                    ],
+                    axis=-1,
+                )
+                for s in suffixes
+            ]
+        )
+
+    def biases(kind: str) -> np.ndarray:  # (L, D, 4, H)
+        return np.stack(
+            [np.stack([w[f"{prefix}bias_{kind}_l{k}{s}"].reshape(4, hidden) for s in suffixes]) for k in range(layers)]
+        )
+
+    out = {"weight_l0": packed(0)}
+    if layers > 1:
+        out["weight"] = np.stack([packed(k) for k in range(1, layers)])
+    bias_ih, bias_hh = biases("ih"), biases("hh")
+    out["bias"] = bias_ih + bias_hh  # float32 + float32: one rounding, as a fused bias
+    out["bias_ih"], out["bias_hh"] = bias_ih, bias_hh
+    return out
+
+
+def _batch_norm_to_nnabla(w: Mapping[str, np.ndarray], name: str) -> dict[str, np.ndarray]:
+    return {f"{name}/bn/{nn_name}": w[f"{name}.{leaf}"].reshape(1, 1, -1) for leaf, nn_name in _BN.items()}
+
+
+def _umx_to_nnabla(w: Mapping[str, np.ndarray], c: UMXConfig) -> dict[str, np.ndarray]:
+    out = {k: w[k] for k in ("input_mean", "input_scale", "output_scale", "output_mean")}
+    for index in (1, 2, 3):
+        out[f"fc{index}/affine/W"] = w[f"fc{index}.weight"].T
+        out.update(_batch_norm_to_nnabla(w, f"bn{index}"))
+    lstm = _lstm_to_nnabla(w, "lstm.", c.nb_layers, c.nb_directions)
+    out.update({f"lstm/lstm/{k}": v for k, v in lstm.items()})
+    return out
+
+
+def _demucs_conv_names(c: DemucsConfig) -> list[tuple[str, str]]:
+    """``(canonical prefix, NNabla prefix)`` of every (transposed) convolution."""
+    names = []
+    for i in range(c.depth):
+        names.append((f"encoder.{i}.0", f"encoder/{i}/0/conv"))
+        if c.rewrite:
+            names.append((f"encoder.{i}.2", f"encoder/{i}/2/conv"))
+    for j in range(c.depth):
+        slot = 0
+        if c.rewrite:
+            names.append((f"decoder.{j}.0", f"decoder/{j}/0/conv"))
+            slot = 2
+        names.append((f"decoder.{j}.{slot}", f"decoder/{j}/{slot}/deconv"))
+    return names
+
+
+def _demucs_to_nnabla(w: Mapping[str, np.ndarray], c: DemucsConfig) -> dict[str, np.ndarray]:
+    out = {}
+    for canonical, ours in _demucs_conv_names(c):
+        out[f"{ours}/W"] = w[f"{canonical}.weight"]
+        out[f"{ours}/b"] = w[f"{canonical}.bias"]
+    if c.lstm_layers:
+        lstm = _lstm_to_nnabla(w, "lstm.lstm.", c.lstm_layers, 2)
+        out.update({f"lstm/lstm/lstm/{k}": v for k, v in lstm.items()})
+        out["lstm/linear/affine/W"] = w["lstm.linear.weight"].T
+        out["lstm/linear/affine/b"] = w["lstm.linear.bias"]
+    return out
+
+
+def _float32(a: Any) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+
+
+def _per_target(weights: Mapping[str, Any], targets: tuple[str, ...]) -> dict[str, Mapping[str, Any]]:
+    if set(weights) <= set(targets):
+        return {t: weights[t] for t in targets}  # already {target: {name: array}}
+    return split_targets(weights, targets)
+
+
+def parameters_from_canonical(weights: Mapping[str, Any], config: Config) -> OrderedDict[str, np.ndarray]:
+    """Canonical arrays (checked against ``config``'s inventory) -> ``{NNabla parameter name: float32 array}``.
+
+    For a :class:`UMXSeparatorConfig` the weights may be ``target_models.<t>.<name>`` or ``{t: {name: array}}``;
+    the names are ``<t>/<NNabla name>``.
+    """
+    if isinstance(config, UMXSeparatorConfig):
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for target, w in _per_target(weights, config.separator.targets).items():
+            for k, v in parameters_from_canonical(w, config.model).items():
+                out[f"{target}/{k}"] = v
+        return out
+    checked = {k: _float32(v) for k, v in check_weights(weights, config, "canonical weights").items()}
+    mapped = _umx_to_nnabla(checked, config) if isinstance(config, UMXConfig) else _demucs_to_nnabla(checked, config)
+    return OrderedDict((k, _float32(v)) for k, v in mapped.items())
+
+
+# --- NNabla -> canonical ---------------------------------------------------------------------------------------
+
+
+def _lstm_to_canonical(p: Mapping[str, np.ndarray], scope: str, prefix: str) -> dict[str, np.ndarray]:
+    w0, bias = p[f"{scope}/weight_l0"], p[f"{scope}/bias"]
+    directions, _, hidden, _ = w0.shape
+    layers = bias.shape[0]
+    bias_ih, bias_hh = p.get(f"{scope}/bias_ih"), p.get(f"{scope}/bias_hh")
+    if bias_ih is None or bias_hh is None or not np.array_equal(bias_ih + bias_hh, bias):
+        bias_ih, bias_hh = bias, np.zeros_like(bias)  # no (or stale) upstream pair: the folded bias alone
+    out = {}
+    for k in range(layers):
+        packed = w0 if k == 0 else p[f"{scope}/weight"][k - 1]  # (D, 4, H, I + H)
+        for d, s in enumerate(("", "_reverse")[:directions]):
+            out[f"{prefix}weight_ih_l{k}{s}"] = packed[d, :, :, :-hidden].reshape(4 * hidden, -1)
+            out[f"{prefix}weight_hh_l{k}{s}"] = packed[d, :, :, -hidden:].reshape(4 * hidden, hidden)
+            out[f"{prefix}bias_ih_l{k}{s}"] = bias_ih[k, d].reshape(-1)
+            out[f"{prefix}bias_hh_l{k}{s}"] = bias_hh[k, d].reshape(-1)
+    return out
+
+
+def canonical_from_parameters(params: Mapping[str, np.ndarray], config: Config) -> dict[str, np.ndarray]:
+    """Inverse of :func:`parameters_from_canonical`; the result is checked against the inventory."""
+    if isinstance(config, UMXSeparatorConfig):
+        per_target = {}
+        for target in config.separator.targets:
+            head = f"{target}/"
+            own = {k[len(head) :]: v for k, v in params.items() if k.startswith(head)}
+            per_target[target] = canonical_from_parameters(own, config.model)
+        return join_targets(per_target)
+    p = {k: np.asarray(v) for k, v in params.items()}
+    out: dict[str, np.ndarray] = {}
+    try:
+        if isinstance(config, UMXConfig):
+            out.update({k: p[k] for k in ("input_mean", "input_scale", "output_scale", "output_mean")})
+            for index in (1, 2, 3):
+                out[f"fc{index}.weight"] = p[f"fc{index}/affine/W"].T
+                for leaf, nn_name in _BN.items():
+                    out[f"bn{index}.{leaf}"] = p[f"bn{index}/bn/{nn_name}"].reshape(-1)
+            out.update(_lstm_to_canonical(p, "lstm/lstm", "lstm."))
+        else:
+            for canonical, ours in _demucs_conv_names(config):
+                out[f"{canonical}.weight"] = p[f"{ours}/W"]
+                out[f"{canonical}.bias"] = p[f"{ours}/b"]
+            if config.lstm_layers:
+                out.update(_lstm_to_canonical(p, "lstm/lstm/lstm", "lstm.lstm."))
+                out["lstm.linear.weight"] = p["lstm/linear/affine/W"].T
+                out["lstm.linear.bias"] = p["lstm/linear/affine/b"]
+    except KeyError as e:
+        raise KeyError(f"NNabla parameters lack {e.args[0]!r} (have {sorted(p)[:8]}...)") from None
+    return check_weights({k: np.ascontiguousarray(v) for k, v in out.items()}, config, "NNabla parameters")
+
+
+# --- models ----------------------------------------------------------------------------------------------------
+
+
+def _config_of(model: Model) -> Config:
+    return model.config
+
+
+def _set_parameters(root: OrderedDict, params: Mapping[str, np.ndarray]) -> None:
+    with nn.parameter_scope("", root):
+        for name, value in params.items():
+            leaf = name.rsplit("/", 1)[-1]
+            var = nn.Variable.from_numpy_array(value, need_grad=leaf not in _FIXED_LEAVES)
+            nn.parameter.set_parameter(name, var)
+
+
+def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
+    """Load canonical weights into ``model`` (an :class:`OpenUnmix`, :class:`Demucs` or :class:`Separator`),
+    replacing its parameters; raises :class:`WeightsMismatchError` for anything missing, unexpected or mis-shaped."""
+    params = parameters_from_canonical(weights, _config_of(model))
+    if isinstance(model, Separator):
+        _set_parameters(model.params, params)
+        for target in model.target_models.values():
+            target.graphs.clear()
+    else:
+        with model.parameter_scope() as scope:
+            _set_parameters(scope, params)
+    model.graphs.clear()  # graphs built before hold the previous parameter arrays
+
+
+def from_canonical(config: Config, weights: Mapping[str, Any] | None = None, **kwargs: Any) -> Model:
+    """Build the model of ``config`` (:class:`OpenUnmix`, :class:`Demucs` or :class:`Separator`) and load
+    ``weights`` into it. ``kwargs`` go to the constructor (``lstm_impl``; separator overrides such as ``niter``)."""
+    if isinstance(config, UMXSeparatorConfig):
+        return Separator.from_config(config, weights, **kwargs)
+    if isinstance(config, UMXConfig):
+        model: Model = OpenUnmix.from_config(config, **kwargs)
+    elif isinstance(config, DemucsConfig):
+        model = Demucs.from_config(config, **kwargs)
+    else:
+        raise TypeError(f"no NNabla model for {type(config).__name__}")
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def to_canonical(model: Model) -> dict[str, np.ndarray]:
+    """The canonical weights of ``model`` (upstream names; ``target_models.<t>.<name>`` for a separator)."""
+    params = {k: v.d.copy() for k, v in model.get_parameters(grad_only=False).items()}
+    return canonical_from_parameters(params, _config_of(model))
+
+
+# --- the native file -------------------------------------------------------------------------------------------
+
+
+def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(<stem>.h5, <stem>.json)`` for a path given with either suffix or none."""
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".h5", ".json") else p
+    return stem.with_name(stem.name + ".h5"), stem.with_name(stem.name + ".json")
+
+
+def _atomic(path: Path, write: Any, suffix: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Config, force: bool = False) -> list[Path]:
+    """Write ``<stem>.h5`` (``nn.save_parameters``) and ``<stem>.json`` atomically; refuse to overwrite unless
+    ``force``. ``weights`` are canonical (checked against ``config``'s inventory). Returns the two paths."""
+    h5_path, json_path = native_paths(path)
+    if not force:
+        for p in (h5_path, json_path):
+            if p.exists():
+                raise FileExistsError(f"{p} exists; pass force=True (--force) to overwrite it")
+    params = parameters_from_canonical(weights, config)
+    variables = OrderedDict(
+        (k, nn.Variable.from_numpy_array(v, need_grad=k.rsplit("/", 1)[-1] not in _FIXED_LEAVES))
+        for k, v in params.items()
+    )
+    header = {"format": FORMAT, "config": json.loads(config_to_json(config))}
+    h5_path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(h5_path, lambda tmp: nn.save_parameters(tmp, variables), ".h5")
+    _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n"), ".json")
+    return [h5_path, json_path]
+
+
+def _read_native(path: str | os.PathLike) -> tuple[OrderedDict[str, np.ndarray], Config]:
+    h5_path, json_path = native_paths(path)
+    for p in (h5_path, json_path):
+        if not p.exists():
+            raise FileNotFoundError(f"NNabla weights: {p} not found (save_native writes <stem>.h5 and <stem>.json)")
+    header = json.loads(json_path.read_text())
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{json_path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    config = config_from_json(json.dumps(header["config"]))
+    scope: OrderedDict = OrderedDict()
+    with nn.parameter_scope("", scope):
+        nn.load_parameters(str(h5_path))
+        params = OrderedDict((k, v.d.copy()) for k, v in nn.get_parameters(grad_only=False).items())
+    return params, config
+
+
+def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
+    """Read ``<stem>.h5`` + ``<stem>.json``: ``(canonical weights, config)``."""
+    params, config = _read_native(path)
+    return canonical_from_parameters(params, config), config
+
+
+def load_module(path: str | os.PathLike, **kwargs: Any) -> Model:
+    """The model stored in a native file, ready to run (``kwargs`` as :func:`from_canonical`)."""
+    weights, config = load_native(path)
+    return from_canonical(config, weights, **kwargs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m umx_nnabla.weights --from-canonical IN --out OUT [--force]``; prints the written paths as JSON."""
+    parser = argparse.ArgumentParser(
+        prog="python -m umx_nnabla.weights", description="canonical weights -> NNabla .h5 + .json"
+    )
+    parser.add_argument("--from-canonical", required=True, metavar="IN", help="canonical <stem>[.safetensors]")
+    parser.add_argument("--out", required=True, metavar="OUT", help="output stem (writes OUT.h5 and OUT.json)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing files")
+    args = parser.parse_args(argv)
+    try:
+        weights, config, _ = load_canonical(args.from_canonical)
+        written = save_native(args.out, weights, config, force=args.force)
+    except (ValueError, OSError, KeyError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(json.dumps([str(p) for p in written]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
