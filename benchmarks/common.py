@@ -1,0 +1,222 @@
+"""Timing and memory helpers every port's benchmark reuses, and the JSON result files.
+
+- :func:`time_call`: wall time of a call over ``repeats`` runs after ``warmup`` runs (min, median, all).
+- :func:`measure_peak_rss`: the peak resident memory a call adds on top of what the process holds before it
+  (Linux: the kernel's high-water mark ``VmHWM``, reset through ``/proc/self/clear_refs``; elsewhere a sampling
+  thread). Run it first in a fresh process, before any warm-up, so allocator caches do not hide the peak.
+- :func:`run_isolated`: run ``module:function(**kwargs)`` in a fresh interpreter and return the dict it returns
+  (each implementation gets its own process, so peaks and caches do not leak between them).
+- :func:`write_result`: ``benchmarks/results/<name>.json`` with the machine description and one row per
+  measurement; other ports add their own files with the same row format.
+
+Row format: ``{"case", "impl", "wall_s_min", "wall_s_median", "wall_s_all", "peak_rss_mb", "peak_delta_mb",
+"ratio_vs_upstream", ...}`` (memory in MiB).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parent.parent
+
+__all__ = [
+    "MEMORY_ENV",
+    "RESULTS_DIR",
+    "current_rss_mb",
+    "machine_info",
+    "measure_peak_rss",
+    "print_table",
+    "release_free_memory",
+    "run_isolated",
+    "time_call",
+    "write_result",
+]
+
+
+def _status_kb(field: str) -> float | None:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return float(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def current_rss_mb() -> float:
+    """Resident memory of this process now, in MiB (0 where unknown)."""
+    kb = _status_kb("VmRSS")
+    return (kb or 0.0) / 1024
+
+
+def lifetime_peak_rss_mb() -> float:
+    """Peak resident memory of this process since it started (or since the last reset), in MiB."""
+    kb = _status_kb("VmHWM")
+    if kb is not None:
+        return kb / 1024
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
+
+
+def _reset_peak() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def release_free_memory() -> None:
+    """Return freed heap memory to the OS (glibc ``malloc_trim``), so that a later peak is not hidden by reuse."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def measure_peak_rss(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[Any, dict[str, float]]:
+    """Call ``fn`` once; return its result and ``{"rss_before_mb", "peak_rss_mb", "peak_delta_mb"}``.
+
+    Freed heap memory is returned to the OS first, so the delta is what the call itself needs.
+    """
+    import gc
+
+    gc.collect()
+    release_free_memory()
+    before = current_rss_mb()
+    if _reset_peak():
+        result = fn()
+        peak = lifetime_peak_rss_mb()
+    else:  # sample from a thread: may miss very short peaks
+        samples = [before]
+        done = threading.Event()
+
+        def sample() -> None:
+            while not done.is_set():
+                samples.append(current_rss_mb())
+                time.sleep(interval_s)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        try:
+            result = fn()
+        finally:
+            done.set()
+            thread.join()
+        peak = max(samples + [current_rss_mb()])
+    return result, {"rss_before_mb": before, "peak_rss_mb": peak, "peak_delta_mb": peak - before}
+
+
+def time_call(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
+    """Wall time of ``fn()``: ``{"wall_s_min", "wall_s_median", "wall_s_all"}`` over ``repeats`` runs."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return {"wall_s_min": min(times), "wall_s_median": statistics.median(times), "wall_s_all": times}
+
+
+# glibc serves large blocks from mmap (returned to the OS when freed) only above a threshold that it raises on
+# its own as blocks are freed; blocks below it stay in the heap and keep counting as resident. Fixing the
+# threshold at 1 MiB makes the resident peak follow the live tensors, and the same for every implementation.
+MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_ARENA_MAX": "2"}
+
+
+def run_isolated(
+    target: str, timeout_s: float | None = None, env: Mapping[str, str] | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """Run ``"package.module:function"`` with JSON-able ``kwargs`` in a fresh interpreter; return its dict.
+
+    ``env``: extra environment variables for that interpreter (e.g. :data:`MEMORY_ENV`).
+    """
+    module, function = target.split(":")
+    code = (
+        "import json, sys, importlib\n"
+        f"fn = getattr(importlib.import_module({module!r}), {function!r})\n"
+        "out = fn(**json.loads(sys.argv[1]))\n"
+        "print('\\n@@RESULT@@' + json.dumps(out))\n"
+    )
+    env = {**os.environ, **(env or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    proc = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(kwargs)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout_s,
+        cwd=ROOT,
+    )
+    if proc.returncode != 0 or "@@RESULT@@" not in proc.stdout:
+        raise RuntimeError(f"{target}({kwargs}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.rsplit("@@RESULT@@", 1)[1])
+
+
+def machine_info() -> dict[str, Any]:
+    info: dict[str, Any] = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+    }
+    try:
+        with open("/proc/cpuinfo") as f:
+            names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+        if names:
+            info["cpu"] = names[0]
+    except OSError:
+        pass
+    try:
+        info["load_average"] = os.getloadavg()
+    except OSError:
+        pass
+    return info
+
+
+def write_result(name: str, rows: Iterable[Mapping[str, Any]], meta: Mapping[str, Any] | None = None) -> Path:
+    """Write ``benchmarks/results/<name>.json``: ``{"name", "created", "machine", "meta", "rows"}``."""
+    RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    path = RESULTS_DIR / f"{name}.json"
+    payload = {
+        "name": name,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "machine": machine_info(),
+        "meta": dict(meta or {}),
+        "rows": [dict(r) for r in rows],
+    }
+    path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
+    return path
+
+
+def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
+    """Print rows as a fixed-width table (case, impl, wall min/median, ratio, peak memory)."""
+    header = f"{'case':<34} {'impl':<14} {'min s':>8} {'median s':>9} {'ratio':>6} {'peak MiB':>9} {'+peak MiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        ratio = r.get("ratio_vs_upstream")
+        print(
+            f"{r['case']:<34} {r['impl']:<14} {r['wall_s_min']:>8.3f} {r['wall_s_median']:>9.3f} "
+            f"{'' if ratio is None else f'{ratio:.2f}':>6} {r.get('peak_rss_mb', float('nan')):>9.0f} "
+            f"{r.get('peak_delta_mb', float('nan')):>9.0f}"
+        )

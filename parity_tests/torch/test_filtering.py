@@ -1,0 +1,162 @@
+"""umx_torch Wiener/EM against upstream ``openunmix.filtering`` (fixtures and live) and the NumPy reference."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from core_spec.reference import filtering as ref
+from core_spec.tolerances import check
+from parity_tests.fixtures import load
+from parity_tests.fixtures_umx import WIENER_CASES, wiener_inputs
+from parity_tests.torch.helpers import DTYPES, TORCH_DTYPES, np_of, torch, torch_device
+from umx_torch.filtering import expectation_maximization, upstream_atan2, wiener, wiener_planar
+
+
+@pytest.fixture(scope="module")
+def fx() -> dict[str, np.ndarray]:
+    return load("umx_wiener")[0]
+
+
+def _name(case: dict) -> str:
+    return (
+        f"niter{case['niter']}-{'softmask' if case['softmask'] else 'phase'}-"
+        f"{'residual' if case['residual'] else 'targets'}-C{case.get('spec_channels', case.get('channels'))}"
+    )
+
+
+def _run(v: np.ndarray, mix: np.ndarray, dtype: str, device: str, **kwargs) -> np.ndarray:
+    dev = torch_device(device)
+    vt = torch.from_numpy(v).to(dev, TORCH_DTYPES[dtype])
+    mt = torch.from_numpy(mix).to(dev, TORCH_DTYPES[dtype].to_complex())
+    return np_of(wiener(vt, mt, **kwargs))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("i", range(len(WIENER_CASES)), ids=[_name(c) for c in WIENER_CASES])
+def test_wiener_two_channel_mixture(fx, i, dtype, device):
+    """Fixture cases: 2-channel mixtures with silent frames/bins, 1- or 2-channel magnitudes."""
+    c = WIENER_CASES[i]
+    v, mix = wiener_inputs(i)
+    kwargs = dict(iterations=c["niter"], softmask=c["softmask"], residual=c["residual"])
+    out = _run(v, mix, dtype, device, **kwargs)
+    check(out, fx[f"{i}.out.{dtype}"], "wiener", dtype, device, what=f"torch wiener {_name(c)} {dtype} vs upstream")
+    check(out, ref.wiener(v, mix, **kwargs), "wiener", dtype, device, what=f"torch wiener {_name(c)} {dtype} vs ref")
+
+
+MONO_CASES = [
+    dict(niter=n, softmask=s, residual=r, channels=1)
+    for n, s, r in itertools.product((0, 1, 2), (False, True), (False, True))
+]
+
+
+def _mono_inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng([11, seed])
+    mix = (rng.standard_normal((10, 17, 1)) + 1j * rng.standard_normal((10, 17, 1))) * rng.uniform(0.01, 30, (1, 17, 1))
+    mix[0] = 0
+    mix[4, 3:5] = 0
+    mix[6, 7] = -2.0
+    v = np.abs(rng.standard_normal((10, 17, 1, 3)))
+    v[0] = 0
+    return v, mix
+
+
+@pytest.fixture(scope="module")
+def upstream_mono() -> dict[tuple[int, str], np.ndarray]:
+    """Upstream on 1-channel mixtures (not in the fixtures), run live."""
+    from openunmix.filtering import wiener as upstream_wiener
+
+    out = {}
+    for i, c in enumerate(MONO_CASES):
+        v, mix = _mono_inputs(i)
+        for dtype in DTYPES:
+            mix_t = torch.from_numpy(np.stack([mix.real, mix.imag], -1)).to(TORCH_DTYPES[dtype])
+            with torch.no_grad():
+                y = upstream_wiener(
+                    torch.from_numpy(v).to(TORCH_DTYPES[dtype]), mix_t, c["niter"], c["softmask"], c["residual"]
+                )
+            out[i, dtype] = y[..., 0, :].numpy() + 1j * y[..., 1, :].numpy()
+    return out
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("i", range(len(MONO_CASES)), ids=[_name(c) for c in MONO_CASES])
+def test_wiener_one_channel_mixture(upstream_mono, i, dtype, device):
+    c = MONO_CASES[i]
+    v, mix = _mono_inputs(i)
+    kwargs = dict(iterations=c["niter"], softmask=c["softmask"], residual=c["residual"])
+    out = _run(v, mix, dtype, device, **kwargs)
+    check(out, upstream_mono[i, dtype], "wiener", dtype, device, what=f"torch wiener {_name(c)} {dtype} vs upstream")
+    check(out, ref.wiener(v, mix, **kwargs), "wiener", dtype, device, what=f"torch wiener {_name(c)} {dtype} vs ref")
+
+
+@pytest.mark.parametrize("residual", [False, True])
+def test_exact_atan2(residual, device):
+    i = WIENER_CASES.index(dict(niter=1, softmask=False, residual=residual, spec_channels=2))
+    v, mix = wiener_inputs(i)
+    out = _run(v, mix, "float64", device, iterations=1, residual=residual, atan2="exact")
+    expected = ref.wiener(v, mix, 1, residual=residual, atan2="exact")
+    check(out, expected, "wiener", "float64", device, what=f"torch wiener exact atan2 residual={residual} vs ref")
+    silent = np.all(mix == 0, axis=-1)
+    assert np.all(out[silent] == 0)  # silence stays silent, the residual included
+
+
+def test_upstream_atan2_quirks():
+    y = torch.tensor([0.0, 1.0, 1.0, -1.0, 2.0, -2.0, 0.0], dtype=torch.float64)
+    x = torch.tensor([0.0, -1.0, 0.0, -1.0, 3.0, 0.0, -4.0], dtype=torch.float64)
+    angle, x_mod = upstream_atan2(y, x)
+    expected, expected_x = ref.upstream_atan2(y.numpy(), x.numpy())
+    np.testing.assert_array_equal(x_mod.numpy(), expected_x)
+    np.testing.assert_array_equal(angle.numpy(), expected)
+    assert x[0] == 0  # the input is not modified (upstream writes 1.0 into it)
+
+
+def test_leading_dimensions_are_independent_calls(device):
+    dev = torch_device(device)
+    cases = [wiener_inputs(WIENER_CASES.index(dict(niter=2, softmask=False, residual=True, spec_channels=2)))]
+    cases.append((cases[0][0][::-1].copy(), 3.0 * cases[0][1][::-1]))  # a different max_abs
+    v = torch.from_numpy(np.stack([c[0] for c in cases])).to(dev)
+    mix = torch.from_numpy(np.stack([c[1] for c in cases])).to(dev)
+    out = np_of(wiener(v, mix, 2, residual=True))
+    for b, (vb, mb) in enumerate(cases):
+        check(out[b], ref.wiener(vb, mb, 2, residual=True), "wiener", "float64", device, what=f"torch wiener batch {b}")
+
+
+def test_upstream_real_layout_in_and_out(fx):
+    i = WIENER_CASES.index(dict(niter=1, softmask=True, residual=False, spec_channels=1))
+    v, mix = wiener_inputs(i)
+    mix_real = torch.from_numpy(np.stack([mix.real, mix.imag], -1))
+    out = wiener(torch.from_numpy(v), mix_real, 1, softmask=True)
+    assert out.shape == mix_real.shape + (v.shape[-1],)
+    out = out[..., 0, :].numpy() + 1j * out[..., 1, :].numpy()
+    check(out, fx[f"{i}.out.float64"], "wiener", "float64", what="torch wiener real layout vs upstream")
+
+
+@pytest.mark.parametrize("channels", [1, 2])
+def test_expectation_maximization_returns_v_and_R(channels):
+    rng = np.random.default_rng(3)
+    shape = (8, 5, channels)
+    x = rng.standard_normal(shape) + 1j * rng.standard_normal(shape)
+    y0 = (rng.standard_normal(shape + (3,)) + 1j * rng.standard_normal(shape + (3,))) * 0.5
+    y, v, R = expectation_maximization(torch.from_numpy(y0), torch.from_numpy(x), iterations=2)
+    ry, rv, rR = ref.expectation_maximization(y0, x, iterations=2)
+    check(y.numpy(), ry, "wiener", "float64", what=f"torch EM y C={channels}")
+    check(v.numpy(), rv, "wiener", "float64", what=f"torch EM v C={channels}")
+    check(R.numpy(), rR.transpose(1, 2, 3, 0), "wiener", "float64", what=f"torch EM R C={channels}")
+
+
+@pytest.mark.parametrize("niter", [0, 1, 2])
+def test_differentiable(niter):
+    """Gradients through the whole filter (upstream's is not differentiable with niter > 0)."""
+    rng = np.random.default_rng(5)
+    v = torch.from_numpy(np.abs(rng.standard_normal((2, 2, 3, 4))) + 0.1).requires_grad_()
+    mix = torch.from_numpy(rng.standard_normal((2, 2, 3, 4)) + 1j * rng.standard_normal((2, 2, 3, 4)))
+    torch.autograd.gradcheck(lambda v: wiener_planar(v, mix, niter, residual=True).abs(), (v,))
+
+
+def test_more_than_two_channels_is_a_clear_error():
+    mix = torch.zeros(4, 5, 3, dtype=torch.complex128)
+    with pytest.raises(ValueError, match="1 or 2 channels"):
+        wiener(torch.ones(4, 5, 3, 2, dtype=torch.float64), mix, 1)

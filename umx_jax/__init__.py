@@ -1,0 +1,52 @@
+"""JAX / Flax NNX port of Open-Unmix and Demucs v2, from the framework-neutral spec in ``core_spec``.
+
+Modules (the same names in every port): :mod:`~umx_jax.transforms` (pure ``stft``, ``istft``, ``complex_norm``),
+:mod:`~umx_jax.umx` (``OpenUnmix``, ``LSTM``), :mod:`~umx_jax.demucs` (``Demucs``), :mod:`~umx_jax.resample`
+(julius-compatible resampler), :mod:`~umx_jax.filtering` (pure, jit-able Wiener/EM), :mod:`~umx_jax.separator`
+(``Separator``: the whole UMX separation as one ``jax.jit``-compiled function; ``apply_model``,
+``separate_track``), :mod:`~umx_jax.weights` (canonical weights <-> Flax state, the msgpack native file).
+
+float64: JAX runs in float32 unless 64-bit types are enabled; the port never enables them globally. The
+separators, the loaders and ``apply_model`` enter ``jax.enable_x64`` themselves for float64 modules; to call a
+float64 module or function directly, wrap the call in ``with umx_jax.dtype_scope("float64"):``.
+"""
+
+from ._scope import dtype_scope
+from .demucs import Demucs, center_trim, valid_length
+from .filtering import expectation_maximization, wiener
+from .resample import resample_frac
+from .separator import Separator, apply_model, separate_track
+from .transforms import complex_norm, istft, stft
+from .umx import LSTM, OpenUnmix
+from .weights import (
+    WeightsMismatchError,
+    from_canonical,
+    load_module,
+    load_native,
+    save_native,
+    to_canonical,
+)
+
+__all__ = [
+    "LSTM",
+    "Demucs",
+    "OpenUnmix",
+    "Separator",
+    "WeightsMismatchError",
+    "apply_model",
+    "center_trim",
+    "complex_norm",
+    "dtype_scope",
+    "expectation_maximization",
+    "from_canonical",
+    "istft",
+    "load_module",
+    "load_native",
+    "resample_frac",
+    "save_native",
+    "separate_track",
+    "stft",
+    "to_canonical",
+    "valid_length",
+    "wiener",
+]

@@ -1,0 +1,341 @@
+"""Demucs v2: the waveform model of demucs 2.0.3 (``demucs/model.py``) as a Flax NNX module.
+
+Layer ``i`` of the encoder (``i = 0`` outermost) and layer ``j`` of the decoder (``j = 0`` deepest)::
+
+    encoder.i = Conv1d(chin, ch, kernel_size, stride) -> ReLU -> [Conv1d(ch, 2ch, 1) -> GLU]        (rewrite)
+    decoder.j = [Conv1d(ch, 2ch, context) -> GLU] -> ConvTranspose1d(ch, out, kernel_size, stride) -> ReLU
+                                                                   (no ReLU on the outermost, j = depth - 1)
+    lstm      = BLSTM: 2-layer bidirectional LSTM (hidden = input = deepest ch) -> Linear(2ch, ch)
+
+The public interface is channel-first like upstream, ``(nb_samples, nb_channels, nb_timesteps)``; inside, the
+model runs channels-last, ``(nb_samples, nb_timesteps, nb_channels)`` (Flax's ``nnx.Conv`` layout). The model
+never pads: callers pad the mixture to :func:`valid_length` (:func:`umx_jax.separator.apply_model` does) and
+:func:`center_trim` the output; every length change goes through :mod:`core_spec.shapes`. The spec is
+``core_spec.reference.demucs.demucs``.
+
+Transposed convolution (:class:`ConvTranspose1d`): PyTorch's ``ConvTranspose1d`` scatters ``x[t] W[:, :, k]`` to
+output ``t * stride + k``. ``lax.conv_transpose`` does not flip kernels by default, so the layer spells the
+operation out: a convolution of the input dilated by ``stride`` (``lhs_dilation``), padded by ``kernel_size - 1``
+on both sides, with the kernel **flipped** along time. Its kernel is stored unflipped, ``(kernel_size, in, out)``
+with ``kernel[k, i, o] = weight[i, o, k]``, so the mapping from upstream's ``(in, out, k)`` is a plain transpose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from core_spec import shapes
+from core_spec.configs import DemucsConfig
+from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
+
+from .resample import resample_time_major
+from .umx import LSTM, _torch_linear_init
+
+__all__ = [
+    "BLSTM",
+    "ConvTranspose1d",
+    "Demucs",
+    "DecoderLayer",
+    "EncoderLayer",
+    "center_trim",
+    "conv_transpose1d",
+    "demucs_trace_keys",
+    "glu",
+    "valid_length",
+]
+
+
+def valid_length(length: int, config: DemucsConfig) -> int:
+    """Smallest input length ``>= length`` the model takes whole (:func:`core_spec.shapes.valid_length`)."""
+    return shapes.valid_length(length, config)
+
+
+def center_trim(x: jax.Array, reference: jax.Array | int, axis: int = -1) -> jax.Array:
+    """Keep the centre ``reference`` samples of ``axis`` (the odd extra sample goes on the right)."""
+    length = reference.shape[axis] if hasattr(reference, "shape") else int(reference)
+    start, stop = shapes.center_trim_bounds(x.shape[axis], length)
+    return lax.slice_in_dim(x, start, stop, axis=axis)
+
+
+def glu(x: jax.Array, axis: int = -1) -> jax.Array:
+    """Gated linear unit: first half of ``axis`` (value) times the sigmoid of the second half (gate)."""
+    value, gate = jnp.split(x, 2, axis=axis)
+    return value * jax.nn.sigmoid(gate)
+
+
+def conv_transpose1d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
+    """``torch.nn.functional.conv_transpose1d`` with padding 0, channels-last, without bias.
+
+    Args:
+        x: ``(nb_samples, length, in_channels)``.
+        kernel: ``(kernel_size, in_channels, out_channels)``, unflipped: ``kernel[k, i, o]`` is PyTorch's
+            ``weight[i, o, k]``.
+
+    Returns:
+        ``(nb_samples, (length - 1) * stride + kernel_size, out_channels)``: ``y[t * stride + k] += x[t] @ kernel[k]``.
+    """
+    size = kernel.shape[0]
+    return lax.conv_general_dilated(
+        x,
+        jnp.flip(kernel, axis=0),  # a transposed convolution is a convolution with the time-reversed kernel ...
+        window_strides=(1,),
+        padding=[(size - 1, size - 1)],  # ... over the input spread out by ``stride`` and fully padded
+        lhs_dilation=(stride,),
+        dimension_numbers=("NWC", "WIO", "NWC"),
+    )
+
+
+def _torch_conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
+    """PyTorch's default init for a ``(k, in, out)`` kernel: uniform in ``+-1/sqrt(k * in)``."""
+    bound = 1.0 / np.sqrt(shape[0] * shape[1])
+    return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+
+def _conv(chin: int, chout: int, kernel_size: int, stride: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
+    return nnx.Conv(
+        chin,
+        chout,
+        kernel_size=(kernel_size,),
+        strides=(stride,),
+        padding="VALID",
+        dtype=dtype,
+        param_dtype=dtype,
+        kernel_init=_torch_conv_init,
+        bias_init=nnx.initializers.zeros_init(),
+        rngs=rngs,
+    )
+
+
+class ConvTranspose1d(nnx.Module):
+    """``torch.nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride)`` (padding 0), channels-last.
+
+    State: ``kernel (kernel_size, in, out)`` (unflipped, see :func:`conv_transpose1d`), ``bias (out,)``.
+    """
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, *, dtype: Any, rngs: nnx.Rngs
+    ):
+        self.stride = stride
+        bound = 1.0 / np.sqrt(out_channels * kernel_size)  # PyTorch: fan_in of (in, out, k) is out * k
+        key = rngs.params()
+        self.kernel = nnx.Param(jax.random.uniform(key, (kernel_size, in_channels, out_channels), dtype, -bound, bound))
+        self.bias = nnx.Param(jnp.zeros((out_channels,), dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        """``(B, L, in)`` -> ``(B, (L - 1) * stride + kernel_size, out)``."""
+        return conv_transpose1d(x, self.kernel[...], self.stride) + self.bias[...]
+
+
+class EncoderLayer(nnx.Module):
+    """``encoder.i``: ``Conv1d(chin, ch, k, stride) -> ReLU -> [Conv1d(ch, 2ch, 1) -> GLU]``, channels-last."""
+
+    def __init__(self, chin: int, ch: int, config: DemucsConfig, *, dtype: Any, rngs: nnx.Rngs):
+        scale = 2 if config.glu else 1
+        self.glu = config.glu
+        self.conv = _conv(chin, ch, config.kernel_size, config.stride, dtype, rngs)
+        self.rewrite = _conv(ch, scale * ch, 1, 1, dtype, rngs) if config.rewrite else None
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x = jax.nn.relu(self.conv(x))
+        if self.rewrite is not None:
+            x = self.rewrite(x)
+            x = glu(x) if self.glu else jax.nn.relu(x)
+        return x
+
+
+class DecoderLayer(nnx.Module):
+    """``decoder.j``: ``[Conv1d(ch, 2ch, context) -> GLU] -> ConvTranspose1d(ch, out, k, stride) -> [ReLU]``."""
+
+    def __init__(self, ch: int, chout: int, config: DemucsConfig, relu: bool, *, dtype: Any, rngs: nnx.Rngs):
+        scale = 2 if config.glu else 1
+        self.glu = config.glu
+        self.relu = relu
+        self.rewrite = _conv(ch, scale * ch, config.context, 1, dtype, rngs) if config.rewrite else None
+        self.conv_tr = ConvTranspose1d(ch, chout, config.kernel_size, config.stride, dtype=dtype, rngs=rngs)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.rewrite is not None:
+            x = self.rewrite(x)
+            x = glu(x) if self.glu else jax.nn.relu(x)
+        x = self.conv_tr(x)
+        return jax.nn.relu(x) if self.relu else x
+
+
+class BLSTM(nnx.Module):
+    """demucs's ``BLSTM``: bidirectional LSTM over time, then ``Linear(2 dim, dim)``; channels-last."""
+
+    def __init__(self, dim: int, layers: int, *, dtype: Any, rngs: nnx.Rngs):
+        self.lstm = LSTM(dim, dim, layers, bidirectional=True, dtype=dtype, rngs=rngs)
+        self.linear = nnx.Linear(
+            2 * dim, dim, dtype=dtype, param_dtype=dtype, kernel_init=_torch_linear_init, rngs=rngs
+        )
+
+    def __call__(self, x: jax.Array, trace: dict[str, jax.Array] | None = None) -> jax.Array:
+        """``(B, T, dim)`` -> ``(B, T, dim)``; ``trace["lstm.lstm"]``: the raw states ``(T, B, 2 dim)``."""
+        y = self.lstm(jnp.transpose(x, (1, 0, 2)))  # (T, B, 2 dim)
+        if trace is not None:
+            trace["lstm.lstm"] = y
+        return jnp.transpose(self.linear(y), (1, 0, 2))
+
+
+class Demucs(nnx.Module):
+    """Demucs v2 waveform source separation.
+
+    Args: as ``demucs.model.Demucs`` of demucs 2.0.3 (and :class:`core_spec.configs.DemucsConfig`), plus
+        ``dtype`` (float32 or float64; float64 needs ``jax.enable_x64``) and ``rngs`` (random init, seed 0 if
+        ``None``).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        audio_channels: int = 2,
+        channels: int = 64,
+        depth: int = 6,
+        rewrite: bool = True,
+        glu: bool = True,
+        rescale: float = 0.1,
+        resample: bool = True,
+        kernel_size: int = 8,
+        stride: int = 4,
+        growth: float = 2.0,
+        lstm_layers: int = 2,
+        context: int = 3,
+        normalize: bool = False,
+        samplerate: int = 44100,
+        segment_length: int = 4 * 10 * 44100,
+        *,
+        dtype: Any = jnp.float32,
+        rngs: nnx.Rngs | None = None,
+    ):
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        config = DemucsConfig(
+            sources=tuple(sources),
+            audio_channels=audio_channels,
+            channels=channels,
+            depth=depth,
+            rewrite=rewrite,
+            glu=glu,
+            rescale=rescale,
+            resample=resample,
+            kernel_size=kernel_size,
+            stride=stride,
+            growth=growth,
+            lstm_layers=lstm_layers,
+            context=context,
+            normalize=normalize,
+            samplerate=samplerate,
+            segment_length=segment_length,
+        )
+        self._config = config
+        self.sources = tuple(sources)
+        self.audio_channels = audio_channels
+        self.samplerate = samplerate
+        self.segment_length = segment_length
+        # other filters for the resamplings (hashable, static): see set_resample_kernels
+        self._resample_kernels: tuple[tuple[str, tuple[tuple[float, ...], ...]], ...] = ()
+
+        layers = config.layer_channels()
+        self.encoder = nnx.List([EncoderLayer(chin, ch, config, dtype=dtype, rngs=rngs) for chin, ch in layers])
+        decoder = []
+        for index, (chin, ch) in reversed(list(enumerate(layers))):
+            out = len(self.sources) * audio_channels if index == 0 else chin
+            decoder.append(DecoderLayer(ch, out, config, relu=index > 0, dtype=dtype, rngs=rngs))
+        self.decoder = nnx.List(decoder)
+        self.lstm = BLSTM(layers[-1][1], lstm_layers, dtype=dtype, rngs=rngs) if lstm_layers else None
+
+    @classmethod
+    def from_config(cls, config: DemucsConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None) -> Demucs:
+        """A model with the constructor arguments of ``config`` (weights: PyTorch-like random init)."""
+        kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+        return cls(**kwargs, dtype=dtype, rngs=rngs)
+
+    @property
+    def config(self) -> DemucsConfig:
+        """The :class:`core_spec.configs.DemucsConfig` of this model."""
+        return self._config
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(self.encoder[0].conv.kernel[...].dtype)
+
+    def valid_length(self, length: int) -> int:
+        """Smallest input length ``>= length`` the model takes whole (:func:`core_spec.shapes.valid_length`)."""
+        return shapes.valid_length(length, self._config)
+
+    def output_length(self, length: int) -> int:
+        """Output length for an input of ``length`` samples (:func:`core_spec.shapes.output_length`)."""
+        return shapes.output_length(length, self._config)
+
+    def set_resample_kernels(self, kernels: dict[str, np.ndarray] | None) -> None:
+        """Use other filters for the x2 resamplings: ``{"up": (2, taps), "down": (1, taps)}`` (``None``: the
+        spec's float64 ones). The parity suite injects julius's float32-built kernels here."""
+        self._resample_kernels = tuple(
+            (name, tuple(tuple(float(c) for c in row) for row in np.asarray(value, dtype=np.float64)))
+            for name, value in sorted((kernels or {}).items())
+        )
+
+    @property
+    def resample_kernels(self) -> dict[str, np.ndarray]:
+        """The filters set by :meth:`set_resample_kernels` (float64), by ``"up"`` / ``"down"``."""
+        return {name: np.array(rows, dtype=np.float64) for name, rows in self._resample_kernels}
+
+    def __call__(self, mix: jax.Array, trace: dict[str, jax.Array] | None = None) -> jax.Array:
+        """Estimate the sources.
+
+        Args:
+            mix: ``(nb_samples, audio_channels, nb_timesteps)``, normally of length :meth:`valid_length`.
+            trace: if given, filled with the intermediate outputs named by
+                :func:`core_spec.reference.demucs.demucs_trace_keys`, in upstream's channel-first layouts.
+
+        Returns:
+            ``(nb_samples, nb_sources, audio_channels, output_length(nb_timesteps))``.
+        """
+        config = self._config
+        if mix.ndim != 3 or mix.shape[1] != self.audio_channels:
+            raise ValueError(f"Demucs expects (nb_samples, {self.audio_channels}, nb_timesteps), got {mix.shape}")
+        self.output_length(mix.shape[-1])  # a clear error for inputs too short for the convolutions
+        record: dict[str, jax.Array] = trace if trace is not None else {}
+
+        def keep(key: str, x: jax.Array) -> jax.Array:
+            if trace is not None:
+                record[key] = jnp.transpose(x, (0, 2, 1))  # channels-last -> upstream's (B, C, L)
+            return x
+
+        if config.normalize:
+            mono = jnp.mean(mix, axis=1, keepdims=True)  # (B, 1, L)
+            mean = jnp.mean(mono, axis=-1, keepdims=True)
+            std = jnp.std(mono, axis=-1, keepdims=True, ddof=1)  # unbiased, as torch.std
+            x = (mix - mean) / (DEMUCS_NORM_EPS + std)
+        else:
+            x = mix / (DEMUCS_NORM_EPS + 1.0)  # upstream divides by 1e-5 + 1 even without normalisation
+
+        x = jnp.transpose(x, (0, 2, 1))  # (B, L, C)
+        kernels = self.resample_kernels
+        if config.resample:
+            x = keep("resample.up", resample_time_major(x, 1, 2, kernels=kernels.get("up")))
+
+        saved = []
+        for index, encode in enumerate(self.encoder):
+            x = keep(f"encoder.{index}", encode(x))
+            saved.append(x)
+        if self.lstm is not None:
+            x = keep("lstm", self.lstm(x, record if trace is not None else None))
+        for index, decode in enumerate(self.decoder):
+            x = x + center_trim(saved.pop(), x.shape[1], axis=1)  # a decoder never outgrows its encoder
+            x = keep(f"decoder.{index}", decode(x))
+
+        if config.resample:
+            x = keep("resample.down", resample_time_major(x, 2, 1, kernels=kernels.get("down")))
+        x = jnp.transpose(x, (0, 2, 1))  # (B, S * C, L)
+        if config.normalize:
+            x = x * std + mean
+        return x.reshape(x.shape[0], len(self.sources), self.audio_channels, x.shape[-1])

@@ -1,0 +1,555 @@
+"""Waveform in, stems out: the Open-Unmix :class:`Separator` and Demucs's :func:`apply_model`.
+
+- :class:`Separator`: ``openunmix.model.Separator`` semantics (STFT, one network per target, Wiener filter chunk
+  by chunk, inverse STFT). Calling it runs **one** ``jax.jit``-compiled function for the whole separation,
+  compiled once per input shape (the shapes are static; the settings are static attributes of the module):
+
+  - the dense layers of each target network run on their own; the LSTMs of all targets run as one
+    ``lax.scan`` per layer (their states stacked, the LSTM ``jax.vmap``-ed over the targets), so each step is one
+    batched matmul for every target and both directions;
+  - the Wiener step filters all ``wiener_win_len`` chunks in one call, the chunk axis being a batch axis (the last,
+    shorter chunk is padded and masked out of the sums, so every chunk is filtered exactly as upstream's
+    independent calls); without EM the filter is element-wise and the chunking changes nothing, so it is skipped;
+  - no Python loop over frames, chunks or targets is traced.
+
+  :meth:`Separator.forward` is the same computation without ``jax.jit`` (op by op).
+- :func:`apply_model` and :func:`separate_track`: ``demucs.utils.apply_model`` and ``demucs/separate.py`` of
+  demucs 2.0.3 (segments with a triangular cross-fade, random shifts, padding with real neighbouring samples),
+  with the chunk geometry of :mod:`core_spec.shapes` and shifts drawn from a seeded generator
+  (``core_spec.reference.apply`` is the spec). The network is ``jax.jit``-compiled per chunk length; the
+  overlap-add updates its accumulators in place (donated buffers).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping
+from functools import partial
+from typing import Any, Protocol
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax import lax
+
+from core_spec import shapes
+from core_spec.audio import prepare_audio
+from core_spec.configs import SeparatorConfig, STFTConfig, UMXSeparatorConfig, WienerConfig
+
+from ._scope import as_device, canonical_dtype, dtype_scope
+from .demucs import Demucs, center_trim
+from .filtering import wiener_planar
+from .transforms import complex_norm, istft_frame_major, stft_frame_major
+from .umx import OpenUnmix
+
+__all__ = ["Separator", "Window", "apply_model", "device_of", "separate_track", "separator_kwargs"]
+
+
+class Window(nnx.Variable):
+    """A fixed STFT window (not a trainable parameter, not part of the canonical weights)."""
+
+
+class Separator(nnx.Module):
+    """Open-Unmix separation of waveforms.
+
+    Args:
+        target_models: ``{target name: OpenUnmix}``, in output order (all with the same config and dtype).
+        niter: EM iterations of the Wiener filter (0: the networks' magnitudes with the mixture phase).
+        softmask: initialise the filter with ratio masks.
+        residual: add ``mixture - sum(targets)`` as an extra output (``"residual"``).
+        sample_rate: the models' rate in Hz.
+        n_fft, n_hop: STFT geometry.
+        nb_channels: channels the networks see (1: a mono magnitude, as ``umxse``).
+        wiener_win_len: frames per independently filtered chunk (``None``: the whole track at once).
+        atan2: ``"upstream"`` (openunmix's phase initialisation, default) or ``"exact"``.
+        eps, scale_factor: the filter's constants (upstream's defaults).
+        window: STFT/ISTFT window ``(n_fft,)``; ``None`` is the periodic Hann window (float64, cast).
+        precision: ``jax.default_matmul_precision`` of the compiled function: ``"highest"`` (default: float32
+            products on GPUs too, no TF32), or ``"default"`` / ``"high"`` to let a GPU use TF32.
+    """
+
+    def __init__(
+        self,
+        target_models: Mapping[str, OpenUnmix],
+        niter: int = 0,
+        softmask: bool = False,
+        residual: bool = False,
+        sample_rate: float = 44100.0,
+        n_fft: int = 4096,
+        n_hop: int = 1024,
+        nb_channels: int = 2,
+        wiener_win_len: int | None = 300,
+        atan2: str = "upstream",
+        eps: float = 1e-10,
+        scale_factor: float = 10.0,
+        window: Any = None,
+        precision: str | None = "highest",
+    ):
+        if not target_models:
+            raise ValueError("a separator needs at least one target model")
+        self.wiener_config = WienerConfig(
+            niter=niter,
+            softmask=softmask,
+            residual=residual,
+            wiener_win_len=wiener_win_len,
+            eps=eps,
+            scale_factor=scale_factor,
+            atan2=atan2,
+        )
+        self.sample_rate = float(sample_rate)
+        self.stft_config = STFTConfig(n_fft=n_fft, n_hop=n_hop, center=True)
+        self.nb_channels = nb_channels
+        self.precision = precision
+        # nnx.Dict iterates its keys sorted: the output order is kept separately
+        self.targets = tuple(target_models)
+        self.target_models = nnx.Dict(dict(target_models))
+        models = list(target_models.values())
+        configs = {m.config for m in models}
+        if len(configs) != 1 or len({m.dtype for m in models}) != 1:
+            raise ValueError("every target model of a separator must have the same config and dtype")
+        self.window = None if window is None else Window(jnp.asarray(window, models[0].dtype))
+
+    # upstream's attribute names
+    @property
+    def niter(self) -> int:
+        return self.wiener_config.niter
+
+    @property
+    def residual(self) -> bool:
+        return self.wiener_config.residual
+
+    @property
+    def softmask(self) -> bool:
+        return self.wiener_config.softmask
+
+    @property
+    def wiener_win_len(self) -> int | None:
+        return self.wiener_config.wiener_win_len
+
+    @property
+    def nb_targets(self) -> int:
+        return len(self.target_models)
+
+    @property
+    def target_names(self) -> tuple[str, ...]:
+        """Names of the outputs, in order: the targets, then ``"residual"`` if enabled."""
+        return self.targets + ("residual",) if self.residual else self.targets
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.target_models[self.targets[0]].dtype
+
+    @classmethod
+    def from_config(
+        cls,
+        config: UMXSeparatorConfig,
+        weights: Mapping[str, Any] | None = None,
+        *,
+        dtype: Any = jnp.float32,
+        device: Any = None,
+        rngs: nnx.Rngs | None = None,
+        **overrides: Any,
+    ) -> Separator:
+        """A separator for a preset (:func:`core_spec.configs.umx_preset`).
+
+        Args:
+            config: the preset.
+            weights: canonical weights, ``{target: {name: array}}`` or ``{"target_models.<t>.<name>": array}``;
+                ``None`` keeps a random (PyTorch-like) initialisation.
+            dtype: float32 or float64.
+            device: a ``jax.Device``, ``"cpu"``, ``"gpu"`` or ``None`` (JAX's default device).
+            overrides: constructor arguments replacing the config's settings (``niter=0``, ``precision=...``).
+        """
+        if weights is not None:
+            from .weights import from_canonical
+
+            return from_canonical(config, weights, dtype=dtype, device=device, **overrides)
+        rngs = nnx.Rngs(0) if rngs is None else rngs
+        dev = as_device(device)
+        with dtype_scope(dtype), jax.default_device(dev) if dev is not None else contextlib.nullcontext():
+            models = {t: OpenUnmix.from_config(config.model, dtype=dtype, rngs=rngs) for t in config.separator.targets}
+            return cls(models, **separator_kwargs(config, **overrides))
+
+    @property
+    def config(self) -> UMXSeparatorConfig:
+        """The :class:`core_spec.configs.UMXSeparatorConfig` of this separator."""
+        model = self.target_models[self.targets[0]].config
+        return UMXSeparatorConfig(
+            model=model,
+            separator=SeparatorConfig(
+                targets=self.targets,
+                sample_rate=self.sample_rate,
+                stft=self.stft_config,
+                wiener=self.wiener_config,
+            ),
+        )
+
+    def __call__(self, audio: Any) -> jax.Array:
+        """Separate a batch of mixtures with the compiled function (no input checks: see :meth:`separate`).
+
+        Args:
+            audio: ``(nb_samples, nb_channels, nb_timesteps)`` at :attr:`sample_rate`.
+
+        Returns:
+            ``(nb_samples, nb_sources, nb_channels, nb_timesteps)``, sources in :attr:`target_names` order.
+        """
+        with dtype_scope(self.dtype, self.precision):
+            audio = jax.device_put(jnp.asarray(audio, self.dtype), device_of(self))
+            return _separate_jit(self, audio)
+
+    def forward(self, audio: jax.Array) -> jax.Array:
+        """The separation :meth:`__call__` compiles, run op by op (for debugging; same arguments).
+
+        Complex spectrograms stay frame-major, ``(..., nb_frames, nb_bins)``, from the STFT through the filter to
+        the inverse STFT (the FFTs' own layout: no transpose of them is needed); only the magnitudes given to the
+        networks are in upstream's ``(..., nb_bins, nb_frames)``.
+        """
+        fft = self.stft_config
+        nb_sources = self.nb_targets + int(self.residual)
+        if nb_sources == 1 and self.niter > 0:
+            raise ValueError("the Wiener filter with niter > 0 needs at least two sources: enable residual=True")
+        window = None if self.window is None else self.window[...]
+        mix_stft = stft_frame_major(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, window)  # (B, C, T, F)
+        X = jnp.swapaxes(complex_norm(mix_stft, mono=self.nb_channels == 1), -1, -2)  # (B, C|1, F, T)
+        spectrograms = jnp.swapaxes(self.spectrograms(X), -1, -2)  # (B, S, C|1, T, F)
+        targets_stft = self.filter(spectrograms, mix_stft, time_axis=-2)  # (B, S', C, T, F)
+        return istft_frame_major(
+            targets_stft, fft.n_fft, fft.n_hop, fft.center, fft.normalized, audio.shape[-1], window
+        )
+
+    def spectrograms(self, X: jax.Array) -> jax.Array:
+        """Every target network on the mixture magnitude.
+
+        Args:
+            X: ``(nb_samples, nb_channels or 1, nb_bins, nb_frames)``.
+
+        Returns:
+            ``(nb_samples, nb_targets, nb_channels or 1, nb_bins, nb_frames)``.
+        """
+        models = [self.target_models[t] for t in self.targets]
+        encoded = [m.encode(X) for m in models]  # [(h (T, B, H), mix)]
+        # The LSTMs, latency-bound (one small matmul per step), run as one scan for all targets: their states
+        # are stacked (a few MB) and the LSTM is vmapped over the targets. The dense layers stay per target.
+        graphdef, first = nnx.split(models[0].lstm)
+        stacked = jax.tree.map(lambda *a: jnp.stack(a), first, *[nnx.state(m.lstm) for m in models[1:]])
+        hs = jnp.stack([h for h, _ in encoded])
+        ys = jax.vmap(lambda state, h: nnx.merge(graphdef, state)(h))(stacked, hs)  # (S, T, B, H)
+        out = [m.decode(h, y, mix) for m, (h, mix), y in zip(models, encoded, ys)]
+        return jnp.stack(out, axis=1)
+
+    def filter(self, spectrograms: jax.Array, mix_stft: jax.Array, time_axis: int = -1) -> jax.Array:
+        """The Wiener step: every chunk of ``wiener_win_len`` frames an independent filter call, all at once.
+
+        Args:
+            spectrograms: target magnitudes ``(nb_samples, nb_targets, nb_channels or 1, nb_bins, nb_frames)``.
+            mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+            time_axis: ``-1`` (the layouts above) or ``-2``: frames before bins, ``(..., nb_frames, nb_bins)``.
+
+        Returns:
+            complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)`` (frames before bins with
+            ``time_axis=-2``).
+        """
+        w = self.wiener_config
+        nb_frames = mix_stft.shape[time_axis]
+        win = w.wiener_win_len or nb_frames
+        args = (w.niter, w.softmask, w.residual, w.scale_factor, w.eps, w.atan2)
+        if w.niter == 0 or win >= nb_frames:  # without EM the filter is element-wise: chunks change nothing
+            return wiener_planar(spectrograms, mix_stft, *args, time_axis=time_axis)
+        nb_chunks = -(-nb_frames // win)
+        pad = nb_chunks * win - nb_frames
+
+        def chunked(a: jax.Array) -> jax.Array:
+            """The frames axis cut into ``(nb_chunks, win)``, the chunk axis moved to position 1 (a batch axis)."""
+            t = a.ndim + time_axis
+            a = jnp.pad(a, [(0, pad) if i == t else (0, 0) for i in range(a.ndim)])
+            a = a.reshape(a.shape[:t] + (nb_chunks, win) + a.shape[t + 1 :])
+            return jnp.moveaxis(a, t, 1)
+
+        mask = None
+        if pad:  # the last chunk is shorter: its padding frames are masked out of the filter
+            mask = (np.arange(nb_chunks * win) < nb_frames).reshape(1, nb_chunks, win)
+        y = wiener_planar(chunked(spectrograms), chunked(mix_stft), *args, frame_mask=mask, time_axis=time_axis)
+        k = y.ndim + time_axis - 1  # where the chunk axis goes back: just before the frames of a chunk
+        y = jnp.moveaxis(y, 1, k)  # (B, S', C, ..., nb_chunks, win, ...)
+        y = y.reshape(y.shape[:k] + (nb_chunks * win,) + y.shape[k + 2 :])
+        return lax.slice_in_dim(y, 0, nb_frames, axis=k)
+
+    def separate(self, audio: Any, sample_rate: float | None = None, resample: bool = False) -> jax.Array:
+        """Check and shape ``audio`` (:func:`core_spec.audio.prepare_audio`), then separate it.
+
+        Args:
+            audio: NumPy or JAX array: ``(nb_timesteps,)``, ``(nb_channels, nb_timesteps)``,
+                ``(nb_timesteps, nb_channels)`` or ``(nb_samples, nb_channels, nb_timesteps)``.
+            sample_rate: its rate (``None``: the model's).
+            resample: resample to the model's rate instead of refusing another rate.
+
+        Returns:
+            ``(nb_samples, nb_sources, 2, nb_timesteps)`` in the separator's dtype, on its device.
+        """
+        batch = prepare_audio(
+            np.asarray(audio),
+            self.sample_rate if sample_rate is None else sample_rate,
+            self.sample_rate,
+            nb_channels=2,
+            resample=resample,
+            dtype=self.dtype,
+        )
+        return self(batch)
+
+    def to_dict(
+        self, estimates: jax.Array, aggregate_dict: Mapping[str, list[str]] | None = None
+    ) -> dict[str, jax.Array]:
+        """``(nb_samples, nb_sources, ...)`` -> ``{name: (nb_samples, ...)}``, optionally summed into groups."""
+        out = {name: estimates[:, k] for k, name in enumerate(self.target_names)}
+        if aggregate_dict is not None:
+            out = {key: sum(out[t] for t in targets) for key, targets in aggregate_dict.items()}  # type: ignore[misc]
+        return out
+
+
+def device_of(module: nnx.Module) -> jax.Device:
+    """The device holding a module's first parameter."""
+    leaf = jax.tree.leaves(nnx.state(module, nnx.Param))[0]
+    array = leaf[...] if isinstance(leaf, nnx.Variable) else leaf
+    return next(iter(array.devices()))
+
+
+def separator_kwargs(config: UMXSeparatorConfig, **overrides: Any) -> dict[str, Any]:
+    """:class:`Separator` constructor arguments (all but the models) of a preset, with ``overrides`` applied."""
+    sep, w = config.separator, config.separator.wiener
+    kwargs: dict[str, Any] = dict(
+        niter=w.niter,
+        softmask=w.softmask,
+        residual=w.residual,
+        sample_rate=sep.sample_rate,
+        n_fft=sep.stft.n_fft,
+        n_hop=sep.stft.n_hop,
+        nb_channels=config.model.nb_channels,
+        wiener_win_len=w.wiener_win_len,
+        atan2=w.atan2,
+        eps=w.eps,
+        scale_factor=w.scale_factor,
+    )
+    unknown = set(overrides) - set(kwargs) - {"window", "precision"}
+    if unknown:
+        raise TypeError(f"unknown Separator arguments {sorted(unknown)}")
+    kwargs.update(overrides)
+    return kwargs
+
+
+# graph_updates=False: the functions only read the modules' state, so no state is returned (nnx.jit's default
+# graph updates would hand every parameter back as an output: a copy of all weights per call)
+@partial(nnx.jit, graph_updates=False)
+def _separate_jit(separator: Separator, audio: jax.Array) -> jax.Array:
+    return separator.forward(audio)
+
+
+# --- Demucs ------------------------------------------------------------------------------------------------
+
+
+class _Draws(Protocol):
+    def integers(self, low: int, high: int) -> Any: ...
+
+
+class _Track:
+    """A track zero-extended by ``margin`` samples on both sides, so that every padded chunk of it
+    (``TensorChunk.padded``: real neighbouring samples where the track has some, zeros beyond its ends) is one
+    dynamic slice: a chunk's position is a traced offset, and one compiled network serves every chunk of a length.
+    """
+
+    def __init__(self, samples: jax.Array, margin: int = 0):
+        self.samples = samples
+        self.length = samples.shape[-1]
+        self.margin = -1
+        self.extend(margin)
+
+    def extend(self, margin: int) -> None:
+        if margin > self.margin:
+            self.margin = margin
+            pad = [(0, 0)] * (self.samples.ndim - 1) + [(margin, margin)]
+            self.extended = jnp.pad(self.samples, pad)
+
+    def padded(self, offset: int, length: int, target_length: int) -> jax.Array:
+        """``TensorChunk(track, offset, length).padded(target_length)`` (eager; for the shifts)."""
+        win = shapes.chunk_window(self.length, offset, length, target_length)
+        self.extend(max(win.pad_left, win.pad_right))
+        start = win.start - win.pad_left + self.margin
+        return lax.dynamic_slice_in_dim(self.extended, start, target_length, axis=-1)
+
+
+def _margin(model: Demucs, lengths: list[int]) -> int:
+    """Zeros a track needs on each side for every chunk of ``lengths`` padded to ``valid_length``: one extension
+    (and so one shape of the compiled network's input) for a whole split track."""
+    return max(model.valid_length(n) - n for n in set(lengths))
+
+
+@partial(nnx.jit, static_argnames=("size",), graph_updates=False)
+def _window_forward(model: Demucs, extended: jax.Array, start: jax.Array, size: int) -> jax.Array:
+    """The network on ``extended[..., start:start + size]`` (compiled once per ``size``)."""
+    return model(lax.dynamic_slice_in_dim(extended, start, size, axis=-1))
+
+
+def _apply_valid(model: Demucs, track: _Track, offset: int, length: int) -> jax.Array:
+    """Pad the chunk to ``valid_length`` (real neighbours first), run the network, centre-trim to the chunk."""
+    length = min(track.length - offset, length)
+    target = model.valid_length(length)
+    win = shapes.chunk_window(track.length, offset, length, target)
+    track.extend(max(win.pad_left, win.pad_right))
+    start = jnp.asarray(win.start - win.pad_left + track.margin)
+    return center_trim(_window_forward(model, track.extended, start, size=target), length)
+
+
+def _apply_shifted(model: Demucs, track: _Track, offset: int, length: int, shifts: int, rng: _Draws) -> jax.Array:
+    """Average of ``shifts`` runs on randomly shifted windows (one plain run when ``shifts`` is 0).
+
+    Every shift gives the network another input length: one compilation per distinct ``valid_length``.
+    """
+    if not shifts:
+        return _apply_valid(model, track, offset, length)
+    length = min(track.length - offset, length)
+    max_shift = int(0.5 * model.samplerate)
+    padded = _Track(track.padded(offset, length, length + 2 * max_shift))  # a new track: zeros beyond it
+    out = None
+    for _ in range(shifts):
+        shift = int(rng.integers(0, max_shift + 1))  # upstream: random.randint(0, max_shift), unseeded
+        shifted = _apply_valid(model, padded, shift, length + max_shift - shift)[..., max_shift - shift :]
+        out = shifted if out is None else out + shifted
+    assert out is not None
+    return out / shifts
+
+
+@partial(jax.jit, donate_argnums=(0, 1))
+def _overlap_add(
+    out: jax.Array, sum_weight: jax.Array, chunk: jax.Array, weight: jax.Array, offset: jax.Array
+) -> tuple[jax.Array, jax.Array]:
+    """``out[..., offset:offset+n] += weight[:n] * chunk``; ``sum_weight[offset:offset+n] += weight[:n]``, in place
+    (``n`` is the chunk's length)."""
+    n = chunk.shape[-1]
+    weight = weight[:n]
+    segment = lax.dynamic_slice_in_dim(out, offset, n, axis=-1) + weight * chunk
+    out = lax.dynamic_update_slice_in_dim(out, segment, offset, axis=-1)
+    total = lax.dynamic_slice_in_dim(sum_weight, offset, n, axis=-1) + weight
+    return out, lax.dynamic_update_slice_in_dim(sum_weight, total, offset, axis=-1)
+
+
+def apply_model(
+    model: Demucs,
+    mix: Any,
+    shifts: int = 0,
+    split: bool = False,
+    overlap: float = 0.25,
+    transition_power: float = 1.0,
+    segment_length: int | None = None,
+    rng: _Draws | int | None = None,
+    precision: str | None = "highest",
+) -> jax.Array:
+    """Apply Demucs to a (normalised) track with ``demucs.utils.apply_model`` semantics (demucs 2.0.3).
+
+    Args:
+        model: the network.
+        mix: ``(audio_channels, nb_timesteps)``, or a batch ``(nb_samples, audio_channels, nb_timesteps)``.
+        shifts: random shifts to average (0: none).
+        split: process segments of ``segment_length`` samples with a triangular overlap-add.
+        overlap: fraction of a segment shared with the next.
+        transition_power: exponent of the cross-fade weight (>= 1).
+        segment_length: segment in samples (``model.segment_length``, 40 s for the released models, if None).
+        rng: a ``numpy.random.Generator`` or a seed (0 if None) for the shifts, as the spec; anything with
+            ``integers(low, high)`` works (e.g. a replay of upstream's ``random.randint`` draws).
+        precision: ``jax.default_matmul_precision`` of the network (``"highest"``: no TF32 on GPUs).
+
+    Returns:
+        ``(nb_sources, audio_channels, nb_timesteps)`` (or with the batch axis first) in the model's dtype, on the
+        model's device.
+        The overlap-add runs in that dtype (upstream accumulates in torch's default dtype, float32).
+    """
+    if transition_power < 1:
+        raise ValueError("transition_power < 1 leads to weird behavior (upstream asserts >= 1)")
+    dtype = model.dtype
+    with dtype_scope(dtype, precision):
+        track = jax.device_put(jnp.asarray(mix, dtype), device_of(model))
+        unbatched = track.ndim == 2
+        track = track[None] if unbatched else track
+        if track.ndim != 3 or track.shape[1] != model.audio_channels:
+            raise ValueError(
+                f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
+                f"(nb_samples, audio_channels, nb_timesteps), got {np.shape(mix)}"
+            )
+        if rng is None or isinstance(rng, (int, np.integer)):
+            rng = np.random.default_rng(0 if rng is None else int(rng))
+        length = track.shape[-1]
+        if not split:
+            out = _apply_shifted(model, _Track(track, _margin(model, [length])), 0, length, shifts, rng)
+        else:
+            segment = segment_length or model.segment_length
+            _, offsets = shapes.segment_offsets(length, segment, overlap)
+            weight = jnp.asarray(shapes.transition_weight(segment, transition_power), dtype)
+            out = jnp.zeros(track.shape[:1] + (len(model.sources),) + track.shape[1:], dtype)
+            sum_weight = jnp.zeros(length, dtype)
+            chunks = _Track(track, _margin(model, [min(length - o, segment) for o in offsets]))
+            for offset in offsets:
+                chunk_out = _apply_shifted(model, chunks, offset, segment, shifts, rng)
+                out, sum_weight = _overlap_add(out, sum_weight, chunk_out, weight, jnp.asarray(offset))
+            out = out / sum_weight
+        return out[0] if unbatched else out
+
+
+def separate_track(
+    model: Demucs,
+    audio: Any,
+    sample_rate: float | None = None,
+    shifts: int = 0,
+    split: bool = True,
+    overlap: float = 0.25,
+    transition_power: float = 1.0,
+    segment_length: int | None = None,
+    rng: _Draws | int | None = None,
+    silence_guard: bool = True,
+    resample: bool = False,
+    precision: str | None = "highest",
+) -> jax.Array:
+    """Separate whole tracks as ``demucs/separate.py`` of demucs 2.0.3, before writing files.
+
+    Per track: ``ref = wav.mean(channels)``; ``wav = (wav - ref.mean()) / ref.std()`` (unbiased);
+    :func:`apply_model`; ``sources * ref.std() + ref.mean()``.
+
+    Args:
+        model: the network, in the dtype and on the device to run.
+        audio: NumPy or JAX array in any layout :func:`core_spec.audio.prepare_audio` accepts.
+        sample_rate: its rate (``None``: the model's).
+        silence_guard: a track whose mono downmix is constant comes back as that constant in every stem (digital
+            silence gives silence); ``False`` reproduces upstream's 0 / 0 = NaN.
+        resample: resample to the model's rate instead of refusing another rate.
+        the others: as :func:`apply_model` (``split`` defaults to True, as the CLI).
+
+    Returns:
+        ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``.
+    """
+    rate = model.samplerate
+    dtype = canonical_dtype(model.dtype)
+    batch = prepare_audio(
+        np.asarray(audio), rate if sample_rate is None else sample_rate, rate, model.audio_channels, resample, dtype
+    )
+    if rng is None or isinstance(rng, (int, np.integer)):
+        rng = np.random.default_rng(0 if rng is None else int(rng))
+    tiny = 16 * np.finfo(dtype).eps
+    outputs = []
+    with dtype_scope(dtype, precision):
+        for track in jax.device_put(batch, device_of(model)):
+            mono = jnp.mean(track, axis=0)
+            mean, std = jnp.mean(mono), jnp.std(mono, ddof=1)
+            if silence_guard and not bool(std > tiny * jnp.abs(mean)):
+                outputs.append(jnp.full((len(model.sources),) + track.shape, mean, dtype))
+                continue
+            sources = apply_model(
+                model,
+                (track - mean) / std,
+                shifts=shifts,
+                split=split,
+                overlap=overlap,
+                transition_power=transition_power,
+                segment_length=segment_length,
+                rng=rng,
+                precision=precision,
+            )
+            outputs.append(sources * std + mean)
+        return jnp.stack(outputs)

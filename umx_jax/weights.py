@@ -1,0 +1,410 @@
+"""Canonical weights <-> Flax NNX state, and the port's own weight file.
+
+The canonical names and layouts are upstream's PyTorch ones (:mod:`core_spec.canonical`). This module is the one
+place where they are mapped to the Flax state of :mod:`umx_jax.umx`, :mod:`umx_jax.demucs` and
+:mod:`umx_jax.separator`, by rule:
+
+=================================================  ===============================================================
+canonical (PyTorch)                                Flax state (``nnx.state(module)`` path)
+=================================================  ===============================================================
+``fcN.weight (out, in)``                           ``fcN.kernel (in, out)`` (transpose)
+``bnN.{weight, bias, running_mean, running_var}``  ``bnN.{scale, bias, mean, var}``
+``lstm.weight_ih_l<k>[_reverse] (4H, I)``          ``lstm.layers.<k>.kernel_ih[d] (I, 4H)`` (transpose; ``d`` = 0
+                                                   forward, 1 reverse)
+``lstm.weight_hh_l<k>[_reverse] (4H, H)``          ``lstm.layers.<k>.kernel_hh[d] (H, 4H)``
+``lstm.bias_ih_l<k>`` + ``lstm.bias_hh_l<k>``      ``lstm.layers.<k>.bias[d]`` (folded: the sum, taken in float64)
+``encoder.<i>.0`` / ``.2`` (Conv1d ``(out, in, k)``)  ``encoder.<i>.conv`` / ``.rewrite`` ``kernel (k, in, out)``
+``decoder.<j>.0`` (Conv1d)                         ``decoder.<j>.rewrite.kernel (k, in, out)``
+``decoder.<j>.2`` (ConvTranspose1d ``(in, out, k)``)  ``decoder.<j>.conv_tr.kernel (k, in, out)`` (unflipped)
+``lstm.linear.{weight, bias}`` (Demucs)            ``lstm.linear.{kernel, bias}``
+``target_models.<t>.<name>`` (separator)           ``target_models.<t>.<path>``
+=================================================  ===============================================================
+
+Gate order stays PyTorch's ``i, f, g, o`` (the columns of the transposed matrices). Going back,
+:func:`to_canonical` writes a folded LSTM bias as ``bias_ih`` with ``bias_hh = 0``: the same network.
+
+**The native file** (:func:`save_native` / :func:`load_native`): ``<stem>.msgpack``, the ``flax.serialization``
+msgpack encoding of ``{"format", "config", "state", "lstm_biases"}`` where ``state`` is
+``nnx.to_pure_dict(nnx.state(module, (nnx.Param, nnx.BatchStat)))`` (the nested dict of NumPy arrays that
+``nnx.replace_by_pure_dict`` restores), ``config`` the :mod:`core_spec.configs` JSON of the model, and
+``lstm_biases`` upstream's two LSTM biases of every layer (the state holds only their sum, so keeping them makes
+``load_native`` return the canonical weights bit for bit). ``<stem>.json`` holds the same header without arrays,
+for people. msgpack rather than orbax: one self-contained file, readable without a checkpoint manager or
+directory layout, bit-exact for float32 arrays, and the serialisation Flax itself uses for ``nnx.State`` pytrees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, serialization
+
+from core_spec.canonical import join_targets, split_targets
+from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from core_spec.params import WeightsMismatchError, check_weights
+
+from ._scope import as_device, canonical_dtype, dtype_scope
+from .demucs import Demucs
+from .separator import Separator, separator_kwargs
+from .umx import OpenUnmix
+
+__all__ = [
+    "FORMAT",
+    "WeightsMismatchError",
+    "canonical_from_state",
+    "from_canonical",
+    "load_module",
+    "load_native",
+    "native_paths",
+    "save_native",
+    "state_from_canonical",
+    "to_canonical",
+]
+
+FORMAT = "unmix-ports/jax-nnx-msgpack/1"
+Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
+PureDict = dict[Any, Any]
+
+
+# --- canonical -> pure Flax state ----------------------------------------------------------------------------
+
+
+def _lstm_to_state(w: Mapping[str, np.ndarray], prefix: str, layers: int, directions: int) -> PureDict:
+    out: PureDict = {}
+    suffixes = ("", "_reverse")[:directions]
+    for k in range(layers):
+        names = [f"l{k}{s}" for s in suffixes]
+        out[k] = {
+            "kernel_ih": np.stack([np.asarray(w[f"{prefix}weight_ih_{n}"]).T for n in names]),
+            "kernel_hh": np.stack([np.asarray(w[f"{prefix}weight_hh_{n}"]).T for n in names]),
+            "bias": np.stack(
+                [
+                    np.asarray(w[f"{prefix}bias_ih_{n}"], np.float64)
+                    + np.asarray(w[f"{prefix}bias_hh_{n}"], np.float64)
+                    for n in names
+                ]
+            ),
+        }
+    return {"layers": out}
+
+
+def _bn_to_state(w: Mapping[str, np.ndarray], prefix: str) -> PureDict:
+    return {
+        "scale": w[f"{prefix}.weight"],
+        "bias": w[f"{prefix}.bias"],
+        "mean": w[f"{prefix}.running_mean"],
+        "var": w[f"{prefix}.running_var"],
+    }
+
+
+def _umx_state(w: Mapping[str, np.ndarray], c: UMXConfig) -> PureDict:
+    state: PureDict = {k: w[k] for k in ("input_mean", "input_scale", "output_scale", "output_mean")}
+    for n in (1, 2, 3):
+        state[f"fc{n}"] = {"kernel": np.asarray(w[f"fc{n}.weight"]).T}
+        state[f"bn{n}"] = _bn_to_state(w, f"bn{n}")
+    state["lstm"] = _lstm_to_state(w, "lstm.", c.nb_layers, c.nb_directions)
+    return state
+
+
+def _conv_state(w: Mapping[str, np.ndarray], prefix: str, transposed: bool = False) -> PureDict:
+    weight = np.asarray(w[f"{prefix}.weight"])
+    # Conv1d (out, in, k) -> (k, in, out); ConvTranspose1d (in, out, k) -> (k, in, out), unflipped
+    kernel = weight.transpose(2, 0, 1) if transposed else weight.transpose(2, 1, 0)
+    return {"kernel": kernel, "bias": w[f"{prefix}.bias"]}
+
+
+def _demucs_state(w: Mapping[str, np.ndarray], c: DemucsConfig) -> PureDict:
+    encoder: PureDict = {}
+    decoder: PureDict = {}
+    for i in range(c.depth):
+        encoder[i] = {"conv": _conv_state(w, f"encoder.{i}.0")}
+        if c.rewrite:
+            encoder[i]["rewrite"] = _conv_state(w, f"encoder.{i}.2")
+        slot = 2 if c.rewrite else 0
+        decoder[i] = {"conv_tr": _conv_state(w, f"decoder.{i}.{slot}", transposed=True)}
+        if c.rewrite:
+            decoder[i]["rewrite"] = _conv_state(w, f"decoder.{i}.0")
+    state: PureDict = {"encoder": encoder, "decoder": decoder}
+    if c.lstm_layers:
+        state["lstm"] = {
+            "lstm": _lstm_to_state(w, "lstm.lstm.", c.lstm_layers, 2),
+            "linear": {"kernel": np.asarray(w["lstm.linear.weight"]).T, "bias": w["lstm.linear.bias"]},
+        }
+    return state
+
+
+def _per_target(weights: Mapping[str, Any], targets: tuple[str, ...]) -> dict[str, Mapping[str, np.ndarray]]:
+    """``{target: {name: array}}`` from either that or ``{"target_models.<t>.<name>": array}``."""
+    if all(isinstance(v, Mapping) for v in weights.values()):
+        missing = [t for t in targets if t not in weights]
+        if missing or set(weights) - set(targets):
+            raise KeyError(f"separator weights hold targets {sorted(weights)}, the config names {list(targets)}")
+        return {t: weights[t] for t in targets}
+    return split_targets(weights, targets)
+
+
+def state_from_canonical(config: Config, weights: Mapping[str, Any]) -> PureDict:
+    """The pure Flax state (nested dict of NumPy arrays, canonical dtype) of canonical ``weights``.
+
+    The weights are checked against the inventory of ``config`` first (legacy keys and ``num_batches_tracked``
+    dropped); a mismatch raises :class:`core_spec.params.WeightsMismatchError` naming every key.
+    """
+    if isinstance(config, UMXSeparatorConfig):
+        per_target = _per_target(weights, config.separator.targets)
+        return {
+            "target_models": {
+                t: _umx_state(check_weights(w, config.model, f"weights [target {t}]"), config.model)
+                for t, w in per_target.items()
+            }
+        }
+    if isinstance(config, UMXConfig):
+        return _umx_state(check_weights(weights, config), config)
+    if isinstance(config, DemucsConfig):
+        return _demucs_state(check_weights(weights, config), config)
+    raise TypeError(f"no Flax model for {type(config).__name__}")
+
+
+# --- pure Flax state -> canonical ----------------------------------------------------------------------------
+
+
+def _lstm_to_canonical(state: PureDict, prefix: str) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for k, layer in sorted(state["layers"].items(), key=lambda kv: int(kv[0])):
+        for d, suffix in enumerate(("", "_reverse")[: np.shape(layer["bias"])[0]]):
+            name = f"l{k}{suffix}"
+            bias = np.asarray(layer["bias"][d])
+            out[f"{prefix}weight_ih_{name}"] = np.asarray(layer["kernel_ih"][d]).T
+            out[f"{prefix}weight_hh_{name}"] = np.asarray(layer["kernel_hh"][d]).T
+            out[f"{prefix}bias_ih_{name}"] = bias
+            out[f"{prefix}bias_hh_{name}"] = np.zeros_like(bias)
+    return out
+
+
+def _umx_canonical(state: PureDict) -> dict[str, np.ndarray]:
+    out = {k: np.asarray(state[k]) for k in ("input_mean", "input_scale", "output_scale", "output_mean")}
+    for n in (1, 2, 3):
+        out[f"fc{n}.weight"] = np.asarray(state[f"fc{n}"]["kernel"]).T
+        bn = state[f"bn{n}"]
+        out.update(
+            {
+                f"bn{n}.weight": np.asarray(bn["scale"]),
+                f"bn{n}.bias": np.asarray(bn["bias"]),
+                f"bn{n}.running_mean": np.asarray(bn["mean"]),
+                f"bn{n}.running_var": np.asarray(bn["var"]),
+            }
+        )
+    out.update(_lstm_to_canonical(state["lstm"], "lstm."))
+    return out
+
+
+def _conv_canonical(state: PureDict, prefix: str, transposed: bool = False) -> dict[str, np.ndarray]:
+    kernel = np.asarray(state["kernel"])
+    weight = kernel.transpose(1, 2, 0) if transposed else kernel.transpose(2, 1, 0)
+    return {f"{prefix}.weight": weight, f"{prefix}.bias": np.asarray(state["bias"])}
+
+
+def _demucs_canonical(state: PureDict, c: DemucsConfig) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    slot = 2 if c.rewrite else 0
+    for i in range(c.depth):
+        enc, dec = state["encoder"][i], state["decoder"][i]
+        out.update(_conv_canonical(enc["conv"], f"encoder.{i}.0"))
+        if c.rewrite:
+            out.update(_conv_canonical(enc["rewrite"], f"encoder.{i}.2"))
+            out.update(_conv_canonical(dec["rewrite"], f"decoder.{i}.0"))
+        out.update(_conv_canonical(dec["conv_tr"], f"decoder.{i}.{slot}", transposed=True))
+    if c.lstm_layers:
+        out.update(_lstm_to_canonical(state["lstm"]["lstm"], "lstm.lstm."))
+        out["lstm.linear.weight"] = np.asarray(state["lstm"]["linear"]["kernel"]).T
+        out["lstm.linear.bias"] = np.asarray(state["lstm"]["linear"]["bias"])
+    return out
+
+
+def canonical_from_state(config: Config, state: PureDict) -> dict[str, np.ndarray]:
+    """Canonical weights (inventory order, the state's dtype) of a pure Flax state; LSTM biases come out folded
+    (``bias_ih`` = the sum, ``bias_hh`` = 0)."""
+    if isinstance(config, UMXSeparatorConfig):
+        per_target = {t: _umx_canonical(state["target_models"][t]) for t in config.separator.targets}
+        return join_targets({t: check_weights(w, config.model) for t, w in per_target.items()})
+    if isinstance(config, UMXConfig):
+        return check_weights(_umx_canonical(state), config)
+    if isinstance(config, DemucsConfig):
+        return check_weights(_demucs_canonical(state, config), config)
+    raise TypeError(f"no Flax model for {type(config).__name__}")
+
+
+# --- modules -----------------------------------------------------------------------------------------------
+
+
+def _pure(module: nnx.Module) -> PureDict:
+    state = nnx.state(module, (nnx.Param, nnx.BatchStat))
+    return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
+
+
+def _config_of(module: nnx.Module) -> Config:
+    if isinstance(module, (OpenUnmix, Demucs, Separator)):
+        return module.config
+    raise TypeError(f"no canonical weights for {type(module).__name__}")
+
+
+def _build(config: UMXConfig | DemucsConfig, dtype: np.dtype) -> nnx.Module:
+    """A module of ``config`` with abstract (shape-only) parameters: nothing is initialised."""
+    if isinstance(config, UMXConfig):
+        return nnx.eval_shape(lambda: OpenUnmix.from_config(config, dtype=dtype))
+    if isinstance(config, DemucsConfig):
+        return nnx.eval_shape(lambda: Demucs.from_config(config, dtype=dtype))
+    raise TypeError(f"no Flax model for {type(config).__name__}")
+
+
+def from_canonical(
+    config: Config, weights: Mapping[str, Any], *, dtype: Any = jnp.float32, device: Any = None, **overrides: Any
+) -> OpenUnmix | Separator | Demucs:
+    """The Flax module of ``config`` holding canonical ``weights``.
+
+    Args:
+        config: ``UMXConfig`` (-> :class:`OpenUnmix`), ``UMXSeparatorConfig`` (-> :class:`Separator`; weights
+            ``{target: {name: array}}`` or ``target_models.<t>.<name>``) or ``DemucsConfig`` (-> :class:`Demucs`).
+        weights: canonical (upstream state-dict) arrays; checked against the inventory.
+        dtype: float32 or float64 (float64 arrays are made under ``jax.enable_x64``).
+        device: a ``jax.Device``, ``"cpu"``, ``"gpu"`` or ``None`` (JAX's default).
+        overrides: separator settings replacing the config's (``niter=...``, ``precision=...``).
+    """
+    dtype = canonical_dtype(dtype)
+    if isinstance(config, UMXSeparatorConfig):
+        per_target = _per_target(weights, config.separator.targets)
+        models = {t: from_canonical(config.model, w, dtype=dtype, device=device) for t, w in per_target.items()}
+        with dtype_scope(dtype):
+            return Separator(models, **separator_kwargs(config, **overrides))
+    if overrides:
+        raise TypeError(f"{type(config).__name__} takes no overrides, got {sorted(overrides)}")
+    pure = state_from_canonical(config, weights)
+    dev = as_device(device)
+    with dtype_scope(dtype), jax.default_device(dev) if dev is not None else contextlib.nullcontext():
+        graphdef, params = nnx.split(_build(config, dtype))
+        nnx.replace_by_pure_dict(params, jax.tree.map(lambda a: jnp.asarray(a, dtype), pure))
+        return nnx.merge(graphdef, params)
+
+
+def to_canonical(module: OpenUnmix | Separator | Demucs) -> dict[str, np.ndarray]:
+    """Canonical weights of a module (NumPy, the module's dtype); LSTM biases folded into ``bias_ih``."""
+    return canonical_from_state(_config_of(module), _pure(module))
+
+
+# --- the native file -----------------------------------------------------------------------------------------
+
+
+def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(<stem>.msgpack, <stem>.json)`` for a path given with either suffix or none."""
+    p = Path(path)
+    stem = p.with_suffix("") if p.suffix in (".msgpack", ".json") else p
+    return stem.with_suffix(".msgpack"), stem.with_suffix(".json")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _lstm_biases(config: Config, weights: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    if isinstance(config, UMXSeparatorConfig):
+        checked = join_targets(
+            {t: check_weights(w, config.model) for t, w in _per_target(weights, config.separator.targets).items()}
+        )
+    else:
+        checked = check_weights(weights, config)
+    return {
+        k: np.asarray(v, np.float32)
+        for k, v in checked.items()
+        if k.rsplit(".", 1)[-1].startswith(("bias_ih", "bias_hh"))
+    }
+
+
+def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Config, force: bool = False) -> list[Path]:
+    """Write canonical ``weights`` as the JAX port's native file (see the module docstring).
+
+    Args:
+        path: ``<stem>``, ``<stem>.msgpack`` or ``<stem>.json``.
+        weights: canonical arrays (checked against the inventory of ``config``; stored as float32).
+        config: the model config.
+        force: overwrite existing files.
+
+    Returns:
+        ``[<stem>.msgpack, <stem>.json]``.
+    """
+    msgpack_path, json_path = native_paths(path)
+    if not force:
+        for p in (msgpack_path, json_path):
+            if p.exists():
+                raise FileExistsError(f"{p} exists; pass force=True (--force) to overwrite it")
+    msgpack_path.parent.mkdir(parents=True, exist_ok=True)
+    state = state_from_canonical(config, weights)
+    state = jax.tree.map(lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.float32)), state)
+    header = {"format": FORMAT, "config": json.loads(config_to_json(config))}
+    payload = {
+        "format": FORMAT,
+        "config": config_to_json(config),
+        "state": _str_keys(state),
+        "lstm_biases": _lstm_biases(config, weights),
+    }
+    _atomic_write(msgpack_path, serialization.msgpack_serialize(payload))
+    _atomic_write(json_path, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
+    return [msgpack_path, json_path]
+
+
+def _str_keys(tree: Any) -> Any:
+    """Integer keys (list indices of the state) as strings: msgpack maps keep one key type."""
+    if isinstance(tree, Mapping):
+        return {str(k): _str_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def _int_keys(tree: Any) -> Any:
+    if isinstance(tree, Mapping):
+        return {(int(k) if isinstance(k, str) and k.isdigit() else k): _int_keys(v) for k, v in tree.items()}
+    return tree
+
+
+def _read_native(path: str | os.PathLike) -> tuple[PureDict, Config, dict[str, np.ndarray]]:
+    msgpack_path, _ = native_paths(path)
+    if not msgpack_path.exists():
+        raise FileNotFoundError(f"native JAX weights {msgpack_path} not found")
+    payload = serialization.msgpack_restore(msgpack_path.read_bytes())
+    if payload.get("format") != FORMAT:
+        raise ValueError(f"{msgpack_path}: format {payload.get('format')!r}, expected {FORMAT!r}")
+    config = config_from_json(payload["config"])
+    return _int_keys(payload["state"]), config, dict(payload.get("lstm_biases", {}))
+
+
+def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
+    """Read a native file: ``(canonical weights, config)``, bit for bit what :func:`save_native` was given
+    (minus legacy keys), checked against the inventory."""
+    state, config, biases = _read_native(path)
+    weights = canonical_from_state(config, state)
+    for name in biases:
+        if name not in weights:
+            raise WeightsMismatchError([], [(name, tuple(np.shape(biases[name])))], [], str(path))
+    weights.update(biases)
+    return weights, config
+
+
+def load_module(
+    path: str | os.PathLike, *, dtype: Any = jnp.float32, device: Any = None, **overrides: Any
+) -> OpenUnmix | Separator | Demucs:
+    """Read a native file straight into its Flax module (see :func:`from_canonical` for the arguments)."""
+    weights, config = load_native(path)
+    return from_canonical(config, weights, dtype=dtype, device=device, **overrides)

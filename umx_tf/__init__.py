@@ -1,0 +1,87 @@
+"""TensorFlow 2 port of Open-Unmix and Demucs v2, from the framework-neutral spec in ``core_spec``.
+
+Keras 3 layers and models on the TensorFlow backend. The backend is selected here, before Keras is imported
+(``KERAS_BACKEND`` need not be set); importing this package after Keras was imported with another backend is an
+error, because Keras cannot switch backends inside a process.
+
+Modules (the same names in every port): :mod:`~umx_tf.transforms` (STFT, ISTFT, magnitude), :mod:`~umx_tf.umx`
+(``OpenUnmix``), :mod:`~umx_tf.demucs` (``Demucs``), :mod:`~umx_tf.resample` (julius-compatible resampler),
+:mod:`~umx_tf.filtering` (Wiener/EM), :mod:`~umx_tf.separator` (``Separator``, ``apply_model``,
+``separate_track``), :mod:`~umx_tf.weights` (canonical weights <-> Keras ``.weights.h5``).
+
+TensorFloat-32 is switched off at import (``tf.config.experimental.enable_tensor_float_32_execution(False)``):
+on Ampere and newer GPUs it would round matmul and convolution inputs to 10 mantissa bits, far outside the parity
+tolerances. Switch it back on yourself if you want the speed more than the parity.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+_BACKEND = "tensorflow"
+
+
+def _select_backend() -> None:
+    """Make Keras run on TensorFlow, or fail clearly if that is no longer possible in this process."""
+    if "keras" not in sys.modules:
+        os.environ.setdefault("KERAS_BACKEND", _BACKEND)
+    import keras
+
+    backend = keras.backend.backend()
+    if backend != _BACKEND:
+        how = (
+            "keras was imported before umx_tf"
+            if os.environ.get("KERAS_BACKEND", _BACKEND) == _BACKEND
+            else f"KERAS_BACKEND={os.environ.get('KERAS_BACKEND')!r} is set"
+        )
+        raise ImportError(
+            f"umx_tf needs Keras on the TensorFlow backend, but Keras runs on {backend!r} ({how}). Import umx_tf "
+            "before keras, or set KERAS_BACKEND=tensorflow (Keras cannot switch backends inside a process)."
+        )
+
+
+_select_backend()
+
+import tensorflow as tf  # noqa: E402
+
+tf.config.experimental.enable_tensor_float_32_execution(False)
+
+from .demucs import Demucs, center_trim, valid_length  # noqa: E402
+from .filtering import expectation_maximization, wiener  # noqa: E402
+from .resample import resample_frac  # noqa: E402
+from .separator import Separator, apply_model, separate_track  # noqa: E402
+from .transforms import complex_norm, istft, stft  # noqa: E402
+from .umx import OpenUnmix  # noqa: E402
+from .weights import (  # noqa: E402
+    from_canonical,
+    from_canonical_file,
+    from_native,
+    load_native,
+    load_weights,
+    save_native,
+    to_canonical,
+)
+
+__all__ = [
+    "Demucs",
+    "OpenUnmix",
+    "Separator",
+    "apply_model",
+    "center_trim",
+    "complex_norm",
+    "expectation_maximization",
+    "from_canonical",
+    "from_canonical_file",
+    "from_native",
+    "istft",
+    "load_native",
+    "load_weights",
+    "resample_frac",
+    "save_native",
+    "separate_track",
+    "stft",
+    "to_canonical",
+    "valid_length",
+    "wiener",
+]

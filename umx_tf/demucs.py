@@ -1,0 +1,333 @@
+"""Demucs v2: the waveform model of demucs 2.0.3 (``demucs/model.py``) as a Keras 3 model.
+
+Layer ``i`` of the encoder (``i = 0`` outermost) and layer ``j`` of the decoder (``j = 0`` deepest), each a
+``keras.Sequential`` whose indices are upstream's ``nn.Sequential`` slots::
+
+    encoder[i] = Conv1D(ch, kernel_size, stride) -> ReLU -> [Conv1D(2ch, 1) -> GLU]                    (rewrite)
+    decoder[j] = [Conv1D(2ch, context) -> GLU] -> Conv1DTranspose(out, kernel_size, stride) -> ReLU
+                                                                    (no ReLU on the outermost, j = depth - 1)
+    lstm       = BLSTM: 2-layer Bidirectional(LSTM(ch)) -> Dense(ch)
+
+**Layout.** The public interface is upstream's, channels first: ``call`` takes ``(nb_samples, audio_channels,
+nb_timesteps)`` and returns ``(nb_samples, nb_sources, audio_channels, nb_timesteps')``. Inside, the network runs
+channels-last, ``(nb_samples, nb_timesteps, channels)``, the layout of Keras's ``Conv1D`` (the one TensorFlow's
+CPU kernels are fastest in); it transposes once after the upsampling and once before the downsampling.
+
+**Weights** (the mapping lives in :mod:`umx_tf.weights`): ``Conv1D`` kernel ``(k, in, out)`` = torch
+``(out, in, k)`` transposed ``(2, 1, 0)``; ``Conv1DTranspose`` kernel ``(k, out, in)`` = torch's transposed-conv
+weight ``(in, out, k)`` transposed ``(2, 1, 0)`` (TensorFlow's transposed convolution is the gradient of a
+convolution, so no flip); GLU splits the last axis into value | gate (``keras.activations.glu``, as
+``torch.nn.GLU``); LSTM biases folded, ``bias = bias_ih + bias_hh``.
+
+The model never pads: callers pad the mixture to :func:`valid_length` (``apply_model`` in
+:mod:`umx_tf.separator` does) and :func:`center_trim` the output; every length change goes through
+:mod:`core_spec.shapes`. The spec is ``core_spec.reference.demucs.demucs``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+from keras import layers
+
+from core_spec import shapes
+from core_spec.configs import DemucsConfig
+from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
+
+from .resample import resample_frac
+from .umx import TORCH_KERNEL_INIT, TracedCall, lstm_layer, torch_uniform
+
+__all__ = ["BLSTM", "GLU", "Demucs", "center_trim", "demucs_trace_keys", "valid_length"]
+
+
+def valid_length(length: int, config: DemucsConfig) -> int:
+    """Smallest input length ``>= length`` the model takes whole (:func:`core_spec.shapes.valid_length`)."""
+    return shapes.valid_length(length, config)
+
+
+def center_trim(tensor: tf.Tensor, reference: tf.Tensor | int, axis: int = -1) -> tf.Tensor:
+    """Keep the centre ``reference`` samples of ``axis`` (the odd extra sample goes on the right).
+
+    ``reference`` is a length or a tensor whose ``axis`` gives it; lengths must be static.
+    """
+    length = int(reference) if isinstance(reference, (int, np.integer)) else reference.shape[axis]
+    start, stop = shapes.center_trim_bounds(tensor.shape[axis], length)
+    index = [slice(None)] * tensor.shape.rank
+    index[axis] = slice(start, stop)
+    return tensor[tuple(index)]
+
+
+def _channels_first(x: tf.Tensor) -> tf.Tensor:
+    """``(B, L, C)`` -> ``(B, C, L)`` (the spec's trace layout)."""
+    return tf.transpose(x, [0, 2, 1])
+
+
+class GLU(layers.Layer):
+    """Gated linear unit over the last (channel) axis: first half (value) times sigmoid of the second half
+    (gate), as ``torch.nn.GLU(dim=1)`` in channels-first layout. A layer rather than ``Activation("glu")`` so
+    that Keras knows it halves the channels when it builds the next layer."""
+
+    def call(self, x: tf.Tensor) -> tf.Tensor:
+        return keras.activations.glu(x, axis=-1)
+
+    def compute_output_shape(self, input_shape: tuple) -> tuple:
+        return (*input_shape[:-1], input_shape[-1] // 2)
+
+
+class BLSTM(TracedCall, layers.Layer):
+    """Bidirectional LSTM over time and a dense projection back to ``dim``: ``(B, T, dim)`` -> ``(B, T, dim)``.
+
+    ``lstm[k]`` is layer ``k`` of upstream's ``nn.LSTM(bidirectional=True)``; ``linear`` its ``nn.Linear``.
+    """
+
+    def __init__(self, dim: int, layers: int = 1, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.dim = dim
+        policy = self.dtype_policy
+        self.lstm = [lstm_layer(dim, True, policy, f"lstm_{k}") for k in range(layers)]
+        self.linear = keras.layers.Dense(
+            dim,
+            kernel_initializer=TORCH_KERNEL_INIT,
+            bias_initializer=torch_uniform(2 * dim),
+            dtype=policy,
+            name="linear",
+        )
+
+    def build(self, input_shape: Any = None) -> None:
+        for k, layer in enumerate(self.lstm):
+            layer.build((None, None, self.dim if k == 0 else 2 * self.dim))
+        self.linear.build((None, None, 2 * self.dim))
+        self.built = True
+
+    def call(self, x: tf.Tensor, trace: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
+        for layer in self.lstm:
+            x = layer(x)
+        if trace is not None:
+            trace["lstm.lstm"] = tf.transpose(x, [1, 0, 2])  # (T, B, 2 dim), as upstream's nn.LSTM output
+        return self.linear(x)
+
+
+class Demucs(TracedCall, keras.Model):
+    """Demucs v2 waveform source separation.
+
+    Args: as ``demucs.model.Demucs`` of demucs 2.0.3 (and :class:`core_spec.configs.DemucsConfig`):
+        sources: source names (``["drums", "bass", "other", "vocals"]`` for the released models).
+        audio_channels: 2 (stereo) or 1.
+        channels: channels of the outermost encoder layer (64 for ``demucs``, 48 for ``demucs48_hq``).
+        depth: encoder/decoder layers.
+        rewrite: 1x1 convolution in each encoder layer and a ``context`` convolution in each decoder layer.
+        glu: GLU after those convolutions (else ReLU).
+        rescale: weight rescaling at init in upstream (not applied here: load weights).
+        resample: upsample the input x2 and downsample the output /2.
+        kernel_size, stride, growth: convolution geometry and channel growth per layer.
+        lstm_layers: layers of the bidirectional LSTM (0: none).
+        context: kernel of the decoder's first convolution.
+        normalize: standardise the mixture inside the model (unbiased std of the mono downmix).
+        samplerate, segment_length: metadata used by ``apply_model`` (segment in samples).
+        dtype: Keras dtype policy (``"float32"`` or ``"float64"``).
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[str],
+        audio_channels: int = 2,
+        channels: int = 64,
+        depth: int = 6,
+        rewrite: bool = True,
+        glu: bool = True,
+        rescale: float = 0.1,
+        resample: bool = True,
+        kernel_size: int = 8,
+        stride: int = 4,
+        growth: float = 2.0,
+        lstm_layers: int = 2,
+        context: int = 3,
+        normalize: bool = False,
+        samplerate: int = 44100,
+        segment_length: int = 4 * 10 * 44100,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        self._spec = DemucsConfig(
+            sources=tuple(sources),
+            audio_channels=audio_channels,
+            channels=channels,
+            depth=depth,
+            rewrite=rewrite,
+            glu=glu,
+            rescale=rescale,
+            resample=resample,
+            kernel_size=kernel_size,
+            stride=stride,
+            growth=growth,
+            lstm_layers=lstm_layers,
+            context=context,
+            normalize=normalize,
+            samplerate=samplerate,
+            segment_length=segment_length,
+        )
+        if kernel_size < stride:
+            raise ValueError(f"kernel_size ({kernel_size}) < stride ({stride}) is not supported")
+        self.sources = list(sources)
+        self.audio_channels = audio_channels
+        self.depth = depth
+        self.resample = resample
+        self.normalize = normalize
+        self.samplerate = samplerate
+        self.segment_length = segment_length
+        self.resample_kernels: dict[str, np.ndarray] = {}
+        policy = self.dtype_policy
+        scale = 2 if glu else 1
+
+        def conv(filters: int, kernel: int, strides: int = 1) -> layers.Conv1D:
+            return layers.Conv1D(filters, kernel, strides=strides, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy)
+
+        def activation() -> layers.Layer:
+            return GLU(dtype=policy) if glu else layers.ReLU(dtype=policy)
+
+        encoder, decoder = [], []
+        for index, (chin, ch) in enumerate(self._spec.layer_channels()):
+            encode: list[layers.Layer] = [conv(ch, kernel_size, stride), layers.ReLU(dtype=policy)]
+            if rewrite:
+                encode += [conv(scale * ch, 1), activation()]
+            encoder.append(keras.Sequential(encode, name=f"encoder_{index}"))
+
+            out = len(self.sources) * audio_channels if index == 0 else chin
+            decode: list[layers.Layer] = []
+            if rewrite:
+                decode += [conv(scale * ch, context), activation()]
+            decode.append(
+                layers.Conv1DTranspose(
+                    out, kernel_size, strides=stride, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy
+                )
+            )
+            if index > 0:
+                decode.append(layers.ReLU(dtype=policy))
+            decoder.insert(0, (chin, ch, keras.Sequential(decode, name=f"decoder_{depth - 1 - index}")))
+        self.encoder = encoder
+        self.decoder = [seq for _, _, seq in decoder]
+        self._decoder_channels = [ch for _, ch, _ in decoder]
+        self.lstm = BLSTM(self._spec.layer_channels()[-1][1], lstm_layers, dtype=policy) if lstm_layers else None
+        self._compiled: dict[bool, Any] = {}
+        self.build()
+
+    def build(self, input_shape: Any = None) -> None:
+        """Create every weight (the shapes follow from the constructor arguments; ``input_shape`` is ignored)."""
+        for encode, (chin, _) in zip(self.encoder, self._spec.layer_channels()):
+            encode.build((None, None, chin))
+        for decode, ch in zip(self.decoder, self._decoder_channels):
+            decode.build((None, None, ch))
+        if self.lstm is not None:
+            self.lstm.build()
+        self.built = True
+
+    @classmethod
+    def from_config(cls, config: DemucsConfig | dict, custom_objects: Any = None, dtype: Any = None) -> Demucs:
+        """A model for a :class:`core_spec.configs.DemucsConfig` (weights: Keras's initialisers), or Keras's
+        deserialisation from a :meth:`get_config` dict."""
+        if isinstance(config, DemucsConfig):
+            kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+            return cls(**kwargs, dtype=dtype)
+        return super().from_config(config, custom_objects)
+
+    def get_config(self) -> dict[str, Any]:
+        base = super().get_config()
+        fields = {f.name: getattr(self._spec, f.name) for f in dataclasses.fields(self._spec) if f.init}
+        return {**{k: base[k] for k in ("name", "dtype", "trainable") if k in base}, **fields}
+
+    @property
+    def config(self) -> DemucsConfig:
+        """The :class:`core_spec.configs.DemucsConfig` of this model."""
+        return self._spec
+
+    def valid_length(self, length: int) -> int:
+        """Smallest input length ``>= length`` the model takes whole (:func:`core_spec.shapes.valid_length`)."""
+        return shapes.valid_length(length, self._spec)
+
+    def output_length(self, length: int) -> int:
+        """Output length for an input of ``length`` samples (:func:`core_spec.shapes.output_length`)."""
+        return shapes.output_length(length, self._spec)
+
+    def set_resample_kernels(self, kernels: Mapping[str, np.ndarray] | None) -> None:
+        """Use other filters for the x2 resamplings: ``{"up": (2, taps), "down": (1, taps)}`` (``None``: the
+        spec's float64 ones). The parity suite can inject julius's float32-built kernels here."""
+        self.resample_kernels = {k: np.asarray(v, dtype=np.float64) for k, v in (kernels or {}).items()}
+        self._compiled.clear()
+
+    def call(self, mix: tf.Tensor, trace: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
+        """Estimate the sources.
+
+        Args:
+            mix: ``(nb_samples, audio_channels, nb_timesteps)``, normally of length :meth:`valid_length`; the
+                length must be static (known when traced).
+            trace: if given, filled with the intermediate outputs named by
+                :func:`core_spec.reference.demucs.demucs_trace_keys`, in the spec's (channels-first) layouts.
+
+        Returns:
+            ``(nb_samples, nb_sources, audio_channels, output_length(nb_timesteps))``.
+        """
+        if mix.shape.rank != 3 or mix.shape[1] != self.audio_channels:
+            raise ValueError(
+                f"Demucs expects (nb_samples, {self.audio_channels}, nb_timesteps), got {tuple(mix.shape)}"
+            )
+        self.output_length(mix.shape[-1])  # a clear error for inputs too short for the convolutions
+        record: dict[str, tf.Tensor] = trace if trace is not None else {}
+        mix = tf.cast(mix, self.compute_dtype)
+
+        if self.normalize:
+            mono = tf.reduce_mean(mix, axis=1, keepdims=True)
+            mean = tf.reduce_mean(mono, axis=-1, keepdims=True)
+            n = tf.cast(mix.shape[-1], mix.dtype)
+            std = tf.sqrt(tf.reduce_sum(tf.square(mono - mean), axis=-1, keepdims=True) / (n - 1))  # unbiased
+            x = (mix - mean) / (DEMUCS_NORM_EPS + std)
+        else:
+            x = mix / (DEMUCS_NORM_EPS + 1.0)  # upstream divides by 1e-5 + 1 even without normalisation
+
+        if self.resample:
+            x = resample_frac(x, 1, 2, kernels=self.resample_kernels.get("up"))
+            if trace is not None:
+                record["resample.up"] = x
+
+        x = tf.transpose(x, [0, 2, 1])  # channels-last from here on: (B, L, C)
+        saved = []
+        for index, encode in enumerate(self.encoder):
+            x = encode(x)
+            if trace is not None:
+                record[f"encoder.{index}"] = _channels_first(x)
+            saved.append(x)
+        if self.lstm is not None:
+            x = self.lstm(x, trace=trace)
+            if trace is not None:
+                record["lstm"] = _channels_first(x)
+        for index, decode in enumerate(self.decoder):
+            skip = center_trim(saved.pop(), x, axis=1)  # a decoder never outgrows its encoder
+            x = decode(x + skip)
+            if trace is not None:
+                record[f"decoder.{index}"] = _channels_first(x)
+        x = tf.transpose(x, [0, 2, 1])  # (B, S * C, L')
+
+        if self.resample:
+            x = resample_frac(x, 2, 1, kernels=self.resample_kernels.get("down"))
+            if trace is not None:
+                record["resample.down"] = x
+        if self.normalize:
+            x = x * std + mean
+        return tf.reshape(x, [-1, len(self.sources), self.audio_channels, x.shape[-1]])
+
+    def compiled_call(self, jit_compile: bool | None = None) -> Any:
+        """``call`` as a ``tf.function`` (traced once per input shape), XLA-compiled when ``jit_compile``.
+
+        ``None`` chooses XLA when no GPU is visible (measured faster on CPU: ``benchmarks/bench_tf.py``; on a
+        GPU the plain graph is used, the LSTM recurrences being XLA-compiled either way).
+        """
+        if jit_compile is None:
+            jit_compile = not tf.config.list_logical_devices("GPU")
+        fn = self._compiled.get(jit_compile)
+        if fn is None:
+            fn = self._compiled[jit_compile] = tf.function(lambda mix: self(mix), jit_compile=jit_compile)
+        return fn

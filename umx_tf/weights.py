@@ -1,0 +1,356 @@
+"""Canonical weights <-> Keras weights, and the port's own weight file (Keras ``.weights.h5``).
+
+The canonical names and layouts are upstream's PyTorch ones (:mod:`core_spec.canonical`). This module is the one
+place where they are mapped to the Keras variables of :mod:`umx_tf.umx`, :mod:`umx_tf.demucs` and
+:mod:`umx_tf.separator`, by rule:
+
+==================================================  ==============================================================
+canonical (PyTorch)                                 Keras variable
+==================================================  ==============================================================
+``fcN.weight (out, in)``                            ``fcN.kernel (in, out)`` (transpose)
+``bnN.{weight, bias, running_mean, running_var}``   ``bnN.{gamma, beta, moving_mean, moving_variance}``
+``lstm.weight_ih_l<k>[_reverse] (4H, I)``           ``lstm[k].{forward,backward}_layer.cell.kernel (I, 4H)``
+``lstm.weight_hh_l<k>[_reverse] (4H, H)``           ``... .cell.recurrent_kernel (H, 4H)`` (transpose)
+``lstm.bias_ih_l<k>`` + ``lstm.bias_hh_l<k>``       ``... .cell.bias (4H)`` (folded: the sum, taken in float64)
+``input_mean``, ``input_scale``, ``output_*``       the model's own weights of the same name
+``encoder.<i>.<s>.weight (out, in, k)``             ``encoder[i].layers[s].kernel (k, in, out)`` (``Conv1D``)
+``decoder.<j>.0.weight (out, in, k)``               ``decoder[j].layers[0].kernel (k, in, out)`` (``Conv1D``)
+``decoder.<j>.2.weight (in, out, k)``               ``decoder[j].layers[2].kernel (k, out, in)``
+                                                    (``Conv1DTranspose``; transpose ``(2, 1, 0)``, no flip)
+``lstm.lstm.*``, ``lstm.linear.*`` (Demucs)         ``lstm.lstm[k]...``, ``lstm.linear.{kernel, bias}``
+``target_models.<t>.<name>`` (separator)            ``target_models[t]`` and the rules above
+==================================================  ==============================================================
+
+Keras's gate order ``i, f, c, o`` is PyTorch's ``i, f, g, o``, so LSTM matrices are only transposed. Keras's
+LSTM has one bias: going back, :func:`to_canonical` writes the folded bias as ``bias_ih`` with ``bias_hh = 0``
+(the same network).
+
+**The native file** (:func:`save_native` / :func:`load_native`): ``<stem>.weights.h5``, written by
+``keras.Model.save_weights`` (so ``model.load_weights(path)`` reads it into a model built from the config), plus
+an ``unmix_ports`` group that Keras ignores, holding the config (attribute ``config``) and upstream's two LSTM
+biases of every layer (``lstm_biases/<name>``: the Keras variables hold only their sum; keeping them makes
+:func:`load_native` return the canonical weights bit for bit). ``<stem>.json`` beside it holds the format and
+the :mod:`core_spec.configs` JSON, for people and for :func:`load_native`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core_spec.canonical import join_targets, load_canonical, split_targets
+from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from core_spec.params import WeightsMismatchError, check_weights
+
+from .demucs import Demucs
+from .separator import Separator
+from .umx import OpenUnmix
+
+__all__ = [
+    "FORMAT",
+    "WeightsMismatchError",
+    "from_canonical",
+    "from_canonical_file",
+    "from_native",
+    "load_native",
+    "load_weights",
+    "native_paths",
+    "save_native",
+    "to_canonical",
+]
+
+FORMAT = "unmix-ports/keras-weights-h5/1"
+Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
+Model = OpenUnmix | Separator | Demucs
+
+
+def _t(a: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a).T)
+
+
+def _conv(a: np.ndarray) -> np.ndarray:
+    """torch ``(out, in, k)`` -> Keras ``(k, in, out)``, and torch transposed ``(in, out, k)`` -> Keras
+    ``(k, out, in)``: the same axis reversal, and its own inverse."""
+    return np.ascontiguousarray(np.asarray(a).transpose(2, 1, 0))
+
+
+def _same(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a)
+
+
+@dataclass(frozen=True)
+class _Entry:
+    """One Keras variable and the canonical array(s) it holds.
+
+    ``names`` is one canonical name, or ``(bias_ih, bias_hh)`` for a folded LSTM bias. ``to_keras`` maps the
+    canonical layout to Keras's (``to_canonical`` is the same function: every mapping here is an involution).
+    """
+
+    names: tuple[str, ...]
+    variable: keras.Variable
+    to_keras: Callable[[np.ndarray], np.ndarray]
+
+
+def _lstm_entries(prefix: str, stack: list[keras.layers.Layer]) -> Iterator[_Entry]:
+    """``nn.LSTM`` names of a list of Keras ``Bidirectional(LSTM)`` / ``LSTM`` layers (one per layer)."""
+    for k, layer in enumerate(stack):
+        if isinstance(layer, keras.layers.Bidirectional):
+            directions = [("", layer.forward_layer), ("_reverse", layer.backward_layer)]
+        else:
+            directions = [("", layer)]
+        for suffix, rnn in directions:
+            key = f"l{k}{suffix}"
+            cell = rnn.cell
+            yield _Entry((f"{prefix}weight_ih_{key}",), cell.kernel, _t)
+            yield _Entry((f"{prefix}weight_hh_{key}",), cell.recurrent_kernel, _t)
+            yield _Entry((f"{prefix}bias_ih_{key}", f"{prefix}bias_hh_{key}"), cell.bias, _same)
+
+
+def _batch_norm_entries(prefix: str, layer: keras.layers.BatchNormalization) -> Iterator[_Entry]:
+    yield _Entry((f"{prefix}.weight",), layer.gamma, _same)
+    yield _Entry((f"{prefix}.bias",), layer.beta, _same)
+    yield _Entry((f"{prefix}.running_mean",), layer.moving_mean, _same)
+    yield _Entry((f"{prefix}.running_var",), layer.moving_variance, _same)
+
+
+def _umx_entries(model: OpenUnmix, prefix: str = "") -> Iterator[_Entry]:
+    for name in ("input_mean", "input_scale", "output_scale", "output_mean"):
+        yield _Entry((f"{prefix}{name}",), getattr(model, name), _same)
+    for index in (1, 2, 3):
+        yield _Entry((f"{prefix}fc{index}.weight",), getattr(model, f"fc{index}").kernel, _t)
+        yield from _batch_norm_entries(f"{prefix}bn{index}", getattr(model, f"bn{index}"))
+    yield from _lstm_entries(f"{prefix}lstm.", model.lstm)
+
+
+def _demucs_entries(model: Demucs) -> Iterator[_Entry]:
+    for group, sequences in (("encoder", model.encoder), ("decoder", model.decoder)):
+        for index, seq in enumerate(sequences):
+            for slot, layer in enumerate(seq.layers):
+                if isinstance(layer, (keras.layers.Conv1D, keras.layers.Conv1DTranspose)):
+                    yield _Entry((f"{group}.{index}.{slot}.weight",), layer.kernel, _conv)
+                    yield _Entry((f"{group}.{index}.{slot}.bias",), layer.bias, _same)
+    if model.lstm is not None:
+        yield from _lstm_entries("lstm.lstm.", model.lstm.lstm)
+        yield _Entry(("lstm.linear.weight",), model.lstm.linear.kernel, _t)
+        yield _Entry(("lstm.linear.bias",), model.lstm.linear.bias, _same)
+
+
+def _entries(model: Model) -> list[_Entry]:
+    if isinstance(model, Separator):
+        out = []
+        for target, sub in model.target_models.items():
+            out += list(_umx_entries(sub, f"target_models.{target}."))
+        return out
+    if isinstance(model, OpenUnmix):
+        return list(_umx_entries(model))
+    if isinstance(model, Demucs):
+        return list(_demucs_entries(model))
+    raise TypeError(f"expected an OpenUnmix, Separator or Demucs, got {type(model).__name__}")
+
+
+def _checked(weights: Mapping[str, Any], config: Config, source: str = "canonical weights") -> dict[str, Any]:
+    """Canonical weights checked against the inventory (flat names; ``{target: weights}`` accepted for a
+    separator)."""
+    if isinstance(config, UMXSeparatorConfig):
+        if weights and all(isinstance(v, Mapping) for v in weights.values()):
+            per_target = {t: dict(w) for t, w in weights.items()}  # type: ignore[union-attr]
+        else:
+            per_target = split_targets(weights, config.separator.targets)
+        missing = [t for t in config.separator.targets if t not in per_target]
+        if missing:
+            raise KeyError(f"{source}: no weights for targets {missing}")
+        return join_targets(
+            {t: check_weights(per_target[t], config.model, f"{source} [target {t}]") for t in config.separator.targets}
+        )
+    return check_weights(weights, config, source)
+
+
+def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
+    """Assign canonical arrays (e.g. :func:`core_spec.weights.random_weights`) to ``model``'s variables, in its
+    dtype. For a separator, pass ``target_models.<target>.<name>`` keys or ``{target: weights}``.
+
+    Raises:
+        WeightsMismatchError: naming every missing, unexpected or mis-shaped key.
+    """
+    checked = _checked(weights, model.config)
+    for entry in _entries(model):
+        dtype = np.dtype(entry.variable.dtype)
+        if len(entry.names) == 2:  # folded LSTM bias, summed in float64 (exact for float32 inputs)
+            value = np.asarray(checked[entry.names[0]], np.float64) + np.asarray(checked[entry.names[1]], np.float64)
+        else:
+            value = np.asarray(checked[entry.names[0]], np.float64)
+        entry.variable.assign(entry.to_keras(value).astype(dtype))
+
+
+def to_canonical(model: Model) -> dict[str, np.ndarray]:
+    """``model``'s weights as canonical float32 arrays, in inventory order (a folded LSTM bias becomes
+    ``bias_ih``, with ``bias_hh = 0``)."""
+    out: dict[str, np.ndarray] = {}
+    for entry in _entries(model):
+        value = entry.to_keras(np.asarray(entry.variable.numpy())).astype(np.float32)
+        out[entry.names[0]] = np.ascontiguousarray(value)
+        if len(entry.names) == 2:
+            out[entry.names[1]] = np.zeros_like(value)
+    return _checked(out, model.config, f"{type(model).__name__} weights")
+
+
+def from_canonical(config: Config, weights: Mapping[str, Any] | None = None, dtype: Any = "float32", **kwargs: Any):
+    """Build the model ``config`` describes and load canonical ``weights`` into it.
+
+    Args:
+        config: a :class:`UMXConfig` (-> :class:`~umx_tf.umx.OpenUnmix`), :class:`UMXSeparatorConfig`
+            (-> :class:`~umx_tf.separator.Separator`) or :class:`DemucsConfig` (-> :class:`~umx_tf.demucs.Demucs`).
+        weights: canonical arrays (``None``: Keras's initialisers).
+        dtype: ``"float32"`` or ``"float64"``.
+        kwargs: for a separator, constructor arguments overriding the config's Wiener settings (``niter``, ...).
+    """
+    model: Model
+    if isinstance(config, UMXConfig):
+        model = OpenUnmix.from_config(config, dtype=dtype)
+    elif isinstance(config, DemucsConfig):
+        model = Demucs.from_config(config, dtype=dtype)
+    elif isinstance(config, UMXSeparatorConfig):
+        model = Separator.from_config(config, dtype=dtype, **kwargs)
+    else:
+        raise TypeError(f"no TensorFlow model for {type(config).__name__}")
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
+def from_canonical_file(path: str | os.PathLike, dtype: Any = "float32", **kwargs: Any) -> Model:
+    """Build the model a canonical file (``<stem>.safetensors`` + ``<stem>.json``, :mod:`core_spec.canonical`)
+    describes and load its weights; ``kwargs`` as :func:`from_canonical`."""
+    weights, config, _ = load_canonical(path)
+    return from_canonical(config, weights, dtype=dtype, **kwargs)
+
+
+# --- the native file ------------------------------------------------------------------------------------------
+
+
+def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(<stem>.weights.h5, <stem>.json)`` for ``<stem>``, ``<stem>.weights.h5`` or ``<stem>.json``."""
+    p = Path(path)
+    name = p.name
+    for suffix in (".weights.h5", ".json"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    stem = p.with_name(name)
+    return stem.with_name(name + ".weights.h5"), stem.with_name(name + ".json")
+
+
+def _atomic(path: Path, write: Callable[[str], None], suffix: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def _header(config: Config) -> dict[str, Any]:
+    return {
+        "format": FORMAT,
+        "config": json.loads(config_to_json(config)),
+        "keras": keras.__version__,
+        "tensorflow": tf.__version__,
+    }
+
+
+def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Config, force: bool = False) -> list[Path]:
+    """Write canonical ``weights`` as a Keras ``.weights.h5`` file and its JSON config (module docstring).
+
+    Args:
+        path: ``<stem>``, ``<stem>.weights.h5`` or ``<stem>.json``.
+        weights: canonical arrays (checked against the inventory of ``config``; stored as float32).
+        config: the model config.
+        force: overwrite existing files.
+
+    Returns:
+        ``[<stem>.weights.h5, <stem>.json]``.
+    """
+    h5_path, json_path = native_paths(path)
+    if not force:
+        for p in (h5_path, json_path):
+            if p.exists():
+                raise FileExistsError(f"{p} exists; pass force=True (--force) to overwrite it")
+    h5_path.parent.mkdir(parents=True, exist_ok=True)
+    checked = _checked(weights, config)
+    model = from_canonical(config, checked, dtype="float32")
+    header = _header(config)
+    biases = {k: np.asarray(v, np.float32) for k, v in checked.items() if "bias_ih_" in k or "bias_hh_" in k}
+
+    def write(tmp: str) -> None:
+        model.save_weights(tmp, overwrite=True)
+        with h5py.File(tmp, "a") as f:
+            group = f.create_group("unmix_ports")
+            group.attrs["header"] = json.dumps(header, sort_keys=True)
+            lstm = group.create_group("lstm_biases")
+            for name, value in biases.items():
+                lstm.create_dataset(name, data=value)
+
+    _atomic(h5_path, write, ".weights.h5")
+    _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n"), ".json")
+    return [h5_path, json_path]
+
+
+def _read_header(h5_path: Path, json_path: Path) -> dict[str, Any]:
+    if json_path.exists():
+        header = json.loads(json_path.read_text())
+    else:
+        with h5py.File(h5_path, "r") as f:
+            text = f["unmix_ports"].attrs.get("header") if "unmix_ports" in f else None
+        if not text:
+            raise ValueError(f"{h5_path} carries no unmix-ports config and {json_path} does not exist")
+        header = json.loads(text)
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{json_path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    return header
+
+
+def from_native(path: str | os.PathLike, dtype: Any = "float32", **kwargs: Any) -> Model:
+    """Build the model a native file describes and read its ``.weights.h5`` with ``model.load_weights``."""
+    h5_path, json_path = native_paths(path)
+    if not h5_path.exists():
+        raise FileNotFoundError(f"native Keras weights {h5_path} not found")
+    config = config_from_json(json.dumps(_read_header(h5_path, json_path)["config"]))
+    model = from_canonical(config, None, dtype=dtype, **kwargs)
+    model.load_weights(str(h5_path))
+    return model
+
+
+def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
+    """Read a native file: ``(canonical weights, config)``, bit for bit what :func:`save_native` was given,
+    checked against the inventory.
+
+    The LSTM biases come from the file's ``unmix_ports/lstm_biases`` where their float64 sum rounds to the Keras
+    bias (always, for a file :func:`save_native` wrote); otherwise (a file written by ``model.save_weights``, or
+    a bias changed since) the folded bias is returned as ``bias_ih`` with ``bias_hh = 0``.
+    """
+    h5_path, _ = native_paths(path)
+    model = from_native(path)
+    weights = to_canonical(model)
+    stored: dict[str, np.ndarray] = {}
+    with h5py.File(h5_path, "r") as f:
+        if "unmix_ports/lstm_biases" in f:
+            stored = {name: np.asarray(data) for name, data in f["unmix_ports/lstm_biases"].items()}
+    for name in [k for k in weights if "bias_ih_" in k]:
+        partner = name.replace("bias_ih_", "bias_hh_")
+        if name in stored and partner in stored:
+            folded = (stored[name].astype(np.float64) + stored[partner].astype(np.float64)).astype(np.float32)
+            if np.array_equal(folded, weights[name]):
+                weights[name], weights[partner] = stored[name], stored[partner]
+    return weights, model.config

@@ -1,0 +1,49 @@
+"""PyTorch port of Open-Unmix and Demucs v2, from the framework-neutral spec in ``core_spec``.
+
+Modules (the same names in every port): :mod:`~umx_torch.transforms` (STFT, ISTFT, magnitude),
+:mod:`~umx_torch.umx` (``OpenUnmix``), :mod:`~umx_torch.demucs` (``Demucs``), :mod:`~umx_torch.resample`
+(julius-compatible resampler), :mod:`~umx_torch.filtering` (Wiener/EM), :mod:`~umx_torch.separator`
+(``Separator``, ``apply_model``, ``separate_track``), :mod:`~umx_torch.weights` (canonical weights <-> state dicts).
+
+State-dict names are upstream's, so ``OpenUnmix(...).load_state_dict(torch.load(upstream_file))`` works.
+"""
+
+from .demucs import Demucs, center_trim, valid_length
+from .filtering import expectation_maximization, wiener
+from .resample import ResampleFrac, resample_frac
+from .separator import Separator, apply_model, separate_track
+from .transforms import complex_norm, istft, stft
+from .umx import OpenUnmix
+from .weights import (
+    LegacyKeysWarning,
+    WeightsMismatchError,
+    from_canonical,
+    load_canonical_into,
+    load_weights,
+    save_canonical_from,
+    state_dict_from_canonical,
+)
+
+__all__ = [
+    "Demucs",
+    "LegacyKeysWarning",
+    "OpenUnmix",
+    "ResampleFrac",
+    "Separator",
+    "WeightsMismatchError",
+    "apply_model",
+    "center_trim",
+    "complex_norm",
+    "expectation_maximization",
+    "from_canonical",
+    "istft",
+    "load_canonical_into",
+    "load_weights",
+    "resample_frac",
+    "save_canonical_from",
+    "separate_track",
+    "state_dict_from_canonical",
+    "stft",
+    "valid_length",
+    "wiener",
+]

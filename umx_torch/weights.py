@@ -1,0 +1,237 @@
+"""Canonical weights <-> PyTorch state dicts, and the checks every load goes through.
+
+The canonical names and layouts are the upstream PyTorch ones, so the mapping is the identity: this module only
+checks (against :func:`core_spec.params.parameter_inventory`), converts dtypes and devices, drops what upstream
+files carry beside the weights, and reads/writes the canonical files (:mod:`core_spec.canonical`).
+
+- ``OpenUnmix``: the 2019 ``umx``/``umxhq`` files hold ``sample_rate``, ``stft.window`` and
+  ``transform.0.window`` (their model held its own STFT): dropped with a :class:`LegacyKeysWarning`.
+  ``*.num_batches_tracked`` counters are optional.
+- ``Separator``: keys ``target_models.<target>.<name>`` (upstream's ``Separator.state_dict()``); its
+  ``sample_rate``, ``stft.window`` and ``istft.window`` buffers are dropped.
+- ``Demucs``: exactly the inventory.
+
+Anything else missing, unexpected or mis-shaped raises :class:`core_spec.params.WeightsMismatchError`, which
+names every offending key with its expected and actual shape.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from core_spec.canonical import join_targets, load_canonical, save_canonical, split_targets
+from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.params import UMX_IGNORED_ON_LOAD, WeightsMismatchError, check_weights
+
+if TYPE_CHECKING:
+    from .demucs import Demucs
+    from .separator import Separator
+    from .umx import OpenUnmix
+
+__all__ = [
+    "LegacyKeysWarning",
+    "WeightsMismatchError",
+    "canonical_from_state_dict",
+    "from_canonical",
+    "load_canonical_into",
+    "load_weights",
+    "prepare_state_dict",
+    "save_canonical_from",
+    "state_dict_from_canonical",
+]
+
+SEPARATOR_BUFFERS = ("sample_rate", "stft.window", "istft.window")
+TARGET_PREFIX = "target_models."
+
+
+class LegacyKeysWarning(UserWarning):
+    """A state dict carried keys of the 2019 Open-Unmix files; they were dropped."""
+
+
+def _as_tensor(value: Any) -> Tensor:
+    return value if isinstance(value, Tensor) else torch.from_numpy(np.ascontiguousarray(value))
+
+
+def _check_one(state: Mapping[str, Any], config: UMXConfig | DemucsConfig, source: str, strict: bool) -> dict:
+    """Drop legacy keys (with a warning), check against the inventory, keep ``num_batches_tracked`` if present."""
+    legacy = [k for k in state if k in UMX_IGNORED_ON_LOAD]
+    if legacy and isinstance(config, UMXConfig):
+        warnings.warn(
+            f"{source}: dropping {legacy}, keys of the 2019 Open-Unmix files that hold no weights",
+            LegacyKeysWarning,
+            stacklevel=4,
+        )
+    if not strict:
+        return {k: _as_tensor(v) for k, v in state.items() if k not in legacy}
+    checked = check_weights(state, config, source)
+    counters = {k: v for k, v in state.items() if k.endswith("num_batches_tracked")}
+    return {k: _as_tensor(v) for k, v in {**checked, **counters}.items()}
+
+
+def prepare_state_dict(
+    module: OpenUnmix | Demucs | Separator, state_dict: Mapping[str, Any], strict: bool = True
+) -> dict[str, Tensor]:
+    """The state dict ``module`` should load: legacy keys dropped, checked against the module's config.
+
+    Args:
+        module: an :class:`~umx_torch.umx.OpenUnmix`, :class:`~umx_torch.demucs.Demucs` or
+            :class:`~umx_torch.separator.Separator`.
+        state_dict: name -> tensor or NumPy array (upstream names).
+        strict: raise :class:`WeightsMismatchError` for anything missing, unexpected or mis-shaped.
+
+    Returns:
+        name -> tensor, ready for ``nn.Module.load_state_dict(..., strict=False)``.
+    """
+    source = f"{type(module).__name__} state dict"
+    config = module.config
+    if isinstance(config, UMXSeparatorConfig):
+        targets = config.separator.targets
+        weights = {k: v for k, v in state_dict.items() if k not in SEPARATOR_BUFFERS}
+        unknown = [k for k in weights if not k.startswith(TARGET_PREFIX)]
+        if unknown and strict:
+            raise WeightsMismatchError([], [(k, tuple(np.shape(weights[k]))) for k in unknown], [], source)
+        per_target = split_targets({k: v for k, v in weights.items() if k.startswith(TARGET_PREFIX)}, targets)
+        out = {}
+        for target, w in per_target.items():
+            checked = _check_one(w, config.model, f"{source} [target {target}]", strict)
+            out.update({f"{TARGET_PREFIX}{target}.{k}": v for k, v in checked.items()})
+        return out
+    return _check_one(state_dict, config, source, strict)
+
+
+def state_dict_from_canonical(
+    weights: Mapping[str, np.ndarray],
+    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
+    dtype: torch.dtype = torch.float32,
+    device: torch.device | str | None = None,
+) -> dict[str, Tensor]:
+    """Canonical arrays -> a torch state dict (same names), checked against ``config``'s inventory.
+
+    For a :class:`UMXSeparatorConfig` the names are ``target_models.<target>.<name>``.
+    """
+    if isinstance(config, UMXSeparatorConfig):
+        per_target = split_targets(weights, config.separator.targets)
+        checked = join_targets(
+            {t: check_weights(w, config.model, f"canonical weights [target {t}]") for t, w in per_target.items()}
+        )
+    else:
+        checked = check_weights(weights, config, "canonical weights")
+    return {k: _as_tensor(v).to(device=device, dtype=dtype) for k, v in checked.items()}
+
+
+def canonical_from_state_dict(
+    state_dict: Mapping[str, Tensor], config: UMXConfig | UMXSeparatorConfig | DemucsConfig
+) -> dict[str, np.ndarray]:
+    """A torch state dict -> canonical float32 arrays (``num_batches_tracked`` and legacy keys dropped)."""
+    arrays = {
+        k: v.detach().to("cpu", torch.float32).numpy() if isinstance(v, Tensor) else np.asarray(v, np.float32)
+        for k, v in state_dict.items()
+        if k not in SEPARATOR_BUFFERS and not k.endswith("num_batches_tracked")
+    }
+    if isinstance(config, UMXSeparatorConfig):
+        per_target = split_targets(arrays, config.separator.targets)
+        return join_targets({t: check_weights(w, config.model, f"target {t}") for t, w in per_target.items()})
+    return check_weights(arrays, config, "state dict")
+
+
+def _model_config_of(obj: nn.Module) -> UMXConfig | UMXSeparatorConfig | DemucsConfig:
+    config = getattr(obj, "config", None)
+    if not isinstance(config, (UMXConfig, UMXSeparatorConfig, DemucsConfig)):
+        raise TypeError(f"expected an OpenUnmix, Separator or Demucs, got {type(obj).__name__}")
+    return config
+
+
+def _differences(a: Any, b: Any) -> list[str]:
+    import dataclasses
+
+    return [
+        f"{f.name}: file {getattr(a, f.name)!r}, model {getattr(b, f.name)!r}"
+        for f in dataclasses.fields(a)
+        if f.init and getattr(a, f.name) != getattr(b, f.name)
+    ]
+
+
+def _check_config(file_config: Any, model_config: Any, path: Any) -> None:
+    """The file's config must describe the model: same network (and targets, STFT, rate for a separator)."""
+    if type(file_config) is not type(model_config):
+        raise ValueError(
+            f"{path} holds a {type(file_config).__name__}, the model is described by a {type(model_config).__name__}"
+        )
+    if isinstance(file_config, UMXSeparatorConfig):
+        diffs = _differences(file_config.model, model_config.model)
+        fs, ms = file_config.separator, model_config.separator
+        for name in ("targets", "sample_rate", "stft"):
+            if getattr(fs, name) != getattr(ms, name):
+                diffs.append(f"separator.{name}: file {getattr(fs, name)!r}, model {getattr(ms, name)!r}")
+    else:
+        diffs = _differences(file_config, model_config)
+    if diffs:
+        raise ValueError(f"{path} was saved for another model config:\n  " + "\n  ".join(diffs))
+
+
+def load_weights(module: OpenUnmix | Demucs | Separator, weights: Mapping[str, np.ndarray]) -> None:
+    """Load canonical arrays (e.g. :func:`core_spec.weights.random_weights`) into ``module``, in its dtype and
+    on its device. For a separator, pass ``target_models.<target>.<name>`` keys or ``{target: weights}``."""
+    if weights and all(isinstance(v, Mapping) for v in weights.values()):
+        weights = join_targets(weights)  # type: ignore[arg-type]
+    ref = next(module.parameters())
+    state = state_dict_from_canonical(weights, _model_config_of(module), ref.dtype, ref.device)
+    module.load_state_dict(state)
+
+
+def load_canonical_into(module: OpenUnmix | Demucs | Separator, path: str | os.PathLike) -> dict[str, Any]:
+    """Load a canonical file (``<stem>.safetensors`` + ``<stem>.json``) into ``module``; returns the provenance.
+
+    The file's config must describe ``module`` (a clear error lists every differing field).
+    """
+    weights, config, provenance = load_canonical(path)
+    _check_config(config, _model_config_of(module), path)
+    load_weights(module, weights)
+    return provenance
+
+
+def save_canonical_from(
+    module: OpenUnmix | Demucs | Separator,
+    path: str | os.PathLike,
+    provenance: Mapping[str, Any] | None = None,
+    force: bool = False,
+) -> tuple[Path, Path]:
+    """Write ``module``'s weights and config as a canonical file (float32)."""
+    config = _model_config_of(module)
+    arrays = canonical_from_state_dict(module.state_dict(), config)
+    return save_canonical(path, arrays, config, provenance, force=force)
+
+
+def from_canonical(
+    path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **separator_kwargs: Any,
+) -> OpenUnmix | Demucs | Separator:
+    """Build the model a canonical file describes (eval mode) and load its weights.
+
+    ``separator_kwargs`` override the Wiener settings of a separator file (``niter``, ``residual``, ...).
+    """
+    weights, config, _ = load_canonical(path)
+    if isinstance(config, UMXConfig):
+        from .umx import OpenUnmix
+
+        module: nn.Module = OpenUnmix.from_config(config, device, dtype)
+    elif isinstance(config, DemucsConfig):
+        from .demucs import Demucs
+
+        module = Demucs.from_config(config, device, dtype)
+    else:
+        from .separator import Separator
+
+        module = Separator.from_config(config, device=device, dtype=dtype, **separator_kwargs)
+    load_weights(module, weights)  # type: ignore[arg-type]
+    return module  # type: ignore[return-value]
