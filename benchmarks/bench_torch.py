@@ -35,7 +35,7 @@ import numpy as np
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.common import MEMORY_ENV, measure_peak_rss, print_table, run_isolated, write_result
+from benchmarks.common import MEMORY_ENV, TIMING_ENV, measure_peak_rss, print_table, run_isolated, write_result
 
 CASES = ("umx_separator_niter0", "umx_separator_niter1", "wiener_niter0", "wiener_niter1", "demucs_apply")
 IMPLS = ("upstream", "umx_torch")
@@ -230,7 +230,9 @@ def main(argv: list[str] | None = None) -> None:
         for case in args.cases:
             seconds = args.seconds or (10.0 if case == "demucs_apply" else 30.0)
             repeats = max(1, args.repeats - 1) if case == "demucs_apply" else args.repeats
-            timings = run_isolated("benchmarks.bench_torch:timing_worker", case=case, seconds=seconds, repeats=repeats)
+            timings = run_isolated(
+                "benchmarks.bench_torch:timing_worker", env=TIMING_ENV, case=case, seconds=seconds, repeats=repeats
+            )
             outputs, case_rows = {}, {}
             for impl in IMPLS:
                 save = os.path.join(tmp, f"{case}-{impl}.npy")
@@ -268,6 +270,8 @@ def main(argv: list[str] | None = None) -> None:
         rows,
         meta={
             "threads": args.threads,
+            "timing_env": TIMING_ENV,
+            "memory_env": MEMORY_ENV,
             "dtype": "float32",
             "device": "cpu",
             "torch": torch.__version__,

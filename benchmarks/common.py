@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 __all__ = [
     "MEMORY_ENV",
     "RESULTS_DIR",
+    "TIMING_ENV",
     "current_rss_mb",
     "machine_info",
     "measure_peak_rss",
@@ -140,6 +141,11 @@ def time_call(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> dict[
 # its own as blocks are freed; blocks below it stay in the heap and keep counting as resident. Fixing the
 # threshold at 1 MiB makes the resident peak follow the live tensors, and the same for every implementation.
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_ARENA_MAX": "2"}
+
+# OpenMP threads that wait for work spin by default; on a machine whose cores other processes also use, a spinning
+# thread holds a core the thread it waits for needs, and single calls then stall for seconds. Waiting passively
+# costs nothing measurable on an idle machine and keeps timings meaningful on a shared one.
+TIMING_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 def run_isolated(

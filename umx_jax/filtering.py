@@ -69,13 +69,14 @@ _PI_ERROR = PI_FLOAT32 - math.pi  # what upstream's float32 pi adds to the phase
 def phase_factors(mix: jax.Array, atan2: str = "upstream") -> tuple[jax.Array, jax.Array, jax.Array]:
     """``cos`` and ``sin`` of the mixture's phase, and the mixture the rest of ``wiener`` sees.
 
-    ``"exact"``: the phase is ``atan2(im, re)`` (IEEE: 0 for a zero bin, pi for ``-0.0 + 0j``). ``"upstream"``: the phase of
-    :func:`upstream_atan2`, i.e. the true phase plus ``delta = pi_float32 - pi`` where upstream adds ``+-pi``
-    (negative real part: ``+-delta``; zero real part: ``+-delta / 2``), and 0 for a zero bin, whose real part
-    becomes 1.0 in the returned mixture. Both without transcendental functions:
-    ``cos(theta + delta) = (re cos(delta) - im sin(delta)) / |z|``, ``sin(theta + delta) = (im cos(delta) + re
-    sin(delta)) / |z|``, with ``cos(delta)`` and ``sin(delta)`` constants (the same values as upstream's
-    ``cos(atan(im / re) +- pi_float32)`` up to rounding).
+    ``"exact"``: the phase is ``atan2(im, re)`` (IEEE: 0 for a zero bin, pi for ``-0.0 + 0j``).
+    ``"upstream"``: the phase of :func:`upstream_atan2`: the true phase plus ``delta = pi_float32 - pi`` where
+    upstream adds ``+-pi`` (negative real part: ``+-delta``; zero real part: ``+-delta / 2``), and 0 for a zero
+    bin, whose real part becomes 1.0 in the returned mixture.
+
+    Both without transcendental functions (XLA's are slow on CPU): ``cos(theta + delta) = (re cos(delta) -
+    im sin(delta)) / |z|`` and ``sin(theta + delta) = (im cos(delta) + re sin(delta)) / |z|``, ``cos(delta)`` and
+    ``sin(delta)`` being constants: upstream's ``cos(atan(im / re) +- pi_float32)`` up to rounding.
 
     Args:
         mix: complex ``(...)``.

@@ -305,8 +305,8 @@ def to_canonical(module: OpenUnmix | Separator | Demucs) -> dict[str, np.ndarray
 def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """``(<stem>.msgpack, <stem>.json)`` for a path given with either suffix or none."""
     p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".msgpack", ".json") else p
-    return stem.with_suffix(".msgpack"), stem.with_suffix(".json")
+    stem = str(p.with_suffix("") if p.suffix in (".msgpack", ".json") else p)
+    return Path(stem + ".msgpack"), Path(stem + ".json")  # keeps dots in the name: umx.v1 -> umx.v1.msgpack
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

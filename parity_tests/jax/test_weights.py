@@ -47,14 +47,15 @@ def _pure_state(module: nnx.Module) -> list[tuple[str, np.ndarray]]:
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_native_file_round_trip_is_bit_exact(name: str, tmp_path) -> None:
     config, weights = CASES[name]
-    paths = save_native(tmp_path / name, weights, config)
-    assert paths == list(native_paths(tmp_path / f"{name}.msgpack"))
+    paths = save_native(tmp_path / f"{name}.v1-jax", weights, config)  # a dot in the stem stays
+    assert paths == [tmp_path / f"{name}.v1-jax.msgpack", tmp_path / f"{name}.v1-jax.json"]
+    assert paths == list(native_paths(tmp_path / f"{name}.v1-jax.msgpack"))
     loaded, loaded_config = load_native(paths[0])
     assert loaded_config == config
     _assert_identical(loaded, {k: np.asarray(v, np.float32) for k, v in weights.items()})
     with pytest.raises(FileExistsError, match="force"):
-        save_native(tmp_path / name, weights, config)
-    save_native(tmp_path / name, weights, config, force=True)
+        save_native(tmp_path / f"{name}.v1-jax", weights, config)
+    save_native(tmp_path / f"{name}.v1-jax", weights, config, force=True)
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
