@@ -1,0 +1,109 @@
+"""``unmix-train``: one command line for training in every framework.
+
+``unmix-train --framework torch|tf|jax|nnabla --model umx|demucs --root DATA --out RUN [options]`` parses the options
+here (the same for every framework), then hands them to ``umx_<framework>.train.main``. ``--framework nnabla`` from
+the main environment re-runs the command in ``.venv-nnabla`` (a subprocess; files are the only thing shared).
+
+The options are the recipe fields of :mod:`core_spec.training` (``--lr``, ``--batch-size``, ...), whose defaults
+are upstream's; only what differs from the recipe needs to be given.
+
+Run folder (``--out``), the same layout in every framework:
+
+- ``<name>.safetensors`` + ``<name>.json``: the canonical weights of the best model so far (``<name>`` is the UMX
+  target or ``demucs``), loadable by every port and, through ``unmix-convert --to torch``, by upstream;
+- ``<name>-<framework>.<ext>``: the same in the framework's own format;
+- ``checkpoint-<framework>/``: the last epoch's weights, optimiser state and ``state.json`` (epoch, schedule,
+  early stopping, random generator, loss history), read back by ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .training import DemucsTrainConfig, UMXTrainConfig, train_config_from_dict
+
+__all__ = ["FRAMEWORKS", "build_parser", "main", "recipe_from_args"]
+
+FRAMEWORKS = ("torch", "tf", "jax", "nnabla")
+
+
+def _option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="unmix-train",
+        description="Train Open-Unmix or Demucs v2 with the upstream recipe in PyTorch, TensorFlow, JAX or NNabla.",
+        epilog="Recipe defaults are upstream's (core_spec/training.py); see docs/training.md.",
+    )
+    parser.add_argument("--framework", required=True, choices=FRAMEWORKS)
+    parser.add_argument("--model", required=True, choices=("umx", "demucs"))
+    parser.add_argument("--root", required=True, help="MUSDB18-style root (stems or WAV folders) or a track folder")
+    parser.add_argument("--out", required=True, help="run folder (created)")
+    parser.add_argument("--preset", help="architecture preset (core_spec.configs; default umxhq / demucs)")
+    parser.add_argument("--init", help="canonical weights to start from (.safetensors)")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-<framework>/")
+    parser.add_argument("--force", action="store_true", help="allow writing into a run folder that has results")
+    parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
+    parser.add_argument("--valid-tracks", type=int, help="use at most this many validation tracks")
+    parser.add_argument("--devices", type=int, default=1, help="data-parallel replicas (see docs/training.md)")
+    parser.add_argument("--device", default="cpu", help="cpu or gpu")
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    for cls in (UMXTrainConfig, DemucsTrainConfig):
+        group = parser.add_argument_group(f"{cls.__name__} (used with --model {cls().model})")
+        for f in dataclasses.fields(cls):
+            opt = _option(f.name)
+            if any(opt in a.option_strings for a in parser._actions):
+                continue  # shared field (batch_size, lr, ...): one option, the model's default applies
+            kwargs: dict[str, Any] = {"dest": f.name, "default": None}
+            if isinstance(f.default, bool):
+                kwargs["type"] = lambda s: s.lower() in ("1", "true", "yes")
+                kwargs["metavar"] = "BOOL"
+            elif isinstance(f.default, tuple):
+                kwargs["nargs"] = "*"
+            else:
+                kwargs["type"] = type(f.default)
+            group.add_argument(opt, **kwargs, help=f"default {f.default!r}")
+    return parser
+
+
+def recipe_from_args(args: argparse.Namespace) -> UMXTrainConfig | DemucsTrainConfig:
+    """The recipe for ``args.model`` with the options that were given replacing upstream's defaults."""
+    cls = UMXTrainConfig if args.model == "umx" else DemucsTrainConfig
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
+    return train_config_from_dict(args.model, given)
+
+
+def _nnabla_python() -> Path:
+    root = Path(__file__).resolve().parent.parent
+    return Path(os.environ.get("UNMIX_NNABLA_PYTHON", root / ".venv-nnabla" / "bin" / "python"))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.framework == "nnabla":
+        try:
+            import nnabla  # noqa: F401
+        except ImportError:
+            python = _nnabla_python()
+            if not python.exists():
+                print(f"unmix-train: --framework nnabla needs {python} (make setup)", file=sys.stderr)
+                return 1
+            return subprocess.call([str(python), "-m", "core_spec.train_cli", *argv])
+    import importlib
+
+    module = importlib.import_module(f"umx_{args.framework}.train")
+    return int(module.main(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
