@@ -5,19 +5,23 @@
    under ``--out``; museval SDR per source is printed for each implementation side by side.
 2. Demucs: the reference runs a seeded ``demucs_unittest``-shaped model on the clip next to upstream
    demucs 2.0.3; the SNR between the two is printed per source.
-
-Later ports add their columns here.
+3. The ports (``scripts/demo_ports.py``): the Open-Unmix separator (umxhq shapes, seeded weights, niter 1) and
+   Demucs in PyTorch, TensorFlow, JAX and NNabla; SNR of each port's stems against upstream's, per stem.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+
+# torch's OpenMP threads spin while they wait; on a shared machine that stalls single calls for seconds
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path[:] = [str(ROOT)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT / "scripts"]
@@ -37,6 +41,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "out", help="folder for the separated stems (WAV)")
     parser.add_argument("--no-demucs", action="store_true", help="skip the Demucs line")
+    parser.add_argument("--no-ports", action="store_true", help="skip the port columns")
     args = parser.parse_args()
 
     import soundfile as sf
@@ -83,6 +88,12 @@ def main() -> None:
             print("\nDemucs (demucs_unittest shapes, seeded weights), reference vs upstream demucs 2.0.3:")
             for key, value in result.items():
                 print(f"  {key}: {value}")
+
+    if not args.no_ports:
+        from scripts import demo_ports
+
+        if demo_ports.run(clip.mixture.astype(np.float32)):
+            raise SystemExit(1)
 
 
 if __name__ == "__main__":

@@ -21,8 +21,10 @@ from .umx import LSTM, OpenUnmix
 from .weights import (
     WeightsMismatchError,
     from_canonical,
+    from_canonical_file,
     load_module,
     load_native,
+    load_weights,
     save_native,
     to_canonical,
 )
@@ -39,9 +41,11 @@ __all__ = [
     "dtype_scope",
     "expectation_maximization",
     "from_canonical",
+    "from_canonical_file",
     "istft",
     "load_module",
     "load_native",
+    "load_weights",
     "resample_frac",
     "save_native",
     "separate_track",

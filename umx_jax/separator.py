@@ -38,7 +38,8 @@ from jax import lax
 
 from core_spec import shapes
 from core_spec.audio import prepare_audio
-from core_spec.configs import SeparatorConfig, STFTConfig, UMXSeparatorConfig, WienerConfig
+from core_spec.configs import UMXSeparatorConfig
+from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 
 from ._scope import as_device, canonical_dtype, dtype_scope
 from .demucs import Demucs, center_trim
@@ -53,7 +54,7 @@ class Window(nnx.Variable):
     """A fixed STFT window (not a trainable parameter, not part of the canonical weights)."""
 
 
-class Separator(nnx.Module):
+class Separator(SeparatorSettings, nnx.Module):
     """Open-Unmix separation of waveforms.
 
     Args:
@@ -91,18 +92,10 @@ class Separator(nnx.Module):
     ):
         if not target_models:
             raise ValueError("a separator needs at least one target model")
-        self.wiener_config = WienerConfig(
-            niter=niter,
-            softmask=softmask,
-            residual=residual,
-            wiener_win_len=wiener_win_len,
-            eps=eps,
-            scale_factor=scale_factor,
-            atan2=atan2,
-        )
-        self.sample_rate = float(sample_rate)
-        self.stft_config = STFTConfig(n_fft=n_fft, n_hop=n_hop, center=True)
-        self.nb_channels = nb_channels
+        self._set_settings(
+            niter, softmask, residual, sample_rate, n_fft, n_hop, nb_channels, wiener_win_len, atan2, eps,
+            scale_factor,
+        )  # fmt: skip
         self.precision = precision
         # nnx.Dict iterates its keys sorted: the output order is kept separately
         self.targets = tuple(target_models)
@@ -113,31 +106,8 @@ class Separator(nnx.Module):
             raise ValueError("every target model of a separator must have the same config and dtype")
         self.window = None if window is None else Window(jnp.asarray(window, models[0].dtype))
 
-    # upstream's attribute names
-    @property
-    def niter(self) -> int:
-        return self.wiener_config.niter
-
-    @property
-    def residual(self) -> bool:
-        return self.wiener_config.residual
-
-    @property
-    def softmask(self) -> bool:
-        return self.wiener_config.softmask
-
-    @property
-    def wiener_win_len(self) -> int | None:
-        return self.wiener_config.wiener_win_len
-
-    @property
-    def nb_targets(self) -> int:
-        return len(self.target_models)
-
-    @property
-    def target_names(self) -> tuple[str, ...]:
-        """Names of the outputs, in order: the targets, then ``"residual"`` if enabled."""
-        return self.targets + ("residual",) if self.residual else self.targets
+    def _target_order(self) -> tuple[str, ...]:
+        return self.targets
 
     @property
     def dtype(self) -> np.dtype:
@@ -172,21 +142,7 @@ class Separator(nnx.Module):
         dev = as_device(device)
         with dtype_scope(dtype), jax.default_device(dev) if dev is not None else contextlib.nullcontext():
             models = {t: OpenUnmix.from_config(config.model, dtype=dtype, rngs=rngs) for t in config.separator.targets}
-            return cls(models, **separator_kwargs(config, **overrides))
-
-    @property
-    def config(self) -> UMXSeparatorConfig:
-        """The :class:`core_spec.configs.UMXSeparatorConfig` of this separator."""
-        model = self.target_models[self.targets[0]].config
-        return UMXSeparatorConfig(
-            model=model,
-            separator=SeparatorConfig(
-                targets=self.targets,
-                sample_rate=self.sample_rate,
-                stft=self.stft_config,
-                wiener=self.wiener_config,
-            ),
-        )
+            return cls(models, **separator_kwargs(config, ("window", "precision"), **overrides))
 
     def __call__(self, audio: Any) -> jax.Array:
         """Separate a batch of mixtures with the compiled function (no input checks: see :meth:`separate`).
@@ -315,29 +271,6 @@ def device_of(module: nnx.Module) -> jax.Device:
     leaf = jax.tree.leaves(nnx.state(module, nnx.Param))[0]
     array = leaf[...] if isinstance(leaf, nnx.Variable) else leaf
     return next(iter(array.devices()))
-
-
-def separator_kwargs(config: UMXSeparatorConfig, **overrides: Any) -> dict[str, Any]:
-    """:class:`Separator` constructor arguments (all but the models) of a preset, with ``overrides`` applied."""
-    sep, w = config.separator, config.separator.wiener
-    kwargs: dict[str, Any] = dict(
-        niter=w.niter,
-        softmask=w.softmask,
-        residual=w.residual,
-        sample_rate=sep.sample_rate,
-        n_fft=sep.stft.n_fft,
-        n_hop=sep.stft.n_hop,
-        nb_channels=config.model.nb_channels,
-        wiener_win_len=w.wiener_win_len,
-        atan2=w.atan2,
-        eps=w.eps,
-        scale_factor=w.scale_factor,
-    )
-    unknown = set(overrides) - set(kwargs) - {"window", "precision"}
-    if unknown:
-        raise TypeError(f"unknown Separator arguments {sorted(unknown)}")
-    kwargs.update(overrides)
-    return kwargs
 
 
 # graph_updates=False: the functions only read the modules' state, so no state is returned (nnx.jit's default

@@ -48,13 +48,14 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
-from core_spec.canonical import join_targets, split_targets
+from core_spec.canonical import join_targets, load_canonical, split_targets
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
 from core_spec.params import WeightsMismatchError, check_weights
+from core_spec.separator_settings import separator_kwargs
 
 from ._scope import as_device, canonical_dtype, dtype_scope
 from .demucs import Demucs
-from .separator import Separator, separator_kwargs
+from .separator import Separator
 from .umx import OpenUnmix
 
 __all__ = [
@@ -62,8 +63,10 @@ __all__ = [
     "WeightsMismatchError",
     "canonical_from_state",
     "from_canonical",
+    "from_canonical_file",
     "load_module",
     "load_native",
+    "load_weights",
     "native_paths",
     "save_native",
     "state_from_canonical",
@@ -283,7 +286,7 @@ def from_canonical(
         per_target = _per_target(weights, config.separator.targets)
         models = {t: from_canonical(config.model, w, dtype=dtype, device=device) for t, w in per_target.items()}
         with dtype_scope(dtype):
-            return Separator(models, **separator_kwargs(config, **overrides))
+            return Separator(models, **separator_kwargs(config, ("window", "precision"), **overrides))
     if overrides:
         raise TypeError(f"{type(config).__name__} takes no overrides, got {sorted(overrides)}")
     pure = state_from_canonical(config, weights)
@@ -292,6 +295,30 @@ def from_canonical(
         graphdef, params = nnx.split(_build(config, dtype))
         nnx.replace_by_pure_dict(params, jax.tree.map(lambda a: jnp.asarray(a, dtype), pure))
         return nnx.merge(graphdef, params)
+
+
+def from_canonical_file(
+    path: str | os.PathLike, *, dtype: Any = jnp.float32, device: Any = None, **overrides: Any
+) -> OpenUnmix | Separator | Demucs:
+    """The Flax module a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes, with its weights."""
+    weights, config, _ = load_canonical(path)
+    return from_canonical(config, weights, dtype=dtype, device=device, **overrides)
+
+
+def load_weights(module: OpenUnmix | Separator | Demucs, weights: Mapping[str, Any]) -> None:
+    """Replace ``module``'s parameters (in place, in its dtype and on its devices) by canonical ``weights``."""
+    config = _config_of(module)
+    if isinstance(module, Separator):
+        for target, w in _per_target(weights, config.separator.targets).items():
+            load_weights(module.target_models[target], w)
+        return
+    pure = state_from_canonical(config, weights)
+    state = nnx.state(module, (nnx.Param, nnx.BatchStat))
+    current = nnx.to_pure_dict(state)
+    nnx.replace_by_pure_dict(
+        state, jax.tree.map(lambda old, new: jax.device_put(jnp.asarray(new, old.dtype), old.sharding), current, pure)
+    )
+    nnx.update(module, state)
 
 
 def to_canonical(module: OpenUnmix | Separator | Demucs) -> dict[str, np.ndarray]:

@@ -25,6 +25,7 @@ from .umx import OpenUnmix, lstm
 from .weights import (
     WeightsMismatchError,
     from_canonical,
+    from_canonical_file,
     load_module,
     load_native,
     load_weights,
@@ -44,6 +45,7 @@ __all__ = [
     "device_context",
     "expectation_maximization",
     "from_canonical",
+    "from_canonical_file",
     "istft",
     "istft_graph",
     "load_module",

@@ -1,6 +1,12 @@
 """Command line of the NNabla port, for the main environment's scripts (arrays cross as ``.npz`` files)::
 
     python -m umx_nnabla oracle --input IN.npz --output OUT.npz
+    python -m umx_nnabla separate --weights STEM --input IN.npz --output OUT.npz [--segment-length N]
+
+``separate``: the model of a canonical file (``STEM.safetensors`` + ``STEM.json``: a UMX separator or a Demucs)
+separates ``IN.npz``'s ``mixture`` ``(nb_channels, nb_timesteps)`` at the model's rate: :meth:`Separator.separate`,
+or :func:`separate_track` (``split=True``, ``shifts=0``; ``--segment-length`` in samples, default the model's).
+``OUT.npz`` gets ``estimates`` ``(nb_sources, nb_channels, nb_timesteps)`` and ``seconds``.
 
 ``oracle``: the oracle Wiener separation of ``make demo`` done by this port (its STFT, magnitude graph, Wiener
 filter and inverse STFT, float32): ``IN.npz`` holds ``mixture`` ``(nb_channels, nb_timesteps)``, ``stems``
@@ -20,8 +26,9 @@ import numpy as np
 
 from core_spec.configs import SeparatorConfig, config_from_json
 
-from .separator import Separator
+from .separator import Separator, separate_track
 from .transforms import complex_norm, istft, stft
+from .weights import from_canonical_file
 
 __all__ = ["main", "oracle_separation"]
 
@@ -50,20 +57,36 @@ def oracle_separation(mixture: np.ndarray, stems: np.ndarray, sep: SeparatorConf
     return istft(separator.filter(v, X), fft.n_fft, fft.n_hop, length=mixture.shape[-1])[0]
 
 
+def _separate(weights: str, mixture: np.ndarray, segment_length: int | None) -> np.ndarray:
+    model = from_canonical_file(weights)
+    if isinstance(model, Separator):
+        return np.asarray(model.separate(mixture))[0]
+    return np.asarray(separate_track(model, mixture, segment_length=segment_length))[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m umx_nnabla", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     oracle = commands.add_parser("oracle", help="oracle Wiener separation (true stem magnitudes), .npz in and out")
     oracle.add_argument("--input", required=True)
     oracle.add_argument("--output", required=True)
+    separate = commands.add_parser("separate", help="separate a mixture with a canonical file's model")
+    separate.add_argument("--weights", required=True, help="canonical STEM (.safetensors + .json)")
+    separate.add_argument("--input", required=True)
+    separate.add_argument("--output", required=True)
+    separate.add_argument("--segment-length", type=int, help="Demucs split segment in samples")
     args = parser.parse_args(argv)
     with np.load(args.input, allow_pickle=False) as data:
-        mixture, stems, config = data["mixture"], data["stems"], config_from_json(str(data["config"]))
-    if not isinstance(config, SeparatorConfig):
-        print(f"error: config must be a SeparatorConfig, got {type(config).__name__}", file=sys.stderr)
-        return 1
+        arrays = {k: data[k] for k in data.files}
     start = time.perf_counter()
-    estimates = oracle_separation(mixture, stems, config)
+    if args.command == "separate":
+        estimates = _separate(args.weights, arrays["mixture"], args.segment_length)
+    else:
+        config = config_from_json(str(arrays["config"]))
+        if not isinstance(config, SeparatorConfig):
+            print(f"error: config must be a SeparatorConfig, got {type(config).__name__}", file=sys.stderr)
+            return 1
+        estimates = oracle_separation(arrays["mixture"], arrays["stems"], config)
     np.savez(args.output, estimates=estimates, seconds=time.perf_counter() - start)
     return 0
 

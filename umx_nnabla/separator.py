@@ -24,7 +24,8 @@ import numpy as np
 
 from core_spec import shapes
 from core_spec.audio import prepare_audio
-from core_spec.configs import SeparatorConfig, STFTConfig, UMXSeparatorConfig, WienerConfig
+from core_spec.configs import UMXSeparatorConfig
+from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 
 from ._context import GraphCache
 from .demucs import Demucs
@@ -37,7 +38,7 @@ __all__ = ["WIENER_BACKENDS", "Separator", "apply_model", "separate_track"]
 WIENER_BACKENDS = ("numpy", "nnabla")
 
 
-class Separator:
+class Separator(SeparatorSettings):
     """Open-Unmix separation of waveforms.
 
     Args:
@@ -75,18 +76,10 @@ class Separator:
     ):
         if wiener_backend not in WIENER_BACKENDS:
             raise ValueError(f"wiener_backend must be one of {WIENER_BACKENDS}, got {wiener_backend!r}")
-        self.wiener_config = WienerConfig(
-            niter=niter,
-            softmask=softmask,
-            residual=residual,
-            wiener_win_len=wiener_win_len,
-            eps=eps,
-            scale_factor=scale_factor,
-            atan2=atan2,
-        )
-        self.sample_rate = float(sample_rate)
-        self.stft_config = STFTConfig(n_fft=n_fft, n_hop=n_hop, center=True)
-        self.nb_channels = nb_channels
+        self._set_settings(
+            niter, softmask, residual, sample_rate, n_fft, n_hop, nb_channels, wiener_win_len, atan2, eps,
+            scale_factor,
+        )  # fmt: skip
         self.window = None if window is None else np.asarray(window, dtype=np.float32)
         self.wiener_backend = wiener_backend
         self.params: OrderedDict = OrderedDict()
@@ -97,33 +90,6 @@ class Separator:
             model.params, model.scope = self.params, name
             self.target_models[name] = model
         self.graphs = GraphCache(self._build_graph)
-
-    # upstream's attribute names
-    @property
-    def niter(self) -> int:
-        return self.wiener_config.niter
-
-    @property
-    def residual(self) -> bool:
-        return self.wiener_config.residual
-
-    @property
-    def softmask(self) -> bool:
-        return self.wiener_config.softmask
-
-    @property
-    def wiener_win_len(self) -> int | None:
-        return self.wiener_config.wiener_win_len
-
-    @property
-    def nb_targets(self) -> int:
-        return len(self.target_models)
-
-    @property
-    def target_names(self) -> tuple[str, ...]:
-        """Names of the outputs, in order: the targets, then ``"residual"`` if enabled."""
-        names = tuple(self.target_models)
-        return names + ("residual",) if self.residual else names
 
     @classmethod
     def from_config(
@@ -142,21 +108,8 @@ class Separator:
             lstm_impl: see :func:`umx_nnabla.umx.lstm`.
             overrides: constructor arguments replacing the config's (``niter=0``, ``wiener_backend=...``).
         """
-        sep, w = config.separator, config.separator.wiener
-        kwargs: dict[str, Any] = dict(
-            niter=w.niter,
-            softmask=w.softmask,
-            residual=w.residual,
-            sample_rate=sep.sample_rate,
-            n_fft=sep.stft.n_fft,
-            n_hop=sep.stft.n_hop,
-            nb_channels=config.model.nb_channels,
-            wiener_win_len=w.wiener_win_len,
-            atan2=w.atan2,
-            eps=w.eps,
-            scale_factor=w.scale_factor,
-        )
-        kwargs.update(overrides)
+        kwargs = separator_kwargs(config, ("window", "wiener_backend"), **overrides)
+        sep = config.separator
         models = {t: OpenUnmix.from_config(config.model, lstm_impl=lstm_impl) for t in sep.targets}
         separator = cls(models, **kwargs)
         if weights is not None:
@@ -164,22 +117,6 @@ class Separator:
 
             load_weights(separator, weights)
         return separator
-
-    @property
-    def config(self) -> UMXSeparatorConfig:
-        """The :class:`core_spec.configs.UMXSeparatorConfig` of this separator."""
-        models = list(self.target_models.values())
-        if not models:
-            raise ValueError("a separator without target models has no config")
-        return UMXSeparatorConfig(
-            model=models[0].config,
-            separator=SeparatorConfig(
-                targets=tuple(self.target_models),
-                sample_rate=self.sample_rate,
-                stft=self.stft_config,
-                wiener=self.wiener_config,
-            ),
-        )
 
     def get_parameters(self, grad_only: bool = False) -> OrderedDict:
         """``{"<target>/<name>": nn.Variable}`` of every target."""

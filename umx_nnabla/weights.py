@@ -68,6 +68,7 @@ __all__ = [
     "WeightsMismatchError",
     "canonical_from_parameters",
     "from_canonical",
+    "from_canonical_file",
     "load_module",
     "load_native",
     "load_weights",
@@ -291,6 +292,12 @@ def from_canonical(config: Config, weights: Mapping[str, Any] | None = None, **k
     if weights is not None:
         load_weights(model, weights)
     return model
+
+
+def from_canonical_file(path: str | os.PathLike, **kwargs: Any) -> Model:
+    """The model a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes, with its weights."""
+    weights, config, _ = load_canonical(path)
+    return from_canonical(config, weights, **kwargs)
 
 
 def to_canonical(model: Model) -> dict[str, np.ndarray]:

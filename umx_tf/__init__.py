@@ -56,7 +56,7 @@ from .umx import OpenUnmix  # noqa: E402
 from .weights import (  # noqa: E402
     from_canonical,
     from_canonical_file,
-    from_native,
+    load_module,
     load_native,
     load_weights,
     save_native,
@@ -73,7 +73,7 @@ __all__ = [
     "expectation_maximization",
     "from_canonical",
     "from_canonical_file",
-    "from_native",
+    "load_module",
     "istft",
     "load_native",
     "load_weights",

@@ -23,7 +23,8 @@ import tensorflow as tf
 
 from core_spec import shapes
 from core_spec.audio import prepare_audio
-from core_spec.configs import SeparatorConfig, STFTConfig, UMXSeparatorConfig, WienerConfig
+from core_spec.configs import SeparatorConfig, UMXSeparatorConfig, WienerConfig
+from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 
 from .demucs import Demucs
 from .filtering import wiener_planar
@@ -102,7 +103,7 @@ def filter_and_invert(
     return istft(targets_stft, fft.n_fft, fft.n_hop, fft.center, fft.normalized, nb_timesteps, window)
 
 
-class Separator(keras.Model):
+class Separator(SeparatorSettings, keras.Model):
     """Open-Unmix separation of waveforms.
 
     Args:
@@ -143,50 +144,15 @@ class Separator(keras.Model):
         if kwargs.get("dtype") is None and target_models:
             kwargs["dtype"] = next(iter(target_models.values())).dtype_policy  # run in the networks' precision
         super().__init__(**kwargs)
-        self.wiener_config = WienerConfig(
-            niter=niter,
-            softmask=softmask,
-            residual=residual,
-            wiener_win_len=wiener_win_len,
-            eps=eps,
-            scale_factor=scale_factor,
-            atan2=atan2,
-        )
-        self.sample_rate = float(sample_rate)
-        self.stft_config = STFTConfig(n_fft=n_fft, n_hop=n_hop, center=True)
-        self.nb_channels = nb_channels
+        self._set_settings(
+            niter, softmask, residual, sample_rate, n_fft, n_hop, nb_channels, wiener_win_len, atan2, eps,
+            scale_factor,
+        )  # fmt: skip
         self.target_models = dict(target_models)
         self.window = None if window is None else np.asarray(window, dtype=np.float64)
         self.jit_compile = _auto_jit(jit_compile)
         self._separate = tf.function(self.call, jit_compile=self.jit_compile)
         self.built = True
-
-    # upstream's attribute names
-    @property
-    def niter(self) -> int:
-        return self.wiener_config.niter
-
-    @property
-    def residual(self) -> bool:
-        return self.wiener_config.residual
-
-    @property
-    def softmask(self) -> bool:
-        return self.wiener_config.softmask
-
-    @property
-    def wiener_win_len(self) -> int | None:
-        return self.wiener_config.wiener_win_len
-
-    @property
-    def nb_targets(self) -> int:
-        return len(self.target_models)
-
-    @property
-    def target_names(self) -> tuple[str, ...]:
-        """Names of the outputs, in order: the targets, then ``"residual"`` if enabled."""
-        names = tuple(self.target_models)
-        return names + ("residual",) if self.residual else names
 
     @classmethod
     def from_config(
@@ -205,21 +171,8 @@ class Separator(keras.Model):
             dtype: ``"float32"`` or ``"float64"``.
             overrides: constructor arguments replacing the config's Wiener settings (``niter=0``, ...).
         """
-        sep, w = config.separator, config.separator.wiener
-        kwargs: dict[str, Any] = dict(
-            niter=w.niter,
-            softmask=w.softmask,
-            residual=w.residual,
-            sample_rate=sep.sample_rate,
-            n_fft=sep.stft.n_fft,
-            n_hop=sep.stft.n_hop,
-            nb_channels=config.model.nb_channels,
-            wiener_win_len=w.wiener_win_len,
-            atan2=w.atan2,
-            eps=w.eps,
-            scale_factor=w.scale_factor,
-        )
-        kwargs.update(overrides)
+        kwargs = separator_kwargs(config, ("window", "jit_compile"), **overrides)
+        sep = config.separator
         models = {t: OpenUnmix.from_config(config.model, dtype=dtype) for t in sep.targets}
         separator = cls(models, dtype=dtype, **kwargs)
         if weights is not None:
@@ -227,22 +180,6 @@ class Separator(keras.Model):
 
             load_weights(separator, weights)
         return separator
-
-    @property
-    def config(self) -> UMXSeparatorConfig:
-        """The :class:`core_spec.configs.UMXSeparatorConfig` of this separator."""
-        models = list(self.target_models.values())
-        if not models:
-            raise ValueError("a separator without target models has no config")
-        return UMXSeparatorConfig(
-            model=models[0].config,
-            separator=SeparatorConfig(
-                targets=tuple(self.target_models),
-                sample_rate=self.sample_rate,
-                stft=self.stft_config,
-                wiener=self.wiener_config,
-            ),
-        )
 
     def call(self, audio: tf.Tensor) -> tf.Tensor:
         """Separate a batch of mixtures (no input checks: see :meth:`separate`).

@@ -61,7 +61,7 @@ __all__ = [
     "WeightsMismatchError",
     "from_canonical",
     "from_canonical_file",
-    "from_native",
+    "load_module",
     "load_native",
     "load_weights",
     "native_paths",
@@ -321,7 +321,7 @@ def _read_header(h5_path: Path, json_path: Path) -> dict[str, Any]:
     return header
 
 
-def from_native(path: str | os.PathLike, dtype: Any = "float32", **kwargs: Any) -> Model:
+def load_module(path: str | os.PathLike, dtype: Any = "float32", **kwargs: Any) -> Model:
     """Build the model a native file describes and read its ``.weights.h5`` with ``model.load_weights``."""
     h5_path, json_path = native_paths(path)
     if not h5_path.exists():
@@ -341,7 +341,7 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
     a bias changed since) the folded bias is returned as ``bias_ih`` with ``bias_hh = 0``.
     """
     h5_path, _ = native_paths(path)
-    model = from_native(path)
+    model = load_module(path)
     weights = to_canonical(model)
     stored: dict[str, np.ndarray] = {}
     with h5py.File(h5_path, "r") as f:

@@ -22,7 +22,8 @@ from torch import Tensor, nn
 
 from core_spec import shapes
 from core_spec.audio import prepare_audio
-from core_spec.configs import SeparatorConfig, STFTConfig, UMXSeparatorConfig, WienerConfig
+from core_spec.configs import UMXSeparatorConfig
+from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 
 from .demucs import Demucs, center_trim
 from .filtering import wiener_planar
@@ -42,7 +43,7 @@ def _to_numpy(audio: Any) -> np.ndarray:
     return np.asarray(audio)
 
 
-class Separator(nn.Module):
+class Separator(SeparatorSettings, nn.Module):
     """Open-Unmix separation of waveforms.
 
     Args:
@@ -79,47 +80,12 @@ class Separator(nn.Module):
         window: Tensor | np.ndarray | None = None,
     ):
         super().__init__()
-        self.wiener_config = WienerConfig(
-            niter=niter,
-            softmask=softmask,
-            residual=residual,
-            wiener_win_len=wiener_win_len,
-            eps=eps,
-            scale_factor=scale_factor,
-            atan2=atan2,
-        )
-        self.sample_rate = float(sample_rate)
-        self.stft_config = STFTConfig(n_fft=n_fft, n_hop=n_hop, center=True)
-        self.nb_channels = nb_channels
+        self._set_settings(
+            niter, softmask, residual, sample_rate, n_fft, n_hop, nb_channels, wiener_win_len, atan2, eps,
+            scale_factor,
+        )  # fmt: skip
         self.target_models = nn.ModuleDict(target_models)
         self.window = None if window is None else torch.as_tensor(window)
-
-    # upstream's attribute names
-    @property
-    def niter(self) -> int:
-        return self.wiener_config.niter
-
-    @property
-    def residual(self) -> bool:
-        return self.wiener_config.residual
-
-    @property
-    def softmask(self) -> bool:
-        return self.wiener_config.softmask
-
-    @property
-    def wiener_win_len(self) -> int | None:
-        return self.wiener_config.wiener_win_len
-
-    @property
-    def nb_targets(self) -> int:
-        return len(self.target_models)
-
-    @property
-    def target_names(self) -> tuple[str, ...]:
-        """Names of the outputs, in order: the targets, then ``"residual"`` if enabled."""
-        names = tuple(self.target_models)
-        return names + ("residual",) if self.residual else names
 
     @classmethod
     def from_config(
@@ -139,21 +105,8 @@ class Separator(nn.Module):
             device, dtype: where and in what precision to run.
             overrides: constructor arguments replacing the config's Wiener settings (``niter=0``, ...).
         """
-        sep, w = config.separator, config.separator.wiener
-        kwargs: dict[str, Any] = dict(
-            niter=w.niter,
-            softmask=w.softmask,
-            residual=w.residual,
-            sample_rate=sep.sample_rate,
-            n_fft=sep.stft.n_fft,
-            n_hop=sep.stft.n_hop,
-            nb_channels=config.model.nb_channels,
-            wiener_win_len=w.wiener_win_len,
-            atan2=w.atan2,
-            eps=w.eps,
-            scale_factor=w.scale_factor,
-        )
-        kwargs.update(overrides)
+        kwargs = separator_kwargs(config, ("window",), **overrides)
+        sep = config.separator
         models = {t: OpenUnmix.from_config(config.model) for t in sep.targets}
         separator = cls(models, **kwargs).to(device=device, dtype=dtype).eval()
         if weights is not None:
@@ -161,22 +114,6 @@ class Separator(nn.Module):
 
             load_weights(separator, weights)
         return separator
-
-    @property
-    def config(self) -> UMXSeparatorConfig:
-        """The :class:`core_spec.configs.UMXSeparatorConfig` of this separator."""
-        models = list(self.target_models.values())
-        if not models:
-            raise ValueError("a separator without target models has no config")
-        return UMXSeparatorConfig(
-            model=models[0].config,
-            separator=SeparatorConfig(
-                targets=tuple(self.target_models),
-                sample_rate=self.sample_rate,
-                stft=self.stft_config,
-                wiener=self.wiener_config,
-            ),
-        )
 
     def freeze(self) -> Separator:
         for p in self.parameters():

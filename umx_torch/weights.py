@@ -17,7 +17,9 @@ names every offending key with its expected and actual shape.
 
 from __future__ import annotations
 
+import json
 import os
+import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -28,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from core_spec.canonical import join_targets, load_canonical, save_canonical, split_targets
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
 from core_spec.params import UMX_IGNORED_ON_LOAD, WeightsMismatchError, check_weights
 
 if TYPE_CHECKING:
@@ -37,16 +39,25 @@ if TYPE_CHECKING:
     from .umx import OpenUnmix
 
 __all__ = [
+    "FORMAT",
     "LegacyKeysWarning",
     "WeightsMismatchError",
     "canonical_from_state_dict",
     "from_canonical",
+    "from_canonical_file",
     "load_canonical_into",
+    "load_module",
+    "load_native",
     "load_weights",
+    "native_paths",
     "prepare_state_dict",
     "save_canonical_from",
+    "save_native",
     "state_dict_from_canonical",
+    "to_canonical",
 ]
+
+FORMAT = "unmix-ports/torch-state-dict/1"
 
 SEPARATOR_BUFFERS = ("sample_rate", "stft.window", "istft.window")
 TARGET_PREFIX = "target_models."
@@ -210,28 +221,120 @@ def save_canonical_from(
     return save_canonical(path, arrays, config, provenance, force=force)
 
 
+def to_canonical(module: OpenUnmix | Demucs | Separator) -> dict[str, np.ndarray]:
+    """``module``'s weights as canonical float32 arrays (upstream names)."""
+    return canonical_from_state_dict(module.state_dict(), _model_config_of(module))
+
+
+def _build(config: UMXConfig | UMXSeparatorConfig | DemucsConfig, device: Any, dtype: torch.dtype, **kwargs: Any):
+    if isinstance(config, UMXConfig):
+        from .umx import OpenUnmix
+
+        return OpenUnmix.from_config(config, device, dtype)
+    if isinstance(config, DemucsConfig):
+        from .demucs import Demucs
+
+        return Demucs.from_config(config, device, dtype)
+    if isinstance(config, UMXSeparatorConfig):
+        from .separator import Separator
+
+        return Separator.from_config(config, device=device, dtype=dtype, **kwargs)
+    raise TypeError(f"no PyTorch model for {type(config).__name__}")
+
+
 def from_canonical(
+    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
+    weights: Mapping[str, Any] | None = None,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **separator_kwargs: Any,
+) -> OpenUnmix | Demucs | Separator:
+    """Build the model of ``config`` (eval mode) and load canonical ``weights`` into it (``None``: PyTorch's
+    initialisation). ``separator_kwargs`` override a separator's Wiener settings (``niter``, ``residual``, ...)."""
+    module = _build(config, device, dtype, **separator_kwargs).eval()
+    if weights is not None:
+        load_weights(module, weights)
+    return module
+
+
+def from_canonical_file(
     path: str | os.PathLike,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     **separator_kwargs: Any,
 ) -> OpenUnmix | Demucs | Separator:
-    """Build the model a canonical file describes (eval mode) and load its weights.
-
-    ``separator_kwargs`` override the Wiener settings of a separator file (``niter``, ``residual``, ...).
-    """
+    """Build the model a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes and load its weights."""
     weights, config, _ = load_canonical(path)
-    if isinstance(config, UMXConfig):
-        from .umx import OpenUnmix
+    return from_canonical(config, weights, device, dtype, **separator_kwargs)
 
-        module: nn.Module = OpenUnmix.from_config(config, device, dtype)
-    elif isinstance(config, DemucsConfig):
-        from .demucs import Demucs
 
-        module = Demucs.from_config(config, device, dtype)
-    else:
-        from .separator import Separator
+# --- the native file: what upstream reads ------------------------------------------------------------------------
 
-        module = Separator.from_config(config, device=device, dtype=dtype, **separator_kwargs)
-    load_weights(module, weights)  # type: ignore[arg-type]
-    return module  # type: ignore[return-value]
+
+def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(<stem>.pth, <stem>.json)`` for a path given with either suffix or none (dots in the name are kept)."""
+    p = Path(path)
+    stem = str(p.with_suffix("") if p.suffix in (".pth", ".json") else p)
+    return Path(stem + ".pth"), Path(stem + ".json")
+
+
+def _atomic(path: Path, write: Any) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+def save_native(
+    path: str | os.PathLike,
+    weights: Mapping[str, Any],
+    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
+    force: bool = False,
+) -> list[Path]:
+    """Write ``<stem>.pth``, a plain ``torch.save``'d state dict with upstream's names (float32; what
+    ``openunmix``'s and ``demucs``'s ``load_state_dict`` read), and ``<stem>.json`` (format tag and config).
+
+    Atomic; an existing file is an error unless ``force``.
+    """
+    pth, js = native_paths(path)
+    for out in (pth, js):
+        if out.exists() and not force:
+            raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite it")
+    state = state_dict_from_canonical(weights, config)
+    pth.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(pth, lambda tmp: torch.save(state, tmp))
+    header = json.dumps({"format": FORMAT, "config": json.loads(config_to_json(config))}, indent=1)
+    _atomic(js, lambda tmp: Path(tmp).write_text(header))
+    return [pth, js]
+
+
+def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], UMXConfig | UMXSeparatorConfig | DemucsConfig]:
+    """Read ``<stem>.pth`` + ``<stem>.json``: ``(canonical weights, config)``, checked against the inventory.
+
+    The ``.pth`` is read with ``torch.load(weights_only=True)`` (no code from the file runs).
+    """
+    pth, js = native_paths(path)
+    for p in (pth, js):
+        if not p.exists():
+            raise FileNotFoundError(f"PyTorch weights: {p} not found (save_native writes <stem>.pth and <stem>.json)")
+    header = json.loads(js.read_text())
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{js}: format {header.get('format')!r}, expected {FORMAT!r}")
+    config = config_from_json(json.dumps(header["config"]))
+    state = torch.load(pth, map_location="cpu", weights_only=True)
+    return canonical_from_state_dict(state, config), config
+
+
+def load_module(
+    path: str | os.PathLike,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    **separator_kwargs: Any,
+) -> OpenUnmix | Demucs | Separator:
+    """The model stored in a native file, ready to run (arguments as :func:`from_canonical`)."""
+    weights, config = load_native(path)
+    return from_canonical(config, weights, device, dtype, **separator_kwargs)

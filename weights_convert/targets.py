@@ -10,8 +10,8 @@ where ``path`` is an output stem (no suffix: the port adds its own, e.g. ``.pth`
 ``config`` the :mod:`core_spec.configs` object. A port that does not exist yet, or has no ``save_native`` yet,
 gives a :class:`~weights_convert.errors.ConversionError` saying so.
 
-- ``torch``: until ``umx_torch.weights`` offers ``save_native``, a fallback here writes ``<stem>.pth``, the state
-  dict of ``umx_torch.weights.state_dict_from_canonical`` (upstream names, float32), with ``torch.save``.
+- ``torch``: ``<stem>.pth``, the state dict with upstream's names (what upstream's ``load_state_dict`` reads),
+  and ``<stem>.json``.
 - ``nnabla``: NNabla lives in its own environment (``.venv-nnabla``, Python 3.10). When ``nnabla`` is not
   importable here, the arrays go to a temporary canonical file and ``<nnabla python> -m weights_convert.targets
   nnabla CANONICAL STEM`` writes the NNabla files in that environment; it prints the written paths as JSON. The
@@ -34,9 +34,9 @@ from typing import Any
 
 import numpy as np
 
-from core_spec.canonical import canonical_paths, load_canonical, save_canonical
+from core_spec.canonical import load_canonical, save_canonical
 
-from .errors import ConversionError, OutputExistsError
+from .errors import ConversionError
 
 __all__ = ["FRAMEWORKS", "Framework", "nnabla_python", "save_native"]
 
@@ -69,29 +69,6 @@ def framework(key: str) -> Framework:
         raise ConversionError(f"unknown target framework {key!r}; known: {', '.join(FRAMEWORKS)}") from None
 
 
-def _torch_fallback(module: Any) -> Writer:
-    """``<stem>.pth``: ``torch.save`` of ``umx_torch.weights.state_dict_from_canonical`` (zip format)."""
-
-    def save_native(path: Path, weights: Mapping[str, np.ndarray], config: Any, force: bool = False) -> list[Path]:
-        import torch
-
-        out = canonical_paths(path)[0].with_suffix(".pth")
-        if out.exists() and not force:
-            raise OutputExistsError(f"{out} exists; pass --force to overwrite it")
-        state = module.state_dict_from_canonical(weights, config)
-        fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-        os.close(fd)
-        try:
-            torch.save(state, tmp)
-            os.replace(tmp, out)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-        return [out]
-
-    return save_native
-
-
 def _writer(fw: Framework) -> Writer:
     name = f"{fw.package}.weights"
     try:
@@ -107,8 +84,6 @@ def _writer(fw: Framework) -> Writer:
     writer = getattr(module, "save_native", None)
     if writer is not None:
         return writer
-    if fw.key == "torch" and hasattr(module, "state_dict_from_canonical"):
-        return _torch_fallback(module)
     raise ConversionError(
         f"the {fw.label} port has no save_native(path, weights, config, force) in {fw.package}/weights.py yet"
     )

@@ -23,7 +23,6 @@ from core_spec.canonical import load_canonical
 from core_spec.params import nb_parameters
 from weights_convert.cli import main
 from weights_convert.sources import sha256_file
-from weights_convert.targets import FRAMEWORKS
 
 ROOT = Path(__file__).resolve().parents[2]
 CHECKPOINTS = ROOT / "parity_tests" / "fixtures" / "checkpoints"
@@ -168,16 +167,6 @@ def test_to_nnabla_crosses_into_the_nnabla_environment(tmp_path: Path, capsys: p
     code, _, err = run([CHECKPOINTS / "umx_tiny_zip.pth", "-o", tmp_path / "m", "--to", "nnabla"], capsys)
     assert code == 0, err
     assert any(p.suffix == ".h5" for p in tmp_path.iterdir()), sorted(p.name for p in tmp_path.iterdir())
-
-
-def _has_native_writer(fw: str) -> bool:
-    import importlib
-
-    try:
-        module = importlib.import_module(f"{FRAMEWORKS[fw].package}.weights")
-    except Exception:
-        return False
-    return hasattr(module, "save_native") or (fw == "torch" and hasattr(module, "state_dict_from_canonical"))
 
 
 def test_nonfinite_weights_warn(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:

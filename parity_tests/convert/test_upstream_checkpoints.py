@@ -269,7 +269,7 @@ def test_to_torch_loads_into_upstream_models(tmp_path: Path) -> None:
     ck.write_umx_folder(folder, SMALL_SEPARATOR, seed=13, fmt="zip")
     report = convert(folder, out=tmp_path / "out" / "m", to=["torch"])
     names = sorted(w.path.name for w in report.outputs)
-    assert names == ["m-torch.pth", "m.json", "m.safetensors"]
+    assert names == ["m-torch.json", "m-torch.pth", "m.json", "m.safetensors"]
     state = torch.load(tmp_path / "out" / "m-torch.pth", weights_only=True)
     for target in SMALL_SEPARATOR.separator.targets:
         prefix = f"target_models.{target}."
@@ -285,17 +285,13 @@ def test_to_torch_loads_into_upstream_models(tmp_path: Path) -> None:
 
 
 def test_to_jax_beside_canonical(tmp_path: Path) -> None:
-    pytest.importorskip("jax")
+    from umx_jax import weights as jax_weights
     from weights_convert.convert import convert
 
-    jax_weights = pytest.importorskip("umx_jax.weights")
-    if not hasattr(jax_weights, "save_native"):
-        pytest.skip("umx_jax.weights has no save_native yet")
     report = convert(ROOT / "parity_tests" / "fixtures" / "checkpoints" / "umx_tiny_model", tmp_path / "m", to=["jax"])
     names = sorted(p.name for p in tmp_path.iterdir())
     assert {"m.json", "m.safetensors"} <= set(names) and any(n.startswith("m-jax.") for n in names), names
     assert {w.path.name for w in report.outputs} == set(names)
-    if hasattr(jax_weights, "load_native"):
-        loaded = jax_weights.load_native(tmp_path / "m-jax")
-        weights = loaded[0] if isinstance(loaded, tuple) else loaded
-        assert all(bit_equal(np.asarray(weights[k]), v) for k, v in report.converted.weights.items())
+    weights, config = jax_weights.load_native(tmp_path / "m-jax")
+    assert config == report.converted.config
+    assert all(bit_equal(np.asarray(weights[k]), v) for k, v in report.converted.weights.items())

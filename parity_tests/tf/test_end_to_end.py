@@ -22,7 +22,7 @@ from core_spec.reference.transforms import ShortSignalError
 from core_spec.tolerances import check
 from core_spec.weights import random_audio, random_weights
 from parity_tests.tf.helpers import on_device, oracle_tf, tf
-from umx_tf import Separator, apply_model, from_canonical, from_canonical_file, from_native, stft
+from umx_tf import Separator, apply_model, from_canonical, from_canonical_file, load_module, stft
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIP_SECONDS = 3.0
@@ -35,7 +35,7 @@ def test_separator_from_converted_checkpoints_on_real_clip(tmp_path, device):
     ``umx_tf.from_canonical_file``, separate 3 s of the stempeg clip (niter 1) through the compiled graph
     (``Separator.separate``: XLA on CPU) like upstream ``openunmix.model.Separator`` in float32. The same weights
     saved by upstream (``torch.save`` of each target's ``OpenUnmix.state_dict()``) and converted by
-    ``unmix-convert --to tf`` (``weights_convert.convert``) load (``umx_tf.from_native``) into the very same
+    ``unmix-convert --to tf`` (``weights_convert.convert``) load (``umx_tf.load_module``) into the very same
     Keras variables, bit for bit.
     """
     from parity_tests import oracle, real_clip
@@ -61,7 +61,7 @@ def test_separator_from_converted_checkpoints_on_real_clip(tmp_path, device):
 
     with on_device(device):
         separator = from_canonical_file(tmp_path / "umxhq.safetensors")
-        converted = from_native(tmp_path / "converted" / "umxhq-tf.weights.h5")
+        converted = load_module(tmp_path / "converted" / "umxhq-tf.weights.h5")
         assert isinstance(separator, Separator) and isinstance(converted, Separator)
         ours = separator.separate(audio).numpy()
     assert len(converted.weights) == len(separator.weights)

@@ -89,7 +89,7 @@ def test_native_file_round_trip_is_bit_exact(tmp_path):
     reference = W.from_canonical(config, weights)
     for a, b in zip(_keras_values(keras_model), _keras_values(reference)):
         np.testing.assert_array_equal(a, b)
-    model64 = W.from_native(tmp_path / "umxse", dtype="float64", niter=0)
+    model64 = W.load_module(tmp_path / "umxse", dtype="float64", niter=0)
     assert isinstance(model64, Separator) and model64.niter == 0 and model64.compute_dtype == "float64"
     with pytest.raises(FileExistsError):
         W.save_native(tmp_path / "umxse.json", weights, config)

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from core_spec.canonical import load_canonical, save_canonical
+from core_spec.canonical import join_targets, load_canonical, save_canonical
 from core_spec.configs import demucs_preset, umx_preset
 from core_spec.params import WeightsMismatchError
 from core_spec.weights import random_audio, random_weights
@@ -17,10 +17,13 @@ from umx_torch import (
     Demucs,
     OpenUnmix,
     Separator,
-    from_canonical,
+    from_canonical_file,
     load_canonical_into,
+    load_module,
+    load_native,
     load_weights,
     save_canonical_from,
+    save_native,
     state_dict_from_canonical,
 )
 from umx_torch.weights import canonical_from_state_dict
@@ -41,7 +44,7 @@ def test_open_unmix_round_trip(tmp_path):
     arrays, config, provenance = load_canonical(tmp_path / "speech")
     assert config == cfg and provenance == {"note": "test"}
     _same_arrays(arrays, weights)
-    again = from_canonical(tmp_path / "speech.safetensors", dtype=torch.float64)
+    again = from_canonical_file(tmp_path / "speech.safetensors", dtype=torch.float64)
     assert isinstance(again, OpenUnmix) and again.fc1.weight.dtype == torch.float64 and not again.training
     _same_arrays(canonical_from_state_dict(again.state_dict(), cfg), weights)
     with pytest.raises(FileExistsError):
@@ -57,7 +60,7 @@ def test_separator_round_trip_and_upstream_separator_state(tmp_path):
     arrays, config, _ = load_canonical(tmp_path / "umxse")
     assert config == cfg
     assert sorted(arrays) == sorted(f"target_models.{t}.{k}" for t, w in weights.items() for k in w)
-    other = from_canonical(tmp_path / "umxse", niter=0)
+    other = from_canonical_file(tmp_path / "umxse", niter=0)
     assert isinstance(other, Separator) and other.niter == 0
     audio = random_audio(4000, 2, seed=3)
     np.testing.assert_array_equal(
@@ -103,3 +106,43 @@ def test_state_dict_from_canonical_checks_the_inventory():
     sep_cfg = umx_preset("umxse")
     with pytest.raises(KeyError, match=r"lacks the 'target_models\.<target>\.' prefix"):
         state_dict_from_canonical({"fc1.weight": np.zeros(1)}, sep_cfg)
+
+
+@pytest.mark.parametrize("preset", ["umxse", "demucs_unittest"])
+def test_native_file_round_trip_loads_into_upstream(tmp_path, preset):
+    """``save_native`` writes a ``.pth`` that upstream's ``load_state_dict`` reads as it is; ``load_native`` gives
+    back the canonical arrays bit for bit, ``load_module`` a ready model; no overwrite without ``force``."""
+    if preset == "umxse":
+        cfg = umx_preset(preset)
+        weights = join_targets(separator_weights(cfg))
+    else:
+        cfg = demucs_preset(preset)
+        weights = random_weights(cfg, seed=2)
+    paths = save_native(tmp_path / f"{preset}.v1-torch", weights, cfg)
+    assert paths == [tmp_path / f"{preset}.v1-torch.pth", tmp_path / f"{preset}.v1-torch.json"]
+    loaded, config = load_native(paths[0])
+    assert config == cfg
+    _same_arrays(loaded, weights)
+    with pytest.raises(FileExistsError, match="force"):
+        save_native(tmp_path / f"{preset}.v1-torch", weights, cfg)
+    save_native(tmp_path / f"{preset}.v1-torch", weights, cfg, force=True)
+
+    state = torch.load(paths[0], weights_only=True)
+    if preset == "umxse":
+        for target in cfg.separator.targets:
+            prefix = f"target_models.{target}."
+            oracle.umx_model(cfg.model, {k[len(prefix) :]: v.numpy() for k, v in state.items() if k.startswith(prefix)})
+        assert isinstance(load_module(paths[0], niter=0), Separator)
+    else:
+        oracle.demucs_model(cfg, {k: v.numpy() for k, v in state.items()})  # upstream loads it strictly
+        assert isinstance(load_module(paths[1], dtype=torch.float64), Demucs)
+
+
+def test_load_native_names_a_foreign_file(tmp_path):
+    cfg = umx_preset("umxse").model
+    save_native(tmp_path / "m", random_weights(cfg, seed=1), cfg)
+    (tmp_path / "m.json").write_text('{"format": "something-else", "config": {}}')
+    with pytest.raises(ValueError, match="format 'something-else'"):
+        load_native(tmp_path / "m")
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth"):
+        load_native(tmp_path / "missing")
