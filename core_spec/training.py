@@ -70,6 +70,7 @@ class DemucsTrainConfig:
     remix_group_size: int = 4
     scale_min: float = 0.25
     scale_max: float = 1.25
+    norm_wav: bool = True  # each track normalised by its mixture's mean and std (upstream --no_norm_wav turns it off)
     seed: int = 42
 
     @property
@@ -134,23 +135,33 @@ class ReduceLROnPlateau:
 
 @dataclass
 class EarlyStopping:
-    """open-unmix's ``utils.EarlyStopping`` (mode ``min``, ``min_delta`` 0): stop after ``patience`` epochs without a
-    strictly lower validation loss. :meth:`step` returns ``True`` when training should stop; :attr:`is_best` says
-    whether the last loss was a new best (save the best model then)."""
+    """open-unmix's ``utils.EarlyStopping`` (mode ``min``, ``min_delta`` 0), edge cases included.
+
+    :meth:`step` takes an epoch's validation loss and returns ``True`` when training should stop: after
+    ``patience`` epochs without a strictly lower loss, or at a NaN loss (but the first loss is always accepted, as
+    upstream's ``best is None`` branch). ``patience=0`` counts every loss as an improvement and stops at the
+    second epoch, as upstream. :attr:`is_best` is upstream ``train.py``'s ``valid_loss == es.best``: save the best
+    model when it is set.
+    """
 
     patience: int = 140
-    best: float = math.inf
+    best: float | None = None
     num_bad_epochs: int = 0
     is_best: bool = field(default=False)
 
     def step(self, loss: float) -> bool:
+        loss = float(loss)
+        if self.best is None:
+            self.best, self.is_best = loss, not math.isnan(loss)  # NaN == NaN is False upstream too
+            return False
         if math.isnan(loss):
+            self.is_best = False
             return True
-        self.is_best = loss < self.best
-        if self.is_best:
-            self.best, self.num_bad_epochs = float(loss), 0
+        if loss < self.best or self.patience == 0:
+            self.best, self.num_bad_epochs = loss, 0
         else:
             self.num_bad_epochs += 1
+        self.is_best = loss == self.best
         return self.num_bad_epochs >= self.patience
 
     def state_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ BUDGET_BYTES = 20 * 1024 * 1024
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--only", choices=("umx", "demucs"), help="regenerate one family only")
+    parser.add_argument("--only", choices=("umx", "demucs", "train"), help="regenerate one family only")
     args = parser.parse_args()
     written: list[Path] = []
     if args.only in (None, "umx"):
@@ -33,6 +33,10 @@ def main() -> None:
         from parity_tests import fixtures_demucs
 
         written += fixtures_demucs.make()
+    if args.only in (None, "train"):
+        from parity_tests import fixtures_train
+
+        written += fixtures_train.make()
     for path in written:
         print(f"wrote {path.relative_to(FIXTURE_DIR.parent.parent)} ({path.stat().st_size / 1e6:.2f} MB)")
     total = sum(p.stat().st_size for p in FIXTURE_DIR.glob("*.npz"))

@@ -30,10 +30,24 @@ class Clip:
 
 
 def load_clip() -> Clip:
-    """Read the stempeg example (needs ffmpeg/ffprobe); float64 ``(channels, time)`` arrays."""
+    """Read the stempeg example (needs ffmpeg/ffprobe); float64 ``(channels, time)`` arrays.
+
+    Raises:
+        RuntimeError: the clip cannot be decoded (no ffmpeg on PATH: ``make setup`` provides one).
+    """
+    import shutil
+
     import stempeg
 
-    audio, rate = stempeg.read_stems(stempeg.example_stem_path())  # (5, nb_timesteps, nb_channels)
+    path = stempeg.example_stem_path()
+    try:
+        audio, rate = stempeg.read_stems(path)  # (5, nb_timesteps, nb_channels)
+    except Exception as error:
+        found = {tool: shutil.which(tool) for tool in ("ffmpeg", "ffprobe")}
+        raise RuntimeError(
+            f"cannot decode the stempeg example {path} ({type(error).__name__}: {error}); ffmpeg/ffprobe on PATH: "
+            f"{found}. 'make setup' installs ffmpeg (or: apt-get install ffmpeg)"
+        ) from error
     audio = np.asarray(audio, dtype=np.float64).transpose(0, 2, 1)
     stems = {name: audio[i + 1] for i, name in enumerate(STEM_NAMES)}
     mixture = np.sum([stems[n] for n in STEM_NAMES], axis=0)

@@ -42,7 +42,7 @@ def test_upstream_atan2_quirks():
     assert angle[1] == np.arctan(-1.0) + PI_FLOAT32  # pi rounded to float32, not np.pi
     assert angle[2] == PI_FLOAT32 / 2 and angle[5] == -PI_FLOAT32 / 2
     assert abs(PI_FLOAT32 - np.pi) > 8e-8
-    np.testing.assert_allclose(angle, np.arctan2(y, x), rtol=0, atol=1e-7)
+    check(angle, np.arctan2(y, x), "wiener.atan2", "float64", what="upstream atan2 vs np.arctan2")
 
 
 def test_exact_atan2_leaves_silent_bins_silent():
