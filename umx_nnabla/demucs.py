@@ -190,17 +190,21 @@ class Demucs:
             x = PF.deconvolution(x, out, (c.kernel_size,), stride=(c.stride,), name=str(slot))
         return F.relu(x) if index < c.depth - 1 else x
 
-    def _blstm(self, x: nn.Variable, record: dict[str, nn.Variable]) -> nn.Variable:
-        """``lstm`` (demucs's ``BLSTM``): ``(B, ch, T)`` -> bidirectional LSTM over T -> linear -> ``(B, ch, T)``."""
+    def _blstm(self, x: nn.Variable, record: dict[str, nn.Variable], train: bool = False) -> nn.Variable:
+        """``lstm`` (demucs's ``BLSTM``): ``(B, ch, T)`` -> bidirectional LSTM over T -> linear -> ``(B, ch, T)``.
+        ``train``: the two upstream LSTM biases as parameters (:func:`umx_nnabla.umx.lstm_parameters`); demucs's
+        LSTM has no dropout."""
         ch = x.shape[1]
         with nn.parameter_scope("lstm"):
-            y = record["lstm.lstm"] = lstm(
-                F.transpose(x, (2, 0, 1)), ch, self.config.lstm_layers, True, impl=self.lstm_impl, name="lstm"
-            )  # (T, B, 2 ch)
+            layers = self.config.lstm_layers
+            x = F.transpose(x, (2, 0, 1))
+            y = record["lstm.lstm"] = lstm(x, ch, layers, True, self.lstm_impl, train=train, name="lstm")  # (T, B, 2ch)
             y = PF.affine(y, ch, base_axis=2, name="linear")  # (T, B, ch)
         return F.transpose(y, (1, 2, 0))
 
-    def __call__(self, mix: nn.Variable, trace: dict[str, nn.Variable] | None = None) -> nn.Variable:
+    def __call__(
+        self, mix: nn.Variable, trace: dict[str, nn.Variable] | None = None, *, train: bool = False
+    ) -> nn.Variable:
         """Build the network on ``mix``.
 
         Args:
@@ -208,6 +212,8 @@ class Demucs:
                 (``valid_length(L)`` for some ``L``).
             trace: if given, filled with the Variables named in ``core_spec.reference.demucs.demucs_trace_keys``
                 (made persistent), in the same layouts.
+            train: training mode (:mod:`umx_nnabla.train`): the same network (Demucs v2 has no BatchNorm and no
+                dropout) with the LSTM's two upstream biases as trainable parameters.
 
         Returns:
             ``(nb_samples, nb_sources, audio_channels, output_length(nb_timesteps))``.
@@ -237,7 +243,7 @@ class Demucs:
                 saved.append(x)
 
             if c.lstm_layers:
-                x = record["lstm"] = self._blstm(x, record)
+                x = record["lstm"] = self._blstm(x, record, train)
 
             for index in range(c.depth):
                 skip = center_trim(saved.pop(), x.shape[-1])  # a decoder never outgrows its encoder

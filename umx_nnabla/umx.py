@@ -25,6 +25,16 @@ unrolled graph on the CPU: NNabla 1.39's CPU ``F.lstm`` takes ~8 ms per time ste
 ``F.affine`` for a ``(1, K) x (K, N)`` product on NNabla's CPU kernels), the backward directions on the
 time-reversed projection. Building and running one step of one layer for the four umxhq targets together took
 ~4.7 ms on the shared test machine, against ~11.6 ms as four separate graphs.
+
+**Training mode** (``model(x, train=True)``, used by :mod:`umx_nnabla.train`): the three BatchNorms normalise with
+the batch statistics and update their running ones (``PF.batch_normalization(batch_stat=True, decay_rate=0.9)``:
+torch's ``momentum=0.1``; NNabla updates the running variance with the *unbiased* batch variance, as torch does,
+checked in ``parity_tests/nnabla/test_train.py``); the LSTM applies upstream's dropout (``p = 0.4`` between
+layers when ``nb_layers > 1``; ``lstm_dropout=0`` for gradient parity) and reads its two upstream biases
+``bias_ih``, ``bias_hh`` as trainable parameters (``bias = bias_ih + bias_hh`` in the graph: Adam and weight decay
+then move each of them as torch does; training the folded bias alone would step the sum half as fast); the input
+and output scalings are plain arithmetic (``F.batch_normalization`` with fixed statistics, the inference path,
+gives no gradient to its ``mean`` input, i.e. to ``input_mean``).
 """
 
 from __future__ import annotations
@@ -117,7 +127,10 @@ def _unrolled_layer(xs: list[nn.Variable], ws: list[nn.Variable], bs: list[nn.Va
 
 
 def unrolled_lstm(
-    xs: list[nn.Variable], params: list[tuple[nn.Variable, nn.Variable | None, nn.Variable]], num_layers: int
+    xs: list[nn.Variable],
+    params: list[tuple[nn.Variable, nn.Variable | None, nn.Variable]],
+    num_layers: int,
+    dropout: float = 0.0,
 ) -> list[nn.Variable]:
     """``G`` independent multi-layer LSTMs of the same shape in one unrolled graph.
 
@@ -125,6 +138,8 @@ def unrolled_lstm(
         xs: ``G`` inputs ``(nb_frames, nb_samples, input_size)``.
         params: ``G`` triples ``(weight_l0, weight, bias)`` in ``PF.lstm``'s layout (``weight`` None for one layer).
         num_layers: ``L``.
+        dropout: ``F.dropout`` probability on the outputs of every layer but the last (``torch.nn.LSTM``'s
+            ``dropout`` in training mode); 0: none.
 
     Returns:
         ``G`` outputs ``(nb_frames, nb_samples, D * H)``.
@@ -133,6 +148,8 @@ def unrolled_lstm(
     per_layer_b = [_split(b, axis=0) if b is not None else [None] * num_layers for _, _, b in params]
     for layer in range(num_layers):
         xs = _unrolled_layer(xs, [w[layer] for w in per_layer_w], [b[layer] for b in per_layer_b])
+        if dropout > 0 and layer < num_layers - 1:
+            xs = [F.dropout(x, p=dropout) for x in xs]
     return xs
 
 
@@ -145,10 +162,19 @@ def _resolve_impl(impl: str) -> str:
 
 
 def lstm_parameters(
-    input_size: int, hidden_size: int, num_layers: int, directions: int, need_grad: bool = True
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    directions: int,
+    need_grad: bool = True,
+    split_bias: bool = False,
 ) -> tuple[nn.Variable, nn.Variable | None, nn.Variable]:
     """``(weight_l0, weight, bias)`` of an LSTM in the current parameter scope (created if absent), ``PF.lstm``'s
-    names and shapes; the initialisation is PyTorch's (the released weights replace it)."""
+    names and shapes; the initialisation is PyTorch's (the released weights replace it).
+
+    ``split_bias``: ``bias`` is the graph ``bias_ih + bias_hh`` of the two upstream biases kept beside the folded
+    one (``(L, D, 4, H)`` each, trainable), not the stored folded ``bias``; training uses this so that the
+    optimiser updates both as upstream does (:mod:`umx_nnabla.train` writes their sum back into ``bias``)."""
     bound = 1.0 / np.sqrt(hidden_size)
     get = nn.parameter.get_parameter_or_create
     w0 = get(
@@ -161,7 +187,12 @@ def lstm_parameters(
     if num_layers > 1:
         shape = (num_layers - 1, directions, 4, hidden_size, directions * hidden_size + hidden_size)
         w = get("weight", shape, UniformInitializer((-bound, bound)), need_grad)
-    b = get("bias", (num_layers, directions, 4, hidden_size), ConstantInitializer(0.0), need_grad)
+    bias_shape = (num_layers, directions, 4, hidden_size)
+    if split_bias:
+        b_ih = get("bias_ih", bias_shape, UniformInitializer((-bound, bound)), need_grad)
+        b_hh = get("bias_hh", bias_shape, UniformInitializer((-bound, bound)), need_grad)
+        return w0, w, b_ih + b_hh
+    b = get("bias", bias_shape, ConstantInitializer(0.0), need_grad)
     return w0, w, b
 
 
@@ -180,8 +211,10 @@ def lstm(
     bidirectional: bool = False,
     impl: str = "auto",
     fix_parameters: bool = False,
+    train: bool = False,
+    dropout: float = 0.0,
 ) -> nn.Variable:
-    """Multi-layer (bi)LSTM, eval mode, zero initial state, with ``PF.lstm``'s parameters.
+    """Multi-layer (bi)LSTM, zero initial state, with ``PF.lstm``'s parameters.
 
     Args:
         x: ``(nb_frames, nb_samples, input_size)``.
@@ -190,18 +223,23 @@ def lstm(
         bidirectional: two directions (``D = 2``); the backward one runs over the whole sequence from its end.
         impl: ``"builtin"`` (``F.lstm``), ``"unrolled"`` (a graph of NNabla functions, :func:`unrolled_lstm`) or
             ``"auto"`` (see the module docstring). Both read the same parameters.
+        train: training mode: the bias is ``bias_ih + bias_hh`` (see :func:`lstm_parameters`) and ``dropout``
+            applies; eval mode (default) reads the folded ``bias`` and ignores ``dropout``.
+        dropout: probability of dropping the outputs of every layer but the last (``torch.nn.LSTM``'s ``dropout``).
 
     Returns:
         ``(nb_frames, nb_samples, D * H)``: the directions concatenated per step.
     """
     _, nb_samples, nb_inputs = x.shape
     directions = 2 if bidirectional else 1
-    w0, w, b = lstm_parameters(nb_inputs, hidden_size, num_layers, directions, not fix_parameters)
+    w0, w, b = lstm_parameters(nb_inputs, hidden_size, num_layers, directions, not fix_parameters, split_bias=train)
+    dropout = dropout if train else 0.0
     if _resolve_impl(impl) == "builtin":
         state = F.constant(0.0, (num_layers, directions, nb_samples, hidden_size))
-        y, _, _ = F.lstm(x, state, state, w0, w, b, num_layers=num_layers, bidirectional=bidirectional, training=False)
+        y, _, _ = F.lstm(x, state, state, w0, w, b, num_layers=num_layers, bidirectional=bidirectional,
+                         dropout=dropout or None, training=train)  # fmt: skip
         return y
-    return unrolled_lstm([x], [(w0, w, b)], num_layers)[0]
+    return unrolled_lstm([x], [(w0, w, b)], num_layers, dropout=dropout)[0]
 
 
 class OpenUnmix:
@@ -269,7 +307,19 @@ class OpenUnmix:
         with self.parameter_scope():
             return nn.get_parameters(grad_only=grad_only)
 
-    def __call__(self, x: nn.Variable, trace: dict[str, nn.Variable] | None = None) -> nn.Variable:
+    @property
+    def lstm_dropout(self) -> float:
+        """Upstream's LSTM dropout in training mode: 0.4 between layers when there are several, else 0."""
+        return 0.4 if self.config.nb_layers > 1 else 0.0
+
+    def __call__(
+        self,
+        x: nn.Variable,
+        trace: dict[str, nn.Variable] | None = None,
+        *,
+        train: bool = False,
+        lstm_dropout: float | None = None,
+    ) -> nn.Variable:
         """Build the network on ``x``.
 
         Args:
@@ -277,6 +327,10 @@ class OpenUnmix:
             trace: if given, filled with the intermediate Variables named in
                 ``core_spec.reference.umx.UMX_TRACE_KEYS`` (made persistent), frame-major
                 ``(nb_frames, nb_samples, ...)``; ``fc1.input`` is ``(nb_frames, nb_samples, nb_channels, max_bin)``.
+            train: training mode (``torch``'s ``model.train()``; see the module docstring): batch statistics in the
+                BatchNorms (their running statistics are updated by every forward), LSTM dropout, the two upstream
+                LSTM biases as parameters.
+            lstm_dropout: the LSTM's dropout in training mode; ``None``: upstream's (:attr:`lstm_dropout`).
 
         Returns:
             the target magnitude ``(nb_samples, nb_channels, nb_bins, nb_frames)``: a non-negative mask times the
@@ -284,17 +338,19 @@ class OpenUnmix:
         """
         c = self.config
         record: dict[str, nn.Variable] = {}
+        dropout = self.lstm_dropout if lstm_dropout is None else lstm_dropout
         with self.parameter_scope():
             mix = _frame_major(x, c)
-            h = self._encode(mix, record)
+            h = self._encode(mix, record, train)
             y = record["lstm"] = lstm(
-                h, c.lstm_hidden_size, c.nb_layers, not c.unidirectional, impl=self.lstm_impl, name="lstm"
-            )
-            out = F.transpose(self._decode(h, y, mix, record), (1, 2, 3, 0))
+                h, c.lstm_hidden_size, c.nb_layers, not c.unidirectional, impl=self.lstm_impl, train=train,
+                dropout=dropout, name="lstm",
+            )  # fmt: skip
+            out = F.transpose(self._decode(h, y, mix, record, train), (1, 2, 3, 0))
         _keep(record, trace)
         return out
 
-    def _encode(self, mix: nn.Variable, record: dict[str, nn.Variable]) -> nn.Variable:
+    def _encode(self, mix: nn.Variable, record: dict[str, nn.Variable], train: bool = False) -> nn.Variable:
         """Up to the LSTM: the magnitude ``(T, B, C, F)`` -> ``tanh(bn1(fc1(...)))`` ``(T, B, H)``."""
         c = self.config
         nb_frames, nb_samples, nb_channels, nb_bins = mix.shape
@@ -306,12 +362,14 @@ class OpenUnmix:
         x = mix
         if crop < nb_bins:
             x = F.slice(x, (0, 0, 0, 0), (nb_frames, nb_samples, nb_channels, crop))
-        x = record["fc1.input"] = _feature_affine(x, scale=input_scale, shift_before=input_mean)
+        x = record["fc1.input"] = _feature_affine(x, scale=input_scale, shift_before=input_mean, train=train)
         x = record["fc1"] = PF.affine(x, c.hidden_size, base_axis=2, with_bias=False, name="fc1")  # (T, B, H)
-        x = record["bn1"] = PF.batch_normalization(x, axes=[2], batch_stat=False, name="bn1")
+        x = record["bn1"] = _batch_norm(x, train, "bn1")
         return F.tanh(x)
 
-    def _decode(self, x: nn.Variable, y: nn.Variable, mix: nn.Variable, record: dict[str, nn.Variable]) -> nn.Variable:
+    def _decode(
+        self, x: nn.Variable, y: nn.Variable, mix: nn.Variable, record: dict[str, nn.Variable], train: bool = False
+    ) -> nn.Variable:
         """After the LSTM: skip connection, fc2/bn2/ReLU, fc3/bn3, output scaling, mask times ``mix``
         (``(T, B, C, F)``, frame-major)."""
         nb_frames, nb_samples, nb_channels, nb_bins = mix.shape
@@ -321,13 +379,13 @@ class OpenUnmix:
 
         x = record["fc2.input"] = F.concatenate(x, y, axis=2)  # skip connection: (T, B, 2H)
         x = record["fc2"] = PF.affine(x, self.config.hidden_size, base_axis=2, with_bias=False, name="fc2")
-        x = record["bn2"] = PF.batch_normalization(x, axes=[2], batch_stat=False, name="bn2")
+        x = record["bn2"] = _batch_norm(x, train, "bn2")
         x = record["fc3.input"] = F.relu(x)
         x = record["fc3"] = PF.affine(x, nb_channels * nb_bins, base_axis=2, with_bias=False, name="fc3")
-        x = record["bn3"] = PF.batch_normalization(x, axes=[2], batch_stat=False, name="bn3")
+        x = record["bn3"] = _batch_norm(x, train, "bn3")
 
         x = F.reshape(x, (nb_frames, nb_samples, nb_channels, nb_bins))  # features in (c, f) order
-        x = _feature_affine(x, scale=output_scale, shift_after=output_mean)
+        x = _feature_affine(x, scale=output_scale, shift_after=output_mean, train=train)
         return F.relu(x) * mix
 
     def _build_graph(self, shape: tuple[int, ...]) -> tuple[nn.Variable, nn.Variable]:
@@ -360,19 +418,38 @@ def _frame_major(x: nn.Variable, config: UMXConfig) -> nn.Variable:
     return F.transpose(x, (3, 0, 1, 2))
 
 
+# BatchNorm1d's defaults: eps 1e-5, momentum 0.1 (NNabla's decay_rate is 1 - momentum)
+BN_EPS = 1e-5
+BN_DECAY_RATE = 0.9
+
+
+def _batch_norm(x: nn.Variable, train: bool, name: str) -> nn.Variable:
+    """``BatchNorm1d`` over the features of ``(T, B, features)``: running statistics in eval mode; in training mode
+    the batch's (biased variance) while the running ones move by ``momentum = 1 - decay_rate`` toward the batch
+    mean and *unbiased* variance (NNabla's CPU kernel does both as torch)."""
+    return PF.batch_normalization(x, axes=[2], decay_rate=BN_DECAY_RATE, eps=BN_EPS, batch_stat=train, name=name)
+
+
 def _feature_affine(
     x: nn.Variable,
     scale: nn.Variable,
     shift_before: nn.Variable | None = None,
     shift_after: nn.Variable | None = None,
+    train: bool = False,
 ) -> nn.Variable:
     """``(x + shift_before) * scale + shift_after`` per feature of the last axis, as one
     ``F.batch_normalization`` with fixed statistics (``mean = -shift_before``, ``var = 1``, ``eps = 0``,
     ``gamma = scale``, ``beta = shift_after``): the same float operations, bit for bit, in one pass over ``x``
     instead of two broadcasting ``F.add2`` / ``F.mul2`` (each ~2x slower than the whole normalisation on
-    NNabla's CPU kernels)."""
+    NNabla's CPU kernels). ``train``: the broadcasting arithmetic instead, because ``F.batch_normalization``
+    propagates no gradient to its ``mean`` input (``shift_before``, i.e. ``input_mean``)."""
     n = x.shape[-1]
     shape = (1,) * (x.ndim - 1) + (n,)
+    if train:
+        if shift_before is not None:
+            x = x + F.reshape(shift_before, shape)
+        x = x * F.reshape(scale, shape)
+        return x if shift_after is None else x + F.reshape(shift_after, shape)
     zeros = F.constant(0.0, shape)
     mean = zeros if shift_before is None else F.reshape(-shift_before, shape)
     beta = zeros if shift_after is None else F.reshape(shift_after, shape)

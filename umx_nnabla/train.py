@@ -1,0 +1,920 @@
+"""Training of Open-Unmix and Demucs v2 in NNabla, with the upstream recipes of :mod:`core_spec.training`.
+
+The pieces, in the order a reader meets them:
+
+- the losses as graphs: :class:`UMXStep` (MSE between the network's output and the target's magnitude; both
+  magnitudes come from the ``center=False`` STFT of upstream's ``scripts/train.py``, computed with the port's NumPy
+  FFT: no gradient flows into the STFT) and :class:`DemucsStep` (L1, or MSE, between the estimates and the
+  centre-trimmed sources, ``demucs/train.py``). Each builds one ``nn.Variable`` graph per batch shape, the model in
+  training mode (:meth:`umx_nnabla.umx.OpenUnmix.__call__` ``train=True``: BatchNorm on batch statistics with
+  torch's running-statistics update, LSTM dropout, the two upstream LSTM biases as parameters), and runs
+  ``loss.forward()`` / ``loss.backward()``;
+- :func:`loss_and_grads`: one forward and backward pass, the gradients under their canonical (upstream state-dict)
+  names; the gradient-parity tests call it;
+- :class:`TorchAdam`: ``torch.optim.Adam(lr, weight_decay)`` exactly. NNabla's ``S.Adam`` differs from torch's in
+  one place: it folds both bias corrections into the step size, ``alpha_t = alpha sqrt(1 - b2^t) / (1 - b1^t)``,
+  and adds ``eps`` to ``sqrt(v)`` *uncorrected*, i.e. ``w -= alpha_t m / (sqrt(v) + eps)``, where torch computes
+  ``w -= lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)``: the same update with ``eps`` scaled by
+  ``sqrt(1 - b2^t)`` (0.03 at step 1), which moves parameters with small gradients visibly differently (measured
+  in ``parity_tests/nnabla/test_train.py``). :class:`TorchAdam` therefore keeps ``S.Adam`` for what it does the
+  same (the moment buffers, in NNabla's own solver-state format, so ``solver.save_states`` / ``load_states`` write
+  and read them; the coupled weight decay ``solver.weight_decay(wd)``: ``g += wd w`` before the moments, as
+  ``torch.optim.Adam(weight_decay=...)``) and computes torch's update on the parameter arrays in NumPy;
+- data parallelism: NNabla's is multi-process with MPI, gradients all-reduced by
+  ``nnabla.communicators.MultiProcessCommunicator``, which has CUDA (NCCL) kernels only: it needs
+  ``nnabla-ext-cuda`` and an MPI launcher (``mpirun -n N``); on the CPU, training is single-process and
+  ``--devices > 1`` stops with :class:`DataParallelUnavailable`. :func:`data_parallel_loss_and_grads` runs the
+  arithmetic of a data-parallel step (each replica's shard, the gradients averaged as ``all_reduce(division=True)``
+  does) in one process, for the tests;
+- the loop (:func:`fit`, :func:`main`): epochs over :mod:`core_spec.data` batches with a tqdm bar, validation,
+  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` (UMX), the best model
+  in the canonical format and as an NNabla ``.h5`` (:func:`umx_nnabla.weights.save_native`), and a checkpoint
+  folder (``params.h5`` from ``nn.save_parameters``, ``solver.protobuf`` from ``solver.save_states``, ``state.json``)
+  read back by ``--resume``.
+
+float32 only (NNabla's CPU extension has no float64 kernels, :mod:`umx_nnabla._context`): the gradient-parity
+tests compare with upstream's float64 fixtures at the float32 tolerances.
+
+Shapes: UMX batches are waveforms ``x`` (mixture) and ``y`` (target), ``(nb_samples, nb_channels, nb_timesteps)``;
+Demucs batches are sources ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, already augmented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import nnabla as nn
+import nnabla.functions as F
+import nnabla.solvers as S
+import numpy as np
+
+from core_spec import shapes
+from core_spec.configs import (
+    UMX_PRESETS,
+    DemucsConfig,
+    STFTConfig,
+    UMXConfig,
+    UMXSeparatorConfig,
+    demucs_preset,
+    umx_preset,
+)
+from core_spec.training import DemucsTrainConfig, EarlyStopping, ReduceLROnPlateau, UMXTrainConfig
+from core_spec.weights import random_weights
+
+from ._context import device_context
+from .demucs import Demucs
+from .transforms import stft
+from .umx import OpenUnmix
+from .weights import canonical_from_parameters, load_weights, save_native, to_canonical
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "DataParallelUnavailable",
+    "DemucsStep",
+    "Recipe",
+    "TorchAdam",
+    "UMXStep",
+    "canonical_grads",
+    "data_parallel_loss_and_grads",
+    "fit",
+    "initial_weights",
+    "loss_and_grads",
+    "main",
+    "make_optimizer",
+    "spectrogram",
+    "sync_lstm_biases",
+    "train_stft",
+    "trainable_parameters",
+]
+
+Recipe = UMXTrainConfig | DemucsTrainConfig
+Model = OpenUnmix | Demucs
+CHECKPOINT_DIR = "checkpoint-nnabla"
+UMX_SOURCES = ("drums", "bass", "other", "vocals")
+
+
+# --- parameters -----------------------------------------------------------------------------------------------
+
+
+def _is_trainable(name: str) -> bool:
+    """Whether the NNabla parameter ``name`` is one upstream trains: not BatchNorm's running ``mean`` / ``var``
+    (buffers) and not the folded LSTM ``bias`` (training reads ``bias_ih`` + ``bias_hh``, as upstream)."""
+    parts = name.split("/")
+    if parts[-1] in ("mean", "var"):
+        return False
+    return not (parts[-1] == "bias" and len(parts) > 1 and parts[-2] == "lstm")
+
+
+def trainable_parameters(model: Model) -> OrderedDict[str, nn.Variable]:
+    """``{NNabla name: Variable}`` of the parameters the optimiser updates (names relative to the model's scope).
+    Call after building a training graph (:class:`UMXStep` / :class:`DemucsStep`), which creates ``bias_ih`` /
+    ``bias_hh`` when the model has none."""
+    params = model.get_parameters(grad_only=False)
+    return OrderedDict((k, v) for k, v in params.items() if _is_trainable(k))
+
+
+def _lstm_scopes(names: Any) -> list[str]:
+    return sorted({k.rsplit("/", 1)[0] for k in names if k.endswith("/bias_ih")})
+
+
+def sync_lstm_biases(model: Model) -> None:
+    """Write ``bias_ih + bias_hh`` (float32) into every LSTM's folded ``bias``, the one inference graphs read
+    (created if absent). Training updates the two upstream biases; call this before evaluating or saving."""
+    params = model.get_parameters(grad_only=False)
+    with model.parameter_scope():
+        for scope in _lstm_scopes(params):
+            total = params[f"{scope}/bias_ih"].d + params[f"{scope}/bias_hh"].d
+            folded = params.get(f"{scope}/bias")
+            if folded is None:
+                nn.parameter.set_parameter(f"{scope}/bias", nn.Variable.from_numpy_array(total, need_grad=False))
+            else:
+                folded.d[...] = total
+
+
+def _canonical_name_is_trainable(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked")
+
+
+def canonical_grads(model: Model, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """NNabla gradients ``{name: array}`` (of :func:`trainable_parameters`) -> ``{canonical name: array}`` for every
+    parameter upstream trains (``bias_ih_l<k>`` / ``bias_hh_l<k>`` from the two kept biases; BatchNorm's running
+    statistics are buffers and have none). The mapping is :func:`umx_nnabla.weights.canonical_from_parameters`'s."""
+    params = model.get_parameters(grad_only=False)
+    values = {k: np.asarray(grads[k]) if k in grads else np.zeros(v.shape, np.float32) for k, v in params.items()}
+    for scope in _lstm_scopes(values):
+        values[f"{scope}/bias"] = values[f"{scope}/bias_ih"] + values[f"{scope}/bias_hh"]  # keeps the pair apart
+    canonical = canonical_from_parameters(values, model.config)
+    return {k: v for k, v in canonical.items() if _canonical_name_is_trainable(k)}
+
+
+def initial_weights(config: UMXConfig | DemucsConfig, seed: int = 42) -> dict[str, np.ndarray]:
+    """Canonical float32 weights as upstream initialises an untrained model (seeded NumPy draws, not torch's
+    stream): linear, convolution and LSTM tensors uniform in ``+-1/sqrt(fan_in)`` (PyTorch's defaults, from
+    :func:`core_spec.weights.random_weights`); BatchNorm ``weight = 1``, ``bias = 0``, ``running_mean = 0``,
+    ``running_var = 1``; UMX ``input_mean = 0``, ``input_scale = output_scale = output_mean = 1`` (the training
+    loop then sets the input statistics); Demucs: every (transposed) convolution rescaled as demucs's
+    ``rescale_module`` (weight and bias divided by ``sqrt(std(weight) / rescale)``, ``std`` unbiased)."""
+    w = random_weights(config, seed)
+    out: dict[str, np.ndarray] = {}
+    for name, value in w.items():
+        leaf = name.rsplit(".", 1)[-1]
+        if isinstance(config, UMXConfig) and name.startswith("bn"):
+            value = np.full_like(value, {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}[leaf])
+        elif name == "input_mean":
+            value = np.zeros_like(value)
+        elif name in ("input_scale", "output_scale", "output_mean"):
+            value = np.ones_like(value)
+        out[name] = value
+    if isinstance(config, DemucsConfig) and config.rescale:
+        for name in list(out):
+            prefix, leaf = name.rsplit(".", 1)
+            if leaf == "weight" and name.startswith(("encoder.", "decoder.")):
+                weight = out[name].astype(np.float64)
+                scale = math.sqrt(float(weight.std(ddof=1)) / config.rescale)
+                out[name] = (weight / scale).astype(np.float32)
+                out[f"{prefix}.bias"] = (out[f"{prefix}.bias"].astype(np.float64) / scale).astype(np.float32)
+    return out
+
+
+# --- the optimiser --------------------------------------------------------------------------------------------
+
+
+class TorchAdam:
+    """``torch.optim.Adam(params, lr, betas, eps, weight_decay)`` (coupled L2 decay) with NNabla parameters.
+
+    Per step ``t`` and parameter ``w`` with gradient ``g`` (torch's single-tensor Adam, float32 NumPy on the
+    arrays)::
+
+        g = g + weight_decay * w               solver.weight_decay(wd): NNabla's own, the same coupled decay
+        m = m + (1 - b1) (g - m)               torch's lerp
+        v = b2 v + (1 - b2) g^2
+        w = w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    NNabla's ``S.Adam.update()`` computes ``w - lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``: ``eps``
+    without the bias correction, a different update wherever ``sqrt(v)`` is not much larger than ``eps`` (see the
+    module docstring), so it is not called. The ``S.Adam`` instance :attr:`solver` holds the moments (its states
+    ``mean`` / ``var`` are ``m`` / ``v``, updated in place) and its ``t``, so :meth:`save_states` /
+    :meth:`load_states` are NNabla's own files. On a GPU context the NumPy update goes through host memory.
+
+    Args:
+        params: ``{name: nn.Variable}`` to optimise (e.g. :func:`trainable_parameters`).
+        lr, betas, eps, weight_decay: torch's arguments.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, nn.Variable],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        self.params = OrderedDict(params)
+        self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(betas), float(eps), float(weight_decay)
+        self.solver = S.Adam(alpha=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps)
+        self.solver.set_parameters(self.params)
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        self.solver.zero_grad()
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.lr = float(lr)
+        self.solver.set_learning_rate(self.lr)
+
+    def step(self) -> None:
+        """Apply one update with the gradients the parameters hold (after ``loss.backward()``)."""
+        if self.weight_decay:
+            self.solver.weight_decay(self.weight_decay)
+        self.t += 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1.0 - beta1**self.t)
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**self.t)
+        states = self.solver.get_states()
+        for name, param in self.params.items():
+            state = states[name].pstate
+            # views of the solver's buffers, float32 (a state read from a .protobuf file comes back as float64)
+            m, v = state["mean"].data.cast(np.float32), state["var"].data.cast(np.float32)
+            g, w = param.g, param.d  # views: the updates below are in place
+            m += (1.0 - beta1) * (g - m)
+            v *= beta2
+            v += (1.0 - beta2) * (g * g)
+            denom = np.sqrt(v) / bias_correction2_sqrt + self.eps
+            w -= step_size * (m / denom)
+
+    def state_arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{name: {"m": array, "v": array}}`` (copies), for inspection."""
+        states = self.solver.get_states()
+        return {k: {"m": s.pstate["mean"].d.copy(), "v": s.pstate["var"].d.copy()} for k, s in states.items()}
+
+    def save_states(self, path: str | os.PathLike) -> None:
+        """``solver.save_states`` with the step count stored as every state's ``t``. Use ``.protobuf``: NNabla
+        1.39's ``.h5`` solver-state reader gives a parameter the states of another whose name extends its own
+        (``lstm/lstm/weight`` receives ``lstm/lstm/weight_l0``'s); :meth:`load_states` checks the shapes."""
+        states = self.solver.get_states()
+        for state in states.values():
+            state.t = self.t
+        self.solver.set_states(states)
+        self.solver.save_states(str(path))
+
+    def load_states(self, path: str | os.PathLike) -> None:
+        self.solver.load_states(str(path))
+        states = self.solver.get_states()
+        for name, param in self.params.items():
+            shapes_read = {k: v.shape for k, v in states[name].pstate.items()}
+            if any(shape != param.shape for shape in shapes_read.values()):
+                raise ValueError(f"{path}: solver states of {name} are {shapes_read}, the parameter is {param.shape}")
+            for state in states[name].pstate.values():
+                state.data.cast(np.float32)  # .protobuf states are read back as float64
+        ts = {int(s.t) for s in states.values()}
+        if len(ts) != 1:
+            raise ValueError(f"{path}: solver states disagree on the step count ({sorted(ts)})")
+        self.t = ts.pop()
+
+
+def make_optimizer(model: Model, recipe: Recipe) -> TorchAdam:
+    """Upstream's optimiser for the model's :func:`trainable_parameters`: ``Adam(lr, weight_decay)`` as torch."""
+    return TorchAdam(trainable_parameters(model), lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+# --- the losses ------------------------------------------------------------------------------------------------
+
+
+def train_stft(config: UMXConfig, center: bool = False) -> STFTConfig:
+    """The STFT a UMX network of ``config`` is trained on: the preset's with the same number of bins (``umxhq``:
+    4096 / 1024, ``umxse``: 1024 / 512), else ``n_fft = 2 (nb_bins - 1)``, ``n_hop = n_fft / 4``; ``center=False``
+    as upstream's training script."""
+    for preset in UMX_PRESETS.values():
+        if preset.model.nb_bins == config.nb_bins:
+            return dataclasses.replace(preset.separator.stft, center=center)
+    n_fft = 2 * (config.nb_bins - 1)
+    return STFTConfig(n_fft=n_fft, n_hop=n_fft // 4, center=center)
+
+
+def spectrogram(audio: np.ndarray, config: STFTConfig, mono: bool) -> np.ndarray:
+    """Magnitude STFT, float32: ``(B, C, T)`` -> ``(B, C or 1, nb_bins, nb_frames)`` (``mono``: the channel mean of
+    the magnitudes, as openunmix's ``ComplexNorm(mono=True)``)."""
+    spec = stft(np.asarray(audio, dtype=np.float32), config.n_fft, config.n_hop, config.center, config.normalized)
+    mag = np.abs(spec)
+    if mono:
+        mag = mag.mean(axis=1, keepdims=True)
+    return np.ascontiguousarray(mag, dtype=np.float32)
+
+
+def _unpack(batch: Any, recipe: Recipe) -> tuple[np.ndarray, ...]:
+    """``(x, y)`` for UMX, ``(sources,)`` for Demucs, from a mapping (the fixtures' ``inputs``), a tuple or an array;
+    float32."""
+    if isinstance(recipe, UMXTrainConfig):
+        x, y = (batch["x"], batch["y"]) if isinstance(batch, Mapping) else batch
+        return np.asarray(x, np.float32), np.asarray(y, np.float32)
+    sources = batch["sources"] if isinstance(batch, Mapping) else batch
+    return (np.asarray(sources, np.float32),)
+
+
+class UMXStep:
+    """The training graph of Open-Unmix: ``mean((model(|STFT(x)|) - |STFT(y)|)^2)``, built once per batch shape.
+
+    Args:
+        model: the network (its parameters are read by reference: optimiser updates are seen by the graph).
+        stft_config: the training STFT (:func:`train_stft`).
+        lstm_dropout: LSTM dropout (``None``: upstream's 0.4; 0 for gradient parity).
+    """
+
+    def __init__(self, model: OpenUnmix, stft_config: STFTConfig, lstm_dropout: float | None = None):
+        self.model, self.stft_config, self.lstm_dropout = model, stft_config, lstm_dropout
+        self._graphs: dict[tuple[int, ...], tuple[nn.Variable, nn.Variable, nn.Variable]] = {}
+
+    def graph(self, shape: tuple[int, ...]) -> tuple[nn.Variable, nn.Variable, nn.Variable]:
+        """``(X, Y, loss)`` for magnitudes of ``shape`` ``(B, C, nb_bins, nb_frames)``."""
+        shape = tuple(int(n) for n in shape)
+        if shape not in self._graphs:
+            X, Y = nn.Variable(shape), nn.Variable(shape)
+            estimate = self.model(X, train=True, lstm_dropout=self.lstm_dropout)
+            loss = F.mean(F.squared_error(estimate, Y))
+            loss.persistent = True
+            self._graphs[shape] = (X, Y, loss)
+        return self._graphs[shape]
+
+    def __call__(self, batch: Any, recipe: UMXTrainConfig) -> float:
+        """Forward and backward one batch (``(x, y)`` waveforms); the gradients are *added* to the parameters'
+        (zero them first). BatchNorm's running statistics move once. Returns the loss."""
+        x, y = _unpack(batch, recipe)
+        mono = self.model.config.nb_channels == 1
+        X = spectrogram(x, self.stft_config, mono)
+        Y = spectrogram(y, self.stft_config, mono)
+        Xv, Yv, loss = self.graph(X.shape)
+        Xv.d, Yv.d = X, Y
+        loss.forward(clear_no_need_grad=True)
+        loss.backward(clear_buffer=True)
+        return float(loss.d)
+
+
+class DemucsStep:
+    """The training graph of Demucs: ``mean|model(sum(sources)) - center_trim(sources)|`` (``"l1"``) or the squared
+    error (``"mse"``), built once per batch shape."""
+
+    def __init__(self, model: Demucs, loss: str = "l1"):
+        if loss not in ("l1", "mse"):
+            raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
+        self.model, self.loss = model, loss
+        self._graphs: dict[tuple[int, ...], tuple[nn.Variable, nn.Variable, nn.Variable]] = {}
+
+    def graph(self, shape: tuple[int, ...]) -> tuple[nn.Variable, nn.Variable, nn.Variable]:
+        """``(mix, target, loss)`` for sources of ``shape`` ``(B, S, C, T)``; ``target`` is ``(B, S, C, T')``."""
+        shape = tuple(int(n) for n in shape)
+        if shape not in self._graphs:
+            batch, _, channels, length = shape
+            mix = nn.Variable((batch, channels, length))
+            estimates = self.model(mix, train=True)
+            target = nn.Variable(estimates.shape)
+            error = F.absolute_error(estimates, target) if self.loss == "l1" else F.squared_error(estimates, target)
+            loss = F.mean(error)
+            loss.persistent = True
+            self._graphs[shape] = (mix, target, loss)
+        return self._graphs[shape]
+
+    def __call__(self, batch: Any, recipe: DemucsTrainConfig) -> float:
+        (sources,) = _unpack(batch, recipe)
+        mix, target, loss = self.graph(sources.shape)
+        start, stop = shapes.center_trim_bounds(sources.shape[-1], target.shape[-1])
+        mix.d = sources.sum(axis=1)
+        target.d = sources[..., start:stop]
+        loss.forward(clear_no_need_grad=True)
+        loss.backward(clear_buffer=True)
+        return float(loss.d)
+
+
+def make_step(model: Model, recipe: Recipe, stft_config: STFTConfig | None = None, lstm_dropout: float | None = None):
+    """The loss graph of ``recipe`` for ``model`` (:class:`UMXStep` or :class:`DemucsStep`)."""
+    if isinstance(recipe, UMXTrainConfig):
+        return UMXStep(model, stft_config or train_stft(model.config, recipe.stft_center), lstm_dropout)
+    return DemucsStep(model, recipe.loss)
+
+
+def _zero_grads(model: Model) -> None:
+    for var in model.get_parameters(grad_only=False).values():
+        var.grad.zero()
+
+
+def loss_and_grads(
+    model: Model,
+    batch: Any,
+    recipe: Recipe,
+    stft_config: STFTConfig | None = None,
+    lstm_dropout: float | None = None,
+) -> tuple[float, dict[str, np.ndarray]]:
+    """One training forward and backward pass (builds the graph: for a loop, keep a :func:`make_step`).
+
+    The model runs in training mode (UMX: BatchNorm on the batch statistics, running statistics updated; LSTM
+    dropout ``lstm_dropout``, upstream's 0.4 if ``None``); the gradients are zeroed, then the loss is
+    back-propagated and left on the parameters, so an optimiser step can follow.
+
+    Args:
+        model: :class:`~umx_nnabla.umx.OpenUnmix` or :class:`~umx_nnabla.demucs.Demucs`.
+        batch: UMX: ``{"x", "y"}`` or ``(x, y)``, waveforms ``(B, C, T)``; Demucs: ``{"sources"}`` or the array
+            ``(B, S, C, T)``. Cast to float32.
+        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        stft_config: UMX: the STFT (default :func:`train_stft`).
+        lstm_dropout: UMX: the LSTM dropout (0 for parity: no two frameworks draw the same masks).
+
+    Returns:
+        ``(loss, {canonical parameter name: gradient})``, float32 NumPy arrays.
+    """
+    step = make_step(model, recipe, stft_config, lstm_dropout)
+    step.graph(_batch_shape(step, batch, recipe))  # creates bias_ih / bias_hh if the model lacks them
+    params = trainable_parameters(model)
+    _zero_grads(model)
+    loss = step(batch, recipe)
+    return loss, canonical_grads(model, {k: v.g.copy() for k, v in params.items()})
+
+
+def _batch_shape(step: UMXStep | DemucsStep, batch: Any, recipe: Recipe) -> tuple[int, ...]:
+    arrays = _unpack(batch, recipe)
+    if isinstance(step, DemucsStep):
+        return arrays[0].shape
+    c = step.stft_config
+    b, channels, length = arrays[0].shape
+    return (b, 1 if step.model.config.nb_channels == 1 else channels, c.nb_bins, c.nb_frames(length))
+
+
+# --- data parallelism ------------------------------------------------------------------------------------------
+
+
+class DataParallelUnavailable(RuntimeError):
+    """``--devices > 1`` where NNabla cannot run data-parallel training (the CPU, or no CUDA extension / MPI)."""
+
+
+DATA_PARALLEL_HELP = (
+    "NNabla's data-parallel training is multi-process: one process per GPU, started by MPI (mpirun -n N), gradients "
+    "all-reduced by nnabla.communicators.MultiProcessCommunicator, which has CUDA/NCCL kernels only (NNabla 1.39's "
+    "CPU extension registers none: 'Any of [cpu:float] could not be found'). It needs nnabla-ext-cuda<version> "
+    "(built with NCCL, matching the CUDA driver) and an MPI installation (Open MPI); run "
+    "'mpirun -n N python -m core_spec.train_cli --framework nnabla --device gpu --devices N ...'. "
+    "On the CPU, train single-process (--devices 1). See docs/training.md."
+)
+
+
+def _shard(array: np.ndarray, rank: int, world_size: int) -> np.ndarray:
+    """Replica ``rank``'s contiguous share of a batch (the leading axis divided by ``world_size``)."""
+    size = array.shape[0]
+    if size % world_size:
+        raise ValueError(f"a batch of {size} does not split over {world_size} replicas")
+    n = size // world_size
+    return array[rank * n : (rank + 1) * n]
+
+
+def _shard_batch(batch: Any, rank: int, world_size: int) -> Any:
+    if isinstance(batch, Mapping):
+        return {k: _shard(np.asarray(v), rank, world_size) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(_shard(np.asarray(v), rank, world_size) for v in batch)
+    return _shard(np.asarray(batch), rank, world_size)
+
+
+class _Communicator:
+    """The MPI communicator of a data-parallel run (``nnabla.communicators.MultiProcessCommunicator``, CUDA)."""
+
+    def __init__(self, devices: int, device: str):
+        if device not in ("gpu", "cuda"):
+            raise DataParallelUnavailable(f"--devices {devices} with --device {device}: {DATA_PARALLEL_HELP}")
+        try:
+            import nnabla_ext.cuda  # noqa: F401
+        except ImportError as e:
+            raise DataParallelUnavailable(f"--devices {devices}: nnabla-ext-cuda is not installed ({e}). "
+                                          f"{DATA_PARALLEL_HELP}") from None  # fmt: skip
+        import nnabla.communicators as C
+
+        self.ctx = device_context("gpu")
+        try:
+            self.comm = C.MultiProcessCommunicator(self.ctx)
+            self.comm.init()
+        except Exception as e:  # no MPI, or not started by mpirun
+            raise DataParallelUnavailable(
+                f"--devices {devices}: no MPI communicator ({e}). {DATA_PARALLEL_HELP}"
+            ) from e
+        if self.comm.size != devices:
+            raise DataParallelUnavailable(
+                f"--devices {devices} but MPI started {self.comm.size} process(es): run 'mpirun -n {devices} ...'"
+            )
+        self.rank, self.size = self.comm.rank, self.comm.size
+        self.ctx.device_id = str(self.comm.local_rank)
+
+    def average_grads(self, params: Mapping[str, nn.Variable]) -> None:
+        self.comm.all_reduce([v.grad for v in params.values()], division=True, inplace=False)
+
+    def mean(self, value: float) -> float:
+        var = nn.NdArray.from_numpy_array(np.array([value], np.float32))
+        self.comm.all_reduce([var], division=True, inplace=False)
+        return float(var.data[0])
+
+    def broadcast(self, variables: list[nn.Variable]) -> None:
+        """Rank 0's arrays to every replica (parameters at the start, BatchNorm statistics before validation)."""
+        if variables:
+            self.comm.bcast([v.data for v in variables], src=0, inplace=False)
+
+
+def data_parallel_loss_and_grads(
+    model: Model,
+    batch: Any,
+    recipe: Recipe,
+    replicas: int = 2,
+    stft_config: STFTConfig | None = None,
+    lstm_dropout: float | None = None,
+) -> tuple[list[float], dict[str, np.ndarray]]:
+    """The arithmetic of one data-parallel step, run replica after replica in this process: each replica's
+    contiguous shard of ``batch`` forward and backward on the same weights, the gradients averaged (what
+    ``all_reduce(division=True)`` computes across MPI processes). BatchNorm normalises with each shard's own
+    statistics (as upstream's DDP without SyncBatchNorm); the running statistics kept are replica 0's.
+
+    Returns ``([loss of each shard], {canonical name: averaged gradient})``. Demucs (no normalisation layers): the
+    full batch's gradient.
+    """
+    running = {k: v for k, v in model.get_parameters(grad_only=False).items() if not _is_trainable(k)}
+    start = {k: v.d.copy() for k, v in running.items()}
+    losses, total, kept = [], None, None
+    for rank in range(replicas):
+        for k, v in running.items():
+            v.d = start[k]
+        loss, grads = loss_and_grads(model, _shard_batch(batch, rank, replicas), recipe, stft_config, lstm_dropout)
+        losses.append(loss)
+        total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
+        if rank == 0:
+            kept = {k: v.d.copy() for k, v in running.items()}
+    for k, v in running.items():
+        v.d = kept[k]
+    return losses, {k: g / replicas for k, g in total.items()}
+
+
+# --- the loop --------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run needs besides the model: its schedule and bookkeeping (saved in ``state.json``)."""
+
+    name: str
+    recipe: Recipe
+    stft_config: STFTConfig | None
+    epoch: int = 0
+    step: int = 0
+    best_loss: float = math.inf
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    scheduler: ReduceLROnPlateau | None = None
+    stopper: EarlyStopping | None = None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, STFTConfig | None, float, bool]:
+    """The model to train (``--init``'s weights, else :func:`initial_weights` seeded by ``recipe.seed``), its
+    training STFT (UMX), its sample rate, and whether its weights came from a file."""
+    from core_spec.canonical import load_canonical, split_targets
+
+    weights = None
+    if isinstance(recipe, UMXTrainConfig):
+        preset = umx_preset(args.preset or "umxhq")
+        config, rate = preset.model, preset.separator.sample_rate
+        if args.init:
+            weights, file_config, _ = load_canonical(args.init)
+            if isinstance(file_config, UMXSeparatorConfig):
+                weights = split_targets(weights, file_config.separator.targets)[recipe.target]
+                config, rate = file_config.model, file_config.separator.sample_rate
+            elif isinstance(file_config, UMXConfig):
+                config = file_config
+            else:
+                raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
+        model: Model = OpenUnmix.from_config(config)
+        stft_config: STFTConfig | None = train_stft(config, recipe.stft_center)
+    else:
+        config = demucs_preset(args.preset or "demucs")
+        if args.init:
+            weights, config, _ = load_canonical(args.init)
+            if not isinstance(config, DemucsConfig):
+                raise ValueError(f"--init {args.init}: holds a {type(config).__name__}, not a Demucs model")
+        model = Demucs.from_config(config)
+        stft_config, rate = None, float(config.samplerate)
+    from_file = weights is not None
+    load_weights(model, weights if from_file else initial_weights(config, recipe.seed))
+    return model, stft_config, rate, from_file
+
+
+def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Upstream's convention: ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped to ``max_bin``."""
+    params = model.get_parameters(grad_only=False)
+    n = params["input_mean"].shape[0]
+    params["input_mean"].d = (-np.asarray(mean, np.float64)[:n]).astype(np.float32)
+    params["input_scale"].d = (1.0 / np.asarray(scale, np.float64)[:n]).astype(np.float32)
+
+
+def _save_best(model: Model, out: Path, run: _Run, valid_loss: float) -> None:
+    from core_spec.canonical import save_canonical
+
+    sync_lstm_biases(model)
+    provenance = {
+        "framework": "nnabla",
+        "nnabla": nn.__version__,
+        "epoch": run.epoch,
+        "step": run.step,
+        "valid_loss": valid_loss,
+        "recipe": _jsonable(dataclasses.asdict(run.recipe)),
+    }
+    weights = to_canonical(model)
+    save_canonical(out / run.name, weights, model.config, provenance, force=True)
+    save_native(out / f"{run.name}-nnabla", weights, model.config, force=True)
+
+
+def _atomic(path: Path, write: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    write(str(tmp))
+    os.replace(tmp, path)
+
+
+def _save_checkpoint(model: Model, optimizer: TorchAdam, out: Path, run: _Run, rng: np.random.Generator) -> None:
+    """``checkpoint-nnabla/``: ``params.h5`` (every parameter of the model, BatchNorm statistics and both LSTM bias
+    forms included, ``nn.save_parameters``), ``solver.protobuf`` (``solver.save_states``), ``state.json``."""
+    folder = out / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    sync_lstm_biases(model)
+    params = model.get_parameters(grad_only=False)
+    _atomic(folder / "params.h5", lambda p: nn.save_parameters(p, params))
+    _atomic(folder / "solver.protobuf", optimizer.save_states)
+    state = {
+        "framework": "nnabla",
+        "name": run.name,
+        "epoch": run.epoch,
+        "step": run.step,
+        "best_loss": run.best_loss,
+        "history": run.history,
+        "lr": optimizer.lr,
+        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
+        "stopper": run.stopper.state_dict() if run.stopper else None,
+        "rng": rng.bit_generator.state,
+        "recipe": dataclasses.asdict(run.recipe),
+        "config": json.loads(_config_json(model)),
+    }
+    text = json.dumps(_jsonable(state), indent=1)
+    _atomic(folder / "state.json", lambda p: Path(p).write_text(text))
+
+
+def _config_json(model: Model) -> str:
+    from core_spec.configs import config_to_json
+
+    return config_to_json(model.config)
+
+
+def _load_checkpoint(model: Model, optimizer: TorchAdam, out: Path, run: _Run, rng: np.random.Generator) -> None:
+    """Read ``checkpoint-nnabla/`` back into ``model`` (parameter arrays overwritten in place, so graphs built on
+    them stay valid), ``optimizer``, ``run`` and ``rng``."""
+    folder = out / CHECKPOINT_DIR
+    if not (folder / "state.json").exists():
+        raise FileNotFoundError(f"--resume: no {folder / 'state.json'}")
+    state = json.loads((folder / "state.json").read_text())
+    if state["name"] != run.name:
+        raise ValueError(f"--resume: {folder} trains {state['name']!r}, not {run.name!r}")
+    if state.get("config") is not None and state["config"] != json.loads(_config_json(model)):
+        raise ValueError(f"--resume: {folder} holds a model of another config")
+    loaded: OrderedDict = OrderedDict()
+    with nn.parameter_scope("", loaded):
+        nn.load_parameters(str(folder / "params.h5"))
+        arrays = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
+    params = model.get_parameters(grad_only=False)
+    missing = sorted(set(params) - set(arrays))
+    if missing:
+        raise ValueError(f"--resume: {folder / 'params.h5'} lacks {missing}")
+    for name, var in params.items():
+        var.d = arrays[name]
+    optimizer.load_states(folder / "solver.protobuf")
+    optimizer.set_learning_rate(state["lr"])
+    run.epoch, run.step = state["epoch"], state["step"]
+    run.best_loss, run.history = state["best_loss"], state["history"]
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    if run.stopper is not None:
+        run.stopper.load_state_dict(state["stopper"])
+    rng.bit_generator.state = state["rng"]
+
+
+def _validate(model: Model, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, quiet: bool) -> float:
+    """Mean loss over the validation tracks (batch 1, eval mode: BatchNorm's running statistics, no dropout): UMX:
+    MSE of the magnitudes of whole tracks; Demucs: L1 (or MSE) of ``apply_model`` (no split, no shifts) on the
+    linear mixture, as ``demucs/train.py``'s ``validate_model``."""
+    from tqdm import tqdm
+
+    from .separator import apply_model
+
+    sync_lstm_biases(model)
+    total, count = 0.0, len(valid_set)
+    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+        if isinstance(recipe, UMXTrainConfig):
+            x, y = valid_set[index]
+            mono = model.config.nb_channels == 1
+            X = spectrogram(np.asarray(x)[None], stft_config, mono)
+            Y = spectrogram(np.asarray(y)[None], stft_config, mono)
+            error = model.infer(X).astype(np.float64) - Y
+            loss = float(np.mean(error * error))
+        else:
+            sources = np.asarray(valid_set[index], np.float32)  # (S, C, T)
+            estimates = apply_model(model, sources.sum(axis=0), shifts=0, split=False).astype(np.float64)
+            error = estimates - sources
+            loss = float(np.mean(np.abs(error)) if recipe.loss == "l1" else np.mean(error * error))
+        total += loss / count
+    return total
+
+
+def _datasets(args: argparse.Namespace, recipe: Recipe, model: Model, rate: float) -> tuple[Any, Any, list]:
+    from core_spec import data
+
+    sources = UMX_SOURCES if isinstance(recipe, UMXTrainConfig) else tuple(model.sources)
+    if isinstance(recipe, UMXTrainConfig) and recipe.target not in sources:
+        raise ValueError(f"--target {recipe.target!r} is not one of {sources}")
+    train_tracks = data.open_tracks(args.root, subset="train", sources=sources)
+    valid_tracks = data.open_tracks(args.root, subset="valid", sources=sources)
+    if args.valid_tracks is not None:
+        valid_tracks = valid_tracks[: args.valid_tracks]
+    if not train_tracks:
+        raise ValueError(f"{args.root}: no training tracks")
+    for track in train_tracks + valid_tracks:
+        if track.rate != rate:
+            raise ValueError(f"track {track.name} is at {track.rate} Hz, the model at {rate} Hz")
+    if isinstance(recipe, UMXTrainConfig):
+        train_set = data.UMXDataset(train_tracks, recipe, rng_seed=recipe.seed, train=True)
+        valid_set = data.UMXDataset(valid_tracks, recipe, rng_seed=recipe.seed, train=False)
+    else:
+        length = model.valid_length(recipe.samples)
+        train_set = data.DemucsDataset(train_tracks, recipe, valid_length=length, train=True)
+        valid_set = data.DemucsDataset(valid_tracks, recipe, valid_length=length, train=False)
+    return train_set, valid_set, train_tracks
+
+
+def fit(args: argparse.Namespace, recipe: Recipe, comm: _Communicator | None = None) -> dict[str, Any]:
+    """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``comm``'s; rank 0 writes).
+
+    Returns ``{"epochs", "steps", "best_loss", "history"}``.
+    """
+    from tqdm import tqdm
+
+    from core_spec import data
+
+    rank, world_size = (comm.rank, comm.size) if comm else (0, 1)
+    quiet = bool(args.quiet) or rank != 0
+    out = Path(args.out)
+    model, stft_config, rate, from_file = _build_model(args, recipe)
+    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
+    run = _Run(name=name, recipe=recipe, stft_config=stft_config)
+    if isinstance(recipe, UMXTrainConfig):
+        run.scheduler = ReduceLROnPlateau(
+            recipe.lr, recipe.lr_decay_gamma, recipe.lr_decay_patience, recipe.lr_decay_cooldown
+        )
+        run.stopper = EarlyStopping(recipe.patience)
+    train_set, valid_set, train_tracks = _datasets(args, recipe, model, rate)
+    if recipe.batch_size % world_size:
+        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {world_size} replicas")
+    steps_per_epoch = len(train_set) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
+
+    rng = np.random.default_rng(recipe.seed)
+    if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume:
+        _log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+        mean, scale = data.umx_statistics(train_tracks, model.config, stft_config, center=recipe.stft_center)
+        _set_statistics(model, mean, scale)
+    step = make_step(model, recipe, stft_config)
+    sample = _shard_batch(next(iter(data.batches(train_set, recipe.batch_size, np.random.default_rng(0)))), 0,
+                          world_size)  # fmt: skip
+    step.graph(_batch_shape(step, sample, recipe))  # creates the LSTMs' bias_ih / bias_hh if needed
+    sync_lstm_biases(model)
+    optimizer = make_optimizer(model, recipe)
+    if args.resume:
+        _load_checkpoint(model, optimizer, out, run, rng)
+        _log(f"resumed {out / CHECKPOINT_DIR} at epoch {run.epoch}, step {run.step}", quiet)
+    if comm is not None:
+        comm.broadcast(list(model.get_parameters(grad_only=False).values()))
+    buffers = [v for k, v in model.get_parameters(grad_only=False).items() if not _is_trainable(k)]
+
+    done = args.max_steps is not None and run.step >= args.max_steps
+    while run.epoch < recipe.epochs and not done:
+        started = time.time()
+        lr = run.scheduler.lr if run.scheduler else recipe.lr
+        optimizer.set_learning_rate(lr)
+        # NNabla's global generator (dropout masks) cannot be saved: reseed it per epoch, so --resume is exact
+        nn.seed(int(np.random.default_rng([recipe.seed, run.epoch, rank]).integers(2**31 - 1)))
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(run.epoch)  # UMX: every epoch draws new excerpts (seeded by epoch and index)
+        total, count = 0.0, 0
+        bar = tqdm(
+            data.batches(train_set, recipe.batch_size, rng, shuffle=True, drop_last=True),
+            total=steps_per_epoch,
+            desc=f"[{run.epoch:03d}] train",
+            unit="batch",
+            leave=False,
+            disable=quiet,
+        )
+        for batch in bar:
+            if isinstance(recipe, DemucsTrainConfig):
+                batch = data.demucs_augment(batch, recipe, rng)
+            optimizer.zero_grad()
+            loss = step(_shard_batch(batch, rank, world_size), recipe)
+            if comm is not None:
+                comm.average_grads(optimizer.params)
+            optimizer.step()
+            total, count, run.step = total + loss, count + 1, run.step + 1
+            bar.set_postfix(loss=f"{total / count:.4g}")
+            if args.max_steps is not None and run.step >= args.max_steps:
+                done = True
+                break
+        bar.close()
+        train_loss = total / max(count, 1)
+        if comm is not None:
+            train_loss = comm.mean(train_loss)
+            comm.broadcast(buffers)  # replica 0's BatchNorm statistics, so every replica validates alike
+        valid_loss = _validate(model, valid_set, recipe, stft_config, quiet) if len(valid_set) else train_loss
+        if run.stopper is not None:
+            run.scheduler.step(valid_loss)
+            stop = run.stopper.step(valid_loss)
+            is_best = run.stopper.is_best
+        else:
+            stop, is_best = False, valid_loss < run.best_loss
+        if is_best:
+            run.best_loss = valid_loss
+        run.history.append(
+            {
+                "epoch": run.epoch,
+                "train": train_loss,
+                "valid": valid_loss,
+                "lr": lr,
+                "steps": count,
+                "duration": time.time() - started,
+            }
+        )
+        run.epoch += 1
+        if rank == 0:
+            if is_best or not (out / f"{name}.safetensors").exists():
+                _save_best(model, out, run, valid_loss)
+            _save_checkpoint(model, optimizer, out, run, rng)
+        _log(
+            f"epoch {run.epoch - 1:03d}: train={train_loss:.6g} valid={valid_loss:.6g} best={run.best_loss:.6g} "
+            f"lr={lr:.3g} ({time.time() - started:.1f} s)",
+            quiet,
+        )
+        if stop:
+            _log(f"early stopping after {run.epoch} epochs", quiet)
+            break
+    return {"epochs": run.epoch, "steps": run.step, "best_loss": run.best_loss, "history": run.history}
+
+
+def _check_out(args: argparse.Namespace, recipe: Recipe) -> None:
+    out = Path(args.out)
+    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
+    results = [p for p in (out / f"{name}.safetensors", out / CHECKPOINT_DIR) if p.exists()]
+    if results and not (args.resume or args.force):
+        raise FileExistsError(f"{out} already holds {[str(p) for p in results]}: pass --resume or --force")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``unmix-train --framework nnabla``: train with the options of :func:`core_spec.train_cli.build_parser`
+    (float32; ``--device gpu`` needs ``nnabla-ext-cuda``; ``--devices N`` needs it and MPI, see
+    :data:`DATA_PARALLEL_HELP`)."""
+    from core_spec.train_cli import recipe_from_args
+
+    recipe = recipe_from_args(args)
+    comm = None
+    try:
+        if args.devices > 1:
+            comm = _Communicator(args.devices, args.device)
+        ctx = comm.ctx if comm else device_context("gpu" if args.device in ("gpu", "cuda") else args.device)
+        if comm is None or comm.rank == 0:
+            _check_out(args, recipe)
+    except (DataParallelUnavailable, FileExistsError, RuntimeError, ValueError) as error:
+        print(f"unmix-train: {error}", file=sys.stderr)
+        return 2
+    with nn.context_scope(ctx):
+        result = fit(args, recipe, comm)
+    _log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
+         args.quiet)  # fmt: skip
+    return 0

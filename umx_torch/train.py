@@ -1,0 +1,728 @@
+"""Training of Open-Unmix and Demucs v2 in PyTorch, with the upstream recipes of :mod:`core_spec.training`.
+
+The pieces, in the order a reader meets them:
+
+- the losses: :func:`umx_loss` (MSE between the network's output and the target's magnitude, both from the
+  ``center=False`` STFT of upstream's ``scripts/train.py``) and :func:`demucs_loss` (L1, or MSE, between the
+  estimates and the centre-trimmed sources, ``demucs/train.py``);
+- :func:`loss_and_grads`: one forward and backward pass in train mode, the gradients under their canonical
+  (upstream state-dict) names; the gradient-parity tests call it;
+- :func:`make_optimizer`: ``torch.optim.Adam(lr, weight_decay)``, i.e. *coupled* L2 (the decay is added to the
+  gradient before the moments), exactly upstream's optimiser;
+- data parallelism: :class:`torch.nn.parallel.DistributedDataParallel` over ``gloo`` (CPU) or ``nccl`` (GPU),
+  one process per replica started by :func:`torch.multiprocessing.spawn`. Every replica draws the same order of
+  items (the same seeded generator) and trains on its contiguous shard of ``batch_size / replicas`` items of each
+  global batch (UMX: it reads only its shard; Demucs: every replica reads and augments the whole batch with the same
+  draws, so ``Remix`` groups are those of one process, then keeps its shard); DDP averages the gradients. Demucs (no
+  normalisation layers) then computes the full batch's gradient. Open-Unmix's BatchNorm1d layers (upstream uses
+  plain ``BatchNorm1d``, not ``SyncBatchNorm``) normalise with each replica's own batch statistics, so its averaged
+  gradient is the mean of the shards' gradients, not the full batch's; the running statistics kept are replica
+  0's (DDP broadcasts them from rank 0 before every forward). :func:`data_parallel_loss_and_grads` runs one such
+  step (the tests use it);
+- the loop (:func:`fit`, :func:`main`): epochs over :mod:`core_spec.data` batches with a tqdm bar, validation (rank
+  0; the loss is broadcast so that every replica takes the same decisions),
+  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` (UMX), the best model
+  in the canonical format and as upstream's state dict (:func:`umx_torch.weights.save_native`), a checkpoint folder
+  read back by ``--resume``.
+
+Initialisation is upstream's: PyTorch's default initialisation (and demucs's rescaling) after
+``torch.manual_seed(recipe.seed)``, or the weights of ``--init``; UMX's input statistics come from
+:func:`core_spec.data.umx_statistics`. UMX trains with upstream's LSTM dropout (0.4 between layers).
+
+Shapes: UMX batches are waveforms ``x`` (mixture) and ``y`` (target), ``(nb_samples, nb_channels, nb_timesteps)``;
+Demucs batches are sources ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, already augmented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from core_spec.configs import (
+    UMX_PRESETS,
+    DemucsConfig,
+    STFTConfig,
+    UMXConfig,
+    UMXSeparatorConfig,
+    demucs_preset,
+    umx_preset,
+)
+from core_spec.training import DemucsTrainConfig, EarlyStopping, ReduceLROnPlateau, UMXTrainConfig
+
+from .demucs import Demucs, center_trim
+from .transforms import complex_norm, stft
+from .umx import OpenUnmix
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "Recipe",
+    "compute_loss",
+    "data_parallel_loss_and_grads",
+    "demucs_loss",
+    "fit",
+    "loss_and_grads",
+    "main",
+    "make_optimizer",
+    "set_lstm_dropout",
+    "spectrogram",
+    "train_step",
+    "train_stft",
+    "umx_loss",
+]
+
+Recipe = UMXTrainConfig | DemucsTrainConfig
+CHECKPOINT_DIR = "checkpoint-torch"
+UMX_SOURCES = ("drums", "bass", "other", "vocals")
+
+
+# --- losses -----------------------------------------------------------------------------------------------------
+
+
+def train_stft(config: UMXConfig, center: bool = False) -> STFTConfig:
+    """The STFT a UMX network of ``config`` is trained on: the preset's with the same number of bins
+    (``umxhq``: 4096 / 1024, ``umxse``: 1024 / 512), else ``n_fft = 2 (nb_bins - 1)``, ``n_hop = n_fft / 4``;
+    ``center=False`` as upstream's training script."""
+    for preset in UMX_PRESETS.values():
+        if preset.model.nb_bins == config.nb_bins:
+            return dataclasses.replace(preset.separator.stft, center=center)
+    n_fft = 2 * (config.nb_bins - 1)
+    return STFTConfig(n_fft=n_fft, n_hop=n_fft // 4, center=center)
+
+
+def _unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def spectrogram(audio: Tensor, config: STFTConfig, mono: bool, window: Tensor | None = None) -> Tensor:
+    """Magnitude STFT ``(B, C, T)`` -> ``(B, C or 1, F, frames)`` (``mono``: channel mean of the magnitudes)."""
+    spec = stft(audio, config.n_fft, config.n_hop, center=config.center, normalized=config.normalized, window=window)
+    return complex_norm(spec, mono=mono)
+
+
+def umx_loss(model: nn.Module, x: Tensor, y: Tensor, config: STFTConfig, window: Tensor | None = None) -> Tensor:
+    """``mse(model(|STFT(x)|), |STFT(y)|)``.
+
+    Args:
+        model: an :class:`~umx_torch.umx.OpenUnmix` (or a DDP wrapper of one).
+        x: mixture waveform ``(nb_samples, nb_channels, nb_timesteps)``.
+        y: target waveform, same shape.
+        config: the training STFT (:func:`train_stft`).
+        window: STFT window ``(n_fft,)``; ``None``: the periodic Hann window in the signal's dtype.
+    """
+    mono = _unwrap(model).nb_channels == 1
+    X = spectrogram(x, config, mono, window)
+    Y = spectrogram(y, config, mono, window)
+    return F.mse_loss(model(X), Y)
+
+
+def demucs_loss(model: nn.Module, sources: Tensor, loss: str = "l1") -> Tensor:
+    """Loss of Demucs on ``sources`` ``(B, S, C, T)``: the mixture is their sum; the estimates
+    ``(B, S, C, T')`` are compared with the centre ``T'`` samples of the sources."""
+    estimates = model(sources.sum(dim=1))
+    target = center_trim(sources, estimates)
+    if loss == "l1":
+        return F.l1_loss(estimates, target)
+    if loss == "mse":
+        return F.mse_loss(estimates, target)
+    raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
+
+
+def _tensor(value: Any, like: Tensor) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.to(device=like.device, dtype=like.dtype)
+    return torch.from_numpy(np.ascontiguousarray(value)).to(device=like.device, dtype=like.dtype)
+
+
+def _unpack(batch: Any, recipe: Recipe, like: Tensor) -> tuple[Tensor, ...]:
+    """``(x, y)`` for UMX, ``(sources,)`` for Demucs, from a mapping (the fixtures' ``inputs``), a tuple or an array."""
+    if isinstance(recipe, UMXTrainConfig):
+        x, y = (batch["x"], batch["y"]) if isinstance(batch, Mapping) else batch
+        return _tensor(x, like), _tensor(y, like)
+    sources = batch["sources"] if isinstance(batch, Mapping) else batch
+    return (_tensor(sources, like),)
+
+
+def compute_loss(
+    model: nn.Module, batch: Any, recipe: Recipe, stft_config: STFTConfig | None = None, window: Tensor | None = None
+) -> Tensor:
+    """The recipe's loss on one batch (see :func:`umx_loss`, :func:`demucs_loss`); the model's mode is kept."""
+    ref = next(_unwrap(model).parameters())
+    if isinstance(recipe, UMXTrainConfig):
+        x, y = _unpack(batch, recipe, ref)
+        config = stft_config or train_stft(_unwrap(model).config, recipe.stft_center)
+        return umx_loss(model, x, y, config, window)
+    (sources,) = _unpack(batch, recipe, ref)
+    return demucs_loss(model, sources, recipe.loss)
+
+
+def loss_and_grads(
+    model: nn.Module,
+    batch: Any,
+    recipe: Recipe,
+    stft_config: STFTConfig | None = None,
+    window: Tensor | None = None,
+) -> tuple[float, dict[str, np.ndarray]]:
+    """One training forward and backward pass.
+
+    The model is put in train mode (BatchNorm uses the batch statistics and updates its running ones; LSTM dropout
+    is active unless disabled with :func:`set_lstm_dropout`), its gradients are zeroed, then the loss is
+    back-propagated; the gradients stay on the parameters, so an ``optimizer.step()`` can follow.
+
+    Args:
+        model: :class:`~umx_torch.umx.OpenUnmix` or :class:`~umx_torch.demucs.Demucs`, or a DDP wrapper of one.
+        batch: UMX: ``{"x", "y"}`` or ``(x, y)``, waveforms ``(B, C, T)``; Demucs: ``{"sources"}`` or the array
+            ``(B, S, C, T)``. NumPy arrays or tensors, cast to the model's dtype and device.
+        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        stft_config: UMX: the STFT (default :func:`train_stft`).
+        window: UMX: the STFT window (default: the periodic Hann window in the model's dtype).
+
+    Returns:
+        ``(loss, {canonical parameter name: gradient})``, gradients as NumPy arrays in the model's dtype.
+    """
+    model.train()
+    model.zero_grad(set_to_none=True)
+    loss = compute_loss(model, batch, recipe, stft_config, window)
+    loss.backward()
+    grads = {
+        name: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().to("cpu").numpy().copy()
+        for name, p in _unwrap(model).named_parameters()
+    }
+    return float(loss.detach()), grads
+
+
+def set_lstm_dropout(model: nn.Module, p: float) -> nn.Module:
+    """Set the dropout between stacked LSTM layers (upstream UMX: 0.4 in training). The gradient-parity tests set 0:
+    no two frameworks draw the same dropout masks."""
+    for module in _unwrap(model).modules():
+        if isinstance(module, nn.LSTM):
+            module.dropout = float(p) if module.num_layers > 1 else 0.0
+    return model
+
+
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
+    """``torch.optim.Adam(model.parameters(), lr, weight_decay)``: upstream's optimiser (coupled L2 decay)."""
+    return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    batch: Any,
+    recipe: Recipe,
+    stft_config: STFTConfig | None = None,
+    window: Tensor | None = None,
+) -> float:
+    """Zero the gradients, forward and backward one batch, one optimiser step; returns the loss."""
+    model.train()
+    optimizer.zero_grad(set_to_none=True)
+    loss = compute_loss(model, batch, recipe, stft_config, window)
+    loss.backward()
+    optimizer.step()
+    return float(loss.detach())
+
+
+# --- data parallelism --------------------------------------------------------------------------------------------
+
+
+def _shard(batch: Any, rank: int, world_size: int) -> Any:
+    """Replica ``rank``'s contiguous share of a batch (the leading axis divided by ``world_size``)."""
+    if isinstance(batch, Mapping):
+        return {k: _shard(v, rank, world_size) for k, v in batch.items()}
+    if isinstance(batch, tuple | list):
+        return type(batch)(_shard(v, rank, world_size) for v in batch)
+    size = batch.shape[0]
+    if size % world_size:
+        raise ValueError(f"a batch of {size} does not split over {world_size} replicas")
+    n = size // world_size
+    return batch[rank * n : (rank + 1) * n]
+
+
+def _init_process_group(rank: int, world_size: int, store: str, backend: str = "gloo") -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size)
+
+
+def _build(config: UMXConfig | DemucsConfig) -> nn.Module:
+    if isinstance(config, UMXConfig):
+        return OpenUnmix.from_config(config)
+    return Demucs.from_config(config)
+
+
+def _ddp_grads_worker(
+    rank: int,
+    world_size: int,
+    store: str,
+    results: str,
+    config: UMXConfig | DemucsConfig,
+    weights: dict[str, np.ndarray],
+    batch: Any,
+    recipe: Recipe,
+    dtype: str,
+    lstm_dropout: float | None,
+    stft_config: STFTConfig | None,
+    kernels: dict[str, np.ndarray] | None,
+) -> None:
+    import torch.distributed as dist
+
+    from .weights import load_weights
+
+    torch.set_num_threads(1)
+    _init_process_group(rank, world_size, store)
+    try:
+        model = _build(config).to(getattr(torch, dtype))
+        load_weights(model, weights)
+        if lstm_dropout is not None:
+            set_lstm_dropout(model, lstm_dropout)
+        if kernels is not None:
+            model.set_resample_kernels(kernels)
+        ddp = nn.parallel.DistributedDataParallel(model)
+        loss, grads = loss_and_grads(ddp, _shard(batch, rank, world_size), recipe, stft_config)
+        buffers = {k: v.detach().numpy() for k, v in model.named_buffers()}
+        np.savez(
+            os.path.join(results, f"rank{rank}.npz"),
+            loss=np.float64(loss),
+            **{f"grad/{k}": v for k, v in grads.items()},
+            **{f"buffer/{k}": v for k, v in buffers.items()},
+        )
+    finally:
+        dist.destroy_process_group()
+
+
+def data_parallel_loss_and_grads(
+    config: UMXConfig | DemucsConfig,
+    weights: Mapping[str, np.ndarray],
+    batch: Any,
+    recipe: Recipe,
+    world_size: int = 2,
+    dtype: str = "float64",
+    lstm_dropout: float | None = None,
+    stft_config: STFTConfig | None = None,
+    kernels: Mapping[str, np.ndarray] | None = None,
+) -> list[dict[str, Any]]:
+    """One DDP step over ``world_size`` CPU processes (``gloo``), each on its contiguous shard of ``batch``.
+
+    Args:
+        config, weights: the model and its canonical weights (cast to ``dtype``).
+        batch, recipe, stft_config: as :func:`loss_and_grads` (the whole batch: each replica takes its shard).
+        lstm_dropout: set the UMX LSTM dropout (:func:`set_lstm_dropout`; 0 for parity).
+        kernels: Demucs: resampling kernels to inject (:meth:`~umx_torch.demucs.Demucs.set_resample_kernels`).
+
+    Returns:
+        One dict per replica: ``"loss"`` (its shard's loss), ``"grads"`` (the all-reduced average: the same on every
+        replica), ``"buffers"`` (its BatchNorm running statistics after the step).
+    """
+    import torch.multiprocessing as mp
+
+    with tempfile.TemporaryDirectory(prefix="umx-torch-ddp-") as tmp:
+        store = os.path.join(tmp, "store")
+        args = (world_size, store, tmp, config, dict(weights), batch, recipe, dtype, lstm_dropout, stft_config)
+        args += (dict(kernels) if kernels is not None else None,)
+        mp.spawn(_ddp_grads_worker, args=args, nprocs=world_size, join=True)
+        out = []
+        for rank in range(world_size):
+            with np.load(os.path.join(tmp, f"rank{rank}.npz")) as f:
+                out.append(
+                    {
+                        "loss": float(f["loss"]),
+                        "grads": {k[5:]: f[k] for k in f.files if k.startswith("grad/")},
+                        "buffers": {k[7:]: f[k] for k in f.files if k.startswith("buffer/")},
+                    }
+                )
+    return out
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run needs besides the model: its data, schedule and bookkeeping (saved in ``state.json``)."""
+
+    name: str
+    recipe: Recipe
+    epoch: int = 0
+    step: int = 0
+    best_loss: float = math.inf
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    scheduler: ReduceLROnPlateau | None = None
+    stopper: EarlyStopping | None = None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _device(name: str, rank: int) -> torch.device:
+    """``--device``: ``cpu``, or ``gpu`` / ``cuda`` (replica ``rank`` on GPU ``rank``)."""
+    if name in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device gpu: CUDA is not available")
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def _model_and_stft(args: argparse.Namespace, recipe: Recipe) -> tuple[nn.Module, STFTConfig | None, float, bool]:
+    """The model to train (upstream's initialisation seeded by ``recipe.seed``, or ``--init``), its STFT (UMX), its
+    sample rate, and whether its weights came from a file."""
+    from core_spec.canonical import load_canonical, split_targets
+
+    from .weights import load_weights
+
+    torch.manual_seed(recipe.seed)
+    if isinstance(recipe, UMXTrainConfig):
+        preset = umx_preset(args.preset or "umxhq")
+        config, rate = preset.model, preset.separator.sample_rate
+        weights = None
+        if args.init:
+            weights, file_config, _ = load_canonical(args.init)
+            if isinstance(file_config, UMXSeparatorConfig):
+                weights = split_targets(weights, file_config.separator.targets)[recipe.target]
+                config, rate = file_config.model, file_config.separator.sample_rate
+            elif isinstance(file_config, UMXConfig):
+                config = file_config
+            else:
+                raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
+        model: nn.Module = OpenUnmix.from_config(config)
+        if weights is not None:
+            load_weights(model, weights)
+        return model, train_stft(config, recipe.stft_center), rate, weights is not None
+    config = demucs_preset(args.preset or "demucs")
+    weights = None
+    if args.init:
+        weights, config, _ = load_canonical(args.init)
+        if not isinstance(config, DemucsConfig):
+            raise ValueError(f"--init {args.init}: holds a {type(config).__name__}, not a Demucs model")
+    model = Demucs.from_config(config)
+    if weights is not None:
+        load_weights(model, weights)
+    return model, None, float(config.samplerate), weights is not None
+
+
+def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Upstream's convention (``core_spec.data.input_scaler_weights``): ``input_mean = -mean[:max_bin]``,
+    ``input_scale = 1 / scale[:max_bin]``."""
+    from core_spec.data import input_scaler_weights
+
+    with torch.no_grad():
+        for name, value in input_scaler_weights(mean, scale, model.config).items():
+            getattr(model, name).copy_(torch.from_numpy(value))
+
+
+def _save_best(model: nn.Module, out: Path, run: _Run, valid_loss: float) -> None:
+    """``<name>.safetensors`` + ``.json`` (canonical) and ``<name>-torch.pth`` + ``.json`` (upstream's state dict)."""
+    from .weights import save_canonical_from, save_native, to_canonical
+
+    provenance = {
+        "framework": "torch",
+        "torch": torch.__version__,
+        "epoch": run.epoch,
+        "step": run.step,
+        "valid_loss": valid_loss,
+        "recipe": _jsonable(dataclasses.asdict(run.recipe)),
+    }
+    save_canonical_from(model, out / run.name, provenance=provenance, force=True)
+    save_native(out / f"{run.name}-torch", to_canonical(model), model.config, force=True)
+
+
+def _save_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, run: _Run, rng: np.random.Generator
+) -> None:
+    folder = out / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, folder / "model.pth")
+    torch.save(optimizer.state_dict(), folder / "optimizer.pth")
+    torch.save(torch.get_rng_state(), folder / "torch_rng.pth")
+    state = {
+        "framework": "torch",
+        "name": run.name,
+        "epoch": run.epoch,
+        "step": run.step,
+        "best_loss": run.best_loss,
+        "history": run.history,
+        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
+        "stopper": run.stopper.state_dict() if run.stopper else None,
+        "rng": rng.bit_generator.state,
+        "recipe": dataclasses.asdict(run.recipe),
+    }
+    text = json.dumps(_jsonable(state), indent=1)
+    (folder / "state.json.tmp").write_text(text)
+    os.replace(folder / "state.json.tmp", folder / "state.json")
+
+
+def _load_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, run: _Run, rng: np.random.Generator
+) -> None:
+    folder = out / CHECKPOINT_DIR
+    if not (folder / "state.json").exists():
+        raise FileNotFoundError(f"--resume: no {folder / 'state.json'}")
+    state = json.loads((folder / "state.json").read_text())
+    if state["name"] != run.name:
+        raise ValueError(f"--resume: {folder} trains {state['name']!r}, not {run.name!r}")
+    model.load_state_dict(torch.load(folder / "model.pth", map_location="cpu"))
+    optimizer.load_state_dict(torch.load(folder / "optimizer.pth", map_location="cpu"))
+    torch.set_rng_state(torch.load(folder / "torch_rng.pth"))
+    run.epoch, run.step = state["epoch"], state["step"]
+    run.best_loss, run.history = state["best_loss"], state["history"]
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    if run.stopper is not None:
+        run.stopper.load_state_dict(state["stopper"])
+    rng.bit_generator.state = state["rng"]
+
+
+def _validate(model: nn.Module, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, quiet: bool) -> float:
+    """Mean loss over the validation tracks (batch 1, eval mode, no gradients). UMX: MSE of the magnitudes of whole
+    tracks. Demucs: L1 of ``apply_model`` (no split, no shifts) on the track's mixture, normalised like its sources,
+    against the sources (demucs 2.0.3 ``validate_model``)."""
+    from tqdm import tqdm
+
+    from core_spec.data import convert_audio_channels
+
+    from .separator import apply_model
+
+    model.eval()
+    ref = next(model.parameters())
+    total, count = 0.0, len(valid_set)
+    with torch.no_grad():
+        for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+            if isinstance(recipe, UMXTrainConfig):
+                x, y = valid_set[index]
+                loss = compute_loss(model, (x[None], y[None]), recipe, stft_config)
+            else:
+                sources = _tensor(valid_set[index], ref)  # (S, C, T), normalised
+                mix = convert_audio_channels(valid_set.tracks[index].load_mixture_frames(), valid_set.audio_channels)
+                if valid_set.normalize:
+                    mean, std = valid_set.track_statistics(index)
+                    mix = (mix - np.float32(mean)) / np.float32(std)
+                estimates = apply_model(model, _tensor(mix, ref), shifts=0, split=False)
+                loss = F.l1_loss(estimates, sources) if recipe.loss == "l1" else F.mse_loss(estimates, sources)
+            total += float(loss) / count
+    return total
+
+
+def _datasets(args: argparse.Namespace, recipe: Recipe, model: nn.Module, rate: float) -> tuple[Any, Any, list]:
+    """``(train set, valid set, train tracks)`` from ``--root`` (:mod:`core_spec.data`)."""
+    from core_spec import data
+
+    if isinstance(recipe, UMXTrainConfig):
+        sources = UMX_SOURCES
+    else:
+        sources = tuple(model.sources)
+    train_tracks = data.open_tracks(args.root, subset="train", sources=sources)
+    valid_tracks = data.open_tracks(args.root, subset="valid", sources=sources)
+    if args.valid_tracks is not None:
+        valid_tracks = valid_tracks[: args.valid_tracks]
+    if not train_tracks:
+        raise data.DataError(f"{args.root}: no training tracks")
+    if isinstance(recipe, UMXTrainConfig):
+        kwargs = {"sample_rate": rate, "nb_channels": model.nb_channels}
+        train_set = data.UMXDataset(train_tracks, recipe, recipe.seed, train=True, **kwargs)
+        valid_set = data.UMXDataset(valid_tracks, recipe, recipe.seed, train=False, **kwargs) if valid_tracks else []
+    else:
+        length = model.valid_length(recipe.samples)
+        kwargs = {"sources": sources, "audio_channels": model.audio_channels, "sample_rate": rate}
+        train_set = data.DemucsDataset(train_tracks, recipe, length, train=True, **kwargs)
+        valid_set = data.DemucsDataset(valid_tracks, recipe, length, train=False, **kwargs) if valid_tracks else []
+    return train_set, valid_set, train_tracks
+
+
+def _all_mean(value: float, world_size: int, device: torch.device) -> float:
+    if world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / world_size
+
+
+def _broadcast(value: float, world_size: int, device: torch.device) -> float:
+    if world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t)
+
+
+def fit(args: argparse.Namespace, recipe: Recipe, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``world_size``; rank 0 writes).
+
+    Returns ``{"epochs", "steps", "best_loss", "history"}``.
+    """
+    from tqdm import tqdm
+
+    from core_spec import data
+
+    quiet = bool(args.quiet) or rank != 0
+    out = Path(args.out)
+    device = _device(args.device, rank)
+    model, stft_config, rate, from_file = _model_and_stft(args, recipe)
+    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
+    run = _Run(name=name, recipe=recipe)
+    if isinstance(recipe, UMXTrainConfig):
+        run.scheduler = ReduceLROnPlateau(
+            recipe.lr, recipe.lr_decay_gamma, recipe.lr_decay_patience, recipe.lr_decay_cooldown
+        )
+        run.stopper = EarlyStopping(recipe.patience)
+        set_lstm_dropout(model, 0.4)  # upstream's OpenUnmix
+    train_set, valid_set, train_tracks = _datasets(args, recipe, model, rate)
+
+    rng = np.random.default_rng(recipe.seed)
+    if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume and rank == 0:
+        _log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+        mean, scale = data.umx_statistics(train_tracks, model.config, stft_config, center=recipe.stft_center)
+        _set_statistics(model, mean, scale)
+    model.to(device)
+    optimizer = make_optimizer(model, recipe)
+    if args.resume:
+        _load_checkpoint(model, optimizer, out, run, rng)
+        _log(f"resumed {out / CHECKPOINT_DIR} at epoch {run.epoch}, step {run.step}", quiet)
+    net: nn.Module = model
+    if world_size > 1:  # broadcasts rank 0's parameters and buffers (the statistics above) to every replica
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    if recipe.batch_size % world_size:
+        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {world_size} replicas")
+    steps_per_epoch = len(train_set) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
+
+    done = args.max_steps is not None and run.step >= args.max_steps
+    while run.epoch < recipe.epochs and not done:
+        started = time.time()
+        lr = run.scheduler.lr if run.scheduler else recipe.lr
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        total, count = 0.0, 0
+        if isinstance(recipe, UMXTrainConfig):  # items are seeded by (seed, epoch, index): each replica reads its share
+            train_set.set_epoch(run.epoch)
+            stream = data.batches(train_set, recipe.batch_size, rng, rank=rank, world_size=world_size)
+        else:  # the whole batch is augmented (Remix groups span replicas, as in one process), then shared
+            stream = (
+                _shard(data.demucs_augment(batch, recipe, rng), rank, world_size)
+                for batch in data.batches(train_set, recipe.batch_size, rng)
+            )
+        desc = f"[{run.epoch:03d}] train"
+        bar = tqdm(stream, total=steps_per_epoch, desc=desc, unit="batch", leave=False, disable=quiet)
+        for batch in bar:
+            loss = train_step(net, optimizer, batch, recipe, stft_config)
+            total, count, run.step = total + loss, count + 1, run.step + 1
+            bar.set_postfix(loss=f"{total / count:.4g}")
+            if args.max_steps is not None and run.step >= args.max_steps:
+                done = True
+                break
+        bar.close()
+        train_loss = _all_mean(total / max(count, 1), world_size, device)
+        valid_loss = math.nan
+        if rank == 0:
+            valid_loss = _validate(model, valid_set, recipe, stft_config, quiet) if len(valid_set) else train_loss
+        valid_loss = _broadcast(valid_loss, world_size, device)
+        if run.stopper is not None:
+            run.scheduler.step(valid_loss)
+            stop = run.stopper.step(valid_loss)
+            is_best = run.stopper.is_best
+        else:
+            stop, is_best = False, valid_loss < run.best_loss
+        if is_best:
+            run.best_loss = valid_loss
+        duration = time.time() - started
+        run.history.append(
+            {
+                "epoch": run.epoch,
+                "train": train_loss,
+                "valid": valid_loss,
+                "lr": lr,
+                "steps": count,
+                "duration": duration,
+            }
+        )
+        run.epoch += 1
+        if rank == 0:
+            if is_best or not (out / f"{name}.safetensors").exists():
+                _save_best(model, out, run, valid_loss)
+            _save_checkpoint(model, optimizer, out, run, rng)
+        _log(
+            f"epoch {run.epoch - 1:03d}: train={train_loss:.6g} valid={valid_loss:.6g} best={run.best_loss:.6g} "
+            f"lr={lr:.3g} ({time.time() - started:.1f} s)",
+            quiet,
+        )
+        if stop:
+            _log(f"early stopping after {run.epoch} epochs", quiet)
+            break
+    return {"epochs": run.epoch, "steps": run.step, "best_loss": run.best_loss, "history": run.history}
+
+
+def _fit_worker(rank: int, world_size: int, store: str, args: argparse.Namespace, recipe: Recipe) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
+    backend = "nccl" if args.device in ("gpu", "cuda") else "gloo"
+    _init_process_group(rank, world_size, store, backend)
+    try:
+        fit(args, recipe, rank, world_size)
+    finally:
+        dist.destroy_process_group()
+
+
+def _check_out(args: argparse.Namespace, recipe: Recipe) -> None:
+    out = Path(args.out)
+    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
+    results = [p for p in (out / f"{name}.safetensors", out / CHECKPOINT_DIR) if p.exists()]
+    if results and not (args.resume or args.force):
+        raise FileExistsError(f"{out} already holds {[str(p) for p in results]}: pass --resume or --force")
+    if args.resume and not (out / CHECKPOINT_DIR / "state.json").exists():
+        raise FileNotFoundError(f"--resume: {out / CHECKPOINT_DIR / 'state.json'} does not exist")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``unmix-train --framework torch``: train with the options of :func:`core_spec.train_cli.build_parser`."""
+    from core_spec.train_cli import recipe_from_args
+
+    recipe = recipe_from_args(args)
+    try:
+        _check_out(args, recipe)
+    except (FileExistsError, FileNotFoundError) as error:
+        print(f"unmix-train: {error}", file=sys.stderr)
+        return 2
+    if args.devices <= 1:
+        result = fit(args, recipe)
+    else:
+        import torch.multiprocessing as mp
+
+        with tempfile.TemporaryDirectory(prefix="umx-torch-ddp-") as tmp:
+            mp.spawn(_fit_worker, args=(args.devices, os.path.join(tmp, "store"), args, recipe), nprocs=args.devices)
+        state = json.loads((Path(args.out) / CHECKPOINT_DIR / "state.json").read_text())
+        result = {"epochs": state["epoch"], "steps": state["step"], "best_loss": state["best_loss"]}
+    _log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
+         args.quiet)  # fmt: skip
+    return 0
