@@ -104,9 +104,9 @@ class BLSTM(TracedCall, layers.Layer):
         self.linear.build((None, None, 2 * self.dim))
         self.built = True
 
-    def call(self, x: tf.Tensor, trace: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
+    def call(self, x: tf.Tensor, training: bool = False, trace: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
         for layer in self.lstm:
-            x = layer(x)
+            x = layer(x, training=training)  # training: the recurrence keeps what its gradient needs
         if trace is not None:
             trace["lstm.lstm"] = tf.transpose(x, [1, 0, 2])  # (T, B, 2 dim), as upstream's nn.LSTM output
         return self.linear(x)
@@ -259,12 +259,14 @@ class Demucs(TracedCall, keras.Model):
         self.resample_kernels = {k: np.asarray(v, dtype=np.float64) for k, v in (kernels or {}).items()}
         self._compiled.clear()
 
-    def call(self, mix: tf.Tensor, trace: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
+    def call(self, mix: tf.Tensor, training: bool = False, trace: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
         """Estimate the sources.
 
         Args:
             mix: ``(nb_samples, audio_channels, nb_timesteps)``, normally of length :meth:`valid_length`; the
                 length must be static (known when traced).
+            training: a training step follows (the network has no dropout or normalisation layer; the LSTM then
+                keeps its intermediates for the gradient instead of recomputing them).
             trace: if given, filled with the intermediate outputs named by
                 :func:`core_spec.reference.demucs.demucs_trace_keys`, in the spec's (channels-first) layouts.
 
@@ -301,7 +303,7 @@ class Demucs(TracedCall, keras.Model):
                 record[f"encoder.{index}"] = _channels_first(x)
             saved.append(x)
         if self.lstm is not None:
-            x = self.lstm(x, trace=trace)
+            x = self.lstm(x, training=training, trace=trace)
             if trace is not None:
                 record["lstm"] = _channels_first(x)
         for index, decode in enumerate(self.decoder):

@@ -3,8 +3,9 @@
 Layers and how they hold upstream's weights (the mapping lives in :mod:`umx_tf.weights`):
 
 - ``fc1``, ``fc2``, ``fc3``: ``keras.layers.Dense(use_bias=False)``, ``kernel = weight.T``;
-- ``bn1``, ``bn2``, ``bn3``: ``keras.layers.BatchNormalization(epsilon=1e-5)`` (PyTorch's epsilon, not Keras's
-  1e-3; ``momentum=0.9`` is PyTorch's 0.1), ``gamma/beta/moving_mean/moving_variance = weight/bias/running_*``;
+- ``bn1``, ``bn2``, ``bn3``: :class:`TorchBatchNorm`, a ``keras.layers.BatchNormalization(epsilon=1e-5)`` (PyTorch's
+  epsilon, not Keras's 1e-3; ``momentum=0.9`` is PyTorch's 0.1) that trains as ``torch.nn.BatchNorm1d``,
+  ``gamma/beta/moving_mean/moving_variance = weight/bias/running_*``;
 - ``lstm``: one ``keras.layers.Bidirectional(keras.layers.LSTM(...))`` per layer (a plain ``LSTM`` when
   unidirectional), ``recurrent_activation="sigmoid"``. Keras's gate order ``i, f, c, o`` is PyTorch's
   ``i, f, g, o``: ``kernel = weight_ih.T``, ``recurrent_kernel = weight_hh.T``, ``bias = bias_ih + bias_hh``;
@@ -27,7 +28,7 @@ from keras import layers
 from core_spec.configs import UMXConfig
 from core_spec.reference.layers import BATCH_NORM_EPS
 
-__all__ = ["LSTM", "UMX_TRACE_KEYS", "OpenUnmix", "TracedCall", "lstm_layer", "lstm_recurrence"]
+__all__ = ["LSTM", "UMX_TRACE_KEYS", "OpenUnmix", "TorchBatchNorm", "TracedCall", "lstm_layer", "lstm_recurrence"]
 
 # Intermediate outputs recorded by ``call(x, trace=...)``, as in ``core_spec.reference.umx.UMX_TRACE_KEYS``.
 UMX_TRACE_KEYS = ("fc1.input", "fc1", "bn1", "lstm", "fc2.input", "fc2", "bn2", "fc3.input", "fc3", "bn3")
@@ -49,40 +50,154 @@ def torch_uniform(fan_in: int) -> keras.initializers.Initializer:
 TORCH_KERNEL_INIT = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
 
 
+def _lstm_step(recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor, z: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """One LSTM step: ``(h, c, activated gates i|f|g|o)`` from the previous ``h, c`` and the projected input."""
+    i, f, g, o = tf.split(z + tf.matmul(h, recurrent_kernel), 4, axis=-1)
+    i, f, g, o = tf.sigmoid(i), tf.sigmoid(f), tf.tanh(g), tf.sigmoid(o)
+    c = f * c + i * g
+    return o * tf.tanh(c), c, tf.concat([i, f, g, o], axis=-1)
+
+
 @tf.function(jit_compile=True)
-def lstm_recurrence(
-    projected: tf.Tensor, recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor
-) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The LSTM recurrence over time, one XLA-compiled loop (traced once per shape and dtype, shared by every
-    layer of that shape).
-
-    Args:
-        projected: ``x_t @ kernel + bias`` of every step, ``(nb_frames, nb_samples, 4 H)``, gates ``i, f, c, o``.
-        recurrent_kernel: ``(H, 4 H)``.
-        h, c: initial states ``(nb_samples, H)``.
-
-    Returns:
-        ``(hidden states (nb_frames, nb_samples, H), last h, last c)``.
-    """
+def _recurrence(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor) -> tuple[tf.Tensor, ...]:
+    """Forward for inference: ``(hidden states (T, B, H), last h, last c)``."""
 
     def step(carry: tuple[tf.Tensor, tf.Tensor], z: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        h, c = carry
-        i, f, g, o = tf.split(z + tf.matmul(h, recurrent_kernel), 4, axis=-1)
-        c = tf.sigmoid(f) * c + tf.sigmoid(i) * tf.tanh(g)
-        return tf.sigmoid(o) * tf.tanh(c), c
+        h, c, _ = _lstm_step(recurrent_kernel, *carry, z)
+        return h, c
 
     hs, cs = tf.scan(step, projected, initializer=(h, c))
     return hs, hs[-1], cs[-1]
 
 
+@tf.function(jit_compile=True)
+def _recurrence_saved(
+    projected: tf.Tensor, recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor
+) -> tuple[tf.Tensor, ...]:
+    """Forward for training: every step's ``h (T, B, H)``, ``c (T, B, H)`` and activated gates ``(T, B, 4 H)``."""
+
+    def step(carry: tuple[tf.Tensor, ...], z: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        return _lstm_step(recurrent_kernel, carry[0], carry[1], z)
+
+    gates = tf.zeros_like(projected[0])
+    return tf.scan(step, projected, initializer=(h, c, gates))
+
+
+@tf.function(jit_compile=True)
+def _recurrence_backward(
+    dhs: tf.Tensor,
+    dh_last: tf.Tensor,
+    dc_last: tf.Tensor,
+    hs: tf.Tensor,
+    cs: tf.Tensor,
+    gates: tf.Tensor,
+    recurrent_kernel: tf.Tensor,
+    h0: tf.Tensor,
+    c0: tf.Tensor,
+) -> tuple[tf.Tensor, ...]:
+    """Backpropagation through time, one XLA-compiled reverse loop.
+
+    With ``dh`` the gradient reaching ``h_t`` (from the output and from step ``t + 1``) and ``dc`` that reaching
+    ``c_t``: ``dc += dh o (1 - tanh(c_t)^2)``; the pre-activation gradients are ``dz = [dc g i (1 - i), dc c_{t-1}
+    f (1 - f), dc i (1 - g^2), dh tanh(c_t) o (1 - o)]``; ``h_{t-1}`` receives ``dz W^T``, ``c_{t-1}`` receives
+    ``dc f``. ``dz`` of every step is the projected input's gradient, and ``dW = sum_t h_{t-1}^T dz_t``.
+
+    Returns:
+        ``(d projected (T, B, 4 H), d recurrent_kernel (H, 4 H), d h0, d c0)``.
+    """
+    c_prev = tf.concat([c0[None], cs[:-1]], axis=0)
+
+    def step(carry: tuple[tf.Tensor, ...], inputs: tuple[tf.Tensor, ...]) -> tuple[tf.Tensor, ...]:
+        dh_next, dc_next, _ = carry
+        dh_out, c, c_before, activated = inputs
+        i, f, g, o = tf.split(activated, 4, axis=-1)
+        dh = dh_out + dh_next
+        tc = tf.tanh(c)
+        dc = dc_next + dh * o * (1.0 - tc * tc)
+        dz = tf.concat(
+            [dc * g * i * (1.0 - i), dc * c_before * f * (1.0 - f), dc * i * (1.0 - g * g), dh * tc * o * (1.0 - o)],
+            axis=-1,
+        )
+        return tf.matmul(dz, recurrent_kernel, transpose_b=True), dc * f, dz
+
+    initial = (dh_last, dc_last, tf.zeros_like(gates[0]))
+    dh_prev, dc_prev, dz = tf.scan(step, (dhs, cs, c_prev, gates), initializer=initial, reverse=True)
+    h_prev = tf.concat([h0[None], hs[:-1]], axis=0)
+    d_kernel = tf.einsum("tbh,tbg->hg", h_prev, dz)
+    return dz, d_kernel, dh_prev[0], dc_prev[0]
+
+
+def _zeros_if_none(grad: tf.Tensor | None, like: tf.Tensor) -> tf.Tensor:
+    return tf.zeros_like(like) if grad is None else grad
+
+
+def _detached(*tensors: tf.Tensor) -> list[tf.Tensor]:
+    """The inputs, cut from any recording tape: the compiled loops inside a custom gradient must not be recorded
+    (TensorFlow would try to differentiate them itself)."""
+    return [tf.stop_gradient(t) for t in tensors]
+
+
+@tf.custom_gradient
+def _lstm_inference(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor):
+    projected, recurrent_kernel, h, c = _detached(projected, recurrent_kernel, h, c)
+    hs, h_last, c_last = _recurrence(projected, recurrent_kernel, h, c)
+
+    def grad(dhs: tf.Tensor, dh_last: tf.Tensor, dc_last: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        hs2, cs, gates = _recurrence_saved(projected, recurrent_kernel, h, c)  # recomputed: nothing was kept
+        return _recurrence_backward(
+            _zeros_if_none(dhs, hs), _zeros_if_none(dh_last, h), _zeros_if_none(dc_last, c),
+            hs2, cs, gates, recurrent_kernel, h, c,
+        )  # fmt: skip
+
+    return (hs, h_last, c_last), grad
+
+
+@tf.custom_gradient
+def _lstm_training(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor):
+    projected, recurrent_kernel, h, c = _detached(projected, recurrent_kernel, h, c)
+    hs, cs, gates = _recurrence_saved(projected, recurrent_kernel, h, c)
+
+    def grad(dhs: tf.Tensor, dh_last: tf.Tensor, dc_last: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        return _recurrence_backward(
+            _zeros_if_none(dhs, hs), _zeros_if_none(dh_last, h), _zeros_if_none(dc_last, c),
+            hs, cs, gates, recurrent_kernel, h, c,
+        )  # fmt: skip
+
+    return (hs, hs[-1], cs[-1]), grad
+
+
+def lstm_recurrence(
+    projected: tf.Tensor, recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor, training: bool = False
+) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    """The LSTM recurrence over time, one XLA-compiled loop (traced once per shape and dtype, shared by every
+    layer of that shape), differentiable through its own XLA-compiled backward loop.
+
+    XLA cannot hand the loop's saved intermediates to TensorFlow's automatic gradient of ``tf.scan``, so the
+    gradient is written out (:func:`_recurrence_backward`). With ``training`` the forward keeps every step's
+    cell state and gates for it; without, it keeps nothing and the backward (if any) recomputes them.
+
+    Args:
+        projected: ``x_t @ kernel + bias`` of every step, ``(nb_frames, nb_samples, 4 H)``, gates ``i, f, c, o``.
+        recurrent_kernel: ``(H, 4 H)``.
+        h, c: initial states ``(nb_samples, H)``.
+        training: keep the intermediates for a backward pass.
+
+    Returns:
+        ``(hidden states (nb_frames, nb_samples, H), last h, last c)``.
+    """
+    return (_lstm_training if training else _lstm_inference)(projected, recurrent_kernel, h, c)
+
+
 @keras.saving.register_keras_serializable(package="umx_tf")
 class LSTM(layers.LSTM):
-    """``keras.layers.LSTM`` (same weights, config and semantics) whose inference loop is faster on CPU.
+    """``keras.layers.LSTM`` (same weights, config and semantics) whose loop is faster on CPU.
 
     The input projection ``x @ kernel + bias`` of all steps is one matrix product, and the recurrence is one
     XLA-compiled loop (:func:`lstm_recurrence`) instead of Keras's generic per-step cell call (which also
-    recomputes the input projection every step). Used for ``tanh``/``sigmoid`` without masks or recurrent
-    dropout; anything else falls back to Keras's own loop. Gate order ``i, f, c, o`` = PyTorch's ``i, f, g, o``.
+    recomputes the input projection every step); its gradient is a second XLA-compiled loop, running backwards
+    over the steps (with ``training=True`` the forward keeps what it needs). Used for ``tanh``/``sigmoid``
+    without masks or recurrent dropout; anything else falls back to Keras's own loop. Gate order ``i, f, c, o`` =
+    PyTorch's ``i, f, g, o``.
     """
 
     def inner_loop(self, sequences, initial_state, mask, training=False):
@@ -100,8 +215,53 @@ class LSTM(layers.LSTM):
         x = tf.reverse(sequences, [1]) if self.go_backwards else sequences  # Keras returns steps in loop order
         projected = tf.einsum("bti,ig->tbg", x, cell.kernel) + cell.bias  # (T, B, 4H)
         h0, c0 = (tf.cast(s, projected.dtype) for s in initial_state)
-        outputs, h, c = lstm_recurrence(projected, tf.convert_to_tensor(cell.recurrent_kernel), h0, c0)
+        kernel = tf.convert_to_tensor(cell.recurrent_kernel)
+        outputs, h, c = lstm_recurrence(projected, kernel, h0, c0, training=bool(training))
         return h, tf.transpose(outputs, [1, 0, 2]), [h, c]
+
+
+@keras.saving.register_keras_serializable(package="umx_tf")
+class TorchBatchNorm(layers.BatchNormalization):
+    """``keras.layers.BatchNormalization`` over the last axis that trains as ``torch.nn.BatchNorm1d``.
+
+    Inference (``training=False``) is Keras's own. In training, the batch is normalised with its mean and *biased*
+    variance (``(x - mean) / sqrt(var + eps) * gamma + beta``), and the running statistics move as PyTorch's:
+    ``running = (1 - m) * running + m * batch_stat`` with ``m = 1 - momentum`` (``momentum=0.9`` here is
+    PyTorch's 0.1) and the *unbiased* variance ``var * n / (n - 1)`` (``n``: values per channel). Keras's own
+    layer puts the biased variance into its moving average.
+
+    Under a ``tf.distribute`` strategy each replica normalises with its own batch statistics and the running
+    statistics of the first replica are kept (``aggregation="only_first_replica"``), as DDP broadcasts rank 0's
+    buffers.
+    """
+
+    def add_weight(self, *args: Any, **kwargs: Any) -> keras.Variable:
+        if kwargs.get("name") in ("moving_mean", "moving_variance"):
+            kwargs.setdefault("aggregation", "only_first_replica")
+        return super().add_weight(*args, **kwargs)
+
+    def call(self, inputs: tf.Tensor, training: bool | None = None, mask: Any = None) -> tf.Tensor:
+        """``inputs`` ``(..., channels)``: normalised over every axis but the last."""
+        if not (training and self.trainable) or mask is not None or self.renorm:
+            return super().call(inputs, training=training, mask=mask)
+        x = tf.convert_to_tensor(inputs)
+        axes = list(range(x.shape.rank - 1))
+        mean = tf.reduce_mean(x, axis=axes)
+        centred = x - mean
+        n = tf.cast(tf.size(x) // tf.shape(x)[-1], x.dtype)
+        squares = tf.reduce_sum(tf.square(centred), axis=axes)
+        var = squares / n  # biased: normalises the batch
+        unbiased = squares / (n - 1.0)  # goes into the running variance
+        out = centred * tf.math.rsqrt(var + self.epsilon)
+        if self.scale:
+            out = out * tf.cast(self.gamma, x.dtype)
+        if self.center:
+            out = out + tf.cast(self.beta, x.dtype)
+        rate = round(1.0 - self.momentum, 12)  # PyTorch's momentum (0.1)
+        for moving, batch in ((self.moving_mean, mean), (self.moving_variance, unbiased)):
+            old = tf.cast(moving, batch.dtype)
+            moving.assign(tf.cast((1.0 - rate) * old + rate * tf.stop_gradient(batch), moving.dtype))
+        return tf.cast(out, self.compute_dtype)
 
 
 def lstm_layer(units: int, bidirectional: bool, policy: Any, name: str) -> layers.Layer:
@@ -177,8 +337,8 @@ class OpenUnmix(TracedCall, keras.Model):
         lstm_hidden = hidden_size if unidirectional else hidden_size // 2
         policy = self.dtype_policy
 
-        def batch_norm(name: str) -> layers.BatchNormalization:
-            return layers.BatchNormalization(epsilon=BATCH_NORM_EPS, momentum=0.9, dtype=policy, name=name)
+        def batch_norm(name: str) -> TorchBatchNorm:
+            return TorchBatchNorm(epsilon=BATCH_NORM_EPS, momentum=0.9, dtype=policy, name=name)
 
         def dense(units: int, name: str) -> layers.Dense:
             return layers.Dense(units, use_bias=False, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy, name=name)

@@ -1,0 +1,832 @@
+"""Training of Open-Unmix and Demucs v2 with the upstream recipes, in TensorFlow: ``tf.GradientTape`` gradients of
+the Keras 3 models of :mod:`umx_tf.umx` / :mod:`umx_tf.demucs`, a train step compiled with ``tf.function``
+(optionally XLA), and the loop behind ``unmix-train --framework tf``.
+
+The pieces, top to bottom:
+
+- :func:`umx_loss` / :func:`demucs_loss`: the recipes' losses. UMX: ``mean((model(|STFT(x)|) - |STFT(y)|)^2)`` with
+  the un-centred training STFT (``center=False``) and the model in training mode (BatchNorm on batch statistics,
+  LSTM dropout 0.4 between layers); Demucs v2: ``mean|model(mix) - center_trim(sources)|`` with ``mix =
+  sources.sum(1)``.
+- :class:`Parameters`: the trainable variables under their canonical (upstream state-dict) names. Keras's LSTM has
+  one bias where PyTorch has ``bias_ih`` and ``bias_hh``; both receive the folded bias's gradient, but torch's Adam
+  keeps separate moments and a separate weight decay for each, so they are held here as two variables whose sum is
+  written to the Keras bias after every update.
+- :class:`Adam`: ``torch.optim.Adam`` exactly, with its *coupled* L2 weight decay (``g + wd * p`` enters the
+  moments). Keras's ``weight_decay`` argument is decoupled (AdamW) and is not used.
+- :class:`Trainer`: model + parameters + optimiser + the compiled step, on one device or replicated over several by
+  ``tf.distribute.MirroredStrategy`` (each replica differentiates its shard of the batch; the gradients are
+  averaged, which for an equal split is the full batch's gradient, since both losses are means).
+- :func:`loss_and_grads`: the one-step function of the gradient-parity tests.
+- :func:`main`: the loop (``core_spec.data`` batches, tqdm progress, validation, ``ReduceLROnPlateau`` and
+  ``EarlyStopping`` from :mod:`core_spec.training`, best model in canonical and Keras formats, ``checkpoint-tf/``
+  and ``--resume``); the run-folder layout is :mod:`core_spec.train_cli`'s.
+
+Shapes: UMX batches are waveforms ``x`` (mixture) and ``y`` (target) ``(nb_samples, nb_channels, nb_timesteps)``;
+Demucs batches are ``sources`` ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
+from core_spec.training import DemucsTrainConfig, EarlyStopping, ReduceLROnPlateau, UMXTrainConfig
+
+from .demucs import Demucs, center_trim
+from .transforms import complex_norm, stft
+from .umx import OpenUnmix
+from .weights import _entries, load_weights
+
+__all__ = [
+    "Adam",
+    "Parameters",
+    "Trainer",
+    "default_stft",
+    "demucs_loss",
+    "fit",
+    "loss_and_grads",
+    "main",
+    "make_strategy",
+    "umx_loss",
+]
+
+FRAMEWORK = "tf"
+Recipe = UMXTrainConfig | DemucsTrainConfig
+Model = OpenUnmix | Demucs
+
+
+# --- losses ---------------------------------------------------------------------------------------------------
+
+
+def default_stft(config: UMXConfig, recipe: UMXTrainConfig | None = None) -> STFTConfig:
+    """The training STFT of a UMX model: ``n_fft = 2 (nb_bins - 1)``, hop ``n_fft / 4`` (upstream's 4096 / 1024),
+    ``center`` from the recipe (``False``, upstream's training default)."""
+    n_fft = 2 * (config.nb_bins - 1)
+    return STFTConfig(n_fft=n_fft, n_hop=n_fft // 4, center=recipe.stft_center if recipe else False)
+
+
+def magnitude(x: tf.Tensor, fft: STFTConfig, mono: bool, window: Any = None) -> tf.Tensor:
+    """``|STFT(x)|``: ``(nb_samples, nb_channels, nb_timesteps)`` -> ``(nb_samples, nb_channels or 1, nb_bins,
+    nb_frames)`` (upstream's ``nn.Sequential(TorchSTFT, ComplexNorm)`` encoder)."""
+    X = stft(x, fft.n_fft, fft.n_hop, center=fft.center, normalized=fft.normalized, window=window)
+    return complex_norm(X, mono=mono)
+
+
+def umx_loss(
+    model: OpenUnmix, x: tf.Tensor, y: tf.Tensor, fft: STFTConfig, training: bool = True, window: Any = None
+) -> tf.Tensor:
+    """Open-Unmix's loss: ``mean((model(|X|) - |Y|)^2)`` over every element (``torch.nn.functional.mse_loss``).
+
+    Args:
+        model: the network (``training``: BatchNorm on batch statistics and updating its running statistics,
+            dropout between LSTM layers at the layer's rate).
+        x, y: mixture and target waveforms ``(nb_samples, nb_channels, nb_timesteps)``.
+        fft: the training STFT (``center=False`` in upstream's recipe).
+        window: the analysis window (``None``: the periodic Hann window).
+    """
+    dtype = model.compute_dtype
+    mono = model.nb_channels == 1
+    X = magnitude(tf.cast(x, dtype), fft, mono, window)
+    Y = magnitude(tf.cast(y, dtype), fft, mono, window)
+    return tf.reduce_mean(tf.square(model(X, training=training) - Y))
+
+
+def demucs_loss(model: Demucs, sources: tf.Tensor, loss: str = "l1") -> tf.Tensor:
+    """Demucs v2's loss: ``mean|model(mix) - center_trim(sources)|`` (``"l1"``) or its square (``"mse"``).
+
+    Args:
+        sources: ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, ``nb_timesteps`` a valid length of the
+            model; the mixture is their sum.
+    """
+    sources = tf.cast(sources, model.compute_dtype)
+    estimates = model(tf.reduce_sum(sources, axis=1), training=True)  # (B, S, C, T')
+    diff = estimates - center_trim(sources, estimates)
+    if loss == "l1":
+        return tf.reduce_mean(tf.abs(diff))
+    if loss == "mse":
+        return tf.reduce_mean(tf.square(diff))
+    raise ValueError(f"unknown Demucs loss {loss!r}: expected 'l1' or 'mse'")
+
+
+@contextlib.contextmanager
+def lstm_dropout(model: Model, enabled: bool) -> Iterator[None]:
+    """Switch UMX's between-layer LSTM dropout off (``enabled=False``) for a deterministic step (the parity tests:
+    no port can reproduce torch's masks). Effective for calls traced inside the block."""
+    layer = getattr(model, "lstm_dropout", None)
+    if layer is None or enabled:
+        yield
+        return
+    rate, layer.rate = layer.rate, 0.0
+    try:
+        yield
+    finally:
+        layer.rate = rate
+
+
+# --- parameters under canonical names -------------------------------------------------------------------------
+
+
+class Parameters:
+    """The trainable parameters of ``model`` under their canonical names, in inventory order.
+
+    ``names[i]`` is held by ``values[i]`` (a ``tf.Variable`` in Keras layout: the model's own, or for a folded LSTM
+    bias one of two variables ``bias_ih`` / ``bias_hh`` whose sum is the Keras bias). ``sources`` are the model's
+    trainable variables, the ones to differentiate; :meth:`per_name` maps their gradients to ``names``.
+    BatchNorm running statistics are not parameters (they are buffers upstream).
+
+    Args:
+        model: an :class:`~umx_tf.umx.OpenUnmix` or :class:`~umx_tf.demucs.Demucs` with its weights loaded.
+        weights: canonical weights the model was loaded from, for upstream's two LSTM biases; without them (or
+            if they do not sum to the model's bias) ``bias_ih`` takes the Keras bias and ``bias_hh`` is zero.
+    """
+
+    def __init__(self, model: Model, weights: Mapping[str, Any] | None = None):
+        self.model = model
+        self.names: list[str] = []
+        self.values: list[tf.Variable] = []
+        self.sources: list[keras.Variable] = []
+        self._index: list[int] = []  # names[i]'s gradient is that of sources[_index[i]]
+        self._layout: list[Callable[[np.ndarray], np.ndarray]] = []
+        self._folds: list[tuple[keras.Variable, int, int]] = []
+        for entry in _entries(model):
+            if not entry.variable.trainable:
+                continue
+            source = len(self.sources)
+            self.sources.append(entry.variable)
+            if len(entry.names) == 1:
+                self._add(entry.names[0], entry.variable.value, source, entry.to_keras)
+                continue
+            folded = np.asarray(entry.variable.numpy())
+            ih, hh = folded, np.zeros_like(folded)
+            if weights is not None and all(n in weights for n in entry.names):
+                a, b = (np.asarray(weights[n], np.float64) for n in entry.names)
+                if np.allclose(a + b, folded, rtol=1e-6, atol=1e-6):
+                    ih, hh = a.astype(folded.dtype), b.astype(folded.dtype)
+            first = len(self.values)
+            for name, value in zip(entry.names, (ih, hh)):
+                var = tf.Variable(value, trainable=False, name=name.replace(".", "/"))
+                self._add(name, var, source, entry.to_keras)
+            self._folds.append((entry.variable, first, first + 1))
+
+    def _add(self, name: str, value: tf.Variable, source: int, layout: Callable[[np.ndarray], np.ndarray]) -> None:
+        self.names.append(name)
+        self.values.append(value)
+        self._index.append(source)
+        self._layout.append(layout)
+
+    def per_name(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """Gradients of :attr:`sources` -> one per name (a folded bias's gradient goes to both its halves)."""
+        return [grads[i] for i in self._index]
+
+    def sync(self) -> None:
+        """Write ``bias_ih + bias_hh`` to every folded Keras bias (after an update of :attr:`values`)."""
+        for variable, ih, hh in self._folds:
+            variable.assign(self.values[ih] + self.values[hh])
+
+    def canonical(self, tensors: Sequence[Any]) -> dict[str, np.ndarray]:
+        """Per-name tensors in Keras layout (e.g. :meth:`per_name` gradients) -> ``{canonical name: array}``."""
+        return {n: f(np.asarray(t)) for n, f, t in zip(self.names, self._layout, tensors)}
+
+    def weights(self) -> dict[str, np.ndarray]:
+        """Every canonical weight (BatchNorm running statistics included), in the model's dtype."""
+        own = dict(zip(self.names, (np.asarray(v.numpy()) for v in self.values)))
+        out: dict[str, np.ndarray] = {}
+        for entry in _entries(self.model):
+            for name in entry.names:
+                value = own[name] if name in own else np.asarray(entry.variable.numpy())
+                out[name] = np.ascontiguousarray(entry.to_keras(value))
+        return out
+
+    def load(self, weights: Mapping[str, Any]) -> None:
+        """Assign canonical ``weights`` to the model and to the LSTM-bias halves."""
+        load_weights(self.model, weights)
+        for name, value, layout in zip(self.names, self.values, self._layout):
+            if name in weights and ("bias_ih_" in name or "bias_hh_" in name):  # the two halves of a Keras bias
+                value.assign(layout(np.asarray(weights[name], np.float64)).astype(value.dtype.as_numpy_dtype))
+
+
+# --- the optimiser --------------------------------------------------------------------------------------------
+
+
+class Adam:
+    """``torch.optim.Adam`` (``amsgrad=False``) with PyTorch's *coupled* weight decay, over a list of variables.
+
+    At step ``t``, for every parameter ``p`` with gradient ``g``::
+
+        g = g + weight_decay * p                          # L2 in the gradient (torch's Adam; AdamW differs)
+        m = m + (1 - beta1) * (g - m)                     # torch's lerp_
+        v = beta2 * v + (1 - beta2) * g * g
+        p = p - lr / (1 - beta1^t) * m / (sqrt(v) / sqrt(1 - beta2^t) + eps)
+
+    The bias corrections are computed in float64 (torch: Python floats) and cast to the parameter's dtype.
+    ``lr`` is a variable (set it with :meth:`set_lr`: no retracing); the state is ``step``, ``m``, ``v``.
+    """
+
+    def __init__(
+        self,
+        params: Sequence[tf.Variable],
+        lr: float,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+    ):
+        self.params = list(params)
+        self.beta1, self.beta2 = betas
+        self.eps = eps
+        self.weight_decay = weight_decay
+        self.lr = tf.Variable(float(lr), dtype=tf.float64, trainable=False, name="adam/lr")
+        self.step = tf.Variable(0, dtype=tf.int64, trainable=False, name="adam/step")
+        self.m = [
+            tf.Variable(tf.zeros(p.shape, p.dtype), trainable=False, name=f"adam/m{i}") for i, p in enumerate(params)
+        ]
+        self.v = [
+            tf.Variable(tf.zeros(p.shape, p.dtype), trainable=False, name=f"adam/v{i}") for i, p in enumerate(params)
+        ]
+
+    def set_lr(self, lr: float) -> None:
+        self.lr.assign(float(lr))
+
+    def apply(self, grads: Sequence[tf.Tensor]) -> None:
+        """One update of every parameter with its gradient (same order as ``params``)."""
+        t = tf.cast(self.step.assign_add(1), tf.float64)
+        step_size = self.lr / (1.0 - tf.pow(tf.constant(self.beta1, tf.float64), t))
+        bias2_sqrt = tf.sqrt(1.0 - tf.pow(tf.constant(self.beta2, tf.float64), t))
+        for p, g, m, v in zip(self.params, grads, self.m, self.v):
+            dtype = p.dtype
+            g = tf.cast(g, dtype)
+            if self.weight_decay:
+                g = g + tf.constant(self.weight_decay, dtype) * p
+            m_new = m + tf.constant(1.0 - self.beta1, dtype) * (g - m)
+            v_new = tf.constant(self.beta2, dtype) * v + tf.constant(1.0 - self.beta2, dtype) * g * g
+            denom = tf.sqrt(v_new) / tf.cast(bias2_sqrt, dtype) + tf.constant(self.eps, dtype)
+            m.assign(m_new)
+            v.assign(v_new)
+            p.assign(p - tf.cast(step_size, dtype) * (m_new / denom))
+
+    def state(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """``{"step", "lr", "m.<name>", "v.<name>"}`` (Keras layout) for a checkpoint."""
+        out = {"step": np.asarray(self.step.numpy()), "lr": np.asarray(self.lr.numpy())}
+        for name, m, v in zip(names, self.m, self.v):
+            out[f"m.{name}"] = np.asarray(m.numpy())
+            out[f"v.{name}"] = np.asarray(v.numpy())
+        return out
+
+    def load_state(self, state: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+        self.step.assign(int(state["step"]))
+        self.lr.assign(float(state["lr"]))
+        for name, m, v in zip(names, self.m, self.v):
+            m.assign(np.asarray(state[f"m.{name}"]).astype(m.dtype.as_numpy_dtype))
+            v.assign(np.asarray(state[f"v.{name}"]).astype(v.dtype.as_numpy_dtype))
+
+
+# --- the trainer ----------------------------------------------------------------------------------------------
+
+
+def make_strategy(devices: int, device: str = "cpu") -> tf.distribute.Strategy | None:
+    """``MirroredStrategy`` over ``devices`` replicas (``None`` for one).
+
+    On CPU the host is split into ``devices`` logical devices (``tf.config.set_logical_device_configuration``), which
+    must happen before TensorFlow initialises its devices: call this first in the process.
+    """
+    if devices <= 1:
+        return None
+    if device == "gpu":
+        gpus = tf.config.list_logical_devices("GPU")
+        if len(gpus) < devices:
+            raise RuntimeError(f"--devices {devices} on gpu: only {len(gpus)} GPU(s) visible")
+        return tf.distribute.MirroredStrategy([g.name for g in gpus[:devices]])
+    cpu = tf.config.list_physical_devices("CPU")[0]  # listing physical devices does not initialise them
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * devices)
+    except RuntimeError as error:  # already initialised: fine if it was split as wanted before
+        if len(tf.config.list_logical_devices("CPU")) < devices:
+            raise RuntimeError(
+                f"--devices {devices}: TensorFlow's devices are already initialised in this process; split the CPU "
+                "before any TensorFlow op runs (make_strategy first)"
+            ) from error
+    names = [d.name for d in tf.config.list_logical_devices("CPU")[:devices]]
+    return tf.distribute.MirroredStrategy(names)
+
+
+class Trainer:
+    """One model's training state and step.
+
+    Build it (and the model) inside ``strategy.scope()`` when replicating. :meth:`loss_and_grads` is the plain
+    (eager or traced) step without the update; :meth:`train_step` computes, averages over replicas and applies.
+
+    Args:
+        model: the network, weights loaded.
+        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        fft: UMX training STFT (:func:`default_stft` if ``None``).
+        weights: canonical weights the model was loaded from (for the two LSTM biases, :class:`Parameters`).
+        strategy: a ``tf.distribute`` strategy (``None``: the default device).
+        jit_compile: XLA-compile the step (single device only).
+        dropout: UMX's LSTM dropout in the step (the recipe: on).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        recipe: Recipe,
+        fft: STFTConfig | None = None,
+        weights: Mapping[str, Any] | None = None,
+        strategy: tf.distribute.Strategy | None = None,
+        jit_compile: bool = False,
+        dropout: bool = True,
+    ):
+        self.model = model
+        self.recipe = recipe
+        self.is_umx = isinstance(model, OpenUnmix)
+        self.fft = (fft or default_stft(model.config, recipe)) if self.is_umx else None
+        self.strategy = strategy
+        self.dropout = dropout
+        self.params = Parameters(model, weights)
+        self.optimizer = Adam(self.params.values, recipe.lr, weight_decay=recipe.weight_decay)
+        self.jit_compile = bool(jit_compile) and strategy is None
+        self._step = tf.function(self._train_step, jit_compile=self.jit_compile, reduce_retracing=True)
+        self._valid = tf.function(self._valid_loss, reduce_retracing=True)
+        self._grads = tf.function(self._reduced_loss_and_grads, reduce_retracing=True)
+
+    # the loss of one batch: UMX (x, y), Demucs sources
+    def loss(self, batch: Sequence[tf.Tensor], training: bool = True) -> tf.Tensor:
+        if self.is_umx:
+            x, y = batch
+            return umx_loss(self.model, x, y, self.fft, training=training)
+        (sources,) = batch
+        return demucs_loss(self.model, sources, self.recipe.loss)
+
+    def loss_and_grads(self, batch: Sequence[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """Loss and gradients (one per :attr:`Parameters.names`) of one batch, without updating the parameters
+        (BatchNorm running statistics do move, as in upstream's forward)."""
+        with tf.GradientTape() as tape:
+            loss = self.loss(batch)
+        grads = tape.gradient(loss, self.params.sources)
+        return loss, self.params.per_name(grads)
+
+    def _shard_loss_and_grads(self, *batch: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        ctx = tf.distribute.get_replica_context()
+        n = ctx.num_replicas_in_sync
+        if n > 1:
+            size = batch[0].shape[0] // n
+            i = ctx.replica_id_in_sync_group
+            batch = tuple(tf.ensure_shape(b[i * size : (i + 1) * size], [size, *b.shape[1:]]) for b in batch)
+        return self.loss_and_grads(batch)
+
+    def _reduced_loss_and_grads(self, *batch: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """Loss and gradients of the whole batch: on one device directly; replicated, each replica's of its shard,
+        averaged over the replicas."""
+        if self.strategy is None:
+            return self.loss_and_grads(batch)
+        loss, grads = self.strategy.run(self._shard_loss_and_grads, args=batch)
+        mean = tf.distribute.ReduceOp.MEAN
+        return self.strategy.reduce(mean, loss, axis=None), [self.strategy.reduce(mean, g, axis=None) for g in grads]
+
+    def _train_step(self, *batch: tf.Tensor) -> tf.Tensor:
+        loss, grads = self._reduced_loss_and_grads(*batch)
+        self.optimizer.apply(grads)
+        self.params.sync()
+        return loss
+
+    def _check_split(self, batch: Sequence[Any]) -> None:
+        if self.strategy is not None:
+            n = self.strategy.num_replicas_in_sync
+            if batch[0].shape[0] % n:
+                raise ValueError(f"batch of {batch[0].shape[0]} does not split over {n} replicas")
+
+    def _tensors(self, batch: Sequence[Any], split: bool = True) -> tuple[tf.Tensor, ...]:
+        """The batch as tensors in the model's dtype (``split``: checked to divide over the replicas)."""
+        if split:
+            self._check_split(batch)
+        dtype = self.model.compute_dtype
+        return tuple(
+            tf.cast(b, dtype) if tf.is_tensor(b) else tf.convert_to_tensor(np.asarray(b), dtype) for b in batch
+        )
+
+    def grads(self, *batch: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """Loss and canonical gradients of a batch as :meth:`train_step` sees them (replicated: averaged over the
+        replicas), without an update."""
+        with lstm_dropout(self.model, self.dropout):
+            loss, grads = self._grads(*self._tensors(batch))
+        return float(loss), self.params.canonical([g.numpy() for g in grads])
+
+    def train_step(self, *batch: Any) -> float:
+        """One optimiser step on a batch (NumPy or tensors; the batch is split evenly over the replicas)."""
+        with lstm_dropout(self.model, self.dropout):
+            loss = self._step(*self._tensors(batch))
+        return float(loss)
+
+    def _valid_loss(self, *batch: tf.Tensor) -> tf.Tensor:
+        return self.loss(batch, training=False)
+
+    def set_lr(self, lr: float) -> None:
+        self.optimizer.set_lr(lr)
+
+
+# --- the parity entry point -----------------------------------------------------------------------------------
+
+
+def _as_batch(model: Model, batch: Any) -> tuple[np.ndarray, ...]:
+    if isinstance(batch, Mapping):
+        return (batch["x"], batch["y"]) if isinstance(model, OpenUnmix) else (batch["sources"],)
+    if isinstance(model, OpenUnmix):
+        x, y = batch
+        return (x, y)
+    return (batch,) if isinstance(batch, np.ndarray) or tf.is_tensor(batch) else tuple(batch)
+
+
+def loss_and_grads(
+    model: Model,
+    batch: Any,
+    recipe: Recipe,
+    fft: STFTConfig | None = None,
+    weights: Mapping[str, Any] | None = None,
+    dropout: bool = False,
+) -> tuple[float, dict[str, np.ndarray]]:
+    """The loss and every trainable parameter's gradient of one training step, under canonical names.
+
+    Args:
+        model: :class:`~umx_tf.umx.OpenUnmix` or :class:`~umx_tf.demucs.Demucs` (any dtype), weights loaded.
+        batch: UMX ``{"x", "y"}`` or ``(x, y)`` waveforms ``(B, C, T)``; Demucs ``{"sources"}`` or ``sources``
+            ``(B, S, C, T)``.
+        recipe: the training recipe (loss kind for Demucs, STFT centring for UMX).
+        fft: UMX's training STFT (:func:`default_stft` if ``None``).
+        weights: the canonical weights the model was loaded from (names both LSTM-bias halves' gradients).
+        dropout: UMX's LSTM dropout (off: a deterministic step).
+
+    Returns:
+        ``(loss, {canonical name: gradient})`` in the model's dtype, canonical layouts; a folded LSTM bias's
+        gradient is reported for both ``bias_ih`` and ``bias_hh`` (they are equal upstream too). UMX's BatchNorm
+        running statistics move as in upstream's training forward.
+    """
+    trainer = Trainer(model, recipe, fft=fft, weights=weights, dropout=dropout)
+    dtype = model.compute_dtype
+    tensors = tuple(tf.convert_to_tensor(np.asarray(b), dtype) for b in _as_batch(model, batch))
+    with lstm_dropout(model, dropout):
+        loss, grads = trainer.loss_and_grads(tensors)
+    return float(loss), trainer.params.canonical([g.numpy() for g in grads])
+
+
+# --- the loop -------------------------------------------------------------------------------------------------
+
+CHECKPOINT_DIR = "checkpoint-tf"
+
+
+@dataclasses.dataclass
+class _Run:
+    """A run's bookkeeping besides the model and optimiser (saved in ``state.json``)."""
+
+    name: str
+    recipe: Recipe
+    epoch: int = 0
+    step: int = 0
+    best_loss: float = math.inf
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    scheduler: ReduceLROnPlateau | None = None
+    stopper: EarlyStopping | None = None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _default_jit() -> bool:
+    """``UNMIX_TF_JIT=1`` XLA-compiles the whole training step (``benchmarks/bench_train_tf.py`` compares both)."""
+    return os.environ.get("UNMIX_TF_JIT", "0").lower() in ("1", "true", "yes")
+
+
+def _build(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, dict[str, np.ndarray] | None, float]:
+    """The model to train (Keras's initialisers, seeded by ``recipe.seed``, or ``--init``), the canonical weights it
+    was loaded from (``None`` when fresh) and its sample rate."""
+    from core_spec.canonical import load_canonical, split_targets
+    from core_spec.configs import UMXSeparatorConfig, demucs_preset, umx_preset
+
+    from .weights import from_canonical
+
+    keras.utils.set_random_seed(recipe.seed)
+    weights = None
+    if isinstance(recipe, UMXTrainConfig):
+        preset = umx_preset(args.preset or "umxhq")
+        config: Any = preset.model
+        rate = preset.separator.sample_rate
+        if args.init:
+            weights, file_config, _ = load_canonical(args.init)
+            if isinstance(file_config, UMXSeparatorConfig):
+                weights = split_targets(weights, file_config.separator.targets)[recipe.target]
+                config, rate = file_config.model, file_config.separator.sample_rate
+            elif isinstance(file_config, UMXConfig):
+                config = file_config
+            else:
+                raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
+        return from_canonical(config, weights), weights, float(rate)
+    config = demucs_preset(args.preset or "demucs")
+    if args.init:
+        weights, config, _ = load_canonical(args.init)
+        if not isinstance(config, DemucsConfig):
+            raise ValueError(f"--init {args.init}: holds a {type(config).__name__}, not a Demucs model")
+    return from_canonical(config, weights), weights, float(config.samplerate)
+
+
+def _datasets(args: argparse.Namespace, recipe: Recipe, model: Model, rate: float) -> tuple[Any, Any, list]:
+    from core_spec import data
+
+    sources = data.DEFAULT_SOURCES if isinstance(recipe, UMXTrainConfig) else tuple(model.sources)
+    train_tracks = data.open_tracks(args.root, subset="train", sources=sources)
+    valid_tracks = data.open_tracks(args.root, subset="valid", sources=sources)
+    if args.valid_tracks is not None:
+        valid_tracks = valid_tracks[: args.valid_tracks]
+    if not train_tracks:
+        raise ValueError(f"{args.root}: no training tracks")
+    if isinstance(recipe, UMXTrainConfig):
+        channels = model.nb_channels
+        train_set = data.UMXDataset(train_tracks, recipe, recipe.seed, True, sample_rate=rate, nb_channels=channels)
+        valid_set = data.UMXDataset(valid_tracks, recipe, recipe.seed, False, sample_rate=rate, nb_channels=channels)
+    else:
+        length = model.valid_length(recipe.samples)
+        kwargs = {"sources": sources, "audio_channels": model.audio_channels, "sample_rate": rate}
+        train_set = data.DemucsDataset(train_tracks, recipe, length, train=True, **kwargs)
+        valid_set = data.DemucsDataset(valid_tracks, recipe, length, train=False, **kwargs)
+    return train_set, valid_set, train_tracks
+
+
+def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Upstream's convention: ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped to ``max_bin``."""
+    n = model.nb_bins
+    model.input_mean.assign((-np.asarray(mean, np.float64)[:n]).astype(model.input_mean.dtype))
+    model.input_scale.assign((1.0 / np.asarray(scale, np.float64)[:n]).astype(model.input_scale.dtype))
+
+
+def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
+    """Mean loss over the validation tracks, one at a time, inference mode: UMX MSE of the magnitudes of the whole
+    track; Demucs L1 (or MSE) of :func:`~umx_tf.separator.apply_model` (no split, no shifts) on the sources' sum."""
+    from tqdm import tqdm
+
+    from .separator import apply_model
+
+    recipe, model = trainer.recipe, trainer.model
+    total, count = 0.0, len(valid_set)
+    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+        if trainer.is_umx:
+            x, y = valid_set[index]
+            loss = trainer._valid(*trainer._tensors((x[None], y[None]), split=False))
+        else:
+            sources = tf.convert_to_tensor(valid_set[index], model.compute_dtype)  # (S, C, T)
+            estimates = apply_model(model, tf.reduce_sum(sources, axis=0), shifts=0, split=False, jit_compile=False)
+            diff = estimates - sources
+            loss = tf.reduce_mean(tf.abs(diff) if recipe.loss == "l1" else tf.square(diff))
+        total += float(loss) / count
+    return total
+
+
+def _seed_states(model: Model) -> list[keras.Variable]:
+    """The states of the model's random generators (UMX's dropout), saved so that a resumed run draws on."""
+    return [layer.seed_generator.state for layer in model._flatten_layers() if hasattr(layer, "seed_generator")]
+
+
+def _save_best(trainer: Trainer, out: Path, run: _Run, valid_loss: float) -> None:
+    from core_spec.canonical import save_canonical
+
+    from .weights import save_native
+
+    weights = trainer.params.weights()
+    provenance = {
+        "framework": FRAMEWORK,
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "epoch": run.epoch,
+        "step": run.step,
+        "valid_loss": valid_loss,
+        "recipe": _jsonable(dataclasses.asdict(run.recipe)),
+    }
+    save_canonical(out / run.name, weights, trainer.model.config, provenance=provenance, force=True)
+    save_native(out / f"{run.name}-{FRAMEWORK}", weights, trainer.model.config, force=True)
+
+
+def _save_checkpoint(trainer: Trainer, out: Path, run: _Run, rng: np.random.Generator) -> None:
+    """``checkpoint-tf/``: ``weights.safetensors`` (canonical, both LSTM-bias halves and the BatchNorm statistics),
+    ``optimizer.npz`` (Adam's step, lr and moments, the dropout generators' states), ``state.json``."""
+    from core_spec.canonical import save_canonical
+
+    folder = out / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    save_canonical(folder / "weights", trainer.params.weights(), trainer.model.config, force=True)
+    arrays = trainer.optimizer.state(trainer.params.names)
+    arrays.update({f"seed.{i}": np.asarray(s.numpy()) for i, s in enumerate(_seed_states(trainer.model))})
+    with open(folder / "optimizer.npz.tmp", "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(folder / "optimizer.npz.tmp", folder / "optimizer.npz")
+    state = {
+        "framework": FRAMEWORK,
+        "name": run.name,
+        "epoch": run.epoch,
+        "step": run.step,
+        "best_loss": run.best_loss,
+        "history": run.history,
+        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
+        "stopper": run.stopper.state_dict() if run.stopper else None,
+        "rng": rng.bit_generator.state,
+        "recipe": dataclasses.asdict(run.recipe),
+    }
+    (folder / "state.json.tmp").write_text(json.dumps(_jsonable(state), indent=1))
+    os.replace(folder / "state.json.tmp", folder / "state.json")
+
+
+def _load_checkpoint(trainer: Trainer, out: Path, run: _Run, rng: np.random.Generator) -> None:
+    from core_spec.canonical import load_canonical
+
+    folder = out / CHECKPOINT_DIR
+    if not (folder / "state.json").exists():
+        raise FileNotFoundError(f"--resume: no {folder / 'state.json'}")
+    state = json.loads((folder / "state.json").read_text())
+    if state["name"] != run.name:
+        raise ValueError(f"--resume: {folder} trains {state['name']!r}, not {run.name!r}")
+    weights, _, _ = load_canonical(folder / "weights")
+    trainer.params.load(weights)
+    with np.load(folder / "optimizer.npz") as arrays:
+        trainer.optimizer.load_state(arrays, trainer.params.names)
+        for i, seed in enumerate(_seed_states(trainer.model)):
+            if f"seed.{i}" in arrays:
+                seed.assign(arrays[f"seed.{i}"])
+    run.epoch, run.step = state["epoch"], state["step"]
+    run.best_loss, run.history = state["best_loss"], state["history"]
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    if run.stopper is not None:
+        run.stopper.load_state_dict(state["stopper"])
+    rng.bit_generator.state = state["rng"]
+
+
+def fit(
+    args: argparse.Namespace,
+    recipe: Recipe,
+    strategy: tf.distribute.Strategy | None = None,
+    jit_compile: bool | None = None,
+) -> dict[str, Any]:
+    """Train with ``recipe`` on ``args.root`` into ``args.out`` (see the module docstring).
+
+    Args:
+        args: the options of :func:`core_spec.train_cli.build_parser`.
+        recipe: the recipe (:func:`core_spec.train_cli.recipe_from_args`).
+        strategy: replicate the step over the strategy's devices (:func:`make_strategy`).
+        jit_compile: XLA-compile the training step (``None``: ``$UNMIX_TF_JIT``, default off).
+
+    Returns:
+        ``{"epochs", "steps", "best_loss", "history"}``.
+    """
+    from tqdm import tqdm
+
+    from core_spec import data
+
+    quiet = bool(args.quiet)
+    out = Path(args.out)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        model, weights, rate = _build(args, recipe)
+        name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
+        run = _Run(name=name, recipe=recipe)
+        train_set, valid_set, train_tracks = _datasets(args, recipe, model, rate)
+        if isinstance(recipe, UMXTrainConfig):
+            run.scheduler = ReduceLROnPlateau(
+                recipe.lr, recipe.lr_decay_gamma, recipe.lr_decay_patience, recipe.lr_decay_cooldown
+            )
+            run.stopper = EarlyStopping(recipe.patience)
+            if weights is None and not args.resume:
+                _log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+                mean, scale = data.umx_statistics(train_tracks, model.config, default_stft(model.config, recipe))
+                _set_statistics(model, mean, scale)
+        jit = _default_jit() if jit_compile is None else jit_compile
+        trainer = Trainer(model, recipe, weights=weights, strategy=strategy, jit_compile=jit, dropout=True)
+    rng = np.random.default_rng(recipe.seed)
+    if args.resume:
+        _load_checkpoint(trainer, out, run, rng)
+        _log(f"resumed {out / CHECKPOINT_DIR} at epoch {run.epoch}, step {run.step}", quiet)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    if recipe.batch_size % replicas:
+        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {replicas} replicas")
+    steps_per_epoch = len(train_set) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
+
+    done = args.max_steps is not None and run.step >= args.max_steps
+    while run.epoch < recipe.epochs and not done:
+        started = time.time()
+        lr = run.scheduler.lr if run.scheduler else recipe.lr
+        trainer.set_lr(lr)
+        if hasattr(train_set, "set_epoch"):
+            train_set.set_epoch(run.epoch)
+        total, count = 0.0, 0
+        bar = tqdm(
+            data.batches(train_set, recipe.batch_size, rng, shuffle=True, drop_last=True),
+            total=steps_per_epoch,
+            desc=f"[{run.epoch:03d}] train",
+            unit="batch",
+            leave=False,
+            disable=quiet,
+        )
+        for batch in bar:
+            if isinstance(recipe, DemucsTrainConfig):
+                batch = (data.demucs_augment(batch, recipe, rng),)
+            loss = trainer.train_step(*batch)
+            total, count, run.step = total + loss, count + 1, run.step + 1
+            bar.set_postfix(loss=f"{total / count:.4g}")
+            if args.max_steps is not None and run.step >= args.max_steps:
+                done = True
+                break
+        bar.close()
+        train_loss = total / max(count, 1)
+        valid_loss = _validate(trainer, valid_set, quiet) if len(valid_set) else train_loss
+        if run.stopper is not None:
+            run.scheduler.step(valid_loss)
+            stop = run.stopper.step(valid_loss)
+            is_best = run.stopper.is_best
+        else:
+            stop, is_best = False, valid_loss < run.best_loss
+        if is_best:
+            run.best_loss = valid_loss
+        run.history.append(
+            {
+                "epoch": run.epoch,
+                "train": train_loss,
+                "valid": valid_loss,
+                "lr": lr,
+                "steps": count,
+                "duration": time.time() - started,
+            }
+        )
+        run.epoch += 1
+        if is_best or not (out / f"{name}.safetensors").exists():
+            _save_best(trainer, out, run, valid_loss)
+        _save_checkpoint(trainer, out, run, rng)
+        _log(
+            f"epoch {run.epoch - 1:03d}: train={train_loss:.6g} valid={valid_loss:.6g} best={run.best_loss:.6g} "
+            f"lr={lr:.3g} ({time.time() - started:.1f} s)",
+            quiet,
+        )
+        if stop:
+            _log(f"early stopping after {run.epoch} epochs", quiet)
+            break
+    return {"epochs": run.epoch, "steps": run.step, "best_loss": run.best_loss, "history": run.history}
+
+
+def _check_out(args: argparse.Namespace, recipe: Recipe) -> None:
+    out = Path(args.out)
+    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
+    results = [p for p in (out / f"{name}.safetensors", out / CHECKPOINT_DIR) if p.exists()]
+    if results and not (args.resume or args.force):
+        raise FileExistsError(f"{out} already holds {[str(p) for p in results]}: pass --resume or --force")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``unmix-train --framework tf``: train with the options of :func:`core_spec.train_cli.build_parser`.
+
+    ``--devices N`` replicates the step with ``tf.distribute.MirroredStrategy`` over N GPUs (``--device gpu``) or N
+    logical CPU devices (the host's threads split; the devices are configured here, before TensorFlow starts).
+    """
+    from core_spec.train_cli import recipe_from_args
+
+    strategy = make_strategy(args.devices, args.device)  # first: logical devices must precede any TensorFlow op
+    recipe = recipe_from_args(args)
+    try:
+        _check_out(args, recipe)
+    except FileExistsError as error:
+        print(f"unmix-train: {error}", file=sys.stderr)
+        return 2
+    if args.device == "gpu" and not tf.config.list_logical_devices("GPU"):
+        print("unmix-train: --device gpu: TensorFlow sees no GPU", file=sys.stderr)
+        return 1
+    placement = tf.device("/CPU:0") if args.device == "cpu" and strategy is None else contextlib.nullcontext()
+    with placement:
+        result = fit(args, recipe, strategy)
+    _log(
+        f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
+        args.quiet,
+    )
+    return 0
