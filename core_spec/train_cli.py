@@ -10,7 +10,9 @@ are upstream's; only what differs from the recipe needs to be given.
 Run folder (``--out``), the same layout in every framework:
 
 - ``<name>.safetensors`` + ``<name>.json``: the canonical weights of the best model so far (``<name>`` is the UMX
-  target or ``demucs``), loadable by every port and, through ``unmix-convert --to torch``, by upstream;
+  target or ``demucs``), loadable by every port (``umx_<fw>.from_canonical_file``) and by upstream through
+  ``umx_torch.save_native`` (a plain state dict with upstream's names, for ``OpenUnmix`` / ``Demucs``
+  ``.load_state_dict``);
 - ``<name>-<framework>.<ext>``: the same in the framework's own format;
 - ``checkpoint-<framework>/``: the last epoch's weights, optimiser state and ``state.json`` (epoch, schedule,
   early stopping, random generator, loss history), read back by ``--resume``.

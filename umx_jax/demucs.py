@@ -14,10 +14,13 @@ never pads: callers pad the mixture to :func:`valid_length` (:func:`umx_jax.sepa
 ``core_spec.reference.demucs.demucs``.
 
 Transposed convolution (:class:`ConvTranspose1d`): PyTorch's ``ConvTranspose1d`` scatters ``x[t] W[:, :, k]`` to
-output ``t * stride + k``. ``lax.conv_transpose`` does not flip kernels by default, so the layer spells the
-operation out: a convolution of the input dilated by ``stride`` (``lhs_dilation``), padded by ``kernel_size - 1``
-on both sides, with the kernel **flipped** along time. Its kernel is stored unflipped, ``(kernel_size, in, out)``
-with ``kernel[k, i, o] = weight[i, o, k]``, so the mapping from upstream's ``(in, out, k)`` is a plain transpose.
+output ``t * stride + k``. The layer spells exactly that out (:func:`conv_transpose1d`): one matrix product gives
+every input step's ``kernel_size`` output samples, and an overlap-add of ``stride``-sample blocks places them. (The
+same operation is a convolution of the input dilated by ``stride`` with the kernel *flipped* in time; beware that
+``lax.conv_transpose`` does not flip by default. XLA's CPU backend differentiates that convolution several times
+more slowly than the product, which matters for training.) The kernel is stored unflipped, ``(kernel_size, in,
+out)`` with ``kernel[k, i, o] = weight[i, o, k]``, so the mapping from upstream's ``(in, out, k)`` is a plain
+transpose.
 """
 
 from __future__ import annotations
@@ -81,16 +84,22 @@ def conv_transpose1d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Ar
 
     Returns:
         ``(nb_samples, (length - 1) * stride + kernel_size, out_channels)``: ``y[t * stride + k] += x[t] @ kernel[k]``.
+
+    The kernel is zero-padded to ``nb_blocks * stride`` taps (``nb_blocks = ceil(kernel_size / stride)``); input step
+    ``t`` then writes its block ``j`` (taps ``j * stride ...``) into output block ``t + j``: a product and
+    ``nb_blocks`` shifted additions (two for Demucs' kernel 8, stride 4), whose gradients are products too.
     """
-    size = kernel.shape[0]
-    return lax.conv_general_dilated(
-        x,
-        jnp.flip(kernel, axis=0),  # a transposed convolution is a convolution with the time-reversed kernel ...
-        window_strides=(1,),
-        padding=[(size - 1, size - 1)],  # ... over the input spread out by ``stride`` and fully padded
-        lhs_dilation=(stride,),
-        dimension_numbers=("NWC", "WIO", "NWC"),
-    )
+    size, _, out_channels = kernel.shape
+    nb_blocks = -(-size // stride)
+    if nb_blocks * stride != size:
+        kernel = jnp.pad(kernel, ((0, nb_blocks * stride - size), (0, 0), (0, 0)))
+    nb_samples, length, _ = x.shape
+    taps = jnp.einsum("bti,kio->btko", x, kernel).reshape(nb_samples, length, nb_blocks, stride, out_channels)
+    y = jnp.zeros((nb_samples, length + nb_blocks - 1, stride, out_channels), taps.dtype)
+    for j in range(nb_blocks):
+        y = y.at[:, j : j + length].add(taps[:, :, j])
+    y = y.reshape(nb_samples, (length + nb_blocks - 1) * stride, out_channels)
+    return y[:, : (length - 1) * stride + size]
 
 
 def _torch_conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:

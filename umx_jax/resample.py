@@ -9,7 +9,11 @@ filters at stride ``old`` (one output feature per phase), the phases are interle
 The work happens time-major and channels-last, ``(nb_samples, nb_timesteps, nb_channels)`` (Flax's convolution
 layout, the one :mod:`umx_jax.demucs` runs in); every channel is filtered as a separate signal by one
 ``lax.conv_general_dilated`` with one output feature per phase (measured twice as fast on CPU as a grouped
-convolution over the channels). :func:`resample_frac` takes any ``(..., nb_timesteps)`` array.
+convolution over the channels). The stride is folded into the features: the padded signal is cut into blocks of
+``old`` samples (``old`` input features) and the filters into the matching ``(taps / old, old, new)`` blocks, so
+the convolution runs at stride 1. Same products, same sums; but its gradient (Demucs' training differentiates
+the final down-sampling) is again a stride-1 convolution, which XLA's CPU backend computes about 6x faster than the
+input-dilated one a strided convolution has. :func:`resample_frac` takes any ``(..., nb_timesteps)`` array.
 
 julius builds its filters in float32 even for a float64 signal; pass ``kernels=`` to use other filters (the
 parity suite passes julius's own to compare with upstream float64 runs).
@@ -66,12 +70,21 @@ def resample_time_major(
     filters = _filters(old, new, zeros, rolloff, kernels)  # (new, taps), float64
     width = resample_width(old, new, zeros, rolloff)
     nb_samples, length, nb_channels = x.shape
-    # every channel of every sample is one signal: (N * C, L, 1), one input feature, one output feature per phase
-    signals = jnp.transpose(x, (0, 2, 1)).reshape(nb_samples * nb_channels, length, 1)
-    padded = jnp.pad(signals, [(0, 0), (width, width + old), (0, 0)], mode="edge")
-    rhs = jnp.asarray(filters.T[:, None, :], dtype=x.dtype)  # (taps, 1, new)
+    taps = filters.shape[1]
+    nb_blocks = -(-taps // old)  # filter blocks of ``old`` taps (the last one zero-padded)
+    # every channel of every sample is one signal: (N * C, L)
+    signals = jnp.transpose(x, (0, 2, 1)).reshape(nb_samples * nb_channels, length)
+    padded = jnp.pad(signals, [(0, 0), (width, width + old)], mode="edge")
+    nb_out = (padded.shape[1] - taps) // old + 1  # output steps of the strided correlation
+    used = (nb_out - 1 + nb_blocks) * old  # samples those steps read, in whole blocks
+    if used > padded.shape[1]:
+        padded = jnp.pad(padded, [(0, 0), (0, used - padded.shape[1])])  # meets only the zero-padded taps
+    blocks = padded[:, :used].reshape(nb_samples * nb_channels, used // old, old)  # (N * C, steps, old)
+    rhs = np.zeros((nb_blocks * old, new))
+    rhs[:taps] = filters.T
+    rhs = jnp.asarray(rhs.reshape(nb_blocks, old, new), dtype=x.dtype)  # tap m * old + r of phase i: [m, r, i]
     y = lax.conv_general_dilated(
-        padded, rhs, window_strides=(old,), padding="VALID", dimension_numbers=("NWC", "WIO", "NWC")
+        blocks, rhs, window_strides=(1,), padding="VALID", dimension_numbers=("NWC", "WIO", "NWC")
     )  # (N * C, nb_out, new): phase i of step t is output sample t * new + i
     y = y.reshape(nb_samples, nb_channels, -1)[:, :, : (new * length) // old]
     return jnp.transpose(y, (0, 2, 1))

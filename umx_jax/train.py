@@ -1,0 +1,1018 @@
+"""Training of Open-Unmix and Demucs v2 in JAX / Flax NNX, with the upstream recipes of :mod:`core_spec.training`.
+
+The pieces, in the order a reader meets them:
+
+- the losses: :func:`umx_loss` (MSE between the network's output and the target's magnitude, both from the
+  ``center=False`` STFT of upstream's ``scripts/train.py``) and :func:`demucs_loss` (L1, or MSE, between the
+  estimates and the centre-trimmed sources, ``demucs/train.py``);
+- :class:`ModelLayout`: the functional view of a module. ``nnx.split`` cuts it once into a graph definition and
+  flat ``{name: array}`` dicts, the trainable parameters (``nnx.Param``) and the BatchNorm statistics
+  (``nnx.BatchStat``); ``nnx.merge`` rebuilds the module inside the traced step. Names are the state paths joined
+  by dots (``fc1.kernel``, ``lstm.layers.0.kernel_ih``). **LSTM biases**: the port folds ``b_ih + b_hh`` into one
+  bias (:mod:`umx_jax.weights`), but ``torch.optim.Adam`` updates the two separately, and with coupled weight
+  decay they move differently (``g + wd b_ih`` vs ``g + wd b_hh``); so the trainable dict holds them apart,
+  ``<layer>.bias`` (= ``b_ih``) and ``<layer>.bias_hh``, summed when the module is rebuilt (equal gradients);
+- :func:`loss_and_grads`: one forward and backward pass in train mode (``jax.value_and_grad``), the gradients
+  under their canonical (upstream state-dict) names; the gradient-parity tests call it;
+- :func:`torch_adam` / :func:`make_optimizer`: ``torch.optim.Adam(lr, weight_decay)`` in optax, *coupled* L2
+  (``add_decayed_weights`` before ``scale_by_adam``: the decay enters the moments), wrapped in
+  ``optax.inject_hyperparams`` so that the plateau schedule changes the learning rate without recompiling;
+- :class:`Trainer`: the arrays of a run (parameters, statistics, optimiser state) and its ``jax.jit``-compiled
+  step. **Data parallelism** (``devices``): a one-axis ``jax.sharding.Mesh``; the batch is sharded over its
+  leading axis (``NamedSharding(mesh, P("batch"))``), parameters, statistics and optimiser state are replicated,
+  and XLA's SPMD partitioner inserts the all-reduces. The step is the single-device step on the global batch,
+  gradients included. For Open-Unmix this means BatchNorm normalises with the statistics of the **global** batch
+  (a ``SyncBatchNorm``), not of each replica's shard as upstream's plain ``BatchNorm1d`` under PyTorch DDP does: a
+  deliberate choice, so that N devices compute exactly what one device computes;
+- the loop (:func:`fit`, :func:`main`): epochs over :mod:`core_spec.data` batches with a tqdm bar, validation,
+  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` (UMX), the best model
+  in the canonical format and in the port's msgpack format, a checkpoint folder read back by ``--resume``.
+
+Precision: float32 by default; float64 runs (``dtype=np.float64``) enter ``jax.enable_x64`` around every call
+(:func:`umx_jax.dtype_scope`), as the separators do. Shapes: UMX batches are waveforms ``x`` (mixture) and ``y``
+(target), ``(nb_samples, nb_channels, nb_timesteps)``; Demucs batches are sources
+``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, already augmented.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx, serialization
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from core_spec.configs import (
+    UMX_PRESETS,
+    DemucsConfig,
+    STFTConfig,
+    UMXConfig,
+    UMXSeparatorConfig,
+    demucs_preset,
+    umx_preset,
+)
+from core_spec.training import DemucsTrainConfig, EarlyStopping, ReduceLROnPlateau, UMXTrainConfig
+from core_spec.weights import random_weights
+
+from ._scope import canonical_dtype, dtype_scope
+from .demucs import Demucs, center_trim
+from .transforms import complex_norm, stft
+from .umx import OpenUnmix
+from .weights import canonical_from_state, from_canonical, save_native, state_from_canonical, to_canonical
+
+__all__ = [
+    "CHECKPOINT_DIR",
+    "ModelLayout",
+    "Recipe",
+    "Trainer",
+    "demucs_loss",
+    "fit",
+    "initial_weights",
+    "loss_and_grads",
+    "main",
+    "make_optimizer",
+    "spectrogram",
+    "torch_adam",
+    "train_stft",
+    "umx_loss",
+]
+
+Recipe = UMXTrainConfig | DemucsTrainConfig
+Arrays = dict[str, jax.Array]
+CHECKPOINT_DIR = "checkpoint-jax"
+UMX_SOURCES = ("drums", "bass", "other", "vocals")
+BN_BUFFERS = ("running_mean", "running_var")
+
+
+# --- losses -----------------------------------------------------------------------------------------------------
+
+
+def train_stft(config: UMXConfig, center: bool = False) -> STFTConfig:
+    """The STFT a UMX network of ``config`` is trained on: the preset's with the same number of bins
+    (``umxhq``: 4096 / 1024, ``umxse``: 1024 / 512), else ``n_fft = 2 (nb_bins - 1)``, ``n_hop = n_fft / 4``;
+    ``center=False`` as upstream's training script."""
+    for preset in UMX_PRESETS.values():
+        if preset.model.nb_bins == config.nb_bins:
+            return dataclasses.replace(preset.separator.stft, center=center)
+    n_fft = 2 * (config.nb_bins - 1)
+    return STFTConfig(n_fft=n_fft, n_hop=n_fft // 4, center=center)
+
+
+def spectrogram(audio: jax.Array, config: STFTConfig, mono: bool, window: Any = None) -> jax.Array:
+    """Magnitude STFT ``(B, C, T)`` -> ``(B, C or 1, F, frames)`` (``mono``: channel mean of the magnitudes)."""
+    spec = stft(audio, config.n_fft, config.n_hop, center=config.center, normalized=config.normalized, window=window)
+    return complex_norm(spec, mono=mono)
+
+
+def umx_loss(
+    model: OpenUnmix,
+    x: jax.Array,
+    y: jax.Array,
+    config: STFTConfig,
+    window: Any = None,
+    dropout_key: jax.Array | None = None,
+) -> jax.Array:
+    """``mean((model(|STFT(x)|) - |STFT(y)|)^2)``.
+
+    Args:
+        model: an :class:`~umx_jax.umx.OpenUnmix` (train or eval mode: see :class:`ModelLayout`).
+        x: mixture waveform ``(nb_samples, nb_channels, nb_timesteps)``.
+        y: target waveform, same shape.
+        config: the training STFT (:func:`train_stft`).
+        window: STFT window ``(n_fft,)``; ``None``: the periodic Hann window in the signal's dtype.
+        dropout_key: the LSTM's dropout (upstream: 0.4 between layers in training); ``None``: none.
+    """
+    mono = model.nb_channels == 1
+    X = spectrogram(x, config, mono, window)
+    Y = spectrogram(y, config, mono, window)
+    return jnp.mean(jnp.square(model(X, dropout_key=dropout_key) - Y))
+
+
+def demucs_loss(model: Demucs, sources: jax.Array, loss: str = "l1") -> jax.Array:
+    """Loss of Demucs on ``sources`` ``(B, S, C, T)``: the mixture is their sum; the estimates ``(B, S, C, T')``
+    are compared with the centre ``T'`` samples of the sources (L1 or MSE, averaged over every element)."""
+    estimates = model(jnp.sum(sources, axis=1))
+    error = estimates - center_trim(sources, estimates.shape[-1])
+    if loss == "l1":
+        return jnp.mean(jnp.abs(error))
+    if loss == "mse":
+        return jnp.mean(jnp.square(error))
+    raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
+
+
+# --- the functional view of a module ---------------------------------------------------------------------------
+
+
+def _name(path: Sequence[Any]) -> str:
+    return ".".join(str(p) for p in path)
+
+
+class ModelLayout:
+    """How a module's state maps to the flat dicts the step trains, and back to canonical weights.
+
+    Args:
+        model: an :class:`OpenUnmix` or a :class:`Demucs` (its graph, not its values, is kept; Demucs' resampling
+            kernels are part of the graph).
+
+    Attributes:
+        param_names: the trainable names: every ``nnx.Param`` path, plus ``<layer>.bias_hh`` per LSTM layer.
+        stat_names: the ``nnx.BatchStat`` paths (BatchNorm ``mean`` / ``var``; none for Demucs).
+        lstm_biases: the folded LSTM bias paths (``<layer>.bias``), whose ``_hh`` twins are added on merge.
+    """
+
+    @classmethod
+    def of(cls, model: OpenUnmix | Demucs) -> ModelLayout:
+        """The shared layout of ``model``'s kind, config, dtype and resampling kernels (made on first use)."""
+        key = (type(model).__name__, model.config, np.dtype(model.dtype).name, getattr(model, "_resample_kernels", ()))
+        if key not in _LAYOUTS:
+            _LAYOUTS[key] = cls(model)
+        return _LAYOUTS[key]
+
+    def __init__(self, model: OpenUnmix | Demucs):
+        if not isinstance(model, (OpenUnmix, Demucs)):
+            raise TypeError(f"no training for {type(model).__name__}: expected OpenUnmix or Demucs")
+        self.config: UMXConfig | DemucsConfig = model.config
+        self.kind = "umx" if isinstance(model, OpenUnmix) else "demucs"
+        self.dtype = np.dtype(model.dtype)
+        view = {"raise_if_not_found": False}
+        self.graphdef_train = nnx.split(nnx.view(model, use_running_average=False, **view))[0]
+        self.graphdef_eval = nnx.split(nnx.view(model, use_running_average=True, **view))[0]
+        self.paths: dict[str, tuple[Any, ...]] = {}
+        self._templates: dict[str, nnx.Variable] = {}
+        params, stats = [], []
+        for path, var in nnx.to_flat_state(nnx.state(model)):
+            name = _name(path)
+            if isinstance(var, nnx.Param):
+                params.append(name)
+            elif isinstance(var, nnx.BatchStat):
+                stats.append(name)
+            else:
+                raise TypeError(f"{name}: a {type(var).__name__} is neither a parameter nor a batch statistic")
+            self.paths[name] = tuple(path)
+            self._templates[name] = var.replace(jax.ShapeDtypeStruct(var.shape, var.dtype))
+        self.lstm_biases = tuple(
+            n for n in params if self.paths[n][-1] == "bias" and _name(self.paths[n][:-1] + ("kernel_hh",)) in params
+        )
+        self.param_names = tuple(params) + tuple(n + "_hh" for n in self.lstm_biases)
+        self.stat_names = tuple(stats)
+
+    # module <-> dicts
+
+    def merge(self, params: Mapping[str, jax.Array], stats: Mapping[str, jax.Array], train: bool) -> nnx.Module:
+        """The module holding ``params`` and ``stats`` (traceable): train mode (BatchNorm on batch statistics)
+        or eval mode."""
+        values = {**stats, **params}
+        flat = []
+        for name, template in self._templates.items():
+            value = values[name]
+            if name in self.lstm_biases:
+                value = value + values[name + "_hh"]
+            flat.append((self.paths[name], template.replace(value)))
+        graphdef = self.graphdef_train if train else self.graphdef_eval
+        return nnx.merge(graphdef, nnx.from_flat_state(flat))
+
+    def stats_of(self, model: nnx.Module) -> Arrays:
+        """The BatchNorm statistics of a (merged) module, by name."""
+        return {_name(p): v[...] for p, v in nnx.to_flat_state(nnx.state(model, nnx.BatchStat))}
+
+    def from_module(self, model: nnx.Module) -> tuple[Arrays, Arrays]:
+        """``(params, stats)`` of a module: its arrays, LSTM biases whole in ``bias`` and ``bias_hh = 0``."""
+        values = {_name(p): v[...] for p, v in nnx.to_flat_state(nnx.state(model))}
+        params = {n: values[n] for n in self.param_names if n not in self._hh_names}
+        params.update({n + "_hh": jnp.zeros_like(values[n]) for n in self.lstm_biases})
+        return {n: params[n] for n in self.param_names}, {n: values[n] for n in self.stat_names}
+
+    @property
+    def _hh_names(self) -> set[str]:
+        return {n + "_hh" for n in self.lstm_biases}
+
+    # canonical <-> dicts
+
+    def _flat(self, pure: Mapping[Any, Any], prefix: tuple[Any, ...] = ()) -> dict[str, np.ndarray]:
+        out: dict[str, np.ndarray] = {}
+        for key, value in pure.items():
+            if isinstance(value, Mapping):
+                out.update(self._flat(value, prefix + (key,)))
+            else:
+                out[_name(prefix + (key,))] = np.asarray(value)
+        return out
+
+    def _nested(self, values: Mapping[str, Any]) -> dict[Any, Any]:
+        root: dict[Any, Any] = {}
+        for name in self._templates:
+            node = root
+            path = self.paths[name]
+            for key in path[:-1]:
+                node = node.setdefault(key, {})
+            node[path[-1]] = np.asarray(values[name])
+        return root
+
+    def from_canonical(self, weights: Mapping[str, Any], dtype: Any = None) -> tuple[Arrays, Arrays]:
+        """``(params, stats)`` of canonical weights, ``bias_ih`` and ``bias_hh`` of every LSTM layer kept apart.
+
+        ``dtype``: of the arrays (the layout's by default); float64 needs ``jax.enable_x64``."""
+        dtype = self.dtype if dtype is None else canonical_dtype(dtype)
+        weights = {k: np.asarray(v, np.float64) for k, v in weights.items()}
+        ih_only = {k: (np.zeros_like(v) if _is_bias(k, "bias_hh") else v) for k, v in weights.items()}
+        values = self._flat(state_from_canonical(self.config, ih_only))
+        if self.lstm_biases:  # b_hh through the same mapping: put it in b_ih's slot, zero in b_hh's
+            hh_only = dict(weights)
+            for k, v in weights.items():
+                if _is_bias(k, "bias_ih"):
+                    hh_only[k] = weights[_swap(k)]
+                    hh_only[_swap(k)] = np.zeros_like(v)
+            hh = self._flat(state_from_canonical(self.config, hh_only))
+            values.update({n + "_hh": hh[n] for n in self.lstm_biases})
+        params = {n: jnp.asarray(values[n], dtype) for n in self.param_names}
+        stats = {n: jnp.asarray(values[n], dtype) for n in self.stat_names}
+        return params, stats
+
+    def to_canonical(self, params: Mapping[str, Any], stats: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Canonical weights (inventory order, NumPy, the arrays' dtype) with ``bias_ih`` / ``bias_hh`` apart."""
+        host = {k: np.asarray(v) for k, v in jax.device_get({**params, **stats}).items()}
+        out = canonical_from_state(self.config, self._nested(host))
+        if self.lstm_biases:
+            hh = canonical_from_state(
+                self.config, self._nested({**host, **{n: host[n + "_hh"] for n in self.lstm_biases}})
+            )
+            for k in out:
+                if _is_bias(k, "bias_hh"):
+                    out[k] = hh[_swap(k)]
+        return out
+
+    def grads_to_canonical(self, grads: Mapping[str, Any]) -> dict[str, np.ndarray]:
+        """Gradients by canonical name, for every trainable canonical parameter (BatchNorm buffers excluded)."""
+        zeros = {
+            n: np.zeros(self._templates[n].shape, np.dtype(jax.tree.leaves(grads)[0].dtype)) for n in self.stat_names
+        }
+        out = self.to_canonical(grads, zeros)
+        return {k: v for k, v in out.items() if k.rsplit(".", 1)[-1] not in BN_BUFFERS}
+
+
+_LAYOUTS: dict[Any, ModelLayout] = {}
+
+
+def _is_bias(name: str, kind: str) -> bool:
+    return name.rsplit(".", 1)[-1].startswith(kind + "_")
+
+
+def _swap(name: str) -> str:
+    """``...bias_ih_l0`` <-> ``...bias_hh_l0`` (the last component only)."""
+    head, _, leaf = name.rpartition(".")
+    leaf = "bias_hh_" + leaf[8:] if leaf.startswith("bias_ih_") else "bias_ih_" + leaf[8:]
+    return f"{head}.{leaf}" if head else leaf
+
+
+# --- the optimiser -----------------------------------------------------------------------------------------------
+
+
+def torch_adam(
+    learning_rate: float, weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+) -> optax.GradientTransformation:
+    """``torch.optim.Adam(lr, betas=(b1, b2), eps, weight_decay)``: ``g <- g + wd p`` (coupled L2, before the
+    moments), then Adam with bias correction, ``p <- p - lr m_hat / (sqrt(v_hat) + eps)``. (``optax.adamw`` is the
+    decoupled variant, ``torch.optim.AdamW``: not upstream's.)"""
+    return optax.chain(
+        optax.add_decayed_weights(weight_decay),
+        optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+        optax.scale_by_learning_rate(learning_rate),
+    )
+
+
+def make_optimizer(recipe: Recipe) -> optax.GradientTransformation:
+    """The recipe's Adam (:func:`torch_adam`) with ``learning_rate`` and ``weight_decay`` as injected
+    hyper-parameters (``opt_state.hyperparams``): the plateau schedule sets the learning rate between steps."""
+    return optax.inject_hyperparams(torch_adam)(learning_rate=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+# --- the trainer ---------------------------------------------------------------------------------------------------
+
+
+def _as_devices(devices: int | Sequence[jax.Device] | None, platform: str | None = None) -> list[jax.Device] | None:
+    if devices is None:
+        return None
+    if isinstance(devices, int):
+        available = jax.devices(platform) if platform else jax.devices()
+        if devices > len(available):
+            raise ValueError(
+                f"{devices} devices asked for, {len(available)} available ({available[0].platform}); on CPU set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} before JAX starts"
+            )
+        return list(available[:devices])
+    return list(devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepSpec:
+    """The static part of a compiled step (hashable: equal specs share the compiled code across trainers).
+
+    ``layout`` hashes by identity; :meth:`ModelLayout.of` hands out one layout per model kind, config, dtype and
+    resampling kernels, so that a new :class:`Trainer` for the same model reuses the compiled step."""
+
+    layout: ModelLayout
+    stft: STFTConfig | None
+    loss: str
+    dropout: bool
+    replicated: NamedSharding | None  # data parallel: the outputs are constrained to be replicated
+
+
+def _batch_loss(
+    spec: _StepSpec, model: nnx.Module, batch: tuple[jax.Array, ...], window: Any, key: jax.Array | None
+) -> jax.Array:
+    if spec.layout.kind == "umx":
+        x, y = batch
+        return umx_loss(model, x, y, spec.stft, window, key)
+    return demucs_loss(model, batch[0], spec.loss)
+
+
+def _grads(
+    spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.Array, ...], window: Any, key: jax.Array
+) -> tuple[jax.Array, Arrays, Arrays]:
+    """``(loss, grads, new_stats)`` of one train-mode forward and backward pass (traced)."""
+
+    def objective(p: Arrays) -> tuple[jax.Array, Arrays]:
+        model = spec.layout.merge(p, stats, train=True)
+        loss = _batch_loss(spec, model, batch, window, key if spec.dropout else None)
+        return loss, spec.layout.stats_of(model)
+
+    (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return loss, grads, new_stats
+
+
+def _replicated(spec: _StepSpec, tree: Any) -> Any:
+    return tree if spec.replicated is None else jax.lax.with_sharding_constraint(tree, spec.replicated)
+
+
+# update() reads the learning rate and the weight decay from the optimiser state (inject_hyperparams), so one
+# transformation serves every recipe
+_ADAM = make_optimizer(UMXTrainConfig())
+
+
+@partial(jax.jit, static_argnums=0)
+def _grads_step(spec: _StepSpec, params: Arrays, stats: Arrays, batch: Any, window: Any, key: jax.Array) -> Any:
+    return _replicated(spec, _grads(spec, params, stats, batch, window, key))
+
+
+@partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3, 4))
+def _train_step(
+    spec: _StepSpec,
+    with_grads: bool,
+    params: Arrays,
+    stats: Arrays,
+    opt_state: Any,
+    batch: tuple[jax.Array, ...],
+    window: Any,
+    key: jax.Array,
+) -> tuple[Any, ...]:
+    """One optimiser step: ``(params, stats, opt_state, loss[, grads])``; the old arrays are donated."""
+    loss, grads, stats = _grads(spec, params, stats, batch, window, key)
+    updates, opt_state = _ADAM.update(grads, opt_state, params)
+    out = (optax.apply_updates(params, updates), stats, opt_state, loss)
+    return _replicated(spec, out + ((grads,) if with_grads else ()))
+
+
+@partial(jax.jit, static_argnums=0)
+def _eval_loss(spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.Array, ...], window: Any) -> Any:
+    return _batch_loss(spec, spec.layout.merge(params, stats, train=False), batch, window, None)
+
+
+class Trainer:
+    """One model under training: its arrays, its optimiser and the compiled steps.
+
+    Args:
+        config: ``UMXConfig`` or ``DemucsConfig``.
+        weights: canonical weights to start from (every inventory entry, BatchNorm statistics included).
+        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        stft: UMX: the training STFT (default :func:`train_stft` with ``recipe.stft_center``).
+        window: UMX: STFT window ``(n_fft,)`` (default: the periodic Hann window in ``dtype``).
+        dtype: float32 or float64.
+        devices: ``None``: JAX's default device; a count or a list of devices: data-parallel over them (the
+            batch size must divide by their number).
+        dropout: UMX: the LSTM's training dropout (upstream's 0.4); ``False`` for the parity tests.
+        seed: of the dropout masks (``jax.random``; a step's key is ``fold_in(key(seed), step)``).
+        resample_kernels: Demucs: ``{"up", "down"}`` filters to use instead of the spec's (parity with julius).
+        precision: ``jax.default_matmul_precision`` of the steps (``"highest"``: no TF32 on GPUs, as the parity
+            tests run); ``None``: JAX's default.
+
+    Attributes ``params``, ``batch_stats``, ``opt_state`` are the current arrays; ``step_count`` the steps taken.
+    """
+
+    def __init__(
+        self,
+        config: UMXConfig | DemucsConfig,
+        weights: Mapping[str, Any],
+        recipe: Recipe,
+        *,
+        stft: STFTConfig | None = None,
+        window: Any = None,
+        dtype: Any = np.float32,
+        devices: int | Sequence[jax.Device] | None = None,
+        dropout: bool = True,
+        seed: int = 0,
+        resample_kernels: Mapping[str, np.ndarray] | None = None,
+        precision: str | None = None,
+    ):
+        self.dtype = canonical_dtype(dtype)
+        self.precision = precision
+        self.recipe = recipe
+        self.config = config
+        if isinstance(config, UMXConfig) != isinstance(recipe, UMXTrainConfig):
+            raise TypeError(f"recipe {type(recipe).__name__} does not train a {type(config).__name__}")
+        self.devices = _as_devices(devices)
+        self.mesh = Mesh(np.asarray(self.devices), ("batch",)) if self.devices and len(self.devices) > 1 else None
+        with dtype_scope(self.dtype, self.precision):
+            model = from_canonical(config, weights, dtype=self.dtype, device=self.devices[0] if self.devices else None)
+            if resample_kernels is not None:
+                model.set_resample_kernels(dict(resample_kernels))
+            self.layout = ModelLayout.of(model)
+            params, stats = self.layout.from_canonical(weights, self.dtype)
+            self.optimizer = make_optimizer(recipe)
+            opt_state = self.optimizer.init(params)
+        self.stft = stft or (train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None)
+        self.window = None if window is None else np.asarray(window, self.dtype)
+        self.seed = int(seed)
+        self.step_count = 0
+        self.params, self.batch_stats, self.opt_state = self._place((params, stats, opt_state))
+        self.spec = _StepSpec(
+            layout=self.layout,
+            stft=self.stft,
+            loss=getattr(recipe, "loss", "mse"),
+            dropout=bool(dropout) and isinstance(config, UMXConfig),
+            replicated=None if self.mesh is None else NamedSharding(self.mesh, P()),
+        )
+
+    @classmethod
+    def from_module(cls, model: OpenUnmix | Demucs, recipe: Recipe, **kwargs: Any) -> Trainer:
+        """A trainer starting from a module's weights and dtype (LSTM biases: folded into ``bias_ih``)."""
+        kwargs.setdefault("dtype", model.dtype)
+        if isinstance(model, Demucs) and model.resample_kernels:
+            kwargs.setdefault("resample_kernels", model.resample_kernels)
+        return cls(model.config, to_canonical(model), recipe, **kwargs)
+
+    # placement
+
+    def _place(self, tree: Any) -> Any:
+        """Arrays on the trainer's device, or replicated over its mesh (call inside the dtype scope)."""
+        # NumPy leaves become JAX arrays first: jax 0.10's device_put of a NumPy array onto a NamedSharding caches
+        # its per-device conversion across jax.enable_x64 scopes (float64 arrays with float32 shards)
+        tree = jax.tree.map(jnp.asarray, tree)
+        if self.mesh is None:
+            return jax.device_put(tree, self.devices[0]) if self.devices else tree
+        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+    def _place_batch(self, batch: tuple[np.ndarray, ...], shard: bool = True) -> tuple[jax.Array, ...]:
+        """The batch on the trainer's device, or split over the mesh along its leading axis (``shard``; else
+        replicated)."""
+        arrays = tuple(np.asarray(b, self.dtype) for b in batch)
+        if self.mesh is None or not shard:
+            return self._place(arrays)
+        n = len(self.devices)
+        if arrays[0].shape[0] % n:
+            raise ValueError(f"a batch of {arrays[0].shape[0]} does not split over {n} devices")
+        sharding = NamedSharding(self.mesh, P("batch"))
+        return tuple(jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays)
+
+    def _unpack(self, batch: Any) -> tuple[np.ndarray, ...]:
+        """``(x, y)`` (UMX) or ``(sources,)`` (Demucs) from a mapping (the fixtures' ``inputs``), a tuple or an
+        array."""
+        if isinstance(self.recipe, UMXTrainConfig):
+            x, y = (batch["x"], batch["y"]) if isinstance(batch, Mapping) else batch
+            return np.asarray(x), np.asarray(y)
+        return (np.asarray(batch["sources"] if isinstance(batch, Mapping) else batch),)
+
+    def _key(self) -> jax.Array:
+        """The dropout key of the next step: ``fold_in(key(seed), step_count)``."""
+        return jax.random.fold_in(jax.random.key(self.seed), self.step_count)
+
+    def _window(self) -> jax.Array | None:
+        return None if self.window is None else jnp.asarray(self.window)
+
+    # public steps
+
+    def loss_and_grads(self, batch: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """One forward and backward pass in train mode without an update; the BatchNorm statistics are updated.
+
+        Returns ``(loss, {canonical name: gradient})`` (NumPy, the trainer's dtype)."""
+        with dtype_scope(self.dtype, self.precision):
+            placed = self._place_batch(self._unpack(batch))
+            loss, grads, self.batch_stats = _grads_step(
+                self.spec, self.params, self.batch_stats, placed, self._window(), self._key()
+            )
+            return float(loss), self.layout.grads_to_canonical(grads)
+
+    def step(self, batch: Any) -> float:
+        """One optimiser step on ``batch`` (see :meth:`_unpack`); returns the batch's loss (before the update)."""
+        with dtype_scope(self.dtype, self.precision):
+            placed = self._place_batch(self._unpack(batch))
+            self.params, self.batch_stats, self.opt_state, loss = _train_step(
+                self.spec, False, self.params, self.batch_stats, self.opt_state, placed, self._window(), self._key()
+            )
+            self.step_count += 1
+            return float(loss)
+
+    def step_with_grads(self, batch: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """:meth:`step`, also returning the step's gradients by canonical name (as :meth:`loss_and_grads`)."""
+        with dtype_scope(self.dtype, self.precision):
+            placed = self._place_batch(self._unpack(batch))
+            self.params, self.batch_stats, self.opt_state, loss, grads = _train_step(
+                self.spec, True, self.params, self.batch_stats, self.opt_state, placed, self._window(), self._key()
+            )
+            self.step_count += 1
+            return float(loss), self.layout.grads_to_canonical(grads)
+
+    def evaluate(self, batch: Any) -> float:
+        """The loss in eval mode (BatchNorm on its running statistics, no dropout), without gradients."""
+        with dtype_scope(self.dtype, self.precision):
+            placed = self._place_batch(self._unpack(batch), shard=False)  # validation items need not split
+            return float(_eval_loss(self.spec, self.params, self.batch_stats, placed, self._window()))
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.opt_state.hyperparams["learning_rate"])
+
+    def set_learning_rate(self, lr: float) -> None:
+        """The learning rate of the next steps (an injected hyper-parameter: no recompilation)."""
+        with dtype_scope(self.dtype, self.precision):
+            current = self.opt_state.hyperparams["learning_rate"]
+            self.opt_state.hyperparams["learning_rate"] = self._place(np.asarray(lr, current.dtype))
+
+    def canonical(self) -> dict[str, np.ndarray]:
+        """The current weights, canonical names and layouts (NumPy, the trainer's dtype)."""
+        with dtype_scope(self.dtype, self.precision):
+            return self.layout.to_canonical(self.params, self.batch_stats)
+
+    def module(self) -> OpenUnmix | Demucs:
+        """An eval-mode module holding the current weights, on one device (for validation and separation)."""
+        with dtype_scope(self.dtype, self.precision):
+            host = jax.device_get((self.params, self.batch_stats))
+            device = self.devices[0] if self.devices else None
+            arrays = jax.device_put(host, device) if device is not None else jax.tree.map(jnp.asarray, host)
+            return self.layout.merge(*arrays, train=False)
+
+    # checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"params", "batch_stats", "opt_state", "step_count"}`` as NumPy arrays (exact, the trainer's dtype)."""
+        host = jax.device_get({"params": self.params, "batch_stats": self.batch_stats, "opt_state": self.opt_state})
+        return {**serialization.to_state_dict(host), "step_count": self.step_count}
+
+    def to_bytes(self) -> bytes:
+        """:meth:`state_dict` as Flax msgpack."""
+        return serialization.msgpack_serialize(self.state_dict())
+
+    def load_bytes(self, data: bytes) -> None:
+        """Restore what :meth:`to_bytes` wrote (same model, recipe and dtype)."""
+        state = serialization.msgpack_restore(data)
+        template = jax.device_get({"params": self.params, "batch_stats": self.batch_stats, "opt_state": self.opt_state})
+        restored = serialization.from_state_dict(
+            template, {k: state[k] for k in ("params", "batch_stats", "opt_state")}
+        )
+        for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(template)):
+            if np.shape(got) != np.shape(want) or np.asarray(got).dtype != np.asarray(want).dtype:
+                raise ValueError(f"checkpoint array {np.shape(got)} {np.asarray(got).dtype} where the trainer holds "
+                                 f"{np.shape(want)} {np.asarray(want).dtype}")  # fmt: skip
+        with dtype_scope(self.dtype, self.precision):
+            self.params, self.batch_stats, self.opt_state = self._place(
+                (restored["params"], restored["batch_stats"], restored["opt_state"])
+            )
+        self.step_count = int(state["step_count"])
+
+
+def loss_and_grads(
+    model: OpenUnmix | Demucs,
+    batch: Any,
+    recipe: Recipe,
+    stft_config: STFTConfig | None = None,
+    window: Any = None,
+    precision: str | None = "highest",
+) -> tuple[float, dict[str, np.ndarray]]:
+    """One training forward and backward pass of ``model`` (train mode: BatchNorm on the batch statistics, its
+    running statistics updated in ``model``; no dropout).
+
+    Args:
+        model: :class:`~umx_jax.umx.OpenUnmix` or :class:`~umx_jax.demucs.Demucs` (float32 or float64).
+        batch: UMX: ``{"x", "y"}`` or ``(x, y)``, waveforms ``(B, C, T)``; Demucs: ``{"sources"}`` or the array
+            ``(B, S, C, T)``. Cast to the model's dtype.
+        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        stft_config: UMX: the STFT (default :func:`train_stft`).
+        window: UMX: the STFT window (default: the periodic Hann window in the model's dtype).
+        precision: ``jax.default_matmul_precision`` (``"highest"``: no TF32 on GPUs).
+
+    Returns:
+        ``(loss, {canonical parameter name: gradient})`` for every trainable parameter, NumPy in the model's dtype;
+        an LSTM's ``bias_ih`` and ``bias_hh`` get the same gradient.
+    """
+    trainer = Trainer.from_module(model, recipe, stft=stft_config, window=window, dropout=False, precision=precision)
+    loss, grads = trainer.loss_and_grads(batch)
+    if trainer.layout.stat_names:
+        with dtype_scope(trainer.dtype):
+            for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
+                var[...] = trainer.batch_stats[_name(path)]
+    return loss, grads
+
+
+# --- initial weights ---------------------------------------------------------------------------------------------
+
+
+def initial_weights(
+    config: UMXConfig | DemucsConfig,
+    seed: int = 42,
+    input_mean: np.ndarray | None = None,
+    input_scale: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
+    """Canonical weights of an untrained model, as upstream initialises it (float32).
+
+    PyTorch's default init (uniform in ``+-1/sqrt(fan_in)``, :func:`core_spec.weights.random_weights`, one seeded
+    stream per name); BatchNorm ``weight = 1``, ``bias = 0``, running mean 0 and variance 1; UMX ``output_scale``
+    and ``output_mean`` 1, ``input_mean = -mean`` and ``input_scale = 1 / scale`` of the dataset statistics
+    (``(nb_bins,)``, cropped to ``max_bin``; 0 and 1 without); Demucs: ``rescale_module(reference=rescale)``, every
+    convolution divided by ``sqrt(std(weight) / rescale)`` (unbiased std; biases too).
+    """
+    weights = random_weights(config, seed)
+    if isinstance(config, UMXConfig):
+        n = config.crop_bins
+        for name, value in list(weights.items()):
+            leaf = name.rsplit(".", 1)[-1]
+            if name.startswith("bn"):
+                fill = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}[leaf]
+                weights[name] = np.full_like(value, fill)
+            elif name in ("output_scale", "output_mean"):
+                weights[name] = np.ones_like(value)
+        mean = np.zeros(n) if input_mean is None else -np.asarray(input_mean, np.float64)[:n]
+        scale = np.ones(n) if input_scale is None else 1.0 / np.asarray(input_scale, np.float64)[:n]
+        weights["input_mean"] = mean.astype(np.float32)
+        weights["input_scale"] = scale.astype(np.float32)
+        return weights
+    if config.rescale:
+        convs = {
+            n.rsplit(".", 1)[0] for n in weights if n.startswith(("encoder.", "decoder.")) and n.endswith(".weight")
+        }
+        for prefix in convs:
+            w = weights[f"{prefix}.weight"].astype(np.float64)
+            factor = math.sqrt(float(np.std(w, ddof=1)) / config.rescale)
+            weights[f"{prefix}.weight"] = (w / factor).astype(np.float32)
+            weights[f"{prefix}.bias"] = (weights[f"{prefix}.bias"].astype(np.float64) / factor).astype(np.float32)
+    return weights
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class _Run:
+    """What a run needs besides the trainer: its schedule and bookkeeping (saved in ``state.json``)."""
+
+    name: str
+    recipe: Recipe
+    epoch: int = 0
+    step: int = 0
+    best_loss: float = math.inf
+    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
+    scheduler: ReduceLROnPlateau | None = None
+    stopper: EarlyStopping | None = None
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, np.integer):
+        return int(obj)
+    if isinstance(obj, np.floating):
+        return float(obj)
+    return obj
+
+
+def _log(message: str, quiet: bool) -> None:
+    if not quiet:
+        print(message, file=sys.stderr, flush=True)
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def _ensure_devices(count: int, platform: str) -> list[jax.Device]:
+    """``count`` devices of ``platform``; on CPU, asks XLA for that many host devices if JAX has not started yet."""
+    if platform == "cpu" and count > 1:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    return _as_devices(count, platform) or []
+
+
+def _model_config(args: argparse.Namespace, recipe: Recipe) -> tuple[UMXConfig | DemucsConfig, dict | None, float]:
+    """The architecture (``--preset`` or the ``--init`` file's), the ``--init`` weights (or ``None``), the rate."""
+    from core_spec.canonical import load_canonical, split_targets
+
+    if isinstance(recipe, UMXTrainConfig):
+        preset = umx_preset(args.preset or "umxhq")
+        config: UMXConfig | DemucsConfig = preset.model
+        rate = preset.separator.sample_rate
+        weights = None
+        if args.init:
+            weights, file_config, _ = load_canonical(args.init)
+            if isinstance(file_config, UMXSeparatorConfig):
+                weights = split_targets(weights, file_config.separator.targets)[recipe.target]
+                config, rate = file_config.model, file_config.separator.sample_rate
+            elif isinstance(file_config, UMXConfig):
+                config = file_config
+            else:
+                raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
+        return config, weights, float(rate)
+    config = demucs_preset(args.preset or "demucs")
+    weights = None
+    if args.init:
+        weights, config, _ = load_canonical(args.init)
+        if not isinstance(config, DemucsConfig):
+            raise ValueError(f"--init {args.init}: holds a {type(config).__name__}, not a Demucs model")
+    return config, weights, float(config.samplerate)
+
+
+def _datasets(args: argparse.Namespace, recipe: Recipe, config: Any, rate: float) -> tuple[Any, Any, list]:
+    from core_spec import data
+    from core_spec.shapes import valid_length
+
+    sources = UMX_SOURCES if isinstance(recipe, UMXTrainConfig) else tuple(config.sources)
+    if isinstance(recipe, UMXTrainConfig) and recipe.target not in sources:
+        raise ValueError(f"--target {recipe.target!r} is not one of {sources}")
+    train_tracks = data.open_tracks(args.root, subset="train", sources=sources)
+    valid_tracks = data.open_tracks(args.root, subset="valid", sources=sources)
+    if args.valid_tracks is not None:
+        valid_tracks = valid_tracks[: args.valid_tracks]
+    if not train_tracks:
+        raise ValueError(f"{args.root}: no training tracks")
+    for track in train_tracks + valid_tracks:
+        if track.rate != rate:
+            raise ValueError(f"track {track.name} is at {track.rate} Hz, the model at {rate} Hz")
+    if isinstance(recipe, UMXTrainConfig):
+        train_set = data.UMXDataset(train_tracks, recipe, rng_seed=recipe.seed, train=True)
+        valid_set = data.UMXDataset(valid_tracks, recipe, rng_seed=recipe.seed, train=False)
+    else:
+        length = valid_length(recipe.samples, config)
+        train_set = data.DemucsDataset(train_tracks, recipe, valid_length=length, train=True)
+        valid_set = data.DemucsDataset(valid_tracks, recipe, valid_length=length, train=False)
+    return train_set, valid_set, train_tracks
+
+
+def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
+    """Mean loss over the validation tracks (batch 1, eval mode): UMX: MSE of magnitudes of whole tracks; Demucs:
+    L1 (or MSE) of ``apply_model`` (no split, no shifts) on the linear mixture, as demucs' ``validate_model``."""
+    from tqdm import tqdm
+
+    from .separator import apply_model
+
+    recipe = trainer.recipe
+    count = len(valid_set)
+    total = 0.0
+    module = trainer.module() if isinstance(recipe, DemucsTrainConfig) else None
+    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+        if isinstance(recipe, UMXTrainConfig):
+            x, y = valid_set[index]
+            loss = trainer.evaluate((np.asarray(x)[None], np.asarray(y)[None]))
+        else:
+            sources = np.asarray(valid_set[index], trainer.dtype)  # (S, C, T)
+            with dtype_scope(trainer.dtype):
+                estimates = np.asarray(apply_model(module, sources.sum(axis=0), shifts=0, split=False))
+            error = estimates - sources
+            loss = float(np.mean(np.abs(error)) if recipe.loss == "l1" else np.mean(np.square(error)))
+        total += loss / count
+    return total
+
+
+def _save_best(trainer: Trainer, out: Path, run: _Run, valid_loss: float) -> None:
+    from core_spec.canonical import save_canonical
+
+    provenance = {
+        "framework": "jax",
+        "jax": jax.__version__,
+        "epoch": run.epoch,
+        "step": run.step,
+        "valid_loss": valid_loss,
+        "recipe": _jsonable(dataclasses.asdict(run.recipe)),
+    }
+    weights = trainer.canonical()
+    save_canonical(out / run.name, weights, trainer.config, provenance=provenance, force=True)
+    save_native(out / f"{run.name}-jax", weights, trainer.config, force=True)
+
+
+def _save_checkpoint(trainer: Trainer, out: Path, run: _Run, rng: np.random.Generator) -> None:
+    """``checkpoint-jax/``: ``model.msgpack`` + ``model.json`` (the port's native weights, float32),
+    ``train_state.msgpack`` (parameters, statistics and optimiser state, exact, Flax msgpack), ``state.json``."""
+    folder = out / CHECKPOINT_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    save_native(folder / "model", trainer.canonical(), trainer.config, force=True)
+    _atomic_write(folder / "train_state.msgpack", trainer.to_bytes())
+    state = {
+        "framework": "jax",
+        "name": run.name,
+        "epoch": run.epoch,
+        "step": run.step,
+        "dtype": trainer.dtype.name,
+        "best_loss": run.best_loss,
+        "history": run.history,
+        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
+        "stopper": run.stopper.state_dict() if run.stopper else None,
+        "rng": rng.bit_generator.state,
+        "recipe": dataclasses.asdict(run.recipe),
+    }
+    _atomic_write(folder / "state.json", json.dumps(_jsonable(state), indent=1).encode())
+
+
+def _load_checkpoint(trainer: Trainer, out: Path, run: _Run, rng: np.random.Generator) -> None:
+    folder = out / CHECKPOINT_DIR
+    if not (folder / "state.json").exists():
+        raise FileNotFoundError(f"--resume: no {folder / 'state.json'}")
+    state = json.loads((folder / "state.json").read_text())
+    if state["name"] != run.name:
+        raise ValueError(f"--resume: {folder} trains {state['name']!r}, not {run.name!r}")
+    trainer.load_bytes((folder / "train_state.msgpack").read_bytes())
+    run.epoch, run.step = state["epoch"], state["step"]
+    run.best_loss, run.history = state["best_loss"], state["history"]
+    if run.scheduler is not None:
+        run.scheduler.load_state_dict(state["scheduler"])
+    if run.stopper is not None:
+        run.stopper.load_state_dict(state["stopper"])
+    rng.bit_generator.state = state["rng"]
+
+
+def fit(
+    args: argparse.Namespace, recipe: Recipe, progress: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Train with ``recipe`` on ``args.root`` into ``args.out`` (the options of
+    :func:`core_spec.train_cli.build_parser`). ``progress``: called with each epoch's history row.
+
+    Returns ``{"epochs", "steps", "best_loss", "history"}``.
+    """
+    from tqdm import tqdm
+
+    from core_spec import data
+
+    quiet = bool(args.quiet)
+    out = Path(args.out)
+    platform = "gpu" if args.device in ("gpu", "cuda") else args.device
+    devices = _ensure_devices(max(1, args.devices), platform)
+    config, weights, rate = _model_config(args, recipe)
+    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
+    run = _Run(name=name, recipe=recipe)
+    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
+    if isinstance(recipe, UMXTrainConfig):
+        run.scheduler = ReduceLROnPlateau(
+            recipe.lr, recipe.lr_decay_gamma, recipe.lr_decay_patience, recipe.lr_decay_cooldown
+        )
+        run.stopper = EarlyStopping(recipe.patience)
+    train_set, valid_set, train_tracks = _datasets(args, recipe, config, rate)
+
+    rng = np.random.default_rng(recipe.seed)
+    if weights is None:
+        mean = scale = None
+        if isinstance(recipe, UMXTrainConfig) and not args.resume:
+            _log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+            mean, scale = data.umx_statistics(train_tracks, config, stft_config, center=recipe.stft_center)
+        weights = initial_weights(config, recipe.seed, mean, scale)
+    if recipe.batch_size % len(devices):
+        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {len(devices)} devices")
+    trainer = Trainer(config, weights, recipe, stft=stft_config, devices=devices, seed=recipe.seed, precision="highest")
+    if args.resume:
+        _load_checkpoint(trainer, out, run, rng)
+        _log(f"resumed {out / CHECKPOINT_DIR} at epoch {run.epoch}, step {run.step}", quiet)
+    steps_per_epoch = len(train_set) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
+
+    done = args.max_steps is not None and run.step >= args.max_steps
+    while run.epoch < recipe.epochs and not done:
+        started = time.time()
+        lr = run.scheduler.lr if run.scheduler else recipe.lr
+        trainer.set_learning_rate(lr)
+        if hasattr(train_set, "set_epoch"):  # UMX: item i of epoch e draws from default_rng([seed, e, i])
+            train_set.set_epoch(run.epoch)
+        total, count = 0.0, 0
+        bar = tqdm(
+            data.batches(train_set, recipe.batch_size, rng, shuffle=True, drop_last=True),
+            total=steps_per_epoch,
+            desc=f"[{run.epoch:03d}] train",
+            unit="batch",
+            leave=False,
+            disable=quiet,
+        )
+        for batch in bar:
+            if isinstance(recipe, DemucsTrainConfig):
+                batch = data.demucs_augment(batch, recipe, rng)
+            loss = trainer.step(batch)
+            total, count, run.step = total + loss, count + 1, run.step + 1
+            bar.set_postfix(loss=f"{total / count:.4g}")
+            if args.max_steps is not None and run.step >= args.max_steps:
+                done = True
+                break
+        bar.close()
+        train_loss = total / max(count, 1)
+        valid_loss = _validate(trainer, valid_set, quiet) if len(valid_set) else train_loss
+        if run.stopper is not None:
+            run.scheduler.step(valid_loss)
+            stop = run.stopper.step(valid_loss)
+            is_best = run.stopper.is_best
+        else:
+            stop, is_best = False, valid_loss < run.best_loss
+        if is_best:
+            run.best_loss = valid_loss
+        row = {"epoch": run.epoch, "train": train_loss, "valid": valid_loss, "lr": lr, "steps": count,
+               "duration": time.time() - started}  # fmt: skip
+        run.history.append(row)
+        run.epoch += 1
+        if is_best or not (out / f"{name}.safetensors").exists():
+            _save_best(trainer, out, run, valid_loss)
+        _save_checkpoint(trainer, out, run, rng)
+        if progress is not None:
+            progress(row)
+        _log(
+            f"epoch {run.epoch - 1:03d}: train={train_loss:.6g} valid={valid_loss:.6g} best={run.best_loss:.6g} "
+            f"lr={lr:.3g} ({time.time() - started:.1f} s)",
+            quiet,
+        )
+        if stop:
+            _log(f"early stopping after {run.epoch} epochs", quiet)
+            break
+    return {"epochs": run.epoch, "steps": run.step, "best_loss": run.best_loss, "history": run.history}
+
+
+def _check_out(args: argparse.Namespace, recipe: Recipe) -> None:
+    out = Path(args.out)
+    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
+    results = [p for p in (out / f"{name}.safetensors", out / CHECKPOINT_DIR) if p.exists()]
+    if results and not (args.resume or args.force):
+        raise FileExistsError(f"{out} already holds {[str(p) for p in results]}: pass --resume or --force")
+    out.mkdir(parents=True, exist_ok=True)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``unmix-train --framework jax``: train with the options of :func:`core_spec.train_cli.build_parser`."""
+    from core_spec.train_cli import recipe_from_args
+
+    recipe = recipe_from_args(args)
+    try:
+        _check_out(args, recipe)
+    except FileExistsError as error:
+        print(f"unmix-train: {error}", file=sys.stderr)
+        return 2
+    result = fit(args, recipe)
+    _log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
+         args.quiet)  # fmt: skip
+    return 0
