@@ -66,6 +66,7 @@ ffmpeg:
 	fi
 
 test: setup
+	@rm -f parity_tests/report/*.json  # the report (scripts/parity_report.py) is this run's only
 	@status=0; \
 	$(MAKE) --no-print-directory test-main || status=1; \
 	$(MAKE) --no-print-directory test-nnabla || status=1; \

@@ -37,6 +37,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.skip(reason="GPU test: run with --device gpu on a CUDA machine"))
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """Tag every figure a test records with the test's id, so the report can say which suite (port) it is from."""
+    start = len(tolerances.RECORDED)
+    yield
+    for row in tolerances.RECORDED[start:]:
+        row.setdefault("test", item.nodeid)
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "main")
     if tolerances.RECORDED:
