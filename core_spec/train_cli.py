@@ -16,6 +16,14 @@ Run folder (``--out``), the same layout in every framework:
 - ``<name>-<framework>.<ext>``: the same in the framework's own format;
 - ``checkpoint-<framework>/``: the last epoch's weights, optimiser state and ``state.json`` (epoch, schedule,
   early stopping, random generator, loss history), read back by ``--resume``.
+
+The paths, the ``state.json`` content and the "folder has results: pass --resume or --force" check are
+:mod:`core_spec.run_folder`'s, shared by the four ports.
+
+Validation: every epoch ends with the validation loss on the ``valid`` tracks (``--valid-tracks N``: the first N),
+which drives the plateau schedule, early stopping and the choice of the best model. Training needs at least one
+validation track: ``--valid-tracks 0``, or a root without a ``valid`` subset, is an error in every framework
+(:func:`core_spec.training.make_datasets`), never a silent fallback to the training loss.
 """
 
 from __future__ import annotations
@@ -55,7 +63,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-<framework>/")
     parser.add_argument("--force", action="store_true", help="allow writing into a run folder that has results")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
-    parser.add_argument("--valid-tracks", type=int, help="use at most this many validation tracks")
+    parser.add_argument("--valid-tracks", type=int, help="use at most this many validation tracks (at least 1)")
     parser.add_argument("--devices", type=int, default=1, help="data-parallel replicas (see docs/training.md)")
     parser.add_argument("--device", default="cpu", help="cpu or gpu")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")

@@ -38,14 +38,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -56,17 +53,17 @@ from flax import nnx, serialization
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from core_spec.configs import (
-    UMX_PRESETS,
-    DemucsConfig,
-    STFTConfig,
-    UMXConfig,
-    UMXSeparatorConfig,
-    demucs_preset,
-    umx_preset,
+from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
+from core_spec.run_folder import RunFolder, RunState, atomic_write, check_out, log
+from core_spec.training import (
+    DemucsTrainConfig,
+    UMXTrainConfig,
+    epoch_batches,
+    initial_weights,
+    make_datasets,
+    model_config,
+    train_stft,
 )
-from core_spec.training import DemucsTrainConfig, EarlyStopping, ReduceLROnPlateau, UMXTrainConfig
-from core_spec.weights import random_weights
 
 from ._scope import canonical_dtype, dtype_scope
 from .demucs import Demucs, center_trim
@@ -76,6 +73,7 @@ from .weights import canonical_from_state, from_canonical, save_native, state_fr
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "FRAMEWORK",
     "ModelLayout",
     "Recipe",
     "Trainer",
@@ -93,23 +91,12 @@ __all__ = [
 
 Recipe = UMXTrainConfig | DemucsTrainConfig
 Arrays = dict[str, jax.Array]
-CHECKPOINT_DIR = "checkpoint-jax"
-UMX_SOURCES = ("drums", "bass", "other", "vocals")
+FRAMEWORK = "jax"
+CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 BN_BUFFERS = ("running_mean", "running_var")
 
 
 # --- losses -----------------------------------------------------------------------------------------------------
-
-
-def train_stft(config: UMXConfig, center: bool = False) -> STFTConfig:
-    """The STFT a UMX network of ``config`` is trained on: the preset's with the same number of bins
-    (``umxhq``: 4096 / 1024, ``umxse``: 1024 / 512), else ``n_fft = 2 (nb_bins - 1)``, ``n_hop = n_fft / 4``;
-    ``center=False`` as upstream's training script."""
-    for preset in UMX_PRESETS.values():
-        if preset.model.nb_bins == config.nb_bins:
-            return dataclasses.replace(preset.separator.stft, center=center)
-    n_fft = 2 * (config.nb_bins - 1)
-    return STFTConfig(n_fft=n_fft, n_hop=n_fft // 4, center=center)
 
 
 def spectrogram(audio: jax.Array, config: STFTConfig, mono: bool, window: Any = None) -> jax.Array:
@@ -665,88 +652,7 @@ def loss_and_grads(
     return loss, grads
 
 
-# --- initial weights ---------------------------------------------------------------------------------------------
-
-
-def initial_weights(
-    config: UMXConfig | DemucsConfig,
-    seed: int = 42,
-    input_mean: np.ndarray | None = None,
-    input_scale: np.ndarray | None = None,
-) -> dict[str, np.ndarray]:
-    """Canonical weights of an untrained model, as upstream initialises it (float32).
-
-    PyTorch's default init (uniform in ``+-1/sqrt(fan_in)``, :func:`core_spec.weights.random_weights`, one seeded
-    stream per name); BatchNorm ``weight = 1``, ``bias = 0``, running mean 0 and variance 1; UMX ``output_scale``
-    and ``output_mean`` 1, ``input_mean = -mean`` and ``input_scale = 1 / scale`` of the dataset statistics
-    (``(nb_bins,)``, cropped to ``max_bin``; 0 and 1 without); Demucs: ``rescale_module(reference=rescale)``, every
-    convolution divided by ``sqrt(std(weight) / rescale)`` (unbiased std; biases too).
-    """
-    weights = random_weights(config, seed)
-    if isinstance(config, UMXConfig):
-        n = config.crop_bins
-        for name, value in list(weights.items()):
-            leaf = name.rsplit(".", 1)[-1]
-            if name.startswith("bn"):
-                fill = {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}[leaf]
-                weights[name] = np.full_like(value, fill)
-            elif name in ("output_scale", "output_mean"):
-                weights[name] = np.ones_like(value)
-        mean = np.zeros(n) if input_mean is None else -np.asarray(input_mean, np.float64)[:n]
-        scale = np.ones(n) if input_scale is None else 1.0 / np.asarray(input_scale, np.float64)[:n]
-        weights["input_mean"] = mean.astype(np.float32)
-        weights["input_scale"] = scale.astype(np.float32)
-        return weights
-    if config.rescale:
-        convs = {
-            n.rsplit(".", 1)[0] for n in weights if n.startswith(("encoder.", "decoder.")) and n.endswith(".weight")
-        }
-        for prefix in convs:
-            w = weights[f"{prefix}.weight"].astype(np.float64)
-            factor = math.sqrt(float(np.std(w, ddof=1)) / config.rescale)
-            weights[f"{prefix}.weight"] = (w / factor).astype(np.float32)
-            weights[f"{prefix}.bias"] = (weights[f"{prefix}.bias"].astype(np.float64) / factor).astype(np.float32)
-    return weights
-
-
 # --- the loop ------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class _Run:
-    """What a run needs besides the trainer: its schedule and bookkeeping (saved in ``state.json``)."""
-
-    name: str
-    recipe: Recipe
-    epoch: int = 0
-    step: int = 0
-    best_loss: float = math.inf
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    scheduler: ReduceLROnPlateau | None = None
-    stopper: EarlyStopping | None = None
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    return obj
-
-
-def _log(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _ensure_devices(count: int, platform: str) -> list[jax.Device]:
@@ -756,60 +662,6 @@ def _ensure_devices(count: int, platform: str) -> list[jax.Device]:
         if "xla_force_host_platform_device_count" not in flags:
             os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
     return _as_devices(count, platform) or []
-
-
-def _model_config(args: argparse.Namespace, recipe: Recipe) -> tuple[UMXConfig | DemucsConfig, dict | None, float]:
-    """The architecture (``--preset`` or the ``--init`` file's), the ``--init`` weights (or ``None``), the rate."""
-    from core_spec.canonical import load_canonical, split_targets
-
-    if isinstance(recipe, UMXTrainConfig):
-        preset = umx_preset(args.preset or "umxhq")
-        config: UMXConfig | DemucsConfig = preset.model
-        rate = preset.separator.sample_rate
-        weights = None
-        if args.init:
-            weights, file_config, _ = load_canonical(args.init)
-            if isinstance(file_config, UMXSeparatorConfig):
-                weights = split_targets(weights, file_config.separator.targets)[recipe.target]
-                config, rate = file_config.model, file_config.separator.sample_rate
-            elif isinstance(file_config, UMXConfig):
-                config = file_config
-            else:
-                raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
-        return config, weights, float(rate)
-    config = demucs_preset(args.preset or "demucs")
-    weights = None
-    if args.init:
-        weights, config, _ = load_canonical(args.init)
-        if not isinstance(config, DemucsConfig):
-            raise ValueError(f"--init {args.init}: holds a {type(config).__name__}, not a Demucs model")
-    return config, weights, float(config.samplerate)
-
-
-def _datasets(args: argparse.Namespace, recipe: Recipe, config: Any, rate: float) -> tuple[Any, Any, list]:
-    from core_spec import data
-    from core_spec.shapes import valid_length
-
-    sources = UMX_SOURCES if isinstance(recipe, UMXTrainConfig) else tuple(config.sources)
-    if isinstance(recipe, UMXTrainConfig) and recipe.target not in sources:
-        raise ValueError(f"--target {recipe.target!r} is not one of {sources}")
-    train_tracks = data.open_tracks(args.root, subset="train", sources=sources)
-    valid_tracks = data.open_tracks(args.root, subset="valid", sources=sources)
-    if args.valid_tracks is not None:
-        valid_tracks = valid_tracks[: args.valid_tracks]
-    if not train_tracks:
-        raise ValueError(f"{args.root}: no training tracks")
-    for track in train_tracks + valid_tracks:
-        if track.rate != rate:
-            raise ValueError(f"track {track.name} is at {track.rate} Hz, the model at {rate} Hz")
-    if isinstance(recipe, UMXTrainConfig):
-        train_set = data.UMXDataset(train_tracks, recipe, rng_seed=recipe.seed, train=True)
-        valid_set = data.UMXDataset(valid_tracks, recipe, rng_seed=recipe.seed, train=False)
-    else:
-        length = valid_length(recipe.samples, config)
-        train_set = data.DemucsDataset(train_tracks, recipe, valid_length=length, train=True)
-        valid_set = data.DemucsDataset(valid_tracks, recipe, valid_length=length, train=False)
-    return train_set, valid_set, train_tracks
 
 
 def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
@@ -837,60 +689,27 @@ def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
     return total
 
 
-def _save_best(trainer: Trainer, out: Path, run: _Run, valid_loss: float) -> None:
+def _save_best(trainer: Trainer, folder: RunFolder, run: RunState, valid_loss: float) -> None:
     from core_spec.canonical import save_canonical
 
-    provenance = {
-        "framework": "jax",
-        "jax": jax.__version__,
-        "epoch": run.epoch,
-        "step": run.step,
-        "valid_loss": valid_loss,
-        "recipe": _jsonable(dataclasses.asdict(run.recipe)),
-    }
+    provenance = run.provenance(FRAMEWORK, valid_loss, jax=jax.__version__)
     weights = trainer.canonical()
-    save_canonical(out / run.name, weights, trainer.config, provenance=provenance, force=True)
-    save_native(out / f"{run.name}-jax", weights, trainer.config, force=True)
+    save_canonical(folder.best, weights, trainer.config, provenance=provenance, force=True)
+    save_native(folder.native, weights, trainer.config, force=True)
 
 
-def _save_checkpoint(trainer: Trainer, out: Path, run: _Run, rng: np.random.Generator) -> None:
+def _save_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
     """``checkpoint-jax/``: ``model.msgpack`` + ``model.json`` (the port's native weights, float32),
     ``train_state.msgpack`` (parameters, statistics and optimiser state, exact, Flax msgpack), ``state.json``."""
-    folder = out / CHECKPOINT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    save_native(folder / "model", trainer.canonical(), trainer.config, force=True)
-    _atomic_write(folder / "train_state.msgpack", trainer.to_bytes())
-    state = {
-        "framework": "jax",
-        "name": run.name,
-        "epoch": run.epoch,
-        "step": run.step,
-        "dtype": trainer.dtype.name,
-        "best_loss": run.best_loss,
-        "history": run.history,
-        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
-        "stopper": run.stopper.state_dict() if run.stopper else None,
-        "rng": rng.bit_generator.state,
-        "recipe": dataclasses.asdict(run.recipe),
-    }
-    _atomic_write(folder / "state.json", json.dumps(_jsonable(state), indent=1).encode())
+    folder.checkpoint.mkdir(parents=True, exist_ok=True)
+    save_native(folder.checkpoint / "model", trainer.canonical(), trainer.config, force=True)
+    atomic_write(folder.checkpoint / "train_state.msgpack", trainer.to_bytes())
+    run.save(folder, rng, dtype=trainer.dtype.name)
 
 
-def _load_checkpoint(trainer: Trainer, out: Path, run: _Run, rng: np.random.Generator) -> None:
-    folder = out / CHECKPOINT_DIR
-    if not (folder / "state.json").exists():
-        raise FileNotFoundError(f"--resume: no {folder / 'state.json'}")
-    state = json.loads((folder / "state.json").read_text())
-    if state["name"] != run.name:
-        raise ValueError(f"--resume: {folder} trains {state['name']!r}, not {run.name!r}")
-    trainer.load_bytes((folder / "train_state.msgpack").read_bytes())
-    run.epoch, run.step = state["epoch"], state["step"]
-    run.best_loss, run.history = state["best_loss"], state["history"]
-    if run.scheduler is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
-    if run.stopper is not None:
-        run.stopper.load_state_dict(state["stopper"])
-    rng.bit_generator.state = state["rng"]
+def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    run.load(folder, rng)
+    trainer.load_bytes((folder.checkpoint / "train_state.msgpack").read_bytes())
 
 
 def fit(
@@ -906,100 +725,60 @@ def fit(
     from core_spec import data
 
     quiet = bool(args.quiet)
-    out = Path(args.out)
+    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
     platform = "gpu" if args.device in ("gpu", "cuda") else args.device
     devices = _ensure_devices(max(1, args.devices), platform)
-    config, weights, rate = _model_config(args, recipe)
-    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
-    run = _Run(name=name, recipe=recipe)
+    config, weights, rate = model_config(args, recipe)
     stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
-    if isinstance(recipe, UMXTrainConfig):
-        run.scheduler = ReduceLROnPlateau(
-            recipe.lr, recipe.lr_decay_gamma, recipe.lr_decay_patience, recipe.lr_decay_cooldown
-        )
-        run.stopper = EarlyStopping(recipe.patience)
-    train_set, valid_set, train_tracks = _datasets(args, recipe, config, rate)
+    run = RunState.for_recipe(recipe)
+    train_set, valid_set, train_tracks = make_datasets(args, recipe, config, rate)
+    if recipe.batch_size % len(devices):
+        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {len(devices)} devices")
+    steps_per_epoch = len(train_set) // recipe.batch_size
+    if steps_per_epoch == 0:
+        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
 
     rng = np.random.default_rng(recipe.seed)
     if weights is None:
         mean = scale = None
         if isinstance(recipe, UMXTrainConfig) and not args.resume:
-            _log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+            log(f"input statistics over {len(train_tracks)} training tracks", quiet)
             mean, scale = data.umx_statistics(train_tracks, config, stft_config, center=recipe.stft_center)
         weights = initial_weights(config, recipe.seed, mean, scale)
-    if recipe.batch_size % len(devices):
-        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {len(devices)} devices")
     trainer = Trainer(config, weights, recipe, stft=stft_config, devices=devices, seed=recipe.seed, precision="highest")
     if args.resume:
-        _load_checkpoint(trainer, out, run, rng)
-        _log(f"resumed {out / CHECKPOINT_DIR} at epoch {run.epoch}, step {run.step}", quiet)
-    steps_per_epoch = len(train_set) // recipe.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
+        _load_checkpoint(trainer, folder, run, rng)
+        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
 
-    done = args.max_steps is not None and run.step >= args.max_steps
+    done = run.done(args.max_steps)
     while run.epoch < recipe.epochs and not done:
         started = time.time()
-        lr = run.scheduler.lr if run.scheduler else recipe.lr
+        lr = run.lr
         trainer.set_learning_rate(lr)
-        if hasattr(train_set, "set_epoch"):  # UMX: item i of epoch e draws from default_rng([seed, e, i])
-            train_set.set_epoch(run.epoch)
         total, count = 0.0, 0
-        bar = tqdm(
-            data.batches(train_set, recipe.batch_size, rng, shuffle=True, drop_last=True),
-            total=steps_per_epoch,
-            desc=f"[{run.epoch:03d}] train",
-            unit="batch",
-            leave=False,
-            disable=quiet,
-        )
+        stream = epoch_batches(train_set, recipe, rng, run.epoch)
+        bar = tqdm(stream, total=steps_per_epoch, desc=f"[{run.epoch:03d}] train", unit="batch", leave=False,
+                   disable=quiet)  # fmt: skip
         for batch in bar:
-            if isinstance(recipe, DemucsTrainConfig):
-                batch = data.demucs_augment(batch, recipe, rng)
             loss = trainer.step(batch)
             total, count, run.step = total + loss, count + 1, run.step + 1
             bar.set_postfix(loss=f"{total / count:.4g}")
-            if args.max_steps is not None and run.step >= args.max_steps:
-                done = True
+            if done := run.done(args.max_steps):
                 break
         bar.close()
         train_loss = total / max(count, 1)
-        valid_loss = _validate(trainer, valid_set, quiet) if len(valid_set) else train_loss
-        if run.stopper is not None:
-            run.scheduler.step(valid_loss)
-            stop = run.stopper.step(valid_loss)
-            is_best = run.stopper.is_best
-        else:
-            stop, is_best = False, valid_loss < run.best_loss
-        if is_best:
-            run.best_loss = valid_loss
-        row = {"epoch": run.epoch, "train": train_loss, "valid": valid_loss, "lr": lr, "steps": count,
-               "duration": time.time() - started}  # fmt: skip
-        run.history.append(row)
-        run.epoch += 1
-        if is_best or not (out / f"{name}.safetensors").exists():
-            _save_best(trainer, out, run, valid_loss)
-        _save_checkpoint(trainer, out, run, rng)
+        valid_loss = _validate(trainer, valid_set, quiet)
+        row, stop, is_best = run.end_epoch(train_loss, valid_loss, lr, count, time.time() - started)
+        if is_best or not folder.best_file.exists():
+            _save_best(trainer, folder, run, valid_loss)
+        _save_checkpoint(trainer, folder, run, rng)
         if progress is not None:
             progress(row)
-        _log(
-            f"epoch {run.epoch - 1:03d}: train={train_loss:.6g} valid={valid_loss:.6g} best={run.best_loss:.6g} "
-            f"lr={lr:.3g} ({time.time() - started:.1f} s)",
-            quiet,
-        )
+        log(run.epoch_message(row), quiet)
         if stop:
-            _log(f"early stopping after {run.epoch} epochs", quiet)
+            log(f"early stopping after {run.epoch} epochs", quiet)
             break
-    return {"epochs": run.epoch, "steps": run.step, "best_loss": run.best_loss, "history": run.history}
-
-
-def _check_out(args: argparse.Namespace, recipe: Recipe) -> None:
-    out = Path(args.out)
-    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
-    results = [p for p in (out / f"{name}.safetensors", out / CHECKPOINT_DIR) if p.exists()]
-    if results and not (args.resume or args.force):
-        raise FileExistsError(f"{out} already holds {[str(p) for p in results]}: pass --resume or --force")
-    out.mkdir(parents=True, exist_ok=True)
+    return run.result()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -1008,11 +787,11 @@ def main(args: argparse.Namespace) -> int:
 
     recipe = recipe_from_args(args)
     try:
-        _check_out(args, recipe)
-    except FileExistsError as error:
+        check_out(args, recipe, FRAMEWORK)
+    except (FileExistsError, FileNotFoundError) as error:
         print(f"unmix-train: {error}", file=sys.stderr)
         return 2
     result = fit(args, recipe)
-    _log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
-         args.quiet)  # fmt: skip
+    log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
+        args.quiet)  # fmt: skip
     return 0

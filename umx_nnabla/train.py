@@ -42,7 +42,6 @@ Demucs batches are sources ``(nb_samples, nb_sources, audio_channels, nb_timeste
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import os
@@ -50,7 +49,6 @@ import sys
 import time
 from collections import OrderedDict
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import nnabla as nn
@@ -59,17 +57,18 @@ import nnabla.solvers as S
 import numpy as np
 
 from core_spec import shapes
-from core_spec.configs import (
-    UMX_PRESETS,
-    DemucsConfig,
-    STFTConfig,
-    UMXConfig,
-    UMXSeparatorConfig,
-    demucs_preset,
-    umx_preset,
+from core_spec.configs import STFTConfig, UMXConfig
+from core_spec.run_folder import RunFolder, RunState, atomic_write, check_out, log
+from core_spec.training import (
+    DemucsTrainConfig,
+    UMXTrainConfig,
+    epoch_batches,
+    initial_weights,
+    make_datasets,
+    model_config,
+    shard_batch,
+    train_stft,
 )
-from core_spec.training import DemucsTrainConfig, EarlyStopping, ReduceLROnPlateau, UMXTrainConfig
-from core_spec.weights import random_weights
 
 from ._context import device_context
 from .demucs import Demucs
@@ -79,6 +78,7 @@ from .weights import canonical_from_parameters, load_weights, save_native, to_ca
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "FRAMEWORK",
     "DataParallelUnavailable",
     "DemucsStep",
     "Recipe",
@@ -99,8 +99,8 @@ __all__ = [
 
 Recipe = UMXTrainConfig | DemucsTrainConfig
 Model = OpenUnmix | Demucs
-CHECKPOINT_DIR = "checkpoint-nnabla"
-UMX_SOURCES = ("drums", "bass", "other", "vocals")
+FRAMEWORK = "nnabla"
+CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 
 
 # --- parameters -----------------------------------------------------------------------------------------------
@@ -155,35 +155,6 @@ def canonical_grads(model: Model, grads: Mapping[str, np.ndarray]) -> dict[str, 
         values[f"{scope}/bias"] = values[f"{scope}/bias_ih"] + values[f"{scope}/bias_hh"]  # keeps the pair apart
     canonical = canonical_from_parameters(values, model.config)
     return {k: v for k, v in canonical.items() if _canonical_name_is_trainable(k)}
-
-
-def initial_weights(config: UMXConfig | DemucsConfig, seed: int = 42) -> dict[str, np.ndarray]:
-    """Canonical float32 weights as upstream initialises an untrained model (seeded NumPy draws, not torch's
-    stream): linear, convolution and LSTM tensors uniform in ``+-1/sqrt(fan_in)`` (PyTorch's defaults, from
-    :func:`core_spec.weights.random_weights`); BatchNorm ``weight = 1``, ``bias = 0``, ``running_mean = 0``,
-    ``running_var = 1``; UMX ``input_mean = 0``, ``input_scale = output_scale = output_mean = 1`` (the training
-    loop then sets the input statistics); Demucs: every (transposed) convolution rescaled as demucs's
-    ``rescale_module`` (weight and bias divided by ``sqrt(std(weight) / rescale)``, ``std`` unbiased)."""
-    w = random_weights(config, seed)
-    out: dict[str, np.ndarray] = {}
-    for name, value in w.items():
-        leaf = name.rsplit(".", 1)[-1]
-        if isinstance(config, UMXConfig) and name.startswith("bn"):
-            value = np.full_like(value, {"weight": 1.0, "bias": 0.0, "running_mean": 0.0, "running_var": 1.0}[leaf])
-        elif name == "input_mean":
-            value = np.zeros_like(value)
-        elif name in ("input_scale", "output_scale", "output_mean"):
-            value = np.ones_like(value)
-        out[name] = value
-    if isinstance(config, DemucsConfig) and config.rescale:
-        for name in list(out):
-            prefix, leaf = name.rsplit(".", 1)
-            if leaf == "weight" and name.startswith(("encoder.", "decoder.")):
-                weight = out[name].astype(np.float64)
-                scale = math.sqrt(float(weight.std(ddof=1)) / config.rescale)
-                out[name] = (weight / scale).astype(np.float32)
-                out[f"{prefix}.bias"] = (out[f"{prefix}.bias"].astype(np.float64) / scale).astype(np.float32)
-    return out
 
 
 # --- the optimiser --------------------------------------------------------------------------------------------
@@ -288,17 +259,6 @@ def make_optimizer(model: Model, recipe: Recipe) -> TorchAdam:
 
 
 # --- the losses ------------------------------------------------------------------------------------------------
-
-
-def train_stft(config: UMXConfig, center: bool = False) -> STFTConfig:
-    """The STFT a UMX network of ``config`` is trained on: the preset's with the same number of bins (``umxhq``:
-    4096 / 1024, ``umxse``: 1024 / 512), else ``n_fft = 2 (nb_bins - 1)``, ``n_hop = n_fft / 4``; ``center=False``
-    as upstream's training script."""
-    for preset in UMX_PRESETS.values():
-        if preset.model.nb_bins == config.nb_bins:
-            return dataclasses.replace(preset.separator.stft, center=center)
-    n_fft = 2 * (config.nb_bins - 1)
-    return STFTConfig(n_fft=n_fft, n_hop=n_fft // 4, center=center)
 
 
 def spectrogram(audio: np.ndarray, config: STFTConfig, mono: bool) -> np.ndarray:
@@ -464,23 +424,6 @@ DATA_PARALLEL_HELP = (
 )
 
 
-def _shard(array: np.ndarray, rank: int, world_size: int) -> np.ndarray:
-    """Replica ``rank``'s contiguous share of a batch (the leading axis divided by ``world_size``)."""
-    size = array.shape[0]
-    if size % world_size:
-        raise ValueError(f"a batch of {size} does not split over {world_size} replicas")
-    n = size // world_size
-    return array[rank * n : (rank + 1) * n]
-
-
-def _shard_batch(batch: Any, rank: int, world_size: int) -> Any:
-    if isinstance(batch, Mapping):
-        return {k: _shard(np.asarray(v), rank, world_size) for k, v in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(_shard(np.asarray(v), rank, world_size) for v in batch)
-    return _shard(np.asarray(batch), rank, world_size)
-
-
 class _Communicator:
     """The MPI communicator of a data-parallel run (``nnabla.communicators.MultiProcessCommunicator``, CUDA)."""
 
@@ -545,7 +488,7 @@ def data_parallel_loss_and_grads(
     for rank in range(replicas):
         for k, v in running.items():
             v.d = start[k]
-        loss, grads = loss_and_grads(model, _shard_batch(batch, rank, replicas), recipe, stft_config, lstm_dropout)
+        loss, grads = loss_and_grads(model, shard_batch(batch, rank, replicas), recipe, stft_config, lstm_dropout)
         losses.append(loss)
         total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
         if rank == 0:
@@ -558,66 +501,12 @@ def data_parallel_loss_and_grads(
 # --- the loop --------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Run:
-    """What a run needs besides the model: its schedule and bookkeeping (saved in ``state.json``)."""
-
-    name: str
-    recipe: Recipe
-    stft_config: STFTConfig | None
-    epoch: int = 0
-    step: int = 0
-    best_loss: float = math.inf
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    scheduler: ReduceLROnPlateau | None = None
-    stopper: EarlyStopping | None = None
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    return obj
-
-
-def _log(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
-
-
 def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, STFTConfig | None, float, bool]:
     """The model to train (``--init``'s weights, else :func:`initial_weights` seeded by ``recipe.seed``), its
     training STFT (UMX), its sample rate, and whether its weights came from a file."""
-    from core_spec.canonical import load_canonical, split_targets
-
-    weights = None
-    if isinstance(recipe, UMXTrainConfig):
-        preset = umx_preset(args.preset or "umxhq")
-        config, rate = preset.model, preset.separator.sample_rate
-        if args.init:
-            weights, file_config, _ = load_canonical(args.init)
-            if isinstance(file_config, UMXSeparatorConfig):
-                weights = split_targets(weights, file_config.separator.targets)[recipe.target]
-                config, rate = file_config.model, file_config.separator.sample_rate
-            elif isinstance(file_config, UMXConfig):
-                config = file_config
-            else:
-                raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
-        model: Model = OpenUnmix.from_config(config)
-        stft_config: STFTConfig | None = train_stft(config, recipe.stft_center)
-    else:
-        config = demucs_preset(args.preset or "demucs")
-        if args.init:
-            weights, config, _ = load_canonical(args.init)
-            if not isinstance(config, DemucsConfig):
-                raise ValueError(f"--init {args.init}: holds a {type(config).__name__}, not a Demucs model")
-        model = Demucs.from_config(config)
-        stft_config, rate = None, float(config.samplerate)
+    config, weights, rate = model_config(args, recipe)
+    model: Model = OpenUnmix.from_config(config) if isinstance(config, UMXConfig) else Demucs.from_config(config)
+    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
     from_file = weights is not None
     load_weights(model, weights if from_file else initial_weights(config, recipe.seed))
     return model, stft_config, rate, from_file
@@ -631,54 +520,14 @@ def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> No
     params["input_scale"].d = (1.0 / np.asarray(scale, np.float64)[:n]).astype(np.float32)
 
 
-def _save_best(model: Model, out: Path, run: _Run, valid_loss: float) -> None:
+def _save_best(model: Model, folder: RunFolder, run: RunState, valid_loss: float) -> None:
     from core_spec.canonical import save_canonical
 
     sync_lstm_biases(model)
-    provenance = {
-        "framework": "nnabla",
-        "nnabla": nn.__version__,
-        "epoch": run.epoch,
-        "step": run.step,
-        "valid_loss": valid_loss,
-        "recipe": _jsonable(dataclasses.asdict(run.recipe)),
-    }
+    provenance = run.provenance(FRAMEWORK, valid_loss, nnabla=nn.__version__)
     weights = to_canonical(model)
-    save_canonical(out / run.name, weights, model.config, provenance, force=True)
-    save_native(out / f"{run.name}-nnabla", weights, model.config, force=True)
-
-
-def _atomic(path: Path, write: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
-    write(str(tmp))
-    os.replace(tmp, path)
-
-
-def _save_checkpoint(model: Model, optimizer: TorchAdam, out: Path, run: _Run, rng: np.random.Generator) -> None:
-    """``checkpoint-nnabla/``: ``params.h5`` (every parameter of the model, BatchNorm statistics and both LSTM bias
-    forms included, ``nn.save_parameters``), ``solver.protobuf`` (``solver.save_states``), ``state.json``."""
-    folder = out / CHECKPOINT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    sync_lstm_biases(model)
-    params = model.get_parameters(grad_only=False)
-    _atomic(folder / "params.h5", lambda p: nn.save_parameters(p, params))
-    _atomic(folder / "solver.protobuf", optimizer.save_states)
-    state = {
-        "framework": "nnabla",
-        "name": run.name,
-        "epoch": run.epoch,
-        "step": run.step,
-        "best_loss": run.best_loss,
-        "history": run.history,
-        "lr": optimizer.lr,
-        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
-        "stopper": run.stopper.state_dict() if run.stopper else None,
-        "rng": rng.bit_generator.state,
-        "recipe": dataclasses.asdict(run.recipe),
-        "config": json.loads(_config_json(model)),
-    }
-    text = json.dumps(_jsonable(state), indent=1)
-    _atomic(folder / "state.json", lambda p: Path(p).write_text(text))
+    save_canonical(folder.best, weights, model.config, provenance, force=True)
+    save_native(folder.native, weights, model.config, force=True)
 
 
 def _config_json(model: Model) -> str:
@@ -687,36 +536,39 @@ def _config_json(model: Model) -> str:
     return config_to_json(model.config)
 
 
-def _load_checkpoint(model: Model, optimizer: TorchAdam, out: Path, run: _Run, rng: np.random.Generator) -> None:
+def _save_checkpoint(
+    model: Model, optimizer: TorchAdam, folder: RunFolder, run: RunState, rng: np.random.Generator
+) -> None:
+    """``checkpoint-nnabla/``: ``params.h5`` (every parameter of the model, BatchNorm statistics and both LSTM bias
+    forms included, ``nn.save_parameters``), ``solver.protobuf`` (``solver.save_states``), ``state.json``."""
+    folder.checkpoint.mkdir(parents=True, exist_ok=True)
+    sync_lstm_biases(model)
+    params = model.get_parameters(grad_only=False)
+    atomic_write(folder.checkpoint / "params.h5", lambda p: nn.save_parameters(p, params))
+    atomic_write(folder.checkpoint / "solver.protobuf", optimizer.save_states)
+    run.save(folder, rng, lr=optimizer.lr, config=json.loads(_config_json(model)))
+
+
+def _load_checkpoint(
+    model: Model, optimizer: TorchAdam, folder: RunFolder, run: RunState, rng: np.random.Generator
+) -> None:
     """Read ``checkpoint-nnabla/`` back into ``model`` (parameter arrays overwritten in place, so graphs built on
     them stay valid), ``optimizer``, ``run`` and ``rng``."""
-    folder = out / CHECKPOINT_DIR
-    if not (folder / "state.json").exists():
-        raise FileNotFoundError(f"--resume: no {folder / 'state.json'}")
-    state = json.loads((folder / "state.json").read_text())
-    if state["name"] != run.name:
-        raise ValueError(f"--resume: {folder} trains {state['name']!r}, not {run.name!r}")
+    state = run.load(folder, rng)
     if state.get("config") is not None and state["config"] != json.loads(_config_json(model)):
-        raise ValueError(f"--resume: {folder} holds a model of another config")
+        raise ValueError(f"--resume: {folder.checkpoint} holds a model of another config")
     loaded: OrderedDict = OrderedDict()
     with nn.parameter_scope("", loaded):
-        nn.load_parameters(str(folder / "params.h5"))
+        nn.load_parameters(str(folder.checkpoint / "params.h5"))
         arrays = {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
     params = model.get_parameters(grad_only=False)
     missing = sorted(set(params) - set(arrays))
     if missing:
-        raise ValueError(f"--resume: {folder / 'params.h5'} lacks {missing}")
+        raise ValueError(f"--resume: {folder.checkpoint / 'params.h5'} lacks {missing}")
     for name, var in params.items():
         var.d = arrays[name]
-    optimizer.load_states(folder / "solver.protobuf")
+    optimizer.load_states(folder.checkpoint / "solver.protobuf")
     optimizer.set_learning_rate(state["lr"])
-    run.epoch, run.step = state["epoch"], state["step"]
-    run.best_loss, run.history = state["best_loss"], state["history"]
-    if run.scheduler is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
-    if run.stopper is not None:
-        run.stopper.load_state_dict(state["stopper"])
-    rng.bit_generator.state = state["rng"]
 
 
 def _validate(model: Model, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, quiet: bool) -> float:
@@ -746,31 +598,6 @@ def _validate(model: Model, valid_set: Any, recipe: Recipe, stft_config: STFTCon
     return total
 
 
-def _datasets(args: argparse.Namespace, recipe: Recipe, model: Model, rate: float) -> tuple[Any, Any, list]:
-    from core_spec import data
-
-    sources = UMX_SOURCES if isinstance(recipe, UMXTrainConfig) else tuple(model.sources)
-    if isinstance(recipe, UMXTrainConfig) and recipe.target not in sources:
-        raise ValueError(f"--target {recipe.target!r} is not one of {sources}")
-    train_tracks = data.open_tracks(args.root, subset="train", sources=sources)
-    valid_tracks = data.open_tracks(args.root, subset="valid", sources=sources)
-    if args.valid_tracks is not None:
-        valid_tracks = valid_tracks[: args.valid_tracks]
-    if not train_tracks:
-        raise ValueError(f"{args.root}: no training tracks")
-    for track in train_tracks + valid_tracks:
-        if track.rate != rate:
-            raise ValueError(f"track {track.name} is at {track.rate} Hz, the model at {rate} Hz")
-    if isinstance(recipe, UMXTrainConfig):
-        train_set = data.UMXDataset(train_tracks, recipe, rng_seed=recipe.seed, train=True)
-        valid_set = data.UMXDataset(valid_tracks, recipe, rng_seed=recipe.seed, train=False)
-    else:
-        length = model.valid_length(recipe.samples)
-        train_set = data.DemucsDataset(train_tracks, recipe, valid_length=length, train=True)
-        valid_set = data.DemucsDataset(valid_tracks, recipe, valid_length=length, train=False)
-    return train_set, valid_set, train_tracks
-
-
 def fit(args: argparse.Namespace, recipe: Recipe, comm: _Communicator | None = None) -> dict[str, Any]:
     """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``comm``'s; rank 0 writes).
 
@@ -782,16 +609,10 @@ def fit(args: argparse.Namespace, recipe: Recipe, comm: _Communicator | None = N
 
     rank, world_size = (comm.rank, comm.size) if comm else (0, 1)
     quiet = bool(args.quiet) or rank != 0
-    out = Path(args.out)
+    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
     model, stft_config, rate, from_file = _build_model(args, recipe)
-    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
-    run = _Run(name=name, recipe=recipe, stft_config=stft_config)
-    if isinstance(recipe, UMXTrainConfig):
-        run.scheduler = ReduceLROnPlateau(
-            recipe.lr, recipe.lr_decay_gamma, recipe.lr_decay_patience, recipe.lr_decay_cooldown
-        )
-        run.stopper = EarlyStopping(recipe.patience)
-    train_set, valid_set, train_tracks = _datasets(args, recipe, model, rate)
+    run = RunState.for_recipe(recipe)
+    train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
     if recipe.batch_size % world_size:
         raise ValueError(f"--batch-size {recipe.batch_size} does not split over {world_size} replicas")
     steps_per_epoch = len(train_set) // recipe.batch_size
@@ -800,100 +621,59 @@ def fit(args: argparse.Namespace, recipe: Recipe, comm: _Communicator | None = N
 
     rng = np.random.default_rng(recipe.seed)
     if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume:
-        _log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+        log(f"input statistics over {len(train_tracks)} training tracks", quiet)
         mean, scale = data.umx_statistics(train_tracks, model.config, stft_config, center=recipe.stft_center)
         _set_statistics(model, mean, scale)
     step = make_step(model, recipe, stft_config)
-    sample = _shard_batch(next(iter(data.batches(train_set, recipe.batch_size, np.random.default_rng(0)))), 0,
-                          world_size)  # fmt: skip
+    sample = shard_batch(next(iter(data.batches(train_set, recipe.batch_size, np.random.default_rng(0)))), 0,
+                         world_size)  # fmt: skip
     step.graph(_batch_shape(step, sample, recipe))  # creates the LSTMs' bias_ih / bias_hh if needed
     sync_lstm_biases(model)
     optimizer = make_optimizer(model, recipe)
     if args.resume:
-        _load_checkpoint(model, optimizer, out, run, rng)
-        _log(f"resumed {out / CHECKPOINT_DIR} at epoch {run.epoch}, step {run.step}", quiet)
+        _load_checkpoint(model, optimizer, folder, run, rng)
+        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
     if comm is not None:
         comm.broadcast(list(model.get_parameters(grad_only=False).values()))
     buffers = [v for k, v in model.get_parameters(grad_only=False).items() if not _is_trainable(k)]
 
-    done = args.max_steps is not None and run.step >= args.max_steps
+    done = run.done(args.max_steps)
     while run.epoch < recipe.epochs and not done:
         started = time.time()
-        lr = run.scheduler.lr if run.scheduler else recipe.lr
+        lr = run.lr
         optimizer.set_learning_rate(lr)
         # NNabla's global generator (dropout masks) cannot be saved: reseed it per epoch, so --resume is exact
         nn.seed(int(np.random.default_rng([recipe.seed, run.epoch, rank]).integers(2**31 - 1)))
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(run.epoch)  # UMX: every epoch draws new excerpts (seeded by epoch and index)
         total, count = 0.0, 0
-        bar = tqdm(
-            data.batches(train_set, recipe.batch_size, rng, shuffle=True, drop_last=True),
-            total=steps_per_epoch,
-            desc=f"[{run.epoch:03d}] train",
-            unit="batch",
-            leave=False,
-            disable=quiet,
-        )
+        stream = epoch_batches(train_set, recipe, rng, run.epoch, rank, world_size)
+        bar = tqdm(stream, total=steps_per_epoch, desc=f"[{run.epoch:03d}] train", unit="batch", leave=False,
+                   disable=quiet)  # fmt: skip
         for batch in bar:
-            if isinstance(recipe, DemucsTrainConfig):
-                batch = data.demucs_augment(batch, recipe, rng)
             optimizer.zero_grad()
-            loss = step(_shard_batch(batch, rank, world_size), recipe)
+            loss = step(batch, recipe)
             if comm is not None:
                 comm.average_grads(optimizer.params)
             optimizer.step()
             total, count, run.step = total + loss, count + 1, run.step + 1
             bar.set_postfix(loss=f"{total / count:.4g}")
-            if args.max_steps is not None and run.step >= args.max_steps:
-                done = True
+            if done := run.done(args.max_steps):
                 break
         bar.close()
         train_loss = total / max(count, 1)
         if comm is not None:
             train_loss = comm.mean(train_loss)
             comm.broadcast(buffers)  # replica 0's BatchNorm statistics, so every replica validates alike
-        valid_loss = _validate(model, valid_set, recipe, stft_config, quiet) if len(valid_set) else train_loss
-        if run.stopper is not None:
-            run.scheduler.step(valid_loss)
-            stop = run.stopper.step(valid_loss)
-            is_best = run.stopper.is_best
-        else:
-            stop, is_best = False, valid_loss < run.best_loss
-        if is_best:
-            run.best_loss = valid_loss
-        run.history.append(
-            {
-                "epoch": run.epoch,
-                "train": train_loss,
-                "valid": valid_loss,
-                "lr": lr,
-                "steps": count,
-                "duration": time.time() - started,
-            }
-        )
-        run.epoch += 1
+        valid_loss = _validate(model, valid_set, recipe, stft_config, quiet)
+        row, stop, is_best = run.end_epoch(train_loss, valid_loss, lr, count, time.time() - started)
         if rank == 0:
-            if is_best or not (out / f"{name}.safetensors").exists():
-                _save_best(model, out, run, valid_loss)
-            _save_checkpoint(model, optimizer, out, run, rng)
-        _log(
-            f"epoch {run.epoch - 1:03d}: train={train_loss:.6g} valid={valid_loss:.6g} best={run.best_loss:.6g} "
-            f"lr={lr:.3g} ({time.time() - started:.1f} s)",
-            quiet,
-        )
+            if is_best or not folder.best_file.exists():
+                _save_best(model, folder, run, valid_loss)
+            _save_checkpoint(model, optimizer, folder, run, rng)
+        log(run.epoch_message(row), quiet)
         if stop:
-            _log(f"early stopping after {run.epoch} epochs", quiet)
+            log(f"early stopping after {run.epoch} epochs", quiet)
             break
-    return {"epochs": run.epoch, "steps": run.step, "best_loss": run.best_loss, "history": run.history}
-
-
-def _check_out(args: argparse.Namespace, recipe: Recipe) -> None:
-    out = Path(args.out)
-    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
-    results = [p for p in (out / f"{name}.safetensors", out / CHECKPOINT_DIR) if p.exists()]
-    if results and not (args.resume or args.force):
-        raise FileExistsError(f"{out} already holds {[str(p) for p in results]}: pass --resume or --force")
-    out.mkdir(parents=True, exist_ok=True)
+    return run.result()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -909,12 +689,12 @@ def main(args: argparse.Namespace) -> int:
             comm = _Communicator(args.devices, args.device)
         ctx = comm.ctx if comm else device_context("gpu" if args.device in ("gpu", "cuda") else args.device)
         if comm is None or comm.rank == 0:
-            _check_out(args, recipe)
-    except (DataParallelUnavailable, FileExistsError, RuntimeError, ValueError) as error:
+            check_out(args, recipe, FRAMEWORK)
+    except (DataParallelUnavailable, FileExistsError, FileNotFoundError, RuntimeError, ValueError) as error:
         print(f"unmix-train: {error}", file=sys.stderr)
         return 2
     with nn.context_scope(ctx):
         result = fit(args, recipe, comm)
-    _log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
-         args.quiet)  # fmt: skip
+    log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
+        args.quiet)  # fmt: skip
     return 0

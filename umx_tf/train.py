@@ -30,22 +30,26 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
-import json
-import math
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
-from core_spec.training import DemucsTrainConfig, EarlyStopping, ReduceLROnPlateau, UMXTrainConfig
+from core_spec.configs import STFTConfig, UMXConfig
+from core_spec.run_folder import RunFolder, RunState, check_out, log
+from core_spec.training import (
+    DemucsTrainConfig,
+    UMXTrainConfig,
+    epoch_batches,
+    make_datasets,
+    model_config,
+    train_stft,
+)
 
 from .demucs import Demucs, center_trim
 from .transforms import complex_norm, stft
@@ -53,6 +57,8 @@ from .umx import OpenUnmix
 from .weights import _entries, load_weights
 
 __all__ = [
+    "CHECKPOINT_DIR",
+    "FRAMEWORK",
     "Adam",
     "Parameters",
     "Trainer",
@@ -66,6 +72,7 @@ __all__ = [
 ]
 
 FRAMEWORK = "tf"
+CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 Recipe = UMXTrainConfig | DemucsTrainConfig
 Model = OpenUnmix | Demucs
 
@@ -74,10 +81,9 @@ Model = OpenUnmix | Demucs
 
 
 def default_stft(config: UMXConfig, recipe: UMXTrainConfig | None = None) -> STFTConfig:
-    """The training STFT of a UMX model: ``n_fft = 2 (nb_bins - 1)``, hop ``n_fft / 4`` (upstream's 4096 / 1024),
-    ``center`` from the recipe (``False``, upstream's training default)."""
-    n_fft = 2 * (config.nb_bins - 1)
-    return STFTConfig(n_fft=n_fft, n_hop=n_fft // 4, center=recipe.stft_center if recipe else False)
+    """The training STFT of a UMX model (:func:`core_spec.training.train_stft`), ``center`` from the recipe
+    (``False``, upstream's training default)."""
+    return train_stft(config, recipe.stft_center if recipe else False)
 
 
 def magnitude(x: tf.Tensor, fft: STFTConfig, mono: bool, window: Any = None) -> tf.Tensor:
@@ -483,97 +489,20 @@ def loss_and_grads(
 
 # --- the loop -------------------------------------------------------------------------------------------------
 
-CHECKPOINT_DIR = "checkpoint-tf"
-
-
-@dataclasses.dataclass
-class _Run:
-    """A run's bookkeeping besides the model and optimiser (saved in ``state.json``)."""
-
-    name: str
-    recipe: Recipe
-    epoch: int = 0
-    step: int = 0
-    best_loss: float = math.inf
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    scheduler: ReduceLROnPlateau | None = None
-    stopper: EarlyStopping | None = None
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    return obj
-
-
-def _log(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
-
 
 def _default_jit() -> bool:
     """``UNMIX_TF_JIT=1`` XLA-compiles the whole training step (``benchmarks/bench_train_tf.py`` compares both)."""
     return os.environ.get("UNMIX_TF_JIT", "0").lower() in ("1", "true", "yes")
 
 
-def _build(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, dict[str, np.ndarray] | None, float]:
+def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, dict[str, np.ndarray] | None, float]:
     """The model to train (Keras's initialisers, seeded by ``recipe.seed``, or ``--init``), the canonical weights it
     was loaded from (``None`` when fresh) and its sample rate."""
-    from core_spec.canonical import load_canonical, split_targets
-    from core_spec.configs import UMXSeparatorConfig, demucs_preset, umx_preset
-
     from .weights import from_canonical
 
+    config, weights, rate = model_config(args, recipe)
     keras.utils.set_random_seed(recipe.seed)
-    weights = None
-    if isinstance(recipe, UMXTrainConfig):
-        preset = umx_preset(args.preset or "umxhq")
-        config: Any = preset.model
-        rate = preset.separator.sample_rate
-        if args.init:
-            weights, file_config, _ = load_canonical(args.init)
-            if isinstance(file_config, UMXSeparatorConfig):
-                weights = split_targets(weights, file_config.separator.targets)[recipe.target]
-                config, rate = file_config.model, file_config.separator.sample_rate
-            elif isinstance(file_config, UMXConfig):
-                config = file_config
-            else:
-                raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
-        return from_canonical(config, weights), weights, float(rate)
-    config = demucs_preset(args.preset or "demucs")
-    if args.init:
-        weights, config, _ = load_canonical(args.init)
-        if not isinstance(config, DemucsConfig):
-            raise ValueError(f"--init {args.init}: holds a {type(config).__name__}, not a Demucs model")
-    return from_canonical(config, weights), weights, float(config.samplerate)
-
-
-def _datasets(args: argparse.Namespace, recipe: Recipe, model: Model, rate: float) -> tuple[Any, Any, list]:
-    from core_spec import data
-
-    sources = data.DEFAULT_SOURCES if isinstance(recipe, UMXTrainConfig) else tuple(model.sources)
-    train_tracks = data.open_tracks(args.root, subset="train", sources=sources)
-    valid_tracks = data.open_tracks(args.root, subset="valid", sources=sources)
-    if args.valid_tracks is not None:
-        valid_tracks = valid_tracks[: args.valid_tracks]
-    if not train_tracks:
-        raise ValueError(f"{args.root}: no training tracks")
-    if isinstance(recipe, UMXTrainConfig):
-        channels = model.nb_channels
-        train_set = data.UMXDataset(train_tracks, recipe, recipe.seed, True, sample_rate=rate, nb_channels=channels)
-        valid_set = data.UMXDataset(valid_tracks, recipe, recipe.seed, False, sample_rate=rate, nb_channels=channels)
-    else:
-        length = model.valid_length(recipe.samples)
-        kwargs = {"sources": sources, "audio_channels": model.audio_channels, "sample_rate": rate}
-        train_set = data.DemucsDataset(train_tracks, recipe, length, train=True, **kwargs)
-        valid_set = data.DemucsDataset(valid_tracks, recipe, length, train=False, **kwargs)
-    return train_set, valid_set, train_tracks
+    return from_canonical(config, weights), weights, rate
 
 
 def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
@@ -581,6 +510,49 @@ def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> No
     n = model.nb_bins
     model.input_mean.assign((-np.asarray(mean, np.float64)[:n]).astype(model.input_mean.dtype))
     model.input_scale.assign((1.0 / np.asarray(scale, np.float64)[:n]).astype(model.input_scale.dtype))
+
+
+def _seed_states(model: Model) -> list[keras.Variable]:
+    """The states of the model's random generators (UMX's dropout), saved so that a resumed run draws on."""
+    return [layer.seed_generator.state for layer in model._flatten_layers() if hasattr(layer, "seed_generator")]
+
+
+def _save_best(trainer: Trainer, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+    from core_spec.canonical import save_canonical
+
+    from .weights import save_native
+
+    weights = trainer.params.weights()
+    provenance = run.provenance(FRAMEWORK, valid_loss, tensorflow=tf.__version__, keras=keras.__version__)
+    save_canonical(folder.best, weights, trainer.model.config, provenance=provenance, force=True)
+    save_native(folder.native, weights, trainer.model.config, force=True)
+
+
+def _save_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    """``checkpoint-tf/``: ``weights.safetensors`` (canonical, both LSTM-bias halves and the BatchNorm statistics),
+    ``optimizer.npz`` (Adam's step, lr and moments, the dropout generators' states), ``state.json``."""
+    from core_spec.canonical import save_canonical
+    from core_spec.run_folder import atomic_write
+
+    folder.checkpoint.mkdir(parents=True, exist_ok=True)
+    save_canonical(folder.checkpoint / "weights", trainer.params.weights(), trainer.model.config, force=True)
+    arrays = trainer.optimizer.state(trainer.params.names)
+    arrays.update({f"seed.{i}": np.asarray(s.numpy()) for i, s in enumerate(_seed_states(trainer.model))})
+    atomic_write(folder.checkpoint / "optimizer.npz", lambda path: np.savez(path, **arrays))
+    run.save(folder, rng)
+
+
+def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    from core_spec.canonical import load_canonical
+
+    run.load(folder, rng)
+    weights, _, _ = load_canonical(folder.checkpoint / "weights")
+    trainer.params.load(weights)
+    with np.load(folder.checkpoint / "optimizer.npz") as arrays:
+        trainer.optimizer.load_state(arrays, trainer.params.names)
+        for i, seed in enumerate(_seed_states(trainer.model)):
+            if f"seed.{i}" in arrays:
+                seed.assign(arrays[f"seed.{i}"])
 
 
 def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
@@ -605,84 +577,6 @@ def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
     return total
 
 
-def _seed_states(model: Model) -> list[keras.Variable]:
-    """The states of the model's random generators (UMX's dropout), saved so that a resumed run draws on."""
-    return [layer.seed_generator.state for layer in model._flatten_layers() if hasattr(layer, "seed_generator")]
-
-
-def _save_best(trainer: Trainer, out: Path, run: _Run, valid_loss: float) -> None:
-    from core_spec.canonical import save_canonical
-
-    from .weights import save_native
-
-    weights = trainer.params.weights()
-    provenance = {
-        "framework": FRAMEWORK,
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "epoch": run.epoch,
-        "step": run.step,
-        "valid_loss": valid_loss,
-        "recipe": _jsonable(dataclasses.asdict(run.recipe)),
-    }
-    save_canonical(out / run.name, weights, trainer.model.config, provenance=provenance, force=True)
-    save_native(out / f"{run.name}-{FRAMEWORK}", weights, trainer.model.config, force=True)
-
-
-def _save_checkpoint(trainer: Trainer, out: Path, run: _Run, rng: np.random.Generator) -> None:
-    """``checkpoint-tf/``: ``weights.safetensors`` (canonical, both LSTM-bias halves and the BatchNorm statistics),
-    ``optimizer.npz`` (Adam's step, lr and moments, the dropout generators' states), ``state.json``."""
-    from core_spec.canonical import save_canonical
-
-    folder = out / CHECKPOINT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    save_canonical(folder / "weights", trainer.params.weights(), trainer.model.config, force=True)
-    arrays = trainer.optimizer.state(trainer.params.names)
-    arrays.update({f"seed.{i}": np.asarray(s.numpy()) for i, s in enumerate(_seed_states(trainer.model))})
-    with open(folder / "optimizer.npz.tmp", "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(folder / "optimizer.npz.tmp", folder / "optimizer.npz")
-    state = {
-        "framework": FRAMEWORK,
-        "name": run.name,
-        "epoch": run.epoch,
-        "step": run.step,
-        "best_loss": run.best_loss,
-        "history": run.history,
-        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
-        "stopper": run.stopper.state_dict() if run.stopper else None,
-        "rng": rng.bit_generator.state,
-        "recipe": dataclasses.asdict(run.recipe),
-    }
-    (folder / "state.json.tmp").write_text(json.dumps(_jsonable(state), indent=1))
-    os.replace(folder / "state.json.tmp", folder / "state.json")
-
-
-def _load_checkpoint(trainer: Trainer, out: Path, run: _Run, rng: np.random.Generator) -> None:
-    from core_spec.canonical import load_canonical
-
-    folder = out / CHECKPOINT_DIR
-    if not (folder / "state.json").exists():
-        raise FileNotFoundError(f"--resume: no {folder / 'state.json'}")
-    state = json.loads((folder / "state.json").read_text())
-    if state["name"] != run.name:
-        raise ValueError(f"--resume: {folder} trains {state['name']!r}, not {run.name!r}")
-    weights, _, _ = load_canonical(folder / "weights")
-    trainer.params.load(weights)
-    with np.load(folder / "optimizer.npz") as arrays:
-        trainer.optimizer.load_state(arrays, trainer.params.names)
-        for i, seed in enumerate(_seed_states(trainer.model)):
-            if f"seed.{i}" in arrays:
-                seed.assign(arrays[f"seed.{i}"])
-    run.epoch, run.step = state["epoch"], state["step"]
-    run.best_loss, run.history = state["best_loss"], state["history"]
-    if run.scheduler is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
-    if run.stopper is not None:
-        run.stopper.load_state_dict(state["stopper"])
-    rng.bit_generator.state = state["rng"]
-
-
 def fit(
     args: argparse.Namespace,
     recipe: Recipe,
@@ -705,28 +599,18 @@ def fit(
     from core_spec import data
 
     quiet = bool(args.quiet)
-    out = Path(args.out)
+    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
     scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
     with scope:
-        model, weights, rate = _build(args, recipe)
-        name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
-        run = _Run(name=name, recipe=recipe)
-        train_set, valid_set, train_tracks = _datasets(args, recipe, model, rate)
-        if isinstance(recipe, UMXTrainConfig):
-            run.scheduler = ReduceLROnPlateau(
-                recipe.lr, recipe.lr_decay_gamma, recipe.lr_decay_patience, recipe.lr_decay_cooldown
-            )
-            run.stopper = EarlyStopping(recipe.patience)
-            if weights is None and not args.resume:
-                _log(f"input statistics over {len(train_tracks)} training tracks", quiet)
-                mean, scale = data.umx_statistics(train_tracks, model.config, default_stft(model.config, recipe))
-                _set_statistics(model, mean, scale)
+        model, weights, rate = _build_model(args, recipe)
+        run = RunState.for_recipe(recipe)
+        train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
+        if isinstance(recipe, UMXTrainConfig) and weights is None and not args.resume:
+            log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+            mean, scale = data.umx_statistics(train_tracks, model.config, default_stft(model.config, recipe))
+            _set_statistics(model, mean, scale)
         jit = _default_jit() if jit_compile is None else jit_compile
         trainer = Trainer(model, recipe, weights=weights, strategy=strategy, jit_compile=jit, dropout=True)
-    rng = np.random.default_rng(recipe.seed)
-    if args.resume:
-        _load_checkpoint(trainer, out, run, rng)
-        _log(f"resumed {out / CHECKPOINT_DIR} at epoch {run.epoch}, step {run.step}", quiet)
     replicas = strategy.num_replicas_in_sync if strategy is not None else 1
     if recipe.batch_size % replicas:
         raise ValueError(f"--batch-size {recipe.batch_size} does not split over {replicas} replicas")
@@ -734,74 +618,38 @@ def fit(
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
 
-    done = args.max_steps is not None and run.step >= args.max_steps
+    rng = np.random.default_rng(recipe.seed)
+    if args.resume:
+        _load_checkpoint(trainer, folder, run, rng)
+        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
+
+    done = run.done(args.max_steps)
     while run.epoch < recipe.epochs and not done:
         started = time.time()
-        lr = run.scheduler.lr if run.scheduler else recipe.lr
+        lr = run.lr
         trainer.set_lr(lr)
-        if hasattr(train_set, "set_epoch"):
-            train_set.set_epoch(run.epoch)
         total, count = 0.0, 0
-        bar = tqdm(
-            data.batches(train_set, recipe.batch_size, rng, shuffle=True, drop_last=True),
-            total=steps_per_epoch,
-            desc=f"[{run.epoch:03d}] train",
-            unit="batch",
-            leave=False,
-            disable=quiet,
-        )
+        stream = epoch_batches(train_set, recipe, rng, run.epoch)
+        bar = tqdm(stream, total=steps_per_epoch, desc=f"[{run.epoch:03d}] train", unit="batch", leave=False,
+                   disable=quiet)  # fmt: skip
         for batch in bar:
-            if isinstance(recipe, DemucsTrainConfig):
-                batch = (data.demucs_augment(batch, recipe, rng),)
-            loss = trainer.train_step(*batch)
+            loss = trainer.train_step(*(batch if isinstance(batch, tuple) else (batch,)))
             total, count, run.step = total + loss, count + 1, run.step + 1
             bar.set_postfix(loss=f"{total / count:.4g}")
-            if args.max_steps is not None and run.step >= args.max_steps:
-                done = True
+            if done := run.done(args.max_steps):
                 break
         bar.close()
         train_loss = total / max(count, 1)
-        valid_loss = _validate(trainer, valid_set, quiet) if len(valid_set) else train_loss
-        if run.stopper is not None:
-            run.scheduler.step(valid_loss)
-            stop = run.stopper.step(valid_loss)
-            is_best = run.stopper.is_best
-        else:
-            stop, is_best = False, valid_loss < run.best_loss
-        if is_best:
-            run.best_loss = valid_loss
-        run.history.append(
-            {
-                "epoch": run.epoch,
-                "train": train_loss,
-                "valid": valid_loss,
-                "lr": lr,
-                "steps": count,
-                "duration": time.time() - started,
-            }
-        )
-        run.epoch += 1
-        if is_best or not (out / f"{name}.safetensors").exists():
-            _save_best(trainer, out, run, valid_loss)
-        _save_checkpoint(trainer, out, run, rng)
-        _log(
-            f"epoch {run.epoch - 1:03d}: train={train_loss:.6g} valid={valid_loss:.6g} best={run.best_loss:.6g} "
-            f"lr={lr:.3g} ({time.time() - started:.1f} s)",
-            quiet,
-        )
+        valid_loss = _validate(trainer, valid_set, quiet)
+        row, stop, is_best = run.end_epoch(train_loss, valid_loss, lr, count, time.time() - started)
+        if is_best or not folder.best_file.exists():
+            _save_best(trainer, folder, run, valid_loss)
+        _save_checkpoint(trainer, folder, run, rng)
+        log(run.epoch_message(row), quiet)
         if stop:
-            _log(f"early stopping after {run.epoch} epochs", quiet)
+            log(f"early stopping after {run.epoch} epochs", quiet)
             break
-    return {"epochs": run.epoch, "steps": run.step, "best_loss": run.best_loss, "history": run.history}
-
-
-def _check_out(args: argparse.Namespace, recipe: Recipe) -> None:
-    out = Path(args.out)
-    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
-    results = [p for p in (out / f"{name}.safetensors", out / CHECKPOINT_DIR) if p.exists()]
-    if results and not (args.resume or args.force):
-        raise FileExistsError(f"{out} already holds {[str(p) for p in results]}: pass --resume or --force")
-    out.mkdir(parents=True, exist_ok=True)
+    return run.result()
 
 
 def main(args: argparse.Namespace) -> int:
@@ -815,8 +663,8 @@ def main(args: argparse.Namespace) -> int:
     strategy = make_strategy(args.devices, args.device)  # first: logical devices must precede any TensorFlow op
     recipe = recipe_from_args(args)
     try:
-        _check_out(args, recipe)
-    except FileExistsError as error:
+        check_out(args, recipe, FRAMEWORK)
+    except (FileExistsError, FileNotFoundError) as error:
         print(f"unmix-train: {error}", file=sys.stderr)
         return 2
     if args.device == "gpu" and not tf.config.list_logical_devices("GPU"):
@@ -825,8 +673,6 @@ def main(args: argparse.Namespace) -> int:
     placement = tf.device("/CPU:0") if args.device == "cpu" and strategy is None else contextlib.nullcontext()
     with placement:
         result = fit(args, recipe, strategy)
-    _log(
-        f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
-        args.quiet,
-    )
+    log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
+        args.quiet)  # fmt: skip
     return 0

@@ -36,15 +36,11 @@ Demucs batches are sources ``(nb_samples, nb_sources, audio_channels, nb_timeste
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import math
 import os
 import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -52,16 +48,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core_spec.configs import (
-    UMX_PRESETS,
-    DemucsConfig,
-    STFTConfig,
-    UMXConfig,
-    UMXSeparatorConfig,
-    demucs_preset,
-    umx_preset,
+from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
+from core_spec.run_folder import RunFolder, RunState, check_out, log, read_state
+from core_spec.training import (
+    DemucsTrainConfig,
+    UMXTrainConfig,
+    epoch_batches,
+    make_datasets,
+    model_config,
+    shard_batch,
+    train_stft,
 )
-from core_spec.training import DemucsTrainConfig, EarlyStopping, ReduceLROnPlateau, UMXTrainConfig
 
 from .demucs import Demucs, center_trim
 from .transforms import complex_norm, stft
@@ -69,6 +66,7 @@ from .umx import OpenUnmix
 
 __all__ = [
     "CHECKPOINT_DIR",
+    "FRAMEWORK",
     "Recipe",
     "compute_loss",
     "data_parallel_loss_and_grads",
@@ -85,22 +83,11 @@ __all__ = [
 ]
 
 Recipe = UMXTrainConfig | DemucsTrainConfig
-CHECKPOINT_DIR = "checkpoint-torch"
-UMX_SOURCES = ("drums", "bass", "other", "vocals")
+FRAMEWORK = "torch"
+CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 
 
 # --- losses -----------------------------------------------------------------------------------------------------
-
-
-def train_stft(config: UMXConfig, center: bool = False) -> STFTConfig:
-    """The STFT a UMX network of ``config`` is trained on: the preset's with the same number of bins
-    (``umxhq``: 4096 / 1024, ``umxse``: 1024 / 512), else ``n_fft = 2 (nb_bins - 1)``, ``n_hop = n_fft / 4``;
-    ``center=False`` as upstream's training script."""
-    for preset in UMX_PRESETS.values():
-        if preset.model.nb_bins == config.nb_bins:
-            return dataclasses.replace(preset.separator.stft, center=center)
-    n_fft = 2 * (config.nb_bins - 1)
-    return STFTConfig(n_fft=n_fft, n_hop=n_fft // 4, center=center)
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -238,19 +225,6 @@ def train_step(
 # --- data parallelism --------------------------------------------------------------------------------------------
 
 
-def _shard(batch: Any, rank: int, world_size: int) -> Any:
-    """Replica ``rank``'s contiguous share of a batch (the leading axis divided by ``world_size``)."""
-    if isinstance(batch, Mapping):
-        return {k: _shard(v, rank, world_size) for k, v in batch.items()}
-    if isinstance(batch, tuple | list):
-        return type(batch)(_shard(v, rank, world_size) for v in batch)
-    size = batch.shape[0]
-    if size % world_size:
-        raise ValueError(f"a batch of {size} does not split over {world_size} replicas")
-    n = size // world_size
-    return batch[rank * n : (rank + 1) * n]
-
-
 def _init_process_group(rank: int, world_size: int, store: str, backend: str = "gloo") -> None:
     import torch.distributed as dist
 
@@ -291,7 +265,7 @@ def _ddp_grads_worker(
         if kernels is not None:
             model.set_resample_kernels(kernels)
         ddp = nn.parallel.DistributedDataParallel(model)
-        loss, grads = loss_and_grads(ddp, _shard(batch, rank, world_size), recipe, stft_config)
+        loss, grads = loss_and_grads(ddp, shard_batch(batch, rank, world_size), recipe, stft_config)
         buffers = {k: v.detach().numpy() for k, v in model.named_buffers()}
         np.savez(
             os.path.join(results, f"rank{rank}.npz"),
@@ -349,37 +323,6 @@ def data_parallel_loss_and_grads(
 # --- the loop ------------------------------------------------------------------------------------------------------
 
 
-@dataclasses.dataclass
-class _Run:
-    """What a run needs besides the model: its data, schedule and bookkeeping (saved in ``state.json``)."""
-
-    name: str
-    recipe: Recipe
-    epoch: int = 0
-    step: int = 0
-    best_loss: float = math.inf
-    history: list[dict[str, Any]] = dataclasses.field(default_factory=list)
-    scheduler: ReduceLROnPlateau | None = None
-    stopper: EarlyStopping | None = None
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, np.integer):
-        return int(obj)
-    if isinstance(obj, np.floating):
-        return float(obj)
-    return obj
-
-
-def _log(message: str, quiet: bool) -> None:
-    if not quiet:
-        print(message, file=sys.stderr, flush=True)
-
-
 def _device(name: str, rank: int) -> torch.device:
     """``--device``: ``cpu``, or ``gpu`` / ``cuda`` (replica ``rank`` on GPU ``rank``)."""
     if name in ("gpu", "cuda"):
@@ -389,41 +332,18 @@ def _device(name: str, rank: int) -> torch.device:
     return torch.device(name)
 
 
-def _model_and_stft(args: argparse.Namespace, recipe: Recipe) -> tuple[nn.Module, STFTConfig | None, float, bool]:
+def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[nn.Module, STFTConfig | None, float, bool]:
     """The model to train (upstream's initialisation seeded by ``recipe.seed``, or ``--init``), its STFT (UMX), its
     sample rate, and whether its weights came from a file."""
-    from core_spec.canonical import load_canonical, split_targets
-
     from .weights import load_weights
 
+    config, weights, rate = model_config(args, recipe)
     torch.manual_seed(recipe.seed)
-    if isinstance(recipe, UMXTrainConfig):
-        preset = umx_preset(args.preset or "umxhq")
-        config, rate = preset.model, preset.separator.sample_rate
-        weights = None
-        if args.init:
-            weights, file_config, _ = load_canonical(args.init)
-            if isinstance(file_config, UMXSeparatorConfig):
-                weights = split_targets(weights, file_config.separator.targets)[recipe.target]
-                config, rate = file_config.model, file_config.separator.sample_rate
-            elif isinstance(file_config, UMXConfig):
-                config = file_config
-            else:
-                raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
-        model: nn.Module = OpenUnmix.from_config(config)
-        if weights is not None:
-            load_weights(model, weights)
-        return model, train_stft(config, recipe.stft_center), rate, weights is not None
-    config = demucs_preset(args.preset or "demucs")
-    weights = None
-    if args.init:
-        weights, config, _ = load_canonical(args.init)
-        if not isinstance(config, DemucsConfig):
-            raise ValueError(f"--init {args.init}: holds a {type(config).__name__}, not a Demucs model")
-    model = Demucs.from_config(config)
+    model = _build(config)
     if weights is not None:
         load_weights(model, weights)
-    return model, None, float(config.samplerate), weights is not None
+    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
+    return model, stft_config, rate, weights is not None
 
 
 def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
@@ -436,66 +356,33 @@ def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> No
             getattr(model, name).copy_(torch.from_numpy(value))
 
 
-def _save_best(model: nn.Module, out: Path, run: _Run, valid_loss: float) -> None:
+def _save_best(model: nn.Module, folder: RunFolder, run: RunState, valid_loss: float) -> None:
     """``<name>.safetensors`` + ``.json`` (canonical) and ``<name>-torch.pth`` + ``.json`` (upstream's state dict)."""
     from .weights import save_canonical_from, save_native, to_canonical
 
-    provenance = {
-        "framework": "torch",
-        "torch": torch.__version__,
-        "epoch": run.epoch,
-        "step": run.step,
-        "valid_loss": valid_loss,
-        "recipe": _jsonable(dataclasses.asdict(run.recipe)),
-    }
-    save_canonical_from(model, out / run.name, provenance=provenance, force=True)
-    save_native(out / f"{run.name}-torch", to_canonical(model), model.config, force=True)
+    provenance = run.provenance(FRAMEWORK, valid_loss, torch=torch.__version__)
+    save_canonical_from(model, folder.best, provenance=provenance, force=True)
+    save_native(folder.native, to_canonical(model), model.config, force=True)
 
 
 def _save_checkpoint(
-    model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, run: _Run, rng: np.random.Generator
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFolder, run: RunState, rng: np.random.Generator
 ) -> None:
-    folder = out / CHECKPOINT_DIR
-    folder.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, folder / "model.pth")
-    torch.save(optimizer.state_dict(), folder / "optimizer.pth")
-    torch.save(torch.get_rng_state(), folder / "torch_rng.pth")
-    state = {
-        "framework": "torch",
-        "name": run.name,
-        "epoch": run.epoch,
-        "step": run.step,
-        "best_loss": run.best_loss,
-        "history": run.history,
-        "scheduler": run.scheduler.state_dict() if run.scheduler else None,
-        "stopper": run.stopper.state_dict() if run.stopper else None,
-        "rng": rng.bit_generator.state,
-        "recipe": dataclasses.asdict(run.recipe),
-    }
-    text = json.dumps(_jsonable(state), indent=1)
-    (folder / "state.json.tmp").write_text(text)
-    os.replace(folder / "state.json.tmp", folder / "state.json")
+    """``checkpoint-torch/``: ``model.pth``, ``optimizer.pth``, ``torch_rng.pth``, ``state.json``."""
+    folder.checkpoint.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, folder.checkpoint / "model.pth")
+    torch.save(optimizer.state_dict(), folder.checkpoint / "optimizer.pth")
+    torch.save(torch.get_rng_state(), folder.checkpoint / "torch_rng.pth")
+    run.save(folder, rng)
 
 
 def _load_checkpoint(
-    model: nn.Module, optimizer: torch.optim.Optimizer, out: Path, run: _Run, rng: np.random.Generator
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFolder, run: RunState, rng: np.random.Generator
 ) -> None:
-    folder = out / CHECKPOINT_DIR
-    if not (folder / "state.json").exists():
-        raise FileNotFoundError(f"--resume: no {folder / 'state.json'}")
-    state = json.loads((folder / "state.json").read_text())
-    if state["name"] != run.name:
-        raise ValueError(f"--resume: {folder} trains {state['name']!r}, not {run.name!r}")
-    model.load_state_dict(torch.load(folder / "model.pth", map_location="cpu"))
-    optimizer.load_state_dict(torch.load(folder / "optimizer.pth", map_location="cpu"))
-    torch.set_rng_state(torch.load(folder / "torch_rng.pth"))
-    run.epoch, run.step = state["epoch"], state["step"]
-    run.best_loss, run.history = state["best_loss"], state["history"]
-    if run.scheduler is not None:
-        run.scheduler.load_state_dict(state["scheduler"])
-    if run.stopper is not None:
-        run.stopper.load_state_dict(state["stopper"])
-    rng.bit_generator.state = state["rng"]
+    run.load(folder, rng)
+    model.load_state_dict(torch.load(folder.checkpoint / "model.pth", map_location="cpu"))
+    optimizer.load_state_dict(torch.load(folder.checkpoint / "optimizer.pth", map_location="cpu"))
+    torch.set_rng_state(torch.load(folder.checkpoint / "torch_rng.pth"))
 
 
 def _validate(model: nn.Module, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, quiet: bool) -> float:
@@ -528,32 +415,6 @@ def _validate(model: nn.Module, valid_set: Any, recipe: Recipe, stft_config: STF
     return total
 
 
-def _datasets(args: argparse.Namespace, recipe: Recipe, model: nn.Module, rate: float) -> tuple[Any, Any, list]:
-    """``(train set, valid set, train tracks)`` from ``--root`` (:mod:`core_spec.data`)."""
-    from core_spec import data
-
-    if isinstance(recipe, UMXTrainConfig):
-        sources = UMX_SOURCES
-    else:
-        sources = tuple(model.sources)
-    train_tracks = data.open_tracks(args.root, subset="train", sources=sources)
-    valid_tracks = data.open_tracks(args.root, subset="valid", sources=sources)
-    if args.valid_tracks is not None:
-        valid_tracks = valid_tracks[: args.valid_tracks]
-    if not train_tracks:
-        raise data.DataError(f"{args.root}: no training tracks")
-    if isinstance(recipe, UMXTrainConfig):
-        kwargs = {"sample_rate": rate, "nb_channels": model.nb_channels}
-        train_set = data.UMXDataset(train_tracks, recipe, recipe.seed, train=True, **kwargs)
-        valid_set = data.UMXDataset(valid_tracks, recipe, recipe.seed, train=False, **kwargs) if valid_tracks else []
-    else:
-        length = model.valid_length(recipe.samples)
-        kwargs = {"sources": sources, "audio_channels": model.audio_channels, "sample_rate": rate}
-        train_set = data.DemucsDataset(train_tracks, recipe, length, train=True, **kwargs)
-        valid_set = data.DemucsDataset(valid_tracks, recipe, length, train=False, **kwargs) if valid_tracks else []
-    return train_set, valid_set, train_tracks
-
-
 def _all_mean(value: float, world_size: int, device: torch.device) -> float:
     if world_size == 1:
         return value
@@ -584,101 +445,63 @@ def fit(args: argparse.Namespace, recipe: Recipe, rank: int = 0, world_size: int
     from core_spec import data
 
     quiet = bool(args.quiet) or rank != 0
-    out = Path(args.out)
+    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
     device = _device(args.device, rank)
-    model, stft_config, rate, from_file = _model_and_stft(args, recipe)
-    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
-    run = _Run(name=name, recipe=recipe)
+    model, stft_config, rate, from_file = _build_model(args, recipe)
+    run = RunState.for_recipe(recipe)
     if isinstance(recipe, UMXTrainConfig):
-        run.scheduler = ReduceLROnPlateau(
-            recipe.lr, recipe.lr_decay_gamma, recipe.lr_decay_patience, recipe.lr_decay_cooldown
-        )
-        run.stopper = EarlyStopping(recipe.patience)
         set_lstm_dropout(model, 0.4)  # upstream's OpenUnmix
-    train_set, valid_set, train_tracks = _datasets(args, recipe, model, rate)
-
-    rng = np.random.default_rng(recipe.seed)
-    if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume and rank == 0:
-        _log(f"input statistics over {len(train_tracks)} training tracks", quiet)
-        mean, scale = data.umx_statistics(train_tracks, model.config, stft_config, center=recipe.stft_center)
-        _set_statistics(model, mean, scale)
-    model.to(device)
-    optimizer = make_optimizer(model, recipe)
-    if args.resume:
-        _load_checkpoint(model, optimizer, out, run, rng)
-        _log(f"resumed {out / CHECKPOINT_DIR} at epoch {run.epoch}, step {run.step}", quiet)
-    net: nn.Module = model
-    if world_size > 1:  # broadcasts rank 0's parameters and buffers (the statistics above) to every replica
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+    train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
     if recipe.batch_size % world_size:
         raise ValueError(f"--batch-size {recipe.batch_size} does not split over {world_size} replicas")
     steps_per_epoch = len(train_set) // recipe.batch_size
     if steps_per_epoch == 0:
         raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
 
-    done = args.max_steps is not None and run.step >= args.max_steps
+    rng = np.random.default_rng(recipe.seed)
+    if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume and rank == 0:
+        log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+        mean, scale = data.umx_statistics(train_tracks, model.config, stft_config, center=recipe.stft_center)
+        _set_statistics(model, mean, scale)
+    model.to(device)
+    optimizer = make_optimizer(model, recipe)
+    if args.resume:
+        _load_checkpoint(model, optimizer, folder, run, rng)
+        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
+    net: nn.Module = model
+    if world_size > 1:  # broadcasts rank 0's parameters and buffers (the statistics above) to every replica
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    done = run.done(args.max_steps)
     while run.epoch < recipe.epochs and not done:
         started = time.time()
-        lr = run.scheduler.lr if run.scheduler else recipe.lr
+        lr = run.lr
         for group in optimizer.param_groups:
             group["lr"] = lr
         total, count = 0.0, 0
-        if isinstance(recipe, UMXTrainConfig):  # items are seeded by (seed, epoch, index): each replica reads its share
-            train_set.set_epoch(run.epoch)
-            stream = data.batches(train_set, recipe.batch_size, rng, rank=rank, world_size=world_size)
-        else:  # the whole batch is augmented (Remix groups span replicas, as in one process), then shared
-            stream = (
-                _shard(data.demucs_augment(batch, recipe, rng), rank, world_size)
-                for batch in data.batches(train_set, recipe.batch_size, rng)
-            )
-        desc = f"[{run.epoch:03d}] train"
-        bar = tqdm(stream, total=steps_per_epoch, desc=desc, unit="batch", leave=False, disable=quiet)
+        stream = epoch_batches(train_set, recipe, rng, run.epoch, rank, world_size)
+        bar = tqdm(stream, total=steps_per_epoch, desc=f"[{run.epoch:03d}] train", unit="batch", leave=False,
+                   disable=quiet)  # fmt: skip
         for batch in bar:
             loss = train_step(net, optimizer, batch, recipe, stft_config)
             total, count, run.step = total + loss, count + 1, run.step + 1
             bar.set_postfix(loss=f"{total / count:.4g}")
-            if args.max_steps is not None and run.step >= args.max_steps:
-                done = True
+            if done := run.done(args.max_steps):
                 break
         bar.close()
         train_loss = _all_mean(total / max(count, 1), world_size, device)
-        valid_loss = math.nan
+        valid_loss = _validate(model, valid_set, recipe, stft_config, quiet) if rank == 0 else 0.0
+        valid_loss = _broadcast(valid_loss, world_size, device)  # every replica takes the same decisions
+        row, stop, is_best = run.end_epoch(train_loss, valid_loss, lr, count, time.time() - started)
         if rank == 0:
-            valid_loss = _validate(model, valid_set, recipe, stft_config, quiet) if len(valid_set) else train_loss
-        valid_loss = _broadcast(valid_loss, world_size, device)
-        if run.stopper is not None:
-            run.scheduler.step(valid_loss)
-            stop = run.stopper.step(valid_loss)
-            is_best = run.stopper.is_best
-        else:
-            stop, is_best = False, valid_loss < run.best_loss
-        if is_best:
-            run.best_loss = valid_loss
-        duration = time.time() - started
-        run.history.append(
-            {
-                "epoch": run.epoch,
-                "train": train_loss,
-                "valid": valid_loss,
-                "lr": lr,
-                "steps": count,
-                "duration": duration,
-            }
-        )
-        run.epoch += 1
-        if rank == 0:
-            if is_best or not (out / f"{name}.safetensors").exists():
-                _save_best(model, out, run, valid_loss)
-            _save_checkpoint(model, optimizer, out, run, rng)
-        _log(
-            f"epoch {run.epoch - 1:03d}: train={train_loss:.6g} valid={valid_loss:.6g} best={run.best_loss:.6g} "
-            f"lr={lr:.3g} ({time.time() - started:.1f} s)",
-            quiet,
-        )
+            if is_best or not folder.best_file.exists():
+                _save_best(model, folder, run, valid_loss)
+            _save_checkpoint(model, optimizer, folder, run, rng)
+        log(run.epoch_message(row), quiet)
         if stop:
-            _log(f"early stopping after {run.epoch} epochs", quiet)
+            log(f"early stopping after {run.epoch} epochs", quiet)
             break
-    return {"epochs": run.epoch, "steps": run.step, "best_loss": run.best_loss, "history": run.history}
+    return run.result()
 
 
 def _fit_worker(rank: int, world_size: int, store: str, args: argparse.Namespace, recipe: Recipe) -> None:
@@ -693,24 +516,13 @@ def _fit_worker(rank: int, world_size: int, store: str, args: argparse.Namespace
         dist.destroy_process_group()
 
 
-def _check_out(args: argparse.Namespace, recipe: Recipe) -> None:
-    out = Path(args.out)
-    name = recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
-    results = [p for p in (out / f"{name}.safetensors", out / CHECKPOINT_DIR) if p.exists()]
-    if results and not (args.resume or args.force):
-        raise FileExistsError(f"{out} already holds {[str(p) for p in results]}: pass --resume or --force")
-    if args.resume and not (out / CHECKPOINT_DIR / "state.json").exists():
-        raise FileNotFoundError(f"--resume: {out / CHECKPOINT_DIR / 'state.json'} does not exist")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def main(args: argparse.Namespace) -> int:
     """``unmix-train --framework torch``: train with the options of :func:`core_spec.train_cli.build_parser`."""
     from core_spec.train_cli import recipe_from_args
 
     recipe = recipe_from_args(args)
     try:
-        _check_out(args, recipe)
+        folder = check_out(args, recipe, FRAMEWORK)
     except (FileExistsError, FileNotFoundError) as error:
         print(f"unmix-train: {error}", file=sys.stderr)
         return 2
@@ -721,8 +533,8 @@ def main(args: argparse.Namespace) -> int:
 
         with tempfile.TemporaryDirectory(prefix="umx-torch-ddp-") as tmp:
             mp.spawn(_fit_worker, args=(args.devices, os.path.join(tmp, "store"), args, recipe), nprocs=args.devices)
-        state = json.loads((Path(args.out) / CHECKPOINT_DIR / "state.json").read_text())
+        state = read_state(folder)
         result = {"epochs": state["epoch"], "steps": state["step"], "best_loss": state["best_loss"]}
-    _log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
-         args.quiet)  # fmt: skip
+    log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
+        args.quiet)  # fmt: skip
     return 0
