@@ -73,9 +73,16 @@ test: setup
 	if [ $$status != 0 ]; then echo "make test: FAILED (see above)" >&2; fi; exit $$status
 
 # Main environment: everything but the NNabla port.
+# One pytest run per group, each with fresh worker processes: a worker then holds one framework's runtime and
+# caches (compiled functions, thread pools), not all three.
+MAIN_GROUPS := "parity_tests/spec parity_tests/upstream parity_tests/convert" parity_tests/torch parity_tests/tf parity_tests/jax
+
 test-main:
 	@echo "== tests in $(VENV) (Python 3.11: NumPy reference, upstream oracles, torch/tf/jax ports)"
-	$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile parity_tests --ignore=parity_tests/nnabla $(PYTEST_ARGS)
+	@status=0; for group in $(MAIN_GROUPS); do \
+		echo "-- $$group"; \
+		$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile $$group $(PYTEST_ARGS) || status=1; \
+	done; exit $$status
 
 NNABLA_TESTS := parity_tests/convert/test_reader_torchfree.py parity_tests/convert/test_cli.py $(wildcard parity_tests/nnabla)
 

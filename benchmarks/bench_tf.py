@@ -37,75 +37,19 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import measure_peak_rss, print_table, run_isolated, time_call, write_result
+from benchmarks.workloads import (
+    demucs_config,
+    demucs_weights,
+    music,
+    normalised,
+    setup_upstream,
+    umx_config,
+    umx_weights,
+)
 
 CASES = ("umx_separator_niter0", "umx_separator_niter1", "demucs_apply")
 IMPLS = ("upstream", "umx_tf_xla", "umx_tf_graph")
 THREADS = 2
-
-
-def music(seconds: float, rate: int = 44100) -> np.ndarray:
-    """``(2, seconds * rate)`` float32: the stempeg example's four stems summed, tiled to the length."""
-    import stempeg
-
-    audio, sr = stempeg.read_stems(stempeg.example_stem_path())
-    assert sr == rate
-    mix = audio[1:].sum(axis=0).T  # (2, L)
-    length = int(seconds * rate)
-    reps = math.ceil(length / mix.shape[-1])
-    return np.ascontiguousarray(np.tile(mix, (1, reps))[:, :length], dtype=np.float32)
-
-
-def _umx_config(niter: int):
-    import dataclasses
-
-    from core_spec.configs import umx_preset
-
-    cfg = umx_preset("umxhq")
-    wiener = dataclasses.replace(cfg.separator.wiener, niter=niter)
-    return dataclasses.replace(cfg, separator=dataclasses.replace(cfg.separator, wiener=wiener))
-
-
-def _umx_weights(cfg):
-    from core_spec.weights import random_weights
-
-    return {t: random_weights(cfg.model, seed=100 + i) for i, t in enumerate(cfg.separator.targets)}
-
-
-def _normalised(wav: np.ndarray) -> np.ndarray:
-    ref = wav.mean(0)
-    return ((wav - ref.mean()) / ref.std(ddof=1)).astype(np.float32)
-
-
-def _setup_upstream(case: str, seconds: float) -> Any:
-    import torch
-
-    from parity_tests import oracle
-
-    torch.set_num_threads(THREADS)
-    if case.startswith("umx_separator"):
-        cfg = _umx_config(int(case[-1]))
-        model = oracle.umx_separator(cfg, _umx_weights(cfg), torch.float32)
-        audio = torch.from_numpy(music(seconds)[None])
-
-        def call():
-            with torch.no_grad():
-                return model(audio).numpy()
-
-        return call
-    from demucs.utils import apply_model
-
-    from core_spec.configs import demucs_preset
-    from core_spec.weights import random_weights
-
-    cfg = demucs_preset("demucs")
-    model = oracle.demucs_model(cfg, random_weights(cfg, seed=0), torch.float32)
-    wav = torch.from_numpy(_normalised(music(seconds)))
-
-    def call():
-        with torch.no_grad():
-            return apply_model(model, wav, shifts=0, split=True).numpy()
-
-    return call
 
 
 def _setup_tf(case: str, seconds: float, jit_compile: bool) -> Any:
@@ -116,20 +60,17 @@ def _setup_tf(case: str, seconds: float, jit_compile: bool) -> Any:
     from umx_tf import apply_model, from_canonical
 
     if case.startswith("umx_separator"):
-        cfg = _umx_config(int(case[-1]))
-        separator = from_canonical(cfg, _umx_weights(cfg), jit_compile=jit_compile)
+        cfg = umx_config(int(case[-1]))
+        separator = from_canonical(cfg, umx_weights(cfg), jit_compile=jit_compile)
         audio = music(seconds)[None]
 
         def call():
             return separator.separate(audio).numpy()
 
         return call
-    from core_spec.configs import demucs_preset
-    from core_spec.weights import random_weights
-
-    cfg = demucs_preset("demucs")
-    model = from_canonical(cfg, random_weights(cfg, seed=0))
-    wav = tf.constant(_normalised(music(seconds)))
+    cfg = demucs_config()
+    model = from_canonical(cfg, demucs_weights(cfg))
+    wav = tf.constant(normalised(music(seconds)))
 
     def call():
         return apply_model(model, wav, shifts=0, split=True, jit_compile=jit_compile).numpy()
@@ -151,7 +92,7 @@ def worker(case: str, impl: str, seconds: float, repeats: int, save: str) -> dic
         gc.collect()
         _, memory = measure_peak_rss(call)
     else:
-        call = _setup_upstream(case, seconds)
+        call = setup_upstream(case, seconds, THREADS)
         gc.collect()
         out, memory = measure_peak_rss(call)
     np.save(save, out)

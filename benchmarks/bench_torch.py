@@ -36,38 +36,11 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.common import MEMORY_ENV, TIMING_ENV, measure_peak_rss, print_table, run_isolated, write_result
+from benchmarks.workloads import demucs_config, demucs_weights, music, umx_config, umx_weights
 
 CASES = ("umx_separator_niter0", "umx_separator_niter1", "wiener_niter0", "wiener_niter1", "demucs_apply")
 IMPLS = ("upstream", "umx_torch")
 THREADS = int(os.environ.get("UNMIX_BENCH_THREADS", "2"))
-
-
-def music(seconds: float, rate: int = 44100) -> np.ndarray:
-    """``(2, seconds * rate)`` float32: the stempeg example's four stems summed, tiled to the length."""
-    import stempeg
-
-    audio, sr = stempeg.read_stems(stempeg.example_stem_path())
-    assert sr == rate
-    mix = audio[1:].sum(axis=0).T  # (2, L)
-    length = int(seconds * rate)
-    reps = math.ceil(length / mix.shape[-1])
-    return np.ascontiguousarray(np.tile(mix, (1, reps))[:, :length], dtype=np.float32)
-
-
-def _umx_config(niter: int):
-    import dataclasses
-
-    from core_spec.configs import umx_preset
-
-    cfg = umx_preset("umxhq")
-    wiener = dataclasses.replace(cfg.separator.wiener, niter=niter)
-    return dataclasses.replace(cfg, separator=dataclasses.replace(cfg.separator, wiener=wiener))
-
-
-def _umx_weights(cfg):
-    from core_spec.weights import random_weights
-
-    return {t: random_weights(cfg.model, seed=100 + i) for i, t in enumerate(cfg.separator.targets)}
 
 
 def _upstream_filter(spectrograms, mix_stft, niter: int, win: int = 300):
@@ -94,8 +67,8 @@ def _setup(case: str, impl: str, seconds: float) -> tuple[Any, Any]:
     from parity_tests import oracle
 
     if case.startswith("umx_separator"):
-        cfg = _umx_config(int(case[-1]))
-        weights = _umx_weights(cfg)
+        cfg = umx_config(int(case[-1]))
+        weights = umx_weights(cfg)
         audio = torch.from_numpy(music(seconds)[None])
         if impl == "upstream":
             model = oracle.umx_separator(cfg, weights, torch.float32)
@@ -115,8 +88,8 @@ def _setup(case: str, impl: str, seconds: float) -> tuple[Any, Any]:
         from umx_torch.transforms import complex_norm, stft
 
         niter = int(case[-1])
-        cfg = _umx_config(niter)
-        sep = Separator.from_config(cfg, _umx_weights(cfg))
+        cfg = umx_config(niter)
+        sep = Separator.from_config(cfg, umx_weights(cfg))
         with torch.no_grad():
             mix = stft(torch.from_numpy(music(seconds)[None]), 4096, 1024)  # (B, C, F, T)
             X = complex_norm(mix)
@@ -143,11 +116,8 @@ def _setup(case: str, impl: str, seconds: float) -> tuple[Any, Any]:
         return call, lambda out: out.numpy()
 
     if case == "demucs_apply":
-        from core_spec.configs import demucs_preset
-        from core_spec.weights import random_weights
-
-        cfg = demucs_preset("demucs")
-        weights = random_weights(cfg, seed=0)
+        cfg = demucs_config()
+        weights = demucs_weights(cfg)
         wav = music(seconds)
         ref = wav.mean(0)
         wav = torch.from_numpy((wav - ref.mean()) / ref.std(ddof=1))

@@ -33,6 +33,7 @@ import dataclasses
 import glob
 import hashlib
 import json
+import math
 import re
 import warnings
 import zlib
@@ -53,7 +54,7 @@ from core_spec.configs import (
     UMXConfig,
     UMXSeparatorConfig,
 )
-from core_spec.params import UMX_IGNORED_ON_LOAD, check_weights, is_ignored_on_load
+from core_spec.params import UMX_IGNORED_ON_LOAD, check_weights, is_ignored_on_load, parameter_inventory
 
 from .errors import CheckpointError, ConversionError, NonFiniteWeightsWarning
 from .torch_pickle import GlobalRef, Namespace, read_checkpoint
@@ -677,6 +678,19 @@ def _read_quantized_state(compressed: Any, name: str) -> dict[str, Any]:
     return state
 
 
+def _stored_bytes(x: Any) -> int:
+    """Bytes of every array (and bytes object) inside a nested state."""
+    if isinstance(x, np.ndarray):
+        return int(x.nbytes)
+    if isinstance(x, (bytes, bytearray)):
+        return len(x)
+    if isinstance(x, Mapping):
+        return sum(_stored_bytes(v) for v in x.values())
+    if isinstance(x, (list, tuple)):
+        return sum(_stored_bytes(v) for v in x)
+    return 0
+
+
 def dequantize_demucs(
     state: Mapping[str, Any],
     config: DemucsConfig,
@@ -692,7 +706,18 @@ def dequantize_demucs(
     min_size=1)``; a package saved during training names its quantizer in ``training_args`` (``diffq``,
     ``q_min_size``; ``qat`` for the uniform quantizer). The model is rebuilt from ``config`` (upstream
     ``demucs.model.Demucs``), the quantizer attached to it the same way, and its restored state dict returned.
+
+    The config comes from the file: before anything is built, its parameter count is checked against what the
+    state can hold (diffq stores every parameter in at least one bit), so that a corrupt file cannot make the
+    converter allocate a model of arbitrary size.
     """
+    nb_params = sum(math.prod(shape) for _, shape in parameter_inventory(config))
+    stored = _stored_bytes(state)
+    if nb_params > 8 * stored + 1024:
+        raise ConversionError(
+            f"{name}: a Demucs(channels={config.channels}, depth={config.depth}, ...) has {nb_params} parameters, "
+            f"more than the {stored} bytes of the quantized state can hold: corrupt file or wrong --model"
+        )
     try:
         import torch
         from demucs.model import Demucs
