@@ -52,7 +52,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         REPORT_DIR.mkdir(exist_ok=True)
         env = f"py{platform.python_version_tuple()[0]}{platform.python_version_tuple()[1]}"
         device = session.config.getoption("--device")
-        path = REPORT_DIR / f"parity-{env}-{device}-{worker}.json"
+        path = REPORT_DIR / f"parity-{env}-{device}-{worker}-{os.getpid()}.json"  # one file per process
         path.write_text(json.dumps(tolerances.RECORDED, indent=1))
     if os.environ.get("UNMIX_REQUIRE_TESTS") and worker == "main":
         reporter = session.config.pluginmanager.get_plugin("terminalreporter")
