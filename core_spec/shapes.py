@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -122,3 +123,12 @@ def transition_weight(segment: int, transition_power: float = 1.0) -> np.ndarray
     weight = np.concatenate([np.arange(1, segment // 2 + 1), np.arange(segment - segment // 2, 0, -1)])
     weight = weight.astype(np.float64) / weight.max()
     return weight**transition_power
+
+
+def shift_draws(rng: Any) -> Any:
+    """The generator of ``apply_model``'s random shifts: ``rng`` itself when it draws (anything with
+    ``integers(low, high)``, e.g. a replay of upstream's ``random.randint``), else ``numpy.random.default_rng(rng)``
+    (seed 0 for ``None``)."""
+    if rng is None or isinstance(rng, (int, np.integer)):
+        return np.random.default_rng(0 if rng is None else int(rng))
+    return rng

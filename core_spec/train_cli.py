@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
+import importlib.util
 import os
 import subprocess
 import sys
@@ -101,16 +103,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.framework == "nnabla":
-        try:
-            import nnabla  # noqa: F401
-        except ImportError:
+        if importlib.util.find_spec("nnabla") is None:  # not importable here: run in .venv-nnabla
             python = _nnabla_python()
             if not python.exists():
                 print(f"unmix-train: --framework nnabla needs {python} (make setup)", file=sys.stderr)
                 return 1
             return subprocess.call([str(python), "-m", "core_spec.train_cli", *argv])
-    import importlib
-
     module = importlib.import_module(f"umx_{args.framework}.train")
     return int(module.main(args) or 0)
 

@@ -410,8 +410,7 @@ def apply_model(
                 f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
                 f"(nb_samples, audio_channels, nb_timesteps), got {np.shape(mix)}"
             )
-        if rng is None or isinstance(rng, (int, np.integer)):
-            rng = np.random.default_rng(0 if rng is None else int(rng))
+        rng = shapes.shift_draws(rng)
         length = track.shape[-1]
         if not split:
             out = _apply_shifted(model, _Track(track, _margin(model, [length])), 0, length, shifts, rng)
@@ -465,8 +464,7 @@ def separate_track(
     batch = prepare_audio(
         np.asarray(audio), rate if sample_rate is None else sample_rate, rate, model.audio_channels, resample, dtype
     )
-    if rng is None or isinstance(rng, (int, np.integer)):
-        rng = np.random.default_rng(0 if rng is None else int(rng))
+    rng = shapes.shift_draws(rng)
     tiny = 16 * np.finfo(dtype).eps
     outputs = []
     with dtype_scope(dtype, precision):

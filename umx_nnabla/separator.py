@@ -302,8 +302,7 @@ def apply_model(
             f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
             f"(nb_samples, audio_channels, nb_timesteps), got {mix.shape}"
         )
-    if rng is None or isinstance(rng, (int, np.integer)):
-        rng = np.random.default_rng(0 if rng is None else int(rng))
+    rng = shapes.shift_draws(rng)
     length = track.shape[-1]
     if not split:
         out = _apply_shifted(model, track, 0, length, shifts, rng)
@@ -361,8 +360,7 @@ def separate_track(
         resample,
         dtype=np.float32,
     )
-    if rng is None or isinstance(rng, (int, np.integer)):
-        rng = np.random.default_rng(0 if rng is None else int(rng))
+    rng = shapes.shift_draws(rng)
     outputs = []
     tiny = 16 * np.finfo(np.float32).eps
     for track in batch:

@@ -327,8 +327,7 @@ def apply_model(
             f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
             f"(nb_samples, audio_channels, nb_timesteps), got {tuple(mix.shape)}"
         )
-    if rng is None or isinstance(rng, (int, np.integer)):
-        rng = np.random.default_rng(0 if rng is None else int(rng))
+    rng = shapes.shift_draws(rng)
     if jit_compile is None:  # every shift has its own chunk length, hence its own XLA compilation: not worth it
         jit_compile = False if shifts else None
     forward = model.compiled_call(jit_compile)
@@ -393,8 +392,7 @@ def separate_track(
         resample,
         dtype=np.dtype(model.compute_dtype),
     )
-    if rng is None or isinstance(rng, (int, np.integer)):
-        rng = np.random.default_rng(0 if rng is None else int(rng))
+    rng = shapes.shift_draws(rng)
     outputs = []
     tiny = 16 * np.finfo(batch.dtype).eps
     for track in batch:

@@ -54,7 +54,7 @@ from core_spec.training import (
 from .demucs import Demucs, center_trim
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
-from .weights import _entries, load_weights
+from .weights import _entries, load_weights, lstm_bias_halves
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -180,9 +180,7 @@ class Parameters:
             folded = np.asarray(entry.variable.numpy())
             ih, hh = folded, np.zeros_like(folded)
             if weights is not None and all(n in weights for n in entry.names):
-                a, b = (np.asarray(weights[n], np.float64) for n in entry.names)
-                if np.allclose(a + b, folded, rtol=1e-6, atol=1e-6):
-                    ih, hh = a.astype(folded.dtype), b.astype(folded.dtype)
+                ih, hh = (h.astype(folded.dtype) for h in lstm_bias_halves(folded, *(weights[n] for n in entry.names)))
             first = len(self.values)
             for name, value in zip(entry.names, (ih, hh)):
                 var = tf.Variable(value, trainable=False, name=name.replace(".", "/"))

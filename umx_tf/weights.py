@@ -64,6 +64,7 @@ __all__ = [
     "load_module",
     "load_native",
     "load_weights",
+    "lstm_bias_halves",
     "native_paths",
     "save_native",
     "to_canonical",
@@ -350,7 +351,14 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
     for name in [k for k in weights if "bias_ih_" in k]:
         partner = name.replace("bias_ih_", "bias_hh_")
         if name in stored and partner in stored:
-            folded = (stored[name].astype(np.float64) + stored[partner].astype(np.float64)).astype(np.float32)
-            if np.array_equal(folded, weights[name]):
-                weights[name], weights[partner] = stored[name], stored[partner]
+            weights[name], weights[partner] = lstm_bias_halves(weights[name], stored[name], stored[partner])
     return weights, model.config
+
+
+def lstm_bias_halves(folded: np.ndarray, bias_ih: np.ndarray, bias_hh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Upstream's two LSTM biases for a Keras bias ``folded``: ``(bias_ih, bias_hh)`` where their float64 sum rounds
+    to ``folded`` (they are the halves it was made of), else ``(folded, 0)`` (the same network)."""
+    total = (np.asarray(bias_ih, np.float64) + np.asarray(bias_hh, np.float64)).astype(folded.dtype)
+    if np.array_equal(total, folded):
+        return np.asarray(bias_ih), np.asarray(bias_hh)
+    return folded, np.zeros_like(folded)

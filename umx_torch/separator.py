@@ -285,8 +285,7 @@ def apply_model(
             f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
             f"(nb_samples, audio_channels, nb_timesteps), got {tuple(mix.shape)}"
         )
-    if rng is None or isinstance(rng, (int, np.integer)):
-        rng = np.random.default_rng(0 if rng is None else int(rng))
+    rng = shapes.shift_draws(rng)
     length = track.shape[-1]
     with torch.no_grad():
         if not split:
@@ -343,8 +342,7 @@ def separate_track(
         _to_numpy(audio), rate if sample_rate is None else sample_rate, rate, model.audio_channels, resample
     )
     wav = _to_tensor(batch, ref_param.dtype, ref_param.device)
-    if rng is None or isinstance(rng, (int, np.integer)):
-        rng = np.random.default_rng(0 if rng is None else int(rng))
+    rng = shapes.shift_draws(rng)
     outputs = []
     tiny = 16 * torch.finfo(wav.dtype).eps
     for track in wav:

@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from core_spec import shapes
+
 from ..configs import DemucsConfig
 from ..shapes import center_trim, chunk_window, segment_offsets, transition_weight, valid_length
 from .demucs import demucs
@@ -134,8 +136,7 @@ def apply_model(
     mix = np.asarray(mix, dtype=np.float64)
     if mix.ndim != 2 or mix.shape[0] != config.audio_channels:
         raise ValueError(f"apply_model expects (audio_channels={config.audio_channels}, nb_timesteps), got {mix.shape}")
-    if rng is None or isinstance(rng, (int, np.integer)):
-        rng = np.random.default_rng(0 if rng is None else int(rng))
+    rng = shapes.shift_draws(rng)
     run = _Run(weights, config, rng, resample_kernels)
     if not split:
         return _apply_shifted(run, TensorChunk(mix), shifts)

@@ -107,10 +107,12 @@ def test_layout_round_trip_keeps_both_lstm_biases() -> None:
         for k, v in case.weights.items():
             np.testing.assert_array_equal(back[k], v, err_msg=k)
         folded = to_canonical(layout.merge(params, stats, train=False))
-        np.testing.assert_allclose(
+        check(
             folded["lstm.bias_ih_l1_reverse"],
             case.weights["lstm.bias_ih_l1_reverse"] + case.weights["lstm.bias_hh_l1_reverse"],
-            rtol=1e-15,
+            "identity",
+            "float64",
+            what="folded LSTM bias = bias_ih + bias_hh",
         )
 
 
@@ -309,8 +311,8 @@ def test_initial_weights_follow_upstream_init() -> None:
     np.testing.assert_array_equal(w["bn2.weight"], 1.0)
     np.testing.assert_array_equal(w["bn3.running_var"], 1.0)
     np.testing.assert_array_equal(w["output_mean"], 1.0)
-    np.testing.assert_allclose(w["input_mean"], -mean[:64], rtol=1e-7)
-    np.testing.assert_allclose(w["input_scale"], 1.0 / std[:64], rtol=1e-7)
+    check(w["input_mean"], -mean[:64], "init", "float32", what="input_mean = -mean")
+    check(w["input_scale"], 1.0 / std[:64], "init", "float32", what="input_scale = 1 / std")
     assert train_stft(config).n_fft == 512 and not train_stft(config).center
     demucs = load_train_case("demucs").config
     from core_spec.weights import random_weights
@@ -318,5 +320,5 @@ def test_initial_weights_follow_upstream_init() -> None:
     raw, scaled = random_weights(demucs, 5), initial_weights(demucs, 5)
     w0 = raw["encoder.1.0.weight"].astype(np.float64)
     factor = np.sqrt(w0.std(ddof=1) / demucs.rescale)
-    np.testing.assert_allclose(scaled["encoder.1.0.weight"], w0 / factor, rtol=1e-6)
+    check(scaled["encoder.1.0.weight"], w0 / factor, "init", "float32", what="rescale_module")
     np.testing.assert_array_equal(scaled["lstm.linear.weight"], raw["lstm.linear.weight"])

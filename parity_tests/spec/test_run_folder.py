@@ -13,6 +13,7 @@ import pytest
 from core_spec.configs import UMXConfig, demucs_preset, umx_preset
 from core_spec.data import DataError
 from core_spec.run_folder import RunFolder, RunState, atomic_write, check_out, jsonable, read_state, run_name
+from core_spec.tolerances import check
 from core_spec.training import (
     DemucsTrainConfig,
     UMXTrainConfig,
@@ -162,6 +163,6 @@ def test_initial_weights():
     umx = UMXConfig(nb_bins=257, max_bin=64, hidden_size=16, nb_layers=3)
     mean, scale = np.linspace(0, 1, 257), np.linspace(1, 2, 257)
     w = initial_weights(umx, 0, mean, scale)
-    np.testing.assert_allclose(w["input_mean"], -mean[:64].astype(np.float32))
-    np.testing.assert_allclose(w["input_scale"], (1 / scale[:64]).astype(np.float32), rtol=1e-7)
+    check(w["input_mean"], -mean[:64], "init", "float32", what="input_mean = -mean")
+    check(w["input_scale"], 1 / scale[:64], "init", "float32", what="input_scale = 1 / scale")
     assert all(np.all(w[k] == 1) for k in w if k.startswith("bn") and k.endswith(".weight"))
