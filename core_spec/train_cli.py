@@ -32,18 +32,17 @@ import argparse
 import dataclasses
 import importlib
 import importlib.util
-import os
-import subprocess
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from .frameworks import FRAMEWORKS as _FRAMEWORKS
+from .frameworks import importable, rerun_in_nnabla
 from .training import DemucsTrainConfig, UMXTrainConfig, train_config_from_dict
 
 __all__ = ["FRAMEWORKS", "build_parser", "main", "recipe_from_args"]
 
-FRAMEWORKS = ("torch", "tf", "jax", "nnabla")
+FRAMEWORKS = tuple(_FRAMEWORKS)
 
 
 def _option(name: str) -> str:
@@ -94,21 +93,12 @@ def recipe_from_args(args: argparse.Namespace) -> UMXTrainConfig | DemucsTrainCo
     return train_config_from_dict(args.model, given)
 
 
-def _nnabla_python() -> Path:
-    root = Path(__file__).resolve().parent.parent
-    return Path(os.environ.get("UNMIX_NNABLA_PYTHON", root / ".venv-nnabla" / "bin" / "python"))
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     if args.framework == "nnabla":
-        if importlib.util.find_spec("nnabla") is None:  # not importable here: run in .venv-nnabla
-            python = _nnabla_python()
-            if not python.exists():
-                print(f"unmix-train: --framework nnabla needs {python} (make setup)", file=sys.stderr)
-                return 1
-            return subprocess.call([str(python), "-m", "core_spec.train_cli", *argv])
+        if not importable("nnabla"):  # not importable here: run in .venv-nnabla
+            return rerun_in_nnabla("core_spec.train_cli", argv)
     module = importlib.import_module(f"umx_{args.framework}.train")
     return int(module.main(args) or 0)
 

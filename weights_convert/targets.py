@@ -28,45 +28,29 @@ import subprocess
 import sys
 import tempfile
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core_spec.canonical import load_canonical, save_canonical
+from core_spec.frameworks import FRAMEWORKS, REPO_ROOT, Framework, nnabla_env
+from core_spec.frameworks import framework as _framework
+from core_spec.frameworks import nnabla_python as _nnabla_python
 
 from .errors import ConversionError
 
 __all__ = ["FRAMEWORKS", "Framework", "nnabla_python", "save_native"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
-@dataclass(frozen=True)
-class Framework:
-    key: str
-    package: str
-    label: str
-    module: str  # the framework's own import name
-    install: str
-
-
-FRAMEWORKS: dict[str, Framework] = {
-    "torch": Framework("torch", "umx_torch", "PyTorch", "torch", "pip install -e '.[torch]'"),
-    "tf": Framework("tf", "umx_tf", "TensorFlow", "tensorflow", "pip install -e '.[tf]'"),
-    "jax": Framework("jax", "umx_jax", "JAX", "jax", "pip install -e '.[jax]'"),
-    "nnabla": Framework("nnabla", "umx_nnabla", "NNabla", "nnabla", "make setup (creates .venv-nnabla)"),
-}
 
 Writer = Callable[..., list]
 
 
 def framework(key: str) -> Framework:
     try:
-        return FRAMEWORKS[key]
-    except KeyError:
-        raise ConversionError(f"unknown target framework {key!r}; known: {', '.join(FRAMEWORKS)}") from None
+        return _framework(key)
+    except ValueError as e:
+        raise ConversionError(f"unknown target framework: {e}") from None
 
 
 def _writer(fw: Framework) -> Writer:
@@ -90,15 +74,11 @@ def _writer(fw: Framework) -> Writer:
 
 
 def nnabla_python() -> Path:
-    """The interpreter of the NNabla environment: ``$UNMIX_NNABLA_PYTHON`` or ``<repo>/.venv-nnabla/bin/python``."""
-    configured = os.environ.get("UNMIX_NNABLA_PYTHON")
-    candidate = Path(configured) if configured else REPO_ROOT / ".venv-nnabla" / "bin" / "python"
-    if not candidate.exists():
-        raise ConversionError(
-            f"--to nnabla runs the NNabla writer in the NNabla environment, whose interpreter {candidate} does not "
-            "exist: run 'make setup' or set UNMIX_NNABLA_PYTHON"
-        )
-    return candidate
+    """The interpreter of the NNabla environment (:func:`core_spec.frameworks.nnabla_python`)."""
+    try:
+        return _nnabla_python()
+    except FileNotFoundError as e:
+        raise ConversionError(f"--to nnabla runs the NNabla writer in the NNabla environment: {e}") from None
 
 
 def _save_nnabla_elsewhere(path: Path, weights: Mapping[str, np.ndarray], config: Any, force: bool) -> list[Path]:
@@ -106,10 +86,8 @@ def _save_nnabla_elsewhere(path: Path, weights: Mapping[str, np.ndarray], config
     with tempfile.TemporaryDirectory(dir=Path(path).parent, prefix=".nnabla-handoff-") as tmp:
         st_path, _ = save_canonical(Path(tmp) / "canonical", weights, config, {"handoff": "to the NNabla environment"})
         cmd = [str(python), "-m", "weights_convert.targets", "nnabla", str(st_path), str(path)]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
         result = subprocess.run(
-            [*cmd, *(["--force"] if force else [])], capture_output=True, text=True, cwd=REPO_ROOT, env=env
+            [*cmd, *(["--force"] if force else [])], capture_output=True, text=True, cwd=REPO_ROOT, env=nnabla_env()
         )
         if result.returncode != 0:
             detail = (result.stderr.strip() or result.stdout.strip())[-2000:]
