@@ -25,10 +25,7 @@ seed)``; the metadata holds the config (JSON), the seeds, the weights' SHA-256 a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
-import types
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -115,50 +112,11 @@ def _julius_kernels() -> dict[str, np.ndarray]:
     }
 
 
-@contextlib.contextmanager
-def _recorded_resampling(record: dict[str, Any]) -> Iterator[None]:
-    """Wrap the ``julius.resample_frac`` calls of ``demucs.model`` (a function, not a module: no hook)."""
-    import demucs.model
-    import julius
-
-    def resample_frac(x, old_sr, new_sr, *args, **kwargs):
-        y = julius.resample_frac(x, old_sr, new_sr, *args, **kwargs)
-        record["resample.up" if new_sr > old_sr else "resample.down"] = y.detach().numpy().copy()
-        return y
-
-    original = demucs.model.julius
-    demucs.model.julius = types.SimpleNamespace(resample_frac=resample_frac)
-    try:
-        yield
-    finally:
-        demucs.model.julius = original
-
-
 def _traced_forward(model, mix) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Upstream forward with every stage of ``demucs_trace_keys`` recorded."""
-    from parity_tests.oracle import torch
+    """Upstream forward with every stage of ``demucs_trace_keys`` recorded (``unmix_parity.adapters.upstream``)."""
+    from parity_tests.oracle import demucs_traced, torch
 
-    record: dict[str, np.ndarray] = {}
-    modules = {f"encoder.{i}": m for i, m in enumerate(model.encoder)}
-    modules.update({f"decoder.{j}": m for j, m in enumerate(model.decoder)})
-    if model.lstm is not None:
-        modules.update({"lstm": model.lstm, "lstm.lstm": model.lstm.lstm})
-
-    def hook(name: str):
-        def fn(module, inputs, output):
-            out = output[0] if isinstance(output, tuple) else output  # nn.LSTM returns (output, (h, c))
-            record[name] = out.detach().numpy().copy()
-
-        return fn
-
-    handles = [m.register_forward_hook(hook(name)) for name, m in modules.items()]
-    try:
-        with torch.no_grad(), _recorded_resampling(record):
-            out = model(torch.from_numpy(mix)).numpy()
-    finally:
-        for h in handles:
-            h.remove()
-    return record, out
+    return demucs_traced(model, torch.from_numpy(mix))
 
 
 def _meta(config: DemucsConfig, weights: dict[str, np.ndarray], **extra: Any) -> dict[str, Any]:
@@ -204,22 +162,10 @@ def _make_forward(name: str, case: ForwardCase) -> Path:
     return save(f"demucs_forward_{name}", arrays, meta)
 
 
-@contextlib.contextmanager
-def _default_dtype(dtype) -> Iterator[None]:
-    from parity_tests.oracle import torch
-
-    previous = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(previous)
-
-
 def _make_apply(name: str, case: ApplyCase) -> Path:
     from demucs.utils import apply_model
 
-    from parity_tests.oracle import demucs_model, torch
+    from parity_tests.oracle import default_dtype, demucs_model, torch
 
     weights = random_weights(case.config, case.weights_seed)
     mix = apply_mix(case)
@@ -233,7 +179,7 @@ def _make_apply(name: str, case: ApplyCase) -> Path:
     for key, (dtype, default) in runs.items():
         model = demucs_model(case.config, weights, dtype)
         x = torch.from_numpy(mix).to(dtype)
-        with torch.no_grad(), _default_dtype(default):
+        with torch.no_grad(), default_dtype(default):
             arrays[f"output.{key}"] = apply_model(model, x, **kwargs).numpy()
     meta = _meta(
         case.config,

@@ -143,32 +143,10 @@ def make() -> list[Path]:
         arrays = {}
         for dt in DTYPES:
             model = oracle.umx_model(cfg.model, weights, tdt[dt])
-            captured: dict[str, np.ndarray] = {}
-
-            def grab(key: str, kind: str, captured: dict[str, np.ndarray] = captured):
-                def hook(module, args, output=None):
-                    tensor = args[0] if kind == "input" else output
-                    if isinstance(tensor, tuple):
-                        tensor = tensor[0]
-                    captured[key] = tensor.detach().numpy().copy()
-
-                return hook
-
-            handles = []
-            for key in UMX_TRACE_KEYS:
-                name, _, kind = key.partition(".")
-                module = getattr(model, name)
-                if kind == "input":
-                    handles.append(module.register_forward_pre_hook(grab(key, "input")))
-                else:
-                    handles.append(module.register_forward_hook(grab(key, "output")))
             x = torch.from_numpy(spec).to(tdt[dt])
-            with torch.no_grad():
-                out = model(x)
-            for h in handles:
-                h.remove()
+            out, captured = oracle.umx_traced(model, x)  # forward hooks on the layers of UMX_TRACE_KEYS
             arrays[f"input.{dt}"] = x.numpy()
-            arrays[f"output.{dt}"] = out.numpy()
+            arrays[f"output.{dt}"] = out
             for key in UMX_TRACE_KEYS:
                 arrays[f"trace.{key}.{dt}"] = captured[key]
         meta = {"versions": versions, "preset": preset, "weights_seed": 0, "weights_sha256": weights_sha256(weights)}

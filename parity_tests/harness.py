@@ -1,7 +1,8 @@
 """The parity tests every port runs, written once. NumPy only: both environments.
 
-A port's test module defines a ``port`` fixture returning a :class:`Port` adapter (plain functions that take and
-return NumPy arrays, running the port's own code in ``dtype`` on ``device``) and imports the tests::
+A port's test module defines a ``port`` fixture returning its :class:`~unmix_parity.adapters.Port` adapter (plain
+functions that take and return NumPy arrays, running the port's own code in ``dtype`` on ``device``; the adapters
+live in ``unmix_parity/adapters/``, shared with ``unmix-parity``) and imports the tests::
 
     from parity_tests.harness import *  # noqa: F403  (the shared stage tests)
 
@@ -20,7 +21,6 @@ with a message naming the missing stage, so an unfinished port is never counted 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -39,6 +39,7 @@ from core_spec.tolerances import check
 from core_spec.weights import random_weights
 from parity_tests import fixtures_demucs, fixtures_umx
 from parity_tests.fixtures import load
+from unmix_parity.adapters import Port
 
 __all__ = [
     "Port",
@@ -54,37 +55,6 @@ __all__ = [
 ]
 
 Array = np.ndarray
-
-
-@dataclasses.dataclass
-class Port:
-    """What the shared tests call. Every function returns NumPy arrays (complex where the stage is complex).
-
-    - ``stft(x (B, C, L), cfg, dtype, device) -> (B, C, F, T) complex``
-    - ``istft(X (B, C, F, T) complex, cfg, length, dtype, device) -> (B, C, length)``
-    - ``complex_norm(X complex, mono, dtype, device) -> (B, C|1, F, T)``
-    - ``umx(weights, config, x (B, C, F, T), dtype, device) -> (output (B, C, F, T), trace dict)``; the trace holds
-      the keys of ``core_spec.reference.umx.UMX_TRACE_KEYS`` in the same layouts
-    - ``wiener(v (T, F, C|1, S), mix (T, F, C) complex, niter, softmask, residual, dtype, device) -> complex``
-    - ``separator(weights_by_target, config, audio (B, 2, L), dtype, device) -> (B, S, 2, L)``
-    - ``resample(x (..., L), old, new, dtype, device) -> (..., L')``
-    - ``demucs(weights, config, mix (B, C, L), dtype, device) -> (output (B, S, C, L'), trace dict)``
-    - ``apply_model(weights, config, mix (C, L), split, overlap, transition_power, segment_length, dtype,
-      device) -> (S, C, L)``
-    """
-
-    name: str
-    dtypes: tuple[str, ...] = ("float32", "float64")
-    device: str = "cpu"
-    stft: Callable[..., Array] | None = None
-    istft: Callable[..., Array] | None = None
-    complex_norm: Callable[..., Array] | None = None
-    umx: Callable[..., tuple[Array, dict[str, Array]]] | None = None
-    wiener: Callable[..., Array] | None = None
-    separator: Callable[..., Array] | None = None
-    resample: Callable[..., Array] | None = None
-    demucs: Callable[..., tuple[Array, dict[str, Array]]] | None = None
-    apply_model: Callable[..., Array] | None = None
 
 
 def _stage(port: Port, name: str) -> Callable[..., Any]:

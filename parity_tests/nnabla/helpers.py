@@ -5,29 +5,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 
-import nnabla as nn
-import numpy as np
 import pytest
 
-from umx_nnabla import device_context
+from unmix_parity.adapters import DeviceUnavailable
+from unmix_parity.adapters import nnabla as adapter
+from unmix_parity.adapters.nnabla import trace_arrays
+
+__all__ = ["run_on", "trace_arrays"]
 
 
 @contextlib.contextmanager
 def run_on(device: str) -> Iterator[None]:
     """Run inside ``device``'s context; a GPU run without ``nnabla-ext-cuda`` is skipped."""
     try:
-        ctx = device_context(device)
-    except RuntimeError as e:
+        adapter.check_device(device)
+    except DeviceUnavailable as e:
         pytest.skip(str(e))
-    with nn.context_scope(ctx):
+    with adapter.run_on(device):
         yield
-
-
-def trace_arrays(trace: dict[str, nn.Variable]) -> dict[str, np.ndarray]:
-    """The UMX trace in the reference's layouts: every key ``(nb_frames * nb_samples, features)`` but ``lstm``
-    ``(nb_frames, nb_samples, features)``; the port's Variables are frame-major ``(nb_frames, nb_samples, ...)``."""
-    out = {}
-    for key, var in trace.items():
-        value = var.d.copy()
-        out[key] = value if key == "lstm" else value.reshape(value.shape[0] * value.shape[1], -1)
-    return out

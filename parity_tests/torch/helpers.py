@@ -10,9 +10,11 @@ import pytest
 
 from parity_tests import oracle  # inserts the empty torchaudio module before openunmix is imported
 from parity_tests.oracle import torch
+from unmix_parity.adapters import DeviceUnavailable
+from unmix_parity.adapters import torch as adapter
+from unmix_parity.adapters.torch import TORCH_DTYPES, np_of
 
 DTYPES = ("float64", "float32")
-TORCH_DTYPES = {"float64": torch.float64, "float32": torch.float32}
 
 __all__ = [
     "DTYPES",
@@ -29,17 +31,10 @@ __all__ = [
 
 def torch_device(device: str) -> torch.device:
     """The torch device of the ``--device`` option; CUDA runs with TF32 off (skips without CUDA)."""
-    if device == "gpu":
-        if not torch.cuda.is_available():
-            pytest.skip("--device gpu needs CUDA")
-        torch.backends.cuda.matmul.allow_tf32 = False
-        torch.backends.cudnn.allow_tf32 = False
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
-def np_of(x: torch.Tensor) -> np.ndarray:
-    return x.detach().to("cpu").numpy()
+    try:
+        return adapter.torch_device(device)
+    except DeviceUnavailable as e:
+        pytest.skip(str(e))
 
 
 @lru_cache(maxsize=4)

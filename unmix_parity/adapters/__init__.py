@@ -1,0 +1,88 @@
+"""Each implementation as plain functions on NumPy arrays, one per stage: the one stage-capture mechanism that the
+parity suite (``parity_tests/harness.py``) and ``unmix-parity`` both call.
+
+An adapter is a :class:`Port`: every function takes NumPy inputs, runs one stage of the implementation's own code
+in ``dtype`` on ``device`` and returns NumPy arrays (complex where the stage is complex). The modules beside this
+one build them: :mod:`.torch`, :mod:`.tf`, :mod:`.jax`, :mod:`.nnabla` (the four ports) and :mod:`.upstream`
+(openunmix 1.3.0 and demucs 2.0.3 run by PyTorch: the oracle). This module imports NumPy only; :func:`load`
+imports an adapter module, and with it its framework, when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib
+from collections.abc import Callable
+
+import numpy as np
+
+__all__ = ["ADAPTERS", "STAGE_FUNCTIONS", "DeviceUnavailable", "Port", "load"]
+
+Array = np.ndarray
+
+# adapter name -> module under unmix_parity.adapters
+ADAPTERS = ("torch", "tf", "jax", "nnabla", "upstream")
+
+STAGE_FUNCTIONS = (
+    "stft",
+    "istft",
+    "complex_norm",
+    "umx",
+    "wiener",
+    "separator",
+    "resample",
+    "demucs",
+    "apply_model",
+)
+
+
+class DeviceUnavailable(RuntimeError):
+    """The implementation cannot run on the requested device here (no CUDA, no ``nnabla-ext-cuda``, ...)."""
+
+
+@dataclasses.dataclass
+class Port:
+    """One implementation, stage by stage. Every function returns NumPy arrays (complex where the stage is complex).
+
+    - ``stft(x (B, C, L), cfg, dtype, device) -> (B, C, F, T) complex``
+    - ``istft(X (B, C, F, T) complex, cfg, length, dtype, device) -> (B, C, length)``
+    - ``complex_norm(X complex, mono, dtype, device) -> (B, C|1, F, T)``
+    - ``umx(weights, config, x (B, C, F, T), dtype, device) -> (output (B, C, F, T), trace dict)``; the trace holds
+      the keys of ``core_spec.reference.umx.UMX_TRACE_KEYS`` in the reference's layouts
+    - ``wiener(v (T, F, C|1, S), mix (T, F, C) complex, niter, softmask, residual, dtype, device) -> complex``
+    - ``separator(weights_by_target, config, audio (B, 2, L), dtype, device) -> (B, S, 2, L)``
+    - ``resample(x (..., L), old, new, dtype, device) -> (..., L')``
+    - ``demucs(weights, config, mix (B, C, L), dtype, device) -> (output (B, S, C, L'), trace dict)``; the trace holds
+      the keys of ``core_spec.reference.demucs.demucs_trace_keys(config)``
+    - ``apply_model(weights, config, mix (C, L), split, overlap, transition_power, segment_length, dtype,
+      device) -> (S, C, L)``
+
+    A stage may be ``None`` only while the implementation does not have it; callers fail (never skip) naming it.
+    """
+
+    name: str
+    dtypes: tuple[str, ...] = ("float32", "float64")
+    device: str = "cpu"
+    stft: Callable[..., Array] | None = None
+    istft: Callable[..., Array] | None = None
+    complex_norm: Callable[..., Array] | None = None
+    umx: Callable[..., tuple[Array, dict[str, Array]]] | None = None
+    wiener: Callable[..., Array] | None = None
+    separator: Callable[..., Array] | None = None
+    resample: Callable[..., Array] | None = None
+    demucs: Callable[..., tuple[Array, dict[str, Array]]] | None = None
+    apply_model: Callable[..., Array] | None = None
+
+
+def load(name: str, device: str = "cpu") -> Port:
+    """The adapter ``name`` (one of :data:`ADAPTERS`) on ``device``; imports its framework.
+
+    Raises:
+        ValueError: an unknown name.
+        ImportError: the framework (or, for ``upstream``, torch/openunmix/demucs) is not installed here.
+        DeviceUnavailable: ``device`` is not usable by that framework here.
+    """
+    if name not in ADAPTERS:
+        raise ValueError(f"unknown implementation {name!r}; known: {', '.join(ADAPTERS)}")
+    module = importlib.import_module(f"{__name__}.{name}")
+    return module.port(device)
