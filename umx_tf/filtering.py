@@ -15,6 +15,16 @@ How this differs from upstream's code, not from its results:
 - the EM sums run over the whole chunk at once (upstream adds partial sums of ``batch_size`` frames, which
   changes only rounding).
 
+- **EM runs in float64** (complex128) whatever the input precision (``em_dtype="float64"``, the default of
+  :func:`wiener` / :func:`wiener_planar`); the initial estimate is made in the input precision and the result is
+  cast back to it. In float32 the filter loses most of its digits on real music: where one spatial direction
+  dominates a bin (near-mono low frequencies), ``Cxx = sqrt(eps) I + sum_j v_j R_j`` is nearly singular, its
+  determinant ``c00 c11 - |c01|^2`` is a difference of two products that agree to ~7 digits, and float32
+  products carry only ~7 (measured on 3 s of the stempeg clip, oracle magnitudes, niter 1: upstream float32 and
+  every port in float32 reach 60-62 dB SNR against the float64 reference after the filter, 67 dB after the
+  inverse STFT; rounding the covariances alone to float32 already limits it to ~110 dB, so no rearrangement in
+  float32 reaches 120 dB). ``em_dtype=None`` keeps upstream's float32 arithmetic.
+
 Kept from upstream because the outputs depend on it: ``eps = 1e-10``, ``sqrt(eps)`` on the diagonal, ``R_j``
 divided by ``eps + sum_t v_j``, the analytic inverse without eps (``1 / z`` computed as upstream's
 ``conj(z) / |z|^2``), the ``max_abs`` rescaling per call, and with ``atan2="upstream"`` (the default) upstream's
@@ -163,15 +173,18 @@ def wiener_planar(
     scale_factor: float = 10.0,
     eps: float = 1e-10,
     atan2: str = "upstream",
+    em_dtype: str | None = "float64",
 ) -> tf.Tensor:
     """:func:`wiener` in the planar layout; every leading index is an independent call (its own ``max_abs``).
 
     Args:
         targets_spectrograms: magnitudes ``(..., nb_sources, nb_channels or 1, nb_bins, nb_frames)``.
         mix_stft: complex ``(..., nb_channels, nb_bins, nb_frames)``.
+        em_dtype: precision of the ``max_abs`` scaling and EM (``"float64"``, default: see the module docstring;
+            ``None``: the input's).
 
     Returns:
-        complex ``(..., nb_sources [+ 1], nb_channels, nb_bins, nb_frames)``.
+        complex ``(..., nb_sources [+ 1], nb_channels, nb_bins, nb_frames)``, the dtype of ``mix_stft``.
     """
     mix_stft = tf.convert_to_tensor(mix_stft)
     if not mix_stft.dtype.is_complex:
@@ -181,11 +194,15 @@ def wiener_planar(
     y, mix = _initial_estimate(v, mix_stft, softmask, residual, eps, atan2)
     if iterations == 0:
         return y
+    out_dtype = mix.dtype
+    if em_dtype is not None:
+        em_complex = {"float32": tf.complex64, "float64": tf.complex128}[em_dtype]
+        y, mix = tf.cast(y, em_complex), tf.cast(mix, em_complex)
     magnitude = tf.sqrt(_norm(mix))
     max_abs = tf.maximum(tf.reduce_max(magnitude, axis=[-3, -2, -1], keepdims=True) / scale_factor, 1.0)
     max_abs = _complex(max_abs, mix)  # (..., 1, 1, 1)
     y = expectation_maximization_planar(y / max_abs[..., None, :, :, :], mix / max_abs, iterations, eps)[0]
-    return y * max_abs[..., None, :, :, :]
+    return tf.cast(y * max_abs[..., None, :, :, :], out_dtype)
 
 
 def _reverse_last(x: tf.Tensor, n: int) -> tf.Tensor:
@@ -203,6 +220,7 @@ def wiener(
     scale_factor: float = 10.0,
     eps: float = 1e-10,
     atan2: str = "upstream",
+    em_dtype: str | None = "float64",
 ) -> tf.Tensor:
     """Wiener-filter source estimates from magnitude estimates and the mixture STFT (upstream's layout).
 
@@ -215,14 +233,15 @@ def wiener(
         residual: append ``mix - sum_j y_j`` as an extra source.
         scale_factor, eps: as upstream.
         atan2: ``"upstream"`` (default) or ``"exact"`` (``tf.math.atan2``, the mixture left untouched).
+        em_dtype: precision of EM: ``"float64"`` (default, see the module docstring) or ``None`` (the input's).
 
     Returns:
-        complex ``(..., nb_frames, nb_bins, nb_channels, nb_sources [+ 1])``. Leading dimensions are independent
-        calls.
+        complex ``(..., nb_frames, nb_bins, nb_channels, nb_sources [+ 1])``, the dtype of ``mix_stft``. Leading
+        dimensions are independent calls.
     """
     mix = tf.convert_to_tensor(mix_stft)
     v = _reverse_last(tf.convert_to_tensor(targets_spectrograms), 4)  # (..., S, C, F, T)
-    y = wiener_planar(v, _reverse_last(mix, 3), iterations, softmask, residual, scale_factor, eps, atan2)
+    y = wiener_planar(v, _reverse_last(mix, 3), iterations, softmask, residual, scale_factor, eps, atan2, em_dtype)
     return _reverse_last(y, 4)  # (..., T, F, C, S)
 
 
