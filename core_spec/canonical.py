@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,9 @@ from .params import check_weights
 __all__ = [
     "FORMAT",
     "CanonicalModel",
+    "atomic_write",
     "canonical_paths",
+    "default_file_mode",
     "join_targets",
     "load_canonical",
     "save_canonical",
@@ -77,15 +79,33 @@ def _check(weights: Mapping[str, np.ndarray], config: Any, source: str) -> dict[
     return check_weights(weights, config, source)
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+def default_file_mode() -> int:
+    """The mode a newly created file gets: ``0o666`` under the process's umask (``0o644`` for umask 022)."""
+    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: str = ".tmp") -> Path:
+    """Write ``path`` through a temporary file beside it, renamed over ``path`` only once ``write`` returned.
+
+    ``write(tmp)`` writes the whole file under the name it is given (``.<name>.<random><suffix>`` in the same
+    folder, so the rename is atomic; ``suffix`` lets a writer that goes by the extension see the right one). The
+    file gets the usual mode (:func:`default_file_mode`), not the ``0600`` of a temporary file. If ``write`` raises
+    (or the process is interrupted by an exception such as ``KeyboardInterrupt``), the temporary file is removed and
+    ``path`` is left as it was: a reader never sees a partial file.
+    """
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+    return path
 
 
 def save_canonical(
@@ -115,8 +135,8 @@ def save_canonical(
         "provenance": dict(provenance or {}),
     }
     text = json.dumps(header, indent=2, sort_keys=True)
-    _atomic_write(st_path, lambda tmp: save_file(arrays, tmp, metadata={"unmix_ports": text}))
-    _atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n"))
+    atomic_write(st_path, lambda tmp: save_file(arrays, tmp, metadata={"unmix_ports": text}))
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text + "\n"))
     return st_path, json_path
 
 

@@ -10,7 +10,7 @@
 Printed per stem: the SNR in dB of each port's stems against upstream's, and the time of one call (after a
 warm-up call for the compiled ports: TensorFlow's and JAX's first call traces and compiles). The NNabla port runs in
 ``.venv-nnabla``: the weights go there as a canonical file, the clip as ``.npz`` (``python -m umx_nnabla
-separate``); its time is measured there, without the interpreter's start.
+separate-npz``); its time is measured there, without the interpreter's start.
 
 Run alone: ``python -m scripts.demo_ports`` (or through ``make demo``).
 """
@@ -87,13 +87,13 @@ def _nnabla(config: Any, weights: dict, mixture: np.ndarray) -> tuple[np.ndarray
     with tempfile.TemporaryDirectory() as tmp:
         save_canonical(Path(tmp) / "model", weights, config)
         np.savez(Path(tmp) / "in.npz", mixture=mixture)
-        command = [str(python), "-m", "umx_nnabla", "separate", "--weights", str(Path(tmp) / "model")]
+        command = [str(python), "-m", "umx_nnabla", "separate-npz", "--weights", str(Path(tmp) / "model")]
         command += ["--input", str(Path(tmp) / "in.npz"), "--output", str(Path(tmp) / "out.npz")]
         if hasattr(config, "segment_length"):
             command += ["--segment-length", str(config.segment_length)]
         done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"umx_nnabla separate failed:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"umx_nnabla separate-npz failed:\n{done.stderr[-2000:]}")
         with np.load(Path(tmp) / "out.npz") as out:
             return out["estimates"], float(out["seconds"])
 

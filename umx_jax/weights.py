@@ -38,7 +38,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
-from core_spec.canonical import join_targets, load_canonical, split_targets
+from core_spec.canonical import atomic_write, join_targets, load_canonical, split_targets
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
 from core_spec.params import WeightsMismatchError, check_weights
 from core_spec.separator_settings import separator_kwargs
@@ -337,14 +336,7 @@ def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def _atomic_write(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
 
 
 def _lstm_biases(config: Config, weights: Mapping[str, Any]) -> dict[str, np.ndarray]:

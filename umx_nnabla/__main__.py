@@ -1,14 +1,20 @@
-"""Command line of the NNabla port, for the main environment's scripts (arrays cross as ``.npz`` files)::
+"""Command line of the NNabla port::
 
-    python -m umx_nnabla oracle --input IN.npz --output OUT.npz
-    python -m umx_nnabla separate --weights STEM --input IN.npz --output OUT.npz [--segment-length N]
+    python -m umx_nnabla separate INPUT... --model MODEL [options]     # unmix-separate --framework nnabla
+    python -m umx_nnabla oracle-npz --input IN.npz --output OUT.npz
+    python -m umx_nnabla separate-npz --weights STEM --input IN.npz --output OUT.npz [--segment-length N]
 
-``separate``: the model of a canonical file (``STEM.safetensors`` + ``STEM.json``: a UMX separator or a Demucs)
+``separate``: audio files in, stems out; the same code as ``unmix-separate --framework nnabla``
+(:mod:`core_spec.separate_cli`).
+
+The two ``-npz`` commands serve the main environment's scripts and tests (arrays cross as ``.npz`` files):
+
+``separate-npz``: the model of a canonical file (``STEM.safetensors`` + ``STEM.json``: a UMX separator or a Demucs)
 separates ``IN.npz``'s ``mixture`` ``(nb_channels, nb_timesteps)`` at the model's rate: :meth:`Separator.separate`,
 or :func:`separate_track` (``split=True``, ``shifts=0``; ``--segment-length`` in samples, default the model's).
 ``OUT.npz`` gets ``estimates`` ``(nb_sources, nb_channels, nb_timesteps)`` and ``seconds``.
 
-``oracle``: the oracle Wiener separation of ``make demo`` done by this port (its STFT, magnitude graph, Wiener
+``oracle-npz``: the oracle Wiener separation of ``make demo`` done by this port (its STFT, magnitude graph, Wiener
 filter and inverse STFT, float32): ``IN.npz`` holds ``mixture`` ``(nb_channels, nb_timesteps)``, ``stems``
 ``(nb_sources, nb_channels, nb_timesteps)`` (their magnitudes replace the networks' outputs) and ``config``, the
 ``core_spec.configs`` JSON of a ``SeparatorConfig``; ``OUT.npz`` gets ``estimates``
@@ -65,12 +71,18 @@ def _separate(weights: str, mixture: np.ndarray, segment_length: int | None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["separate"]:
+        from core_spec.separate_cli import port_main
+
+        return port_main("nnabla", argv)
     parser = argparse.ArgumentParser(prog="python -m umx_nnabla", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    oracle = commands.add_parser("oracle", help="oracle Wiener separation (true stem magnitudes), .npz in and out")
+    commands.add_parser("separate", help="audio files -> stems (unmix-separate --framework nnabla)")
+    oracle = commands.add_parser("oracle-npz", help="oracle Wiener separation (true stem magnitudes), .npz in and out")
     oracle.add_argument("--input", required=True)
     oracle.add_argument("--output", required=True)
-    separate = commands.add_parser("separate", help="separate a mixture with a canonical file's model")
+    separate = commands.add_parser("separate-npz", help="separate a mixture with a canonical file's model")
     separate.add_argument("--weights", required=True, help="canonical STEM (.safetensors + .json)")
     separate.add_argument("--input", required=True)
     separate.add_argument("--output", required=True)
@@ -79,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     with np.load(args.input, allow_pickle=False) as data:
         arrays = {k: data[k] for k in data.files}
     start = time.perf_counter()
-    if args.command == "separate":
+    if args.command == "separate-npz":
         estimates = _separate(args.weights, arrays["mixture"], args.segment_length)
     else:
         config = config_from_json(str(arrays["config"]))

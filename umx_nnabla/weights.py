@@ -46,7 +46,6 @@ import argparse
 import json
 import os
 import sys
-import tempfile
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -55,10 +54,12 @@ from typing import Any
 import nnabla as nn
 import numpy as np
 
-from core_spec.canonical import join_targets, load_canonical, split_targets
+from core_spec.canonical import atomic_write, join_targets, load_canonical, split_targets
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from core_spec.devices import device_name, dtype_name
 from core_spec.params import WeightsMismatchError, check_weights
 
+from ._context import device_context
 from .demucs import Demucs
 from .separator import Separator
 from .umx import OpenUnmix
@@ -67,6 +68,7 @@ __all__ = [
     "FORMAT",
     "WeightsMismatchError",
     "canonical_from_parameters",
+    "check_device_dtype",
     "from_canonical",
     "from_canonical_file",
     "load_module",
@@ -278,9 +280,38 @@ def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
     model.graphs.clear()  # graphs built before hold the previous parameter arrays
 
 
-def from_canonical(config: Config, weights: Mapping[str, Any] | None = None, **kwargs: Any) -> Model:
+def check_device_dtype(device: str = "cpu", dtype: Any = "float32") -> str:
+    """The ``device`` (``"cpu"`` or ``"gpu"``) once it is usable here, for ``dtype`` float32.
+
+    Raises:
+        ValueError: ``dtype`` float64 (the port computes in float32: :mod:`umx_nnabla._context`), or an unknown name.
+        RuntimeError: ``"gpu"`` without ``nnabla-ext-cuda``.
+    """
+    if dtype_name(dtype) != "float32":
+        raise ValueError(
+            f"the NNabla port computes in float32 only (NNabla {nn.__version__}'s CPU extension has no float64 "
+            f"kernels); got dtype {dtype!r}"
+        )
+    name = device_name(device)
+    device_context(name)  # raises for a GPU without the CUDA extension
+    return name
+
+
+def from_canonical(
+    config: Config,
+    weights: Mapping[str, Any] | None = None,
+    *,
+    device: str = "cpu",
+    dtype: Any = "float32",
+    **kwargs: Any,
+) -> Model:
     """Build the model of ``config`` (:class:`OpenUnmix`, :class:`Demucs` or :class:`Separator`) and load
-    ``weights`` into it. ``kwargs`` go to the constructor (``lstm_impl``; separator overrides such as ``niter``)."""
+    ``weights`` into it. ``kwargs`` go to the constructor (``lstm_impl``; separator overrides such as ``niter``).
+
+    ``device``: ``"cpu"`` or ``"gpu"``; NNabla keeps parameters as arrays and runs a graph in the context current
+    when it is called, so run the model inside :func:`umx_nnabla.on_device` of the same device. ``dtype``:
+    ``"float32"`` (float64 is a clear error, :func:`check_device_dtype`)."""
+    check_device_dtype(device, dtype)
     if isinstance(config, UMXSeparatorConfig):
         return Separator.from_config(config, weights, **kwargs)
     if isinstance(config, UMXConfig):
@@ -294,10 +325,13 @@ def from_canonical(config: Config, weights: Mapping[str, Any] | None = None, **k
     return model
 
 
-def from_canonical_file(path: str | os.PathLike, **kwargs: Any) -> Model:
-    """The model a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes, with its weights."""
+def from_canonical_file(
+    path: str | os.PathLike, *, device: str = "cpu", dtype: Any = "float32", **kwargs: Any
+) -> Model:
+    """The model a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes, with its weights
+    (arguments as :func:`from_canonical`)."""
     weights, config, _ = load_canonical(path)
-    return from_canonical(config, weights, **kwargs)
+    return from_canonical(config, weights, device=device, dtype=dtype, **kwargs)
 
 
 def to_canonical(model: Model) -> dict[str, np.ndarray]:
@@ -316,17 +350,6 @@ def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     return stem.with_name(stem.name + ".h5"), stem.with_name(stem.name + ".json")
 
 
-def _atomic(path: Path, write: Any, suffix: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Config, force: bool = False) -> list[Path]:
     """Write ``<stem>.h5`` (``nn.save_parameters``) and ``<stem>.json`` atomically; refuse to overwrite unless
     ``force``. ``weights`` are canonical (checked against ``config``'s inventory). Returns the two paths."""
@@ -342,8 +365,9 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Con
     )
     header = {"format": FORMAT, "config": json.loads(config_to_json(config))}
     h5_path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(h5_path, lambda tmp: nn.save_parameters(tmp, variables), ".h5")
-    _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n"), ".json")
+    atomic_write(h5_path, lambda tmp: nn.save_parameters(tmp, variables), ".h5")
+    text = json.dumps(header, indent=2, sort_keys=True) + "\n"
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text), ".json")
     return [h5_path, json_path]
 
 
@@ -369,10 +393,10 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
     return canonical_from_parameters(params, config), config
 
 
-def load_module(path: str | os.PathLike, **kwargs: Any) -> Model:
-    """The model stored in a native file, ready to run (``kwargs`` as :func:`from_canonical`)."""
+def load_module(path: str | os.PathLike, *, device: str = "cpu", dtype: Any = "float32", **kwargs: Any) -> Model:
+    """The model stored in a native file, ready to run (arguments as :func:`from_canonical`)."""
     weights, config = load_native(path)
-    return from_canonical(config, weights, **kwargs)
+    return from_canonical(config, weights, device=device, dtype=dtype, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,9 +35,9 @@ the :mod:`core_spec.configs` JSON, for people and for :func:`load_native`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,8 +48,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core_spec.canonical import join_targets, load_canonical, split_targets
+from core_spec.canonical import atomic_write, join_targets, load_canonical, split_targets
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from core_spec.devices import device_name, dtype_name
 from core_spec.params import WeightsMismatchError, check_weights
 
 from .demucs import Demucs
@@ -59,6 +60,7 @@ from .umx import OpenUnmix
 __all__ = [
     "FORMAT",
     "WeightsMismatchError",
+    "device_scope",
     "from_canonical",
     "from_canonical_file",
     "load_module",
@@ -67,6 +69,7 @@ __all__ = [
     "lstm_bias_halves",
     "native_paths",
     "save_native",
+    "tf_device",
     "to_canonical",
 ]
 
@@ -205,7 +208,31 @@ def to_canonical(model: Model) -> dict[str, np.ndarray]:
     return _checked(out, model.config, f"{type(model).__name__} weights")
 
 
-def from_canonical(config: Config, weights: Mapping[str, Any] | None = None, dtype: Any = "float32", **kwargs: Any):
+def tf_device(device: str | None) -> str | None:
+    """A ``tf.device`` name: ``None`` (TensorFlow's placement), ``"cpu"`` -> ``/CPU:0``, ``"gpu"`` -> ``/GPU:0``;
+    names such as ``"/GPU:1"`` pass through.
+
+    Raises:
+        RuntimeError: ``"gpu"`` where TensorFlow sees no GPU.
+    """
+    if device is None or str(device).startswith("/"):
+        return device
+    if device_name(device) == "cpu":
+        return "/CPU:0"
+    if not tf.config.list_logical_devices("GPU"):
+        raise RuntimeError(f"device {device!r}: TensorFlow sees no GPU (tf.config.list_logical_devices is empty)")
+    return "/GPU:0"
+
+
+def device_scope(device: str | None) -> contextlib.AbstractContextManager:
+    """``tf.device(tf_device(device))``, or nothing for ``None``: run a model's calls inside it, as it was built."""
+    name = tf_device(device)
+    return tf.device(name) if name is not None else contextlib.nullcontext()
+
+
+def from_canonical(
+    config: Config, weights: Mapping[str, Any] | None = None, dtype: Any = "float32", device: Any = None, **kwargs: Any
+):
     """Build the model ``config`` describes and load canonical ``weights`` into it.
 
     Args:
@@ -213,8 +240,16 @@ def from_canonical(config: Config, weights: Mapping[str, Any] | None = None, dty
             (-> :class:`~umx_tf.separator.Separator`) or :class:`DemucsConfig` (-> :class:`~umx_tf.demucs.Demucs`).
         weights: canonical arrays (``None``: Keras's initialisers).
         dtype: ``"float32"`` or ``"float64"``.
+        device: ``None``, ``"cpu"`` or ``"gpu"`` (:func:`tf_device`): the variables are created there; run the
+            model's calls inside :func:`device_scope` of the same device so that its operations run there too.
         kwargs: for a separator, constructor arguments overriding the config's Wiener settings (``niter``, ...).
     """
+    dtype = dtype_name(tf.as_dtype(dtype).name)
+    with device_scope(device):
+        return _build(config, weights, dtype, **kwargs)
+
+
+def _build(config: Config, weights: Mapping[str, Any] | None, dtype: str, **kwargs: Any) -> Model:
     model: Model
     if isinstance(config, UMXConfig):
         model = OpenUnmix.from_config(config, dtype=dtype)
@@ -229,11 +264,11 @@ def from_canonical(config: Config, weights: Mapping[str, Any] | None = None, dty
     return model
 
 
-def from_canonical_file(path: str | os.PathLike, dtype: Any = "float32", **kwargs: Any) -> Model:
+def from_canonical_file(path: str | os.PathLike, dtype: Any = "float32", device: Any = None, **kwargs: Any) -> Model:
     """Build the model a canonical file (``<stem>.safetensors`` + ``<stem>.json``, :mod:`core_spec.canonical`)
-    describes and load its weights; ``kwargs`` as :func:`from_canonical`."""
+    describes and load its weights; the other arguments as :func:`from_canonical`."""
     weights, config, _ = load_canonical(path)
-    return from_canonical(config, weights, dtype=dtype, **kwargs)
+    return from_canonical(config, weights, dtype=dtype, device=device, **kwargs)
 
 
 # --- the native file ------------------------------------------------------------------------------------------
@@ -249,17 +284,6 @@ def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
             break
     stem = p.with_name(name)
     return stem.with_name(name + ".weights.h5"), stem.with_name(name + ".json")
-
-
-def _atomic(path: Path, write: Callable[[str], None], suffix: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def _header(config: Config) -> dict[str, Any]:
@@ -303,8 +327,9 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Con
             for name, value in biases.items():
                 lstm.create_dataset(name, data=value)
 
-    _atomic(h5_path, write, ".weights.h5")
-    _atomic(json_path, lambda tmp: Path(tmp).write_text(json.dumps(header, indent=2, sort_keys=True) + "\n"), ".json")
+    atomic_write(h5_path, write, ".weights.h5")
+    text = json.dumps(header, indent=2, sort_keys=True) + "\n"
+    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text), ".json")
     return [h5_path, json_path]
 
 
@@ -322,14 +347,16 @@ def _read_header(h5_path: Path, json_path: Path) -> dict[str, Any]:
     return header
 
 
-def load_module(path: str | os.PathLike, dtype: Any = "float32", **kwargs: Any) -> Model:
-    """Build the model a native file describes and read its ``.weights.h5`` with ``model.load_weights``."""
+def load_module(path: str | os.PathLike, dtype: Any = "float32", device: Any = None, **kwargs: Any) -> Model:
+    """Build the model a native file describes and read its ``.weights.h5`` with ``model.load_weights``
+    (arguments as :func:`from_canonical`)."""
     h5_path, json_path = native_paths(path)
     if not h5_path.exists():
         raise FileNotFoundError(f"native Keras weights {h5_path} not found")
     config = config_from_json(json.dumps(_read_header(h5_path, json_path)["config"]))
-    model = from_canonical(config, None, dtype=dtype, **kwargs)
-    model.load_weights(str(h5_path))
+    with device_scope(device):
+        model = from_canonical(config, None, dtype=dtype, **kwargs)
+        model.load_weights(str(h5_path))
     return model
 
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core_spec.canonical import join_targets, load_canonical, save_canonical, split_targets
+from core_spec.canonical import atomic_write, join_targets, load_canonical, save_canonical, split_targets
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from core_spec.devices import device_name, dtype_name
 from core_spec.params import UMX_IGNORED_ON_LOAD, WeightsMismatchError, check_weights
 
 if TYPE_CHECKING:
@@ -55,6 +55,8 @@ __all__ = [
     "save_native",
     "state_dict_from_canonical",
     "to_canonical",
+    "torch_device",
+    "torch_dtype",
 ]
 
 FORMAT = "unmix-ports/torch-state-dict/1"
@@ -226,6 +228,30 @@ def to_canonical(module: OpenUnmix | Demucs | Separator) -> dict[str, np.ndarray
     return canonical_from_state_dict(module.state_dict(), _model_config_of(module))
 
 
+def torch_device(device: torch.device | str | None) -> torch.device | None:
+    """``None`` (PyTorch's default), a ``torch.device``, ``"cpu"``, ``"gpu"`` (the first CUDA device) or ``"cuda:N"``.
+
+    Raises:
+        RuntimeError: a CUDA device where PyTorch sees none.
+    """
+    if device is None or isinstance(device, torch.device):
+        return device
+    text = str(device)
+    name = text if text.startswith("cuda:") else device_name(text)
+    if name == "cpu":
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r}: PyTorch sees no CUDA device (torch.cuda.is_available() is False)")
+    return torch.device("cuda" if name == "gpu" else name)
+
+
+def torch_dtype(dtype: torch.dtype | str | Any) -> torch.dtype:
+    """``torch.float32``/``torch.float64`` from itself, ``"float32"``/``"float64"`` or a NumPy dtype."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    return torch.float64 if dtype_name(dtype) == "float64" else torch.float32
+
+
 def _build(config: UMXConfig | UMXSeparatorConfig | DemucsConfig, device: Any, dtype: torch.dtype, **kwargs: Any):
     if isinstance(config, UMXConfig):
         from .umx import OpenUnmix
@@ -246,12 +272,15 @@ def from_canonical(
     config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
     weights: Mapping[str, Any] | None = None,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     **separator_kwargs: Any,
 ) -> OpenUnmix | Demucs | Separator:
     """Build the model of ``config`` (eval mode) and load canonical ``weights`` into it (``None``: PyTorch's
-    initialisation). ``separator_kwargs`` override a separator's Wiener settings (``niter``, ``residual``, ...)."""
-    module = _build(config, device, dtype, **separator_kwargs).eval()
+    initialisation). ``separator_kwargs`` override a separator's Wiener settings (``niter``, ``residual``, ...).
+
+    ``device``: ``"cpu"``, ``"gpu"`` or a ``torch.device`` (:func:`torch_device`); ``dtype``: ``"float32"``,
+    ``"float64"`` or a ``torch.dtype``."""
+    module = _build(config, torch_device(device), torch_dtype(dtype), **separator_kwargs).eval()
     if weights is not None:
         load_weights(module, weights)
     return module
@@ -260,7 +289,7 @@ def from_canonical(
 def from_canonical_file(
     path: str | os.PathLike,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     **separator_kwargs: Any,
 ) -> OpenUnmix | Demucs | Separator:
     """Build the model a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes and load its weights."""
@@ -276,17 +305,6 @@ def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     p = Path(path)
     stem = str(p.with_suffix("") if p.suffix in (".pth", ".json") else p)
     return Path(stem + ".pth"), Path(stem + ".json")
-
-
-def _atomic(path: Path, write: Any) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def save_native(
@@ -306,9 +324,9 @@ def save_native(
             raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite it")
     state = state_dict_from_canonical(weights, config)
     pth.parent.mkdir(parents=True, exist_ok=True)
-    _atomic(pth, lambda tmp: torch.save(state, tmp))
+    atomic_write(pth, lambda tmp: torch.save(state, tmp))
     header = json.dumps({"format": FORMAT, "config": json.loads(config_to_json(config))}, indent=1)
-    _atomic(js, lambda tmp: Path(tmp).write_text(header))
+    atomic_write(js, lambda tmp: Path(tmp).write_text(header))
     return [pth, js]
 
 
@@ -332,7 +350,7 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], UMXConf
 def load_module(
     path: str | os.PathLike,
     device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     **separator_kwargs: Any,
 ) -> OpenUnmix | Demucs | Separator:
     """The model stored in a native file, ready to run (arguments as :func:`from_canonical`)."""

@@ -127,7 +127,7 @@ def test_demucs_separate_track(shifts: int, device: str) -> None:
 
 
 def test_oracle_cli(tmp_path: Path) -> None:
-    """``python -m umx_nnabla oracle``: what ``make demo``'s NNabla column runs, through files."""
+    """``python -m umx_nnabla oracle-npz``: what ``make demo``'s NNabla column runs, through files."""
     import json
     import os
     import subprocess
@@ -142,7 +142,7 @@ def test_oracle_cli(tmp_path: Path) -> None:
     stems = np.stack([random_audio(30000, 2, seed=20 + i) * (i + 1) for i in range(4)])
     mixture = stems.sum(axis=0)
     np.savez(tmp_path / "in.npz", mixture=mixture, stems=stems, config=config_to_json(sep))
-    cmd = [sys.executable, "-m", "umx_nnabla", "oracle", "--input", str(tmp_path / "in.npz")]
+    cmd = [sys.executable, "-m", "umx_nnabla", "oracle-npz", "--input", str(tmp_path / "in.npz")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     result = subprocess.run([*cmd, "--output", str(tmp_path / "out.npz")], capture_output=True, text=True, env=env)
     assert result.returncode == 0, result.stderr
@@ -150,5 +150,5 @@ def test_oracle_cli(tmp_path: Path) -> None:
     fft = sep.stft
     v = np.stack([complex_norm(stft(s[None], fft.n_fft, fft.n_hop)) for s in stems], axis=-1)
     reference = filter_and_invert(stft(mixture[None], fft.n_fft, fft.n_hop), v, sep, mixture.shape[-1])[0]
-    check(estimates, reference, "separator", DTYPE, "cpu", what="oracle separation (python -m umx_nnabla oracle)")
+    check(estimates, reference, "separator", DTYPE, "cpu", what="oracle separation (python -m umx_nnabla oracle-npz)")
     assert json.loads(config_to_json(sep))["__class__"] == "SeparatorConfig"

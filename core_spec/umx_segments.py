@@ -1,0 +1,99 @@
+"""When ``unmix-separate`` splits an Open-Unmix track into chunks (``--segment-seconds``), and how.
+
+- a number ``S``: chunks of ``S`` seconds sharing ``--segment-overlap`` seconds (default :data:`DEFAULT_OVERLAP`);
+- ``none``: the whole track at once (upstream's behaviour);
+- ``auto`` (the default): the whole track, unless its estimated peak memory (:func:`whole_track_bytes`) exceeds
+  half of the memory available now (``MemAvailable``), in which case chunks of :data:`AUTO_SEGMENT` seconds.
+
+Whole-track separation is the default because chunks change the result (each chunk's BLSTM sees only the chunk;
+figures in ``docs/separate.md``).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = [
+    "AUTO",
+    "AUTO_SEGMENT",
+    "DEFAULT_OVERLAP",
+    "SegmentChoice",
+    "available_memory",
+    "parse_segment",
+    "segment_plan",
+    "whole_track_bytes",
+]
+
+AUTO = "auto"
+AUTO_SEGMENT = 60.0  # seconds
+DEFAULT_OVERLAP = 2.0  # seconds
+# Peak resident memory of a whole-track separation per (frame x bin x channel x source), in bytes, float32:
+# measured with benchmarks/bench_separate.py (umxhq, niter 1, 3 min; the largest port: see docs/separate.md).
+BYTES_PER_ELEMENT = 40.0
+
+
+@dataclass(frozen=True)
+class SegmentChoice:
+    """``seconds``: a number, ``"none"`` or ``"auto"``; ``overlap``: seconds, ``None`` for the default."""
+
+    seconds: float | str = AUTO
+    overlap: float | None = None
+
+
+def parse_segment(text: str) -> float | str:
+    """``--segment-seconds``: a positive number of seconds, ``none`` or ``auto``."""
+    lowered = text.strip().lower()
+    if lowered in ("none", AUTO):
+        return lowered
+    try:
+        value = float(lowered)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected seconds, 'none' or 'auto', got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"--segment-seconds must be positive, got {text!r}")
+    return value
+
+
+def whole_track_bytes(model: Any, nb_timesteps: int) -> float:
+    """Estimated peak memory of separating ``nb_timesteps`` samples at once (``model``: a LoadedModel)."""
+    sep = model.config.separator
+    frames = sep.stft.nb_frames(nb_timesteps)
+    itemsize = 2.0 if model.dtype == "float64" else 1.0
+    return BYTES_PER_ELEMENT * itemsize * frames * sep.stft.nb_bins * 2 * len(model.sources)
+
+
+def available_memory() -> float | None:
+    """``MemAvailable`` of ``/proc/meminfo`` in bytes (``None`` where unknown)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return float(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def segment_plan(choice: SegmentChoice, model: Any, nb_timesteps: int) -> tuple[int, int] | None:
+    """``(segment, overlap)`` in samples for chunked separation, or ``None`` for the whole track.
+
+    Raises:
+        ValueError: an overlap that is negative or more than half the segment.
+    """
+    seconds = choice.seconds
+    if seconds == "none":
+        return None
+    if seconds == AUTO:
+        budget = available_memory()
+        if budget is None or whole_track_bytes(model, nb_timesteps) <= budget / 2:
+            return None
+        seconds = AUTO_SEGMENT
+    overlap_s = DEFAULT_OVERLAP if choice.overlap is None else choice.overlap
+    segment, overlap = round(float(seconds) * model.rate), round(overlap_s * model.rate)
+    if overlap < 0 or overlap > segment // 2:
+        raise ValueError(f"--segment-overlap {overlap_s:g} s must lie in [0, --segment-seconds / 2]")
+    if segment < model.min_samples:
+        raise ValueError(f"--segment-seconds {seconds:g} is shorter than the {model.min_samples} samples a chunk needs")
+    return segment, overlap
