@@ -26,9 +26,12 @@ __all__ = [
     "UMXConfig",
     "UMXSeparatorConfig",
     "WienerConfig",
+    "UMX_LSTM_DROPOUT",
     "bandwidth_to_max_bin",
+    "config_from_arguments",
     "config_from_json",
     "config_to_json",
+    "constructor_kwargs",
     "demucs_preset",
     "umx_preset",
 ]
@@ -68,6 +71,10 @@ class STFTConfig:
         return 1 + (nb_timesteps - self.n_fft) // self.n_hop
 
 
+# dropout between the LSTM layers of Open-Unmix in training (``nn.LSTM(dropout=0.4)`` when nb_layers > 1)
+UMX_LSTM_DROPOUT = 0.4
+
+
 @dataclass(frozen=True)
 class UMXConfig:
     """Constructor arguments of ``openunmix.model.OpenUnmix`` (one target), plus the STFT it expects.
@@ -104,6 +111,11 @@ class UMXConfig:
     @property
     def nb_directions(self) -> int:
         return 1 if self.unidirectional else 2
+
+    @property
+    def lstm_dropout(self) -> float:
+        """Upstream's dropout between LSTM layers in training: :data:`UMX_LSTM_DROPOUT`, none for one layer."""
+        return UMX_LSTM_DROPOUT if self.nb_layers > 1 else 0.0
 
 
 @dataclass(frozen=True)
@@ -250,6 +262,25 @@ def demucs_preset(name: str) -> DemucsConfig:
         return DEMUCS_PRESETS[name]
     except KeyError:
         raise KeyError(f"unknown Demucs preset {name!r}; known: {sorted(DEMUCS_PRESETS)}") from None
+
+
+# --- constructor arguments ---------------------------------------------------------------------------------
+
+
+def constructor_kwargs(config: UMXConfig | DemucsConfig) -> dict[str, Any]:
+    """The model constructor's keyword arguments of ``config``: upstream's argument names and values.
+
+    ``OpenUnmix(**constructor_kwargs(umx_config))`` and ``Demucs(**constructor_kwargs(demucs_config))`` build the
+    model in every port and in upstream (``kind`` is not an argument).
+    """
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+
+
+def config_from_arguments(cls: type, arguments: dict[str, Any]) -> Any:
+    """The config of class ``cls`` from a model constructor's arguments (e.g. its ``locals()``); other names in
+    ``arguments`` are ignored, missing ones take the config's defaults."""
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
+    return cls(**{name: arguments[name] for name in names if name in arguments})
 
 
 # --- JSON round trip ------------------------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import numpy as np
 
 from ..configs import DemucsConfig
 from ..shapes import center_trim
+from ..trace import Recorder
 from .layers import conv1d, conv_transpose1d, glu, linear, lstm
 from .resample import resample_frac
 
@@ -91,13 +92,11 @@ def decoder_layer(w: Mapping[str, np.ndarray], config: DemucsConfig, index: int,
     return x
 
 
-def blstm(
-    w: Mapping[str, np.ndarray], config: DemucsConfig, x: np.ndarray, record: dict[str, np.ndarray]
-) -> np.ndarray:
+def blstm(w: Mapping[str, np.ndarray], config: DemucsConfig, x: np.ndarray, keep: Recorder) -> np.ndarray:
     """``lstm`` (demucs's ``BLSTM``): ``(B, ch, T)`` -> bidirectional LSTM over T -> linear ``2 ch -> ch`` ->
     ``(B, ch, T)``."""
     x = x.transpose(2, 0, 1)  # (T, B, ch)
-    x = record["lstm.lstm"] = lstm(x, w, "lstm.lstm.", config.lstm_layers, bidirectional=True)  # (T, B, 2 ch)
+    x = keep("lstm.lstm", lstm(x, w, "lstm.lstm.", config.lstm_layers, bidirectional=True))  # (T, B, 2 ch)
     x = linear(x, w["lstm.linear.weight"], w["lstm.linear.bias"])
     return x.transpose(1, 2, 0)
 
@@ -134,7 +133,7 @@ def demucs(
     x = np.asarray(mix, dtype=np.float64)
     if x.ndim != 3 or x.shape[1] != config.audio_channels:
         raise ValueError(f"Demucs expects (nb_samples, {config.audio_channels}, nb_timesteps), got {x.shape}")
-    record = trace if trace is not None else {}
+    keep = Recorder(trace, demucs_trace_keys(config))
     kernels = resample_kernels or {}
 
     if config.normalize:
@@ -146,22 +145,22 @@ def demucs(
     x = (x - mean) / (DEMUCS_NORM_EPS + std)  # executed even when normalize=False: x / 1.00001
 
     if config.resample:
-        x = record["resample.up"] = _resample(x, 1, 2, kernels.get("up"))
+        x = keep("resample.up", _resample(x, 1, 2, kernels.get("up")))
 
     saved = []
     for index in range(config.depth):
-        x = record[f"encoder.{index}"] = encoder_layer(w, config, index, x)
+        x = keep(f"encoder.{index}", encoder_layer(w, config, index, x))
         saved.append(x)
 
     if config.lstm_layers:
-        x = record["lstm"] = blstm(w, config, x, record)
+        x = keep("lstm", blstm(w, config, x, keep))
 
     for index in range(config.depth):
         skip = center_trim(saved.pop(), x.shape[-1])  # a decoder never outgrows its encoder: delta >= 0
-        x = record[f"decoder.{index}"] = decoder_layer(w, config, index, x + skip)
+        x = keep(f"decoder.{index}", decoder_layer(w, config, index, x + skip))
 
     if config.resample:
-        x = record["resample.down"] = _resample(x, 2, 1, kernels.get("down"))
+        x = keep("resample.down", _resample(x, 2, 1, kernels.get("down")))
 
     x = x * std + mean
     return x.reshape(x.shape[0], len(config.sources), config.audio_channels, x.shape[-1])

@@ -22,19 +22,39 @@ way instead of producing a port-specific padding.
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 
-__all__ = ["ShortSignalError", "complex_norm", "hann_window", "istft", "min_length", "stft"]
+__all__ = [
+    "NOLA_FLOOR",
+    "ShortSignalError",
+    "check_length",
+    "check_nola",
+    "complex_norm",
+    "hann_window",
+    "istft",
+    "istft_envelope",
+    "istft_span",
+    "min_length",
+    "stft",
+]
+
+# the overlap-added squared window must exceed this everywhere it divides (torch.istft's NOLA check)
+NOLA_FLOOR = 1e-11
 
 
 class ShortSignalError(ValueError):
     """The signal is too short for reflect-centred framing."""
 
 
+@lru_cache(maxsize=8)
 def hann_window(n_fft: int) -> np.ndarray:
-    """Periodic Hann window ``(n_fft,)``, float64 (``torch.hann_window(n_fft)``)."""
+    """Periodic Hann window ``(n_fft,)``, float64 (``torch.hann_window(n_fft)``); read-only (cached)."""
     n = np.arange(n_fft, dtype=np.float64)
-    return 0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)
+    window.setflags(write=False)
+    return window
 
 
 def min_length(n_fft: int, center: bool = True) -> int:
@@ -42,7 +62,8 @@ def min_length(n_fft: int, center: bool = True) -> int:
     return n_fft // 2 + 1 if center else n_fft
 
 
-def _check_length(nb_timesteps: int, n_fft: int, center: bool) -> None:
+def check_length(nb_timesteps: int, n_fft: int, center: bool = True) -> None:
+    """Raise :class:`ShortSignalError` (naming the length and the minimum) for a signal the STFT cannot frame."""
     need = min_length(n_fft, center)
     if nb_timesteps < need:
         how = "reflect centring pads n_fft // 2 samples" if center else "one frame needs n_fft samples"
@@ -70,7 +91,7 @@ def stft(
         ``nb_frames = 1 + nb_timesteps // n_hop`` when centred.
     """
     x = np.asarray(x, dtype=np.float64)
-    _check_length(x.shape[-1], n_fft, center)
+    check_length(x.shape[-1], n_fft, center)
     if center:
         pad = n_fft // 2
         x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
@@ -114,22 +135,50 @@ def istft(
     frames = frames * window
     full = n_fft + n_hop * (nb_frames - 1)
     y = np.zeros(X.shape[:-2] + (full,))
-    envelope = np.zeros(full)
-    for t in range(nb_frames):
+    for t in range(nb_frames):  # overlap-add
         y[..., t * n_hop : t * n_hop + n_fft] += frames[..., t, :]
-        envelope[t * n_hop : t * n_hop + n_fft] += window**2
+    start, stop, pad = istft_span(n_fft, n_hop, nb_frames, center, length)
+    envelope = istft_envelope(n_fft, n_hop, nb_frames, window)[start:stop]
+    check_nola(envelope)
+    y = y[..., start:stop] / envelope
+    return np.concatenate([y, np.zeros(y.shape[:-1] + (pad,))], axis=-1) if pad else y
+
+
+def istft_span(
+    n_fft: int, n_hop: int, nb_frames: int, center: bool = True, length: int | None = None
+) -> tuple[int, int, int]:
+    """Where the inverse STFT's output lies in the overlap-add of its frames.
+
+    The overlap-add of ``nb_frames`` frames has ``n_fft + n_hop * (nb_frames - 1)`` samples. The output is its
+    samples ``[start, stop)`` (``n_fft // 2`` dropped on both sides when centred; ``length`` samples from
+    ``start`` when given), followed by ``pad`` zeros when ``length`` asks for more than the frames cover.
+
+    Returns:
+        ``(start, stop, pad)``.
+    """
+    full = n_fft + n_hop * (nb_frames - 1)
     start = n_fft // 2 if center else 0
     end = full - n_fft // 2 if center else full
     if length is not None:
         end = start + length
-    y = y[..., start : min(end, full)]
-    envelope = envelope[start : min(end, full)]
-    if np.any(envelope <= 1e-11):
+    stop = min(end, full)
+    return start, stop, max(0, end - stop)
+
+
+def istft_envelope(n_fft: int, n_hop: int, nb_frames: int, window: np.ndarray | None = None) -> np.ndarray:
+    """The overlap-added squared window ``sum_t w[n - t n_hop]^2``, float64 ``(n_fft + n_hop (nb_frames - 1),)``:
+    what the inverse STFT divides by (``window``: ``None`` is :func:`hann_window`)."""
+    w2 = (hann_window(n_fft) if window is None else np.asarray(window, dtype=np.float64)) ** 2
+    envelope = np.zeros(n_fft + n_hop * (nb_frames - 1))
+    for t in range(nb_frames):
+        envelope[t * n_hop : t * n_hop + n_fft] += w2
+    return envelope
+
+
+def check_nola(envelope: np.ndarray) -> None:
+    """Raise ``ValueError`` where the envelope an inverse STFT divides by is (nearly) zero (NOLA violated)."""
+    if np.any(np.asarray(envelope) <= NOLA_FLOOR):
         raise ValueError("istft: window overlap-add is zero somewhere (NOLA violated); choose n_hop <= n_fft / 2")
-    y = y / envelope
-    if length is not None and y.shape[-1] < length:
-        y = np.concatenate([y, np.zeros(y.shape[:-1] + (length - y.shape[-1],))], axis=-1)
-    return y
 
 
 def complex_norm(X: np.ndarray, mono: bool = False) -> np.ndarray:

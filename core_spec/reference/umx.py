@@ -11,6 +11,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..configs import UMXConfig
+from ..trace import Recorder
 from .layers import batch_norm, linear, lstm
 
 __all__ = ["UMX_TRACE_KEYS", "open_unmix"]
@@ -46,7 +47,7 @@ def open_unmix(
         raise ValueError(
             f"OpenUnmix expects (nb_samples, {config.nb_channels}, {config.nb_bins}, nb_frames), got {x.shape}"
         )
-    record = trace if trace is not None else {}
+    keep = Recorder(trace, UMX_TRACE_KEYS)
     h = config.hidden_size
 
     x = x.transpose(3, 0, 1, 2)  # (T, B, C, F)
@@ -54,21 +55,19 @@ def open_unmix(
     x = x[..., : config.crop_bins]
     x = (x + w["input_mean"]) * w["input_scale"]
 
-    x = x.reshape(nb_frames * nb_samples, -1)  # features in (c, f) order: c * max_bin + f
-    record["fc1.input"] = x
-    x = record["fc1"] = linear(x, w["fc1.weight"])  # (T*B, H), no bias
-    x = record["bn1"] = batch_norm(x, w, "bn1")
+    x = keep("fc1.input", x.reshape(nb_frames * nb_samples, -1))  # features in (c, f) order: c * max_bin + f
+    x = keep("fc1", linear(x, w["fc1.weight"]))  # (T*B, H), no bias
+    x = keep("bn1", batch_norm(x, w, "bn1"))
     x = np.tanh(x).reshape(nb_frames, nb_samples, h)
 
-    y = record["lstm"] = lstm(x, w, "lstm.", config.nb_layers, bidirectional=not config.unidirectional)
-    x = np.concatenate([x, y], axis=-1).reshape(-1, 2 * h)  # skip connection: (T*B, 2H)
-    record["fc2.input"] = x
+    y = keep("lstm", lstm(x, w, "lstm.", config.nb_layers, bidirectional=not config.unidirectional))
+    x = keep("fc2.input", np.concatenate([x, y], axis=-1).reshape(-1, 2 * h))  # skip connection: (T*B, 2H)
 
-    x = record["fc2"] = linear(x, w["fc2.weight"])
-    x = record["bn2"] = batch_norm(x, w, "bn2")
-    x = record["fc3.input"] = np.maximum(x, 0.0)
-    x = record["fc3"] = linear(x, w["fc3.weight"])  # (T*B, C*F): features in (c, f) order
-    x = record["bn3"] = batch_norm(x, w, "bn3")
+    x = keep("fc2", linear(x, w["fc2.weight"]))
+    x = keep("bn2", batch_norm(x, w, "bn2"))
+    x = keep("fc3.input", np.maximum(x, 0.0))
+    x = keep("fc3", linear(x, w["fc3.weight"]))  # (T*B, C*F): features in (c, f) order
+    x = keep("bn3", batch_norm(x, w, "bn3"))
 
     x = x.reshape(nb_frames, nb_samples, nb_channels, nb_bins)
     x = x * w["output_scale"] + w["output_mean"]
