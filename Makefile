@@ -75,7 +75,7 @@ test: setup
 # Main environment: everything but the NNabla port.
 # One pytest run per group, each with fresh worker processes: a worker then holds one framework's runtime and
 # caches (compiled functions, thread pools), not all three.
-MAIN_GROUPS := "parity_tests/spec parity_tests/upstream parity_tests/convert" parity_tests/torch parity_tests/tf parity_tests/jax
+MAIN_GROUPS := "parity_tests/spec parity_tests/upstream parity_tests/convert" parity_tests/torch parity_tests/tf parity_tests/jax parity_tests/separate
 
 test-main:
 	@echo "== tests in $(VENV) (Python 3.11: NumPy reference, upstream oracles, torch/tf/jax ports)"
@@ -84,7 +84,7 @@ test-main:
 		$(PY) -m pytest -p no:cacheprovider -n 2 --dist loadfile $$group $(PYTEST_ARGS) || status=1; \
 	done; exit $$status
 
-NNABLA_TESTS := parity_tests/convert/test_reader_torchfree.py parity_tests/convert/test_cli.py $(wildcard parity_tests/nnabla)
+NNABLA_TESTS := parity_tests/convert/test_reader_torchfree.py parity_tests/convert/test_cli.py $(wildcard parity_tests/nnabla) parity_tests/separate_nnabla
 
 # NNabla environment: the torch-free spec tests (against the committed fixtures) and the NNabla port.
 # UNMIX_REQUIRE_TESTS makes the run fail when no test passed.

@@ -32,6 +32,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
@@ -137,10 +138,12 @@ def _read_ffmpeg(path: Path, start: float, duration: float | None) -> tuple[np.n
 def _read_libsndfile(path: Path, start: float, duration: float | None) -> tuple[np.ndarray, int]:
     from .data.audio_io import audio_info, read_audio
 
-    info = audio_info(path)
-    first = round(start * info.rate)
-    frames = None if duration is None else round(duration * info.rate)
-    return read_audio(path, start=first, frames=frames)
+    with warnings.catch_warnings():  # scipy's reader warns about every chunk it skips (e.g. a float file's fact)
+        warnings.simplefilter("ignore")
+        info = audio_info(path)
+        first = round(start * info.rate)
+        frames = None if duration is None else round(duration * info.rate)
+        return read_audio(path, start=first, frames=frames)
 
 
 def read_audio_file(
@@ -169,7 +172,7 @@ def read_audio_file(
         return _read_ffmpeg(path, start, duration)
     except AudioFileError:
         raise
-    except (RuntimeError, ValueError, OSError, EOFError) as e:  # soundfile's LibsndfileError is a RuntimeError
+    except Exception as e:  # whatever a decoder raises on a corrupt file (scipy: even UnboundLocalError)
         raise AudioFileError(f"{path}: cannot read audio ({type(e).__name__}: {e})") from None
 
 

@@ -180,11 +180,11 @@ def load_model(
     kind = "umx" if isinstance(config, UMXSeparatorConfig) else "demucs"
     options = dict(umx_options or {}) if kind == "umx" else {}
     loaded = LoadedModel(framework, kind, name, origin, config, (), 0, 0, device, dtype, None, port)
-    with loaded.scope():
-        try:
+    try:
+        with loaded.scope():
             loaded.model = port.from_canonical(config, weights, device=device, dtype=dtype, **options)
-        except (RuntimeError, ValueError) as e:
-            raise ModelError(f"--framework {framework}: {e}") from None
+    except (RuntimeError, ValueError) as e:  # no such device here, a dtype the port lacks
+        raise ModelError(f"--framework {framework}: {e}") from None
     if kind == "umx":
         loaded.sources = tuple(loaded.model.target_names)
         loaded.rate = int(config.separator.sample_rate)
