@@ -13,7 +13,9 @@ Each test runs one stage of the port on the inputs of a committed fixture and co
 
 - the NumPy reference on the same inputs (float64, the spec; the chain of parity), at the tolerance of the
   port's dtype, and
-- for float32, also the upstream output made in float32 (the fixture itself).
+- for float32, also the upstream output made in float32 (the fixture itself); for the rows relative to upstream
+  (``wiener``, ``separator``: ``core_spec.tolerances``) the port's float32 error is judged against upstream's
+  float32 error on the same input, and an output degraded by ``REGRESSION_DB`` must fail (:func:`compare`).
 
 Adapters may leave a stage as ``None`` only while the port does not have it yet; such tests fail (not skip)
 with a message naming the missing stage, so an unfinished port is never counted as passing.
@@ -35,7 +37,7 @@ from core_spec.reference import resample as ref_resample
 from core_spec.reference import separator as ref_separator
 from core_spec.reference import transforms as ref_transforms
 from core_spec.reference import umx as ref_umx
-from core_spec.tolerances import check
+from core_spec.tolerances import REGRESSION_DB, check, degrade, judge, tolerance
 from core_spec.weights import random_weights
 from parity_tests import fixtures_demucs, fixtures_umx
 from parity_tests.fixtures import load
@@ -43,6 +45,7 @@ from unmix_parity.adapters import Port
 
 __all__ = [
     "Port",
+    "compare",
     "test_port_stft",
     "test_port_istft",
     "test_port_magnitude",
@@ -68,11 +71,26 @@ def _dtypes(port: Port) -> list[str]:
     return list(port.dtypes)
 
 
-def _both(port: Port, actual: Array, reference: Array, upstream32: Array | None, stage: str, dtype: str, what: str):
-    """Check against the float64 reference, and for float32 also against upstream's float32 output."""
-    check(actual, reference, stage, dtype, port.device, what=f"{port.name} {what} vs reference")
-    if dtype == "float32" and upstream32 is not None:
-        check(actual, upstream32, stage, dtype, port.device, what=f"{port.name} {what} vs upstream float32")
+def compare(
+    port: Port, actual: Array, reference: Array, upstream32: Array | None, stage: str, dtype: str, what: str
+) -> None:
+    """Check ``actual`` against the float64 reference and, for float32, against upstream's float32 output.
+
+    For a row relative to upstream (``snr_margin_db``: ``wiener``, ``separator``) the check against the reference
+    is judged against upstream's own float32 error on the same input, and the same output degraded by
+    ``REGRESSION_DB`` must fail it (the row catches a port that loses that much).
+    """
+    upstream = upstream32 if dtype == "float32" else None
+    check(actual, reference, stage, dtype, port.device, what=f"{port.name} {what} vs reference", upstream=upstream)
+    if upstream is None:
+        return
+    check(actual, upstream, stage, dtype, port.device, what=f"{port.name} {what} vs upstream float32")
+    if tolerance(stage, dtype, port.device).snr_margin_db is not None:
+        worse = judge(degrade(actual, reference, REGRESSION_DB), reference, stage, dtype, port.device, upstream)
+        assert not worse.ok, (
+            f"{port.name} {what}: an output {REGRESSION_DB:g} dB worse ({worse.metrics}) still passes "
+            f"({worse.describe()})"
+        )
 
 
 # --- transforms ---------------------------------------------------------------------------------------------
@@ -92,7 +110,7 @@ def test_port_stft(port: Port, preset: str) -> None:
     reference = ref_transforms.stft(audio, cfg.n_fft, cfg.n_hop)
     for dtype in _dtypes(port):
         X = _stage(port, "stft")(audio.astype(dtype), cfg, dtype, port.device)
-        _both(port, X, reference, fx[f"{preset}.stft.float32"], "stft", dtype, f"{preset} stft")
+        compare(port, X, reference, fx[f"{preset}.stft.float32"], "stft", dtype, f"{preset} stft")
 
 
 @pytest.mark.parametrize("preset", _TRANSFORM_PRESETS)
@@ -105,7 +123,7 @@ def test_port_istft(port: Port, preset: str) -> None:
     for dtype in _dtypes(port):
         cdtype = np.complex64 if dtype == "float32" else np.complex128
         y = _stage(port, "istft")(X.astype(cdtype), cfg, length, dtype, port.device)
-        _both(port, y, reference, fx[f"{preset}.istft.float32"], "istft", dtype, f"{preset} istft")
+        compare(port, y, reference, fx[f"{preset}.istft.float32"], "istft", dtype, f"{preset} istft")
         audio = fx[f"{preset}.audio"].astype(dtype)
         round_trip = _stage(port, "istft")(
             _stage(port, "stft")(audio, cfg, dtype, port.device), cfg, length, dtype, port.device
@@ -124,7 +142,7 @@ def test_port_magnitude(port: Port, mono: bool) -> None:
     for dtype in _dtypes(port):
         cdtype = np.complex64 if dtype == "float32" else np.complex128
         mag = _stage(port, "complex_norm")(X.astype(cdtype), mono, dtype, port.device)
-        _both(port, mag, reference, fx[f"umxhq.{key}.float32"], "magnitude", dtype, key)
+        compare(port, mag, reference, fx[f"umxhq.{key}.float32"], "magnitude", dtype, key)
 
 
 # --- Open-Unmix -----------------------------------------------------------------------------------------------
@@ -143,8 +161,8 @@ def test_port_umx_layers(port: Port, preset: str) -> None:
         missing = [k for k in ref_umx.UMX_TRACE_KEYS if k not in trace]
         assert not missing, f"{port.name} umx trace lacks {missing}"
         for key in ref_umx.UMX_TRACE_KEYS:
-            _both(port, trace[key], ref_trace[key], fx[f"trace.{key}.float32"], "umx.layer", dtype, f"{preset} {key}")
-        _both(port, out, reference, fx["output.float32"], "umx.output", dtype, f"{preset} output")
+            compare(port, trace[key], ref_trace[key], fx[f"trace.{key}.float32"], "umx.layer", dtype, f"{preset} {key}")
+        compare(port, out, reference, fx["output.float32"], "umx.output", dtype, f"{preset} output")
 
 
 @pytest.mark.parametrize("i", range(len(fixtures_umx.WIENER_CASES)))
@@ -158,7 +176,7 @@ def test_port_wiener(port: Port, i: int) -> None:
     for dtype in _dtypes(port):
         cdtype = np.complex64 if dtype == "float32" else np.complex128
         out = _stage(port, "wiener")(v.astype(dtype), mix.astype(cdtype), *args, dtype, port.device)
-        _both(port, out, reference, fx[f"{i}.out.float32"], "wiener", dtype, what)
+        compare(port, out, reference, fx[f"{i}.out.float32"], "wiener", dtype, what)
 
 
 @pytest.mark.parametrize("name", sorted(fixtures_umx.SEPARATOR_CASES))
@@ -171,7 +189,7 @@ def test_port_separator(port: Port, name: str) -> None:
     reference = ref_separator.separate(audio, weights, config)
     for dtype in _dtypes(port):
         out = _stage(port, "separator")(weights, config, audio.astype(dtype), dtype, port.device)
-        _both(port, out, reference, fx[f"{name}.out.float32"], "separator", dtype, f"separator {name}")
+        compare(port, out, reference, fx[f"{name}.out.float32"], "separator", dtype, f"separator {name}")
 
 
 # --- Demucs ---------------------------------------------------------------------------------------------------

@@ -8,8 +8,8 @@ rounding-level imaginary part. Such bins are not rare: every bin of the first fr
 (a reflect-padded, centred frame times a symmetric window is even), half of them negative. Two FFTs (NumPy's and
 torch's) disagree on those signs, which moves the float64 separator output by up to ~3e-8 of its peak
 (tolerance 1e-9). The replacement compares float64 with ``atan2="exact"`` on both sides (continuous at the
-axis), and float32 exactly as the shared test does; ``test_separator.py`` compares float64 with the upstream
-atan2 against upstream's own output, on upstream's STFT window.
+axis), and float32 exactly as the shared test does (``harness.compare``); ``test_separator.py`` compares float64
+with the upstream atan2 against upstream's own output, on upstream's STFT window.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from core_spec.tolerances import check
 from parity_tests.fixtures import load
 from parity_tests.fixtures_umx import SEPARATOR_CASES, separator_weights
 from parity_tests.harness import *  # noqa: F403  (the shared stage tests)
-from parity_tests.harness import Port
+from parity_tests.harness import Port, compare
 from unmix_parity.adapters import DeviceUnavailable
 from unmix_parity.adapters import torch as adapter
 
@@ -43,22 +43,8 @@ def test_port_separator(port: Port, name: str) -> None:  # replaces the shared t
     weights = separator_weights(config)
     audio = fx[f"{name}.audio"]
     out = port.separator(weights, config, audio.astype("float32"), "float32", port.device)
-    check(
-        out,
-        ref_separate(audio, weights, config),
-        "separator",
-        "float32",
-        port.device,
-        what=f"torch separator {name} vs reference",
-    )
-    check(
-        out,
-        fx[f"{name}.out.float32"],
-        "separator",
-        "float32",
-        port.device,
-        what=f"torch separator {name} vs upstream float32",
-    )
+    reference = ref_separate(audio, weights, config)
+    compare(port, out, reference, fx[f"{name}.out.float32"], "separator", "float32", f"separator {name}")
     exact = dataclasses.replace(
         config,
         separator=dataclasses.replace(
