@@ -11,7 +11,9 @@ import numpy as np
 
 __all__ = [
     "BATCH_NORM_EPS",
+    "BATCH_NORM_MOMENTUM",
     "batch_norm",
+    "batch_norm_train",
     "conv1d",
     "conv_transpose1d",
     "glu",
@@ -21,6 +23,8 @@ __all__ = [
 ]
 
 BATCH_NORM_EPS = 1e-5  # torch.nn.BatchNorm1d default (Keras's default is 1e-3: ports must set it)
+# torch.nn.BatchNorm1d default: running = (1 - momentum) running + momentum batch (Keras/Flax "momentum" is 1 - this)
+BATCH_NORM_MOMENTUM = 0.1
 
 
 def _f64(a: np.ndarray) -> np.ndarray:
@@ -36,6 +40,25 @@ def linear(x: np.ndarray, weight: np.ndarray, bias: np.ndarray | None = None) ->
 def batch_norm(x: np.ndarray, w: Mapping[str, np.ndarray], prefix: str, eps: float = BATCH_NORM_EPS) -> np.ndarray:
     """Eval-mode batch norm over the last axis: ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``."""
     mean, var = _f64(w[f"{prefix}.running_mean"]), _f64(w[f"{prefix}.running_var"])
+    return (x - mean) / np.sqrt(var + eps) * _f64(w[f"{prefix}.weight"]) + _f64(w[f"{prefix}.bias"])
+
+
+def batch_norm_train(
+    x: np.ndarray,
+    w: Mapping[str, np.ndarray],
+    prefix: str,
+    stats: dict[str, np.ndarray],
+    eps: float = BATCH_NORM_EPS,
+    momentum: float = BATCH_NORM_MOMENTUM,
+) -> np.ndarray:
+    """Train-mode batch norm over the rows of ``x (N, F)``: the batch's mean and biased variance normalise;
+    ``stats`` receives the running statistics after the update (``{prefix}.running_mean`` / ``_var``, the
+    variance unbiased by ``N / (N - 1)``), as ``torch.nn.BatchNorm1d`` in training."""
+    mean = x.mean(axis=0)
+    var = x.var(axis=0)
+    n = x.shape[0]
+    stats[f"{prefix}.running_mean"] = (1 - momentum) * w[f"{prefix}.running_mean"] + momentum * mean
+    stats[f"{prefix}.running_var"] = (1 - momentum) * w[f"{prefix}.running_var"] + momentum * var * n / (n - 1)
     return (x - mean) / np.sqrt(var + eps) * _f64(w[f"{prefix}.weight"]) + _f64(w[f"{prefix}.bias"])
 
 

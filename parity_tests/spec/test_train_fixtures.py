@@ -17,8 +17,8 @@ import pytest
 
 from core_spec.configs import UMXConfig
 from core_spec.reference.demucs import demucs
-from core_spec.reference.layers import BATCH_NORM_EPS, linear, lstm
-from core_spec.reference.transforms import complex_norm, stft
+from core_spec.reference.layers import batch_norm_train, linear, lstm
+from core_spec.reference.train import adam_step, demucs_loss, spectrogram, umx_loss
 from core_spec.shapes import center_trim
 from core_spec.tolerances import check
 from parity_tests.fixtures_train import (
@@ -32,22 +32,10 @@ from parity_tests.fixtures_train import (
     load_train_case,
 )
 
-BN_MOMENTUM = 0.1  # torch.nn.BatchNorm1d default
-
 
 @pytest.fixture(scope="module", params=sorted(TRAIN_CASES))
 def case(request: pytest.FixtureRequest) -> TrainCase:
     return load_train_case(request.param)
-
-
-def _bn_train(x: np.ndarray, w: Mapping[str, np.ndarray], prefix: str, stats: dict[str, np.ndarray]) -> np.ndarray:
-    """Train-mode BatchNorm1d over rows ``(N, F)``: batch mean and biased variance; records the running update."""
-    mean = x.mean(axis=0)
-    var = x.var(axis=0)
-    n = x.shape[0]
-    stats[f"{prefix}.running_mean"] = (1 - BN_MOMENTUM) * w[f"{prefix}.running_mean"] + BN_MOMENTUM * mean
-    stats[f"{prefix}.running_var"] = (1 - BN_MOMENTUM) * w[f"{prefix}.running_var"] + BN_MOMENTUM * var * n / (n - 1)
-    return (x - mean) / np.sqrt(var + BATCH_NORM_EPS) * w[f"{prefix}.weight"] + w[f"{prefix}.bias"]
 
 
 def _relu(x: np.ndarray, key: str, masks: dict[str, np.ndarray] | None) -> np.ndarray:
@@ -70,11 +58,11 @@ def umx_train_forward(
     mix = x
     x = (x[..., : config.crop_bins] + w["input_mean"]) * w["input_scale"]
     x = linear(x.reshape(nb_frames * nb_samples, -1), w["fc1.weight"])
-    x = np.tanh(_bn_train(x, w, "bn1", stats)).reshape(nb_frames, nb_samples, config.hidden_size)
+    x = np.tanh(batch_norm_train(x, w, "bn1", stats)).reshape(nb_frames, nb_samples, config.hidden_size)
     y = lstm(x, w, "lstm.", config.nb_layers, bidirectional=not config.unidirectional)
     x = np.concatenate([x, y], axis=-1).reshape(nb_frames * nb_samples, -1)
-    x = _relu(_bn_train(linear(x, w["fc2.weight"]), w, "bn2", stats), "fc3.input", masks)
-    x = _bn_train(linear(x, w["fc3.weight"]), w, "bn3", stats)
+    x = _relu(batch_norm_train(linear(x, w["fc2.weight"]), w, "bn2", stats), "fc3.input", masks)
+    x = batch_norm_train(linear(x, w["fc3.weight"]), w, "bn3", stats)
     x = x.reshape(nb_frames, nb_samples, nb_channels, nb_bins) * w["output_scale"] + w["output_mean"]
     return (_relu(x, "mask", masks) * mix).transpose(1, 2, 3, 0)
 
@@ -93,19 +81,15 @@ def reference_loss(
     finite differences do not straddle kinks (Demucs's inner ReLUs stay: the reference has no hook for them)."""
     stats = {} if stats is None else stats
     if case.stft is not None:
-        s = case.stft
-
-        def encode(a: np.ndarray) -> np.ndarray:
-            return complex_norm(stft(a, s.n_fft, s.n_hop, center=s.center), mono=case.config.nb_channels == 1)
-
-        estimate = umx_train_forward(weights, case.config, encode(case.inputs["x"]), stats, masks)
-        return float(np.mean((estimate - encode(case.inputs["y"])) ** 2))
+        mono = case.config.nb_channels == 1
+        mixture = spectrogram(case.inputs["x"], case.stft, mono)
+        estimate = umx_train_forward(weights, case.config, mixture, stats, masks)
+        return umx_loss(estimate, case.inputs["y"], case.stft, mono)
     sources = case.inputs["sources"]
     estimate = demucs(weights, case.config, sources.sum(axis=1), resample_kernels=case.kernels)
-    diff = estimate - center_trim(sources, estimate.shape[-1])
-    if case.recipe.loss != "l1":
-        return float(np.mean(diff**2))
-    return float(np.mean(np.abs(diff) if l1_signs is None else l1_signs * diff))
+    if l1_signs is None or case.recipe.loss != "l1":
+        return demucs_loss(estimate, sources, case.recipe.loss)
+    return float(np.mean(l1_signs * (estimate - center_trim(sources, estimate.shape[-1]))))
 
 
 def residual_signs(case: TrainCase) -> np.ndarray | None:
@@ -147,25 +131,12 @@ def test_zero_gradients(case: TrainCase) -> None:
         check_loss(reference_loss(case, shifted), case, "float64", what=f"{name} shifted: ")
 
 
-def _adam_step(
-    params: Mapping[str, np.ndarray], grads: Mapping[str, np.ndarray], lr: float, weight_decay: float
-) -> dict[str, np.ndarray]:
-    """Step 1 of torch.optim.Adam (betas 0.9/0.999, eps 1e-8, fresh state) with coupled L2 decay."""
-    b1, b2, eps = 0.9, 0.999, 1e-8
-    out = {}
-    for k, g in grads.items():
-        g = g + weight_decay * params[k]
-        m, v = (1 - b1) * g, (1 - b2) * g * g
-        out[k] = params[k] - lr / (1 - b1) * m / (np.sqrt(v) / np.sqrt(1 - b2) + eps)
-    return out
-
-
 def test_updated_is_one_adam_step(case: TrainCase) -> None:
-    updated = _adam_step(case.weights, case.grads, case.recipe.lr, case.recipe.weight_decay)
+    updated, _ = adam_step(case.weights, case.grads, case.recipe.lr, case.recipe.weight_decay)
     check_updated(updated, case, "float64", what="numpy adam ")
     check_grads(case.grads, case, "float64", what="self ")
     # the exaggerated decay makes coupled and decoupled (AdamW) decay disagree visibly, also in float32
-    wrong = _adam_step(case.weights, case.grads, case.recipe.lr, 0.0)
+    wrong, _ = adam_step(case.weights, case.grads, case.recipe.lr, 0.0)
     wrong = {k: v - case.recipe.lr * case.recipe.weight_decay * case.weights[k] for k, v in wrong.items()}
     with pytest.raises(AssertionError):
         check_updated(wrong, case, "float32", what="decoupled decay ")

@@ -5,7 +5,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from core_spec.reference.filtering import PI_FLOAT32, expectation_maximization, upstream_atan2, wiener
+from core_spec.reference.filtering import (
+    PI_FLOAT32,
+    expectation_maximization,
+    upstream_atan2,
+    wiener,
+    wiener_planar,
+)
 from core_spec.tolerances import check
 from parity_tests.fixtures import load
 from parity_tests.fixtures_umx import WIENER_CASES, wiener_inputs
@@ -83,3 +89,21 @@ def test_more_than_two_channels_is_a_clear_error():
     mix = rng.standard_normal((4, 5, 3)) + 0j
     with pytest.raises(ValueError, match="1 or 2 channels"):
         wiener(np.abs(rng.standard_normal((4, 5, 3, 2))), mix, 1)
+
+
+@pytest.mark.parametrize("residual", [False, True])
+@pytest.mark.parametrize("niter", [0, 2])
+def test_frame_mask_filters_padded_frames_as_if_absent(niter, residual):
+    """A chunk padded with zero frames and masked (how a batched separator filters a track's last, shorter chunk)
+    gives the unpadded call's output on its frames and zeros on the padding."""
+    v, mix = wiener_inputs(WIENER_CASES.index(dict(niter=2, softmask=False, residual=False, spec_channels=2)))
+    vp, xp = v.transpose(3, 2, 1, 0), mix.transpose(2, 1, 0)  # planar (S, C, F, T), (C, F, T)
+    pad = 7
+    v_pad = np.concatenate([vp, np.zeros(vp.shape[:-1] + (pad,))], axis=-1)
+    x_pad = np.concatenate([xp, np.zeros(xp.shape[:-1] + (pad,))], axis=-1)
+    mask = np.arange(xp.shape[-1] + pad) < xp.shape[-1]
+    expected = wiener_planar(vp, xp, niter, residual=residual)
+    out = wiener_planar(v_pad, x_pad, niter, residual=residual, frame_mask=mask)
+    check(out[..., : xp.shape[-1]], expected, "wiener", "float64", what=f"masked padded chunk, niter {niter}")
+    assert not np.any(out[..., xp.shape[-1] :])
+    np.testing.assert_array_equal(wiener(v, mix, niter, residual=residual), expected.transpose(3, 2, 1, 0))
