@@ -121,7 +121,7 @@ def build_parser(prog: str = "unmix-separate", framework: str | None = None) -> 
         help=f"separate in chunks of this many seconds, cross-faded (bounded memory); 'none': the whole track; "
         f"'{AUTO}' (default): the whole track unless it would not fit in memory (see docs/separate.md)",
     )
-    umx.add_argument("--segment-overlap", type=float, help="seconds shared by consecutive chunks (default 2)")
+    umx.add_argument("--segment-overlap", type=float, help="seconds shared by chunks (default 2, at most 1/4 chunk)")
     dmx = parser.add_argument_group("Demucs (defaults of demucs 2.0.3's demucs.separate)")
     dmx.add_argument("--shifts", type=int, help="random shifts to average (default 0)")
     dmx.add_argument("--seed", type=int, help="seed of the shifts (default 0; upstream's are unseeded)")
@@ -255,21 +255,19 @@ class Separation:
                 raise FileExistsError(f"{path} exists; pass --force to overwrite it")
         return out
 
-    def separate(self, audio: np.ndarray, bar: Any) -> np.ndarray:
+    def separate(self, audio: np.ndarray, bar: Any) -> tuple[np.ndarray, str]:
+        """``(estimates (nb_sources, 2, nb_timesteps), a note for the summary)``."""
         model, opts = self.model, self.options
-        if model.kind == "demucs":
+        plan = segment_plan(opts.segment, model, audio.shape[-1]) if model.kind == "umx" else None
+        if plan is None:
             estimates = model.separate(audio, opts.demucs)
             bar.update(bar.total - bar.n)
-            return estimates
-        plan = segment_plan(opts.segment, model, audio.shape[-1])
-        if plan is None:
-            estimates = model.separate(audio)
-            bar.update(bar.total - bar.n)
-            return estimates
+            return estimates, ""
         from .chunks import separate_in_chunks
 
         segment, overlap = plan
-        return separate_in_chunks(model.separate, audio, segment, overlap, lambda n: bar.update(n / model.rate))
+        estimates = separate_in_chunks(model.separate, audio, segment, overlap, lambda n: bar.update(n / model.rate))
+        return estimates, f", in {segment / model.rate:g}-s chunks ({overlap / model.rate:g} s cross-fades)"
 
     def track(self, path: Path, progress: Any) -> str:
         """Separate one file and write its stems; returns the summary line."""
@@ -290,7 +288,8 @@ class Separation:
             for folder in dict.fromkeys(p.parent for p in outputs.values()):
                 _check_writable(folder, staged)
             with progress(total=round(duration, 2), desc=path.name, unit="s", leave=False) as bar:
-                estimates = self.separate(audio, bar)
+                estimates, chunked = self.separate(audio, bar)
+            note += chunked
             encoding = (args.ext, opts.depth, args.mp3_bitrate)
             sources = [opts.renamed.get(s, s) for s in model.sources]
             stems = select_stems(estimates, sources, args.stems, args.two_stems)

@@ -1,6 +1,7 @@
 """When ``unmix-separate`` splits an Open-Unmix track into chunks (``--segment-seconds``), and how.
 
-- a number ``S``: chunks of ``S`` seconds sharing ``--segment-overlap`` seconds (default :data:`DEFAULT_OVERLAP`);
+- a number ``S``: chunks of ``S`` seconds sharing ``--segment-overlap`` seconds (default :data:`DEFAULT_OVERLAP`,
+  at most ``S / 4``);
 - ``none``: the whole track at once (upstream's behaviour);
 - ``auto`` (the default): the whole track, unless its estimated peak memory (:func:`whole_track_bytes`) exceeds
   half of the memory available now (``MemAvailable``), in which case chunks of :data:`AUTO_SEGMENT` seconds.
@@ -90,7 +91,7 @@ def segment_plan(choice: SegmentChoice, model: Any, nb_timesteps: int) -> tuple[
         if budget is None or whole_track_bytes(model, nb_timesteps) <= budget / 2:
             return None
         seconds = AUTO_SEGMENT
-    overlap_s = DEFAULT_OVERLAP if choice.overlap is None else choice.overlap
+    overlap_s = min(DEFAULT_OVERLAP, float(seconds) / 4) if choice.overlap is None else choice.overlap
     segment, overlap = round(float(seconds) * model.rate), round(overlap_s * model.rate)
     if overlap < 0 or overlap > segment // 2:
         raise ValueError(f"--segment-overlap {overlap_s:g} s must lie in [0, --segment-seconds / 2]")
