@@ -9,9 +9,14 @@ arguments, and builds itself from a preset with :func:`separator_kwargs`. The at
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import functools
+import operator
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from .audio import prepare_audio
 from .configs import SeparatorConfig, STFTConfig, UMXSeparatorConfig, WienerConfig
 
 __all__ = ["SEPARATOR_ARGUMENTS", "SeparatorSettings", "separator_kwargs"]
@@ -132,10 +137,31 @@ class SeparatorSettings:
         return len(self.target_models)
 
     @property
+    def nb_sources(self) -> int:
+        """Outputs of the separator: the targets, plus the residual if enabled."""
+        return self.nb_targets + int(self.residual)
+
+    @property
     def target_names(self) -> tuple[str, ...]:
         """Names of the outputs, in order: the targets, then ``"residual"`` if enabled."""
         names = self._target_order()
         return names + ("residual",) if self.residual else names
+
+    def prepare(self, audio: Any, sample_rate: float | None = None, resample: bool = False) -> np.ndarray:
+        """``audio`` checked and shaped for :meth:`separate` (:func:`core_spec.audio.prepare_audio`): stereo
+        ``(nb_samples, 2, nb_timesteps)`` float64 at :attr:`sample_rate` (``sample_rate`` ``None``: already there)."""
+        rate = self.sample_rate if sample_rate is None else sample_rate
+        return prepare_audio(np.asarray(audio), rate, self.sample_rate, nb_channels=2, resample=resample)
+
+    def to_dict(self, estimates: Any, aggregate_dict: Mapping[str, Sequence[str]] | None = None) -> dict[str, Any]:
+        """``(nb_samples, nb_sources, ...)`` -> ``{name: (nb_samples, ...)}`` (upstream's ``Separator.to_dict``),
+        optionally summed into groups ``{group: [source, ...]}``; works on any array type that indexes and adds."""
+        out = {name: estimates[:, k] for k, name in enumerate(self.target_names)}
+        if aggregate_dict is not None:
+            out = {
+                key: functools.reduce(operator.add, (out[t] for t in names)) for key, names in aggregate_dict.items()
+            }
+        return out
 
     @property
     def config(self) -> UMXSeparatorConfig:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -14,13 +14,21 @@ from .configs import DemucsConfig
 
 __all__ = [
     "ChunkWindow",
+    "ShiftDraws",
+    "WienerChunks",
     "center_trim",
     "center_trim_bounds",
+    "check_track",
+    "check_transition_power",
     "chunk_window",
+    "is_silent",
+    "max_shift",
     "output_length",
     "segment_offsets",
+    "shift_draws",
     "transition_weight",
     "valid_length",
+    "wiener_chunks",
 ]
 
 
@@ -125,10 +133,88 @@ def transition_weight(segment: int, transition_power: float = 1.0) -> np.ndarray
     return weight**transition_power
 
 
-def shift_draws(rng: Any) -> Any:
+def check_transition_power(transition_power: float) -> None:
+    """``apply_model``'s cross-fade exponent must be >= 1 (upstream asserts it)."""
+    if transition_power < 1:
+        raise ValueError("transition_power < 1 leads to weird behavior (upstream asserts >= 1)")
+
+
+def check_track(shape: tuple[int, ...], audio_channels: int) -> bool:
+    """Check ``apply_model``'s input shape: ``(audio_channels, nb_timesteps)`` or ``(nb_samples, audio_channels,
+    nb_timesteps)``. Returns whether it is unbatched (2-D); raises a ``ValueError`` naming both shapes otherwise."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) not in (2, 3) or shape[-2] != audio_channels:
+        raise ValueError(
+            f"apply_model expects (audio_channels={audio_channels}, nb_timesteps) or "
+            f"(nb_samples, audio_channels, nb_timesteps), got {shape}"
+        )
+    return len(shape) == 2
+
+
+def max_shift(samplerate: int) -> int:
+    """Largest random shift of ``apply_model(shifts > 0)``: half a second (``int(0.5 * samplerate)``)."""
+    return int(0.5 * samplerate)
+
+
+def is_silent(mean: float, std: float, dtype: Any) -> bool:
+    """``separate_track``'s silence guard: the mono mixture is constant (its std zero, NaN, or below the rounding
+    noise ``16 eps |mean|`` of ``dtype``), so normalising by the std would divide by zero."""
+    return not float(std) > 16 * float(np.finfo(dtype).eps) * abs(float(mean))
+
+
+class ShiftDraws(Protocol):
+    """What ``apply_model`` draws its shifts from: ``numpy.random.Generator`` or a replay of upstream's draws."""
+
+    def integers(self, low: int, high: int) -> Any: ...
+
+
+def shift_draws(rng: ShiftDraws | int | None) -> ShiftDraws:
     """The generator of ``apply_model``'s random shifts: ``rng`` itself when it draws (anything with
     ``integers(low, high)``, e.g. a replay of upstream's ``random.randint``), else ``numpy.random.default_rng(rng)``
     (seed 0 for ``None``)."""
     if rng is None or isinstance(rng, (int, np.integer)):
         return np.random.default_rng(0 if rng is None else int(rng))
     return rng
+
+
+@dataclass(frozen=True)
+class WienerChunks:
+    """How a separator filters a track of ``nb_frames`` frames: chunks of ``win`` frames, each an independent
+    Wiener call (its own ``max_abs`` and EM statistics), the last one shorter (``pad`` frames short of ``win``).
+
+    A separator either loops over :meth:`slices` (bounded memory) or filters all chunks at once as a leading axis,
+    the last one padded with ``pad`` zero frames and masked by :meth:`frame_mask`; the two give the same output.
+    """
+
+    nb_frames: int
+    win: int
+
+    @property
+    def nb_chunks(self) -> int:
+        return -(-self.nb_frames // self.win)
+
+    @property
+    def pad(self) -> int:
+        """Zero frames that make the last chunk a whole one."""
+        return self.nb_chunks * self.win - self.nb_frames
+
+    def slices(self) -> list[slice]:
+        """The frames of each chunk, in order."""
+        return [slice(pos, min(self.nb_frames, pos + self.win)) for pos in range(0, self.nb_frames, self.win)]
+
+    def frame_mask(self) -> np.ndarray | None:
+        """``(nb_chunks, win)`` booleans, ``False`` on the padding; ``None`` when there is none."""
+        if not self.pad:
+            return None
+        return (np.arange(self.nb_chunks * self.win) < self.nb_frames).reshape(self.nb_chunks, self.win)
+
+
+def wiener_chunks(nb_frames: int, wiener_win_len: int | None) -> WienerChunks:
+    """The chunks of upstream's separator: ``wiener_win_len`` frames each (``None``: the whole track).
+
+    Without EM (``niter == 0``) the filter is element-wise, so the chunks do not change the output and a port may
+    chunk as it likes to bound its memory; with EM they do, and every port follows this plan.
+    """
+    if wiener_win_len is not None and wiener_win_len < 1:
+        raise ValueError(f"wiener_win_len must be >= 1 or None, got {wiener_win_len}")
+    return WienerChunks(nb_frames, min(wiener_win_len or nb_frames, nb_frames) or 1)

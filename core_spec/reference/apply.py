@@ -30,14 +30,24 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from core_spec import shapes
 
 from ..configs import DemucsConfig
-from ..shapes import center_trim, chunk_window, segment_offsets, transition_weight, valid_length
+from ..shapes import (
+    ShiftDraws,
+    center_trim,
+    check_track,
+    check_transition_power,
+    chunk_window,
+    is_silent,
+    max_shift,
+    segment_offsets,
+    transition_weight,
+    valid_length,
+)
 from .demucs import demucs
 
 __all__ = ["TensorChunk", "apply_model", "separate_track"]
@@ -75,7 +85,7 @@ class _Run:
 
     weights: Mapping[str, np.ndarray]
     config: DemucsConfig
-    rng: Any
+    rng: ShiftDraws
     resample_kernels: Mapping[str, np.ndarray] | None
 
 
@@ -91,13 +101,13 @@ def _apply_shifted(run: _Run, chunk: TensorChunk, shifts: int) -> np.ndarray:
     if not shifts:
         return _apply_valid(run, chunk)
     length = chunk.length
-    max_shift = int(0.5 * run.config.samplerate)
-    padded = chunk.padded(length + 2 * max_shift)  # a new tensor: later padding beyond it is zeros
+    shift = max_shift(run.config.samplerate)
+    padded = chunk.padded(length + 2 * shift)  # a new tensor: later padding beyond it is zeros
     out = np.zeros((len(run.config.sources), padded.shape[0], length))
     for _ in range(shifts):
-        offset = int(run.rng.integers(0, max_shift + 1))  # upstream: random.randint(0, max_shift), unseeded
-        shifted = TensorChunk(padded, offset, length + max_shift - offset)
-        out += _apply_valid(run, shifted)[..., max_shift - offset :]
+        offset = int(run.rng.integers(0, shift + 1))  # upstream: random.randint(0, max_shift), unseeded
+        shifted = TensorChunk(padded, offset, length + shift - offset)
+        out += _apply_valid(run, shifted)[..., shift - offset :]
     return out / shifts
 
 
@@ -110,7 +120,7 @@ def apply_model(
     overlap: float = 0.25,
     transition_power: float = 1.0,
     segment_length: int | None = None,
-    rng: np.random.Generator | int | None = None,
+    rng: ShiftDraws | int | None = None,
     resample_kernels: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """Separate one (normalised) track with ``demucs.utils.apply_model`` semantics.
@@ -131,11 +141,10 @@ def apply_model(
     Returns:
         ``(nb_sources, audio_channels, nb_timesteps)``, float64.
     """
-    if transition_power < 1:
-        raise ValueError("transition_power < 1 leads to weird behavior (upstream asserts >= 1)")
+    check_transition_power(transition_power)
     mix = np.asarray(mix, dtype=np.float64)
-    if mix.ndim != 2 or mix.shape[0] != config.audio_channels:
-        raise ValueError(f"apply_model expects (audio_channels={config.audio_channels}, nb_timesteps), got {mix.shape}")
+    if not check_track(mix.shape, config.audio_channels):
+        raise ValueError(f"the spec's apply_model separates one track (audio_channels, nb_timesteps), got {mix.shape}")
     rng = shapes.shift_draws(rng)
     run = _Run(weights, config, rng, resample_kernels)
     if not split:
@@ -188,7 +197,7 @@ def separate_track(
     ref = wav.mean(axis=0)  # mono mixture (L,)
     mean = ref.mean()
     std = ref.std(ddof=1) if ref.size > 1 else np.nan  # torch.std of one sample is NaN too
-    if silence_guard and not std > 16 * np.finfo(np.float64).eps * abs(mean):
+    if silence_guard and is_silent(mean, std, np.float64):
         return np.full((len(config.sources), *wav.shape), mean)
     with np.errstate(divide="ignore", invalid="ignore"):  # silence without the guard: NaN, as upstream
         normalised = (wav - mean) / std

@@ -24,7 +24,7 @@ from functools import lru_cache
 
 import numpy as np
 
-__all__ = ["resample_frac", "resample_kernels", "resample_width"]
+__all__ = ["checked_kernels", "resample_frac", "resample_kernels", "resample_width"]
 
 
 def resample_width(old: int, new: int, zeros: int = 24, rolloff: float = 0.945) -> int:
@@ -55,6 +55,33 @@ def resample_kernels(old: int, new: int, zeros: int = 24, rolloff: float = 0.945
     return _kernels(old // g, new // g, zeros, float(rolloff))
 
 
+def checked_kernels(
+    old: int, new: int, zeros: int = 24, rolloff: float = 0.945, kernels: np.ndarray | None = None
+) -> tuple[int, int, int, np.ndarray | None]:
+    """The resampling ``old -> new`` that every port runs: ``(old, new, width, kernels)``.
+
+    The rates are reduced by their gcd; ``kernels`` are the given filters (checked against the shape
+    ``(new, 2 * width + old)``) or the spec's, float64; ``None`` (and width 0) when the rates are equal.
+
+    Raises:
+        ValueError: a rate that is not an integer, or kernels of the wrong shape (both named).
+    """
+    if not isinstance(old, (int, np.integer)) or not isinstance(new, (int, np.integer)):
+        raise ValueError(f"old_sr and new_sr must be integers, got {old!r} and {new!r}")
+    g = math.gcd(int(old), int(new))
+    old, new = int(old) // g, int(new) // g
+    if old == new:
+        return old, new, 0, None
+    width = resample_width(old, new, zeros, rolloff)
+    if kernels is None:
+        return old, new, width, resample_kernels(old, new, zeros, rolloff)
+    kernels = np.asarray(kernels, dtype=np.float64)
+    expected = (new, 2 * width + old)
+    if kernels.shape != expected:
+        raise ValueError(f"kernels for {old} -> {new} must have shape {expected}, got {kernels.shape}")
+    return old, new, width, kernels
+
+
 def resample_frac(
     x: np.ndarray,
     old: int,
@@ -74,12 +101,9 @@ def resample_frac(
         ``(..., floor(new * length / old))``, float64.
     """
     x = np.asarray(x, dtype=np.float64)
-    g = math.gcd(old, new)
-    old, new = old // g, new // g
-    if old == new:
+    old, new, width, k = checked_kernels(old, new, zeros, rolloff, kernels)
+    if k is None:
         return x
-    width = resample_width(old, new, zeros, rolloff)
-    k = resample_kernels(old, new, zeros, rolloff) if kernels is None else np.asarray(kernels, dtype=np.float64)
     length = x.shape[-1]
     padded = np.concatenate(
         [np.repeat(x[..., :1], width, axis=-1), x, np.repeat(x[..., -1:], width + old, axis=-1)], axis=-1

@@ -6,18 +6,25 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from ..configs import SeparatorConfig, UMXConfig, UMXSeparatorConfig
-from .filtering import wiener
+from ..configs import SeparatorConfig, UMXConfig, UMXSeparatorConfig, WienerConfig
+from ..shapes import wiener_chunks
+from .filtering import wiener_planar
 from .transforms import complex_norm, istft, stft
 from .umx import open_unmix
 
-__all__ = ["separate", "filter_and_invert", "target_names"]
+__all__ = ["check_sources", "filter_and_invert", "filter_chunks", "separate", "target_names"]
 
 
 def target_names(config: UMXSeparatorConfig) -> tuple[str, ...]:
     """Names of the separator's outputs, in order: the targets, then ``"residual"`` if enabled."""
     names = tuple(config.separator.targets)
     return names + ("residual",) if config.separator.wiener.residual else names
+
+
+def check_sources(nb_sources: int, niter: int) -> None:
+    """EM needs at least two sources (upstream divides by the mixture covariance of one source otherwise)."""
+    if nb_sources == 1 and niter > 0:
+        raise ValueError("the Wiener filter with niter > 0 needs at least two sources: enable residual=True")
 
 
 def separate(
@@ -44,8 +51,38 @@ def separate(
     audio = np.asarray(audio, dtype=np.float64)
     mix_stft = stft(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, window)  # (B, C, F, T)
     X = complex_norm(mix_stft, mono=model.nb_channels == 1)
-    spectrograms = np.stack([open_unmix(weights[name], model, X) for name in sep.targets], axis=-1)
-    return filter_and_invert(mix_stft, spectrograms, sep, audio.shape[-1], window)
+    spectrograms = np.stack([open_unmix(weights[name], model, X) for name in sep.targets], axis=1)  # (B, S, C|1, F, T)
+    targets_stft = filter_chunks(spectrograms, mix_stft, sep.wiener)  # (B, S', C, F, T)
+    return istft(targets_stft, fft.n_fft, fft.n_hop, fft.center, fft.normalized, audio.shape[-1], window)
+
+
+def filter_chunks(spectrograms: np.ndarray, mix_stft: np.ndarray, wiener: WienerConfig) -> np.ndarray:
+    """The Wiener step of the separator: every chunk of ``wiener_win_len`` frames filtered on its own
+    (:func:`core_spec.shapes.wiener_chunks`; each chunk has its own ``max_abs`` and EM statistics).
+
+    Args:
+        spectrograms: target magnitudes ``(nb_samples, nb_targets, nb_channels or 1, nb_bins, nb_frames)``.
+        mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+        wiener: the filter's settings.
+
+    Returns:
+        complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)``, sources = targets [+ residual].
+    """
+    nb_sources = spectrograms.shape[1] + int(wiener.residual)
+    check_sources(nb_sources, wiener.niter)
+    out = np.zeros(mix_stft.shape[:1] + (nb_sources,) + mix_stft.shape[1:], dtype=np.complex128)
+    for t in wiener_chunks(mix_stft.shape[-1], wiener.wiener_win_len).slices():
+        out[..., t] = wiener_planar(
+            spectrograms[..., t],
+            mix_stft[..., t],
+            wiener.niter,
+            softmask=wiener.softmask,
+            residual=wiener.residual,
+            scale_factor=wiener.scale_factor,
+            eps=wiener.eps,
+            atan2=wiener.atan2,
+        )
+    return out
 
 
 def filter_and_invert(
@@ -67,30 +104,7 @@ def filter_and_invert(
     Returns:
         ``(nb_samples, nb_sources, nb_channels, nb_timesteps)``.
     """
-    fft, wcfg = sep.stft, sep.wiener
-    nb_samples = mix_stft.shape[0]
-    spectrograms = spectrograms.transpose(0, 3, 2, 1, 4)  # (B, T, F, C|1, S)
-    mix_stft = mix_stft.transpose(0, 3, 2, 1)  # (B, T, F, C)
-
-    nb_sources = spectrograms.shape[-1] + int(wcfg.residual)
-    if nb_sources == 1 and wcfg.niter > 0:
-        raise ValueError("the Wiener filter with niter > 0 needs at least two sources: enable residual=True")
-
-    nb_frames = spectrograms.shape[1]
-    win = wcfg.wiener_win_len or nb_frames
-    targets_stft = np.zeros(mix_stft.shape + (nb_sources,), dtype=np.complex128)
-    for b in range(nb_samples):
-        for pos in range(0, nb_frames, win):  # chunks are filtered independently (max_abs scaling included)
-            t = slice(pos, min(nb_frames, pos + win))
-            targets_stft[b, t] = wiener(
-                spectrograms[b, t],
-                mix_stft[b, t],
-                wcfg.niter,
-                softmask=wcfg.softmask,
-                residual=wcfg.residual,
-                scale_factor=wcfg.scale_factor,
-                eps=wcfg.eps,
-                atan2=wcfg.atan2,
-            )
-    targets_stft = targets_stft.transpose(0, 4, 3, 2, 1)  # (B, S, C, F, T)
+    fft = sep.stft
+    spectrograms = np.moveaxis(spectrograms, -1, 1)  # (B, S, C|1, F, T)
+    targets_stft = filter_chunks(spectrograms, mix_stft, sep.wiener)
     return istft(targets_stft, fft.n_fft, fft.n_hop, fft.center, fft.normalized, nb_timesteps, window)
