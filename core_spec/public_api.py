@@ -1,13 +1,46 @@
-"""The public names every port exports, module by module: the contract that lets a reader put the four ports side
-by side (``umx_torch``, ``umx_tf``, ``umx_jax``, ``umx_nnabla``) and call them the same way.
+"""The public names every port exports, module by module, and the lesson each port module mirrors: the contract
+that lets a reader put the four ports side by side (``umx_torch``, ``umx_tf``, ``umx_jax``, ``umx_nnabla``), call
+them the same way, and read them in the same order.
 
-A port may export more (framework-specific helpers: a graph builder in NNabla, a Keras layer in TensorFlow); it may
-not export less. ``parity_tests/spec/test_public_api.py`` checks every port importable in the environment.
+Two tables, both data only:
+
+- :data:`PUBLIC_NAMES` is the export contract, checked at run time by ``parity_tests/spec/test_public_api.py`` for
+  every port importable in the environment. A port may export more (framework-specific helpers: a graph builder in
+  NNabla, a Keras layer in TensorFlow); it may not export less.
+- :data:`LESSONS` is the alignment contract, checked on the source text (no import, so in both environments for all
+  four ports) by :mod:`core_spec.source_index` and ``parity_tests/spec/test_alignment*.py``: for each module of
+  :data:`MODULES`, the ordered steps of the lesson, the spec's object for each step and each port's version of it.
+  A port module defines its targets in the order of the rows; public framework extras come after the last target;
+  private helpers (``_name``) may sit anywhere. It never redefines a :data:`SHARED` name (neutral code lives once
+  in ``core_spec`` and is imported). :data:`MODULE_LAYERS` orders the modules of a port package so that imports
+  only go down (no cycle). The side-by-side book (issue 17) is generated from :data:`LESSONS`, one page per
+  :attr:`Lesson.page`.
+
+Names in the tables:
+
+- a spec object is a dotted path below ``core_spec`` whose last part is the name: ``"reference.transforms.stft"``
+  is ``stft`` in ``core_spec/reference/transforms.py``, ``"shapes.center_trim"`` is in ``core_spec/shapes.py``;
+- a port target is ``"name"`` (a top-level function or class), ``"Class.method"`` (the step is the body of that
+  method) or ``"builtin:torch.nn.LSTM"`` (the framework's own layer: nothing is defined in the port; recorded for
+  the book).
 """
 
 from __future__ import annotations
 
-__all__ = ["PORTS", "PUBLIC_NAMES"]
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+__all__ = [
+    "BUILTIN",
+    "LESSONS",
+    "MODULES",
+    "MODULE_LAYERS",
+    "PORTS",
+    "PORT_CONSTANTS",
+    "PUBLIC_NAMES",
+    "SHARED",
+    "Lesson",
+]
 
 PORTS = {"umx_torch": "torch", "umx_tf": "tensorflow", "umx_jax": "jax", "umx_nnabla": "nnabla"}
 
@@ -54,3 +87,287 @@ PUBLIC_NAMES: dict[str, tuple[str, ...]] = {
         "wiener",
     ),
 }
+
+BUILTIN = "builtin:"
+"""Prefix of a port target that is the framework's own layer (``"builtin:torch.nn.LSTM"``)."""
+
+
+@dataclass(frozen=True)
+class Lesson:
+    """One step of a module's lesson: the spec's object and each port's version of it.
+
+    Attributes:
+        spec: the spec's object, a dotted path below ``core_spec`` (``"reference.transforms.stft"``,
+            ``"shapes.center_trim"``); ``None`` where the step has no NumPy reference (weights mapping, model
+            building, the framework's trainer).
+        ports: port package -> ``"name"`` | ``"Class.method"`` | ``"builtin:<framework layer>"``, one per
+            :data:`PORTS` entry.
+        page: the book page the step appears on (issue 17): ``"stft"``, ``"umx"``, ``"lstm"``, ``"wiener"``, ...
+    """
+
+    spec: str | None
+    ports: Mapping[str, str]
+    page: str
+
+
+def _ports(torch: str, tf: str, jax: str, nnabla: str) -> dict[str, str]:
+    return {"umx_torch": torch, "umx_tf": tf, "umx_jax": jax, "umx_nnabla": nnabla}
+
+
+def _all(name: str) -> dict[str, str]:
+    return _ports(name, name, name, name)
+
+
+_TORCH_BN = "builtin:torch.nn.BatchNorm1d"
+_PF = "builtin:nnabla.parametric_functions."
+
+LESSONS: dict[str, tuple[Lesson, ...]] = {
+    "transforms": (
+        Lesson("reference.transforms.hann_window", _all("hann_window"), "stft"),
+        Lesson("reference.transforms.stft", _all("stft"), "stft"),
+        Lesson("reference.transforms.istft", _all("istft"), "stft"),
+        Lesson("reference.transforms.complex_norm", _all("complex_norm"), "stft"),
+    ),
+    "layers": (
+        Lesson(
+            "reference.layers.linear",
+            _ports("builtin:torch.nn.Linear", "builtin:keras.layers.Dense", "dense", _PF + "affine"),
+            "umx.layers",
+        ),
+        Lesson(
+            "reference.layers.batch_norm",
+            _ports(_TORCH_BN, "TorchBatchNorm", "BatchNorm1d", "batch_norm"),
+            "umx.layers",
+        ),
+        Lesson(
+            "reference.layers.batch_norm_train",
+            _ports(_TORCH_BN, "TorchBatchNorm.call", "BatchNorm1d.__call__", "batch_norm"),
+            "train",
+        ),
+        Lesson("reference.layers.lstm", _ports("builtin:torch.nn.LSTM", "LSTM", "LSTM", "lstm"), "lstm"),
+        Lesson("reference.layers.glu", _ports("builtin:torch.nn.GLU", "GLU", "glu", "glu"), "demucs.conv"),
+        Lesson(
+            "reference.layers.conv1d",
+            _ports("builtin:torch.nn.Conv1d", "builtin:keras.layers.Conv1D", "conv1d", _PF + "convolution"),
+            "demucs.conv",
+        ),
+        Lesson(
+            "reference.layers.conv_transpose1d",
+            _ports(
+                "builtin:torch.nn.ConvTranspose1d",
+                "builtin:keras.layers.Conv1DTranspose",
+                "conv_transpose1d",
+                _PF + "deconvolution",
+            ),
+            "demucs.conv",
+        ),
+    ),
+    "umx": (
+        Lesson(
+            "reference.umx.open_unmix",
+            _ports("OpenUnmix.forward", "OpenUnmix.call", "OpenUnmix.__call__", "OpenUnmix.__call__"),
+            "umx",
+        ),
+    ),
+    "demucs": (
+        Lesson("shapes.center_trim", _all("center_trim"), "demucs.decoder"),
+        Lesson(
+            "reference.demucs.encoder_layer",
+            _ports("encoder_layer", "encoder_layer", "EncoderLayer", "Demucs.encoder_layer"),
+            "demucs.encoder",
+        ),
+        Lesson(
+            "reference.demucs.decoder_layer",
+            _ports("decoder_layer", "decoder_layer", "DecoderLayer", "Demucs.decoder_layer"),
+            "demucs.decoder",
+        ),
+        Lesson("reference.demucs.blstm", _ports("BLSTM", "BLSTM", "BLSTM", "Demucs.blstm"), "demucs.blstm"),
+        Lesson(
+            "reference.demucs.demucs",
+            _ports("Demucs.forward", "Demucs.call", "Demucs.__call__", "Demucs.__call__"),
+            "demucs",
+        ),
+    ),
+    "resample": (Lesson("reference.resample.resample_frac", _all("resample_frac"), "resample"),),
+    "filtering": (
+        Lesson("reference.filtering.upstream_atan2", _all("upstream_atan2"), "wiener"),
+        Lesson(
+            "reference.filtering.expectation_maximization_planar", _all("expectation_maximization_planar"), "wiener"
+        ),
+        Lesson("reference.filtering.initial_estimate", _all("initial_estimate"), "wiener"),
+        Lesson("reference.filtering.wiener_planar", _all("wiener_planar"), "wiener"),
+        Lesson("reference.filtering.wiener", _all("wiener"), "wiener"),
+        Lesson("reference.filtering.expectation_maximization", _all("expectation_maximization"), "wiener"),
+    ),
+    "separator": (
+        Lesson(
+            "reference.separator.separate",
+            _ports("Separator.forward", "Separator.call", "Separator.forward", "Separator.__call__"),
+            "separator",
+        ),
+        Lesson("reference.separator.filter_chunks", _all("filter_chunks"), "separator"),
+        Lesson("reference.separator.filter_and_invert", _all("filter_and_invert"), "separator"),
+    ),
+    "apply": (
+        Lesson("reference.apply.TensorChunk", _ports("_padded", "_padded", "_Track", "_padded"), "apply_model"),
+        Lesson("reference.apply._apply_valid", _all("_apply_valid"), "apply_model"),
+        Lesson("reference.apply._apply_shifted", _all("_apply_shifted"), "apply_model"),
+        Lesson("reference.apply.apply_model", _all("apply_model"), "apply_model"),
+        Lesson("reference.apply.separate_track", _all("separate_track"), "apply_model"),
+    ),
+    "weights": (
+        Lesson(None, _all("load_weights"), "weights"),
+        Lesson(None, _all("to_canonical"), "weights"),
+        Lesson(None, _all("native_paths"), "weights"),
+        Lesson(None, _all("save_native"), "weights"),
+        Lesson(None, _all("load_native"), "weights"),
+    ),
+    "build": (
+        Lesson(None, _all("from_canonical"), "weights"),
+        Lesson(None, _all("from_canonical_file"), "weights"),
+        Lesson(None, _all("load_module"), "weights"),
+    ),
+    "train": (
+        Lesson(None, _all("spectrogram"), "train"),
+        Lesson("reference.train.umx_loss", _ports("umx_loss", "umx_loss", "umx_loss", "UMXStep.graph"), "train"),
+        Lesson(
+            "reference.train.demucs_loss",
+            _ports("demucs_loss", "demucs_loss", "demucs_loss", "DemucsStep.graph"),
+            "train",
+        ),
+        Lesson("reference.train.adam_step", _all("make_optimizer"), "train"),
+        Lesson("epochs.EpochTrainer", _all("Trainer"), "train"),
+        Lesson(None, _all("loss_and_grads"), "train"),
+        Lesson("epochs.run_epochs", _all("fit"), "train"),
+        Lesson("train_cli.run_main", _all("main"), "train"),
+    ),
+}
+"""Module -> its lesson, in the required order (plan of issue 15, section 1.2)."""
+
+SHARED: dict[str, tuple[str, ...]] = {
+    "transforms": (
+        "reference.transforms.ShortSignalError",
+        "reference.transforms.min_length",
+        "reference.transforms.check_length",
+        "reference.transforms.istft_span",
+        "reference.transforms.istft_envelope",
+        "reference.transforms.check_nola",
+        "reference.transforms.NOLA_FLOOR",
+    ),
+    "layers": ("reference.layers.BATCH_NORM_EPS", "reference.layers.BATCH_NORM_MOMENTUM"),
+    "umx": (
+        "reference.umx.UMX_TRACE_KEYS",
+        "trace.Recorder",
+        "configs.constructor_kwargs",
+        "configs.config_from_arguments",
+        "configs.UMX_LSTM_DROPOUT",
+    ),
+    "demucs": (
+        "shapes.valid_length",
+        "shapes.output_length",
+        "reference.demucs.DEMUCS_NORM_EPS",
+        "reference.demucs.demucs_trace_keys",
+        "trace.Recorder",
+        "configs.constructor_kwargs",
+        "configs.config_from_arguments",
+    ),
+    "resample": (
+        "reference.resample.resample_width",
+        "reference.resample.resample_kernels",
+        "reference.resample.checked_kernels",
+    ),
+    "filtering": ("reference.filtering.PI_FLOAT32", "reference.filtering.check_channels"),
+    "separator": (
+        "separator_settings.SeparatorSettings",
+        "separator_settings.separator_kwargs",
+        "reference.separator.check_sources",
+        "shapes.WienerChunks",
+        "shapes.wiener_chunks",
+    ),
+    "apply": (
+        "shapes.ShiftDraws",
+        "shapes.shift_draws",
+        "shapes.chunk_window",
+        "shapes.segment_offsets",
+        "shapes.transition_weight",
+        "shapes.check_transition_power",
+        "shapes.check_track",
+        "shapes.max_shift",
+        "shapes.is_silent",
+    ),
+    "weights": (
+        "params.WeightsMismatchError",
+        "params.fold_lstm_bias",
+        "params.lstm_bias_halves",
+        "canonical.per_target",
+        "canonical.check_canonical",
+        "files.atomic_write",
+        "files.default_file_mode",
+        "files.paired_paths",
+        "files.refuse_overwrite",
+        "files.native_header",
+        "files.write_pair",
+        "files.read_native_header",
+    ),
+    "build": ("canonical.load_canonical",),
+    "train": (
+        "reference.train.ADAM_BETAS",
+        "reference.train.ADAM_EPS",
+        "epochs.EpochTrainer",
+        "epochs.TrainerBase",
+        "epochs.steps_per_epoch",
+        "epochs.run_epochs",
+        "epochs.save_best",
+        "train_cli.run_main",
+        "data.stats.input_scaler_weights",
+    ),
+}
+"""Module -> the framework-neutral names its port modules import from ``core_spec`` (dotted paths below
+``core_spec``, as :attr:`Lesson.spec`); a port module must not define them (no copy of neutral code)."""
+
+PORT_CONSTANTS: dict[str, tuple[str, ...]] = {"weights": ("FORMAT",), "train": ("FRAMEWORK",)}
+"""Module -> public constants every port module defines, each with its own value (its native format, its name)."""
+
+MODULES: tuple[str, ...] = (
+    "transforms",
+    "layers",
+    "umx",
+    "demucs",
+    "resample",
+    "filtering",
+    "separator",
+    "apply",
+    "weights",
+    "build",
+    "train",
+)
+"""The module map: every port package has exactly these modules (plus ``__init__``, ``__main__`` and a private
+device/context module, see :data:`MODULE_LAYERS`)."""
+
+MODULE_LAYERS: dict[str, int] = {
+    # the private device/dtype context of a port (JAX ``_scope``, NNabla ``_context``; ``_device`` if renamed)
+    "_scope": 0,
+    "_context": 0,
+    "_device": 0,
+    # building blocks and mapping: import only the private context
+    "transforms": 1,
+    "layers": 1,
+    "resample": 1,
+    "filtering": 1,
+    "weights": 1,
+    # the two models
+    "umx": 2,
+    "demucs": 2,
+    # what runs a model: the UMX separator, the Demucs chunked apply
+    "separator": 3,
+    "apply": 3,
+    # model construction from weights (imports the models and weights.py)
+    "build": 4,
+    # entry points
+    "train": 5,
+    "__main__": 5,
+    "__init__": 6,
+}
+"""Module -> layer inside a port package: a module imports (at module or function level; ``TYPE_CHECKING`` blocks
+excepted) only modules of a lower layer, so no import cycle is possible. Plan of issue 15, section 1.1, with its
+layer 0 split in two (the private context below the modules that use it)."""
