@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from .configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from .files import atomic_write, default_file_mode, paired_paths, refuse_overwrite
 from .params import check_weights
 
 __all__ = [
@@ -33,9 +33,11 @@ __all__ = [
     "CanonicalModel",
     "atomic_write",
     "canonical_paths",
+    "check_canonical",
     "default_file_mode",
     "join_targets",
     "load_canonical",
+    "per_target",
     "save_canonical",
     "split_targets",
 ]
@@ -47,10 +49,9 @@ CanonicalModel = tuple[dict[str, np.ndarray], UMXConfig | UMXSeparatorConfig | D
 
 
 def canonical_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(<stem>.safetensors, <stem>.json)`` for a path given with either suffix or none."""
-    p = Path(path)
-    stem = str(p.with_suffix("") if p.suffix in (".safetensors", ".json") else p)
-    return Path(stem + ".safetensors"), Path(stem + ".json")  # keeps dots in the name: umx.v1 -> umx.v1.json
+    """``(<stem>.safetensors, <stem>.json)`` for a path given with either suffix or none (other dots stay:
+    ``umx.v1`` -> ``umx.v1.json``)."""
+    return paired_paths(path, ".safetensors")
 
 
 def split_targets(weights: Mapping[str, np.ndarray], targets: tuple[str, ...]) -> dict[str, dict[str, np.ndarray]]:
@@ -71,41 +72,31 @@ def join_targets(per_target: Mapping[str, Mapping[str, np.ndarray]]) -> dict[str
     return {f"{TARGET_PREFIX}{t}.{k}": v for t, w in per_target.items() for k, v in w.items()}
 
 
-def _check(weights: Mapping[str, np.ndarray], config: Any, source: str) -> dict[str, np.ndarray]:
+def per_target(
+    weights: Mapping[str, Any], targets: Sequence[str], source: str = "separator weights"
+) -> dict[str, dict[str, Any]]:
+    """A separator's weights as ``{target: {name: array}}``, from that nested form or the flat
+    ``target_models.<target>.<name>`` one; the targets must be exactly ``targets`` (a ``KeyError`` names the
+    missing and the unexpected ones)."""
+    targets = tuple(targets)
+    if weights and all(isinstance(v, Mapping) for v in weights.values()):
+        missing = [t for t in targets if t not in weights]
+        extra = [t for t in weights if t not in targets]
+        if missing or extra:
+            raise KeyError(f"{source}: targets {sorted(weights)} given, expected {list(targets)} "
+                           f"(missing {missing}, unexpected {extra})")  # fmt: skip
+        return {t: dict(weights[t]) for t in targets}
+    return split_targets(weights, targets)
+
+
+def check_canonical(weights: Mapping[str, Any], config: Any, source: str = "canonical weights") -> dict[str, Any]:
+    """Canonical weights checked against the inventory of ``config`` (every target of a separator); flat names
+    (``target_models.<t>.<name>`` for a separator). Raises :class:`core_spec.params.WeightsMismatchError`."""
     if isinstance(config, UMXSeparatorConfig):
-        per_target = split_targets(weights, config.separator.targets)
-        checked = {t: check_weights(w, config.model, f"{source} [target {t}]") for t, w in per_target.items()}
+        nested = per_target(weights, config.separator.targets, source)
+        checked = {t: check_weights(w, config.model, f"{source} [target {t}]") for t, w in nested.items()}
         return join_targets(checked)
     return check_weights(weights, config, source)
-
-
-def default_file_mode() -> int:
-    """The mode a newly created file gets: ``0o666`` under the process's umask (``0o644`` for umask 022)."""
-    mask = os.umask(0o022)  # reading the umask means setting it: put it back at once
-    os.umask(mask)
-    return 0o666 & ~mask
-
-
-def atomic_write(path: str | os.PathLike, write: Callable[[str], Any], suffix: str = ".tmp") -> Path:
-    """Write ``path`` through a temporary file beside it, renamed over ``path`` only once ``write`` returned.
-
-    ``write(tmp)`` writes the whole file under the name it is given (``.<name>.<random><suffix>`` in the same
-    folder, so the rename is atomic; ``suffix`` lets a writer that goes by the extension see the right one). The
-    file gets the usual mode (:func:`default_file_mode`), not the ``0600`` of a temporary file. If ``write`` raises
-    (or the process is interrupted by an exception such as ``KeyboardInterrupt``), the temporary file is removed and
-    ``path`` is left as it was: a reader never sees a partial file.
-    """
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=suffix)
-    os.close(fd)
-    try:
-        write(tmp)
-        os.chmod(tmp, default_file_mode())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 
 
 def save_canonical(
@@ -122,12 +113,9 @@ def save_canonical(
     from safetensors.numpy import save_file
 
     st_path, json_path = canonical_paths(path)
-    if not force:
-        for p in (st_path, json_path):
-            if p.exists():
-                raise FileExistsError(f"{p} exists; pass force=True (--force) to overwrite it")
+    refuse_overwrite(st_path, json_path, force=force)
     st_path.parent.mkdir(parents=True, exist_ok=True)
-    checked = _check(weights, config, "weights")
+    checked = check_canonical(weights, config, "weights")
     arrays = {k: np.ascontiguousarray(np.asarray(v, dtype=np.float32)) for k, v in checked.items()}
     header = {
         "format": FORMAT,
@@ -162,5 +150,5 @@ def load_canonical(path: str | os.PathLike) -> CanonicalModel:
     if header.get("format") != FORMAT:
         raise ValueError(f"{json_path}: format {header.get('format')!r}, expected {FORMAT!r}")
     config = config_from_json(json.dumps(header["config"]))
-    weights = _check(load_file(str(st_path)), config, str(st_path))
+    weights = check_canonical(load_file(str(st_path)), config, str(st_path))
     return weights, config, header.get("provenance", {})

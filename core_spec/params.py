@@ -11,6 +11,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from .configs import DemucsConfig, UMXConfig
 
 __all__ = [
@@ -18,7 +20,9 @@ __all__ = [
     "Inventory",
     "WeightsMismatchError",
     "check_weights",
+    "fold_lstm_bias",
     "is_ignored_on_load",
+    "lstm_bias_halves",
     "nb_parameters",
     "parameter_inventory",
 ]
@@ -164,3 +168,18 @@ def check_weights(
     if missing or unexpected or misshaped:
         raise WeightsMismatchError(missing, unexpected, misshaped, source)
     return {k: kept[k] for k in expected}
+
+
+def fold_lstm_bias(bias_ih: Any, bias_hh: Any, dtype: Any = np.float32) -> np.ndarray:
+    """The one bias of frameworks whose LSTM has one (Keras, Flax, NNabla): upstream's ``bias_ih + bias_hh``,
+    summed in float64 and rounded once to ``dtype``."""
+    return (np.asarray(bias_ih, np.float64) + np.asarray(bias_hh, np.float64)).astype(dtype)
+
+
+def lstm_bias_halves(folded: np.ndarray, bias_ih: Any, bias_hh: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Upstream's two LSTM biases for a folded bias: ``(bias_ih, bias_hh)`` when they fold to it
+    (:func:`fold_lstm_bias`: they are the halves it was made of), else ``(folded, 0)`` (the same network)."""
+    folded = np.asarray(folded)
+    if np.array_equal(fold_lstm_bias(bias_ih, bias_hh, folded.dtype), folded):
+        return np.asarray(bias_ih), np.asarray(bias_hh)
+    return folded, np.zeros_like(folded)
