@@ -33,14 +33,14 @@ import dataclasses
 import importlib
 import importlib.util
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .frameworks import FRAMEWORKS as _FRAMEWORKS
 from .frameworks import importable, rerun_in_nnabla
 from .training import DemucsTrainConfig, UMXTrainConfig, train_config_from_dict
 
-__all__ = ["FRAMEWORKS", "build_parser", "main", "recipe_from_args"]
+__all__ = ["FRAMEWORKS", "build_parser", "main", "recipe_from_args", "run_main"]
 
 FRAMEWORKS = tuple(_FRAMEWORKS)
 
@@ -91,6 +91,44 @@ def recipe_from_args(args: argparse.Namespace) -> UMXTrainConfig | DemucsTrainCo
     cls = UMXTrainConfig if args.model == "umx" else DemucsTrainConfig
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
     return train_config_from_dict(args.model, given)
+
+
+def run_main(
+    args: argparse.Namespace,
+    framework: str,
+    fit: Callable[[UMXTrainConfig | DemucsTrainConfig], dict[str, Any]],
+    errors: tuple[type[BaseException], ...] = (FileExistsError, FileNotFoundError),
+    prepare: Callable[[UMXTrainConfig | DemucsTrainConfig], bool] | None = None,
+) -> int:
+    """The tail of every port's ``train.main``: the recipe from ``args`` (:func:`recipe_from_args`), the run folder
+    checked (:func:`core_spec.run_folder.check_out`), ``fit(recipe)``, the closing log line.
+
+    Args:
+        args: the options of :func:`build_parser`.
+        framework: the port's name (the run folder's ``checkpoint-<framework>``, ``<name>-<framework>``).
+        fit: trains with the recipe; returns at least ``{"epochs", "steps", "best_loss"}``.
+        errors: the exceptions of ``prepare`` and the folder check that are reported as
+            ``unmix-train: <error>`` on stderr with exit status 2 (default: a folder with results and neither
+            ``--resume`` nor ``--force``, ``--resume`` without a checkpoint).
+        prepare: called with the recipe before the folder check, in the same ``try`` (e.g. NNabla's MPI
+            communicator); returns whether this process checks the folder (``False``: a replica other than rank 0).
+
+    Returns:
+        0, or 2 after a reported error.
+    """
+    from .run_folder import check_out, log
+
+    recipe = recipe_from_args(args)
+    try:
+        if prepare is None or prepare(recipe):
+            check_out(args, recipe, framework)
+    except errors as error:
+        print(f"unmix-train: {error}", file=sys.stderr)
+        return 2
+    result = fit(recipe)
+    log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
+        args.quiet)  # fmt: skip
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
