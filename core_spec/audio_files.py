@@ -12,10 +12,11 @@ Any error names the file: :class:`AudioFileError`.
 
 Resampling (:func:`resample`): ``scipy.signal.resample_poly`` with the windowed-sinc filter of julius / Demucs
 (cut-off at 0.945 of the lower Nyquist frequency, 24 zero crossings each side, Hann window, edge samples repeated),
-so a constant stays constant. Measured by ``benchmarks/bench_resample.py``: the same in-band accuracy as the
-spec's :func:`core_spec.reference.resample.resample_frac` (76.6-76.9 dB SNR up to 0.8 of the lower Nyquist
-frequency for 16/22.05/48/96 kHz -> 44.1 kHz, stop band >= 52 dB) against 60 dB / 15-31 dB for resample_poly's own
-default filter, in O(length) memory (the spec's gathers ``length x taps`` windows: ~1 GB for 30 s at 22.05 kHz).
+so a constant stays constant. Measured by ``benchmarks/bench_resample.py`` (16/22.05/48/96 kHz -> 44.1 kHz and
+44.1 -> 16 kHz): the same accuracy as the spec's :func:`core_spec.reference.resample.resample_frac` (76.6-76.9 dB SNR
+up to 0.8 of the lower Nyquist frequency, 46.8-47.0 dB up to 0.9, stop band 51-64 dB) against 60 dB / 38-41 dB /
+15-31 dB for resample_poly's own default filter, at 0.13-0.31 s per 30 s of stereo and 30-65 MB, where the spec's
+gathers ``length x taps`` windows (856 MB and 2.7 s for 30 s at 22.05 kHz: too much for long files).
 
 Writing (:func:`write_audio_file`): WAV (16/24-bit PCM or 32-bit float), FLAC (16/24-bit) with soundfile or
 ffmpeg, MP3 (ffmpeg's libmp3lame, from 16-bit PCM, as demucs encodes). Samples are converted to integers here, by

@@ -1,7 +1,7 @@
 """When ``unmix-separate`` splits an Open-Unmix track into chunks (``--segment-seconds``), and how.
 
-- a number ``S``: chunks of ``S`` seconds sharing ``--segment-overlap`` seconds (default :data:`DEFAULT_OVERLAP`,
-  at most ``S / 4``);
+- a number ``S``: chunks of about ``S`` seconds (a whole number of Wiener windows apart: :func:`aligned_segment`)
+  sharing ``--segment-overlap`` seconds (default :data:`DEFAULT_OVERLAP`, at most ``S / 4``);
 - ``none``: the whole track at once (upstream's behaviour);
 - ``auto`` (the default): the whole track, unless its estimated peak memory (:func:`whole_track_bytes`) exceeds
   half of the memory available now (``MemAvailable``), in which case chunks of :data:`AUTO_SEGMENT` seconds.
@@ -21,6 +21,7 @@ __all__ = [
     "AUTO_SEGMENT",
     "DEFAULT_OVERLAP",
     "SegmentChoice",
+    "aligned_segment",
     "available_memory",
     "parse_segment",
     "segment_plan",
@@ -77,8 +78,26 @@ def available_memory() -> float | None:
     return None
 
 
+def aligned_segment(segment: int, overlap: int, n_hop: int, wiener_win_len: int | None, niter: int) -> int:
+    """The chunk length, in samples, nearest to ``segment`` whose stride (``segment - overlap``) is a whole number
+    of Wiener windows (``wiener_win_len`` frames of ``n_hop`` samples).
+
+    The separator filters ``wiener_win_len`` frames at a time from the first frame of what it is given, each window
+    with its own statistics. Chunks that start on that grid are filtered in the same windows as the whole track
+    (only the networks' context differs); chunks that do not are filtered in shifted windows, which costs several
+    dB (``benchmarks/chunk_snr.py``). Without EM (``niter`` 0) or with one window for the whole track
+    (``wiener_win_len`` None) there is no grid, and chunks shorter than one window are filtered whole: ``segment``
+    is kept.
+    """
+    window = (wiener_win_len or 0) * n_hop
+    if niter == 0 or not window or segment - overlap < window:
+        return segment
+    return round((segment - overlap) / window) * window + overlap
+
+
 def segment_plan(choice: SegmentChoice, model: Any, nb_timesteps: int) -> tuple[int, int] | None:
-    """``(segment, overlap)`` in samples for chunked separation, or ``None`` for the whole track.
+    """``(segment, overlap)`` in samples for chunked separation (:func:`aligned_segment`), or ``None`` for the whole
+    track.
 
     Raises:
         ValueError: an overlap that is negative or more than half the segment.
@@ -92,9 +111,12 @@ def segment_plan(choice: SegmentChoice, model: Any, nb_timesteps: int) -> tuple[
             return None
         seconds = AUTO_SEGMENT
     overlap_s = min(DEFAULT_OVERLAP, float(seconds) / 4) if choice.overlap is None else choice.overlap
-    segment, overlap = round(float(seconds) * model.rate), round(overlap_s * model.rate)
-    if overlap < 0 or overlap > segment // 2:
+    requested, overlap = round(float(seconds) * model.rate), round(overlap_s * model.rate)
+    if overlap < 0 or overlap > requested // 2:
         raise ValueError(f"--segment-overlap {overlap_s:g} s must lie in [0, --segment-seconds / 2]")
+    settings = model.model.wiener_config
+    segment = aligned_segment(requested, overlap, model.config.separator.stft.n_hop, settings.wiener_win_len,
+                              settings.niter)  # fmt: skip
     if segment < model.min_samples:
         raise ValueError(f"--segment-seconds {seconds:g} is shorter than the {model.min_samples} samples a chunk needs")
-    return segment, overlap
+    return segment, min(overlap, segment // 2)

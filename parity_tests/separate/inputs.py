@@ -5,6 +5,8 @@
 - :func:`write_umxhq_folder`: an Open-Unmix model folder of hub-style files (``<target>-<hash>.pth``), each
   ``openunmix.model.OpenUnmix(...).state_dict()`` at the umxhq shapes (8.9 M parameters a target) with seeded
   weights, saved by ``torch.save`` (:mod:`parity_tests.convert.checkpoints`);
+- :func:`write_umx_cli_folder`: the model folder openunmix's own ``umx`` command loads (for the upstream-command
+  comparisons);
 - :func:`write_demucs_package`: ``demucs.utils.save_model`` of a small seeded Demucs v2 (:data:`DEMUCS`);
 - :func:`convert`: ``unmix-convert`` (the command's ``main``) of either, to a canonical file.
 
@@ -16,14 +18,25 @@ Also runs as a script, for the NNabla environment's tests (which cannot run torc
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from core_spec.configs import DemucsConfig, umx_preset
 
-__all__ = ["DEMUCS", "UMX_SEEDS", "convert", "write_clip", "write_demucs_package", "write_umxhq_folder"]
+__all__ = [
+    "DEMUCS",
+    "UMX_SEEDS",
+    "convert",
+    "write_clip",
+    "write_demucs_package",
+    "write_umx_cli_folder",
+    "write_umxhq_folder",
+]
 
 # Demucs v2 at small channel counts, 2-s segments so that the 6-s clip is split into overlapping chunks
 DEMUCS = DemucsConfig(channels=4, depth=4, segment_length=2 * 44100)
@@ -51,6 +64,24 @@ def write_umxhq_folder(folder: Path) -> Path:
     model = umx_preset("umxhq").model
     for target, seed in UMX_SEEDS.items():
         save(umx_state(model, seed), folder / f"{target}-{seed:08x}.pth", "zip")
+    return folder
+
+
+def write_umx_cli_folder(folder: Path, config: Any, weights: Mapping[str, Mapping[str, np.ndarray]]) -> Path:
+    """The model folder openunmix's ``umx --model FOLDER`` loads: ``separator.json`` (``nfft``, ``nhop``,
+    ``sample_rate``, ``nb_channels``), ``<target>.json`` (``args``: ``nfft``, ``nb_channels``, ``hidden_size``) and
+    ``<target>.pth`` (``torch.save`` of the state dict) for ``weights`` ``{target: canonical arrays}``."""
+    from parity_tests import oracle
+
+    folder.mkdir(parents=True, exist_ok=True)
+    sep, model = config.separator, config.model
+    for target in sep.targets:
+        oracle.torch.save(oracle.to_torch_state(weights[target]), folder / f"{target}.pth")
+        args = {"nfft": sep.stft.n_fft, "nb_channels": model.nb_channels, "hidden_size": model.hidden_size}
+        (folder / f"{target}.json").write_text(json.dumps({"args": args}))
+    encoder = {"nfft": sep.stft.n_fft, "nhop": sep.stft.n_hop, "sample_rate": sep.sample_rate,
+               "nb_channels": model.nb_channels}  # fmt: skip
+    (folder / "separator.json").write_text(json.dumps(encoder))
     return folder
 
 

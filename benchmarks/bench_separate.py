@@ -1,0 +1,213 @@
+"""``unmix-separate`` in every framework against upstream's own commands, on the same files, in one run.
+
+Workloads (``benchmarks.workloads``): music tiled from the stempeg clip to 30 s, 3 min and 10 min (16-bit WAV);
+
+- Open-Unmix: umxhq shapes (4 targets, seeded weights), upstream's CLI settings (``--niter 1``,
+  ``--wiener-win-len 300``), 32-bit float WAV stems. Upstream: openunmix 1.3.0's ``umx`` on an openunmix model
+  folder of the same weights. Ports: ``unmix-separate --segment-seconds none`` (the whole track, as upstream) and,
+  for the longest track, ``--segment-seconds 30`` (chunks);
+- Demucs v2: channels 64 (the released size, seeded weights), ``--shifts 0 --overlap 0.25``, split into 40-s
+  segments, 16-bit WAV. Upstream: demucs 2.0.3's ``python -m demucs.separate`` on a ``demucs.utils.save_model``
+  package of the same weights.
+
+Upstream's commands run through :mod:`benchmarks.upstream_cli` (local models, soundfile in torchaudio's place: its
+separation code unchanged). Every command runs in its own process, one at a time, with ``OMP_WAIT_POLICY=PASSIVE``
+and the machine's threads (the ports' and upstream's defaults). Measured from this process: wall time from start to
+exit (interpreter start, model load, reading, separation, writing: what a user waits for) and peak resident memory
+of the command's process tree (psutil, sampled every 20 ms; the NNabla command's tree includes the
+``.venv-nnabla`` interpreter it starts). A command whose tree passes ``--limit-mb`` is stopped and recorded as such
+(the machine is shared). Ratios are against upstream's command at the same length.
+
+Run: ``.venv/bin/python -m benchmarks.bench_separate [--lengths 30 180 600] [--models umx demucs]
+[--impls upstream torch tf jax nnabla]``; writes ``benchmarks/results/separate.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+from benchmarks.common import TIMING_ENV, write_result  # noqa: E402
+
+IMPLS = ("upstream", "torch", "tf", "jax", "nnabla")
+LENGTHS = (30, 180, 600)
+CHUNK_SECONDS = 30
+UMX_TARGETS = ("vocals", "drums", "bass", "other")
+
+
+# --- inputs ---------------------------------------------------------------------------------------------------
+
+
+def write_tracks(work: Path, lengths: list[int]) -> dict[int, Path]:
+    import soundfile as sf
+
+    from benchmarks.workloads import music
+
+    tracks = {}
+    for seconds in lengths:
+        path = work / f"music_{seconds}s.wav"
+        if not path.exists():
+            sf.write(str(path), music(seconds).T, 44100, subtype="PCM_16")
+        tracks[seconds] = path
+    return tracks
+
+
+def write_umx_models(work: Path) -> tuple[Path, Path]:
+    """The canonical file the ports read and the openunmix model folder ``umx`` reads: the same weights."""
+    from benchmarks.workloads import umx_config, umx_weights
+    from core_spec.canonical import join_targets, save_canonical
+    from parity_tests.separate.inputs import write_umx_cli_folder
+
+    cfg = umx_config(1)
+    weights = umx_weights(cfg)
+    canonical = work / "umxhq_bench.safetensors"
+    if not canonical.exists():
+        save_canonical(canonical, join_targets(weights), cfg)
+    folder = work / "umxhq_bench"
+    if not (folder / "separator.json").exists():
+        write_umx_cli_folder(folder, cfg, weights)
+    return canonical, folder
+
+
+def write_demucs_models(work: Path) -> tuple[Path, Path]:
+    """The canonical file and ``models/demucs_bench.th`` (``demucs.utils.save_model``): the same weights."""
+    from benchmarks.workloads import demucs_config, demucs_weights
+    from core_spec.canonical import save_canonical
+
+    cfg = demucs_config()
+    canonical = work / "demucs_bench.safetensors"
+    if not canonical.exists():
+        save_canonical(canonical, demucs_weights(cfg), cfg)
+    package = work / "models" / "demucs_bench.th"
+    if not package.exists():
+        from parity_tests.convert.checkpoints import _training_args, demucs_model
+
+        package.parent.mkdir(exist_ok=True)
+        from demucs.utils import save_model
+
+        save_model(demucs_model(cfg, seed=0), None, _training_args(cfg), package)
+    return canonical, package.parent
+
+
+# --- measurement ------------------------------------------------------------------------------------------------
+
+
+def measure(command: list[str], limit_mb: float, timeout_s: float) -> dict[str, Any]:
+    """Run ``command``; wall time and the peak resident memory of its process tree (MiB)."""
+    import psutil
+
+    env = {**os.environ, **TIMING_ENV, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    began = time.perf_counter()
+    process = subprocess.Popen(
+        command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
+    )
+    root = psutil.Process(process.pid)
+    peak, stopped = 0.0, ""
+    while process.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            rss = sum(p.memory_info().rss for p in tree if p.is_running()) / 2**20
+        except psutil.Error:
+            rss = 0.0
+        peak = max(peak, rss)
+        elapsed = time.perf_counter() - began
+        if peak > limit_mb or elapsed > timeout_s:
+            stopped = f"stopped: peak > {limit_mb:.0f} MiB" if peak > limit_mb else f"stopped after {timeout_s:.0f} s"
+            os.killpg(process.pid, signal.SIGKILL)
+            break
+        time.sleep(0.02)
+    _, err = process.communicate()
+    wall = time.perf_counter() - began
+    row = {"wall_s": round(wall, 2), "peak_rss_mb": round(peak, 1), "returncode": process.returncode}
+    if stopped:
+        row["stopped"] = stopped
+    elif process.returncode != 0:
+        row["error"] = err.decode(errors="replace")[-1500:]
+    return row
+
+
+def ours(framework: str, track: Path, model: Path, out: Path, extra: list[str]) -> list[str]:
+    exe = ROOT / ".venv" / "bin" / "unmix-separate"
+    return [str(exe), str(track), "--model", str(model), "--framework", framework, "-o", str(out), "-q", "--force",
+            *extra]  # fmt: skip
+
+
+def upstream(kind: str, track: Path, model: Path, out: Path) -> list[str]:
+    base = [sys.executable, "-m", "benchmarks.upstream_cli"]
+    if kind == "umx":
+        return [*base, "umx", str(track), "--model", str(model), "--targets", *UMX_TARGETS, "--outdir", str(out),
+                "--niter", "1", "--wiener-win-len", "300", "--no-cuda"]  # fmt: skip
+    return [*base, "demucs", str(track), "-n", "demucs_bench", "--models", str(model), "-o", str(out), "-d", "cpu",
+            "--shifts", "0", "--overlap", "0.25"]  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench_separate", description=__doc__.splitlines()[0])
+    parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="track lengths in seconds")
+    parser.add_argument("--models", nargs="+", default=["umx", "demucs"], choices=("umx", "demucs"))
+    parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
+    parser.add_argument("--work", help="folder for the inputs and outputs (default: a temporary folder)")
+    parser.add_argument("--limit-mb", type=float, default=14000, help="stop a command whose tree passes this")
+    parser.add_argument("--timeout", type=float, default=3600, help="stop a command after this many seconds")
+    parser.add_argument("--name", default="separate", help="results file benchmarks/results/<name>.json")
+    args = parser.parse_args(argv)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-separate-"))
+    work.mkdir(parents=True, exist_ok=True)
+    tracks = write_tracks(work, args.lengths)
+    rows: list[dict[str, Any]] = []
+    load = [os.getloadavg()]
+    for kind in args.models:
+        canonical, upstream_model = write_umx_models(work) if kind == "umx" else write_demucs_models(work)
+        for seconds, track in tracks.items():
+            runs: list[tuple[str, list[str], str]] = []
+            for impl in args.impls:
+                out = work / "out" / impl
+                if impl == "upstream":
+                    runs.append(("upstream", upstream(kind, track, upstream_model, out), "whole"))
+                elif kind == "umx":
+                    runs.append((impl, ours(impl, track, canonical, out, ["--segment-seconds", "none"]), "whole"))
+                    if seconds == max(args.lengths):
+                        chunked = ["--segment-seconds", str(CHUNK_SECONDS)]
+                        runs.append((impl, ours(impl, track, canonical, out, chunked), f"{CHUNK_SECONDS}-s chunks"))
+                else:
+                    runs.append((impl, ours(impl, track, canonical, out, []), "split (40-s segments)"))
+            base: dict[str, Any] | None = None
+            for impl, command, mode in runs:
+                row = {"model": kind, "length_s": seconds, "impl": impl, "mode": mode, "load_before": os.getloadavg()}
+                row.update(measure(command, args.limit_mb, args.timeout))
+                if impl == "upstream":
+                    base = row
+                ok = base is not None and "stopped" not in base and base["returncode"] == 0 and row["returncode"] == 0
+                if ok and impl != "upstream":
+                    row["time_ratio"] = round(row["wall_s"] / base["wall_s"], 2)
+                    row["memory_ratio"] = round(row["peak_rss_mb"] / base["peak_rss_mb"], 2)
+                rows.append(row)
+                print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
+                if "error" in row:
+                    print(row["error"], file=sys.stderr)
+                load.append(os.getloadavg())
+    meta = {
+        "umx": "umxhq shapes, 4 targets, seeded; niter 1, wiener_win_len 300; float32 WAV out",
+        "demucs": "channels 64, seeded; shifts 0, overlap 0.25, split; int16 WAV out",
+        "tracks": "stempeg clip's stems summed, tiled; 16-bit WAV in",
+        "load_average_during_run": load,
+        "limit_mb": args.limit_mb,
+    }
+    print(f"wrote {write_result(args.name, rows, meta)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
