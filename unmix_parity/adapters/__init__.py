@@ -21,7 +21,7 @@ __all__ = ["ADAPTERS", "STAGE_FUNCTIONS", "DeviceUnavailable", "Port", "load"]
 Array = np.ndarray
 
 # adapter name -> module under unmix_parity.adapters
-ADAPTERS = ("torch", "tf", "jax", "nnabla", "upstream")
+ADAPTERS = ("reference", "torch", "tf", "jax", "nnabla", "upstream")
 
 STAGE_FUNCTIONS = (
     "stft",
