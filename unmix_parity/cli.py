@@ -93,11 +93,10 @@ def _read_audio(args: argparse.Namespace, config: Config) -> tuple[np.ndarray, d
 
     rate = config.separator.sample_rate if isinstance(config, UMXSeparatorConfig) else config.samplerate
     if args.audio is None:
-        import stempeg
+        from .clip import read_example_stems
 
-        path = stempeg.example_stem_path()
-        stems, file_rate = stempeg.read_stems(path)  # (5, L, C): mixture, drums, bass, other, vocals
-        audio = np.asarray(stems, dtype=np.float64)[1:].sum(axis=0).T  # the linear mixture (the stream is mastered)
+        stems, file_rate = read_example_stems()
+        audio = np.sum(list(stems.values()), axis=0)  # the linear mixture (the stem file's mixture is mastered)
         source = "stempeg example (sum of its 4 stems)"
         start = round(args.start * file_rate)
         stop = None if args.seconds is None else start + round(args.seconds * file_rate)

@@ -16,6 +16,7 @@ import importlib
 import json
 import subprocess
 import tempfile
+import types
 from pathlib import Path
 from typing import Any
 
@@ -88,9 +89,14 @@ def load_model(path: str | Path) -> Model:
         for key in frameworks.FRAMEWORKS:
             if not frameworks.importable(key):
                 continue
-            module = importlib.import_module(frameworks.framework(key).package)
-            if getattr(module.weights, "FORMAT", None) == fmt:
-                port, origin_framework = module, key
+            weights = importlib.import_module(f"{frameworks.framework(key).package}.weights")
+            if getattr(weights, "FORMAT", None) == fmt:
+                # what resolve_weights calls, from the port's weights module (not every port exports native_paths
+                # at package level)
+                port = types.SimpleNamespace(
+                    native_paths=weights.native_paths, load_native=weights.load_native, weights=weights
+                )
+                origin_framework = key
                 break
     if fmt is not None and port is None and "nnabla" in fmt and not frameworks.importable("nnabla"):
         weights, config = _nnabla_native(path)

@@ -92,7 +92,11 @@ def _bound(r: Row) -> str:
     """The row's bounds, with the bound from upstream's SNR where it applied (else: the absolute floor only)."""
     if r.snr_bound_db is not None:
         return f"{r.tolerance} (upstream {r.upstream_snr_db:.1f} dB: >= {r.snr_bound_db:.1f})"
-    return r.tolerance + (" (no upstream output: the floor only)" if "upstream's" in r.tolerance else "")
+    if "upstream's" not in r.tolerance:
+        return r.tolerance
+    return r.tolerance + (
+        " (upstream itself: the floor)" if r.implementation == "upstream" else " (no upstream: the floor)"
+    )
 
 
 def format_table(rows: Sequence[Row], stages: Sequence[str], markdown: bool = False) -> str:

@@ -3,9 +3,9 @@ parity suite (``parity_tests/harness.py``) and ``unmix-parity`` both call.
 
 An adapter is a :class:`Port`: every function takes NumPy inputs, runs one stage of the implementation's own code
 in ``dtype`` on ``device`` and returns NumPy arrays (complex where the stage is complex). The modules beside this
-one build them: :mod:`.torch`, :mod:`.tf`, :mod:`.jax`, :mod:`.nnabla` (the four ports) and :mod:`.upstream`
-(openunmix 1.3.0 and demucs 2.0.3 run by PyTorch: the oracle). This module imports NumPy only; :func:`load`
-imports an adapter module, and with it its framework, when asked.
+one build them: :mod:`.reference` (the float64 NumPy spec), :mod:`.torch`, :mod:`.tf`, :mod:`.jax`,
+:mod:`.nnabla` (the four ports) and :mod:`.upstream` (openunmix 1.3.0 and demucs 2.0.3 run by PyTorch: the oracle).
+This module imports NumPy only; :func:`load` imports an adapter module, and with it its framework, when asked.
 """
 
 from __future__ import annotations
