@@ -27,7 +27,7 @@ find_python = $(firstword $(shell \
 		"$$c" -c 'import sys; assert sys.version_info[:2] == tuple(map(int, "$(1)".split(".")))' >/dev/null 2>&1 && { echo "$$c"; break; }; \
 	done))
 
-.PHONY: help setup test test-main test-nnabla demo lint fixtures ffmpeg clean
+.PHONY: help setup test test-main test-nnabla demo lint fixtures ffmpeg clean gpu-check
 
 help:
 	@sed -n '2,7p' Makefile
@@ -101,6 +101,11 @@ lint: $(VENV)/.installed
 
 fixtures: $(VENV)/.installed
 	$(PY) parity_tests/make_fixtures.py
+
+# On a CUDA machine without the project's environments (scripts/gpu_check.sh, docs/parity.md):
+#   make gpu-check OUT=out/gpu-check [WHEELS=DIR] [DEVICE=cpu] [GPU_PYTHON=python3]
+gpu-check:
+	bash scripts/gpu_check.sh --device $(or $(DEVICE),gpu) $(if $(WHEELS),--wheels $(WHEELS)) --python $(or $(GPU_PYTHON),python3) $(or $(OUT),out/gpu-check)
 
 clean:
 	rm -rf $(VENV) $(NNVENV) out parity_tests/report

@@ -18,8 +18,7 @@ import numpy as np
 from core_spec.configs import SeparatorConfig, umx_preset
 from core_spec.reference.separator import filter_and_invert
 from core_spec.reference.transforms import complex_norm, stft
-
-STEM_NAMES = ("drums", "bass", "other", "vocals")  # stream order of the stem file after the mixture
+from unmix_parity.clip import STEM_NAMES
 
 
 @dataclass(frozen=True)
@@ -30,28 +29,17 @@ class Clip:
 
 
 def load_clip() -> Clip:
-    """Read the stempeg example (needs ffmpeg/ffprobe); float64 ``(channels, time)`` arrays.
+    """Read the stempeg example (``unmix_parity.clip``: needs ffmpeg, or ``$UNMIX_STEMPEG_CLIP``); float64
+    ``(channels, time)`` arrays.
 
     Raises:
         RuntimeError: the clip cannot be decoded (no ffmpeg on PATH: ``make setup`` provides one).
     """
-    import shutil
+    from unmix_parity.clip import read_example_stems
 
-    import stempeg
-
-    path = stempeg.example_stem_path()
-    try:
-        audio, rate = stempeg.read_stems(path)  # (5, nb_timesteps, nb_channels)
-    except Exception as error:
-        found = {tool: shutil.which(tool) for tool in ("ffmpeg", "ffprobe")}
-        raise RuntimeError(
-            f"cannot decode the stempeg example {path} ({type(error).__name__}: {error}); ffmpeg/ffprobe on PATH: "
-            f"{found}. 'make setup' installs ffmpeg (or: apt-get install ffmpeg)"
-        ) from error
-    audio = np.asarray(audio, dtype=np.float64).transpose(0, 2, 1)
-    stems = {name: audio[i + 1] for i, name in enumerate(STEM_NAMES)}
+    stems, rate = read_example_stems()  # a clear error without ffmpeg
     mixture = np.sum([stems[n] for n in STEM_NAMES], axis=0)
-    return Clip(mixture=mixture, stems=stems, rate=int(rate))
+    return Clip(mixture=mixture, stems=stems, rate=rate)
 
 
 def oracle_config(niter: int = 1) -> SeparatorConfig:
