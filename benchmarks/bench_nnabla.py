@@ -49,7 +49,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from core_spec.configs import DemucsConfig, UMXSeparatorConfig, demucs_preset, umx_preset  # noqa: E402
-from core_spec.weights import random_audio, random_weights  # noqa: E402
+from core_spec.seeded import random_audio, random_weights  # noqa: E402
 
 MAIN_PYTHON = ROOT / ".venv" / "bin" / "python"
 
@@ -309,7 +309,7 @@ def main(argv: list[str] | None = None) -> int:
             meta["upstream"] = upstream["versions"]
             meta["input"] = "the stempeg example's stems summed, tiled (read in the main environment)"
         else:
-            meta["input"] = "seeded noise (core_spec.weights.random_audio, std 0.1)"
+            meta["input"] = "seeded noise (core_spec.seeded.random_audio, std 0.1)"
         for name in names:
             case = CASES[name].scaled(umx_s, demucs_s)
             if upstream is not None:

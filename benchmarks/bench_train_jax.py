@@ -57,9 +57,9 @@ def _noise(shape: tuple[int, ...], seed: int) -> np.ndarray:
 def _case(case: str, batch: int, seconds: float) -> tuple[Any, Any, dict[str, np.ndarray], Any]:
     """``(config, recipe, batch arrays, canonical weights)`` of a case (the same for both implementations)."""
     from core_spec.configs import demucs_preset, umx_preset
+    from core_spec.seeded import random_weights
     from core_spec.shapes import valid_length
     from core_spec.training import DemucsTrainConfig, UMXTrainConfig
-    from core_spec.weights import random_weights
 
     if case == "umx_train_step":
         cfg = umx_preset("umxhq").model

@@ -6,7 +6,7 @@ Runs in the NNabla environment; the upstream rows come from this same file start
     .venv-nnabla/bin/python -m benchmarks.bench_train_nnabla [--cases ...] [--repeats N] [--batch B] [--seconds S]
 
 One training step = forward, loss, backward and one Adam step (the recipe's lr and weight decay), float32, CPU,
-models in train mode, seeded weights (``core_spec.weights.random_weights``) and the same seeded batch on both sides.
+models in train mode, seeded weights (``core_spec.seeded.random_weights``) and the same seeded batch on both sides.
 The cases are ``bench_train_torch.py``'s:
 
 - ``umx_train_step``: one Open-Unmix target at umxhq shapes (8.9 M parameters), batch 16 of 6-s stereo excerpts
@@ -61,9 +61,9 @@ def _batch(shape: tuple[int, ...], seed: int) -> np.ndarray:
 def _case_data(case: str, batch: int, seconds: float) -> dict[str, Any]:
     """Config, recipe, seeded weights and batch of a case (framework-neutral)."""
     from core_spec.configs import demucs_preset, umx_preset
+    from core_spec.seeded import random_weights
     from core_spec.shapes import valid_length
     from core_spec.training import DemucsTrainConfig, UMXTrainConfig
-    from core_spec.weights import random_weights
 
     if case == "umx_train_step":
         config = umx_preset("umxhq").model

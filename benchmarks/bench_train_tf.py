@@ -59,9 +59,9 @@ def _batch(shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
 def _case(case: str, batch: int, seconds: float) -> dict[str, Any]:
     """Config, recipe, seeded weights and batch of a case (the same for every implementation)."""
     from core_spec.configs import demucs_preset, umx_preset
+    from core_spec.seeded import random_weights
     from core_spec.shapes import valid_length
     from core_spec.training import DemucsTrainConfig, UMXTrainConfig
-    from core_spec.weights import random_weights
 
     if case == "umx_train_step":
         cfg = umx_preset("umxhq").model

@@ -52,8 +52,8 @@ def _setup(case: str, impl: str, batch: int, seconds: float) -> tuple[Any, Any]:
     """``(step, model)``: a callable doing one training step (returns the loss), and the model it trains."""
     import torch
 
+    from core_spec.seeded import random_weights
     from core_spec.training import DemucsTrainConfig, UMXTrainConfig
-    from core_spec.weights import random_weights
     from parity_tests import oracle
     from umx_torch import Demucs, OpenUnmix, load_weights
     from umx_torch.train import make_optimizer, train_step, train_stft

@@ -42,7 +42,7 @@ def umx_config(niter: int) -> Any:
 
 def umx_weights(cfg: Any) -> dict[str, dict[str, np.ndarray]]:
     """Seeded weights ``{target: {name: array}}`` at the preset's shapes."""
-    from core_spec.weights import random_weights
+    from core_spec.seeded import random_weights
 
     return {t: random_weights(cfg.model, seed=100 + i) for i, t in enumerate(cfg.separator.targets)}
 
@@ -54,7 +54,7 @@ def demucs_config() -> Any:
 
 
 def demucs_weights(cfg: Any) -> dict[str, np.ndarray]:
-    from core_spec.weights import random_weights
+    from core_spec.seeded import random_weights
 
     return random_weights(cfg, seed=0)
 

@@ -242,14 +242,14 @@ def initial_weights(
 ) -> dict[str, np.ndarray]:
     """Canonical float32 weights of an untrained model, as upstream initialises it (seeded NumPy draws).
 
-    PyTorch's default init (uniform in ``+-1/sqrt(fan_in)``, :func:`core_spec.weights.random_weights`, one seeded
+    PyTorch's default init (uniform in ``+-1/sqrt(fan_in)``, :func:`core_spec.seeded.random_weights`, one seeded
     stream per name); BatchNorm ``weight = 1``, ``bias = 0``, running mean 0 and variance 1; UMX ``output_scale``
     and ``output_mean`` 1, ``input_mean = -mean`` and ``input_scale = 1 / scale`` of the dataset statistics
     (``(nb_bins,)``, cropped to ``max_bin``; 0 and 1 without); Demucs: ``rescale_module(reference=rescale)``, every
     convolution divided by ``sqrt(std(weight) / rescale)`` (unbiased std; biases too).
     """
     from .configs import UMXConfig
-    from .weights import random_weights
+    from .seeded import random_weights
 
     weights = random_weights(config, seed)
     if isinstance(config, UMXConfig):

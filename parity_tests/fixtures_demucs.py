@@ -19,7 +19,7 @@ The module is importable without torch (the cases are plain data, shared by the 
     ``output.float64_default_float32`` (model float64 under torch's default float32: upstream accumulates the
     overlap-add in float32, so this output is float32) and ``output.float32`` (model float32); ``kernels.*``.
 
-``<dtype>`` is the precision upstream ran in. Weights come from ``core_spec.weights.random_weights(config,
+``<dtype>`` is the precision upstream ran in. Weights come from ``core_spec.seeded.random_weights(config,
 seed)``; the metadata holds the config (JSON), the seeds, the weights' SHA-256 and the versions.
 """
 
@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 
 from core_spec.configs import DEMUCS_PRESETS, DemucsConfig, config_to_json
+from core_spec.seeded import random_audio, random_weights
 from core_spec.shapes import valid_length
-from core_spec.weights import random_audio, random_weights
 from parity_tests.fixtures import save, weights_sha256
 
 DTYPES = ("float64", "float32")

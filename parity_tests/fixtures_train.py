@@ -5,7 +5,7 @@ The module is importable without torch (both environments load the cases); :func
 written (``parity_tests/fixtures/``), one per case of :data:`TRAIN_CASES`, ``train_<case>.npz``:
 
 ``weights.<name>``
-    canonical float64 weights the step starts from (``core_spec.weights.random_weights``, cast), every inventory
+    canonical float64 weights the step starts from (``core_spec.seeded.random_weights``, cast), every inventory
     entry (UMX: BatchNorm running statistics included).
 ``inputs.x`` / ``inputs.y`` (UMX)
     mixture and target waveforms ``(B, C, T)``; the network reads ``|STFT(x)|`` (``case.stft``: ``center=False``,
@@ -44,9 +44,9 @@ from typing import Any
 import numpy as np
 
 from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig, config_from_json, config_to_json
+from core_spec.seeded import random_audio, random_weights
 from core_spec.shapes import valid_length
 from core_spec.training import DemucsTrainConfig, UMXTrainConfig, train_config_from_dict
-from core_spec.weights import random_audio, random_weights
 from parity_tests.fixtures import load, save, weights_sha256
 
 __all__ = [

@@ -20,7 +20,7 @@ The module is importable without torch (the cases are plain data, shared by the 
     ``(1, S, 2, L)`` from ``openunmix.model.Separator``.
 
 ``<dtype>`` is ``float64`` or ``float32``: the precision upstream ran in. Weights come from
-``core_spec.weights.random_weights(config, seed)``; their SHA-256 is in the metadata, so a change of the weight
+``core_spec.seeded.random_weights(config, seed)``; their SHA-256 is in the metadata, so a change of the weight
 generator is detected instead of silently comparing different models.
 """
 
@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 from core_spec.configs import UMXSeparatorConfig, WienerConfig, umx_preset
-from core_spec.weights import random_audio, random_weights
+from core_spec.seeded import random_audio, random_weights
 from parity_tests.fixtures import save, weights_sha256
 
 DTYPES = ("float64", "float32")

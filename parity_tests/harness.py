@@ -37,8 +37,8 @@ from core_spec.reference import resample as ref_resample
 from core_spec.reference import separator as ref_separator
 from core_spec.reference import transforms as ref_transforms
 from core_spec.reference import umx as ref_umx
+from core_spec.seeded import random_weights
 from core_spec.tolerances import REGRESSION_DB, check, degrade, judge, tolerance
-from core_spec.weights import random_weights
 from parity_tests import fixtures_demucs, fixtures_umx
 from parity_tests.fixtures import load
 from unmix_parity.adapters import Port

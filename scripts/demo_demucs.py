@@ -27,8 +27,8 @@ if str(ROOT) not in sys.path:
 
 from core_spec.configs import DEMUCS_PRESETS  # noqa: E402
 from core_spec.reference.apply import separate_track  # noqa: E402
+from core_spec.seeded import random_weights  # noqa: E402
 from core_spec.tolerances import metrics  # noqa: E402
-from core_spec.weights import random_weights  # noqa: E402
 
 WEIGHTS_SEED = 0
 SEGMENT_SECONDS = 4

@@ -38,8 +38,8 @@ if str(ROOT) not in sys.path:
 
 from core_spec.canonical import join_targets, save_canonical  # noqa: E402
 from core_spec.configs import DEMUCS_PRESETS, umx_preset  # noqa: E402
+from core_spec.seeded import random_weights  # noqa: E402
 from core_spec.tolerances import metrics  # noqa: E402
-from core_spec.weights import random_weights  # noqa: E402
 from parity_tests import fixtures_umx  # noqa: E402
 
 UMX_SEED = 7

@@ -180,7 +180,7 @@ def _checked(weights: Mapping[str, Any], config: Config, source: str = "canonica
 
 
 def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
-    """Assign canonical arrays (e.g. :func:`core_spec.weights.random_weights`) to ``model``'s variables, in its
+    """Assign canonical arrays (e.g. :func:`core_spec.seeded.random_weights`) to ``model``'s variables, in its
     dtype. For a separator, pass ``target_models.<target>.<name>`` keys or ``{target: weights}``.
 
     Raises:

@@ -191,7 +191,7 @@ def _check_config(file_config: Any, model_config: Any, path: Any) -> None:
 
 
 def load_weights(module: OpenUnmix | Demucs | Separator, weights: Mapping[str, np.ndarray]) -> None:
-    """Load canonical arrays (e.g. :func:`core_spec.weights.random_weights`) into ``module``, in its dtype and
+    """Load canonical arrays (e.g. :func:`core_spec.seeded.random_weights`) into ``module``, in its dtype and
     on its device. For a separator, pass ``target_models.<target>.<name>`` keys or ``{target: weights}``."""
     if weights and all(isinstance(v, Mapping) for v in weights.values()):
         weights = join_targets(weights)  # type: ignore[arg-type]

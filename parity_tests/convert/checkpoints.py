@@ -1,7 +1,7 @@
 """Checkpoints written by the upstream code itself, for the reader and converter tests. Main environment only.
 
 Each writer builds the upstream model (openunmix 1.3.0 ``OpenUnmix``, demucs 2.0.3 ``Demucs``) from a
-``core_spec`` config, loads seeded weights (:func:`core_spec.weights.random_weights`) into it, and saves what
+``core_spec`` config, loads seeded weights (:func:`core_spec.seeded.random_weights`) into it, and saves what
 upstream saves, with ``torch.save`` in the zip format (``fmt="zip"``) or the legacy one (``fmt="legacy"``,
 ``_use_new_zipfile_serialization=False``, the format of torch < 1.6 and of the 2019 Open-Unmix files):
 
@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
-from core_spec.weights import random_weights
+from core_spec.seeded import random_weights
 from parity_tests import oracle
 from parity_tests.convert.flat import flatten
 

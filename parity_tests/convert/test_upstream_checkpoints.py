@@ -36,7 +36,7 @@ from core_spec.configs import (
     config_from_json,
 )
 from core_spec.params import WeightsMismatchError, is_ignored_on_load
-from core_spec.weights import random_weights
+from core_spec.seeded import random_weights
 from parity_tests.convert import checkpoints as ck
 from parity_tests.convert.flat import bit_equal
 from weights_convert import ConversionError, NonFiniteWeightsWarning

@@ -20,9 +20,9 @@ from core_spec.reference import layers as ref_layers
 from core_spec.reference import separator as ref_separator
 from core_spec.reference import umx as ref_umx
 from core_spec.reference.transforms import ShortSignalError
+from core_spec.seeded import random_audio, random_weights
 from core_spec.shapes import valid_length
 from core_spec.tolerances import check
-from core_spec.weights import random_audio, random_weights
 from parity_tests import fixtures_umx
 from umx_jax import dtype_scope, from_canonical, stft
 from umx_jax.demucs import conv_transpose1d

@@ -315,7 +315,7 @@ def test_initial_weights_follow_upstream_init() -> None:
     check(w["input_scale"], 1.0 / std[:64], "init", "float32", what="input_scale = 1 / std")
     assert train_stft(config).n_fft == 512 and not train_stft(config).center
     demucs = load_train_case("demucs").config
-    from core_spec.weights import random_weights
+    from core_spec.seeded import random_weights
 
     raw, scaled = random_weights(demucs, 5), initial_weights(demucs, 5)
     w0 = raw["encoder.1.0.weight"].astype(np.float64)

@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 
 from core_spec.configs import demucs_preset
+from core_spec.seeded import random_weights
 from core_spec.tolerances import check
-from core_spec.weights import random_weights
 from parity_tests import fixtures_umx
 from parity_tests.real_clip import load_clip
 from umx_jax import Separator, apply_model, load_module, separate_track

@@ -10,7 +10,7 @@ from flax import nnx
 from core_spec.canonical import join_targets
 from core_spec.configs import DemucsConfig, demucs_preset, umx_preset
 from core_spec.params import WeightsMismatchError, nb_parameters, parameter_inventory
-from core_spec.weights import random_weights
+from core_spec.seeded import random_weights
 from parity_tests import fixtures_umx
 from umx_jax import Demucs, OpenUnmix, Separator
 from umx_jax.weights import from_canonical, load_module, load_native, native_paths, save_native, to_canonical

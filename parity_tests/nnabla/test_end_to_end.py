@@ -21,8 +21,8 @@ from core_spec.canonical import join_targets, load_canonical, save_canonical, sp
 from core_spec.configs import umx_preset
 from core_spec.reference import apply as ref_apply
 from core_spec.reference.separator import separate
+from core_spec.seeded import random_audio, random_weights
 from core_spec.tolerances import check
-from core_spec.weights import random_audio, random_weights
 from parity_tests import fixtures_demucs, fixtures_umx
 from parity_tests.fixtures import load, weights_sha256
 from umx_nnabla import Separator, apply_model, separate_track

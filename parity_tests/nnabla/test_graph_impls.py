@@ -18,8 +18,8 @@ from core_spec.reference import filtering as ref_filtering
 from core_spec.reference import transforms as ref_transforms
 from core_spec.reference import umx as ref_umx
 from core_spec.reference.separator import separate
+from core_spec.seeded import random_weights
 from core_spec.tolerances import check
-from core_spec.weights import random_weights
 from parity_tests import fixtures_demucs, fixtures_umx
 from parity_tests.fixtures import load
 from umx_nnabla import filtering, transforms

@@ -185,7 +185,7 @@ def test_lstm_dropout_is_upstream_and_switchable():
 def test_initial_weights_are_upstreams():
     """BatchNorm 1 / 0 / 0 / 1 and UMX's scalers as upstream builds them; Demucs convolutions rescaled so that
     their standard deviation is ``sqrt(std * rescale)`` (``demucs.model.rescale_conv``)."""
-    from core_spec.weights import random_weights
+    from core_spec.seeded import random_weights
 
     umx = UMXConfig(nb_bins=257, hidden_size=16, max_bin=64)
     w = train.initial_weights(umx, seed=1)

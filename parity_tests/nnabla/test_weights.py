@@ -16,7 +16,7 @@ import pytest
 from core_spec.canonical import join_targets, save_canonical
 from core_spec.configs import DEMUCS_PRESETS, DemucsConfig, UMXConfig, umx_preset
 from core_spec.params import WeightsMismatchError, parameter_inventory
-from core_spec.weights import random_weights
+from core_spec.seeded import random_weights
 from parity_tests.fixtures_umx import separator_weights
 from umx_nnabla import weights as nw
 

@@ -27,8 +27,8 @@ from core_spec.audio_files import (
 )
 from core_spec.canonical import save_canonical
 from core_spec.configs import DEMUCS_PRESETS
+from core_spec.seeded import random_weights
 from core_spec.tolerances import check
-from core_spec.weights import random_weights
 
 from .helpers import files_under, run
 

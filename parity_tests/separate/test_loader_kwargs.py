@@ -12,7 +12,7 @@ import pytest
 
 from core_spec.canonical import save_canonical
 from core_spec.configs import DEMUCS_PRESETS
-from core_spec.weights import random_weights
+from core_spec.seeded import random_weights
 
 MODULES = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
 

@@ -17,9 +17,9 @@ from core_spec.configs import DEMUCS_PRESETS, DemucsConfig, config_from_json
 from core_spec.reference.apply import TensorChunk, apply_model, separate_track
 from core_spec.reference.demucs import demucs, demucs_trace_keys
 from core_spec.reference.resample import resample_frac, resample_kernels
+from core_spec.seeded import random_weights
 from core_spec.shapes import center_trim, chunk_window, output_length, valid_length
 from core_spec.tolerances import check
-from core_spec.weights import random_weights
 from parity_tests import fixtures_demucs as fx
 from parity_tests.fixtures import load, weights_sha256
 

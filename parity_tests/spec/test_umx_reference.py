@@ -7,8 +7,8 @@ import pytest
 
 from core_spec.configs import umx_preset
 from core_spec.reference.umx import UMX_TRACE_KEYS, open_unmix
+from core_spec.seeded import random_weights
 from core_spec.tolerances import check
-from core_spec.weights import random_weights
 from parity_tests.fixtures import load, weights_sha256
 from parity_tests.fixtures_umx import MODEL_PRESETS
 

@@ -19,8 +19,8 @@ from core_spec.canonical import join_targets, save_canonical
 from core_spec.configs import demucs_preset, umx_preset
 from core_spec.reference import apply as ref_apply
 from core_spec.reference.transforms import ShortSignalError
+from core_spec.seeded import random_audio, random_weights
 from core_spec.tolerances import check
-from core_spec.weights import random_audio, random_weights
 from parity_tests.tf.helpers import on_device, oracle_tf, tf
 from umx_tf import Separator, apply_model, from_canonical, from_canonical_file, load_module, stft
 

@@ -10,7 +10,7 @@ import pytest
 from core_spec.canonical import join_targets, save_canonical
 from core_spec.configs import DemucsConfig, demucs_preset, umx_preset
 from core_spec.params import WeightsMismatchError
-from core_spec.weights import random_weights
+from core_spec.seeded import random_weights
 from parity_tests.fixtures_umx import separator_weights
 from parity_tests.tf.helpers import keras
 from umx_tf import Demucs, OpenUnmix, Separator

@@ -21,9 +21,9 @@ from core_spec.reference.apply import apply_model as ref_apply_model
 from core_spec.reference.apply import separate_track as ref_separate_track
 from core_spec.reference.demucs import demucs as ref_demucs
 from core_spec.reference.demucs import demucs_trace_keys
+from core_spec.seeded import random_audio, random_weights
 from core_spec.shapes import valid_length
 from core_spec.tolerances import check
-from core_spec.weights import random_audio, random_weights
 from parity_tests import fixtures_demucs
 from parity_tests.fixtures import load
 from parity_tests.torch.helpers import (

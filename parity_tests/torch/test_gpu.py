@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from core_spec.configs import demucs_preset, umx_preset
+from core_spec.seeded import random_audio, random_weights
 from core_spec.tolerances import check
-from core_spec.weights import random_audio, random_weights
 from parity_tests.fixtures_umx import separator_weights
 from parity_tests.torch.helpers import DTYPES, TORCH_DTYPES, np_of, torch, torch_device
 from umx_torch import Demucs, Separator, apply_model, load_weights

@@ -7,8 +7,8 @@ import pytest
 
 from core_spec.configs import umx_preset
 from core_spec.reference import transforms as ref
+from core_spec.seeded import random_audio
 from core_spec.tolerances import check
-from core_spec.weights import random_audio
 from parity_tests.fixtures import load
 from parity_tests.fixtures_umx import TRANSFORM_PRESETS
 from parity_tests.torch.helpers import DTYPES, TORCH_DTYPES, np_of, torch, torch_device

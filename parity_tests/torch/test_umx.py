@@ -11,8 +11,8 @@ from core_spec.configs import UMXConfig, umx_preset
 from core_spec.params import WeightsMismatchError
 from core_spec.reference.umx import UMX_TRACE_KEYS as REF_TRACE_KEYS
 from core_spec.reference.umx import open_unmix
+from core_spec.seeded import random_weights
 from core_spec.tolerances import check
-from core_spec.weights import random_weights
 from parity_tests.fixtures import load, weights_sha256
 from parity_tests.fixtures_umx import MODEL_PRESETS
 from parity_tests.torch.helpers import DTYPES, TORCH_DTYPES, np_of, oracle, torch, torch_device

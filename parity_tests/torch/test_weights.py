@@ -10,7 +10,7 @@ import pytest
 from core_spec.canonical import join_targets, load_canonical, save_canonical
 from core_spec.configs import demucs_preset, umx_preset
 from core_spec.params import WeightsMismatchError
-from core_spec.weights import random_audio, random_weights
+from core_spec.seeded import random_audio, random_weights
 from parity_tests.fixtures_umx import separator_weights
 from parity_tests.torch.helpers import oracle, torch
 from umx_torch import (

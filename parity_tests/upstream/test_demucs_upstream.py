@@ -23,9 +23,9 @@ from core_spec.params import parameter_inventory
 from core_spec.reference.apply import TensorChunk as SpecChunk
 from core_spec.reference.apply import apply_model, separate_track
 from core_spec.reference.demucs import demucs
+from core_spec.seeded import random_audio, random_weights
 from core_spec.shapes import center_trim, chunk_window, output_length, valid_length
 from core_spec.tolerances import check
-from core_spec.weights import random_audio, random_weights
 from parity_tests.oracle import demucs_model, torch
 
 pytestmark = pytest.mark.upstream

@@ -9,8 +9,8 @@ from core_spec.configs import UMX_PRESETS, umx_preset
 from core_spec.params import check_weights, nb_parameters, parameter_inventory
 from core_spec.reference.separator import separate
 from core_spec.reference.transforms import istft, stft
+from core_spec.seeded import random_audio, random_weights
 from core_spec.tolerances import SDR_DIFF_DB, check
-from core_spec.weights import random_audio, random_weights
 from parity_tests import oracle, real_clip
 from parity_tests.fixtures import load
 from parity_tests.fixtures_umx import separator_weights
