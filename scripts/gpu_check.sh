@@ -126,7 +126,7 @@ import importlib.util, sys
 from pathlib import Path
 from core_spec.canonical import join_targets, save_canonical
 from core_spec.configs import DemucsConfig, umx_preset
-from core_spec.weights import random_weights
+from core_spec.seeded import random_weights
 
 out = Path(sys.argv[1])
 out.mkdir(parents=True, exist_ok=True)

@@ -39,14 +39,6 @@ from .stages import Config, judge_all, stage_order
 __all__ = ["build_parser", "main"]
 
 DTYPES = ("float32", "float64")
-PACKAGES = {
-    "reference": ("numpy",),
-    "upstream": ("torch", "openunmix", "demucs", "julius"),
-    "torch": ("torch",),
-    "tf": ("tensorflow", "keras"),
-    "jax": ("jax", "jaxlib", "flax"),
-    "nnabla": ("nnabla",),
-}
 
 
 def _list(text: str) -> list[str]:
@@ -114,15 +106,12 @@ def _read_audio(args: argparse.Namespace, config: Config) -> tuple[np.ndarray, d
 
 
 def _versions(results: Sequence[Result]) -> dict[str, str]:
-    from importlib.metadata import PackageNotFoundError, version
-
-    out = {}
-    for name in {r.implementation for r in results if r.captures is not None} | {"reference"}:
-        for package in PACKAGES.get(name, ()):
-            try:
-                out[package] = version(package)
-            except PackageNotFoundError:
-                continue
+    """Package versions of every implementation that ran (NNabla's numpy is its own environment's)."""
+    out: dict[str, str] = {}
+    for r in results:
+        own_env = r.implementation == "nnabla"
+        for package, version in r.versions.items():
+            out[f"{package} (.venv-nnabla)" if own_env and package == "numpy" else package] = version
     return out
 
 

@@ -27,7 +27,17 @@ from .adapters import DeviceUnavailable
 from .adapters import load as load_adapter
 from .stages import Config, capture
 
-__all__ = ["Result", "available_here", "read_results", "run", "run_here", "scale_weight", "write_results"]
+__all__ = [
+    "PACKAGES",
+    "Result",
+    "available_here",
+    "read_results",
+    "run",
+    "run_here",
+    "scale_weight",
+    "versions_of",
+    "write_results",
+]
 
 Array = np.ndarray
 
@@ -43,6 +53,30 @@ class Result:
     seconds: float = 0.0
     error: str | None = None
     note: str | None = None
+    versions: dict[str, str] = dataclasses.field(default_factory=dict)  # of the packages it ran with
+
+
+PACKAGES = {
+    "reference": ("numpy",),
+    "upstream": ("torch", "openunmix", "demucs", "julius"),
+    "torch": ("torch",),
+    "tf": ("tensorflow", "keras"),
+    "jax": ("jax", "jaxlib", "flax"),
+    "nnabla": ("nnabla", "numpy"),
+}
+
+
+def versions_of(name: str) -> dict[str, str]:
+    """The installed versions of implementation ``name``'s packages (this environment)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for package in PACKAGES.get(name, ()):
+        try:
+            out[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return out
 
 
 def available_here(name: str) -> bool:
@@ -94,7 +128,7 @@ def run_here(
         except Exception as e:  # an implementation that crashes is a finding, reported like a failed stage
             results.append(Result(name, dtype, None, error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
             continue
-        results.append(Result(name, dtype, out, time.perf_counter() - start))
+        results.append(Result(name, dtype, out, time.perf_counter() - start, versions=versions_of(name)))
     return results
 
 

@@ -15,6 +15,7 @@ MODULES = [
     "unmix_parity.adapters",
     "unmix_parity.adapters.reference",
     "unmix_parity.cli",
+    "unmix_parity.clip",
     "unmix_parity.model",
     "unmix_parity.plots",
     "unmix_parity.report",
