@@ -119,7 +119,7 @@ def nnabla_worker(case: str, batch: int, seconds: float, repeats: int) -> dict[s
     import nnabla as nn
 
     from umx_nnabla import train
-    from umx_nnabla.weights import from_canonical
+    from umx_nnabla.build import from_canonical
 
     data = _case_data(case, batch, seconds)
     nn.seed(0)

@@ -16,22 +16,16 @@ per model, never NNabla's global scope). float32 only: NNabla's CPU extension ha
 """
 
 from ._context import DTYPES, device_context, on_device
+from .apply import apply_model, separate_track
+from .build import from_canonical, from_canonical_file, load_module
 from .demucs import Demucs, center_trim, valid_length
 from .filtering import expectation_maximization, wiener, wiener_graph
+from .layers import lstm
 from .resample import resample_frac
-from .separator import Separator, apply_model, separate_track
+from .separator import Separator
 from .transforms import complex_norm, istft, istft_graph, stft, stft_graph
-from .umx import OpenUnmix, lstm
-from .weights import (
-    WeightsMismatchError,
-    from_canonical,
-    from_canonical_file,
-    load_module,
-    load_native,
-    load_weights,
-    save_native,
-    to_canonical,
-)
+from .umx import OpenUnmix
+from .weights import WeightsMismatchError, load_native, load_weights, save_native, to_canonical
 
 __all__ = [
     "DTYPES",

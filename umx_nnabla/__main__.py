@@ -32,9 +32,10 @@ import numpy as np
 
 from core_spec.configs import SeparatorConfig, config_from_json
 
-from .separator import Separator, separate_track
+from .apply import separate_track
+from .build import from_canonical_file
+from .separator import Separator
 from .transforms import complex_norm, istft, stft
-from .weights import from_canonical_file
 
 __all__ = ["main", "oracle_separation"]
 

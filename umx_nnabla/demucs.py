@@ -33,8 +33,8 @@ from core_spec.configs import DemucsConfig
 from core_spec.reference.demucs import DEMUCS_NORM_EPS
 
 from ._context import GraphCache
+from .layers import _resolve_impl, glu, lstm
 from .resample import resample_frac
-from .umx import _resolve_impl, lstm
 
 __all__ = ["Demucs", "center_trim", "glu", "valid_length"]
 
@@ -51,18 +51,6 @@ def center_trim(x: nn.Variable, reference: int) -> nn.Variable:
         return x
     lead = tuple(x.shape[:-1])
     return F.slice(x, (0,) * len(lead) + (start,), lead + (stop,))
-
-
-def glu(x: nn.Variable, axis: int = 1) -> nn.Variable:
-    """Gated linear unit: first half of ``axis`` times the sigmoid of the second half."""
-    half = x.shape[axis] // 2
-    start = [0] * x.ndim
-    stop = list(x.shape)
-    stop[axis] = half
-    a = F.slice(x, start, stop)
-    start[axis], stop[axis] = half, 2 * half
-    b = F.slice(x, start, stop)
-    return a * F.sigmoid(b)
 
 
 class Demucs:

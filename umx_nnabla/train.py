@@ -577,7 +577,7 @@ def _validate(model: Model, valid_set: Any, recipe: Recipe, stft_config: STFTCon
     linear mixture, as ``demucs/train.py``'s ``validate_model``."""
     from tqdm import tqdm
 
-    from .separator import apply_model
+    from .apply import apply_model
 
     sync_lstm_biases(model)
     total, count = 0.0, len(valid_set)

@@ -49,7 +49,7 @@ import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import nnabla as nn
 import numpy as np
@@ -60,18 +60,19 @@ from core_spec.devices import device_name, dtype_name
 from core_spec.params import WeightsMismatchError, check_weights
 
 from ._context import device_context
-from .demucs import Demucs
-from .separator import Separator
-from .umx import OpenUnmix
+
+if TYPE_CHECKING:  # the models are only annotations here: this module imports no model (no import cycle)
+    from .demucs import Demucs
+    from .separator import Separator
+    from .umx import OpenUnmix
+
+    Model = OpenUnmix | Demucs | Separator
 
 __all__ = [
     "FORMAT",
     "WeightsMismatchError",
     "canonical_from_parameters",
     "check_device_dtype",
-    "from_canonical",
-    "from_canonical_file",
-    "load_module",
     "load_native",
     "load_weights",
     "main",
@@ -83,7 +84,6 @@ __all__ = [
 
 FORMAT = "unmix-ports/nnabla-h5/1"
 Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
-Model = OpenUnmix | Demucs | Separator
 
 # need_grad of each NNabla parameter: everything upstream trains, but not the BatchNorm statistics and the kept
 # upstream LSTM biases
@@ -267,10 +267,12 @@ def _set_parameters(root: OrderedDict, params: Mapping[str, np.ndarray]) -> None
 
 
 def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
-    """Load canonical weights into ``model`` (an :class:`OpenUnmix`, :class:`Demucs` or :class:`Separator`),
-    replacing its parameters; raises :class:`WeightsMismatchError` for anything missing, unexpected or mis-shaped."""
-    params = parameters_from_canonical(weights, _config_of(model))
-    if isinstance(model, Separator):
+    """Load canonical weights into ``model`` (an :class:`~umx_nnabla.umx.OpenUnmix`, :class:`~umx_nnabla.demucs.Demucs`
+    or :class:`~umx_nnabla.separator.Separator`, told apart by the type of ``model.config``), replacing its
+    parameters; raises :class:`WeightsMismatchError` for anything missing, unexpected or mis-shaped."""
+    config = _config_of(model)
+    params = parameters_from_canonical(weights, config)
+    if isinstance(config, UMXSeparatorConfig):
         _set_parameters(model.params, params)
         for target in model.target_models.values():
             target.graphs.clear()
@@ -295,43 +297,6 @@ def check_device_dtype(device: str = "cpu", dtype: Any = "float32") -> str:
     name = device_name(device)
     device_context(name)  # raises for a GPU without the CUDA extension
     return name
-
-
-def from_canonical(
-    config: Config,
-    weights: Mapping[str, Any] | None = None,
-    *,
-    device: str = "cpu",
-    dtype: Any = "float32",
-    **kwargs: Any,
-) -> Model:
-    """Build the model of ``config`` (:class:`OpenUnmix`, :class:`Demucs` or :class:`Separator`) and load
-    ``weights`` into it. ``kwargs`` go to the constructor (``lstm_impl``; separator overrides such as ``niter``).
-
-    ``device``: ``"cpu"`` or ``"gpu"``; NNabla keeps parameters as arrays and runs a graph in the context current
-    when it is called, so run the model inside :func:`umx_nnabla.on_device` of the same device. ``dtype``:
-    ``"float32"`` (float64 is a clear error, :func:`check_device_dtype`)."""
-    check_device_dtype(device, dtype)
-    if isinstance(config, UMXSeparatorConfig):
-        return Separator.from_config(config, weights, **kwargs)
-    if isinstance(config, UMXConfig):
-        model: Model = OpenUnmix.from_config(config, **kwargs)
-    elif isinstance(config, DemucsConfig):
-        model = Demucs.from_config(config, **kwargs)
-    else:
-        raise TypeError(f"no NNabla model for {type(config).__name__}")
-    if weights is not None:
-        load_weights(model, weights)
-    return model
-
-
-def from_canonical_file(
-    path: str | os.PathLike, *, device: str = "cpu", dtype: Any = "float32", **kwargs: Any
-) -> Model:
-    """The model a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes, with its weights
-    (arguments as :func:`from_canonical`)."""
-    weights, config, _ = load_canonical(path)
-    return from_canonical(config, weights, device=device, dtype=dtype, **kwargs)
 
 
 def to_canonical(model: Model) -> dict[str, np.ndarray]:
@@ -391,12 +356,6 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
     """Read ``<stem>.h5`` + ``<stem>.json``: ``(canonical weights, config)``."""
     params, config = _read_native(path)
     return canonical_from_parameters(params, config), config
-
-
-def load_module(path: str | os.PathLike, *, device: str = "cpu", dtype: Any = "float32", **kwargs: Any) -> Model:
-    """The model stored in a native file, ready to run (arguments as :func:`from_canonical`)."""
-    weights, config = load_native(path)
-    return from_canonical(config, weights, device=device, dtype=dtype, **kwargs)
 
 
 def main(argv: list[str] | None = None) -> int:

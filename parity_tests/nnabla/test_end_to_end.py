@@ -25,8 +25,7 @@ from core_spec.seeded import random_audio, random_weights
 from core_spec.tolerances import check
 from parity_tests import fixtures_demucs, fixtures_umx
 from parity_tests.fixtures import load, weights_sha256
-from umx_nnabla import Separator, apply_model, separate_track
-from umx_nnabla import weights as nw
+from umx_nnabla import Separator, apply_model, build, separate_track
 
 from .helpers import run_on
 
@@ -43,7 +42,7 @@ def test_canonical_file_separates(tmp_path: Path, device: str) -> None:
     assert loaded_config == config
     audio = fx[f"{name}.audio"]
     with run_on(device):
-        separator = nw.from_canonical(loaded_config, weights)
+        separator = build.from_canonical(loaded_config, weights)
         out = separator.separate(audio[0].T)  # time-major (nb_timesteps, 2), as soundfile reads it
     assert out.shape == (1, 2, 2, audio.shape[-1]) and out.dtype == np.float32
     check(out, fx[f"{name}.out.float32"], "separator", DTYPE, device, what=f"canonical file {name} vs upstream")
@@ -64,7 +63,7 @@ def test_real_clip_umxhq(clip, device: str) -> None:
     assert {t: weights_sha256(w) for t, w in weights.items()} == meta["umxhq_weights_sha256"]
     mixture = arrays["mixture"]
     with run_on(device):
-        out = nw.from_canonical(config, weights)(mixture)
+        out = build.from_canonical(config, weights)(mixture)
     check(out, arrays["umxhq.out"], "separator", DTYPE, device, what="real clip umxhq vs upstream")
     check(out, separate(mixture, weights, config), "separator", DTYPE, device, what="real clip umxhq vs reference")
 
@@ -79,8 +78,8 @@ def test_upstream_checkpoint_converted_separates(clip, tmp_path: Path, device: s
     assert config.separator.sample_rate == meta["tiny_rate"] and config.separator.targets == tuple(meta["tiny_targets"])
     mixture = arrays["mixture_8k"]
     with run_on(device):
-        from_canonical = nw.from_canonical(config, weights)(mixture)
-        from_h5 = nw.load_module(tmp_path / "tiny-nnabla")(mixture)
+        from_canonical = build.from_canonical(config, weights)(mixture)
+        from_h5 = build.load_module(tmp_path / "tiny-nnabla")(mixture)
     check(from_canonical, arrays["tiny.out"], "separator", DTYPE, device, what="upstream model folder vs upstream")
     per_target = split_targets(weights, config.separator.targets)
     reference = separate(mixture.astype(np.float64), per_target, config)
@@ -115,7 +114,7 @@ def test_demucs_separate_track(shifts: int, device: str) -> None:
     wav = 0.5 + fixtures_demucs.apply_mix(case)  # an offset: the track normalisation matters
     reference = ref_apply.separate_track(weights, config, wav, shifts=shifts, rng=0)
     with run_on(device):
-        model = nw.from_canonical(config, weights)
+        model = build.from_canonical(config, weights)
         out = separate_track(model, wav, shifts=shifts, rng=0)
         assert out.shape == (1, *reference.shape)
         check(out[0], reference, "demucs.apply", DTYPE, device, what=f"separate_track shifts={shifts}")

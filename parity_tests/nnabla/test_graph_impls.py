@@ -23,7 +23,7 @@ from core_spec.tolerances import check
 from parity_tests import fixtures_demucs, fixtures_umx
 from parity_tests.fixtures import load
 from umx_nnabla import filtering, transforms
-from umx_nnabla.weights import from_canonical
+from umx_nnabla.build import from_canonical
 
 from .helpers import run_on, trace_arrays
 

@@ -38,7 +38,8 @@ from parity_tests.fixtures_train import (
     load_train_case,
 )
 from umx_nnabla import train
-from umx_nnabla.weights import from_canonical, to_canonical
+from umx_nnabla.build import from_canonical
+from umx_nnabla.weights import to_canonical
 
 from .helpers import run_on
 

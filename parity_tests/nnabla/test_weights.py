@@ -18,6 +18,7 @@ from core_spec.configs import DEMUCS_PRESETS, DemucsConfig, UMXConfig, umx_prese
 from core_spec.params import WeightsMismatchError, parameter_inventory
 from core_spec.seeded import random_weights
 from parity_tests.fixtures_umx import separator_weights
+from umx_nnabla import build
 from umx_nnabla import weights as nw
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -56,7 +57,7 @@ def test_h5_round_trip_bit_exact(tmp_path: Path, name: str) -> None:
         f.visititems(lambda k, v: stored.__setitem__(k, v[()]) if isinstance(v, h5py.Dataset) else None)
     _bit_equal(stored, dict(params))
     # and a model built from it gives the canonical weights back
-    model = nw.load_module(tmp_path / "model.h5")
+    model = build.load_module(tmp_path / "model.h5")
     _bit_equal(nw.to_canonical(model), weights)
 
 
@@ -68,7 +69,7 @@ def test_separator_round_trip_and_names(tmp_path: Path) -> None:
     loaded, loaded_config = nw.load_native(tmp_path / "sep.json")
     assert loaded_config == config
     _bit_equal(loaded, flat)
-    separator = nw.from_canonical(config, per_target)  # {target: weights} works as well
+    separator = build.from_canonical(config, per_target)  # {target: weights} works as well
     names = separator.get_parameters()
     assert "speech/fc1/affine/W" in names and "noise/lstm/lstm/weight_l0" in names
     _bit_equal(nw.to_canonical(separator), flat)
@@ -171,10 +172,10 @@ def test_reloading_weights_rebuilds_graphs() -> None:
     """``infer`` keeps a graph per shape; loading other weights must not reuse graphs holding the old arrays."""
     config = CONFIGS["umx_unidirectional_2layers"]
     x = np.abs(np.random.default_rng(0).standard_normal((1, 2, 65, 5))).astype(np.float32)
-    model = nw.from_canonical(config, random_weights(config, seed=1))
+    model = build.from_canonical(config, random_weights(config, seed=1))
     first = model.infer(x)
     assert len(model.graphs) == 1
     nw.load_weights(model, random_weights(config, seed=2))
     assert len(model.graphs) == 0
-    np.testing.assert_array_equal(model.infer(x), nw.from_canonical(config, random_weights(config, seed=2)).infer(x))
+    np.testing.assert_array_equal(model.infer(x), build.from_canonical(config, random_weights(config, seed=2)).infer(x))
     assert not np.array_equal(first, model.infer(x))

@@ -17,8 +17,7 @@ import numpy as np
 
 import umx_nnabla
 from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
-from umx_nnabla import filtering, transforms
-from umx_nnabla.weights import from_canonical
+from umx_nnabla import filtering, from_canonical, transforms
 
 from . import DeviceUnavailable, Port
 
