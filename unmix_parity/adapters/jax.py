@@ -18,9 +18,8 @@ from flax import nnx
 import umx_jax
 from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
 from umx_jax import apply_model as jax_apply_model
-from umx_jax import filtering, resample, transforms
+from umx_jax import filtering, from_canonical, resample, transforms
 from umx_jax._scope import as_device, dtype_scope
-from umx_jax.weights import from_canonical
 
 from . import DeviceUnavailable, Port
 
