@@ -8,19 +8,18 @@ Modules (the same names in every port): :mod:`~umx_torch.transforms` (STFT, ISTF
 State-dict names are upstream's, so ``OpenUnmix(...).load_state_dict(torch.load(upstream_file))`` works.
 """
 
+from .apply import apply_model, separate_track
+from .build import from_canonical, from_canonical_file, load_module
 from .demucs import Demucs, center_trim, valid_length
 from .filtering import expectation_maximization, wiener
 from .resample import ResampleFrac, resample_frac
-from .separator import Separator, apply_model, separate_track
+from .separator import Separator
 from .transforms import complex_norm, istft, stft
 from .umx import OpenUnmix
 from .weights import (
     LegacyKeysWarning,
     WeightsMismatchError,
-    from_canonical,
-    from_canonical_file,
     load_canonical_into,
-    load_module,
     load_native,
     load_weights,
     native_paths,

@@ -27,6 +27,7 @@ from core_spec.configs import DemucsConfig
 from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
 
 from .resample import ResampleFrac
+from .weights import prepare_state_dict
 
 __all__ = ["BLSTM", "Demucs", "center_trim", "demucs_trace_keys", "rescale_module", "valid_length"]
 
@@ -207,8 +208,6 @@ class Demucs(nn.Module):
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """Load an upstream (or canonical) state dict; with ``strict`` every missing, unexpected or mis-shaped
         key is named in a :class:`core_spec.params.WeightsMismatchError`."""
-        from .weights import prepare_state_dict
-
         state = prepare_state_dict(self, state_dict, strict=strict)
         return super().load_state_dict(state, strict=False, assign=assign)
 

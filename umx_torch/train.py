@@ -60,9 +60,13 @@ from core_spec.training import (
     train_stft,
 )
 
-from .demucs import Demucs, center_trim
+from .apply import apply_model
+from .build import from_canonical
+from .demucs import center_trim
+from .layers import set_lstm_dropout
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
+from .weights import save_canonical_from, save_native, to_canonical
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -191,15 +195,6 @@ def loss_and_grads(
     return float(loss.detach()), grads
 
 
-def set_lstm_dropout(model: nn.Module, p: float) -> nn.Module:
-    """Set the dropout between stacked LSTM layers (upstream UMX: 0.4 in training). The gradient-parity tests set 0:
-    no two frameworks draw the same dropout masks."""
-    for module in _unwrap(model).modules():
-        if isinstance(module, nn.LSTM):
-            module.dropout = float(p) if module.num_layers > 1 else 0.0
-    return model
-
-
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
     """``torch.optim.Adam(model.parameters(), lr, weight_decay)``: upstream's optimiser (coupled L2 decay)."""
     return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -231,12 +226,6 @@ def _init_process_group(rank: int, world_size: int, store: str, backend: str = "
     dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size)
 
 
-def _build(config: UMXConfig | DemucsConfig) -> nn.Module:
-    if isinstance(config, UMXConfig):
-        return OpenUnmix.from_config(config)
-    return Demucs.from_config(config)
-
-
 def _ddp_grads_worker(
     rank: int,
     world_size: int,
@@ -253,13 +242,10 @@ def _ddp_grads_worker(
 ) -> None:
     import torch.distributed as dist
 
-    from .weights import load_weights
-
     torch.set_num_threads(1)
     _init_process_group(rank, world_size, store)
     try:
-        model = _build(config).to(getattr(torch, dtype))
-        load_weights(model, weights)
+        model = from_canonical(config, weights, dtype=dtype)
         if lstm_dropout is not None:
             set_lstm_dropout(model, lstm_dropout)
         if kernels is not None:
@@ -335,13 +321,10 @@ def _device(name: str, rank: int) -> torch.device:
 def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[nn.Module, STFTConfig | None, float, bool]:
     """The model to train (upstream's initialisation seeded by ``recipe.seed``, or ``--init``), its STFT (UMX), its
     sample rate, and whether its weights came from a file."""
-    from .weights import load_weights
 
     config, weights, rate = model_config(args, recipe)
     torch.manual_seed(recipe.seed)
-    model = _build(config)
-    if weights is not None:
-        load_weights(model, weights)
+    model = from_canonical(config, weights)
     stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
     return model, stft_config, rate, weights is not None
 
@@ -358,7 +341,6 @@ def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> No
 
 def _save_best(model: nn.Module, folder: RunFolder, run: RunState, valid_loss: float) -> None:
     """``<name>.safetensors`` + ``.json`` (canonical) and ``<name>-torch.pth`` + ``.json`` (upstream's state dict)."""
-    from .weights import save_canonical_from, save_native, to_canonical
 
     provenance = run.provenance(FRAMEWORK, valid_loss, torch=torch.__version__)
     save_canonical_from(model, folder.best, provenance=provenance, force=True)
@@ -392,8 +374,6 @@ def _validate(model: nn.Module, valid_set: Any, recipe: Recipe, stft_config: STF
     from tqdm import tqdm
 
     from core_spec.data import convert_audio_channels
-
-    from .separator import apply_model
 
     model.eval()
     ref = next(model.parameters())

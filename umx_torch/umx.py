@@ -17,6 +17,8 @@ from torch import Tensor, nn
 
 from core_spec.configs import UMXConfig
 
+from .weights import prepare_state_dict
+
 __all__ = ["UMX_TRACE_KEYS", "OpenUnmix"]
 
 # Intermediate outputs recorded by ``forward(x, trace=...)``, as in ``core_spec.reference.umx.UMX_TRACE_KEYS``.
@@ -137,8 +139,6 @@ class OpenUnmix(nn.Module):
         unexpected or mis-shaped raises :class:`core_spec.params.WeightsMismatchError` naming every key;
         ``num_batches_tracked`` counters are optional.
         """
-        from .weights import prepare_state_dict
-
         state = prepare_state_dict(self, state_dict, strict=strict)
         return super().load_state_dict(state, strict=False, assign=assign)
 

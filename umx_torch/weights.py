@@ -30,7 +30,6 @@ from torch import Tensor, nn
 
 from core_spec.canonical import atomic_write, join_targets, load_canonical, save_canonical, split_targets
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
-from core_spec.devices import device_name, dtype_name
 from core_spec.params import UMX_IGNORED_ON_LOAD, WeightsMismatchError, check_weights
 
 if TYPE_CHECKING:
@@ -43,10 +42,7 @@ __all__ = [
     "LegacyKeysWarning",
     "WeightsMismatchError",
     "canonical_from_state_dict",
-    "from_canonical",
-    "from_canonical_file",
     "load_canonical_into",
-    "load_module",
     "load_native",
     "load_weights",
     "native_paths",
@@ -55,8 +51,6 @@ __all__ = [
     "save_native",
     "state_dict_from_canonical",
     "to_canonical",
-    "torch_device",
-    "torch_dtype",
 ]
 
 FORMAT = "unmix-ports/torch-state-dict/1"
@@ -228,75 +222,6 @@ def to_canonical(module: OpenUnmix | Demucs | Separator) -> dict[str, np.ndarray
     return canonical_from_state_dict(module.state_dict(), _model_config_of(module))
 
 
-def torch_device(device: torch.device | str | None) -> torch.device | None:
-    """``None`` (PyTorch's default), a ``torch.device``, ``"cpu"``, ``"gpu"`` (the first CUDA device) or ``"cuda:N"``.
-
-    Raises:
-        RuntimeError: a CUDA device where PyTorch sees none.
-    """
-    if device is None or isinstance(device, torch.device):
-        return device
-    text = str(device)
-    name = text if text.startswith("cuda:") else device_name(text)
-    if name == "cpu":
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r}: PyTorch sees no CUDA device (torch.cuda.is_available() is False)")
-    return torch.device("cuda" if name == "gpu" else name)
-
-
-def torch_dtype(dtype: torch.dtype | str | Any) -> torch.dtype:
-    """``torch.float32``/``torch.float64`` from itself, ``"float32"``/``"float64"`` or a NumPy dtype."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    return torch.float64 if dtype_name(dtype) == "float64" else torch.float32
-
-
-def _build(config: UMXConfig | UMXSeparatorConfig | DemucsConfig, device: Any, dtype: torch.dtype, **kwargs: Any):
-    if isinstance(config, UMXConfig):
-        from .umx import OpenUnmix
-
-        return OpenUnmix.from_config(config, device, dtype)
-    if isinstance(config, DemucsConfig):
-        from .demucs import Demucs
-
-        return Demucs.from_config(config, device, dtype)
-    if isinstance(config, UMXSeparatorConfig):
-        from .separator import Separator
-
-        return Separator.from_config(config, device=device, dtype=dtype, **kwargs)
-    raise TypeError(f"no PyTorch model for {type(config).__name__}")
-
-
-def from_canonical(
-    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
-    weights: Mapping[str, Any] | None = None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str = torch.float32,
-    **separator_kwargs: Any,
-) -> OpenUnmix | Demucs | Separator:
-    """Build the model of ``config`` (eval mode) and load canonical ``weights`` into it (``None``: PyTorch's
-    initialisation). ``separator_kwargs`` override a separator's Wiener settings (``niter``, ``residual``, ...).
-
-    ``device``: ``"cpu"``, ``"gpu"`` or a ``torch.device`` (:func:`torch_device`); ``dtype``: ``"float32"``,
-    ``"float64"`` or a ``torch.dtype``."""
-    module = _build(config, torch_device(device), torch_dtype(dtype), **separator_kwargs).eval()
-    if weights is not None:
-        load_weights(module, weights)
-    return module
-
-
-def from_canonical_file(
-    path: str | os.PathLike,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str = torch.float32,
-    **separator_kwargs: Any,
-) -> OpenUnmix | Demucs | Separator:
-    """Build the model a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes and load its weights."""
-    weights, config, _ = load_canonical(path)
-    return from_canonical(config, weights, device, dtype, **separator_kwargs)
-
-
 # --- the native file: what upstream reads ------------------------------------------------------------------------
 
 
@@ -345,14 +270,3 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], UMXConf
     config = config_from_json(json.dumps(header["config"]))
     state = torch.load(pth, map_location="cpu", weights_only=True)
     return canonical_from_state_dict(state, config), config
-
-
-def load_module(
-    path: str | os.PathLike,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype | str = torch.float32,
-    **separator_kwargs: Any,
-) -> OpenUnmix | Demucs | Separator:
-    """The model stored in a native file, ready to run (arguments as :func:`from_canonical`)."""
-    weights, config = load_native(path)
-    return from_canonical(config, weights, device, dtype, **separator_kwargs)
