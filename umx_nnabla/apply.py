@@ -9,7 +9,7 @@ mixture's dtype (float32).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
@@ -19,10 +19,6 @@ from core_spec.audio import prepare_audio
 from .demucs import Demucs
 
 __all__ = ["apply_model", "separate_track"]
-
-
-class _Draws(Protocol):
-    def integers(self, low: int, high: int) -> Any: ...
 
 
 def _padded(track: np.ndarray, offset: int, length: int, target_length: int) -> np.ndarray:
@@ -39,12 +35,14 @@ def _apply_valid(model: Demucs, track: np.ndarray, offset: int, length: int) -> 
     return shapes.center_trim(model.infer(padded), length)
 
 
-def _apply_shifted(model: Demucs, track: np.ndarray, offset: int, length: int, shifts: int, rng: _Draws) -> np.ndarray:
+def _apply_shifted(
+    model: Demucs, track: np.ndarray, offset: int, length: int, shifts: int, rng: shapes.ShiftDraws
+) -> np.ndarray:
     """Average of ``shifts`` runs on randomly shifted windows (one plain run when ``shifts`` is 0)."""
     if not shifts:
         return _apply_valid(model, track, offset, length)
     length = min(track.shape[-1] - offset, length)
-    max_shift = int(0.5 * model.samplerate)
+    max_shift = shapes.max_shift(model.samplerate)
     padded = _padded(track, offset, length, length + 2 * max_shift)  # a new array: zeros beyond it
     out = None
     for _ in range(shifts):
@@ -62,7 +60,7 @@ def apply_model(
     overlap: float = 0.25,
     transition_power: float = 1.0,
     segment_length: int | None = None,
-    rng: _Draws | int | None = None,
+    rng: shapes.ShiftDraws | int | None = None,
 ) -> np.ndarray:
     """Apply Demucs to a (normalised) track with ``demucs.utils.apply_model`` semantics (demucs 2.0.3).
 
@@ -80,16 +78,10 @@ def apply_model(
     Returns:
         ``(nb_sources, audio_channels, nb_timesteps)`` (or with the batch dimension first), float32.
     """
-    if transition_power < 1:
-        raise ValueError("transition_power < 1 leads to weird behavior (upstream asserts >= 1)")
+    shapes.check_transition_power(transition_power)
     mix = np.asarray(mix, dtype=np.float32)
-    unbatched = mix.ndim == 2
+    unbatched = shapes.check_track(mix.shape, model.audio_channels)
     track = mix[None] if unbatched else mix
-    if track.ndim != 3 or track.shape[1] != model.audio_channels:
-        raise ValueError(
-            f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
-            f"(nb_samples, audio_channels, nb_timesteps), got {mix.shape}"
-        )
     rng = shapes.shift_draws(rng)
     length = track.shape[-1]
     if not split:
@@ -118,7 +110,7 @@ def separate_track(
     overlap: float = 0.25,
     transition_power: float = 1.0,
     segment_length: int | None = None,
-    rng: _Draws | int | None = None,
+    rng: shapes.ShiftDraws | int | None = None,
     silence_guard: bool = True,
     resample: bool = False,
 ) -> np.ndarray:
@@ -150,11 +142,10 @@ def separate_track(
     )
     rng = shapes.shift_draws(rng)
     outputs = []
-    tiny = 16 * np.finfo(np.float32).eps
     for track in batch:
         mono = track.mean(axis=0)
         mean, std = mono.mean(), mono.std(ddof=1) if mono.size > 1 else np.float32(np.nan)
-        if silence_guard and not std > tiny * abs(mean):
+        if silence_guard and shapes.is_silent(mean, std, np.float32):
             outputs.append(np.full((len(model.sources), *track.shape), mean, dtype=np.float32))
             continue
         with np.errstate(divide="ignore", invalid="ignore"):

@@ -29,19 +29,16 @@ import nnabla.parametric_functions as PF
 import numpy as np
 
 from core_spec import shapes
-from core_spec.configs import DemucsConfig
-from core_spec.reference.demucs import DEMUCS_NORM_EPS
+from core_spec.configs import DemucsConfig, config_from_arguments, constructor_kwargs
+from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
+from core_spec.shapes import valid_length
+from core_spec.trace import Recorder
 
 from ._context import GraphCache
-from .layers import _resolve_impl, glu, lstm
+from .layers import _resolve_impl, glu, lstm, persistent
 from .resample import resample_frac
 
-__all__ = ["Demucs", "center_trim", "glu", "valid_length"]
-
-
-def valid_length(length: int, config: DemucsConfig) -> int:
-    """Smallest input length ``>= length`` the network takes whole (:func:`core_spec.shapes.valid_length`)."""
-    return shapes.valid_length(length, config)
+__all__ = ["Demucs", "center_trim", "valid_length"]
 
 
 def center_trim(x: nn.Variable, reference: int) -> nn.Variable:
@@ -65,7 +62,7 @@ class Demucs:
 
     def __init__(
         self,
-        sources: tuple[str, ...] | list[str] = ("drums", "bass", "other", "vocals"),
+        sources: tuple[str, ...] | list[str],
         audio_channels: int = 2,
         channels: int = 64,
         depth: int = 6,
@@ -86,24 +83,7 @@ class Demucs:
         params: OrderedDict | None = None,
         lstm_impl: str = "auto",
     ):
-        self.config = DemucsConfig(
-            sources=tuple(sources),
-            audio_channels=audio_channels,
-            channels=channels,
-            depth=depth,
-            rewrite=rewrite,
-            glu=glu,
-            rescale=rescale,
-            resample=resample,
-            kernel_size=kernel_size,
-            stride=stride,
-            growth=growth,
-            lstm_layers=lstm_layers,
-            context=context,
-            normalize=normalize,
-            samplerate=samplerate,
-            segment_length=segment_length,
-        )
+        self._config = config_from_arguments(DemucsConfig, locals())
         self.scope = scope
         self.params: OrderedDict = OrderedDict() if params is None else params
         _resolve_impl(lstm_impl)
@@ -112,8 +92,12 @@ class Demucs:
 
     @classmethod
     def from_config(cls, config: DemucsConfig, **kwargs: Any) -> Demucs:
-        fields = {k: getattr(config, k) for k in config.__dataclass_fields__ if k != "kind"}
-        return cls(**fields, **kwargs)
+        return cls(**constructor_kwargs(config), **kwargs)
+
+    @property
+    def config(self) -> DemucsConfig:
+        """The :class:`core_spec.configs.DemucsConfig` of this model."""
+        return self._config
 
     # upstream's attribute names
     @property
@@ -178,7 +162,7 @@ class Demucs:
             x = PF.deconvolution(x, out, (c.kernel_size,), stride=(c.stride,), name=str(slot))
         return F.relu(x) if index < c.depth - 1 else x
 
-    def _blstm(self, x: nn.Variable, record: dict[str, nn.Variable], train: bool = False) -> nn.Variable:
+    def _blstm(self, x: nn.Variable, keep: Recorder, train: bool = False) -> nn.Variable:
         """``lstm`` (demucs's ``BLSTM``): ``(B, ch, T)`` -> bidirectional LSTM over T -> linear -> ``(B, ch, T)``.
         ``train``: the two upstream LSTM biases as parameters (:func:`umx_nnabla.umx.lstm_parameters`); demucs's
         LSTM has no dropout."""
@@ -186,7 +170,7 @@ class Demucs:
         with nn.parameter_scope("lstm"):
             layers = self.config.lstm_layers
             x = F.transpose(x, (2, 0, 1))
-            y = record["lstm.lstm"] = lstm(x, ch, layers, True, self.lstm_impl, train=train, name="lstm")  # (T, B, 2ch)
+            y = keep("lstm.lstm", lstm(x, ch, layers, True, self.lstm_impl, train=train, name="lstm"))  # (T, B, 2ch)
             y = PF.affine(y, ch, base_axis=2, name="linear")  # (T, B, ch)
         return F.transpose(y, (1, 2, 0))
 
@@ -209,7 +193,7 @@ class Demucs:
         c = self.config
         if mix.ndim != 3 or mix.shape[1] != c.audio_channels:
             raise ValueError(f"Demucs expects (nb_samples, {c.audio_channels}, nb_timesteps), got {mix.shape}")
-        record: dict[str, nn.Variable] = {}
+        keep = Recorder(trace, demucs_trace_keys(c), persistent)
         x = mix
         with self.parameter_scope():
             if c.normalize:
@@ -223,29 +207,25 @@ class Demucs:
                 x = x / F.constant(1.0 + DEMUCS_NORM_EPS, (1, 1, 1))  # executed upstream even without normalize
 
             if c.resample:
-                x = record["resample.up"] = resample_frac(x, 1, 2)
+                x = keep("resample.up", resample_frac(x, 1, 2))
 
             saved = []
             for index in range(c.depth):
-                x = record[f"encoder.{index}"] = self._encoder(index, x)
+                x = keep(f"encoder.{index}", self._encoder(index, x))
                 saved.append(x)
 
             if c.lstm_layers:
-                x = record["lstm"] = self._blstm(x, record, train)
+                x = keep("lstm", self._blstm(x, keep, train))
 
             for index in range(c.depth):
                 skip = center_trim(saved.pop(), x.shape[-1])  # a decoder never outgrows its encoder
-                x = record[f"decoder.{index}"] = self._decoder(index, x + skip)
+                x = keep(f"decoder.{index}", self._decoder(index, x + skip))
 
             if c.resample:
-                x = record["resample.down"] = resample_frac(x, 2, 1)
+                x = keep("resample.down", resample_frac(x, 2, 1))
 
             if c.normalize:
                 x = x * std + mean
-        if trace is not None:
-            for key, var in record.items():
-                var.persistent = True
-                trace[key] = var
         return F.reshape(x, (x.shape[0], len(c.sources), c.audio_channels, x.shape[-1]))
 
     def _build_graph(self, shape: tuple[int, ...]) -> tuple[nn.Variable, nn.Variable]:

@@ -27,7 +27,7 @@ import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
-from core_spec.reference.filtering import PI_FLOAT32
+from core_spec.reference.filtering import PI_FLOAT32, check_channels
 
 __all__ = ["expectation_maximization", "upstream_atan2", "wiener", "wiener_graph"]
 
@@ -74,8 +74,7 @@ def expectation_maximization(
     x = np.asarray(x, dtype=y.dtype)
     real = _real_dtype(y)
     nb_frames, nb_bins, nb_channels, nb_sources = y.shape
-    if nb_channels not in (1, 2):
-        raise ValueError(f"the Wiener filter supports 1 or 2 channels (as upstream), got {nb_channels}")
+    check_channels(nb_channels)
     reg = real.type(np.sqrt(eps))
     v = np.zeros((nb_frames, nb_bins, nb_sources), dtype=real)
     R = np.zeros((nb_bins, nb_channels, nb_channels, nb_sources), dtype=y.dtype)

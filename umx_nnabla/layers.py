@@ -43,9 +43,11 @@ import numpy as np
 from nnabla.initializer import ConstantInitializer, UniformInitializer
 from nnabla.parametric_functions import parametric_function_api
 
+from core_spec.reference.layers import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM
+
 from ._context import is_gpu_context  # also registers NNabla's import aliases before any graph is built
 
-__all__ = ["BN_DECAY_RATE", "BN_EPS", "LSTM_IMPLS", "glu", "lstm", "lstm_parameters", "unrolled_lstm"]
+__all__ = ["BN_DECAY_RATE", "LSTM_IMPLS", "glu", "lstm", "lstm_parameters", "persistent", "unrolled_lstm"]
 
 
 LSTM_IMPLS = ("auto", "builtin", "unrolled")
@@ -234,16 +236,17 @@ def lstm(
     return unrolled_lstm([x], [(w0, w, b)], num_layers, dropout=dropout)[0]
 
 
-# BatchNorm1d's defaults: eps 1e-5, momentum 0.1 (NNabla's decay_rate is 1 - momentum)
-BN_EPS = 1e-5
-BN_DECAY_RATE = 0.9
+# NNabla's decay_rate is torch's 1 - momentum (1 - 0.1 == 0.9 exactly)
+BN_DECAY_RATE = 1.0 - BATCH_NORM_MOMENTUM
 
 
 def _batch_norm(x: nn.Variable, train: bool, name: str) -> nn.Variable:
     """``BatchNorm1d`` over the features of ``(T, B, features)``: running statistics in eval mode; in training mode
     the batch's (biased variance) while the running ones move by ``momentum = 1 - decay_rate`` toward the batch
     mean and *unbiased* variance (NNabla's CPU kernel does both as torch)."""
-    return PF.batch_normalization(x, axes=[2], decay_rate=BN_DECAY_RATE, eps=BN_EPS, batch_stat=train, name=name)
+    return PF.batch_normalization(
+        x, axes=[2], decay_rate=BN_DECAY_RATE, eps=BATCH_NORM_EPS, batch_stat=train, name=name
+    )
 
 
 def _feature_affine(
@@ -284,3 +287,10 @@ def glu(x: nn.Variable, axis: int = 1) -> nn.Variable:
     start[axis], stop[axis] = half, 2 * half
     b = F.slice(x, start, stop)
     return a * F.sigmoid(b)
+
+
+def persistent(var: nn.Variable) -> nn.Variable:
+    """Mark ``var`` persistent (its data survives a forward that clears buffers) and return it: how a traced
+    intermediate output is kept (the ``convert`` of the models' :class:`core_spec.trace.Recorder`)."""
+    var.persistent = True
+    return var

@@ -18,8 +18,8 @@ import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
-from core_spec.audio import prepare_audio
 from core_spec.configs import UMXSeparatorConfig
+from core_spec.reference.separator import check_sources
 from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 
 from ._context import GraphCache
@@ -145,10 +145,8 @@ class Separator(SeparatorSettings):
             ``(nb_samples, nb_sources, nb_channels, nb_timesteps)`` float32, sources in :attr:`target_names`
             order.
         """
-        fft, wcfg = self.stft_config, self.wiener_config
-        nb_sources = self.nb_targets + int(wcfg.residual)
-        if nb_sources == 1 and wcfg.niter > 0:
-            raise ValueError("the Wiener filter with niter > 0 needs at least two sources: enable residual=True")
+        fft = self.stft_config
+        check_sources(self.nb_sources, self.niter)  # before the networks run
         audio = np.asarray(audio, dtype=np.float32)
         mix_stft = stft(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, self.window)  # (B, C, F, T)
         spectrograms = self.spectrograms(mix_stft)  # (B, T, F, C|1, S)
@@ -203,21 +201,4 @@ class Separator(SeparatorSettings):
         Returns:
             ``(nb_samples, nb_sources, 2, nb_timesteps)`` float32.
         """
-        batch = prepare_audio(
-            np.asarray(audio),
-            self.sample_rate if sample_rate is None else sample_rate,
-            self.sample_rate,
-            nb_channels=2,
-            resample=resample,
-            dtype=np.float32,
-        )
-        return self(batch)
-
-    def to_dict(
-        self, estimates: np.ndarray, aggregate_dict: Mapping[str, list[str]] | None = None
-    ) -> dict[str, np.ndarray]:
-        """``(nb_samples, nb_sources, ...)`` -> ``{name: (nb_samples, ...)}``, optionally summed into groups."""
-        out = {name: estimates[:, k] for k, name in enumerate(self.target_names)}
-        if aggregate_dict is not None:
-            out = {key: sum(out[t] for t in targets) for key, targets in aggregate_dict.items()}  # type: ignore[misc]
-        return out
+        return self(self.prepare(audio, sample_rate, resample))  # float64 -> float32 in __call__: one rounding

@@ -58,7 +58,11 @@ import numpy as np
 
 from core_spec import shapes
 from core_spec.configs import STFTConfig, UMXConfig
-from core_spec.run_folder import RunFolder, RunState, atomic_write, check_out, log
+from core_spec.data.stats import input_scaler_weights
+from core_spec.files import atomic_write
+from core_spec.params import fold_lstm_bias
+from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
+from core_spec.run_folder import RunFolder, RunState, check_out, log
 from core_spec.training import (
     DemucsTrainConfig,
     UMXTrainConfig,
@@ -128,12 +132,13 @@ def _lstm_scopes(names: Any) -> list[str]:
 
 
 def sync_lstm_biases(model: Model) -> None:
-    """Write ``bias_ih + bias_hh`` (float32) into every LSTM's folded ``bias``, the one inference graphs read
-    (created if absent). Training updates the two upstream biases; call this before evaluating or saving."""
+    """Write ``bias_ih + bias_hh`` (:func:`core_spec.params.fold_lstm_bias`) into every LSTM's folded ``bias``, the
+    one inference graphs read (created if absent). Training updates the two upstream biases; call this before
+    evaluating or saving."""
     params = model.get_parameters(grad_only=False)
     with model.parameter_scope():
         for scope in _lstm_scopes(params):
-            total = params[f"{scope}/bias_ih"].d + params[f"{scope}/bias_hh"].d
+            total = fold_lstm_bias(params[f"{scope}/bias_ih"].d, params[f"{scope}/bias_hh"].d, np.float32)
             folded = params.get(f"{scope}/bias")
             if folded is None:
                 nn.parameter.set_parameter(f"{scope}/bias", nn.Variable.from_numpy_array(total, need_grad=False))
@@ -152,7 +157,8 @@ def canonical_grads(model: Model, grads: Mapping[str, np.ndarray]) -> dict[str, 
     params = model.get_parameters(grad_only=False)
     values = {k: np.asarray(grads[k]) if k in grads else np.zeros(v.shape, np.float32) for k, v in params.items()}
     for scope in _lstm_scopes(values):
-        values[f"{scope}/bias"] = values[f"{scope}/bias_ih"] + values[f"{scope}/bias_hh"]  # keeps the pair apart
+        # the pair's own fold: canonical_from_parameters then keeps the two gradients apart
+        values[f"{scope}/bias"] = fold_lstm_bias(values[f"{scope}/bias_ih"], values[f"{scope}/bias_hh"], np.float32)
     canonical = canonical_from_parameters(values, model.config)
     return {k: v for k, v in canonical.items() if _canonical_name_is_trainable(k)}
 
@@ -186,8 +192,8 @@ class TorchAdam:
         self,
         params: Mapping[str, nn.Variable],
         lr: float = 1e-3,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        betas: tuple[float, float] = ADAM_BETAS,
+        eps: float = ADAM_EPS,
         weight_decay: float = 0.0,
     ):
         self.params = OrderedDict(params)
@@ -513,11 +519,11 @@ def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, STFTC
 
 
 def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
-    """Upstream's convention: ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped to ``max_bin``."""
+    """Upstream's convention (:func:`core_spec.data.stats.input_scaler_weights`): ``input_mean = -mean``,
+    ``input_scale = 1 / scale``, cropped to ``max_bin``."""
     params = model.get_parameters(grad_only=False)
-    n = params["input_mean"].shape[0]
-    params["input_mean"].d = (-np.asarray(mean, np.float64)[:n]).astype(np.float32)
-    params["input_scale"].d = (1.0 / np.asarray(scale, np.float64)[:n]).astype(np.float32)
+    for name, value in input_scaler_weights(mean, scale, model.config).items():
+        params[name].d = value
 
 
 def _save_best(model: Model, folder: RunFolder, run: RunState, valid_loss: float) -> None:
@@ -544,8 +550,9 @@ def _save_checkpoint(
     folder.checkpoint.mkdir(parents=True, exist_ok=True)
     sync_lstm_biases(model)
     params = model.get_parameters(grad_only=False)
-    atomic_write(folder.checkpoint / "params.h5", lambda p: nn.save_parameters(p, params))
-    atomic_write(folder.checkpoint / "solver.protobuf", optimizer.save_states)
+    # NNabla's writers pick the format by the extension: the temporary files keep it
+    atomic_write(folder.checkpoint / "params.h5", lambda p: nn.save_parameters(p, params), ".h5")
+    atomic_write(folder.checkpoint / "solver.protobuf", optimizer.save_states, ".protobuf")
     run.save(folder, rng, lr=optimizer.lr, config=json.loads(_config_json(model)))
 
 

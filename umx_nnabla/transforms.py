@@ -34,7 +34,15 @@ import nnabla.functions as F
 import numpy as np
 import scipy.fft
 
-from core_spec.reference.transforms import ShortSignalError, hann_window, min_length
+from core_spec.reference.transforms import (
+    NOLA_FLOOR,
+    ShortSignalError,
+    check_length,
+    check_nola,
+    hann_window,
+    istft_envelope,
+    istft_span,
+)
 
 __all__ = [
     "ShortSignalError",
@@ -50,15 +58,6 @@ __all__ = [
 def window(n_fft: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
     """Periodic Hann window ``(n_fft,)`` (``torch.hann_window(n_fft)``), computed in float64 and cast."""
     return hann_window(n_fft).astype(dtype)
-
-
-def _check_length(nb_timesteps: int, n_fft: int, center: bool) -> None:
-    need = min_length(n_fft, center)
-    if nb_timesteps < need:
-        how = "reflect centring pads n_fft // 2 samples" if center else "one frame needs n_fft samples"
-        raise ShortSignalError(
-            f"signal of {nb_timesteps} samples is too short for n_fft={n_fft} ({how}): needs at least {need} samples"
-        )
 
 
 def _float_dtype(x: np.ndarray) -> np.dtype:
@@ -85,7 +84,7 @@ def stft(
     """
     x = np.asarray(x)
     x = x.astype(_float_dtype(x), copy=False)
-    _check_length(x.shape[-1], n_fft, center)
+    check_length(x.shape[-1], n_fft, center)
     if center:
         pad = n_fft // 2
         x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
@@ -122,10 +121,11 @@ def _overlap_add(frames: np.ndarray, n_hop: int) -> np.ndarray:
 
 
 @lru_cache(maxsize=16)
-def _envelope(n_fft: int, n_hop: int, nb_frames: int, window_bytes: bytes | None, dtype: np.dtype) -> np.ndarray:
-    """Overlap-added squared window ``(n_fft + n_hop * (nb_frames - 1),)``."""
-    win = _window_of(n_fft, dtype) if window_bytes is None else np.frombuffer(window_bytes, dtype=dtype)
-    env = _overlap_add(np.broadcast_to(win * win, (nb_frames, n_fft)), n_hop)
+def _envelope(n_fft: int, n_hop: int, nb_frames: int, window_bytes: bytes | None) -> np.ndarray:
+    """:func:`core_spec.reference.transforms.istft_envelope` (float64) of the Hann window or of the float64 window
+    ``window_bytes``, kept read-only per geometry."""
+    window = None if window_bytes is None else np.frombuffer(window_bytes, dtype=np.float64)
+    env = istft_envelope(n_fft, n_hop, nb_frames, window)
     env.setflags(write=False)
     return env
 
@@ -161,19 +161,13 @@ def istft(
         frames *= np.sqrt(n_fft)
     frames *= win
     y = _overlap_add(frames, n_hop)
-    envelope = _envelope(n_fft, n_hop, nb_frames, None if window is None else win.tobytes(), dtype)
-    full = y.shape[-1]
-    start = n_fft // 2 if center else 0
-    end = full - n_fft // 2 if center else full
-    if length is not None:
-        end = start + length
-    y = y[..., start : min(end, full)]
-    envelope = envelope[start : min(end, full)]
-    if np.any(envelope <= 1e-11):
-        raise ValueError("istft: window overlap-add is zero somewhere (NOLA violated); choose n_hop <= n_fft / 2")
-    y = y / envelope
-    if length is not None and y.shape[-1] < length:
-        y = np.concatenate([y, np.zeros(y.shape[:-1] + (length - y.shape[-1],), dtype=y.dtype)], axis=-1)
+    start, stop, pad = istft_span(n_fft, n_hop, nb_frames, center, length)
+    window64 = None if window is None else np.asarray(window, dtype=np.float64).tobytes()
+    envelope = _envelope(n_fft, n_hop, nb_frames, window64)[start:stop]  # float64
+    check_nola(envelope)
+    y = y[..., start:stop] / envelope.astype(dtype)  # the float64 envelope rounded once to the output's dtype
+    if pad:
+        y = np.concatenate([y, np.zeros(y.shape[:-1] + (pad,), dtype=y.dtype)], axis=-1)
     return y
 
 
@@ -196,7 +190,7 @@ def stft_graph(
     ``(..., nb_bins, nb_frames)``. Periodic Hann window only (``F.stft``'s ``"hanning"``). A direct DFT: slow at
     n_fft 4096 (see the module docstring)."""
     *lead, nb_timesteps = x.shape
-    _check_length(nb_timesteps, n_fft, center)
+    check_length(nb_timesteps, n_fft, center)
     rows = int(np.prod(lead)) if lead else 1
     re, im = F.stft(F.reshape(x, (rows, nb_timesteps)), n_fft, n_hop, n_fft, "hanning", center, "reflect")
     if normalized:
@@ -241,17 +235,13 @@ def istft_graph(
         y = y * np.sqrt(n_fft)
     if extra:
         start = n_fft // 2
-        win = window(n_fft, np.float64)
-        padded_env = _overlap_add(np.broadcast_to(win * win, (nb_frames + extra, n_fft)), n_hop)
+        padded_env = istft_envelope(n_fft, n_hop, nb_frames + extra)
         true_env = np.zeros_like(padded_env)
-        true_env[: n_fft + n_hop * (nb_frames - 1)] = _overlap_add(
-            np.broadcast_to(win * win, (nb_frames, n_fft)), n_hop
-        )
+        true_env[: n_fft + n_hop * (nb_frames - 1)] = istft_envelope(n_fft, n_hop, nb_frames)
         span = slice(start, start + y.shape[-1])
-        if np.any(true_env[start : start + wanted] <= 1e-11):
-            raise ValueError("istft: window overlap-add is zero somewhere (NOLA violated); choose n_hop <= n_fft / 2")
+        check_nola(true_env[start : start + wanted])
         with np.errstate(divide="ignore", invalid="ignore"):
-            factor = np.where(true_env[span] > 1e-11, padded_env[span] / true_env[span], 0.0)
+            factor = np.where(true_env[span] > NOLA_FLOOR, padded_env[span] / true_env[span], 0.0)
         y = y * nn.Variable.from_numpy_array(factor[None].astype(np.float32), need_grad=False)
     y = F.slice(y, (0, 0), (rows, wanted))
     if length is not None and length > wanted:

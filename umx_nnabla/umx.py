@@ -49,10 +49,21 @@ import nnabla.parametric_functions as PF
 import numpy as np
 from nnabla.initializer import ConstantInitializer
 
-from core_spec.configs import UMXConfig
+from core_spec.configs import UMXConfig, config_from_arguments, constructor_kwargs
+from core_spec.reference.umx import UMX_TRACE_KEYS
+from core_spec.trace import Recorder
 
 from ._context import GraphCache
-from .layers import LSTM_IMPLS, _batch_norm, _feature_affine, _resolve_impl, lstm, lstm_parameters, unrolled_lstm
+from .layers import (
+    LSTM_IMPLS,
+    _batch_norm,
+    _feature_affine,
+    _resolve_impl,
+    lstm,
+    lstm_parameters,
+    persistent,
+    unrolled_lstm,
+)
 
 __all__ = ["LSTM_IMPLS", "OpenUnmix", "lstm", "lstm_parameters", "open_unmix_stack", "unrolled_lstm"]
 
@@ -87,14 +98,7 @@ class OpenUnmix:
         params: OrderedDict | None = None,
         lstm_impl: str = "auto",
     ):
-        self.config = UMXConfig(
-            nb_bins=nb_bins,
-            nb_channels=nb_channels,
-            hidden_size=hidden_size,
-            nb_layers=nb_layers,
-            unidirectional=unidirectional,
-            max_bin=max_bin,
-        )
+        self._config = config_from_arguments(UMXConfig, locals())
         self.scope = scope
         self.params: OrderedDict = OrderedDict() if params is None else params
         _resolve_impl(lstm_impl)
@@ -103,15 +107,12 @@ class OpenUnmix:
 
     @classmethod
     def from_config(cls, config: UMXConfig, **kwargs: Any) -> OpenUnmix:
-        return cls(
-            nb_bins=config.nb_bins,
-            nb_channels=config.nb_channels,
-            hidden_size=config.hidden_size,
-            nb_layers=config.nb_layers,
-            unidirectional=config.unidirectional,
-            max_bin=config.max_bin,
-            **kwargs,
-        )
+        return cls(**constructor_kwargs(config), **kwargs)
+
+    @property
+    def config(self) -> UMXConfig:
+        """The :class:`core_spec.configs.UMXConfig` of this model."""
+        return self._config
 
     def parameter_scope(self) -> AbstractContextManager:
         """``nn.parameter_scope`` of this model's parameters."""
@@ -124,8 +125,8 @@ class OpenUnmix:
 
     @property
     def lstm_dropout(self) -> float:
-        """Upstream's LSTM dropout in training mode: 0.4 between layers when there are several, else 0."""
-        return 0.4 if self.config.nb_layers > 1 else 0.0
+        """Upstream's LSTM dropout in training mode (:attr:`core_spec.configs.UMXConfig.lstm_dropout`)."""
+        return self._config.lstm_dropout
 
     def __call__(
         self,
@@ -152,20 +153,16 @@ class OpenUnmix:
             uncropped input.
         """
         c = self.config
-        record: dict[str, nn.Variable] = {}
+        keep = Recorder(trace, UMX_TRACE_KEYS, persistent)
         dropout = self.lstm_dropout if lstm_dropout is None else lstm_dropout
         with self.parameter_scope():
             mix = _frame_major(x, c)
-            h = self._encode(mix, record, train)
-            y = record["lstm"] = lstm(
-                h, c.lstm_hidden_size, c.nb_layers, not c.unidirectional, impl=self.lstm_impl, train=train,
-                dropout=dropout, name="lstm",
-            )  # fmt: skip
-            out = F.transpose(self._decode(h, y, mix, record, train), (1, 2, 3, 0))
-        _keep(record, trace)
-        return out
+            h = self._encode(mix, keep, train)
+            y = keep("lstm", lstm(h, c.lstm_hidden_size, c.nb_layers, not c.unidirectional, impl=self.lstm_impl,
+                                  train=train, dropout=dropout, name="lstm"))  # fmt: skip
+            return F.transpose(self._decode(h, y, mix, keep, train), (1, 2, 3, 0))
 
-    def _encode(self, mix: nn.Variable, record: dict[str, nn.Variable], train: bool = False) -> nn.Variable:
+    def _encode(self, mix: nn.Variable, keep: Recorder, train: bool = False) -> nn.Variable:
         """Up to the LSTM: the magnitude ``(T, B, C, F)`` -> ``tanh(bn1(fc1(...)))`` ``(T, B, H)``."""
         c = self.config
         nb_frames, nb_samples, nb_channels, nb_bins = mix.shape
@@ -177,13 +174,13 @@ class OpenUnmix:
         x = mix
         if crop < nb_bins:
             x = F.slice(x, (0, 0, 0, 0), (nb_frames, nb_samples, nb_channels, crop))
-        x = record["fc1.input"] = _feature_affine(x, scale=input_scale, shift_before=input_mean, train=train)
-        x = record["fc1"] = PF.affine(x, c.hidden_size, base_axis=2, with_bias=False, name="fc1")  # (T, B, H)
-        x = record["bn1"] = _batch_norm(x, train, "bn1")
+        x = keep("fc1.input", _feature_affine(x, scale=input_scale, shift_before=input_mean, train=train))
+        x = keep("fc1", PF.affine(x, c.hidden_size, base_axis=2, with_bias=False, name="fc1"))  # (T, B, H)
+        x = keep("bn1", _batch_norm(x, train, "bn1"))
         return F.tanh(x)
 
     def _decode(
-        self, x: nn.Variable, y: nn.Variable, mix: nn.Variable, record: dict[str, nn.Variable], train: bool = False
+        self, x: nn.Variable, y: nn.Variable, mix: nn.Variable, keep: Recorder, train: bool = False
     ) -> nn.Variable:
         """After the LSTM: skip connection, fc2/bn2/ReLU, fc3/bn3, output scaling, mask times ``mix``
         (``(T, B, C, F)``, frame-major)."""
@@ -192,12 +189,12 @@ class OpenUnmix:
         output_scale = get("output_scale", (nb_bins,), ConstantInitializer(1.0))
         output_mean = get("output_mean", (nb_bins,), ConstantInitializer(1.0))
 
-        x = record["fc2.input"] = F.concatenate(x, y, axis=2)  # skip connection: (T, B, 2H)
-        x = record["fc2"] = PF.affine(x, self.config.hidden_size, base_axis=2, with_bias=False, name="fc2")
-        x = record["bn2"] = _batch_norm(x, train, "bn2")
-        x = record["fc3.input"] = F.relu(x)
-        x = record["fc3"] = PF.affine(x, nb_channels * nb_bins, base_axis=2, with_bias=False, name="fc3")
-        x = record["bn3"] = _batch_norm(x, train, "bn3")
+        x = keep("fc2.input", F.concatenate(x, y, axis=2))  # skip connection: (T, B, 2H)
+        x = keep("fc2", PF.affine(x, self.config.hidden_size, base_axis=2, with_bias=False, name="fc2"))
+        x = keep("bn2", _batch_norm(x, train, "bn2"))
+        x = keep("fc3.input", F.relu(x))
+        x = keep("fc3", PF.affine(x, nb_channels * nb_bins, base_axis=2, with_bias=False, name="fc3"))
+        x = keep("bn3", _batch_norm(x, train, "bn3"))
 
         x = F.reshape(x, (nb_frames, nb_samples, nb_channels, nb_bins))  # features in (c, f) order
         x = _feature_affine(x, scale=output_scale, shift_after=output_mean, train=train)
@@ -214,13 +211,6 @@ class OpenUnmix:
         inp.d = x
         out.forward(clear_buffer=True)
         return out.d.copy()
-
-
-def _keep(record: dict[str, nn.Variable], trace: dict[str, nn.Variable] | None) -> None:
-    if trace is not None:
-        for key, var in record.items():
-            var.persistent = True
-            trace[key] = var
 
 
 def _frame_major(x: nn.Variable, config: UMXConfig) -> nn.Variable:
@@ -255,7 +245,7 @@ def open_unmix_stack(models: list[OpenUnmix], x: nn.Variable, frame_major: bool 
     encoded, params = [], []
     for model in models:
         with model.parameter_scope():
-            encoded.append(model._encode(mix, {}))
+            encoded.append(model._encode(mix, Recorder(None, UMX_TRACE_KEYS)))
             with nn.parameter_scope("lstm/lstm"):
                 params.append(lstm_parameters(c.hidden_size, c.lstm_hidden_size, c.nb_layers, c.nb_directions))
     if impls == {"unrolled"}:
@@ -268,6 +258,6 @@ def open_unmix_stack(models: list[OpenUnmix], x: nn.Variable, frame_major: bool 
     outs = []
     for model, h, y in zip(models, encoded, ys):
         with model.parameter_scope():
-            out = model._decode(h, y, mix, {})
+            out = model._decode(h, y, mix, Recorder(None, UMX_TRACE_KEYS))
         outs.append(out if frame_major else F.transpose(out, (1, 2, 3, 0)))
     return outs

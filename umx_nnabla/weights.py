@@ -13,8 +13,9 @@ canonical (PyTorch)                                 NNabla parameter
 ``lstm.weight_ih_l0[_reverse] (4H, I)`` and         ``lstm/lstm/weight_l0 (D, 4, H, I + H)``: per direction and
 ``lstm.weight_hh_l0[_reverse] (4H, H)``             gate, ``[W_ih | W_hh]`` (``PF.lstm``'s packing)
 ``lstm.weight_{ih,hh}_l<k>``, ``k >= 1``            ``lstm/lstm/weight (L - 1, D, 4, H, D H + H)``
-``lstm.bias_ih_l<k>`` + ``lstm.bias_hh_l<k>``       ``lstm/lstm/bias (L, D, 4, H)``: the float32 sum (one folded
-                                                    bias); the two upstream biases are also kept, unused by the
+``lstm.bias_ih_l<k>`` + ``lstm.bias_hh_l<k>``       ``lstm/lstm/bias (L, D, 4, H)``: their sum, in float64 rounded
+                                                    once to float32 (:func:`core_spec.params.fold_lstm_bias`);
+                                                    the two upstream biases are also kept, unused by the
                                                     graph, as ``lstm/lstm/bias_ih`` and ``bias_hh`` (need_grad
                                                     False), so that the canonical weights come back bit for bit
 ``encoder.<i>.<s>.{weight, bias}`` (Conv1d)         ``encoder/<i>/<s>/conv/{W (out, in, k), b}`` (same layout)
@@ -26,7 +27,8 @@ canonical (PyTorch)                                 NNabla parameter
 ==================================================  ==============================================================
 
 Going back (:func:`canonical_from_parameters`), a folded LSTM bias is split into the kept upstream pair when they
-still add up to it, else written as ``bias_ih`` with ``bias_hh = 0`` (the same network).
+still fold to it (:func:`core_spec.params.lstm_bias_halves`), else written as ``bias_ih`` with ``bias_hh = 0``
+(the same network).
 
 **The native file** (:func:`save_native` / :func:`load_native`): ``<stem>.h5`` written by ``nn.save_parameters``
 (the parameters above, float32, with their ``need_grad`` flags) and ``<stem>.json`` beside it with the format tag
@@ -35,17 +37,12 @@ and the :mod:`core_spec.configs` JSON of the model. Load it in plain NNabla with
     with nn.parameter_scope("", params):      # or the global scope
         nn.load_parameters("model.h5")
 
-Command line (the main environment's ``unmix-convert --to nnabla`` runs the writer in ``.venv-nnabla``)::
-
-    python -m umx_nnabla.weights --from-canonical IN[.safetensors] --out OUT_STEM [--force]
+``unmix-convert --to nnabla`` writes it (in ``.venv-nnabla``: ``python -m weights_convert.targets nnabla IN OUT``).
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
-import sys
 from collections import OrderedDict
 from collections.abc import Mapping
 from pathlib import Path
@@ -54,10 +51,11 @@ from typing import TYPE_CHECKING, Any
 import nnabla as nn
 import numpy as np
 
-from core_spec.canonical import atomic_write, join_targets, load_canonical, split_targets
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from core_spec.canonical import join_targets, per_target
+from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
 from core_spec.devices import device_name, dtype_name
-from core_spec.params import WeightsMismatchError, check_weights
+from core_spec.files import native_header, paired_paths, read_native_header, refuse_overwrite, write_pair
+from core_spec.params import WeightsMismatchError, check_weights, fold_lstm_bias, lstm_bias_halves
 
 from ._context import device_context
 
@@ -75,7 +73,6 @@ __all__ = [
     "check_device_dtype",
     "load_native",
     "load_weights",
-    "main",
     "native_paths",
     "parameters_from_canonical",
     "save_native",
@@ -123,7 +120,7 @@ def _lstm_to_nnabla(w: Mapping[str, np.ndarray], prefix: str, layers: int, direc
     if layers > 1:
         out["weight"] = np.stack([packed(k) for k in range(1, layers)])
     bias_ih, bias_hh = biases("ih"), biases("hh")
-    out["bias"] = bias_ih + bias_hh  # float32 + float32: one rounding, as a fused bias
+    out["bias"] = fold_lstm_bias(bias_ih, bias_hh, np.float32)  # one rounding of the float64 sum
     out["bias_ih"], out["bias_hh"] = bias_ih, bias_hh
     return out
 
@@ -175,12 +172,6 @@ def _float32(a: Any) -> np.ndarray:
     return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
 
 
-def _per_target(weights: Mapping[str, Any], targets: tuple[str, ...]) -> dict[str, Mapping[str, Any]]:
-    if set(weights) <= set(targets):
-        return {t: weights[t] for t in targets}  # already {target: {name: array}}
-    return split_targets(weights, targets)
-
-
 def parameters_from_canonical(weights: Mapping[str, Any], config: Config) -> OrderedDict[str, np.ndarray]:
     """Canonical arrays (checked against ``config``'s inventory) -> ``{NNabla parameter name: float32 array}``.
 
@@ -189,7 +180,7 @@ def parameters_from_canonical(weights: Mapping[str, Any], config: Config) -> Ord
     """
     if isinstance(config, UMXSeparatorConfig):
         out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for target, w in _per_target(weights, config.separator.targets).items():
+        for target, w in per_target(weights, config.separator.targets).items():
             for k, v in parameters_from_canonical(w, config.model).items():
                 out[f"{target}/{k}"] = v
         return out
@@ -206,8 +197,10 @@ def _lstm_to_canonical(p: Mapping[str, np.ndarray], scope: str, prefix: str) -> 
     directions, _, hidden, _ = w0.shape
     layers = bias.shape[0]
     bias_ih, bias_hh = p.get(f"{scope}/bias_ih"), p.get(f"{scope}/bias_hh")
-    if bias_ih is None or bias_hh is None or not np.array_equal(bias_ih + bias_hh, bias):
-        bias_ih, bias_hh = bias, np.zeros_like(bias)  # no (or stale) upstream pair: the folded bias alone
+    if bias_ih is None or bias_hh is None:
+        bias_ih, bias_hh = bias, np.zeros_like(bias)  # no upstream pair: the folded bias alone
+    else:
+        bias_ih, bias_hh = lstm_bias_halves(bias, bias_ih, bias_hh)  # a stale pair gives way to the folded bias
     out = {}
     for k in range(layers):
         packed = w0 if k == 0 else p[f"{scope}/weight"][k - 1]  # (D, 4, H, I + H)
@@ -309,42 +302,31 @@ def to_canonical(model: Model) -> dict[str, np.ndarray]:
 
 
 def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(<stem>.h5, <stem>.json)`` for a path given with either suffix or none."""
-    p = Path(path)
-    stem = p.with_suffix("") if p.suffix in (".h5", ".json") else p
-    return stem.with_name(stem.name + ".h5"), stem.with_name(stem.name + ".json")
+    """``(<stem>.h5, <stem>.json)`` for a path given as the stem or either file
+    (:func:`core_spec.files.paired_paths`)."""
+    return paired_paths(path, ".h5")
 
 
 def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Config, force: bool = False) -> list[Path]:
     """Write ``<stem>.h5`` (``nn.save_parameters``) and ``<stem>.json`` atomically; refuse to overwrite unless
     ``force``. ``weights`` are canonical (checked against ``config``'s inventory). Returns the two paths."""
     h5_path, json_path = native_paths(path)
-    if not force:
-        for p in (h5_path, json_path):
-            if p.exists():
-                raise FileExistsError(f"{p} exists; pass force=True (--force) to overwrite it")
+    refuse_overwrite(h5_path, json_path, force=force)  # before the weights are checked, as the files come first
     params = parameters_from_canonical(weights, config)
     variables = OrderedDict(
         (k, nn.Variable.from_numpy_array(v, need_grad=k.rsplit("/", 1)[-1] not in _FIXED_LEAVES))
         for k, v in params.items()
     )
-    header = {"format": FORMAT, "config": json.loads(config_to_json(config))}
-    h5_path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(h5_path, lambda tmp: nn.save_parameters(tmp, variables), ".h5")
-    text = json.dumps(header, indent=2, sort_keys=True) + "\n"
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text), ".json")
-    return [h5_path, json_path]
+    header = native_header(FORMAT, config)
+    # nn.save_parameters picks its format by the extension: the temporary file ends with .h5
+    return write_pair(h5_path, json_path, lambda tmp: nn.save_parameters(tmp, variables), header, force, ".h5")
 
 
 def _read_native(path: str | os.PathLike) -> tuple[OrderedDict[str, np.ndarray], Config]:
     h5_path, json_path = native_paths(path)
-    for p in (h5_path, json_path):
-        if not p.exists():
-            raise FileNotFoundError(f"NNabla weights: {p} not found (save_native writes <stem>.h5 and <stem>.json)")
-    header = json.loads(json_path.read_text())
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{json_path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    config = config_from_json(json.dumps(header["config"]))
+    if not h5_path.exists():
+        raise FileNotFoundError(f"NNabla weights: {h5_path} not found (save_native writes <stem>.h5 and <stem>.json)")
+    _, config = read_native_header(json_path, FORMAT, "NNabla weights")
     scope: OrderedDict = OrderedDict()
     with nn.parameter_scope("", scope):
         nn.load_parameters(str(h5_path))
@@ -356,26 +338,3 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
     """Read ``<stem>.h5`` + ``<stem>.json``: ``(canonical weights, config)``."""
     params, config = _read_native(path)
     return canonical_from_parameters(params, config), config
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m umx_nnabla.weights --from-canonical IN --out OUT [--force]``; prints the written paths as JSON."""
-    parser = argparse.ArgumentParser(
-        prog="python -m umx_nnabla.weights", description="canonical weights -> NNabla .h5 + .json"
-    )
-    parser.add_argument("--from-canonical", required=True, metavar="IN", help="canonical <stem>[.safetensors]")
-    parser.add_argument("--out", required=True, metavar="OUT", help="output stem (writes OUT.h5 and OUT.json)")
-    parser.add_argument("--force", action="store_true", help="overwrite existing files")
-    args = parser.parse_args(argv)
-    try:
-        weights, config, _ = load_canonical(args.from_canonical)
-        written = save_native(args.out, weights, config, force=args.force)
-    except (ValueError, OSError, KeyError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    print(json.dumps([str(p) for p in written]))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,5 +1,5 @@
 """Canonical weights <-> NNabla parameters and the native ``.h5`` file: bit-exact round trips, the layouts,
-overwrite protection, the command line the main environment's ``unmix-convert --to nnabla`` relies on."""
+overwrite protection, the writer the main environment's ``unmix-convert --to nnabla`` runs here."""
 
 from __future__ import annotations
 
@@ -141,17 +141,18 @@ def test_overwrite_refused_atomic_and_checked(tmp_path: Path) -> None:
 
 
 def test_cli_from_canonical(tmp_path: Path) -> None:
-    """``python -m umx_nnabla.weights``, and the writer ``unmix-convert --to nnabla`` runs in this environment."""
+    """``python -m weights_convert.targets nnabla IN OUT``: the writer ``unmix-convert --to nnabla`` runs in this
+    environment (the port's ``save_native``), refusing to overwrite; and the in-process call of the same writer."""
     config = umx_preset("umxse")
     flat = join_targets(separator_weights(config))
     save_canonical(tmp_path / "canon", flat, config)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "umx_nnabla.weights", "--from-canonical", str(tmp_path / "canon.safetensors")]
-    result = subprocess.run([*cmd, "--out", str(tmp_path / "nn")], capture_output=True, text=True, env=env, cwd=ROOT)
+    cmd = [sys.executable, "-m", "weights_convert.targets", "nnabla", str(tmp_path / "canon.safetensors")]
+    result = subprocess.run([*cmd, str(tmp_path / "nn")], capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [str(tmp_path / "nn.h5"), str(tmp_path / "nn.json")]
     _bit_equal(nw.load_native(tmp_path / "nn")[0], flat)
-    again = subprocess.run([*cmd, "--out", str(tmp_path / "nn")], capture_output=True, text=True, env=env, cwd=ROOT)
+    again = subprocess.run([*cmd, str(tmp_path / "nn")], capture_output=True, text=True, env=env, cwd=ROOT)
     assert again.returncode == 1 and "exists" in again.stderr
     from weights_convert.targets import save_native as convert_save_native
 
