@@ -8,7 +8,7 @@ import pytest
 
 from core_spec.tolerances import REGRESSION_DB, check, degrade, judge, metrics, tolerance
 
-RATIO_ROWS = [("wiener", True), ("separator", False)]
+RATIO_ROWS = [("wiener", True), ("separator", False), ("separator.music", False)]
 
 
 def _noisy(x: np.ndarray, snr_db: float, seed: int) -> np.ndarray:
