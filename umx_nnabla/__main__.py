@@ -34,34 +34,21 @@ from core_spec.configs import SeparatorConfig, config_from_json
 
 from .apply import separate_track
 from .build import from_canonical_file
-from .separator import Separator
-from .transforms import complex_norm, istft, stft
+from .separator import Separator, filter_and_invert
+from .transforms import complex_norm, stft
 
 __all__ = ["main", "oracle_separation"]
 
 
 def oracle_separation(mixture: np.ndarray, stems: np.ndarray, sep: SeparatorConfig) -> np.ndarray:
     """Wiener-filter ``mixture`` ``(C, L)`` with the true magnitudes of ``stems`` ``(S, C, L)``: ``(S, C, L)``."""
-    fft, w = sep.stft, sep.wiener
-    separator = Separator(
-        {},
-        niter=w.niter,
-        softmask=w.softmask,
-        residual=w.residual,
-        sample_rate=sep.sample_rate,
-        n_fft=fft.n_fft,
-        n_hop=fft.n_hop,
-        wiener_win_len=w.wiener_win_len,
-        atan2=w.atan2,
-        eps=w.eps,
-        scale_factor=w.scale_factor,
-    )
+    fft = sep.stft
     X = stft(mixture[None].astype(np.float32), fft.n_fft, fft.n_hop)  # (1, C, F, T)
     S = stft(stems.astype(np.float32), fft.n_fft, fft.n_hop)  # (S, C, F, T)
     magnitude = complex_norm(nn.Variable.from_numpy_array(S.real), nn.Variable.from_numpy_array(S.imag))
     magnitude.forward()
-    v = magnitude.d.transpose(3, 2, 1, 0)[None]  # (1, T, F, C, S)
-    return istft(separator.filter(v, X), fft.n_fft, fft.n_hop, length=mixture.shape[-1])[0]
+    v = np.moveaxis(magnitude.d, 0, -1)[None]  # (1, C, F, T, S)
+    return filter_and_invert(X, v, sep, mixture.shape[-1])[0]
 
 
 def _separate(weights: str, mixture: np.ndarray, segment_length: int | None) -> np.ndarray:

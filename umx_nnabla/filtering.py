@@ -1,11 +1,12 @@
 """Multichannel Wiener filter with EM refinement, ``openunmix.filtering`` semantics (``core_spec.reference.filtering``
 is the spec), in two implementations with the same algorithm:
 
-- :func:`wiener` / :func:`expectation_maximization`: NumPy complex arrays in the input's precision (complex64
-  for the float32 separator). This is what :class:`umx_nnabla.separator.Separator` uses by default.
-- :func:`wiener_graph`: an NNabla graph on planar (real, imaginary) Variables, built from ``F.*`` functions
-  (``F.atan``, ``F.where``, sums and products; the 2x2 inverse written out), fully static: even the data-dependent
-  ``max_abs`` scaling is a graph node. ``Separator(wiener_backend="nnabla")`` selects it.
+- :func:`wiener_planar` / :func:`expectation_maximization_planar` (and :func:`wiener` /
+  :func:`expectation_maximization`, the same in upstream's layout): NumPy complex arrays in the input's precision
+  (complex64 for the float32 separator). This is what :class:`umx_nnabla.separator.Separator` uses by default.
+- :func:`wiener_graph`: an NNabla graph on planar (real, imaginary) Variables in upstream's layout, built from
+  ``F.*`` functions (``F.atan``, ``F.where``, sums and products; the 2x2 inverse written out), fully static: even
+  the data-dependent ``max_abs`` scaling is a graph node. ``Separator(wiener_backend="nnabla")`` selects it.
 
 The filter is parameter-free post-processing and NNabla has no complex dtype, so NumPy is allowed here if it is
 as fast. Measured with ``benchmarks/bench_nnabla.py`` (micro-benchmark ``wiener``: one 300-frame chunk at umxhq
@@ -13,9 +14,14 @@ shapes, 2 channels, 4 targets, niter 1, float32): NumPy 0.5-0.8 s, the NNabla gr
 element-wise functions cost 25-70 ns per element, NumPy's ~1 ns). NumPy is the default; both are tested against
 the spec and upstream on every Wiener case.
 
-Both vectorise over frames, bins and sources (upstream loops over frame batches of 200 for the covariance sums: the
-same sums) and apply ``Cxx^-1`` to the mixture once, ``y_j = v_j R_j (Cxx^-1 x)``, instead of forming every
-source's gain matrix ``v_j R_j Cxx^-1`` first (upstream): the same product, associated differently.
+Layout ("planar", the spec's): sources and channels first, bins and frames last, ``(..., nb_sources, nb_channels,
+nb_bins, nb_frames)``: what the separator holds between the networks and the inverse STFT; every leading index is
+an independent call (its own ``max_abs``). The NumPy filter writes the ``1x1`` / ``2x2`` algebra out on whole
+``(..., nb_sources, nb_bins, nb_frames)`` planes (the real diagonal and the one complex off-diagonal of each
+Hermitian covariance), sums over all the frames of a call at once (upstream adds partial sums of ``batch_size``
+frames: the same sums) and applies ``Cxx^-1`` to the mixture once, ``y_j = v_j R_j (Cxx^-1 x)``, instead of
+forming every source's gain matrix ``v_j R_j Cxx^-1`` first (upstream): the same product, associated differently
+(rounding only, amplified where ``Cxx`` is near-singular).
 
 The upstream ``atan2`` quirk is reproduced by default (``atan2="upstream"``): every exactly-zero mixture bin gets
 real part 1.0 for the rest of the filter, and phases of bins with a negative real part use pi rounded to float32.
@@ -29,7 +35,15 @@ import numpy as np
 
 from core_spec.reference.filtering import PI_FLOAT32, check_channels
 
-__all__ = ["expectation_maximization", "upstream_atan2", "wiener", "wiener_graph"]
+__all__ = [
+    "expectation_maximization",
+    "expectation_maximization_planar",
+    "initial_estimate",
+    "upstream_atan2",
+    "wiener",
+    "wiener_graph",
+    "wiener_planar",
+]
 
 
 # --- NumPy ------------------------------------------------------------------------------------------------------
@@ -53,50 +67,160 @@ def _real_dtype(z: np.ndarray) -> np.dtype:
     return np.dtype(np.float32) if z.dtype == np.complex64 else np.dtype(np.float64)
 
 
-def expectation_maximization(
+def expectation_maximization_planar(
     y: np.ndarray, x: np.ndarray, iterations: int = 2, eps: float = 1e-10, batch_size: int = 200
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """EM refinement of source estimates.
 
     Args:
-        y: initial estimates, complex ``(nb_frames, nb_bins, nb_channels, nb_sources)``.
-        x: mixture STFT, complex ``(nb_frames, nb_bins, nb_channels)``.
+        y: initial estimates, complex ``(..., nb_sources, nb_channels, nb_bins, nb_frames)``.
+        x: mixture STFT, complex ``(..., nb_channels, nb_bins, nb_frames)``.
         iterations: EM iterations.
         eps: regularisation (upstream 1e-10).
         batch_size: accepted for upstream's signature; the sums run over all frames at once (the same sums).
 
     Returns:
-        ``(y, v, R)``: estimates, PSDs ``(nb_frames, nb_bins, nb_sources)`` and spatial covariances
-        ``(nb_sources, nb_bins, C, C)``.
+        ``(y, v, R)``: estimates like ``y``, PSDs ``(..., nb_sources, nb_bins, nb_frames)`` and spatial covariances
+        ``(..., nb_sources, nb_channels, nb_channels, nb_bins)`` (of the last iteration; zeros without any).
     """
     del batch_size
-    y = np.array(y)
+    y = np.asarray(y)
     x = np.asarray(x, dtype=y.dtype)
     real = _real_dtype(y)
-    nb_frames, nb_bins, nb_channels, nb_sources = y.shape
+    nb_channels, nb_bins, nb_frames = y.shape[-3:]
     check_channels(nb_channels)
-    reg = real.type(np.sqrt(eps))
-    v = np.zeros((nb_frames, nb_bins, nb_sources), dtype=real)
-    R = np.zeros((nb_bins, nb_channels, nb_channels, nb_sources), dtype=y.dtype)
+    reg, eps_ = real.type(np.sqrt(eps)), real.type(eps)
+    v = np.zeros(y.shape[:-3] + (nb_bins, nb_frames), dtype=real)
+    R = np.zeros(y.shape[:-3] + (nb_channels, nb_channels, nb_bins), dtype=y.dtype)
     for _ in range(iterations):
-        v = np.mean(y.real**2 + y.imag**2, axis=2)  # (T, F, S)
-        weight = real.type(eps) + v.sum(axis=0)  # (F, S)
-        # R[f, a, b, j] = sum_t y_j[a] conj(y_j[b]) / (eps + sum_t v_j)
-        R = np.sum(y[:, :, :, None, :] * np.conj(y[:, :, None, :, :]), axis=0) / weight[:, None, None, :]
-        # Cxx[t, f] = reg I + sum_j v_j R_j: one (T, S) x (S, C C) product per bin
-        cxx = np.matmul(v.transpose(1, 0, 2).astype(y.dtype), R.reshape(nb_bins, -1, nb_sources).transpose(0, 2, 1))
-        cxx = cxx.transpose(1, 0, 2).reshape(nb_frames, nb_bins, nb_channels, nb_channels)  # (T, F, C, C)
+        power = [y[..., c, :, :].real ** 2 + y[..., c, :, :].imag ** 2 for c in range(nb_channels)]  # (..., S, F, T)
+        v = power[0] if nb_channels == 1 else (power[0] + power[1]) / 2  # channel mean
+        weight = (eps_ + v.sum(axis=-1))[..., None]  # (..., S, F, 1)
         if nb_channels == 1:
-            z = x / (cxx[..., 0, 0, None] + reg)  # (T, F, 1)
+            r = power[0].sum(axis=-1, keepdims=True) / weight  # (..., S, F, 1), real
+            vr = v * r
+            cxx = reg + vr.sum(axis=-3)  # (..., F, T)
+            z = (cxx / (cxx * cxx)) * x[..., 0, :, :]  # Cxx^-1 x
+            y = (vr * z[..., None, :, :])[..., None, :, :]  # (..., S, 1, F, T)
+            R = r[..., 0][..., None, None, :].astype(y.dtype)
+            continue
+        y0, y1 = y[..., 0, :, :], y[..., 1, :, :]  # (..., S, F, T)
+        r00 = power[0].sum(axis=-1, keepdims=True) / weight  # (..., S, F, 1), real
+        r11 = power[1].sum(axis=-1, keepdims=True) / weight
+        r01 = (y0 * np.conj(y1)).sum(axis=-1, keepdims=True) / weight  # complex; r10 = conj(r01)
+        # the mixture covariance, Hermitian: real diagonal, c10 = conj(c01)
+        a00 = (v * r00).sum(axis=-3)  # (..., F, T)
+        a11 = (v * r11).sum(axis=-3)
+        c01 = (v * r01).sum(axis=-3)
+        c00, c11 = reg + a00, reg + a11
+        # det = c00 c11 - |c01|^2 (real) is at least reg (reg + a00 + a11), as a00 a11 >= |c01|^2; where it cancels
+        # below that bound (equal channels, a mono file as stereo: 0 wherever a00 is ~2^24 times reg, and then
+        # 0 / 0 below), the bound is the better value; elsewhere it is the determinant as computed
+        det = np.maximum(c00 * c11 - (c01.real**2 + c01.imag**2), reg * (reg + a00 + a11))
+        inv_det = det / (det * det)  # upstream's _inv(z) = conj(z) / |z|^2
+        x0, x1 = x[..., 0, :, :], x[..., 1, :, :]
+        # z = Cxx^-1 x with Cxx^-1 = inv_det [[c11, -c01], [-c10, c00]]
+        z0 = ((inv_det * c11) * x0 - (inv_det * c01) * x1)[..., None, :, :]  # (..., 1, F, T)
+        z1 = ((inv_det * c00) * x1 - (inv_det * np.conj(c01)) * x0)[..., None, :, :]
+        # y_j = v_j R_j z: y_j0 = v_j (r00 z0 + r01 z1), y_j1 = v_j (r10 z0 + r11 z1)
+        rows = ((r00, r01), (np.conj(r01), r11))
+        y = np.stack([(ra * z0 + rb * z1) * v for ra, rb in rows], axis=-3).astype(y.dtype, copy=False)
+        r00c, r01c, r11c = r00[..., 0].astype(y.dtype), r01[..., 0], r11[..., 0].astype(y.dtype)  # (..., S, F)
+        R = np.stack([np.stack([r00c, r01c], -2), np.stack([np.conj(r01c), r11c], -2)], -3)  # (..., S, C, C, F)
+    return y, v, R
+
+
+def initial_estimate(
+    targets_spectrograms: np.ndarray,
+    mix_stft: np.ndarray,
+    softmask: bool = False,
+    residual: bool = False,
+    eps: float = 1e-10,
+    atan2: str = "upstream",
+) -> tuple[np.ndarray, np.ndarray]:
+    """The filter's starting point: the magnitudes with the mixture's phase (or a ratio mask of the mixture).
+
+    Args:
+        targets_spectrograms: magnitudes ``(..., nb_sources, nb_channels or 1, nb_bins, nb_frames)``.
+        mix_stft: complex ``(..., nb_channels, nb_bins, nb_frames)``; its precision is the filter's.
+        softmask: ``mix * v_j / (eps + sum_k v_k)`` instead of ``v_j exp(i angle(mix))``.
+        residual: append ``mix - sum_j y_j`` as an extra source.
+        atan2: ``"upstream"`` (default) or ``"exact"`` (``numpy.arctan2``, mixture untouched).
+
+    Returns:
+        ``(y, mix)``: complex estimates ``(..., nb_sources [+ 1], nb_channels, nb_bins, nb_frames)`` and the mixture
+        the rest of the filter sees (upstream's atan2: 1.0 in the real part of exactly-zero bins).
+    """
+    mix = np.asarray(mix_stft)
+    real = _real_dtype(mix)
+    v = np.asarray(targets_spectrograms, dtype=real)
+    if softmask:
+        y = mix[..., None, :, :, :] * (v / (real.type(eps) + np.sum(v, axis=-4, keepdims=True)))
+    else:
+        if atan2 == "upstream":
+            angle, re = upstream_atan2(mix.imag, mix.real)
+            mix = (re + 1j * mix.imag).astype(mix.dtype)
+        elif atan2 == "exact":
+            angle = np.arctan2(mix.imag, mix.real)
         else:
-            c00, c01, c10, c11 = cxx[..., 0, 0] + reg, cxx[..., 0, 1], cxx[..., 1, 0], cxx[..., 1, 1] + reg
-            inv_det = 1.0 / (c00 * c11 - c01 * c10)
-            x0, x1 = x[..., 0], x[..., 1]
-            z = np.stack([inv_det * (c11 * x0 - c01 * x1), inv_det * (c00 * x1 - c10 * x0)], axis=-1)  # Cxx^-1 x
-        # y_j[a] = v_j sum_b R_j[a, b] z[b]: one (T, C) x (C, C S) product per bin
-        rz = np.matmul(z.transpose(1, 0, 2), R.transpose(0, 2, 1, 3).reshape(nb_bins, nb_channels, -1))
-        y = rz.reshape(nb_bins, nb_frames, nb_channels, nb_sources).transpose(1, 0, 2, 3) * v[:, :, None, :]
-    return y, v, R.transpose(3, 0, 1, 2)
+            raise ValueError(f"atan2 must be 'upstream' or 'exact', got {atan2!r}")
+        angle = angle[..., None, :, :, :]  # (..., 1, C, F, T)
+        y = (v * np.cos(angle)) + 1j * (v * np.sin(angle))
+    y = np.broadcast_to(y, y.shape[:-3] + mix.shape[-3:]).astype(mix.dtype)
+    if residual:
+        y = np.concatenate([y, (mix - y.sum(axis=-4))[..., None, :, :, :]], axis=-4)
+    return y, mix
+
+
+def wiener_planar(
+    targets_spectrograms: np.ndarray,
+    mix_stft: np.ndarray,
+    iterations: int = 1,
+    softmask: bool = False,
+    residual: bool = False,
+    scale_factor: float = 10.0,
+    eps: float = 1e-10,
+    atan2: str = "upstream",
+    frame_mask: np.ndarray | None = None,
+) -> np.ndarray:
+    """Wiener-filter source estimates from magnitude estimates and the mixture STFT.
+
+    Args:
+        targets_spectrograms: magnitudes ``(..., nb_sources, nb_channels or 1, nb_bins, nb_frames)``; one channel
+            is broadcast over the mixture's.
+        mix_stft: complex ``(..., nb_channels, nb_bins, nb_frames)``; its precision is the filter's.
+        iterations: EM iterations; 0 returns the initial estimate.
+        softmask, residual, atan2: see :func:`initial_estimate`.
+        scale_factor: the estimates are scaled by ``max_abs = max(1, max |x| / scale_factor)`` for EM.
+        frame_mask: optional ``(..., nb_frames)`` booleans; frames outside it are padding, zeroed after the initial
+            estimate: they add nothing to the EM sums and come out as zeros (the separator loops over its chunks
+            and never pads; the argument is the spec's).
+
+    Returns:
+        complex ``(..., nb_sources [+ 1], nb_channels, nb_bins, nb_frames)``.
+    """
+    mix = np.asarray(mix_stft)
+    if not np.iscomplexobj(mix):
+        raise TypeError(f"mix_stft must be complex, got {mix.dtype}")
+    check_channels(mix.shape[-3])
+    y, mix = initial_estimate(targets_spectrograms, mix, softmask, residual, eps, atan2)
+    if frame_mask is not None:
+        keep = np.asarray(frame_mask, dtype=bool)[..., None, None, :]  # (..., 1, 1, T)
+        mix = np.where(keep, mix, mix.dtype.type(0))
+        y = np.where(keep[..., None, :, :, :], y, y.dtype.type(0))
+    if iterations == 0:
+        return y
+    real = _real_dtype(mix)
+    peak = np.abs(mix).max(axis=(-3, -2, -1)).astype(np.float64)  # (...,), one max_abs per leading index
+    max_abs = np.maximum(1.0, peak / scale_factor).astype(real)[..., None, None, None]
+    y = expectation_maximization_planar(y / max_abs[..., None, :, :, :], mix / max_abs, iterations, eps=eps)[0]
+    return y * max_abs[..., None, :, :, :]
+
+
+def _reverse_last(x: np.ndarray, n: int) -> np.ndarray:
+    """Reverse the order of the last ``n`` axes (upstream's layout <-> the planar layout)."""
+    lead = list(range(x.ndim - n))
+    return x.transpose(*lead, *range(x.ndim - 1, x.ndim - n - 1, -1))
 
 
 def wiener(
@@ -109,45 +233,37 @@ def wiener(
     eps: float = 1e-10,
     atan2: str = "upstream",
 ) -> np.ndarray:
-    """Wiener-filter source estimates from magnitude estimates and the mixture STFT.
+    """:func:`wiener_planar` in upstream's layout (``openunmix.filtering.wiener``).
 
     Args:
-        targets_spectrograms: magnitudes ``(nb_frames, nb_bins, nb_channels or 1, nb_sources)``; one channel is
-            broadcast over the mixture's.
-        mix_stft: complex ``(nb_frames, nb_bins, nb_channels)``; its precision is the filter's.
-        iterations: EM iterations; 0 returns the initial estimate.
-        softmask: initialise with ``mix * v_j / (eps + sum_k v_k)`` instead of ``v_j exp(i angle(mix))``.
-        residual: append ``mix - sum_j y_j`` as an extra source.
-        atan2: ``"upstream"`` (default) or ``"exact"`` (``numpy.arctan2``, mixture untouched).
+        targets_spectrograms: magnitudes ``(..., nb_frames, nb_bins, nb_channels or 1, nb_sources)``.
+        mix_stft: complex ``(..., nb_frames, nb_bins, nb_channels)``.
 
     Returns:
-        complex ``(nb_frames, nb_bins, nb_channels, nb_sources [+ 1])``.
+        complex ``(..., nb_frames, nb_bins, nb_channels, nb_sources [+ 1])``.
     """
-    mix = np.asarray(mix_stft)
-    if not np.iscomplexobj(mix):
-        raise TypeError(f"mix_stft must be complex, got {mix.dtype}")
-    real = _real_dtype(mix)
-    v = np.asarray(targets_spectrograms, dtype=real)
-    if softmask:
-        y = mix[..., None] * (v / (real.type(eps) + np.sum(v, axis=-1, keepdims=True)))
-    else:
-        if atan2 == "upstream":
-            angle, re = upstream_atan2(mix.imag, mix.real)
-            mix = (re + 1j * mix.imag).astype(mix.dtype)
-        elif atan2 == "exact":
-            angle = np.arctan2(mix.imag, mix.real)
-        else:
-            raise ValueError(f"atan2 must be 'upstream' or 'exact', got {atan2!r}")
-        angle = angle[..., None]
-        y = (v * np.cos(angle)) + 1j * (v * np.sin(angle))
-    y = np.broadcast_to(y, mix.shape + (v.shape[-1],)).astype(mix.dtype)
-    if residual:
-        y = np.concatenate([y, mix[..., None] - y.sum(axis=-1, keepdims=True)], axis=-1)
-    if iterations == 0:
-        return y
-    max_abs = real.type(max(1.0, float(np.abs(mix).max()) / scale_factor))
-    y = expectation_maximization(y / max_abs, mix / max_abs, iterations, eps=eps)[0]
-    return y * max_abs
+    v = _reverse_last(np.asarray(targets_spectrograms), 4)
+    mix = _reverse_last(np.asarray(mix_stft), 3)
+    return _reverse_last(wiener_planar(v, mix, iterations, softmask, residual, scale_factor, eps, atan2), 4)
+
+
+def expectation_maximization(
+    y: np.ndarray, x: np.ndarray, iterations: int = 2, eps: float = 1e-10, batch_size: int = 200
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`expectation_maximization_planar` in upstream's layout.
+
+    Args:
+        y: initial estimates, complex ``(..., nb_frames, nb_bins, nb_channels, nb_sources)``.
+        x: mixture, complex ``(..., nb_frames, nb_bins, nb_channels)``.
+
+    Returns:
+        ``(y, v, R)``: estimates like ``y``, PSDs ``(..., nb_frames, nb_bins, nb_sources)`` and spatial covariances
+        ``(..., nb_bins, nb_channels, nb_channels, nb_sources)`` (upstream's layout).
+    """
+    yp, v, R = expectation_maximization_planar(_reverse_last(np.asarray(y), 4), _reverse_last(np.asarray(x), 3),
+                                               iterations, eps, batch_size)  # fmt: skip
+    nd = R.ndim  # (..., S, C, C, F) -> (..., F, C, C, S)
+    return _reverse_last(yp, 4), _reverse_last(v, 3), R.transpose(*range(nd - 4), nd - 1, nd - 3, nd - 2, nd - 4)
 
 
 # --- NNabla graph -----------------------------------------------------------------------------------------------

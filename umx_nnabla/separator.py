@@ -18,17 +18,18 @@ import nnabla as nn
 import nnabla.functions as F
 import numpy as np
 
-from core_spec.configs import UMXSeparatorConfig
+from core_spec.configs import SeparatorConfig, UMXSeparatorConfig, WienerConfig
 from core_spec.reference.separator import check_sources
 from core_spec.separator_settings import SeparatorSettings, separator_kwargs
+from core_spec.shapes import wiener_chunks
 
 from ._context import GraphCache
-from .filtering import wiener, wiener_graph
+from .filtering import wiener_graph, wiener_planar
 from .transforms import complex_norm, istft, stft
 from .umx import OpenUnmix, open_unmix_stack
 from .weights import load_weights
 
-__all__ = ["WIENER_BACKENDS", "Separator"]
+__all__ = ["WIENER_BACKENDS", "Separator", "filter_and_invert", "filter_chunks"]
 
 WIENER_BACKENDS = ("numpy", "nnabla")
 
@@ -128,12 +129,12 @@ class Separator(SeparatorSettings):
         return re, im, self.spectrogram_graph(re, im)
 
     def spectrograms(self, mix_stft: np.ndarray) -> np.ndarray:
-        """Target magnitudes of a complex NumPy STFT ``(B, C, F, T)``: ``(B, T, F, C or 1, nb_targets)`` (the
-        Wiener filter's layout; a view of the graph's output). The graph is kept per input shape."""
+        """Target magnitudes of a complex NumPy STFT ``(B, C, F, T)``: ``(B, nb_targets, C or 1, F, T)`` (the
+        Wiener filter's planar layout). The graph is kept per input shape."""
         re, im, out = self.graphs(mix_stft.shape)
         re.d, im.d = mix_stft.real, mix_stft.imag
         out.forward(clear_buffer=True)
-        return out.d.copy().transpose(1, 0, 3, 2, 4)
+        return np.ascontiguousarray(out.d.transpose(1, 4, 2, 3, 0))  # (T, B, C, F, S) -> (B, S, C, F, T)
 
     def __call__(self, audio: np.ndarray) -> np.ndarray:
         """Separate a batch of mixtures (no input checks: see :meth:`separate`).
@@ -149,45 +150,13 @@ class Separator(SeparatorSettings):
         check_sources(self.nb_sources, self.niter)  # before the networks run
         audio = np.asarray(audio, dtype=np.float32)
         mix_stft = stft(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, self.window)  # (B, C, F, T)
-        spectrograms = self.spectrograms(mix_stft)  # (B, T, F, C|1, S)
+        spectrograms = self.spectrograms(mix_stft)  # (B, S, C|1, F, T)
         targets_stft = self.filter(spectrograms, mix_stft)  # (B, S', C, F, T)
         return istft(targets_stft, fft.n_fft, fft.n_hop, fft.center, fft.normalized, audio.shape[-1], self.window)
 
     def filter(self, spectrograms: np.ndarray, mix_stft: np.ndarray) -> np.ndarray:
-        """The Wiener step, per batch item and chunk of ``wiener_win_len`` frames.
-
-        Args:
-            spectrograms: target magnitudes ``(nb_samples, nb_frames, nb_bins, nb_channels or 1, nb_targets)``.
-            mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
-
-        Returns:
-            complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)``.
-        """
-        w = self.wiener_config
-        nb_samples, nb_channels, nb_bins, nb_frames = mix_stft.shape
-        nb_sources = spectrograms.shape[-1] + int(w.residual)
-        win = w.wiener_win_len or nb_frames
-        out = np.empty((nb_samples, nb_frames, nb_bins, nb_channels, nb_sources), dtype=mix_stft.dtype)
-        mix_all = mix_stft.transpose(0, 3, 2, 1)  # (B, T, F, C)
-        for b in range(nb_samples):
-            for pos in range(0, nb_frames, win):
-                t = slice(pos, min(nb_frames, pos + win))
-                v = np.ascontiguousarray(spectrograms[b, t])
-                out[b, t] = self._wiener(v, np.ascontiguousarray(mix_all[b, t]))
-        return out.transpose(0, 4, 3, 2, 1)
-
-    def _wiener(self, v: np.ndarray, mix: np.ndarray) -> np.ndarray:
-        w = self.wiener_config
-        args = (w.niter, w.softmask, w.residual, w.scale_factor, w.eps, w.atan2)
-        if self.wiener_backend == "numpy":
-            return wiener(v, mix, *args)
-        v_var = nn.Variable.from_numpy_array(v)
-        re, im = wiener_graph(
-            v_var, nn.Variable.from_numpy_array(mix.real), nn.Variable.from_numpy_array(mix.imag), *args
-        )
-        re.persistent = im.persistent = True
-        nn.forward_all([re, im], clear_buffer=True)
-        return (re.d + 1j * im.d).astype(mix.dtype)
+        """The Wiener step with this separator's settings: :func:`filter_chunks`."""
+        return filter_chunks(spectrograms, mix_stft, self.wiener_config, self.wiener_backend)
 
     def separate(self, audio: Any, sample_rate: float | None = None, resample: bool = False) -> np.ndarray:
         """Check and shape ``audio`` (:func:`core_spec.audio.prepare_audio`), then separate it.
@@ -202,3 +171,85 @@ class Separator(SeparatorSettings):
             ``(nb_samples, nb_sources, 2, nb_timesteps)`` float32.
         """
         return self(self.prepare(audio, sample_rate, resample))  # float64 -> float32 in __call__: one rounding
+
+
+def filter_chunks(
+    spectrograms: np.ndarray, mix_stft: np.ndarray, wiener: WienerConfig, backend: str = "numpy"
+) -> np.ndarray:
+    """The Wiener step of the separator: every chunk of ``wiener_win_len`` frames filtered on its own
+    (:func:`core_spec.shapes.wiener_chunks`; each chunk has its own ``max_abs`` and EM statistics), one chunk after
+    the other (the last one simply shorter), the batch as a leading axis.
+
+    Args:
+        spectrograms: target magnitudes ``(nb_samples, nb_targets, nb_channels or 1, nb_bins, nb_frames)``.
+        mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+        wiener: the filter's settings.
+        backend: ``"numpy"`` (:func:`~umx_nnabla.filtering.wiener_planar`) or ``"nnabla"``
+            (:func:`~umx_nnabla.filtering.wiener_graph`, one graph per batch item and chunk).
+
+    Returns:
+        complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)``, sources = targets [+ residual].
+    """
+    if backend not in WIENER_BACKENDS:
+        raise ValueError(f"wiener_backend must be one of {WIENER_BACKENDS}, got {backend!r}")
+    nb_sources = spectrograms.shape[1] + int(wiener.residual)
+    check_sources(nb_sources, wiener.niter)
+    filter_chunk = wiener_planar if backend == "numpy" else _wiener_graph_planar
+    out = np.empty(mix_stft.shape[:1] + (nb_sources,) + mix_stft.shape[1:], dtype=mix_stft.dtype)
+    for t in wiener_chunks(mix_stft.shape[-1], wiener.wiener_win_len).slices():
+        out[..., t] = filter_chunk(
+            spectrograms[..., t],
+            mix_stft[..., t],
+            wiener.niter,
+            softmask=wiener.softmask,
+            residual=wiener.residual,
+            scale_factor=wiener.scale_factor,
+            eps=wiener.eps,
+            atan2=wiener.atan2,
+        )
+    return out
+
+
+def filter_and_invert(
+    mix_stft: np.ndarray,
+    spectrograms: np.ndarray,
+    sep: SeparatorConfig,
+    nb_timesteps: int,
+    window: np.ndarray | None = None,
+) -> np.ndarray:
+    """The separator after the networks: Wiener filtering chunk by chunk (:func:`filter_chunks`), then the inverse
+    STFT.
+
+    Args:
+        mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+        spectrograms: target magnitudes ``(nb_samples, nb_channels or 1, nb_bins, nb_frames, nb_targets)``.
+        sep: the separator config (STFT and Wiener settings).
+        nb_timesteps: length of the output signals.
+        window: ISTFT window (``None``: the periodic Hann window).
+
+    Returns:
+        ``(nb_samples, nb_sources, nb_channels, nb_timesteps)``, in the precision of ``mix_stft``.
+    """
+    fft = sep.stft
+    targets_stft = filter_chunks(np.moveaxis(spectrograms, -1, 1), mix_stft, sep.wiener)
+    return istft(targets_stft, fft.n_fft, fft.n_hop, fft.center, fft.normalized, nb_timesteps, window)
+
+
+def _wiener_graph_planar(v: np.ndarray, mix: np.ndarray, *args: object, **kwargs: object) -> np.ndarray:
+    """:func:`~umx_nnabla.filtering.wiener_graph` (upstream's layout, no batch axis) on planar arrays
+    ``v (B, S, C|1, F, T)``, ``mix (B, C, F, T)``: one graph per batch item."""
+    out = []
+    for vb, mb in zip(v, mix):
+        vb = np.ascontiguousarray(vb.transpose(3, 2, 1, 0))  # (T, F, C|1, S)
+        mb = np.ascontiguousarray(mb.transpose(2, 1, 0))  # (T, F, C)
+        re, im = wiener_graph(
+            nn.Variable.from_numpy_array(vb),
+            nn.Variable.from_numpy_array(mb.real),
+            nn.Variable.from_numpy_array(mb.imag),
+            *args,
+            **kwargs,
+        )
+        re.persistent = im.persistent = True
+        nn.forward_all([re, im], clear_buffer=True)
+        out.append((re.d + 1j * im.d).astype(mix.dtype).transpose(3, 2, 1, 0))  # (S', C, F, T)
+    return np.stack(out)
