@@ -4,10 +4,12 @@ Keras 3 layers and models on the TensorFlow backend. The backend is selected her
 (``KERAS_BACKEND`` need not be set); importing this package after Keras was imported with another backend is an
 error, because Keras cannot switch backends inside a process.
 
-Modules (the same names in every port): :mod:`~umx_tf.transforms` (STFT, ISTFT, magnitude), :mod:`~umx_tf.umx`
-(``OpenUnmix``), :mod:`~umx_tf.demucs` (``Demucs``), :mod:`~umx_tf.resample` (julius-compatible resampler),
-:mod:`~umx_tf.filtering` (Wiener/EM), :mod:`~umx_tf.separator` (``Separator``, ``apply_model``,
-``separate_track``), :mod:`~umx_tf.weights` (canonical weights <-> Keras ``.weights.h5``).
+Modules (the same names in every port, :data:`core_spec.public_api.MODULES`): :mod:`~umx_tf.transforms` (STFT,
+ISTFT, magnitude), :mod:`~umx_tf.layers` (the Keras building blocks), :mod:`~umx_tf.umx` (``OpenUnmix``),
+:mod:`~umx_tf.demucs` (``Demucs``), :mod:`~umx_tf.resample` (julius-compatible resampler),
+:mod:`~umx_tf.filtering` (Wiener/EM), :mod:`~umx_tf.separator` (``Separator``), :mod:`~umx_tf.apply`
+(``apply_model``, ``separate_track``), :mod:`~umx_tf.weights` (canonical weights <-> Keras ``.weights.h5``),
+:mod:`~umx_tf.build` (models from configs and files), :mod:`~umx_tf.train` (``unmix-train``).
 
 TensorFloat-32 is switched off at import (``tf.config.experimental.enable_tensor_float_32_execution(False)``):
 on Ampere and newer GPUs it would round matmul and convolution inputs to 10 mantissa bits, far outside the parity
@@ -47,21 +49,15 @@ import tensorflow as tf  # noqa: E402
 
 tf.config.experimental.enable_tensor_float_32_execution(False)
 
+from .apply import apply_model, separate_track  # noqa: E402
+from .build import from_canonical, from_canonical_file, load_module  # noqa: E402
 from .demucs import Demucs, center_trim, valid_length  # noqa: E402
 from .filtering import expectation_maximization, wiener  # noqa: E402
 from .resample import resample_frac  # noqa: E402
-from .separator import Separator, apply_model, separate_track  # noqa: E402
+from .separator import Separator  # noqa: E402
 from .transforms import complex_norm, istft, stft  # noqa: E402
 from .umx import OpenUnmix  # noqa: E402
-from .weights import (  # noqa: E402
-    from_canonical,
-    from_canonical_file,
-    load_module,
-    load_native,
-    load_weights,
-    save_native,
-    to_canonical,
-)
+from .weights import load_native, load_weights, save_native, to_canonical  # noqa: E402
 
 __all__ = [
     "Demucs",

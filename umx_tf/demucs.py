@@ -16,11 +16,11 @@ CPU kernels are fastest in); it transposes once after the upsampling and once be
 **Weights** (the mapping lives in :mod:`umx_tf.weights`): ``Conv1D`` kernel ``(k, in, out)`` = torch
 ``(out, in, k)`` transposed ``(2, 1, 0)``; ``Conv1DTranspose`` kernel ``(k, out, in)`` = torch's transposed-conv
 weight ``(in, out, k)`` transposed ``(2, 1, 0)`` (TensorFlow's transposed convolution is the gradient of a
-convolution, so no flip); GLU splits the last axis into value | gate (``keras.activations.glu``, as
-``torch.nn.GLU``); LSTM biases folded, ``bias = bias_ih + bias_hh``.
+convolution, so no flip); GLU (:class:`~umx_tf.layers.GLU`) splits the last axis into value | gate
+(``keras.activations.glu``, as ``torch.nn.GLU``); LSTM biases folded, ``bias = bias_ih + bias_hh``.
 
 The model never pads: callers pad the mixture to :func:`valid_length` (``apply_model`` in
-:mod:`umx_tf.separator` does) and :func:`center_trim` the output; every length change goes through
+:mod:`umx_tf.apply` does) and :func:`center_trim` the output; every length change goes through
 :mod:`core_spec.shapes`. The spec is ``core_spec.reference.demucs.demucs``.
 """
 
@@ -39,10 +39,10 @@ from core_spec import shapes
 from core_spec.configs import DemucsConfig
 from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
 
+from .layers import GLU, TORCH_KERNEL_INIT, TracedCall, lstm_layer, torch_uniform
 from .resample import resample_frac
-from .umx import TORCH_KERNEL_INIT, TracedCall, lstm_layer, torch_uniform
 
-__all__ = ["BLSTM", "GLU", "Demucs", "center_trim", "demucs_trace_keys", "valid_length"]
+__all__ = ["BLSTM", "Demucs", "center_trim", "demucs_trace_keys", "valid_length"]
 
 
 def valid_length(length: int, config: DemucsConfig) -> int:
@@ -65,18 +65,6 @@ def center_trim(tensor: tf.Tensor, reference: tf.Tensor | int, axis: int = -1) -
 def _channels_first(x: tf.Tensor) -> tf.Tensor:
     """``(B, L, C)`` -> ``(B, C, L)`` (the spec's trace layout)."""
     return tf.transpose(x, [0, 2, 1])
-
-
-class GLU(layers.Layer):
-    """Gated linear unit over the last (channel) axis: first half (value) times sigmoid of the second half
-    (gate), as ``torch.nn.GLU(dim=1)`` in channels-first layout. A layer rather than ``Activation("glu")`` so
-    that Keras knows it halves the channels when it builds the next layer."""
-
-    def call(self, x: tf.Tensor) -> tf.Tensor:
-        return keras.activations.glu(x, axis=-1)
-
-    def compute_output_shape(self, input_shape: tuple) -> tuple:
-        return (*input_shape[:-1], input_shape[-1] // 2)
 
 
 class BLSTM(TracedCall, layers.Layer):
@@ -112,6 +100,7 @@ class BLSTM(TracedCall, layers.Layer):
         return self.linear(x)
 
 
+@keras.saving.register_keras_serializable(package="umx_tf")
 class Demucs(TracedCall, keras.Model):
     """Demucs v2 waveform source separation.
 

@@ -54,7 +54,7 @@ from core_spec.training import (
 from .demucs import Demucs, center_trim
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
-from .weights import _entries, load_weights, lstm_bias_halves
+from .weights import entries, load_weights, lstm_bias_halves
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -169,7 +169,7 @@ class Parameters:
         self._index: list[int] = []  # names[i]'s gradient is that of sources[_index[i]]
         self._layout: list[Callable[[np.ndarray], np.ndarray]] = []
         self._folds: list[tuple[keras.Variable, int, int]] = []
-        for entry in _entries(model):
+        for entry in entries(model):
             if not entry.variable.trainable:
                 continue
             source = len(self.sources)
@@ -210,7 +210,7 @@ class Parameters:
         """Every canonical weight (BatchNorm running statistics included), in the model's dtype."""
         own = dict(zip(self.names, (np.asarray(v.numpy()) for v in self.values)))
         out: dict[str, np.ndarray] = {}
-        for entry in _entries(self.model):
+        for entry in entries(self.model):
             for name in entry.names:
                 value = own[name] if name in own else np.asarray(entry.variable.numpy())
                 out[name] = np.ascontiguousarray(entry.to_keras(value))
@@ -496,7 +496,7 @@ def _default_jit() -> bool:
 def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, dict[str, np.ndarray] | None, float]:
     """The model to train (Keras's initialisers, seeded by ``recipe.seed``, or ``--init``), the canonical weights it
     was loaded from (``None`` when fresh) and its sample rate."""
-    from .weights import from_canonical
+    from .build import from_canonical
 
     config, weights, rate = model_config(args, recipe)
     keras.utils.set_random_seed(recipe.seed)
@@ -555,10 +555,10 @@ def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np
 
 def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
     """Mean loss over the validation tracks, one at a time, inference mode: UMX MSE of the magnitudes of the whole
-    track; Demucs L1 (or MSE) of :func:`~umx_tf.separator.apply_model` (no split, no shifts) on the sources' sum."""
+    track; Demucs L1 (or MSE) of :func:`~umx_tf.apply.apply_model` (no split, no shifts) on the sources' sum."""
     from tqdm import tqdm
 
-    from .separator import apply_model
+    from .apply import apply_model
 
     recipe, model = trainer.recipe, trainer.model
     total, count = 0.0, len(valid_set)

@@ -35,35 +35,36 @@ the :mod:`core_spec.configs` JSON, for people and for :func:`load_native`.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import h5py
 import keras
 import numpy as np
 import tensorflow as tf
 
-from core_spec.canonical import atomic_write, join_targets, load_canonical, split_targets
+from core_spec.canonical import atomic_write, join_targets, split_targets
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
-from core_spec.devices import device_name, dtype_name
 from core_spec.params import WeightsMismatchError, check_weights
 
-from .demucs import Demucs
-from .separator import Separator
-from .umx import OpenUnmix
+from ._device import device_scope, tf_device
+
+if TYPE_CHECKING:
+    from .demucs import Demucs
+    from .separator import Separator
+    from .umx import OpenUnmix
+
+    Model = OpenUnmix | Separator | Demucs
 
 __all__ = [
     "FORMAT",
     "WeightsMismatchError",
     "device_scope",
-    "from_canonical",
-    "from_canonical_file",
-    "load_module",
+    "entries",
     "load_native",
     "load_weights",
     "lstm_bias_halves",
@@ -75,7 +76,6 @@ __all__ = [
 
 FORMAT = "unmix-ports/keras-weights-h5/1"
 Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
-Model = OpenUnmix | Separator | Demucs
 
 
 def _t(a: np.ndarray) -> np.ndarray:
@@ -149,19 +149,6 @@ def _demucs_entries(model: Demucs) -> Iterator[_Entry]:
         yield _Entry(("lstm.linear.bias",), model.lstm.linear.bias, _same)
 
 
-def _entries(model: Model) -> list[_Entry]:
-    if isinstance(model, Separator):
-        out = []
-        for target, sub in model.target_models.items():
-            out += list(_umx_entries(sub, f"target_models.{target}."))
-        return out
-    if isinstance(model, OpenUnmix):
-        return list(_umx_entries(model))
-    if isinstance(model, Demucs):
-        return list(_demucs_entries(model))
-    raise TypeError(f"expected an OpenUnmix, Separator or Demucs, got {type(model).__name__}")
-
-
 def _checked(weights: Mapping[str, Any], config: Config, source: str = "canonical weights") -> dict[str, Any]:
     """Canonical weights checked against the inventory (flat names; ``{target: weights}`` accepted for a
     separator)."""
@@ -187,7 +174,7 @@ def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
         WeightsMismatchError: naming every missing, unexpected or mis-shaped key.
     """
     checked = _checked(weights, model.config)
-    for entry in _entries(model):
+    for entry in entries(model):
         dtype = np.dtype(entry.variable.dtype)
         if len(entry.names) == 2:  # folded LSTM bias, summed in float64 (exact for float32 inputs)
             value = np.asarray(checked[entry.names[0]], np.float64) + np.asarray(checked[entry.names[1]], np.float64)
@@ -200,75 +187,12 @@ def to_canonical(model: Model) -> dict[str, np.ndarray]:
     """``model``'s weights as canonical float32 arrays, in inventory order (a folded LSTM bias becomes
     ``bias_ih``, with ``bias_hh = 0``)."""
     out: dict[str, np.ndarray] = {}
-    for entry in _entries(model):
+    for entry in entries(model):
         value = entry.to_keras(np.asarray(entry.variable.numpy())).astype(np.float32)
         out[entry.names[0]] = np.ascontiguousarray(value)
         if len(entry.names) == 2:
             out[entry.names[1]] = np.zeros_like(value)
     return _checked(out, model.config, f"{type(model).__name__} weights")
-
-
-def tf_device(device: str | None) -> str | None:
-    """A ``tf.device`` name: ``None`` (TensorFlow's placement), ``"cpu"`` -> ``/CPU:0``, ``"gpu"`` -> ``/GPU:0``;
-    names such as ``"/GPU:1"`` pass through.
-
-    Raises:
-        RuntimeError: ``"gpu"`` where TensorFlow sees no GPU.
-    """
-    if device is None or str(device).startswith("/"):
-        return device
-    if device_name(device) == "cpu":
-        return "/CPU:0"
-    if not tf.config.list_logical_devices("GPU"):
-        raise RuntimeError(f"device {device!r}: TensorFlow sees no GPU (tf.config.list_logical_devices is empty)")
-    return "/GPU:0"
-
-
-def device_scope(device: str | None) -> contextlib.AbstractContextManager:
-    """``tf.device(tf_device(device))``, or nothing for ``None``: run a model's calls inside it, as it was built."""
-    name = tf_device(device)
-    return tf.device(name) if name is not None else contextlib.nullcontext()
-
-
-def from_canonical(
-    config: Config, weights: Mapping[str, Any] | None = None, dtype: Any = "float32", device: Any = None, **kwargs: Any
-):
-    """Build the model ``config`` describes and load canonical ``weights`` into it.
-
-    Args:
-        config: a :class:`UMXConfig` (-> :class:`~umx_tf.umx.OpenUnmix`), :class:`UMXSeparatorConfig`
-            (-> :class:`~umx_tf.separator.Separator`) or :class:`DemucsConfig` (-> :class:`~umx_tf.demucs.Demucs`).
-        weights: canonical arrays (``None``: Keras's initialisers).
-        dtype: ``"float32"`` or ``"float64"``.
-        device: ``None``, ``"cpu"`` or ``"gpu"`` (:func:`tf_device`): the variables are created there; run the
-            model's calls inside :func:`device_scope` of the same device so that its operations run there too.
-        kwargs: for a separator, constructor arguments overriding the config's Wiener settings (``niter``, ...).
-    """
-    dtype = dtype_name(tf.as_dtype(dtype).name)
-    with device_scope(device):
-        return _build(config, weights, dtype, **kwargs)
-
-
-def _build(config: Config, weights: Mapping[str, Any] | None, dtype: str, **kwargs: Any) -> Model:
-    model: Model
-    if isinstance(config, UMXConfig):
-        model = OpenUnmix.from_config(config, dtype=dtype)
-    elif isinstance(config, DemucsConfig):
-        model = Demucs.from_config(config, dtype=dtype)
-    elif isinstance(config, UMXSeparatorConfig):
-        model = Separator.from_config(config, dtype=dtype, **kwargs)
-    else:
-        raise TypeError(f"no TensorFlow model for {type(config).__name__}")
-    if weights is not None:
-        load_weights(model, weights)
-    return model
-
-
-def from_canonical_file(path: str | os.PathLike, dtype: Any = "float32", device: Any = None, **kwargs: Any) -> Model:
-    """Build the model a canonical file (``<stem>.safetensors`` + ``<stem>.json``, :mod:`core_spec.canonical`)
-    describes and load its weights; the other arguments as :func:`from_canonical`."""
-    weights, config, _ = load_canonical(path)
-    return from_canonical(config, weights, dtype=dtype, device=device, **kwargs)
 
 
 # --- the native file ------------------------------------------------------------------------------------------
@@ -314,7 +238,7 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Con
                 raise FileExistsError(f"{p} exists; pass force=True (--force) to overwrite it")
     h5_path.parent.mkdir(parents=True, exist_ok=True)
     checked = _checked(weights, config)
-    model = from_canonical(config, checked, dtype="float32")
+    model = _keras_model(config, checked)
     header = _header(config)
     biases = {k: np.asarray(v, np.float32) for k, v in checked.items() if "bias_ih_" in k or "bias_hh_" in k}
 
@@ -333,6 +257,28 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Con
     return [h5_path, json_path]
 
 
+_KERAS_CLASSES = {UMXConfig: "OpenUnmix", UMXSeparatorConfig: "Separator", DemucsConfig: "Demucs"}
+
+
+def _keras_model(config: Config, weights: Mapping[str, Any] | None = None) -> Model:
+    """The float32 Keras model ``config`` describes (``weights`` loaded if given), for the native file's Keras side.
+
+    The class comes from Keras's registry of serialisable objects (``umx_tf>OpenUnmix``, ``umx_tf>Separator``,
+    ``umx_tf>Demucs``: each model class registers itself), the mechanism Keras rebuilds saved models with, so this
+    mapping module imports no model module (model building proper is :mod:`umx_tf.build`).
+    """
+    name = _KERAS_CLASSES.get(type(config))
+    if name is None:
+        raise TypeError(f"no TensorFlow model for {type(config).__name__}")
+    cls = keras.saving.get_registered_object(f"umx_tf>{name}")
+    if cls is None:
+        raise RuntimeError(f"umx_tf>{name} is not registered with Keras: import umx_tf first")
+    model = cls.from_config(config, dtype="float32")
+    if weights is not None:
+        load_weights(model, weights)
+    return model
+
+
 def _read_header(h5_path: Path, json_path: Path) -> dict[str, Any]:
     if json_path.exists():
         header = json.loads(json_path.read_text())
@@ -347,19 +293,6 @@ def _read_header(h5_path: Path, json_path: Path) -> dict[str, Any]:
     return header
 
 
-def load_module(path: str | os.PathLike, dtype: Any = "float32", device: Any = None, **kwargs: Any) -> Model:
-    """Build the model a native file describes and read its ``.weights.h5`` with ``model.load_weights``
-    (arguments as :func:`from_canonical`)."""
-    h5_path, json_path = native_paths(path)
-    if not h5_path.exists():
-        raise FileNotFoundError(f"native Keras weights {h5_path} not found")
-    config = config_from_json(json.dumps(_read_header(h5_path, json_path)["config"]))
-    with device_scope(device):
-        model = from_canonical(config, None, dtype=dtype, **kwargs)
-        model.load_weights(str(h5_path))
-    return model
-
-
 def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
     """Read a native file: ``(canonical weights, config)``, bit for bit what :func:`save_native` was given,
     checked against the inventory.
@@ -368,8 +301,9 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
     bias (always, for a file :func:`save_native` wrote); otherwise (a file written by ``model.save_weights``, or
     a bias changed since) the folded bias is returned as ``bias_ih`` with ``bias_hh = 0``.
     """
-    h5_path, _ = native_paths(path)
-    model = load_module(path)
+    h5_path, config = native_config(path)
+    model = _keras_model(config)
+    model.load_weights(str(h5_path))
     weights = to_canonical(model)
     stored: dict[str, np.ndarray] = {}
     with h5py.File(h5_path, "r") as f:
@@ -380,6 +314,35 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
         if name in stored and partner in stored:
             weights[name], weights[partner] = lstm_bias_halves(weights[name], stored[name], stored[partner])
     return weights, model.config
+
+
+def entries(model: Model) -> list[_Entry]:
+    """Every Keras variable of ``model`` with the canonical name(s) it holds, in inventory order (by the type of
+    ``model.config``: a separator's targets in order, an Open-Unmix, a Demucs)."""
+    config = model.config
+    if isinstance(config, UMXSeparatorConfig):
+        out = []
+        for target, sub in model.target_models.items():
+            out += list(_umx_entries(sub, f"target_models.{target}."))
+        return out
+    if isinstance(config, UMXConfig):
+        return list(_umx_entries(model))
+    if isinstance(config, DemucsConfig):
+        return list(_demucs_entries(model))
+    raise TypeError(f"expected an OpenUnmix, Separator or Demucs, got {type(model).__name__}")
+
+
+def native_config(path: str | os.PathLike) -> tuple[Path, Config]:
+    """``(<stem>.weights.h5, config)`` of a native file (the config from ``<stem>.json``, else from the h5 file).
+
+    Raises:
+        FileNotFoundError: no ``<stem>.weights.h5``.
+        ValueError: another format, or no config anywhere.
+    """
+    h5_path, json_path = native_paths(path)
+    if not h5_path.exists():
+        raise FileNotFoundError(f"native Keras weights {h5_path} not found")
+    return h5_path, config_from_json(json.dumps(_read_header(h5_path, json_path)["config"]))
 
 
 def lstm_bias_halves(folded: np.ndarray, bias_ih: np.ndarray, bias_hh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
-"""umx_tf.weights: canonical weights <-> Keras variables, and the native ``.weights.h5`` file."""
+"""umx_tf.weights: canonical weights <-> Keras variables, and the native ``.weights.h5`` file; umx_tf.build: models from
+configs and files."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from core_spec.seeded import random_weights
 from parity_tests.fixtures_umx import separator_weights
 from parity_tests.tf.helpers import keras
 from umx_tf import Demucs, OpenUnmix, Separator
+from umx_tf import build as B
 from umx_tf import weights as W
 
 
@@ -56,19 +58,19 @@ CONFIGS = {
 def test_canonical_keras_canonical(name):
     config = CONFIGS[name]
     weights = random_weights(config, seed=5)
-    model = W.from_canonical(config, weights)
+    model = B.from_canonical(config, weights)
     assert isinstance(model, Demucs if isinstance(config, DemucsConfig) else OpenUnmix)
     assert model.config == config
     back = W.to_canonical(model)
     _assert_round_trip(weights, back)
     # the folded form is a fixed point: canonical' -> Keras -> canonical' is the identity, bit for bit
-    again = W.from_canonical(config, back)
+    again = B.from_canonical(config, back)
     for a, b in zip(_keras_values(model), _keras_values(again)):
         np.testing.assert_array_equal(a, b)
     for key, value in W.to_canonical(again).items():
         np.testing.assert_array_equal(value, back[key], err_msg=key)
     # float64 holds every float32 value exactly, and the float64 sum of the two biases
-    model64 = W.from_canonical(config, weights, dtype="float64")
+    model64 = B.from_canonical(config, weights, dtype="float64")
     assert all(v.dtype == "float64" for v in model64.weights)
     _assert_round_trip(weights, W.to_canonical(model64))
 
@@ -86,10 +88,10 @@ def test_native_file_round_trip_is_bit_exact(tmp_path):
     # a plain Keras reader: build the model from the config, model.load_weights(.weights.h5)
     keras_model = Separator.from_config(config)
     keras_model.load_weights(str(written[0]))
-    reference = W.from_canonical(config, weights)
+    reference = B.from_canonical(config, weights)
     for a, b in zip(_keras_values(keras_model), _keras_values(reference)):
         np.testing.assert_array_equal(a, b)
-    model64 = W.load_module(tmp_path / "umxse", dtype="float64", niter=0)
+    model64 = B.load_module(tmp_path / "umxse", dtype="float64", niter=0)
     assert isinstance(model64, Separator) and model64.niter == 0 and model64.compute_dtype == "float64"
     with pytest.raises(FileExistsError):
         W.save_native(tmp_path / "umxse.json", weights, config)
@@ -101,7 +103,7 @@ def test_native_file_written_by_keras_alone(tmp_path):
     config = demucs_preset("demucs_unittest")
     weights = random_weights(config, seed=1)
     W.save_native(tmp_path / "d", weights, config)
-    model = W.from_canonical(config, weights)
+    model = B.from_canonical(config, weights)
     model.save_weights(str(tmp_path / "plain.weights.h5"))
     (tmp_path / "plain.json").write_text((tmp_path / "d.json").read_text())
     back, _ = W.load_native(tmp_path / "plain")
@@ -112,7 +114,7 @@ def test_canonical_file_loads(tmp_path):
     config = demucs_preset("demucs_unittest")
     weights = random_weights(config, seed=4)
     save_canonical(tmp_path / "unittest", weights, config)
-    model = W.from_canonical_file(tmp_path / "unittest.safetensors")
+    model = B.from_canonical_file(tmp_path / "unittest.safetensors")
     _assert_round_trip(weights, W.to_canonical(model))
 
 
@@ -136,7 +138,7 @@ def test_keras_layout_rules():
     """The few layout facts the mapping relies on, checked on the Keras layers themselves."""
     config = demucs_preset("demucs_unittest")
     weights = random_weights(config, seed=2)
-    model = W.from_canonical(config, weights)
+    model = B.from_canonical(config, weights)
     transposed = model.decoder[0].layers[2]
     assert type(transposed).__name__ == "Conv1DTranspose"
     np.testing.assert_array_equal(transposed.kernel.numpy(), weights["decoder.0.2.weight"].transpose(2, 1, 0))
