@@ -6,24 +6,22 @@ generator (``core_spec.reference.apply`` is the spec).
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from core_spec import shapes
 from core_spec.audio import prepare_audio
+from core_spec.shapes import ShiftDraws
 
 from ._device import to_numpy as _to_numpy
 from ._device import to_tensor as _to_tensor
 from .demucs import Demucs, center_trim
 
 __all__ = ["apply_model", "separate_track"]
-
-
-class _Draws(Protocol):
-    def integers(self, low: int, high: int) -> Any: ...
 
 
 def _padded(track: Tensor, offset: int, length: int, target_length: int) -> Tensor:
@@ -39,12 +37,12 @@ def _apply_valid(model: Demucs, track: Tensor, offset: int, length: int) -> Tens
     return center_trim(model(padded), length)
 
 
-def _apply_shifted(model: Demucs, track: Tensor, offset: int, length: int, shifts: int, rng: _Draws) -> Tensor:
+def _apply_shifted(model: Demucs, track: Tensor, offset: int, length: int, shifts: int, rng: ShiftDraws) -> Tensor:
     """Average of ``shifts`` runs on randomly shifted windows (one plain run when ``shifts`` is 0)."""
     if not shifts:
         return _apply_valid(model, track, offset, length)
     length = min(track.shape[-1] - offset, length)
-    max_shift = int(0.5 * model.samplerate)
+    max_shift = shapes.max_shift(model.samplerate)
     padded = _padded(track, offset, length, length + 2 * max_shift)  # a new tensor: zeros beyond it
     out: Tensor | None = None
     for _ in range(shifts):
@@ -63,7 +61,7 @@ def apply_model(
     overlap: float = 0.25,
     transition_power: float = 1.0,
     segment_length: int | None = None,
-    rng: _Draws | int | None = None,
+    rng: ShiftDraws | int | None = None,
 ) -> Tensor:
     """Apply Demucs to a (normalised) track with ``demucs.utils.apply_model`` semantics (demucs 2.0.3).
 
@@ -82,15 +80,9 @@ def apply_model(
         ``(nb_sources, audio_channels, nb_timesteps)`` (or with the batch dimension first), in ``mix``'s dtype.
         Overlap-add runs in that dtype (upstream accumulates in torch's default dtype, float32).
     """
-    if transition_power < 1:
-        raise ValueError("transition_power < 1 leads to weird behavior (upstream asserts >= 1)")
-    unbatched = mix.dim() == 2
+    shapes.check_transition_power(transition_power)
+    unbatched = shapes.check_track(tuple(mix.shape), model.audio_channels)
     track = mix[None] if unbatched else mix
-    if track.dim() != 3 or track.shape[1] != model.audio_channels:
-        raise ValueError(
-            f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
-            f"(nb_samples, audio_channels, nb_timesteps), got {tuple(mix.shape)}"
-        )
     rng = shapes.shift_draws(rng)
     length = track.shape[-1]
     with torch.no_grad():
@@ -121,7 +113,7 @@ def separate_track(
     overlap: float = 0.25,
     transition_power: float = 1.0,
     segment_length: int | None = None,
-    rng: _Draws | int | None = None,
+    rng: ShiftDraws | int | None = None,
     silence_guard: bool = True,
     resample: bool = False,
 ) -> Tensor:
@@ -150,11 +142,11 @@ def separate_track(
     wav = _to_tensor(batch, ref_param.dtype, ref_param.device)
     rng = shapes.shift_draws(rng)
     outputs = []
-    tiny = 16 * torch.finfo(wav.dtype).eps
+    dtype = np.dtype(str(wav.dtype).removeprefix("torch."))
     for track in wav:
         mono = track.mean(dim=0)
         mean, std = mono.mean(), mono.std()
-        if silence_guard and not bool(std > tiny * mean.abs()):
+        if silence_guard and shapes.is_silent(mean, std, dtype):
             outputs.append(torch.full((len(model.sources),) + tuple(track.shape), float(mean), dtype=wav.dtype,
                                       device=wav.device))  # fmt: skip
             continue

@@ -8,13 +8,12 @@ Layer ``i`` of the encoder (``i = 0`` outermost) and layer ``j`` of the decoder 
     lstm      = BLSTM: 2-layer bidirectional LSTM (hidden = input = deepest ch) -> Linear(2ch, ch)
 
 The model never pads: callers pad the mixture to :meth:`Demucs.valid_length` (``apply_model`` in
-:mod:`umx_torch.separator` does) and :func:`center_trim` the output; every length change goes through
+:mod:`umx_torch.apply` does) and :func:`center_trim` the output; every length change goes through
 :mod:`core_spec.shapes`. The spec is ``core_spec.reference.demucs.demucs``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,8 +22,10 @@ import torch
 from torch import Tensor, nn
 
 from core_spec import shapes
-from core_spec.configs import DemucsConfig
+from core_spec.configs import DemucsConfig, config_from_arguments, constructor_kwargs
 from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
+from core_spec.shapes import valid_length
+from core_spec.trace import Recorder
 
 from .resample import ResampleFrac
 from .weights import prepare_state_dict
@@ -32,28 +33,11 @@ from .weights import prepare_state_dict
 __all__ = ["BLSTM", "Demucs", "center_trim", "demucs_trace_keys", "rescale_module", "valid_length"]
 
 
-def valid_length(length: int, config: DemucsConfig) -> int:
-    """Smallest input length ``>= length`` the model takes whole (:func:`core_spec.shapes.valid_length`)."""
-    return shapes.valid_length(length, config)
-
-
 def center_trim(tensor: Tensor, reference: Tensor | int) -> Tensor:
     """Keep the centre ``reference`` samples of the last axis (the odd extra sample goes on the right)."""
     length = reference.shape[-1] if isinstance(reference, Tensor) else int(reference)
     start, stop = shapes.center_trim_bounds(tensor.shape[-1], length)
     return tensor[..., start:stop]
-
-
-class _Recorder:
-    """Stores named intermediate outputs in ``trace`` when one is given; keeps nothing otherwise."""
-
-    def __init__(self, trace: dict[str, Tensor] | None):
-        self.trace = trace
-
-    def __call__(self, key: str, value: Tensor) -> Tensor:
-        if self.trace is not None:
-            self.trace[key] = value
-        return value
 
 
 class BLSTM(nn.Module):
@@ -64,10 +48,11 @@ class BLSTM(nn.Module):
         self.lstm = nn.LSTM(bidirectional=True, num_layers=layers, hidden_size=dim, input_size=dim)
         self.linear = nn.Linear(2 * dim, dim)
 
-    def forward(self, x: Tensor, trace: dict[str, Tensor] | None = None) -> Tensor:
+    def forward(self, x: Tensor, keep: Recorder | None = None) -> Tensor:
+        """``(B, dim, T)`` -> ``(B, dim, T)``; ``keep`` records the raw LSTM states ``lstm.lstm`` ``(T, B, 2 dim)``."""
         x = self.lstm(x.permute(2, 0, 1))[0]  # (T, B, 2 dim)
-        if trace is not None:
-            trace["lstm.lstm"] = x
+        if keep is not None:
+            x = keep("lstm.lstm", x)
         return self.linear(x).permute(1, 2, 0)
 
 
@@ -121,25 +106,8 @@ class Demucs(nn.Module):
         segment_length: int = 4 * 10 * 44100,
     ):
         super().__init__()
-        self._config = DemucsConfig(
-            sources=tuple(sources),
-            audio_channels=audio_channels,
-            channels=channels,
-            depth=depth,
-            rewrite=rewrite,
-            glu=glu,
-            rescale=rescale,
-            resample=resample,
-            kernel_size=kernel_size,
-            stride=stride,
-            growth=growth,
-            lstm_layers=lstm_layers,
-            context=context,
-            normalize=normalize,
-            samplerate=samplerate,
-            segment_length=segment_length,
-        )
-        self.sources = list(sources)
+        self._config = config_from_arguments(DemucsConfig, locals())
+        self.sources = self._config.sources
         self.audio_channels = audio_channels
         self.depth = depth
         self.resample = resample
@@ -182,8 +150,7 @@ class Demucs(nn.Module):
         cls, config: DemucsConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> Demucs:
         """A model with the constructor arguments of ``config``, in eval mode (weights: demucs's init)."""
-        kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-        return cls(**kwargs).to(device=device, dtype=dtype).eval()
+        return cls(**constructor_kwargs(config)).to(device=device, dtype=dtype).eval()
 
     @property
     def config(self) -> DemucsConfig:
@@ -227,8 +194,8 @@ class Demucs(nn.Module):
                 f"Demucs expects (nb_samples, {self.audio_channels}, nb_timesteps), got {tuple(mix.shape)}"
             )
         self.output_length(mix.shape[-1])  # a clear error for inputs too short for the convolutions
-        record = _Recorder(trace)
-        inplace = not torch.is_grad_enabled() and trace is None
+        keep = Recorder(trace, demucs_trace_keys(self._config))
+        inplace = not torch.is_grad_enabled() and not keep.active  # nothing keeps the temporaries
 
         if self.normalize:
             mono = mix.mean(dim=1, keepdim=True)
@@ -239,22 +206,22 @@ class Demucs(nn.Module):
             x = mix / (DEMUCS_NORM_EPS + 1.0)  # upstream divides by 1e-5 + 1 even without normalisation
 
         if self.resample:
-            x = record("resample.up", self.upsample(x))
+            x = keep("resample.up", self.upsample(x))
 
         saved = []
         for index, encode in enumerate(self.encoder):
-            x = record(f"encoder.{index}", encode(x))
+            x = keep(f"encoder.{index}", encode(x))
             saved.append(x)
         if self.lstm is not None:
-            x = record("lstm", self.lstm(x, trace))
+            x = keep("lstm", self.lstm(x, keep))
         for index, decode in enumerate(self.decoder):
             skip = center_trim(saved.pop(), x)
             x = x.add_(skip) if inplace else x + skip
             del skip
-            x = record(f"decoder.{index}", decode(x))
+            x = keep(f"decoder.{index}", decode(x))
 
         if self.resample:
-            x = record("resample.down", self.downsample(x))
+            x = keep("resample.down", self.downsample(x))
         if self.normalize:
             x = x * std + mean
         return x.view(x.size(0), len(self.sources), self.audio_channels, x.size(-1))

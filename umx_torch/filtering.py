@@ -35,7 +35,7 @@ import math
 import torch
 from torch import Tensor
 
-from core_spec.reference.filtering import PI_FLOAT32
+from core_spec.reference.filtering import PI_FLOAT32, check_channels
 
 __all__ = [
     "PI_FLOAT32",
@@ -64,11 +64,6 @@ def upstream_atan2(y: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
     return angle, x
 
 
-def _check_channels(nb_channels: int) -> None:
-    if nb_channels not in (1, 2):
-        raise ValueError(f"the Wiener filter supports 1 or 2 channels (as upstream), got {nb_channels}")
-
-
 def expectation_maximization_planar(
     y: Tensor, x: Tensor, iterations: int = 2, eps: float = 1e-10, overwrite: bool = False
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -87,7 +82,7 @@ def expectation_maximization_planar(
         complex ``(..., nb_sources, nb_channels, nb_channels, nb_bins)`` (of the last iteration; zeros if none).
     """
     nb_channels = x.shape[-3]
-    _check_channels(nb_channels)
+    check_channels(nb_channels)
     reg = math.sqrt(eps)
     shape = y.shape
     v = torch.zeros(shape[:-3] + shape[-2:], dtype=x.real.dtype, device=x.device)
@@ -202,7 +197,7 @@ def wiener_planar(
     """
     if not mix_stft.is_complex():
         raise TypeError("wiener_planar: mix_stft must be a complex tensor")
-    _check_channels(mix_stft.shape[-3])
+    check_channels(mix_stft.shape[-3])
     v = targets_spectrograms.to(mix_stft.real.dtype)
     y, mix = _initial_estimate(v, mix_stft, softmask, residual, eps, atan2, iterations)
     if iterations == 0:

@@ -12,7 +12,6 @@ julius builds its filters in float32 even for a float64 signal; pass ``kernels=`
 
 from __future__ import annotations
 
-import math
 from functools import lru_cache
 
 import numpy as np
@@ -20,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core_spec.reference.resample import resample_kernels, resample_width
+from core_spec.reference.resample import checked_kernels
 
 __all__ = ["ResampleFrac", "resample_frac"]
 
@@ -73,13 +72,9 @@ class ResampleFrac(nn.Module):
         self, old_sr: int, new_sr: int, zeros: int = 24, rolloff: float = 0.945, kernels: np.ndarray | None = None
     ):
         super().__init__()
-        if not isinstance(old_sr, int) or not isinstance(new_sr, int):
-            raise ValueError(f"old_sr and new_sr must be integers, got {old_sr!r} and {new_sr!r}")
-        g = math.gcd(old_sr, new_sr)
-        self.old_sr, self.new_sr = old_sr // g, new_sr // g
+        self.old_sr, self.new_sr, self.width, spec = checked_kernels(old_sr, new_sr, zeros, rolloff, kernels)
         self.zeros, self.rolloff = zeros, rolloff
-        self.width = resample_width(self.old_sr, self.new_sr, zeros, rolloff) if self.old_sr != self.new_sr else 0
-        self.kernels = kernels
+        self._set(spec)
 
     @property
     def kernels(self) -> np.ndarray | None:
@@ -87,19 +82,14 @@ class ResampleFrac(nn.Module):
 
     @kernels.setter
     def kernels(self, value: np.ndarray | None) -> None:
-        if self.old_sr == self.new_sr:
-            self._kernels = None
-            return
-        if value is None:
-            value = resample_kernels(self.old_sr, self.new_sr, self.zeros, self.rolloff)
-        value = np.array(value, dtype=np.float64)
-        expected = (self.new_sr, 2 * self.width + self.old_sr)
-        if value.shape != expected:
-            raise ValueError(
-                f"kernels for {self.old_sr} -> {self.new_sr} must have shape {expected}, got {value.shape}"
-            )
-        value.setflags(write=False)
-        self._kernels = value
+        """Other filters ``(new, taps)`` (checked), or ``None``: the spec's."""
+        self._set(checked_kernels(self.old_sr, self.new_sr, self.zeros, self.rolloff, value)[3])
+
+    def _set(self, kernels: np.ndarray | None) -> None:
+        if kernels is not None:
+            kernels = np.array(kernels, dtype=np.float64)  # our own read-only copy
+            kernels.setflags(write=False)
+        self._kernels = kernels
         self._weights: dict[tuple[torch.dtype, torch.device], Tensor] = {}
 
     def weight(self, dtype: torch.dtype, device: torch.device) -> Tensor:

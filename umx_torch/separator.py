@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core_spec.audio import prepare_audio
 from core_spec.configs import UMXSeparatorConfig
+from core_spec.reference.separator import check_sources
 from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 
 from ._device import to_numpy as _to_numpy
@@ -119,10 +119,8 @@ class Separator(SeparatorSettings, nn.Module):
         Returns:
             ``(nb_samples, nb_sources, nb_channels, nb_timesteps)``, sources in :attr:`target_names` order.
         """
-        fft, wcfg = self.stft_config, self.wiener_config
-        nb_sources = self.nb_targets + int(wcfg.residual)
-        if nb_sources == 1 and wcfg.niter > 0:
-            raise ValueError("the Wiener filter with niter > 0 needs at least two sources: enable residual=True")
+        fft = self.stft_config
+        check_sources(self.nb_sources, self.niter)  # before the networks run
         window = self.window
         mix_stft = stft(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, window)  # (B, C, F, T)
         X = complex_norm(mix_stft, mono=self.nb_channels == 1)
@@ -177,19 +175,6 @@ class Separator(SeparatorSettings, nn.Module):
             ``(nb_samples, nb_sources, 2, nb_timesteps)`` in the separator's dtype and on its device.
         """
         ref = next(self.parameters())
-        batch = prepare_audio(
-            _to_numpy(audio),
-            self.sample_rate if sample_rate is None else sample_rate,
-            self.sample_rate,
-            nb_channels=2,
-            resample=resample,
-        )
+        batch = self.prepare(_to_numpy(audio), sample_rate, resample)
         with torch.no_grad():
             return self(_to_tensor(batch, ref.dtype, ref.device))
-
-    def to_dict(self, estimates: Tensor, aggregate_dict: Mapping[str, list[str]] | None = None) -> dict[str, Tensor]:
-        """``(nb_samples, nb_sources, ...)`` -> ``{name: (nb_samples, ...)}``, optionally summed into groups."""
-        out = {name: estimates[:, k] for k, name in enumerate(self.target_names)}
-        if aggregate_dict is not None:
-            out = {key: sum(out[t] for t in targets) for key, targets in aggregate_dict.items()}  # type: ignore[misc]
-        return out

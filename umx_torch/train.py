@@ -430,7 +430,7 @@ def fit(args: argparse.Namespace, recipe: Recipe, rank: int = 0, world_size: int
     model, stft_config, rate, from_file = _build_model(args, recipe)
     run = RunState.for_recipe(recipe)
     if isinstance(recipe, UMXTrainConfig):
-        set_lstm_dropout(model, 0.4)  # upstream's OpenUnmix
+        set_lstm_dropout(model, model.config.lstm_dropout)  # upstream's OpenUnmix trains with it
     train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
     if recipe.batch_size % world_size:
         raise ValueError(f"--batch-size {recipe.batch_size} does not split over {world_size} replicas")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from core_spec.reference.transforms import ShortSignalError, min_length
+from core_spec.reference.transforms import ShortSignalError, check_length
 
 __all__ = ["ISTFT", "STFT", "ComplexNorm", "ShortSignalError", "complex_norm", "hann_window", "istft", "stft"]
 
@@ -68,12 +68,7 @@ def stft(
         ShortSignalError: the signal is shorter than :func:`core_spec.reference.transforms.min_length`.
     """
     length = x.shape[-1]
-    need = min_length(n_fft, center)
-    if length < need:
-        how = "reflect centring pads n_fft // 2 samples" if center else "one frame needs n_fft samples"
-        raise ShortSignalError(
-            f"signal of {length} samples is too short for n_fft={n_fft} ({how}): needs at least {need} samples"
-        )
+    check_length(length, n_fft, center)
     shape = x.shape[:-1]
     spec = torch.stft(
         x.reshape(-1, length),

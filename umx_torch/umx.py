@@ -15,26 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from core_spec.configs import UMXConfig
+from core_spec.configs import UMXConfig, config_from_arguments, constructor_kwargs
+from core_spec.reference.umx import UMX_TRACE_KEYS
+from core_spec.trace import Recorder
 
 from .weights import prepare_state_dict
 
 __all__ = ["UMX_TRACE_KEYS", "OpenUnmix"]
-
-# Intermediate outputs recorded by ``forward(x, trace=...)``, as in ``core_spec.reference.umx.UMX_TRACE_KEYS``.
-UMX_TRACE_KEYS = ("fc1.input", "fc1", "bn1", "lstm", "fc2.input", "fc2", "bn2", "fc3.input", "fc3", "bn3")
-
-
-class _Recorder:
-    """Stores named intermediate outputs in ``trace`` when one is given; keeps nothing otherwise."""
-
-    def __init__(self, trace: dict[str, Tensor] | None):
-        self.trace = trace
-
-    def __call__(self, key: str, value: Tensor) -> Tensor:
-        if self.trace is not None:
-            self.trace[key] = value
-        return value
 
 
 class OpenUnmix(nn.Module):
@@ -64,6 +51,7 @@ class OpenUnmix(nn.Module):
         max_bin: int | None = None,
     ):
         super().__init__()
+        self._config = config_from_arguments(UMXConfig, locals())
         self.nb_output_bins = nb_bins
         self.nb_bins = max_bin or nb_bins
         self.nb_channels = nb_channels
@@ -80,7 +68,7 @@ class OpenUnmix(nn.Module):
             num_layers=nb_layers,
             bidirectional=not unidirectional,
             batch_first=False,
-            dropout=0.4 if nb_layers > 1 else 0.0,
+            dropout=self._config.lstm_dropout,  # upstream's 0.4 between layers (training only)
         )
         self.fc2 = nn.Linear(2 * hidden_size, hidden_size, bias=False)
         self.bn2 = nn.BatchNorm1d(hidden_size)
@@ -103,27 +91,12 @@ class OpenUnmix(nn.Module):
         cls, config: UMXConfig, device: torch.device | str | None = None, dtype: torch.dtype | None = None
     ) -> OpenUnmix:
         """A model with the constructor arguments of ``config``, in eval mode (weights: PyTorch's init)."""
-        model = cls(
-            nb_bins=config.nb_bins,
-            nb_channels=config.nb_channels,
-            hidden_size=config.hidden_size,
-            nb_layers=config.nb_layers,
-            unidirectional=config.unidirectional,
-            max_bin=config.max_bin,
-        )
-        return model.to(device=device, dtype=dtype).eval()
+        return cls(**constructor_kwargs(config)).to(device=device, dtype=dtype).eval()
 
     @property
     def config(self) -> UMXConfig:
         """The :class:`core_spec.configs.UMXConfig` of this model."""
-        return UMXConfig(
-            nb_bins=self.nb_output_bins,
-            nb_channels=self.nb_channels,
-            hidden_size=self.hidden_size,
-            nb_layers=self.nb_layers,
-            unidirectional=self.unidirectional,
-            max_bin=self.max_bin,
-        )
+        return self._config
 
     def freeze(self) -> OpenUnmix:
         """No gradients, eval mode (upstream's ``freeze``)."""
@@ -159,27 +132,27 @@ class OpenUnmix(nn.Module):
                 f"OpenUnmix expects (nb_samples, {self.nb_channels}, {self.nb_output_bins}, nb_frames), "
                 f"got {tuple(x.shape)}"
             )
-        record = _Recorder(trace)
-        inplace = not torch.is_grad_enabled()
+        keep = Recorder(trace, UMX_TRACE_KEYS)
+        inplace = not torch.is_grad_enabled() and not keep.active  # nothing keeps the temporaries
         x = x.permute(3, 0, 1, 2)  # (T, B, C, F)
         mix = x.detach()  # the uncropped magnitude, masked at the end (detached, as upstream)
 
         h = (x[..., : self.nb_bins] + self.input_mean) * self.input_scale
-        h = record("fc1.input", h.reshape(nb_frames * nb_samples, nb_channels * self.nb_bins))
-        h = record("fc1", self.fc1(h))
-        h = record("bn1", self.bn1(h))
+        h = keep("fc1.input", h.reshape(nb_frames * nb_samples, nb_channels * self.nb_bins))
+        h = keep("fc1", self.fc1(h))
+        h = keep("bn1", self.bn1(h))
         h = torch.tanh(h).reshape(nb_frames, nb_samples, self.hidden_size)
 
-        y = record("lstm", self.lstm(h)[0])
-        h = record("fc2.input", torch.cat([h, y], dim=-1).reshape(-1, 2 * self.hidden_size))
-        h = record("fc2", self.fc2(h))
-        h = record("bn2", self.bn2(h))
-        h = record("fc3.input", F.relu(h, inplace=inplace and trace is None))
-        h = record("fc3", self.fc3(h))
-        h = record("bn3", self.bn3(h))
+        y = keep("lstm", self.lstm(h)[0])
+        h = keep("fc2.input", torch.cat([h, y], dim=-1).reshape(-1, 2 * self.hidden_size))
+        h = keep("fc2", self.fc2(h))
+        h = keep("bn2", self.bn2(h))
+        h = keep("fc3.input", F.relu(h, inplace=inplace))
+        h = keep("fc3", self.fc3(h))
+        h = keep("bn3", self.bn3(h))
 
         h = h.reshape(nb_frames, nb_samples, nb_channels, self.nb_output_bins)
-        if inplace and trace is None:
+        if inplace:
             h = h.mul_(self.output_scale).add_(self.output_mean).relu_().mul_(mix)
         else:
             h = F.relu(h * self.output_scale + self.output_mean) * mix

@@ -17,7 +17,7 @@ names every offending key with its expected and actual shape.
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
 import warnings
 from collections.abc import Mapping
@@ -28,8 +28,9 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core_spec.canonical import atomic_write, join_targets, load_canonical, save_canonical, split_targets
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from core_spec.canonical import TARGET_PREFIX, check_canonical, load_canonical, per_target, save_canonical
+from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.files import native_header, paired_paths, read_native_header, refuse_overwrite, write_pair
 from core_spec.params import UMX_IGNORED_ON_LOAD, WeightsMismatchError, check_weights
 
 if TYPE_CHECKING:
@@ -55,12 +56,72 @@ __all__ = [
 
 FORMAT = "unmix-ports/torch-state-dict/1"
 
+# buffers of upstream's Separator.state_dict() that hold no weights
 SEPARATOR_BUFFERS = ("sample_rate", "stft.window", "istft.window")
-TARGET_PREFIX = "target_models."
+
+
+def load_weights(module: OpenUnmix | Demucs | Separator, weights: Mapping[str, Any]) -> None:
+    """Load canonical arrays (e.g. :func:`core_spec.seeded.random_weights`) into ``module``, in its dtype and
+    on its device. For a separator, pass ``target_models.<target>.<name>`` keys or ``{target: weights}``
+    (exactly the separator's targets, :func:`core_spec.canonical.per_target`)."""
+    ref = next(module.parameters())
+    state = state_dict_from_canonical(weights, _model_config_of(module), ref.dtype, ref.device)
+    module.load_state_dict(state)
+
+
+def to_canonical(module: OpenUnmix | Demucs | Separator) -> dict[str, np.ndarray]:
+    """``module``'s weights as canonical float32 arrays (upstream names)."""
+    return canonical_from_state_dict(module.state_dict(), _model_config_of(module))
+
+
+def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(<stem>.pth, <stem>.json)`` for a path given with either suffix or none
+    (:func:`core_spec.files.paired_paths`: other dots in the name are kept)."""
+    return paired_paths(path, ".pth")
+
+
+def save_native(
+    path: str | os.PathLike,
+    weights: Mapping[str, Any],
+    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
+    force: bool = False,
+) -> list[Path]:
+    """Write ``<stem>.pth``, a plain ``torch.save``'d state dict with upstream's names (float32; what
+    ``openunmix``'s and ``demucs``'s ``load_state_dict`` read), and ``<stem>.json`` (format tag and config).
+
+    Atomic; an existing file is an error unless ``force``.
+    """
+    pth, js = native_paths(path)
+    refuse_overwrite(pth, js, force=force)
+    state = state_dict_from_canonical(weights, config)
+    return write_pair(pth, js, lambda tmp: torch.save(state, tmp), native_header(FORMAT, config), force=force)
+
+
+def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], UMXConfig | UMXSeparatorConfig | DemucsConfig]:
+    """Read ``<stem>.pth`` + ``<stem>.json``: ``(canonical weights, config)``, checked against the inventory.
+
+    The ``.pth`` is read with ``torch.load(weights_only=True)`` (no code from the file runs).
+    """
+    pth, js = native_paths(path)
+    if not pth.exists():
+        raise FileNotFoundError(f"PyTorch weights: {pth} not found (save_native writes <stem>.pth and <stem>.json)")
+    _, config = read_native_header(js, FORMAT, "PyTorch weights")
+    state = torch.load(pth, map_location="cpu", weights_only=True)
+    return canonical_from_state_dict(state, config), config
+
+
+# --- beyond the lesson: state dicts, upstream's extra keys, canonical files -------------------------------------
 
 
 class LegacyKeysWarning(UserWarning):
     """A state dict carried keys of the 2019 Open-Unmix files; they were dropped."""
+
+
+def _model_config_of(obj: nn.Module) -> UMXConfig | UMXSeparatorConfig | DemucsConfig:
+    config = getattr(obj, "config", None)
+    if not isinstance(config, (UMXConfig, UMXSeparatorConfig, DemucsConfig)):
+        raise TypeError(f"expected an OpenUnmix, Separator or Demucs, got {type(obj).__name__}")
+    return config
 
 
 def _as_tensor(value: Any) -> Tensor:
@@ -105,9 +166,9 @@ def prepare_state_dict(
         unknown = [k for k in weights if not k.startswith(TARGET_PREFIX)]
         if unknown and strict:
             raise WeightsMismatchError([], [(k, tuple(np.shape(weights[k]))) for k in unknown], [], source)
-        per_target = split_targets({k: v for k, v in weights.items() if k.startswith(TARGET_PREFIX)}, targets)
+        nested = per_target({k: v for k, v in weights.items() if k.startswith(TARGET_PREFIX)}, targets, source)
         out = {}
-        for target, w in per_target.items():
+        for target, w in nested.items():
             checked = _check_one(w, config.model, f"{source} [target {target}]", strict)
             out.update({f"{TARGET_PREFIX}{target}.{k}": v for k, v in checked.items()})
         return out
@@ -115,22 +176,18 @@ def prepare_state_dict(
 
 
 def state_dict_from_canonical(
-    weights: Mapping[str, np.ndarray],
+    weights: Mapping[str, Any],
     config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
 ) -> dict[str, Tensor]:
-    """Canonical arrays -> a torch state dict (same names), checked against ``config``'s inventory.
+    """Canonical arrays -> a torch state dict (same names), checked against ``config``'s inventory
+    (:func:`core_spec.canonical.check_canonical`).
 
-    For a :class:`UMXSeparatorConfig` the names are ``target_models.<target>.<name>``.
+    For a :class:`UMXSeparatorConfig` the names are ``target_models.<target>.<name>``; ``{target: weights}`` is
+    accepted too.
     """
-    if isinstance(config, UMXSeparatorConfig):
-        per_target = split_targets(weights, config.separator.targets)
-        checked = join_targets(
-            {t: check_weights(w, config.model, f"canonical weights [target {t}]") for t, w in per_target.items()}
-        )
-    else:
-        checked = check_weights(weights, config, "canonical weights")
+    checked = check_canonical(weights, config)
     return {k: _as_tensor(v).to(device=device, dtype=dtype) for k, v in checked.items()}
 
 
@@ -143,22 +200,10 @@ def canonical_from_state_dict(
         for k, v in state_dict.items()
         if k not in SEPARATOR_BUFFERS and not k.endswith("num_batches_tracked")
     }
-    if isinstance(config, UMXSeparatorConfig):
-        per_target = split_targets(arrays, config.separator.targets)
-        return join_targets({t: check_weights(w, config.model, f"target {t}") for t, w in per_target.items()})
-    return check_weights(arrays, config, "state dict")
-
-
-def _model_config_of(obj: nn.Module) -> UMXConfig | UMXSeparatorConfig | DemucsConfig:
-    config = getattr(obj, "config", None)
-    if not isinstance(config, (UMXConfig, UMXSeparatorConfig, DemucsConfig)):
-        raise TypeError(f"expected an OpenUnmix, Separator or Demucs, got {type(obj).__name__}")
-    return config
+    return check_canonical(arrays, config, "state dict")
 
 
 def _differences(a: Any, b: Any) -> list[str]:
-    import dataclasses
-
     return [
         f"{f.name}: file {getattr(a, f.name)!r}, model {getattr(b, f.name)!r}"
         for f in dataclasses.fields(a)
@@ -184,16 +229,6 @@ def _check_config(file_config: Any, model_config: Any, path: Any) -> None:
         raise ValueError(f"{path} was saved for another model config:\n  " + "\n  ".join(diffs))
 
 
-def load_weights(module: OpenUnmix | Demucs | Separator, weights: Mapping[str, np.ndarray]) -> None:
-    """Load canonical arrays (e.g. :func:`core_spec.seeded.random_weights`) into ``module``, in its dtype and
-    on its device. For a separator, pass ``target_models.<target>.<name>`` keys or ``{target: weights}``."""
-    if weights and all(isinstance(v, Mapping) for v in weights.values()):
-        weights = join_targets(weights)  # type: ignore[arg-type]
-    ref = next(module.parameters())
-    state = state_dict_from_canonical(weights, _model_config_of(module), ref.dtype, ref.device)
-    module.load_state_dict(state)
-
-
 def load_canonical_into(module: OpenUnmix | Demucs | Separator, path: str | os.PathLike) -> dict[str, Any]:
     """Load a canonical file (``<stem>.safetensors`` + ``<stem>.json``) into ``module``; returns the provenance.
 
@@ -215,58 +250,3 @@ def save_canonical_from(
     config = _model_config_of(module)
     arrays = canonical_from_state_dict(module.state_dict(), config)
     return save_canonical(path, arrays, config, provenance, force=force)
-
-
-def to_canonical(module: OpenUnmix | Demucs | Separator) -> dict[str, np.ndarray]:
-    """``module``'s weights as canonical float32 arrays (upstream names)."""
-    return canonical_from_state_dict(module.state_dict(), _model_config_of(module))
-
-
-# --- the native file: what upstream reads ------------------------------------------------------------------------
-
-
-def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(<stem>.pth, <stem>.json)`` for a path given with either suffix or none (dots in the name are kept)."""
-    p = Path(path)
-    stem = str(p.with_suffix("") if p.suffix in (".pth", ".json") else p)
-    return Path(stem + ".pth"), Path(stem + ".json")
-
-
-def save_native(
-    path: str | os.PathLike,
-    weights: Mapping[str, Any],
-    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
-    force: bool = False,
-) -> list[Path]:
-    """Write ``<stem>.pth``, a plain ``torch.save``'d state dict with upstream's names (float32; what
-    ``openunmix``'s and ``demucs``'s ``load_state_dict`` read), and ``<stem>.json`` (format tag and config).
-
-    Atomic; an existing file is an error unless ``force``.
-    """
-    pth, js = native_paths(path)
-    for out in (pth, js):
-        if out.exists() and not force:
-            raise FileExistsError(f"{out} exists; pass force=True (--force) to overwrite it")
-    state = state_dict_from_canonical(weights, config)
-    pth.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(pth, lambda tmp: torch.save(state, tmp))
-    header = json.dumps({"format": FORMAT, "config": json.loads(config_to_json(config))}, indent=1)
-    atomic_write(js, lambda tmp: Path(tmp).write_text(header))
-    return [pth, js]
-
-
-def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], UMXConfig | UMXSeparatorConfig | DemucsConfig]:
-    """Read ``<stem>.pth`` + ``<stem>.json``: ``(canonical weights, config)``, checked against the inventory.
-
-    The ``.pth`` is read with ``torch.load(weights_only=True)`` (no code from the file runs).
-    """
-    pth, js = native_paths(path)
-    for p in (pth, js):
-        if not p.exists():
-            raise FileNotFoundError(f"PyTorch weights: {p} not found (save_native writes <stem>.pth and <stem>.json)")
-    header = json.loads(js.read_text())
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{js}: format {header.get('format')!r}, expected {FORMAT!r}")
-    config = config_from_json(json.dumps(header["config"]))
-    state = torch.load(pth, map_location="cpu", weights_only=True)
-    return canonical_from_state_dict(state, config), config
