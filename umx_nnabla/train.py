@@ -45,8 +45,6 @@ import argparse
 import json
 import math
 import os
-import sys
-import time
 from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any
@@ -59,10 +57,12 @@ import numpy as np
 from core_spec import shapes
 from core_spec.configs import STFTConfig, UMXConfig
 from core_spec.data.stats import input_scaler_weights
+from core_spec.epochs import TrainerBase, run_epochs, save_best, steps_per_epoch
 from core_spec.files import atomic_write
 from core_spec.params import fold_lstm_bias
 from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
-from core_spec.run_folder import RunFolder, RunState, check_out, log
+from core_spec.run_folder import RunFolder, RunState, log
+from core_spec.train_cli import run_main
 from core_spec.training import (
     DemucsTrainConfig,
     UMXTrainConfig,
@@ -87,6 +87,7 @@ __all__ = [
     "DemucsStep",
     "Recipe",
     "TorchAdam",
+    "Trainer",
     "UMXStep",
     "canonical_grads",
     "data_parallel_loss_and_grads",
@@ -526,16 +527,6 @@ def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> No
         params[name].d = value
 
 
-def _save_best(model: Model, folder: RunFolder, run: RunState, valid_loss: float) -> None:
-    from core_spec.canonical import save_canonical
-
-    sync_lstm_biases(model)
-    provenance = run.provenance(FRAMEWORK, valid_loss, nnabla=nn.__version__)
-    weights = to_canonical(model)
-    save_canonical(folder.best, weights, model.config, provenance, force=True)
-    save_native(folder.native, weights, model.config, force=True)
-
-
 def _config_json(model: Model) -> str:
     from core_spec.configs import config_to_json
 
@@ -605,13 +596,77 @@ def _validate(model: Model, valid_set: Any, recipe: Recipe, stft_config: STFTCon
     return total
 
 
+class Trainer(TrainerBase):
+    """The NNabla port's :class:`core_spec.epochs.EpochTrainer`: the model, its training graph, the optimiser and
+    (data-parallel) the MPI communicator of this replica.
+
+    Args:
+        model: the network (:class:`~umx_nnabla.umx.OpenUnmix` or :class:`~umx_nnabla.demucs.Demucs`).
+        step: its training graph (:func:`make_step`).
+        optimizer: :func:`make_optimizer`'s :class:`TorchAdam` on the model's :func:`trainable_parameters`.
+        recipe: the training recipe (its seed reseeds NNabla's dropout generator every epoch).
+        stft_config: UMX: the training STFT (validation magnitudes); Demucs: ``None``.
+        comm: the communicator of a data-parallel run (``None``: one process).
+        rank: this replica.
+        buffers: the model's non-trained parameters (BatchNorm statistics, folded LSTM biases): rank 0's are
+            broadcast before every validation.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        step: UMXStep | DemucsStep,
+        optimizer: TorchAdam,
+        recipe: Recipe,
+        stft_config: STFTConfig | None,
+        comm: _Communicator | None = None,
+        rank: int = 0,
+        buffers: list[nn.Variable] | tuple[nn.Variable, ...] = (),
+    ):
+        self.model, self._step, self.optimizer, self.recipe = model, step, optimizer, recipe
+        self.stft_config, self.comm, self.rank, self.buffers = stft_config, comm, rank, list(buffers)
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.optimizer.set_learning_rate(lr)
+
+    def start_epoch(self, epoch: int) -> None:
+        """NNabla's global generator (dropout masks) cannot be saved: it is reseeded per epoch (and replica), so a
+        ``--resume`` continues exactly."""
+        nn.seed(int(np.random.default_rng([self.recipe.seed, epoch, self.rank]).integers(2**31 - 1)))
+
+    def step(self, batch: Any) -> float:
+        """Zero the gradients, forward and backward ``batch``, average the gradients over the replicas, update."""
+        self.optimizer.zero_grad()
+        loss = self._step(batch, self.recipe)
+        if self.comm is not None:
+            self.comm.average_grads(self.optimizer.params)
+        self.optimizer.step()
+        return loss
+
+    def mean_over_replicas(self, value: float) -> float:
+        return self.comm.mean(value) if self.comm is not None else value
+
+    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
+        """Every replica validates, on rank 0's BatchNorm statistics (broadcast first)."""
+        if self.comm is not None:
+            self.comm.broadcast(self.buffers)
+        return _validate(self.model, valid_set, self.recipe, self.stft_config, quiet)
+
+    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+        sync_lstm_biases(self.model)
+        save_best(folder, run, FRAMEWORK, valid_loss, to_canonical(self.model), self.model.config, save_native,
+                  nnabla=nn.__version__)  # fmt: skip
+
+    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+        _save_checkpoint(self.model, self.optimizer, folder, run, rng)
+
+
 def fit(args: argparse.Namespace, recipe: Recipe, comm: _Communicator | None = None) -> dict[str, Any]:
-    """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``comm``'s; rank 0 writes).
+    """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``comm``'s; rank 0 writes):
+    :func:`core_spec.epochs.run_epochs` with this port's :class:`Trainer`.
 
     Returns ``{"epochs", "steps", "best_loss", "history"}``.
     """
-    from tqdm import tqdm
-
     from core_spec import data
 
     rank, world_size = (comm.rank, comm.size) if comm else (0, 1)
@@ -620,11 +675,7 @@ def fit(args: argparse.Namespace, recipe: Recipe, comm: _Communicator | None = N
     model, stft_config, rate, from_file = _build_model(args, recipe)
     run = RunState.for_recipe(recipe)
     train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
-    if recipe.batch_size % world_size:
-        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {world_size} replicas")
-    steps_per_epoch = len(train_set) // recipe.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
+    steps = steps_per_epoch(len(train_set), recipe.batch_size, world_size)
 
     rng = np.random.default_rng(recipe.seed)
     if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume:
@@ -643,65 +694,38 @@ def fit(args: argparse.Namespace, recipe: Recipe, comm: _Communicator | None = N
     if comm is not None:
         comm.broadcast(list(model.get_parameters(grad_only=False).values()))
     buffers = [v for k, v in model.get_parameters(grad_only=False).items() if not _is_trainable(k)]
-
-    done = run.done(args.max_steps)
-    while run.epoch < recipe.epochs and not done:
-        started = time.time()
-        lr = run.lr
-        optimizer.set_learning_rate(lr)
-        # NNabla's global generator (dropout masks) cannot be saved: reseed it per epoch, so --resume is exact
-        nn.seed(int(np.random.default_rng([recipe.seed, run.epoch, rank]).integers(2**31 - 1)))
-        total, count = 0.0, 0
-        stream = epoch_batches(train_set, recipe, rng, run.epoch, rank, world_size)
-        bar = tqdm(stream, total=steps_per_epoch, desc=f"[{run.epoch:03d}] train", unit="batch", leave=False,
-                   disable=quiet)  # fmt: skip
-        for batch in bar:
-            optimizer.zero_grad()
-            loss = step(batch, recipe)
-            if comm is not None:
-                comm.average_grads(optimizer.params)
-            optimizer.step()
-            total, count, run.step = total + loss, count + 1, run.step + 1
-            bar.set_postfix(loss=f"{total / count:.4g}")
-            if done := run.done(args.max_steps):
-                break
-        bar.close()
-        train_loss = total / max(count, 1)
-        if comm is not None:
-            train_loss = comm.mean(train_loss)
-            comm.broadcast(buffers)  # replica 0's BatchNorm statistics, so every replica validates alike
-        valid_loss = _validate(model, valid_set, recipe, stft_config, quiet)
-        row, stop, is_best = run.end_epoch(train_loss, valid_loss, lr, count, time.time() - started)
-        if rank == 0:
-            if is_best or not folder.best_file.exists():
-                _save_best(model, folder, run, valid_loss)
-            _save_checkpoint(model, optimizer, folder, run, rng)
-        log(run.epoch_message(row), quiet)
-        if stop:
-            log(f"early stopping after {run.epoch} epochs", quiet)
-            break
-    return run.result()
+    trainer = Trainer(model, step, optimizer, recipe, stft_config, comm, rank, buffers)
+    return run_epochs(
+        trainer,
+        run,
+        folder,
+        lambda epoch: epoch_batches(train_set, recipe, rng, epoch, rank, world_size),
+        valid_set=valid_set,
+        epochs=recipe.epochs,
+        steps_per_epoch=steps,
+        max_steps=args.max_steps,
+        rng=rng,
+        quiet=quiet,
+        rank=rank,
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """``unmix-train --framework nnabla``: train with the options of :func:`core_spec.train_cli.build_parser`
     (float32; ``--device gpu`` needs ``nnabla-ext-cuda``; ``--devices N`` needs it and MPI, see
-    :data:`DATA_PARALLEL_HELP`)."""
-    from core_spec.train_cli import recipe_from_args
+    :data:`DATA_PARALLEL_HELP`): :func:`core_spec.train_cli.run_main`, the communicator and the context made
+    first (a replica other than rank 0 does not check the run folder)."""
+    held: dict[str, Any] = {}
 
-    recipe = recipe_from_args(args)
-    comm = None
-    try:
-        if args.devices > 1:
-            comm = _Communicator(args.devices, args.device)
-        ctx = comm.ctx if comm else device_context("gpu" if args.device in ("gpu", "cuda") else args.device)
-        if comm is None or comm.rank == 0:
-            check_out(args, recipe, FRAMEWORK)
-    except (DataParallelUnavailable, FileExistsError, FileNotFoundError, RuntimeError, ValueError) as error:
-        print(f"unmix-train: {error}", file=sys.stderr)
-        return 2
-    with nn.context_scope(ctx):
-        result = fit(args, recipe, comm)
-    log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
-        args.quiet)  # fmt: skip
-    return 0
+    def prepare(recipe: Recipe) -> bool:
+        comm = _Communicator(args.devices, args.device) if args.devices > 1 else None
+        held["comm"] = comm
+        held["ctx"] = comm.ctx if comm else device_context("gpu" if args.device in ("gpu", "cuda") else args.device)
+        return comm is None or comm.rank == 0
+
+    def _fit(recipe: Recipe) -> dict[str, Any]:
+        with nn.context_scope(held["ctx"]):
+            return fit(args, recipe, held["comm"])
+
+    errors = (DataParallelUnavailable, FileExistsError, FileNotFoundError, RuntimeError, ValueError)
+    return run_main(args, FRAMEWORK, _fit, errors, prepare)
