@@ -4,6 +4,7 @@
 #   make demo    separate the stempeg example clip and print the SDR table
 #   make lint    ruff
 #   make fixtures  regenerate parity_tests/fixtures from the upstream code
+#   make docs    the side-by-side book (MkDocs, strict) into site/; make docs-serve serves it
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -27,12 +28,12 @@ find_python = $(firstword $(shell \
 		"$$c" -c 'import sys; assert sys.version_info[:2] == tuple(map(int, "$(1)".split(".")))' >/dev/null 2>&1 && { echo "$$c"; break; }; \
 	done))
 
-.PHONY: help setup test test-main test-nnabla demo lint fixtures ffmpeg clean gpu-check
+.PHONY: help setup test test-main test-nnabla test-docs docs docs-serve demo lint fixtures ffmpeg clean gpu-check
 
 help:
-	@sed -n '2,7p' Makefile
+	@sed -n '2,8p' Makefile
 
-setup: $(VENV)/.installed $(NNVENV)/.installed ffmpeg
+setup: $(VENV)/.installed $(VENV)/.docs-installed $(NNVENV)/.installed ffmpeg
 
 $(VENV)/.installed: requirements/main.txt requirements/oracles.txt pyproject.toml
 	@py=$(call find_python,3.11); \
@@ -43,6 +44,11 @@ $(VENV)/.installed: requirements/main.txt requirements/oracles.txt pyproject.tom
 	$(PY) -m pip install -q -r requirements/main.txt $(QUIET_PIP)
 	$(PY) -m pip install -q --no-deps -r requirements/oracles.txt $(QUIET_PIP)
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e . $(QUIET_PIP)
+	@touch $@
+
+# the documentation site's pins (requirements/docs.txt), on top of the main environment
+$(VENV)/.docs-installed: requirements/docs.txt $(VENV)/.installed
+	$(PY) -m pip install -q -r requirements/docs.txt $(QUIET_PIP)
 	@touch $@
 
 $(NNVENV)/.installed: requirements/nnabla.txt pyproject.toml
@@ -70,12 +76,13 @@ test: setup
 	@status=0; \
 	$(MAKE) --no-print-directory test-main || status=1; \
 	$(MAKE) --no-print-directory test-nnabla || status=1; \
+	$(MAKE) --no-print-directory test-docs || status=1; \
 	if [ $$status != 0 ]; then echo "make test: FAILED (see above)" >&2; fi; exit $$status
 
 # Main environment: everything but the NNabla port.
 # One pytest run per group, each with fresh worker processes: a worker then holds one framework's runtime and
 # caches (compiled functions, thread pools), not all three.
-MAIN_GROUPS := "parity_tests/spec parity_tests/upstream parity_tests/convert" parity_tests/torch parity_tests/tf parity_tests/jax parity_tests/separate parity_tests/parity_cli
+MAIN_GROUPS := "parity_tests/spec parity_tests/upstream parity_tests/convert" parity_tests/torch parity_tests/tf parity_tests/jax parity_tests/separate parity_tests/parity_cli parity_tests/docs
 
 test-main:
 	@echo "== tests in $(VENV) (Python 3.11: NumPy reference, upstream oracles, torch/tf/jax ports)"
@@ -91,6 +98,20 @@ NNABLA_TESTS := parity_tests/convert/test_reader_torchfree.py parity_tests/conve
 test-nnabla:
 	@echo "== tests in $(NNVENV) (Python 3.10: NumPy reference against committed fixtures, NNabla port)"
 	UNMIX_REQUIRE_TESTS=1 $(NNPY) -m pytest -p no:cacheprovider parity_tests/spec $(NNABLA_TESTS) $(PYTEST_ARGS)
+
+# The side-by-side book (book/, mkdocs.yml): every code block extracted from the spec and the ports at build time;
+# a missing target fails the build (UNMIX_BOOK_ALLOW_MISSING=1 shows placeholders instead, for development).
+# test-docs runs last in 'make test', so the parity page reads this run's report.
+test-docs: $(VENV)/.docs-installed $(NNVENV)/.installed
+	@echo "== the book: mkdocs build --strict"
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict --quiet
+
+docs: $(VENV)/.docs-installed $(NNVENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+	@echo "docs: open site/index.html"
+
+docs-serve: $(VENV)/.docs-installed $(NNVENV)/.installed
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 demo: setup
 	$(PY) scripts/demo.py --out out
@@ -108,4 +129,4 @@ gpu-check:
 	bash scripts/gpu_check.sh --device $(or $(DEVICE),gpu) $(if $(WHEELS),--wheels $(WHEELS)) --python $(or $(GPU_PYTHON),python3) $(or $(OUT),out/gpu-check)
 
 clean:
-	rm -rf $(VENV) $(NNVENV) out parity_tests/report
+	rm -rf $(VENV) $(NNVENV) out parity_tests/report site build/book
