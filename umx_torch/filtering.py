@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -41,6 +42,7 @@ __all__ = [
     "PI_FLOAT32",
     "expectation_maximization",
     "expectation_maximization_planar",
+    "initial_estimate",
     "upstream_atan2",
     "wiener",
     "wiener_planar",
@@ -136,18 +138,41 @@ def expectation_maximization_planar(
     return y, v, R
 
 
-def _initial_estimate(
-    v: Tensor, mix: Tensor, softmask: bool, residual: bool, eps: float, atan2: str, iterations: int
+def initial_estimate(
+    targets_spectrograms: Tensor,
+    mix_stft: Tensor,
+    softmask: bool = False,
+    residual: bool = False,
+    eps: float = 1e-10,
+    atan2: str = "upstream",
+    modified_mix: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Initial estimates (planar) and the mixture the rest of ``wiener`` sees (modified by upstream's atan2)."""
+    """The filter's starting point: the magnitudes given the mixture's phase (or a ratio mask of the mixture).
+
+    Args:
+        targets_spectrograms: magnitudes ``(..., nb_sources, nb_channels or 1, nb_bins, nb_frames)``.
+        mix_stft: complex ``(..., nb_channels, nb_bins, nb_frames)``.
+        softmask: ``mix * v_j / (eps + sum_k v_k)`` instead of ``v_j * exp(i angle(mix))``.
+        residual: append ``mix - sum_j y_j`` as an extra source.
+        atan2: ``"upstream"`` or ``"exact"`` (module docstring).
+        modified_mix: return the mixture as upstream's atan2 leaves it (what the residual, the scaling and EM
+            see); ``False`` when the caller does not read it (no EM): the mixture comes back as given.
+
+    Returns:
+        ``(y, mix)``: complex estimates ``(..., nb_sources [+ 1], nb_channels, nb_bins, nb_frames)`` (without
+        gradients a new tensor, which :func:`wiener_planar` scales in place), and the mixture the rest of the
+        filter sees.
+    """
     if atan2 not in ("upstream", "exact"):
         raise ValueError(f"atan2 must be 'upstream' or 'exact', got {atan2!r}")
+    mix = mix_stft
+    v = targets_spectrograms.to(mix.real.dtype)
     nb_targets = v.shape[-4]
     angle: Tensor | None = None
     if not softmask:
         if atan2 == "upstream":
             angle, re = upstream_atan2(mix.imag, mix.real)
-            if residual or iterations:  # only the residual and EM see the modified mixture
+            if residual or modified_mix:  # only the residual and EM see the modified mixture
                 mix = torch.complex(re, mix.imag)
         else:
             angle = torch.atan2(mix.imag, mix.real)
@@ -185,12 +210,16 @@ def wiener_planar(
     scale_factor: float = 10.0,
     eps: float = 1e-10,
     atan2: str = "upstream",
+    frame_mask: Tensor | np.ndarray | None = None,
 ) -> Tensor:
     """:func:`wiener` in the planar layout; every leading index is an independent call (its own ``max_abs``).
 
     Args:
         targets_spectrograms: magnitudes ``(..., nb_sources, nb_channels or 1, nb_bins, nb_frames)``.
         mix_stft: complex ``(..., nb_channels, nb_bins, nb_frames)``.
+        frame_mask: optional ``(..., nb_frames)`` booleans; frames outside it are padding (the last, shorter
+            chunk of a track filtered in a batch of whole ones): zeroed after the initial estimate, they add
+            nothing to the EM sums and come out as zeros (:func:`core_spec.reference.filtering.wiener_planar`).
 
     Returns:
         complex ``(..., nb_sources [+ 1], nb_channels, nb_bins, nb_frames)``.
@@ -198,8 +227,12 @@ def wiener_planar(
     if not mix_stft.is_complex():
         raise TypeError("wiener_planar: mix_stft must be a complex tensor")
     check_channels(mix_stft.shape[-3])
-    v = targets_spectrograms.to(mix_stft.real.dtype)
-    y, mix = _initial_estimate(v, mix_stft, softmask, residual, eps, atan2, iterations)
+    y, mix = initial_estimate(targets_spectrograms, mix_stft, softmask, residual, eps, atan2, iterations > 0)
+    if frame_mask is not None:
+        keep = torch.as_tensor(frame_mask, dtype=torch.bool, device=mix.device)
+        padding = ~keep[..., None, None, :]  # (..., 1, 1, T)
+        mix = mix.masked_fill(padding, 0)
+        y = y.masked_fill(padding.unsqueeze(-4), 0)
     if iterations == 0:
         return y
     magnitude = torch.sqrt(mix.real.square() + mix.imag.square())

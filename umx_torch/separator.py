@@ -15,9 +15,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from core_spec.configs import UMXSeparatorConfig
+from core_spec.configs import SeparatorConfig, STFTConfig, UMXSeparatorConfig, WienerConfig
 from core_spec.reference.separator import check_sources
 from core_spec.separator_settings import SeparatorSettings, separator_kwargs
+from core_spec.shapes import wiener_chunks
 
 from ._device import to_numpy as _to_numpy
 from ._device import to_tensor as _to_tensor
@@ -26,7 +27,10 @@ from .transforms import complex_norm, istft, stft
 from .umx import OpenUnmix
 from .weights import load_weights, prepare_state_dict
 
-__all__ = ["Separator"]
+__all__ = ["ELEMENTWISE_CHUNK", "Separator", "filter_and_invert", "filter_chunks"]
+
+# frames per chunk of the filter without EM (element-wise: chunks only bound the memory of its temporaries)
+ELEMENTWISE_CHUNK = 300
 
 
 class Separator(SeparatorSettings, nn.Module):
@@ -129,38 +133,11 @@ class Separator(SeparatorSettings, nn.Module):
             spectrograms[:, j] = model(X)
         targets_stft = self.filter(spectrograms, mix_stft)  # (B, S', C, F, T)
         del X, spectrograms, mix_stft
-        # one source at a time: the inverse STFT's temporaries are several times its input
-        estimates = audio.new_empty(targets_stft.shape[:3] + audio.shape[-1:])
-        for j in range(targets_stft.shape[1]):
-            estimates[:, j] = istft(
-                targets_stft[:, j], fft.n_fft, fft.n_hop, fft.center, fft.normalized, audio.shape[-1], window
-            )
-        return estimates
+        return _invert(targets_stft, fft, audio.shape[-1], window)
 
     def filter(self, spectrograms: Tensor, mix_stft: Tensor) -> Tensor:
-        """The Wiener step, chunk by chunk.
-
-        Args:
-            spectrograms: target magnitudes ``(nb_samples, nb_targets, nb_channels or 1, nb_bins, nb_frames)``.
-            mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
-
-        Returns:
-            complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)``.
-        """
-        w = self.wiener_config
-        nb_frames = mix_stft.shape[-1]
-        # without EM the filter is element-wise, so chunks only bound the memory of its temporaries
-        win = (w.wiener_win_len or 300) if w.niter == 0 else (w.wiener_win_len or nb_frames)
-        args = (w.niter, w.softmask, w.residual, w.scale_factor, w.eps, w.atan2)
-        if win >= nb_frames:
-            return wiener_planar(spectrograms, mix_stft, *args)
-        nb_sources = spectrograms.shape[1] + int(w.residual)
-        out = torch.empty(mix_stft.shape[:1] + (nb_sources,) + mix_stft.shape[1:], dtype=mix_stft.dtype,
-                          device=mix_stft.device)  # fmt: skip
-        for pos in range(0, nb_frames, win):
-            t = slice(pos, min(nb_frames, pos + win))
-            out[..., t] = wiener_planar(spectrograms[..., t], mix_stft[..., t], *args)
-        return out
+        """The Wiener step with this separator's settings (:func:`filter_chunks`)."""
+        return filter_chunks(spectrograms, mix_stft, self.wiener_config)
 
     def separate(self, audio: Any, sample_rate: float | None = None, resample: bool = False) -> Tensor:
         """Check and shape ``audio`` (:func:`core_spec.audio.prepare_audio`), then separate it without autograd.
@@ -178,3 +155,64 @@ class Separator(SeparatorSettings, nn.Module):
         batch = self.prepare(_to_numpy(audio), sample_rate, resample)
         with torch.no_grad():
             return self(_to_tensor(batch, ref.dtype, ref.device))
+
+
+def filter_chunks(spectrograms: Tensor, mix_stft: Tensor, wiener: WienerConfig) -> Tensor:
+    """The Wiener step of the separator: every chunk of ``wiener_win_len`` frames filtered on its own
+    (:func:`core_spec.shapes.wiener_chunks`; each chunk has its own ``max_abs`` and EM statistics), one chunk at
+    a time (the last one shorter: no padding).
+
+    Without EM the filter is element-wise, so chunks change nothing but the memory of its temporaries: then a
+    track is filtered in chunks of :data:`ELEMENTWISE_CHUNK` frames even when ``wiener_win_len`` is ``None``.
+
+    Args:
+        spectrograms: target magnitudes ``(nb_samples, nb_targets, nb_channels or 1, nb_bins, nb_frames)``.
+        mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+        wiener: the filter's settings.
+
+    Returns:
+        complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)``, sources = targets [+ residual].
+    """
+    nb_sources = spectrograms.shape[1] + int(wiener.residual)
+    check_sources(nb_sources, wiener.niter)
+    win = wiener.wiener_win_len or (ELEMENTWISE_CHUNK if wiener.niter == 0 else None)
+    plan = wiener_chunks(mix_stft.shape[-1], win)
+    args = (wiener.niter, wiener.softmask, wiener.residual, wiener.scale_factor, wiener.eps, wiener.atan2)
+    if plan.nb_chunks == 1:
+        return wiener_planar(spectrograms, mix_stft, *args)
+    out = mix_stft.new_empty(mix_stft.shape[:1] + (nb_sources,) + mix_stft.shape[1:])
+    for t in plan.slices():
+        out[..., t] = wiener_planar(spectrograms[..., t], mix_stft[..., t], *args)
+    return out
+
+
+def filter_and_invert(
+    mix_stft: Tensor,
+    spectrograms: Tensor,
+    sep: SeparatorConfig,
+    nb_timesteps: int,
+    window: Tensor | None = None,
+) -> Tensor:
+    """The separator after the networks: Wiener filtering chunk by chunk, then the inverse STFT.
+
+    Args:
+        mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+        spectrograms: target magnitudes ``(nb_samples, nb_channels or 1, nb_bins, nb_frames, nb_targets)``.
+        sep: the separator config (STFT and Wiener settings).
+        nb_timesteps: length of the output signals.
+        window: ISTFT window ``(n_fft,)`` (``None``: the periodic Hann window in the signal's dtype).
+
+    Returns:
+        ``(nb_samples, nb_sources, nb_channels, nb_timesteps)``.
+    """
+    targets_stft = filter_chunks(spectrograms.movedim(-1, 1), mix_stft, sep.wiener)  # (B, S', C, F, T)
+    return _invert(targets_stft, sep.stft, nb_timesteps, window)
+
+
+def _invert(targets_stft: Tensor, fft: STFTConfig, nb_timesteps: int, window: Tensor | None) -> Tensor:
+    """The inverse STFT of ``(B, S, C, F, T)``, one source at a time (its temporaries are several times its input)."""
+    estimates = targets_stft.real.new_empty(targets_stft.shape[:3] + (nb_timesteps,))
+    for j in range(targets_stft.shape[1]):
+        estimates[:, j] = istft(targets_stft[:, j], fft.n_fft, fft.n_hop, fft.center, fft.normalized, nb_timesteps,
+                                window)  # fmt: skip
+    return estimates

@@ -7,12 +7,16 @@ import itertools
 import numpy as np
 import pytest
 
+from core_spec.configs import SeparatorConfig, STFTConfig, WienerConfig
 from core_spec.reference import filtering as ref
+from core_spec.reference import separator as ref_separator
+from core_spec.shapes import wiener_chunks
 from core_spec.tolerances import check
 from parity_tests.fixtures import load
 from parity_tests.fixtures_umx import WIENER_CASES, wiener_inputs
 from parity_tests.torch.helpers import DTYPES, TORCH_DTYPES, np_of, torch, torch_device
-from umx_torch.filtering import expectation_maximization, upstream_atan2, wiener, wiener_planar
+from umx_torch.filtering import expectation_maximization, initial_estimate, upstream_atan2, wiener, wiener_planar
+from umx_torch.separator import filter_and_invert, filter_chunks
 
 
 @pytest.fixture(scope="module")
@@ -160,3 +164,80 @@ def test_more_than_two_channels_is_a_clear_error():
     mix = torch.zeros(4, 5, 3, dtype=torch.complex128)
     with pytest.raises(ValueError, match="1 or 2 channels"):
         wiener(torch.ones(4, 5, 3, 2, dtype=torch.float64), mix, 1)
+
+
+def _planar(i: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fixture case ``i`` in the planar layout: ``v (S, C|1, F, T)``, ``mix (C, F, T)``."""
+    v, mix = wiener_inputs(i)
+    return v.transpose(3, 2, 1, 0).copy(), mix.transpose(2, 1, 0).copy()
+
+
+@pytest.mark.parametrize("softmask", [False, True])
+@pytest.mark.parametrize("residual", [False, True])
+def test_initial_estimate_is_the_spec(softmask, residual):
+    """The estimates and the mixture the rest of the filter sees (upstream's atan2: 1.0 in the zero bins)."""
+    v, mix = _planar(WIENER_CASES.index(dict(niter=2, softmask=False, residual=True, spec_channels=2)))
+    y, seen = initial_estimate(torch.from_numpy(v), torch.from_numpy(mix), softmask, residual)
+    ry, rseen = ref.initial_estimate(v, mix, softmask, residual)
+    check(np_of(y), ry, "wiener", "float64", what=f"torch initial estimate softmask={softmask} residual={residual}")
+    np.testing.assert_array_equal(np_of(seen), rseen)
+
+
+@pytest.mark.parametrize("niter", [0, 2])
+def test_frame_mask_is_the_unpadded_call(niter, device):
+    """``wiener_planar(frame_mask=)``: a chunk padded with zero frames and masked gives the unpadded chunk's
+    output, and zeros in the padding (the spec's rule; zero mixture bins get 1.0 from upstream's atan2, so the
+    mask must apply after the initial estimate)."""
+    dev = torch_device(device)
+    v, mix = _planar(WIENER_CASES.index(dict(niter=2, softmask=False, residual=True, spec_channels=2)))
+    nb_frames, pad = v.shape[-1], 3
+    vpad = np.concatenate([v, np.zeros(v.shape[:-1] + (pad,))], axis=-1)
+    mpad = np.concatenate([mix, np.zeros(mix.shape[:-1] + (pad,))], axis=-1)
+    mask = np.arange(nb_frames + pad) < nb_frames
+    t = {k: torch.from_numpy(a).to(dev) for k, a in dict(v=v, mix=mix, vpad=vpad, mpad=mpad, mask=mask).items()}
+    padded = np_of(wiener_planar(t["vpad"], t["mpad"], niter, residual=True, frame_mask=t["mask"]))
+    plain = np_of(wiener_planar(t["v"], t["mix"], niter, residual=True))
+    check(padded[..., :nb_frames], plain, "wiener", "float64", device, what=f"torch masked vs unpadded niter={niter}")
+    assert np.all(padded[..., nb_frames:] == 0)
+    expected = ref.wiener_planar(vpad, mpad, niter, residual=True, frame_mask=mask)
+    check(padded, expected, "wiener", "float64", device, what=f"torch masked vs the spec's masked niter={niter}")
+
+
+def test_padded_chunks_in_a_batch_equal_the_chunk_loop(device):
+    """The two strategies of :func:`core_spec.shapes.wiener_chunks`: :func:`filter_chunks` loops over the chunks
+    (the last one shorter); all chunks as a leading axis, padded and masked, give the same frames."""
+    dev = torch_device(device)
+    v, mix = _planar(WIENER_CASES.index(dict(niter=2, softmask=False, residual=True, spec_channels=2)))
+    win, nb_frames = 5, v.shape[-1]
+    plan = wiener_chunks(nb_frames, win)
+    assert plan.pad > 0
+    wcfg = WienerConfig(niter=2, residual=True, wiener_win_len=win)
+    loop = np_of(filter_chunks(torch.from_numpy(v[None]).to(dev), torch.from_numpy(mix[None]).to(dev), wcfg))[0]
+
+    def chunked(x: np.ndarray) -> torch.Tensor:  # (..., T) -> (nb_chunks, ..., win)
+        x = np.concatenate([x, np.zeros(x.shape[:-1] + (plan.pad,), x.dtype)], axis=-1)
+        return torch.from_numpy(np.moveaxis(x.reshape(x.shape[:-1] + (plan.nb_chunks, win)), -2, 0).copy()).to(dev)
+
+    mask = torch.from_numpy(plan.frame_mask()).to(dev)
+    batched = np_of(wiener_planar(chunked(v), chunked(mix), 2, residual=True, frame_mask=mask))
+    batched = np.moveaxis(batched, 0, -2).reshape(loop.shape[:-1] + (-1,))
+    check(batched[..., :nb_frames], loop, "wiener", "float64", device, what="torch padded chunks vs the chunk loop")
+    expected = ref_separator.filter_chunks(v[None], mix[None], wcfg)[0]
+    check(loop, expected, "wiener", "float64", device, what="torch filter_chunks vs the spec")
+
+
+@pytest.mark.parametrize("niter", [0, 1])
+def test_filter_and_invert_is_the_spec(niter, device):
+    """Wiener chunk by chunk (the last chunk shorter), then the inverse STFT, from upstream-layout magnitudes."""
+    dev = torch_device(device)
+    rng = np.random.default_rng(21)
+    sep = SeparatorConfig(
+        targets=("a", "b"), stft=STFTConfig(n_fft=64, n_hop=16), wiener=WienerConfig(niter=niter, wiener_win_len=5)
+    )
+    nb_bins, nb_frames = sep.stft.nb_bins, 12
+    mix_stft = rng.standard_normal((1, 2, nb_bins, nb_frames)) + 1j * rng.standard_normal((1, 2, nb_bins, nb_frames))
+    spectrograms = np.abs(rng.standard_normal((1, 2, nb_bins, nb_frames, 2)))
+    length = sep.stft.n_hop * (nb_frames - 1)
+    out = filter_and_invert(torch.from_numpy(mix_stft).to(dev), torch.from_numpy(spectrograms).to(dev), sep, length)
+    expected = ref_separator.filter_and_invert(mix_stft, spectrograms, sep, length)
+    check(np_of(out), expected, "separator", "float64", device, what=f"torch filter_and_invert niter={niter}")
