@@ -9,7 +9,7 @@ parametric functions under scopes named after upstream's modules (``core_spec.re
     decoder/<j>/2/deconv/{W (ch, out, kernel_size), b}   PF.deconvolution, stride `stride` (weight (in, out, k),
                                                          upstream's ConvTranspose1d layout), then ReLU but on the
                                                          outermost decoder (j = depth - 1)
-    lstm/lstm/lstm/{weight_l0, weight, bias}             the bidirectional LSTM (:func:`umx_nnabla.umx.lstm`)
+    lstm/lstm/lstm/{weight_l0, weight, bias}             the bidirectional LSTM (:func:`umx_nnabla.layers.lstm`)
     lstm/linear/affine/{W (2 ch, ch), b}                 PF.affine(base_axis=2)
 
 NNabla has no GLU: ``a * sigmoid(b)`` on the two halves of the channel axis (value first, gate second). The
@@ -35,7 +35,7 @@ from core_spec.shapes import valid_length
 from core_spec.trace import Recorder
 
 from ._context import GraphCache
-from .layers import _resolve_impl, glu, lstm, persistent
+from .layers import glu, lstm, persistent, resolve_lstm_impl
 from .resample import resample_frac
 
 __all__ = ["Demucs", "center_trim", "valid_length"]
@@ -57,7 +57,7 @@ class Demucs:
     Keyword-only:
         scope: parameter scope of this model inside ``params``.
         params: the parameter dictionary used as the root scope; ``None``: a new one.
-        lstm_impl: see :func:`umx_nnabla.umx.lstm`.
+        lstm_impl: see :func:`umx_nnabla.layers.lstm`.
     """
 
     def __init__(
@@ -86,7 +86,7 @@ class Demucs:
         self._config = config_from_arguments(DemucsConfig, locals())
         self.scope = scope
         self.params: OrderedDict = OrderedDict() if params is None else params
-        _resolve_impl(lstm_impl)
+        resolve_lstm_impl(lstm_impl)
         self.lstm_impl = lstm_impl
         self.graphs = GraphCache(self._build_graph)
 
@@ -136,7 +136,7 @@ class Demucs:
                 "core_spec.shapes.valid_length() first (apply_model does)"
             )
 
-    def _encoder(self, index: int, x: nn.Variable) -> nn.Variable:
+    def encoder_layer(self, index: int, x: nn.Variable) -> nn.Variable:
         """``encoder.{index}``: ``(B, chin, L)`` -> ``(B, ch, (L - kernel_size) // stride + 1)``."""
         c = self.config
         ch = c.layer_channels()[index][1]
@@ -147,7 +147,7 @@ class Demucs:
                 x = self._activation(PF.convolution(x, (2 if c.glu else 1) * ch, (1,), name="2"))
         return x
 
-    def _decoder(self, index: int, x: nn.Variable) -> nn.Variable:
+    def decoder_layer(self, index: int, x: nn.Variable) -> nn.Variable:
         """``decoder.{index}`` (0 = deepest): ``(B, ch, L)`` -> ``(B, out, (L - context) * stride + kernel_size)``."""
         c = self.config
         layer = c.depth - 1 - index
@@ -162,9 +162,9 @@ class Demucs:
             x = PF.deconvolution(x, out, (c.kernel_size,), stride=(c.stride,), name=str(slot))
         return F.relu(x) if index < c.depth - 1 else x
 
-    def _blstm(self, x: nn.Variable, keep: Recorder, train: bool = False) -> nn.Variable:
+    def blstm(self, x: nn.Variable, keep: Recorder, train: bool = False) -> nn.Variable:
         """``lstm`` (demucs's ``BLSTM``): ``(B, ch, T)`` -> bidirectional LSTM over T -> linear -> ``(B, ch, T)``.
-        ``train``: the two upstream LSTM biases as parameters (:func:`umx_nnabla.umx.lstm_parameters`); demucs's
+        ``train``: the two upstream LSTM biases as parameters (:func:`umx_nnabla.layers.lstm_parameters`); demucs's
         LSTM has no dropout."""
         ch = x.shape[1]
         with nn.parameter_scope("lstm"):
@@ -211,15 +211,15 @@ class Demucs:
 
             saved = []
             for index in range(c.depth):
-                x = keep(f"encoder.{index}", self._encoder(index, x))
+                x = keep(f"encoder.{index}", self.encoder_layer(index, x))
                 saved.append(x)
 
             if c.lstm_layers:
-                x = keep("lstm", self._blstm(x, keep, train))
+                x = keep("lstm", self.blstm(x, keep, train))
 
             for index in range(c.depth):
                 skip = center_trim(saved.pop(), x.shape[-1])  # a decoder never outgrows its encoder
-                x = keep(f"decoder.{index}", self._decoder(index, x + skip))
+                x = keep(f"decoder.{index}", self.decoder_layer(index, x + skip))
 
             if c.resample:
                 x = keep("resample.down", resample_frac(x, 2, 1))

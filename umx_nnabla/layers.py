@@ -5,8 +5,8 @@ spec): what NNabla has built in is used as it is, the rest is written here.
 spec (``reference.layers``)  NNabla
 ==========================  ======================================================================================
 ``linear``                  ``PF.affine`` (``W (in, out)``; ``base_axis=2`` on frame-major ``(T, B, features)``)
-``batch_norm``              :func:`_batch_norm` (``PF.batch_normalization(axes=[2])``, statistics ``(1, 1, n)``)
-``batch_norm_train``        the same with ``batch_stat=True`` (torch's running-statistics update)
+``batch_norm``              :func:`batch_norm` (``PF.batch_normalization(axes=[2])``, statistics ``(1, 1, n)``)
+``batch_norm_train``        :func:`batch_norm` with ``train=True`` (torch's running-statistics update)
 ``lstm``                    :func:`lstm` (``PF.lstm``'s parameters; ``F.lstm`` or an unrolled graph)
 ``glu``                     :func:`glu` (NNabla has none: two slices and a sigmoid)
 ``conv1d``                  ``PF.convolution``
@@ -47,10 +47,138 @@ from core_spec.reference.layers import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM
 
 from ._context import is_gpu_context  # also registers NNabla's import aliases before any graph is built
 
-__all__ = ["BN_DECAY_RATE", "LSTM_IMPLS", "glu", "lstm", "lstm_parameters", "persistent", "unrolled_lstm"]
+__all__ = [
+    "BN_DECAY_RATE",
+    "LSTM_IMPLS",
+    "batch_norm",
+    "feature_affine",
+    "glu",
+    "lstm",
+    "lstm_parameters",
+    "persistent",
+    "resolve_lstm_impl",
+    "unrolled_lstm",
+]
+
+
+# NNabla's decay_rate is torch's 1 - momentum (1 - 0.1 == 0.9 exactly)
+BN_DECAY_RATE = 1.0 - BATCH_NORM_MOMENTUM
+
+
+def batch_norm(x: nn.Variable, train: bool, name: str) -> nn.Variable:
+    """``BatchNorm1d`` over the features of ``(T, B, features)``: running statistics in eval mode; in training mode
+    the batch's (biased variance) while the running ones move by ``momentum = 1 - decay_rate`` toward the batch
+    mean and *unbiased* variance (NNabla's CPU kernel does both as torch)."""
+    return PF.batch_normalization(
+        x, axes=[2], decay_rate=BN_DECAY_RATE, eps=BATCH_NORM_EPS, batch_stat=train, name=name
+    )
+
+
+@parametric_function_api(
+    "lstm",
+    [
+        ("weight_l0", "Weights of layer 0", "(D, 4, H, I + H)", True),
+        ("weight", "Weights of layers 1 and above", "(L - 1, D, 4, H, D * H + H)", True),
+        ("bias", "Folded biases (b_ih + b_hh)", "(L, D, 4, H)", True),
+    ],
+)
+def lstm(
+    x: nn.Variable,
+    hidden_size: int,
+    num_layers: int = 1,
+    bidirectional: bool = False,
+    impl: str = "auto",
+    fix_parameters: bool = False,
+    train: bool = False,
+    dropout: float = 0.0,
+) -> nn.Variable:
+    """Multi-layer (bi)LSTM, zero initial state, with ``PF.lstm``'s parameters.
+
+    Args:
+        x: ``(nb_frames, nb_samples, input_size)``.
+        hidden_size: ``H`` per direction.
+        num_layers: ``L``.
+        bidirectional: two directions (``D = 2``); the backward one runs over the whole sequence from its end.
+        impl: ``"builtin"`` (``F.lstm``), ``"unrolled"`` (a graph of NNabla functions, :func:`unrolled_lstm`) or
+            ``"auto"`` (see the module docstring). Both read the same parameters.
+        train: training mode: the bias is ``bias_ih + bias_hh`` (see :func:`lstm_parameters`) and ``dropout``
+            applies; eval mode (default) reads the folded ``bias`` and ignores ``dropout``.
+        dropout: probability of dropping the outputs of every layer but the last (``torch.nn.LSTM``'s ``dropout``).
+
+    Returns:
+        ``(nb_frames, nb_samples, D * H)``: the directions concatenated per step.
+    """
+    _, nb_samples, nb_inputs = x.shape
+    directions = 2 if bidirectional else 1
+    w0, w, b = lstm_parameters(nb_inputs, hidden_size, num_layers, directions, not fix_parameters, split_bias=train)
+    dropout = dropout if train else 0.0
+    if resolve_lstm_impl(impl) == "builtin":
+        state = F.constant(0.0, (num_layers, directions, nb_samples, hidden_size))
+        y, _, _ = F.lstm(x, state, state, w0, w, b, num_layers=num_layers, bidirectional=bidirectional,
+                         dropout=dropout or None, training=train)  # fmt: skip
+        return y
+    return unrolled_lstm([x], [(w0, w, b)], num_layers, dropout=dropout)[0]
+
+
+def glu(x: nn.Variable, axis: int = 1) -> nn.Variable:
+    """Gated linear unit: first half of ``axis`` times the sigmoid of the second half."""
+    half = x.shape[axis] // 2
+    start = [0] * x.ndim
+    stop = list(x.shape)
+    stop[axis] = half
+    a = F.slice(x, start, stop)
+    start[axis], stop[axis] = half, 2 * half
+    b = F.slice(x, start, stop)
+    return a * F.sigmoid(b)
+
+
+# --- NNabla extras: the LSTM's implementations and parameters, the fixed-statistics affine, traces ------
 
 
 LSTM_IMPLS = ("auto", "builtin", "unrolled")
+
+
+def resolve_lstm_impl(impl: str) -> str:
+    if impl not in LSTM_IMPLS:
+        raise ValueError(f"lstm impl must be one of {LSTM_IMPLS}, got {impl!r}")
+    if impl == "auto":
+        return "builtin" if is_gpu_context() else "unrolled"
+    return impl
+
+
+def lstm_parameters(
+    input_size: int,
+    hidden_size: int,
+    num_layers: int,
+    directions: int,
+    need_grad: bool = True,
+    split_bias: bool = False,
+) -> tuple[nn.Variable, nn.Variable | None, nn.Variable]:
+    """``(weight_l0, weight, bias)`` of an LSTM in the current parameter scope (created if absent), ``PF.lstm``'s
+    names and shapes; the initialisation is PyTorch's (the released weights replace it).
+
+    ``split_bias``: ``bias`` is the graph ``bias_ih + bias_hh`` of the two upstream biases kept beside the folded
+    one (``(L, D, 4, H)`` each, trainable), not the stored folded ``bias``; training uses this so that the
+    optimiser updates both as upstream does (:mod:`umx_nnabla.train` writes their sum back into ``bias``)."""
+    bound = 1.0 / np.sqrt(hidden_size)
+    get = nn.parameter.get_parameter_or_create
+    w0 = get(
+        "weight_l0",
+        (directions, 4, hidden_size, input_size + hidden_size),
+        UniformInitializer((-bound, bound)),
+        need_grad,
+    )
+    w = None
+    if num_layers > 1:
+        shape = (num_layers - 1, directions, 4, hidden_size, directions * hidden_size + hidden_size)
+        w = get("weight", shape, UniformInitializer((-bound, bound)), need_grad)
+    bias_shape = (num_layers, directions, 4, hidden_size)
+    if split_bias:
+        b_ih = get("bias_ih", bias_shape, UniformInitializer((-bound, bound)), need_grad)
+        b_hh = get("bias_hh", bias_shape, UniformInitializer((-bound, bound)), need_grad)
+        return w0, w, b_ih + b_hh
+    b = get("bias", bias_shape, ConstantInitializer(0.0), need_grad)
+    return w0, w, b
 
 
 def _split(x: nn.Variable, axis: int) -> list[nn.Variable]:
@@ -147,109 +275,7 @@ def unrolled_lstm(
     return xs
 
 
-def _resolve_impl(impl: str) -> str:
-    if impl not in LSTM_IMPLS:
-        raise ValueError(f"lstm impl must be one of {LSTM_IMPLS}, got {impl!r}")
-    if impl == "auto":
-        return "builtin" if is_gpu_context() else "unrolled"
-    return impl
-
-
-def lstm_parameters(
-    input_size: int,
-    hidden_size: int,
-    num_layers: int,
-    directions: int,
-    need_grad: bool = True,
-    split_bias: bool = False,
-) -> tuple[nn.Variable, nn.Variable | None, nn.Variable]:
-    """``(weight_l0, weight, bias)`` of an LSTM in the current parameter scope (created if absent), ``PF.lstm``'s
-    names and shapes; the initialisation is PyTorch's (the released weights replace it).
-
-    ``split_bias``: ``bias`` is the graph ``bias_ih + bias_hh`` of the two upstream biases kept beside the folded
-    one (``(L, D, 4, H)`` each, trainable), not the stored folded ``bias``; training uses this so that the
-    optimiser updates both as upstream does (:mod:`umx_nnabla.train` writes their sum back into ``bias``)."""
-    bound = 1.0 / np.sqrt(hidden_size)
-    get = nn.parameter.get_parameter_or_create
-    w0 = get(
-        "weight_l0",
-        (directions, 4, hidden_size, input_size + hidden_size),
-        UniformInitializer((-bound, bound)),
-        need_grad,
-    )
-    w = None
-    if num_layers > 1:
-        shape = (num_layers - 1, directions, 4, hidden_size, directions * hidden_size + hidden_size)
-        w = get("weight", shape, UniformInitializer((-bound, bound)), need_grad)
-    bias_shape = (num_layers, directions, 4, hidden_size)
-    if split_bias:
-        b_ih = get("bias_ih", bias_shape, UniformInitializer((-bound, bound)), need_grad)
-        b_hh = get("bias_hh", bias_shape, UniformInitializer((-bound, bound)), need_grad)
-        return w0, w, b_ih + b_hh
-    b = get("bias", bias_shape, ConstantInitializer(0.0), need_grad)
-    return w0, w, b
-
-
-@parametric_function_api(
-    "lstm",
-    [
-        ("weight_l0", "Weights of layer 0", "(D, 4, H, I + H)", True),
-        ("weight", "Weights of layers 1 and above", "(L - 1, D, 4, H, D * H + H)", True),
-        ("bias", "Folded biases (b_ih + b_hh)", "(L, D, 4, H)", True),
-    ],
-)
-def lstm(
-    x: nn.Variable,
-    hidden_size: int,
-    num_layers: int = 1,
-    bidirectional: bool = False,
-    impl: str = "auto",
-    fix_parameters: bool = False,
-    train: bool = False,
-    dropout: float = 0.0,
-) -> nn.Variable:
-    """Multi-layer (bi)LSTM, zero initial state, with ``PF.lstm``'s parameters.
-
-    Args:
-        x: ``(nb_frames, nb_samples, input_size)``.
-        hidden_size: ``H`` per direction.
-        num_layers: ``L``.
-        bidirectional: two directions (``D = 2``); the backward one runs over the whole sequence from its end.
-        impl: ``"builtin"`` (``F.lstm``), ``"unrolled"`` (a graph of NNabla functions, :func:`unrolled_lstm`) or
-            ``"auto"`` (see the module docstring). Both read the same parameters.
-        train: training mode: the bias is ``bias_ih + bias_hh`` (see :func:`lstm_parameters`) and ``dropout``
-            applies; eval mode (default) reads the folded ``bias`` and ignores ``dropout``.
-        dropout: probability of dropping the outputs of every layer but the last (``torch.nn.LSTM``'s ``dropout``).
-
-    Returns:
-        ``(nb_frames, nb_samples, D * H)``: the directions concatenated per step.
-    """
-    _, nb_samples, nb_inputs = x.shape
-    directions = 2 if bidirectional else 1
-    w0, w, b = lstm_parameters(nb_inputs, hidden_size, num_layers, directions, not fix_parameters, split_bias=train)
-    dropout = dropout if train else 0.0
-    if _resolve_impl(impl) == "builtin":
-        state = F.constant(0.0, (num_layers, directions, nb_samples, hidden_size))
-        y, _, _ = F.lstm(x, state, state, w0, w, b, num_layers=num_layers, bidirectional=bidirectional,
-                         dropout=dropout or None, training=train)  # fmt: skip
-        return y
-    return unrolled_lstm([x], [(w0, w, b)], num_layers, dropout=dropout)[0]
-
-
-# NNabla's decay_rate is torch's 1 - momentum (1 - 0.1 == 0.9 exactly)
-BN_DECAY_RATE = 1.0 - BATCH_NORM_MOMENTUM
-
-
-def _batch_norm(x: nn.Variable, train: bool, name: str) -> nn.Variable:
-    """``BatchNorm1d`` over the features of ``(T, B, features)``: running statistics in eval mode; in training mode
-    the batch's (biased variance) while the running ones move by ``momentum = 1 - decay_rate`` toward the batch
-    mean and *unbiased* variance (NNabla's CPU kernel does both as torch)."""
-    return PF.batch_normalization(
-        x, axes=[2], decay_rate=BN_DECAY_RATE, eps=BATCH_NORM_EPS, batch_stat=train, name=name
-    )
-
-
-def _feature_affine(
+def feature_affine(
     x: nn.Variable,
     scale: nn.Variable,
     shift_before: nn.Variable | None = None,
@@ -275,18 +301,6 @@ def _feature_affine(
     ones = F.constant(1.0, shape)
     return F.batch_normalization(x, beta, F.reshape(scale, shape), mean, ones, axes=[x.ndim - 1], eps=0.0,
                                  batch_stat=False)  # fmt: skip
-
-
-def glu(x: nn.Variable, axis: int = 1) -> nn.Variable:
-    """Gated linear unit: first half of ``axis`` times the sigmoid of the second half."""
-    half = x.shape[axis] // 2
-    start = [0] * x.ndim
-    stop = list(x.shape)
-    stop[axis] = half
-    a = F.slice(x, start, stop)
-    start[axis], stop[axis] = half, 2 * half
-    b = F.slice(x, start, stop)
-    return a * F.sigmoid(b)
 
 
 def persistent(var: nn.Variable) -> nn.Variable:

@@ -101,7 +101,7 @@ class Separator(SeparatorSettings):
             config: the preset.
             weights: canonical weights, ``{target: {name: array}}`` or ``{"target_models.<t>.<name>": array}``;
                 ``None`` leaves NNabla's initialisation (parameters are created on the first call).
-            lstm_impl: see :func:`umx_nnabla.umx.lstm`.
+            lstm_impl: see :func:`umx_nnabla.layers.lstm`.
             overrides: constructor arguments replacing the config's (``niter=0``, ``wiener_backend=...``).
         """
         kwargs = separator_kwargs(config, ("window", "wiener_backend"), **overrides)

@@ -1,16 +1,25 @@
 """Training of Open-Unmix and Demucs v2 in NNabla, with the upstream recipes of :mod:`core_spec.training`.
 
-The pieces, in the order a reader meets them:
+The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]``), then NNabla's own:
 
-- the losses as graphs: :class:`UMXStep` (MSE between the network's output and the target's magnitude; both
-  magnitudes come from the ``center=False`` STFT of upstream's ``scripts/train.py``, computed with the port's NumPy
-  FFT: no gradient flows into the STFT) and :class:`DemucsStep` (L1, or MSE, between the estimates and the
-  centre-trimmed sources, ``demucs/train.py``). Each builds one ``nn.Variable`` graph per batch shape, the model in
-  training mode (:meth:`umx_nnabla.umx.OpenUnmix.__call__` ``train=True``: BatchNorm on batch statistics with
-  torch's running-statistics update, LSTM dropout, the two upstream LSTM biases as parameters), and runs
-  ``loss.forward()`` / ``loss.backward()``;
+- :func:`spectrogram` and the losses as graphs: :class:`UMXStep` (MSE between the network's output and the
+  target's magnitude; both magnitudes come from the ``center=False`` STFT of upstream's ``scripts/train.py``,
+  computed with the port's NumPy FFT: no gradient flows into the STFT) and :class:`DemucsStep` (L1, or MSE, between
+  the estimates and the centre-trimmed sources, ``demucs/train.py``). Each builds one ``nn.Variable`` graph per
+  batch shape, the model in training mode (:meth:`umx_nnabla.umx.OpenUnmix.__call__` ``train=True``: BatchNorm on
+  batch statistics with torch's running-statistics update, LSTM dropout, the two upstream LSTM biases as
+  parameters), and runs ``loss.forward()`` / ``loss.backward()``;
+- :func:`make_optimizer` (:class:`TorchAdam`, below) and :class:`Trainer`, the port's
+  :class:`core_spec.epochs.EpochTrainer` (step, learning rate, per-epoch dropout seed, validation, files);
 - :func:`loss_and_grads`: one forward and backward pass, the gradients under their canonical (upstream state-dict)
   names; the gradient-parity tests call it;
+- the loop: :func:`fit` (the model, the data, the optimiser, ``--resume``, then
+  :func:`core_spec.epochs.run_epochs`: epochs over :mod:`core_spec.data` batches with a tqdm bar, validation,
+  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` (UMX), the best model
+  in the canonical format and as an NNabla ``.h5`` (:func:`umx_nnabla.weights.save_native`), and a checkpoint
+  folder (``params.h5`` from ``nn.save_parameters``, ``solver.protobuf`` from ``solver.save_states``, ``state.json``)
+  read back by ``--resume``) and :func:`main` (:func:`core_spec.train_cli.run_main`);
+- the trained parameters (:func:`trainable_parameters`, :func:`sync_lstm_biases`, :func:`canonical_grads`);
 - :class:`TorchAdam`: ``torch.optim.Adam(lr, weight_decay)`` exactly. NNabla's ``S.Adam`` differs from torch's in
   one place: it folds both bias corrections into the step size, ``alpha_t = alpha sqrt(1 - b2^t) / (1 - b1^t)``,
   and adds ``eps`` to ``sqrt(v)`` *uncorrected*, i.e. ``w -= alpha_t m / (sqrt(v) + eps)``, where torch computes
@@ -25,12 +34,7 @@ The pieces, in the order a reader meets them:
   ``nnabla-ext-cuda`` and an MPI launcher (``mpirun -n N``); on the CPU, training is single-process and
   ``--devices > 1`` stops with :class:`DataParallelUnavailable`. :func:`data_parallel_loss_and_grads` runs the
   arithmetic of a data-parallel step (each replica's shard, the gradients averaged as ``all_reduce(division=True)``
-  does) in one process, for the tests;
-- the loop (:func:`fit`, :func:`main`): epochs over :mod:`core_spec.data` batches with a tqdm bar, validation,
-  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` (UMX), the best model
-  in the canonical format and as an NNabla ``.h5`` (:func:`umx_nnabla.weights.save_native`), and a checkpoint
-  folder (``params.h5`` from ``nn.save_parameters``, ``solver.protobuf`` from ``solver.save_states``, ``state.json``)
-  read back by ``--resume``.
+  does) in one process, for the tests.
 
 float32 only (NNabla's CPU extension has no float64 kernels, :mod:`umx_nnabla._context`): the gradient-parity
 tests compare with upstream's float64 fixtures at the float32 tolerances.
@@ -102,170 +106,14 @@ __all__ = [
     "trainable_parameters",
 ]
 
+
 Recipe = UMXTrainConfig | DemucsTrainConfig
 Model = OpenUnmix | Demucs
 FRAMEWORK = "nnabla"
 CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 
 
-# --- parameters -----------------------------------------------------------------------------------------------
-
-
-def _is_trainable(name: str) -> bool:
-    """Whether the NNabla parameter ``name`` is one upstream trains: not BatchNorm's running ``mean`` / ``var``
-    (buffers) and not the folded LSTM ``bias`` (training reads ``bias_ih`` + ``bias_hh``, as upstream)."""
-    parts = name.split("/")
-    if parts[-1] in ("mean", "var"):
-        return False
-    return not (parts[-1] == "bias" and len(parts) > 1 and parts[-2] == "lstm")
-
-
-def trainable_parameters(model: Model) -> OrderedDict[str, nn.Variable]:
-    """``{NNabla name: Variable}`` of the parameters the optimiser updates (names relative to the model's scope).
-    Call after building a training graph (:class:`UMXStep` / :class:`DemucsStep`), which creates ``bias_ih`` /
-    ``bias_hh`` when the model has none."""
-    params = model.get_parameters(grad_only=False)
-    return OrderedDict((k, v) for k, v in params.items() if _is_trainable(k))
-
-
-def _lstm_scopes(names: Any) -> list[str]:
-    return sorted({k.rsplit("/", 1)[0] for k in names if k.endswith("/bias_ih")})
-
-
-def sync_lstm_biases(model: Model) -> None:
-    """Write ``bias_ih + bias_hh`` (:func:`core_spec.params.fold_lstm_bias`) into every LSTM's folded ``bias``, the
-    one inference graphs read (created if absent). Training updates the two upstream biases; call this before
-    evaluating or saving."""
-    params = model.get_parameters(grad_only=False)
-    with model.parameter_scope():
-        for scope in _lstm_scopes(params):
-            total = fold_lstm_bias(params[f"{scope}/bias_ih"].d, params[f"{scope}/bias_hh"].d, np.float32)
-            folded = params.get(f"{scope}/bias")
-            if folded is None:
-                nn.parameter.set_parameter(f"{scope}/bias", nn.Variable.from_numpy_array(total, need_grad=False))
-            else:
-                folded.d[...] = total
-
-
-def _canonical_name_is_trainable(name: str) -> bool:
-    return name.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked")
-
-
-def canonical_grads(model: Model, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """NNabla gradients ``{name: array}`` (of :func:`trainable_parameters`) -> ``{canonical name: array}`` for every
-    parameter upstream trains (``bias_ih_l<k>`` / ``bias_hh_l<k>`` from the two kept biases; BatchNorm's running
-    statistics are buffers and have none). The mapping is :func:`umx_nnabla.weights.canonical_from_parameters`'s."""
-    params = model.get_parameters(grad_only=False)
-    values = {k: np.asarray(grads[k]) if k in grads else np.zeros(v.shape, np.float32) for k, v in params.items()}
-    for scope in _lstm_scopes(values):
-        # the pair's own fold: canonical_from_parameters then keeps the two gradients apart
-        values[f"{scope}/bias"] = fold_lstm_bias(values[f"{scope}/bias_ih"], values[f"{scope}/bias_hh"], np.float32)
-    canonical = canonical_from_parameters(values, model.config)
-    return {k: v for k, v in canonical.items() if _canonical_name_is_trainable(k)}
-
-
-# --- the optimiser --------------------------------------------------------------------------------------------
-
-
-class TorchAdam:
-    """``torch.optim.Adam(params, lr, betas, eps, weight_decay)`` (coupled L2 decay) with NNabla parameters.
-
-    Per step ``t`` and parameter ``w`` with gradient ``g`` (torch's single-tensor Adam, float32 NumPy on the
-    arrays)::
-
-        g = g + weight_decay * w               solver.weight_decay(wd): NNabla's own, the same coupled decay
-        m = m + (1 - b1) (g - m)               torch's lerp
-        v = b2 v + (1 - b2) g^2
-        w = w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
-
-    NNabla's ``S.Adam.update()`` computes ``w - lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``: ``eps``
-    without the bias correction, a different update wherever ``sqrt(v)`` is not much larger than ``eps`` (see the
-    module docstring), so it is not called. The ``S.Adam`` instance :attr:`solver` holds the moments (its states
-    ``mean`` / ``var`` are ``m`` / ``v``, updated in place) and its ``t``, so :meth:`save_states` /
-    :meth:`load_states` are NNabla's own files. On a GPU context the NumPy update goes through host memory.
-
-    Args:
-        params: ``{name: nn.Variable}`` to optimise (e.g. :func:`trainable_parameters`).
-        lr, betas, eps, weight_decay: torch's arguments.
-    """
-
-    def __init__(
-        self,
-        params: Mapping[str, nn.Variable],
-        lr: float = 1e-3,
-        betas: tuple[float, float] = ADAM_BETAS,
-        eps: float = ADAM_EPS,
-        weight_decay: float = 0.0,
-    ):
-        self.params = OrderedDict(params)
-        self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(betas), float(eps), float(weight_decay)
-        self.solver = S.Adam(alpha=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps)
-        self.solver.set_parameters(self.params)
-        self.t = 0
-
-    def zero_grad(self) -> None:
-        self.solver.zero_grad()
-
-    def set_learning_rate(self, lr: float) -> None:
-        self.lr = float(lr)
-        self.solver.set_learning_rate(self.lr)
-
-    def step(self) -> None:
-        """Apply one update with the gradients the parameters hold (after ``loss.backward()``)."""
-        if self.weight_decay:
-            self.solver.weight_decay(self.weight_decay)
-        self.t += 1
-        beta1, beta2 = self.betas
-        step_size = self.lr / (1.0 - beta1**self.t)
-        bias_correction2_sqrt = math.sqrt(1.0 - beta2**self.t)
-        states = self.solver.get_states()
-        for name, param in self.params.items():
-            state = states[name].pstate
-            # views of the solver's buffers, float32 (a state read from a .protobuf file comes back as float64)
-            m, v = state["mean"].data.cast(np.float32), state["var"].data.cast(np.float32)
-            g, w = param.g, param.d  # views: the updates below are in place
-            m += (1.0 - beta1) * (g - m)
-            v *= beta2
-            v += (1.0 - beta2) * (g * g)
-            denom = np.sqrt(v) / bias_correction2_sqrt + self.eps
-            w -= step_size * (m / denom)
-
-    def state_arrays(self) -> dict[str, dict[str, np.ndarray]]:
-        """``{name: {"m": array, "v": array}}`` (copies), for inspection."""
-        states = self.solver.get_states()
-        return {k: {"m": s.pstate["mean"].d.copy(), "v": s.pstate["var"].d.copy()} for k, s in states.items()}
-
-    def save_states(self, path: str | os.PathLike) -> None:
-        """``solver.save_states`` with the step count stored as every state's ``t``. Use ``.protobuf``: NNabla
-        1.39's ``.h5`` solver-state reader gives a parameter the states of another whose name extends its own
-        (``lstm/lstm/weight`` receives ``lstm/lstm/weight_l0``'s); :meth:`load_states` checks the shapes."""
-        states = self.solver.get_states()
-        for state in states.values():
-            state.t = self.t
-        self.solver.set_states(states)
-        self.solver.save_states(str(path))
-
-    def load_states(self, path: str | os.PathLike) -> None:
-        self.solver.load_states(str(path))
-        states = self.solver.get_states()
-        for name, param in self.params.items():
-            shapes_read = {k: v.shape for k, v in states[name].pstate.items()}
-            if any(shape != param.shape for shape in shapes_read.values()):
-                raise ValueError(f"{path}: solver states of {name} are {shapes_read}, the parameter is {param.shape}")
-            for state in states[name].pstate.values():
-                state.data.cast(np.float32)  # .protobuf states are read back as float64
-        ts = {int(s.t) for s in states.values()}
-        if len(ts) != 1:
-            raise ValueError(f"{path}: solver states disagree on the step count ({sorted(ts)})")
-        self.t = ts.pop()
-
-
-def make_optimizer(model: Model, recipe: Recipe) -> TorchAdam:
-    """Upstream's optimiser for the model's :func:`trainable_parameters`: ``Adam(lr, weight_decay)`` as torch."""
-    return TorchAdam(trainable_parameters(model), lr=recipe.lr, weight_decay=recipe.weight_decay)
-
-
-# --- the losses ------------------------------------------------------------------------------------------------
+# --- the losses and the step ------------------------------------------------------------------------------------------
 
 
 def spectrogram(audio: np.ndarray, config: STFTConfig, mono: bool) -> np.ndarray:
@@ -361,16 +209,74 @@ class DemucsStep:
         return float(loss.d)
 
 
-def make_step(model: Model, recipe: Recipe, stft_config: STFTConfig | None = None, lstm_dropout: float | None = None):
-    """The loss graph of ``recipe`` for ``model`` (:class:`UMXStep` or :class:`DemucsStep`)."""
-    if isinstance(recipe, UMXTrainConfig):
-        return UMXStep(model, stft_config or train_stft(model.config, recipe.stft_center), lstm_dropout)
-    return DemucsStep(model, recipe.loss)
+def make_optimizer(model: Model, recipe: Recipe) -> TorchAdam:
+    """Upstream's optimiser for the model's :func:`trainable_parameters`: ``Adam(lr, weight_decay)`` as torch."""
+    return TorchAdam(trainable_parameters(model), lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def _zero_grads(model: Model) -> None:
-    for var in model.get_parameters(grad_only=False).values():
-        var.grad.zero()
+class Trainer(TrainerBase):
+    """The NNabla port's :class:`core_spec.epochs.EpochTrainer`: the model, its training graph, the optimiser and
+    (data-parallel) the MPI communicator of this replica.
+
+    Args:
+        model: the network (:class:`~umx_nnabla.umx.OpenUnmix` or :class:`~umx_nnabla.demucs.Demucs`).
+        step: its training graph (:func:`make_step`).
+        optimizer: :func:`make_optimizer`'s :class:`TorchAdam` on the model's :func:`trainable_parameters`.
+        recipe: the training recipe (its seed reseeds NNabla's dropout generator every epoch).
+        stft_config: UMX: the training STFT (validation magnitudes); Demucs: ``None``.
+        comm: the communicator of a data-parallel run (``None``: one process).
+        rank: this replica.
+        buffers: the model's non-trained parameters (BatchNorm statistics, folded LSTM biases): rank 0's are
+            broadcast before every validation.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        step: UMXStep | DemucsStep,
+        optimizer: TorchAdam,
+        recipe: Recipe,
+        stft_config: STFTConfig | None,
+        comm: _Communicator | None = None,
+        rank: int = 0,
+        buffers: list[nn.Variable] | tuple[nn.Variable, ...] = (),
+    ):
+        self.model, self._step, self.optimizer, self.recipe = model, step, optimizer, recipe
+        self.stft_config, self.comm, self.rank, self.buffers = stft_config, comm, rank, list(buffers)
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.optimizer.set_learning_rate(lr)
+
+    def start_epoch(self, epoch: int) -> None:
+        """NNabla's global generator (dropout masks) cannot be saved: it is reseeded per epoch (and replica), so a
+        ``--resume`` continues exactly."""
+        nn.seed(int(np.random.default_rng([self.recipe.seed, epoch, self.rank]).integers(2**31 - 1)))
+
+    def step(self, batch: Any) -> float:
+        """Zero the gradients, forward and backward ``batch``, average the gradients over the replicas, update."""
+        self.optimizer.zero_grad()
+        loss = self._step(batch, self.recipe)
+        if self.comm is not None:
+            self.comm.average_grads(self.optimizer.params)
+        self.optimizer.step()
+        return loss
+
+    def mean_over_replicas(self, value: float) -> float:
+        return self.comm.mean(value) if self.comm is not None else value
+
+    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
+        """Every replica validates, on rank 0's BatchNorm statistics (broadcast first)."""
+        if self.comm is not None:
+            self.comm.broadcast(self.buffers)
+        return _validate(self.model, valid_set, self.recipe, self.stft_config, quiet)
+
+    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+        sync_lstm_biases(self.model)
+        save_best(folder, run, FRAMEWORK, valid_loss, to_canonical(self.model), self.model.config, save_native,
+                  nnabla=nn.__version__)  # fmt: skip
+
+    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+        _save_checkpoint(self.model, self.optimizer, folder, run, rng)
 
 
 def loss_and_grads(
@@ -405,6 +311,11 @@ def loss_and_grads(
     return loss, canonical_grads(model, {k: v.g.copy() for k, v in params.items()})
 
 
+def _zero_grads(model: Model) -> None:
+    for var in model.get_parameters(grad_only=False).values():
+        var.grad.zero()
+
+
 def _batch_shape(step: UMXStep | DemucsStep, batch: Any, recipe: Recipe) -> tuple[int, ...]:
     arrays = _unpack(batch, recipe)
     if isinstance(step, DemucsStep):
@@ -414,98 +325,7 @@ def _batch_shape(step: UMXStep | DemucsStep, batch: Any, recipe: Recipe) -> tupl
     return (b, 1 if step.model.config.nb_channels == 1 else channels, c.nb_bins, c.nb_frames(length))
 
 
-# --- data parallelism ------------------------------------------------------------------------------------------
-
-
-class DataParallelUnavailable(RuntimeError):
-    """``--devices > 1`` where NNabla cannot run data-parallel training (the CPU, or no CUDA extension / MPI)."""
-
-
-DATA_PARALLEL_HELP = (
-    "NNabla's data-parallel training is multi-process: one process per GPU, started by MPI (mpirun -n N), gradients "
-    "all-reduced by nnabla.communicators.MultiProcessCommunicator, which has CUDA/NCCL kernels only (NNabla 1.39's "
-    "CPU extension registers none: 'Any of [cpu:float] could not be found'). It needs nnabla-ext-cuda<version> "
-    "(built with NCCL, matching the CUDA driver) and an MPI installation (Open MPI); run "
-    "'mpirun -n N python -m core_spec.train_cli --framework nnabla --device gpu --devices N ...'. "
-    "On the CPU, train single-process (--devices 1). See docs/training.md."
-)
-
-
-class _Communicator:
-    """The MPI communicator of a data-parallel run (``nnabla.communicators.MultiProcessCommunicator``, CUDA)."""
-
-    def __init__(self, devices: int, device: str):
-        if device not in ("gpu", "cuda"):
-            raise DataParallelUnavailable(f"--devices {devices} with --device {device}: {DATA_PARALLEL_HELP}")
-        try:
-            import nnabla_ext.cuda  # noqa: F401
-        except ImportError as e:
-            raise DataParallelUnavailable(f"--devices {devices}: nnabla-ext-cuda is not installed ({e}). "
-                                          f"{DATA_PARALLEL_HELP}") from None  # fmt: skip
-        import nnabla.communicators as C
-
-        self.ctx = device_context("gpu")
-        try:
-            self.comm = C.MultiProcessCommunicator(self.ctx)
-            self.comm.init()
-        except Exception as e:  # no MPI, or not started by mpirun
-            raise DataParallelUnavailable(
-                f"--devices {devices}: no MPI communicator ({e}). {DATA_PARALLEL_HELP}"
-            ) from e
-        if self.comm.size != devices:
-            raise DataParallelUnavailable(
-                f"--devices {devices} but MPI started {self.comm.size} process(es): run 'mpirun -n {devices} ...'"
-            )
-        self.rank, self.size = self.comm.rank, self.comm.size
-        self.ctx.device_id = str(self.comm.local_rank)
-
-    def average_grads(self, params: Mapping[str, nn.Variable]) -> None:
-        self.comm.all_reduce([v.grad for v in params.values()], division=True, inplace=False)
-
-    def mean(self, value: float) -> float:
-        var = nn.NdArray.from_numpy_array(np.array([value], np.float32))
-        self.comm.all_reduce([var], division=True, inplace=False)
-        return float(var.data[0])
-
-    def broadcast(self, variables: list[nn.Variable]) -> None:
-        """Rank 0's arrays to every replica (parameters at the start, BatchNorm statistics before validation)."""
-        if variables:
-            self.comm.bcast([v.data for v in variables], src=0, inplace=False)
-
-
-def data_parallel_loss_and_grads(
-    model: Model,
-    batch: Any,
-    recipe: Recipe,
-    replicas: int = 2,
-    stft_config: STFTConfig | None = None,
-    lstm_dropout: float | None = None,
-) -> tuple[list[float], dict[str, np.ndarray]]:
-    """The arithmetic of one data-parallel step, run replica after replica in this process: each replica's
-    contiguous shard of ``batch`` forward and backward on the same weights, the gradients averaged (what
-    ``all_reduce(division=True)`` computes across MPI processes). BatchNorm normalises with each shard's own
-    statistics (as upstream's DDP without SyncBatchNorm); the running statistics kept are replica 0's.
-
-    Returns ``([loss of each shard], {canonical name: averaged gradient})``. Demucs (no normalisation layers): the
-    full batch's gradient.
-    """
-    running = {k: v for k, v in model.get_parameters(grad_only=False).items() if not _is_trainable(k)}
-    start = {k: v.d.copy() for k, v in running.items()}
-    losses, total, kept = [], None, None
-    for rank in range(replicas):
-        for k, v in running.items():
-            v.d = start[k]
-        loss, grads = loss_and_grads(model, shard_batch(batch, rank, replicas), recipe, stft_config, lstm_dropout)
-        losses.append(loss)
-        total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
-        if rank == 0:
-            kept = {k: v.d.copy() for k, v in running.items()}
-    for k, v in running.items():
-        v.d = kept[k]
-    return losses, {k: g / replicas for k, g in total.items()}
-
-
-# --- the loop --------------------------------------------------------------------------------------------------
+# --- the loop (core_spec.epochs.run_epochs with this port's Trainer) --------------------------------------------------
 
 
 def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, STFTConfig | None, float, bool]:
@@ -596,71 +416,6 @@ def _validate(model: Model, valid_set: Any, recipe: Recipe, stft_config: STFTCon
     return total
 
 
-class Trainer(TrainerBase):
-    """The NNabla port's :class:`core_spec.epochs.EpochTrainer`: the model, its training graph, the optimiser and
-    (data-parallel) the MPI communicator of this replica.
-
-    Args:
-        model: the network (:class:`~umx_nnabla.umx.OpenUnmix` or :class:`~umx_nnabla.demucs.Demucs`).
-        step: its training graph (:func:`make_step`).
-        optimizer: :func:`make_optimizer`'s :class:`TorchAdam` on the model's :func:`trainable_parameters`.
-        recipe: the training recipe (its seed reseeds NNabla's dropout generator every epoch).
-        stft_config: UMX: the training STFT (validation magnitudes); Demucs: ``None``.
-        comm: the communicator of a data-parallel run (``None``: one process).
-        rank: this replica.
-        buffers: the model's non-trained parameters (BatchNorm statistics, folded LSTM biases): rank 0's are
-            broadcast before every validation.
-    """
-
-    def __init__(
-        self,
-        model: Model,
-        step: UMXStep | DemucsStep,
-        optimizer: TorchAdam,
-        recipe: Recipe,
-        stft_config: STFTConfig | None,
-        comm: _Communicator | None = None,
-        rank: int = 0,
-        buffers: list[nn.Variable] | tuple[nn.Variable, ...] = (),
-    ):
-        self.model, self._step, self.optimizer, self.recipe = model, step, optimizer, recipe
-        self.stft_config, self.comm, self.rank, self.buffers = stft_config, comm, rank, list(buffers)
-
-    def set_learning_rate(self, lr: float) -> None:
-        self.optimizer.set_learning_rate(lr)
-
-    def start_epoch(self, epoch: int) -> None:
-        """NNabla's global generator (dropout masks) cannot be saved: it is reseeded per epoch (and replica), so a
-        ``--resume`` continues exactly."""
-        nn.seed(int(np.random.default_rng([self.recipe.seed, epoch, self.rank]).integers(2**31 - 1)))
-
-    def step(self, batch: Any) -> float:
-        """Zero the gradients, forward and backward ``batch``, average the gradients over the replicas, update."""
-        self.optimizer.zero_grad()
-        loss = self._step(batch, self.recipe)
-        if self.comm is not None:
-            self.comm.average_grads(self.optimizer.params)
-        self.optimizer.step()
-        return loss
-
-    def mean_over_replicas(self, value: float) -> float:
-        return self.comm.mean(value) if self.comm is not None else value
-
-    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
-        """Every replica validates, on rank 0's BatchNorm statistics (broadcast first)."""
-        if self.comm is not None:
-            self.comm.broadcast(self.buffers)
-        return _validate(self.model, valid_set, self.recipe, self.stft_config, quiet)
-
-    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
-        sync_lstm_biases(self.model)
-        save_best(folder, run, FRAMEWORK, valid_loss, to_canonical(self.model), self.model.config, save_native,
-                  nnabla=nn.__version__)  # fmt: skip
-
-    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
-        _save_checkpoint(self.model, self.optimizer, folder, run, rng)
-
-
 def fit(args: argparse.Namespace, recipe: Recipe, comm: _Communicator | None = None) -> dict[str, Any]:
     """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``comm``'s; rank 0 writes):
     :func:`core_spec.epochs.run_epochs` with this port's :class:`Trainer`.
@@ -729,3 +484,253 @@ def main(args: argparse.Namespace) -> int:
 
     errors = (DataParallelUnavailable, FileExistsError, FileNotFoundError, RuntimeError, ValueError)
     return run_main(args, FRAMEWORK, _fit, errors, prepare)
+
+
+# --- NNabla extras: the trained parameters and the LSTM's two biases --------------------------------------------------
+
+
+def _is_trainable(name: str) -> bool:
+    """Whether the NNabla parameter ``name`` is one upstream trains: not BatchNorm's running ``mean`` / ``var``
+    (buffers) and not the folded LSTM ``bias`` (training reads ``bias_ih`` + ``bias_hh``, as upstream)."""
+    parts = name.split("/")
+    if parts[-1] in ("mean", "var"):
+        return False
+    return not (parts[-1] == "bias" and len(parts) > 1 and parts[-2] == "lstm")
+
+
+def trainable_parameters(model: Model) -> OrderedDict[str, nn.Variable]:
+    """``{NNabla name: Variable}`` of the parameters the optimiser updates (names relative to the model's scope).
+    Call after building a training graph (:class:`UMXStep` / :class:`DemucsStep`), which creates ``bias_ih`` /
+    ``bias_hh`` when the model has none."""
+    params = model.get_parameters(grad_only=False)
+    return OrderedDict((k, v) for k, v in params.items() if _is_trainable(k))
+
+
+def _lstm_scopes(names: Any) -> list[str]:
+    return sorted({k.rsplit("/", 1)[0] for k in names if k.endswith("/bias_ih")})
+
+
+def sync_lstm_biases(model: Model) -> None:
+    """Write ``bias_ih + bias_hh`` (:func:`core_spec.params.fold_lstm_bias`) into every LSTM's folded ``bias``, the
+    one inference graphs read (created if absent). Training updates the two upstream biases; call this before
+    evaluating or saving."""
+    params = model.get_parameters(grad_only=False)
+    with model.parameter_scope():
+        for scope in _lstm_scopes(params):
+            total = fold_lstm_bias(params[f"{scope}/bias_ih"].d, params[f"{scope}/bias_hh"].d, np.float32)
+            folded = params.get(f"{scope}/bias")
+            if folded is None:
+                nn.parameter.set_parameter(f"{scope}/bias", nn.Variable.from_numpy_array(total, need_grad=False))
+            else:
+                folded.d[...] = total
+
+
+def _canonical_name_is_trainable(name: str) -> bool:
+    return name.rsplit(".", 1)[-1] not in ("running_mean", "running_var", "num_batches_tracked")
+
+
+def canonical_grads(model: Model, grads: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """NNabla gradients ``{name: array}`` (of :func:`trainable_parameters`) -> ``{canonical name: array}`` for every
+    parameter upstream trains (``bias_ih_l<k>`` / ``bias_hh_l<k>`` from the two kept biases; BatchNorm's running
+    statistics are buffers and have none). The mapping is :func:`umx_nnabla.weights.canonical_from_parameters`'s."""
+    params = model.get_parameters(grad_only=False)
+    values = {k: np.asarray(grads[k]) if k in grads else np.zeros(v.shape, np.float32) for k, v in params.items()}
+    for scope in _lstm_scopes(values):
+        # the pair's own fold: canonical_from_parameters then keeps the two gradients apart
+        values[f"{scope}/bias"] = fold_lstm_bias(values[f"{scope}/bias_ih"], values[f"{scope}/bias_hh"], np.float32)
+    canonical = canonical_from_parameters(values, model.config)
+    return {k: v for k, v in canonical.items() if _canonical_name_is_trainable(k)}
+
+
+# --- the optimiser ----------------------------------------------------------------------------------------------------
+
+
+class TorchAdam:
+    """``torch.optim.Adam(params, lr, betas, eps, weight_decay)`` (coupled L2 decay) with NNabla parameters.
+
+    Per step ``t`` and parameter ``w`` with gradient ``g`` (torch's single-tensor Adam, float32 NumPy on the
+    arrays)::
+
+        g = g + weight_decay * w               solver.weight_decay(wd): NNabla's own, the same coupled decay
+        m = m + (1 - b1) (g - m)               torch's lerp
+        v = b2 v + (1 - b2) g^2
+        w = w - lr / (1 - b1^t) * m / (sqrt(v) / sqrt(1 - b2^t) + eps)
+
+    NNabla's ``S.Adam.update()`` computes ``w - lr sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)``: ``eps``
+    without the bias correction, a different update wherever ``sqrt(v)`` is not much larger than ``eps`` (see the
+    module docstring), so it is not called. The ``S.Adam`` instance :attr:`solver` holds the moments (its states
+    ``mean`` / ``var`` are ``m`` / ``v``, updated in place) and its ``t``, so :meth:`save_states` /
+    :meth:`load_states` are NNabla's own files. On a GPU context the NumPy update goes through host memory.
+
+    Args:
+        params: ``{name: nn.Variable}`` to optimise (e.g. :func:`trainable_parameters`).
+        lr, betas, eps, weight_decay: torch's arguments.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, nn.Variable],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = ADAM_BETAS,
+        eps: float = ADAM_EPS,
+        weight_decay: float = 0.0,
+    ):
+        self.params = OrderedDict(params)
+        self.lr, self.betas, self.eps, self.weight_decay = float(lr), tuple(betas), float(eps), float(weight_decay)
+        self.solver = S.Adam(alpha=self.lr, beta1=self.betas[0], beta2=self.betas[1], eps=self.eps)
+        self.solver.set_parameters(self.params)
+        self.t = 0
+
+    def zero_grad(self) -> None:
+        self.solver.zero_grad()
+
+    def set_learning_rate(self, lr: float) -> None:
+        self.lr = float(lr)
+        self.solver.set_learning_rate(self.lr)
+
+    def step(self) -> None:
+        """Apply one update with the gradients the parameters hold (after ``loss.backward()``)."""
+        if self.weight_decay:
+            self.solver.weight_decay(self.weight_decay)
+        self.t += 1
+        beta1, beta2 = self.betas
+        step_size = self.lr / (1.0 - beta1**self.t)
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**self.t)
+        states = self.solver.get_states()
+        for name, param in self.params.items():
+            state = states[name].pstate
+            # views of the solver's buffers, float32 (a state read from a .protobuf file comes back as float64)
+            m, v = state["mean"].data.cast(np.float32), state["var"].data.cast(np.float32)
+            g, w = param.g, param.d  # views: the updates below are in place
+            m += (1.0 - beta1) * (g - m)
+            v *= beta2
+            v += (1.0 - beta2) * (g * g)
+            denom = np.sqrt(v) / bias_correction2_sqrt + self.eps
+            w -= step_size * (m / denom)
+
+    def state_arrays(self) -> dict[str, dict[str, np.ndarray]]:
+        """``{name: {"m": array, "v": array}}`` (copies), for inspection."""
+        states = self.solver.get_states()
+        return {k: {"m": s.pstate["mean"].d.copy(), "v": s.pstate["var"].d.copy()} for k, s in states.items()}
+
+    def save_states(self, path: str | os.PathLike) -> None:
+        """``solver.save_states`` with the step count stored as every state's ``t``. Use ``.protobuf``: NNabla
+        1.39's ``.h5`` solver-state reader gives a parameter the states of another whose name extends its own
+        (``lstm/lstm/weight`` receives ``lstm/lstm/weight_l0``'s); :meth:`load_states` checks the shapes."""
+        states = self.solver.get_states()
+        for state in states.values():
+            state.t = self.t
+        self.solver.set_states(states)
+        self.solver.save_states(str(path))
+
+    def load_states(self, path: str | os.PathLike) -> None:
+        self.solver.load_states(str(path))
+        states = self.solver.get_states()
+        for name, param in self.params.items():
+            shapes_read = {k: v.shape for k, v in states[name].pstate.items()}
+            if any(shape != param.shape for shape in shapes_read.values()):
+                raise ValueError(f"{path}: solver states of {name} are {shapes_read}, the parameter is {param.shape}")
+            for state in states[name].pstate.values():
+                state.data.cast(np.float32)  # .protobuf states are read back as float64
+        ts = {int(s.t) for s in states.values()}
+        if len(ts) != 1:
+            raise ValueError(f"{path}: solver states disagree on the step count ({sorted(ts)})")
+        self.t = ts.pop()
+
+
+def make_step(model: Model, recipe: Recipe, stft_config: STFTConfig | None = None, lstm_dropout: float | None = None):
+    """The loss graph of ``recipe`` for ``model`` (:class:`UMXStep` or :class:`DemucsStep`)."""
+    if isinstance(recipe, UMXTrainConfig):
+        return UMXStep(model, stft_config or train_stft(model.config, recipe.stft_center), lstm_dropout)
+    return DemucsStep(model, recipe.loss)
+
+
+# --- data parallelism -------------------------------------------------------------------------------------------------
+
+
+class DataParallelUnavailable(RuntimeError):
+    """``--devices > 1`` where NNabla cannot run data-parallel training (the CPU, or no CUDA extension / MPI)."""
+
+
+DATA_PARALLEL_HELP = (
+    "NNabla's data-parallel training is multi-process: one process per GPU, started by MPI (mpirun -n N), gradients "
+    "all-reduced by nnabla.communicators.MultiProcessCommunicator, which has CUDA/NCCL kernels only (NNabla 1.39's "
+    "CPU extension registers none: 'Any of [cpu:float] could not be found'). It needs nnabla-ext-cuda<version> "
+    "(built with NCCL, matching the CUDA driver) and an MPI installation (Open MPI); run "
+    "'mpirun -n N python -m core_spec.train_cli --framework nnabla --device gpu --devices N ...'. "
+    "On the CPU, train single-process (--devices 1). See docs/training.md."
+)
+
+
+class _Communicator:
+    """The MPI communicator of a data-parallel run (``nnabla.communicators.MultiProcessCommunicator``, CUDA)."""
+
+    def __init__(self, devices: int, device: str):
+        if device not in ("gpu", "cuda"):
+            raise DataParallelUnavailable(f"--devices {devices} with --device {device}: {DATA_PARALLEL_HELP}")
+        try:
+            import nnabla_ext.cuda  # noqa: F401
+        except ImportError as e:
+            raise DataParallelUnavailable(f"--devices {devices}: nnabla-ext-cuda is not installed ({e}). "
+                                          f"{DATA_PARALLEL_HELP}") from None  # fmt: skip
+        import nnabla.communicators as C
+
+        self.ctx = device_context("gpu")
+        try:
+            self.comm = C.MultiProcessCommunicator(self.ctx)
+            self.comm.init()
+        except Exception as e:  # no MPI, or not started by mpirun
+            raise DataParallelUnavailable(
+                f"--devices {devices}: no MPI communicator ({e}). {DATA_PARALLEL_HELP}"
+            ) from e
+        if self.comm.size != devices:
+            raise DataParallelUnavailable(
+                f"--devices {devices} but MPI started {self.comm.size} process(es): run 'mpirun -n {devices} ...'"
+            )
+        self.rank, self.size = self.comm.rank, self.comm.size
+        self.ctx.device_id = str(self.comm.local_rank)
+
+    def average_grads(self, params: Mapping[str, nn.Variable]) -> None:
+        self.comm.all_reduce([v.grad for v in params.values()], division=True, inplace=False)
+
+    def mean(self, value: float) -> float:
+        var = nn.NdArray.from_numpy_array(np.array([value], np.float32))
+        self.comm.all_reduce([var], division=True, inplace=False)
+        return float(var.data[0])
+
+    def broadcast(self, variables: list[nn.Variable]) -> None:
+        """Rank 0's arrays to every replica (parameters at the start, BatchNorm statistics before validation)."""
+        if variables:
+            self.comm.bcast([v.data for v in variables], src=0, inplace=False)
+
+
+def data_parallel_loss_and_grads(
+    model: Model,
+    batch: Any,
+    recipe: Recipe,
+    replicas: int = 2,
+    stft_config: STFTConfig | None = None,
+    lstm_dropout: float | None = None,
+) -> tuple[list[float], dict[str, np.ndarray]]:
+    """The arithmetic of one data-parallel step, run replica after replica in this process: each replica's
+    contiguous shard of ``batch`` forward and backward on the same weights, the gradients averaged (what
+    ``all_reduce(division=True)`` computes across MPI processes). BatchNorm normalises with each shard's own
+    statistics (as upstream's DDP without SyncBatchNorm); the running statistics kept are replica 0's.
+
+    Returns ``([loss of each shard], {canonical name: averaged gradient})``. Demucs (no normalisation layers): the
+    full batch's gradient.
+    """
+    running = {k: v for k, v in model.get_parameters(grad_only=False).items() if not _is_trainable(k)}
+    start = {k: v.d.copy() for k, v in running.items()}
+    losses, total, kept = [], None, None
+    for rank in range(replicas):
+        for k, v in running.items():
+            v.d = start[k]
+        loss, grads = loss_and_grads(model, shard_batch(batch, rank, replicas), recipe, stft_config, lstm_dropout)
+        losses.append(loss)
+        total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
+        if rank == 0:
+            kept = {k: v.d.copy() for k, v in running.items()}
+    for k, v in running.items():
+        v.d = kept[k]
+    return losses, {k: g / replicas for k, g in total.items()}

@@ -34,12 +34,12 @@ import nnabla.functions as F
 import numpy as np
 import scipy.fft
 
+from core_spec.reference import transforms as spec
 from core_spec.reference.transforms import (
     NOLA_FLOOR,
     ShortSignalError,
     check_length,
     check_nola,
-    hann_window,
     istft_envelope,
     istft_span,
 )
@@ -47,17 +47,21 @@ from core_spec.reference.transforms import (
 __all__ = [
     "ShortSignalError",
     "complex_norm",
+    "hann_window",
     "istft",
     "istft_graph",
     "stft",
     "stft_graph",
-    "window",
 ]
 
 
-def window(n_fft: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
-    """Periodic Hann window ``(n_fft,)`` (``torch.hann_window(n_fft)``), computed in float64 and cast."""
-    return hann_window(n_fft).astype(dtype)
+@lru_cache(maxsize=8)
+def hann_window(n_fft: int, dtype: np.dtype | type = np.float32) -> np.ndarray:
+    """Periodic Hann window ``(n_fft,)`` (``torch.hann_window(n_fft)``): the spec's float64 window cast to
+    ``dtype``; read-only (cached)."""
+    window = spec.hann_window(n_fft).astype(dtype)
+    window.setflags(write=False)
+    return window
 
 
 def _float_dtype(x: np.ndarray) -> np.dtype:
@@ -89,18 +93,11 @@ def stft(
         pad = n_fft // 2
         x = np.pad(x, [(0, 0)] * (x.ndim - 1) + [(pad, pad)], mode="reflect")
     frames = np.lib.stride_tricks.sliding_window_view(x, n_fft, axis=-1)[..., ::n_hop, :]  # (..., T, n_fft)
-    win = _window_of(n_fft, x.dtype) if window is None else np.asarray(window, dtype=x.dtype)
+    win = hann_window(n_fft, x.dtype) if window is None else np.asarray(window, dtype=x.dtype)
     spec = scipy.fft.rfft(frames * win, axis=-1, workers=-1)  # (..., T, nb_bins)
     if normalized:
         spec *= 1.0 / np.sqrt(n_fft)
     return np.swapaxes(spec, -1, -2)
-
-
-@lru_cache(maxsize=8)
-def _window_of(n_fft: int, dtype: np.dtype) -> np.ndarray:
-    out = window(n_fft, dtype)
-    out.setflags(write=False)
-    return out
 
 
 def _overlap_add(frames: np.ndarray, n_hop: int) -> np.ndarray:
@@ -154,7 +151,7 @@ def istft(
         raise ValueError(f"istft: expected {n_fft // 2 + 1} bins for n_fft={n_fft}, got {X.shape[-2]}")
     dtype = np.dtype(np.float32) if X.dtype == np.complex64 else np.dtype(np.float64)
     nb_frames = X.shape[-1]
-    win = _window_of(n_fft, dtype) if window is None else np.asarray(window, dtype=dtype)
+    win = hann_window(n_fft, dtype) if window is None else np.asarray(window, dtype=dtype)
     frames = scipy.fft.irfft(np.swapaxes(X, -1, -2), n=n_fft, axis=-1, workers=-1)  # (..., T, n_fft)
     frames = frames.astype(dtype, copy=False)
     if normalized:

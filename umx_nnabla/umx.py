@@ -1,4 +1,4 @@
-"""Open-Unmix (one target) as an NNabla graph, and the LSTM both networks use.
+"""Open-Unmix (one target) as an NNabla graph.
 
 ``OpenUnmix(...)(x)`` builds the network on an ``nn.Variable`` with parametric functions under the model's
 parameter scope, named the way NNabla users (and Sony's own ``x-umx``) name them::
@@ -6,25 +6,12 @@ parameter scope, named the way NNabla users (and Sony's own ``x-umx``) name them
     input_mean (max_bin,)  input_scale (max_bin,)  output_scale (nb_bins,)  output_mean (nb_bins,)
     fc1/affine/W (nb_channels * max_bin, hidden)        PF.affine(base_axis=2, with_bias=False)
     bn1/bn/{beta, gamma, mean, var} (1, 1, hidden)      PF.batch_normalization(axes=[2], batch_stat=False)
-    lstm/lstm/{weight_l0, weight, bias}                 PF.lstm's packed layout (see :func:`lstm`)
+    lstm/lstm/{weight_l0, weight, bias}                 PF.lstm's packed layout (:func:`umx_nnabla.layers.lstm`)
     fc2/affine/W (2 hidden, hidden)   bn2/bn/*   fc3/affine/W (hidden, nb_channels * nb_bins)   bn3/bn/*
 
 The forward is upstream's (``core_spec.reference.umx`` is the spec), frame-major ``(nb_frames, nb_samples, ...)``
 inside; ``PF.affine`` with ``base_axis=2`` flattens ``(nb_channels, bins)`` in the same ``c * bins + f`` order as
 upstream's ``reshape``. Weights come from the canonical files through :mod:`umx_nnabla.weights`.
-
-**The LSTM.** :func:`lstm` keeps ``PF.lstm``'s parameters (``weight_l0 (D, 4, H, I + H)``, ``weight (L - 1, D, 4,
-H, D H + H)``, one folded ``bias (L, D, 4, H)``, gates ``i, f, g, o`` as ``nnabla/utils/rnn.py``) and computes
-either with ``F.lstm`` (``impl="builtin"``) or with an unrolled graph of NNabla functions on the same parameters
-(``impl="unrolled"``, :func:`unrolled_lstm`). ``"auto"`` picks ``F.lstm`` on a CUDA context (cuDNN's RNN) and the
-unrolled graph on the CPU: NNabla 1.39's CPU ``F.lstm`` takes ~8 ms per time step and direction at hidden 256
-(11 s for 300 frames of one umxhq LSTM; ~47 s for a 30 s track, where upstream's torch LSTM takes ~3 s) and
-~0.8 s per step at hidden 2048 (Demucs). The unrolled graph computes the input projection of all steps as one
-``F.batch_matmul``, advances all directions (and, in :func:`open_unmix_stack`, all targets) with one
-``F.batch_matmul`` per step on the ``(D, 4H, H)`` recurrent matrices as stored (``transpose_b``: 3x faster than
-``F.affine`` for a ``(1, K) x (K, N)`` product on NNabla's CPU kernels), the backward directions on the
-time-reversed projection. Building and running one step of one layer for the four umxhq targets together took
-~4.7 ms on the shared test machine, against ~11.6 ms as four separate graphs.
 
 **Training mode** (``model(x, train=True)``, used by :mod:`umx_nnabla.train`): the three BatchNorms normalise with
 the batch statistics and update their running ones (``PF.batch_normalization(batch_stat=True, decay_rate=0.9)``:
@@ -55,17 +42,16 @@ from core_spec.trace import Recorder
 
 from ._context import GraphCache
 from .layers import (
-    LSTM_IMPLS,
-    _batch_norm,
-    _feature_affine,
-    _resolve_impl,
+    batch_norm,
+    feature_affine,
     lstm,
     lstm_parameters,
     persistent,
+    resolve_lstm_impl,
     unrolled_lstm,
 )
 
-__all__ = ["LSTM_IMPLS", "OpenUnmix", "lstm", "lstm_parameters", "open_unmix_stack", "unrolled_lstm"]
+__all__ = ["OpenUnmix", "open_unmix_stack"]
 
 
 class OpenUnmix:
@@ -82,7 +68,7 @@ class OpenUnmix:
         scope: parameter scope of this model inside ``params`` (e.g. the target name in a separator).
         params: the parameter dictionary to use as the root scope; ``None``: a new one (the global NNabla scope is
             never touched).
-        lstm_impl: see :func:`lstm`.
+        lstm_impl: see :func:`umx_nnabla.layers.lstm`.
     """
 
     def __init__(
@@ -101,7 +87,7 @@ class OpenUnmix:
         self._config = config_from_arguments(UMXConfig, locals())
         self.scope = scope
         self.params: OrderedDict = OrderedDict() if params is None else params
-        _resolve_impl(lstm_impl)
+        resolve_lstm_impl(lstm_impl)
         self.lstm_impl = lstm_impl
         self.graphs = GraphCache(self._build_graph)
 
@@ -157,12 +143,12 @@ class OpenUnmix:
         dropout = self.lstm_dropout if lstm_dropout is None else lstm_dropout
         with self.parameter_scope():
             mix = _frame_major(x, c)
-            h = self._encode(mix, keep, train)
+            h = self.encode(mix, keep, train)
             y = keep("lstm", lstm(h, c.lstm_hidden_size, c.nb_layers, not c.unidirectional, impl=self.lstm_impl,
                                   train=train, dropout=dropout, name="lstm"))  # fmt: skip
-            return F.transpose(self._decode(h, y, mix, keep, train), (1, 2, 3, 0))
+            return F.transpose(self.decode(h, y, mix, keep, train), (1, 2, 3, 0))
 
-    def _encode(self, mix: nn.Variable, keep: Recorder, train: bool = False) -> nn.Variable:
+    def encode(self, mix: nn.Variable, keep: Recorder, train: bool = False) -> nn.Variable:
         """Up to the LSTM: the magnitude ``(T, B, C, F)`` -> ``tanh(bn1(fc1(...)))`` ``(T, B, H)``."""
         c = self.config
         nb_frames, nb_samples, nb_channels, nb_bins = mix.shape
@@ -174,12 +160,12 @@ class OpenUnmix:
         x = mix
         if crop < nb_bins:
             x = F.slice(x, (0, 0, 0, 0), (nb_frames, nb_samples, nb_channels, crop))
-        x = keep("fc1.input", _feature_affine(x, scale=input_scale, shift_before=input_mean, train=train))
+        x = keep("fc1.input", feature_affine(x, scale=input_scale, shift_before=input_mean, train=train))
         x = keep("fc1", PF.affine(x, c.hidden_size, base_axis=2, with_bias=False, name="fc1"))  # (T, B, H)
-        x = keep("bn1", _batch_norm(x, train, "bn1"))
+        x = keep("bn1", batch_norm(x, train, "bn1"))
         return F.tanh(x)
 
-    def _decode(
+    def decode(
         self, x: nn.Variable, y: nn.Variable, mix: nn.Variable, keep: Recorder, train: bool = False
     ) -> nn.Variable:
         """After the LSTM: skip connection, fc2/bn2/ReLU, fc3/bn3, output scaling, mask times ``mix``
@@ -191,13 +177,13 @@ class OpenUnmix:
 
         x = keep("fc2.input", F.concatenate(x, y, axis=2))  # skip connection: (T, B, 2H)
         x = keep("fc2", PF.affine(x, self.config.hidden_size, base_axis=2, with_bias=False, name="fc2"))
-        x = keep("bn2", _batch_norm(x, train, "bn2"))
+        x = keep("bn2", batch_norm(x, train, "bn2"))
         x = keep("fc3.input", F.relu(x))
         x = keep("fc3", PF.affine(x, nb_channels * nb_bins, base_axis=2, with_bias=False, name="fc3"))
-        x = keep("bn3", _batch_norm(x, train, "bn3"))
+        x = keep("bn3", batch_norm(x, train, "bn3"))
 
         x = F.reshape(x, (nb_frames, nb_samples, nb_channels, nb_bins))  # features in (c, f) order
-        x = _feature_affine(x, scale=output_scale, shift_after=output_mean, train=train)
+        x = feature_affine(x, scale=output_scale, shift_after=output_mean, train=train)
         return F.relu(x) * mix
 
     def _build_graph(self, shape: tuple[int, ...]) -> tuple[nn.Variable, nn.Variable]:
@@ -236,7 +222,7 @@ def open_unmix_stack(models: list[OpenUnmix], x: nn.Variable, frame_major: bool 
         frame_major: return ``(nb_frames, nb_samples, nb_channels, nb_bins)`` (the networks' own layout, what
             the separator's Wiener filter reads) instead of the input's layout.
     """
-    impls = {_resolve_impl(m.lstm_impl) for m in models}
+    impls = {resolve_lstm_impl(m.lstm_impl) for m in models}
     configs = {m.config for m in models}
     if len(configs) != 1:
         raise ValueError("open_unmix_stack needs models of one config")
@@ -245,7 +231,7 @@ def open_unmix_stack(models: list[OpenUnmix], x: nn.Variable, frame_major: bool 
     encoded, params = [], []
     for model in models:
         with model.parameter_scope():
-            encoded.append(model._encode(mix, Recorder(None, UMX_TRACE_KEYS)))
+            encoded.append(model.encode(mix, Recorder(None, UMX_TRACE_KEYS)))
             with nn.parameter_scope("lstm/lstm"):
                 params.append(lstm_parameters(c.hidden_size, c.lstm_hidden_size, c.nb_layers, c.nb_directions))
     if impls == {"unrolled"}:
@@ -258,6 +244,6 @@ def open_unmix_stack(models: list[OpenUnmix], x: nn.Variable, frame_major: bool 
     outs = []
     for model, h, y in zip(models, encoded, ys):
         with model.parameter_scope():
-            out = model._decode(h, y, mix, Recorder(None, UMX_TRACE_KEYS))
+            out = model.decode(h, y, mix, Recorder(None, UMX_TRACE_KEYS))
         outs.append(out if frame_major else F.transpose(out, (1, 2, 3, 0)))
     return outs

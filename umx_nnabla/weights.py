@@ -79,17 +79,117 @@ __all__ = [
     "to_canonical",
 ]
 
+
 FORMAT = "unmix-ports/nnabla-h5/1"
 Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
+
 
 # need_grad of each NNabla parameter: everything upstream trains, but not the BatchNorm statistics and the kept
 # upstream LSTM biases
 _FIXED_LEAVES = ("mean", "var", "bias_ih", "bias_hh")
 
+
 _BN = {"weight": "gamma", "bias": "beta", "running_mean": "mean", "running_var": "var"}
 
 
-# --- canonical -> NNabla ---------------------------------------------------------------------------------------
+# --- loading, reading back, the native file ------------------------------------------------------------------------
+
+
+def _config_of(model: Model) -> Config:
+    return model.config
+
+
+def _set_parameters(root: OrderedDict, params: Mapping[str, np.ndarray]) -> None:
+    with nn.parameter_scope("", root):
+        for name, value in params.items():
+            leaf = name.rsplit("/", 1)[-1]
+            var = nn.Variable.from_numpy_array(value, need_grad=leaf not in _FIXED_LEAVES)
+            nn.parameter.set_parameter(name, var)
+
+
+def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
+    """Load canonical weights into ``model`` (an :class:`~umx_nnabla.umx.OpenUnmix`, :class:`~umx_nnabla.demucs.Demucs`
+    or :class:`~umx_nnabla.separator.Separator`, told apart by the type of ``model.config``), replacing its
+    parameters; raises :class:`WeightsMismatchError` for anything missing, unexpected or mis-shaped."""
+    config = _config_of(model)
+    params = parameters_from_canonical(weights, config)
+    if isinstance(config, UMXSeparatorConfig):
+        _set_parameters(model.params, params)
+        for target in model.target_models.values():
+            target.graphs.clear()
+    else:
+        with model.parameter_scope() as scope:
+            _set_parameters(scope, params)
+    model.graphs.clear()  # graphs built before hold the previous parameter arrays
+
+
+def to_canonical(model: Model) -> dict[str, np.ndarray]:
+    """The canonical weights of ``model`` (upstream names; ``target_models.<t>.<name>`` for a separator)."""
+    params = {k: v.d.copy() for k, v in model.get_parameters(grad_only=False).items()}
+    return canonical_from_parameters(params, _config_of(model))
+
+
+def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    """``(<stem>.h5, <stem>.json)`` for a path given as the stem or either file
+    (:func:`core_spec.files.paired_paths`)."""
+    return paired_paths(path, ".h5")
+
+
+def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Config, force: bool = False) -> list[Path]:
+    """Write ``<stem>.h5`` (``nn.save_parameters``) and ``<stem>.json`` atomically; refuse to overwrite unless
+    ``force``. ``weights`` are canonical (checked against ``config``'s inventory). Returns the two paths."""
+    h5_path, json_path = native_paths(path)
+    refuse_overwrite(h5_path, json_path, force=force)  # before the weights are checked, as the files come first
+    params = parameters_from_canonical(weights, config)
+    variables = OrderedDict(
+        (k, nn.Variable.from_numpy_array(v, need_grad=k.rsplit("/", 1)[-1] not in _FIXED_LEAVES))
+        for k, v in params.items()
+    )
+    header = native_header(FORMAT, config)
+    # nn.save_parameters picks its format by the extension: the temporary file ends with .h5
+    return write_pair(h5_path, json_path, lambda tmp: nn.save_parameters(tmp, variables), header, force, ".h5")
+
+
+def _read_native(path: str | os.PathLike) -> tuple[OrderedDict[str, np.ndarray], Config]:
+    h5_path, json_path = native_paths(path)
+    if not h5_path.exists():
+        raise FileNotFoundError(f"NNabla weights: {h5_path} not found (save_native writes <stem>.h5 and <stem>.json)")
+    _, config = read_native_header(json_path, FORMAT, "NNabla weights")
+    scope: OrderedDict = OrderedDict()
+    with nn.parameter_scope("", scope):
+        nn.load_parameters(str(h5_path))
+        params = OrderedDict((k, v.d.copy()) for k, v in nn.get_parameters(grad_only=False).items())
+    return params, config
+
+
+def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
+    """Read ``<stem>.h5`` + ``<stem>.json``: ``(canonical weights, config)``."""
+    params, config = _read_native(path)
+    return canonical_from_parameters(params, config), config
+
+
+# --- the mapping: canonical -> NNabla ------------------------------------------------------------------------------
+
+
+def _float32(a: Any) -> np.ndarray:
+    return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
+
+
+def parameters_from_canonical(weights: Mapping[str, Any], config: Config) -> OrderedDict[str, np.ndarray]:
+    """Canonical arrays (checked against ``config``'s inventory) -> ``{NNabla parameter name: float32 array}``.
+
+    For a :class:`UMXSeparatorConfig` the weights may be ``target_models.<t>.<name>`` or ``{t: {name: array}}``;
+    the names are ``<t>/<NNabla name>``.
+    """
+    if isinstance(config, UMXSeparatorConfig):
+        out: OrderedDict[str, np.ndarray] = OrderedDict()
+        for target, w in per_target(weights, config.separator.targets).items():
+            for k, v in parameters_from_canonical(w, config.model).items():
+                out[f"{target}/{k}"] = v
+        return out
+    checked = {k: _float32(v) for k, v in check_weights(weights, config, "canonical weights").items()}
+    mapped = _umx_to_nnabla(checked, config) if isinstance(config, UMXConfig) else _demucs_to_nnabla(checked, config)
+    return OrderedDict((k, _float32(v)) for k, v in mapped.items())
 
 
 def _lstm_to_nnabla(w: Mapping[str, np.ndarray], prefix: str, layers: int, directions: int) -> dict[str, np.ndarray]:
@@ -168,48 +268,7 @@ def _demucs_to_nnabla(w: Mapping[str, np.ndarray], c: DemucsConfig) -> dict[str,
     return out
 
 
-def _float32(a: Any) -> np.ndarray:
-    return np.ascontiguousarray(np.asarray(a, dtype=np.float32))
-
-
-def parameters_from_canonical(weights: Mapping[str, Any], config: Config) -> OrderedDict[str, np.ndarray]:
-    """Canonical arrays (checked against ``config``'s inventory) -> ``{NNabla parameter name: float32 array}``.
-
-    For a :class:`UMXSeparatorConfig` the weights may be ``target_models.<t>.<name>`` or ``{t: {name: array}}``;
-    the names are ``<t>/<NNabla name>``.
-    """
-    if isinstance(config, UMXSeparatorConfig):
-        out: OrderedDict[str, np.ndarray] = OrderedDict()
-        for target, w in per_target(weights, config.separator.targets).items():
-            for k, v in parameters_from_canonical(w, config.model).items():
-                out[f"{target}/{k}"] = v
-        return out
-    checked = {k: _float32(v) for k, v in check_weights(weights, config, "canonical weights").items()}
-    mapped = _umx_to_nnabla(checked, config) if isinstance(config, UMXConfig) else _demucs_to_nnabla(checked, config)
-    return OrderedDict((k, _float32(v)) for k, v in mapped.items())
-
-
-# --- NNabla -> canonical ---------------------------------------------------------------------------------------
-
-
-def _lstm_to_canonical(p: Mapping[str, np.ndarray], scope: str, prefix: str) -> dict[str, np.ndarray]:
-    w0, bias = p[f"{scope}/weight_l0"], p[f"{scope}/bias"]
-    directions, _, hidden, _ = w0.shape
-    layers = bias.shape[0]
-    bias_ih, bias_hh = p.get(f"{scope}/bias_ih"), p.get(f"{scope}/bias_hh")
-    if bias_ih is None or bias_hh is None:
-        bias_ih, bias_hh = bias, np.zeros_like(bias)  # no upstream pair: the folded bias alone
-    else:
-        bias_ih, bias_hh = lstm_bias_halves(bias, bias_ih, bias_hh)  # a stale pair gives way to the folded bias
-    out = {}
-    for k in range(layers):
-        packed = w0 if k == 0 else p[f"{scope}/weight"][k - 1]  # (D, 4, H, I + H)
-        for d, s in enumerate(("", "_reverse")[:directions]):
-            out[f"{prefix}weight_ih_l{k}{s}"] = packed[d, :, :, :-hidden].reshape(4 * hidden, -1)
-            out[f"{prefix}weight_hh_l{k}{s}"] = packed[d, :, :, -hidden:].reshape(4 * hidden, hidden)
-            out[f"{prefix}bias_ih_l{k}{s}"] = bias_ih[k, d].reshape(-1)
-            out[f"{prefix}bias_hh_l{k}{s}"] = bias_hh[k, d].reshape(-1)
-    return out
+# --- NNabla -> canonical -------------------------------------------------------------------------------------------
 
 
 def canonical_from_parameters(params: Mapping[str, np.ndarray], config: Config) -> dict[str, np.ndarray]:
@@ -244,35 +303,27 @@ def canonical_from_parameters(params: Mapping[str, np.ndarray], config: Config) 
     return check_weights({k: np.ascontiguousarray(v) for k, v in out.items()}, config, "NNabla parameters")
 
 
-# --- models ----------------------------------------------------------------------------------------------------
-
-
-def _config_of(model: Model) -> Config:
-    return model.config
-
-
-def _set_parameters(root: OrderedDict, params: Mapping[str, np.ndarray]) -> None:
-    with nn.parameter_scope("", root):
-        for name, value in params.items():
-            leaf = name.rsplit("/", 1)[-1]
-            var = nn.Variable.from_numpy_array(value, need_grad=leaf not in _FIXED_LEAVES)
-            nn.parameter.set_parameter(name, var)
-
-
-def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
-    """Load canonical weights into ``model`` (an :class:`~umx_nnabla.umx.OpenUnmix`, :class:`~umx_nnabla.demucs.Demucs`
-    or :class:`~umx_nnabla.separator.Separator`, told apart by the type of ``model.config``), replacing its
-    parameters; raises :class:`WeightsMismatchError` for anything missing, unexpected or mis-shaped."""
-    config = _config_of(model)
-    params = parameters_from_canonical(weights, config)
-    if isinstance(config, UMXSeparatorConfig):
-        _set_parameters(model.params, params)
-        for target in model.target_models.values():
-            target.graphs.clear()
+def _lstm_to_canonical(p: Mapping[str, np.ndarray], scope: str, prefix: str) -> dict[str, np.ndarray]:
+    w0, bias = p[f"{scope}/weight_l0"], p[f"{scope}/bias"]
+    directions, _, hidden, _ = w0.shape
+    layers = bias.shape[0]
+    bias_ih, bias_hh = p.get(f"{scope}/bias_ih"), p.get(f"{scope}/bias_hh")
+    if bias_ih is None or bias_hh is None:
+        bias_ih, bias_hh = bias, np.zeros_like(bias)  # no upstream pair: the folded bias alone
     else:
-        with model.parameter_scope() as scope:
-            _set_parameters(scope, params)
-    model.graphs.clear()  # graphs built before hold the previous parameter arrays
+        bias_ih, bias_hh = lstm_bias_halves(bias, bias_ih, bias_hh)  # a stale pair gives way to the folded bias
+    out = {}
+    for k in range(layers):
+        packed = w0 if k == 0 else p[f"{scope}/weight"][k - 1]  # (D, 4, H, I + H)
+        for d, s in enumerate(("", "_reverse")[:directions]):
+            out[f"{prefix}weight_ih_l{k}{s}"] = packed[d, :, :, :-hidden].reshape(4 * hidden, -1)
+            out[f"{prefix}weight_hh_l{k}{s}"] = packed[d, :, :, -hidden:].reshape(4 * hidden, hidden)
+            out[f"{prefix}bias_ih_l{k}{s}"] = bias_ih[k, d].reshape(-1)
+            out[f"{prefix}bias_hh_l{k}{s}"] = bias_hh[k, d].reshape(-1)
+    return out
+
+
+# --- devices and dtypes --------------------------------------------------------------------------------------------
 
 
 def check_device_dtype(device: str = "cpu", dtype: Any = "float32") -> str:
@@ -290,51 +341,3 @@ def check_device_dtype(device: str = "cpu", dtype: Any = "float32") -> str:
     name = device_name(device)
     device_context(name)  # raises for a GPU without the CUDA extension
     return name
-
-
-def to_canonical(model: Model) -> dict[str, np.ndarray]:
-    """The canonical weights of ``model`` (upstream names; ``target_models.<t>.<name>`` for a separator)."""
-    params = {k: v.d.copy() for k, v in model.get_parameters(grad_only=False).items()}
-    return canonical_from_parameters(params, _config_of(model))
-
-
-# --- the native file -------------------------------------------------------------------------------------------
-
-
-def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(<stem>.h5, <stem>.json)`` for a path given as the stem or either file
-    (:func:`core_spec.files.paired_paths`)."""
-    return paired_paths(path, ".h5")
-
-
-def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Config, force: bool = False) -> list[Path]:
-    """Write ``<stem>.h5`` (``nn.save_parameters``) and ``<stem>.json`` atomically; refuse to overwrite unless
-    ``force``. ``weights`` are canonical (checked against ``config``'s inventory). Returns the two paths."""
-    h5_path, json_path = native_paths(path)
-    refuse_overwrite(h5_path, json_path, force=force)  # before the weights are checked, as the files come first
-    params = parameters_from_canonical(weights, config)
-    variables = OrderedDict(
-        (k, nn.Variable.from_numpy_array(v, need_grad=k.rsplit("/", 1)[-1] not in _FIXED_LEAVES))
-        for k, v in params.items()
-    )
-    header = native_header(FORMAT, config)
-    # nn.save_parameters picks its format by the extension: the temporary file ends with .h5
-    return write_pair(h5_path, json_path, lambda tmp: nn.save_parameters(tmp, variables), header, force, ".h5")
-
-
-def _read_native(path: str | os.PathLike) -> tuple[OrderedDict[str, np.ndarray], Config]:
-    h5_path, json_path = native_paths(path)
-    if not h5_path.exists():
-        raise FileNotFoundError(f"NNabla weights: {h5_path} not found (save_native writes <stem>.h5 and <stem>.json)")
-    _, config = read_native_header(json_path, FORMAT, "NNabla weights")
-    scope: OrderedDict = OrderedDict()
-    with nn.parameter_scope("", scope):
-        nn.load_parameters(str(h5_path))
-        params = OrderedDict((k, v.d.copy()) for k, v in nn.get_parameters(grad_only=False).items())
-    return params, config
-
-
-def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
-    """Read ``<stem>.h5`` + ``<stem>.json``: ``(canonical weights, config)``."""
-    params, config = _read_native(path)
-    return canonical_from_parameters(params, config), config
