@@ -82,6 +82,24 @@ def _imports(source: str) -> frozenset[str]:
     return frozenset(names)
 
 
+@lru_cache(maxsize=64)
+def _calls(source: str, name: str) -> tuple[int, ...]:
+    """The lines where ``source`` calls ``name`` (``name(...)`` or ``x.name(...)``)."""
+    try:
+        tree = ast.parse(source)
+    except SyntaxError:
+        return ()
+    lines = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call):
+            func = node.func
+            if (isinstance(func, ast.Name) and func.id == name) or (
+                isinstance(func, ast.Attribute) and func.attr == name
+            ):
+                lines.add(node.lineno)
+    return tuple(sorted(lines))
+
+
 @dataclass
 class Expander:
     """Expands the directives of the pages of one build.
@@ -150,13 +168,13 @@ class Expander:
     def _builtin(self, port: str, layer: str) -> str:
         short = layer.rsplit(".", 1)[-1]
         uses = []
-        pattern = re.compile(rf"\b{re.escape(short)}\(")
         for file in sorted((self.sources.root / port).glob("*.py")):
-            text = self.sources.text(f"{port}/{file.name}") or ""
-            for number, line in enumerate(text.splitlines(), start=1):
-                if pattern.search(line) and not line.lstrip().startswith(("#", "def ", "class ")):
-                    uses.append(f"`{port}/{file.name}:{number}`")
-        where = f" It is called at {', '.join(uses[:4])}{' ...' if len(uses) > 4 else ''}." if uses else ""
+            path = f"{port}/{file.name}"
+            uses += [f"`{path}:{line}`" for line in _calls(self.sources.text(path) or "", short)]
+        where = ""
+        if uses:
+            more = f" and {len(uses) - 4} more" if len(uses) > 4 else ""
+            where = f" The port calls it at {', '.join(uses[:4])}{more}."
         body = (
             f"{PORT_LABELS[port]} uses the framework's own layer [`{layer}`]({builtin_link(layer)}): the port "
             f"writes nothing for this step.{where}"

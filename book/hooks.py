@@ -40,8 +40,11 @@ _state: dict[str, Any] = {}
 
 def _fail(problems: list[str]) -> None:
     if _state["allow"]:
+        reported = _state.setdefault("reported", set())
         for problem in problems:
-            log.warning("book (%s=1): %s", ALLOW_MISSING, problem)
+            if problem not in reported:
+                log.warning("book (%s=1): %s", ALLOW_MISSING, problem)
+            reported.add(problem)
         return
     raise PluginError(
         f"the book cannot be built, {len(problems)} problem(s) (a development build with {ALLOW_MISSING}=1 "
@@ -55,7 +58,7 @@ def on_config(config: Any) -> Any:
     allow = os.environ.get(ALLOW_MISSING, "") not in ("", "0")
     _state.clear()
     _state.update(root=root, sources=sources, allow=allow, tables=None)
-    guides = [{p.stem: f"docs/{p.name}"} for p in sorted((root / "docs").glob("*.md"))]
+    guides = [f"docs/{p.name}" for p in sorted((root / "docs").glob("*.md"))]  # titled by their headings
     config.nav = [*(config.nav or []), {"Port guides": guides}, {"API reference": api.nav(root)}]
     return config
 
