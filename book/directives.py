@@ -275,7 +275,7 @@ class Expander:
                     cells.append("—")
             rows.append(cells)
         head = ("name", "defined once in", *(f"{PORT_LABELS[p]} `{module}.py`" for p in PORTS))
-        return table(head, rows)
+        return table(head, rows) + "\n(—: that port's module does not use the name.)\n"
 
     def _constants(self, page: str, module: str) -> str:
         names = PORT_CONSTANTS.get(module, ())
