@@ -1,14 +1,21 @@
 """Training of Open-Unmix and Demucs v2 in PyTorch, with the upstream recipes of :mod:`core_spec.training`.
 
-The pieces, in the order a reader meets them:
+The pieces, in the order a reader meets them (the lesson of ``core_spec.public_api.LESSONS["train"]``):
 
-- the losses: :func:`umx_loss` (MSE between the network's output and the target's magnitude, both from the
-  ``center=False`` STFT of upstream's ``scripts/train.py``) and :func:`demucs_loss` (L1, or MSE, between the
-  estimates and the centre-trimmed sources, ``demucs/train.py``);
-- :func:`loss_and_grads`: one forward and backward pass in train mode, the gradients under their canonical
-  (upstream state-dict) names; the gradient-parity tests call it;
+- the losses: :func:`spectrogram`, :func:`umx_loss` (MSE between the network's output and the target's magnitude,
+  both from the ``center=False`` STFT of upstream's ``scripts/train.py``) and :func:`demucs_loss` (L1, or MSE,
+  between the estimates and the centre-trimmed sources, ``demucs/train.py``);
 - :func:`make_optimizer`: ``torch.optim.Adam(lr, weight_decay)``, i.e. *coupled* L2 (the decay is added to the
   gradient before the moments), exactly upstream's optimiser;
+- :class:`Trainer`: the model, its optimiser and its replica group behind :class:`core_spec.epochs.EpochTrainer`
+  (learning rate, one step, the epoch's mean loss over the replicas, validation, the best model, the checkpoint);
+- :func:`loss_and_grads`: one forward and backward pass in train mode, the gradients under their canonical
+  (upstream state-dict) names; the gradient-parity tests call it;
+- the loop (:func:`fit`, :func:`main`): :func:`core_spec.epochs.run_epochs` over :mod:`core_spec.data` batches
+  (validation on rank 0, broadcast so that every replica takes the same decisions;
+  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` for UMX; the best
+  model in the canonical format and as upstream's state dict, :func:`umx_torch.weights.save_native`; a checkpoint
+  folder read back by ``--resume``) and :func:`core_spec.train_cli.run_main`;
 - data parallelism: :class:`torch.nn.parallel.DistributedDataParallel` over ``gloo`` (CPU) or ``nccl`` (GPU),
   one process per replica started by :func:`torch.multiprocessing.spawn`. Every replica draws the same order of
   items (the same seeded generator) and trains on its contiguous shard of ``batch_size / replicas`` items of each
@@ -18,16 +25,12 @@ The pieces, in the order a reader meets them:
   plain ``BatchNorm1d``, not ``SyncBatchNorm``) normalise with each replica's own batch statistics, so its averaged
   gradient is the mean of the shards' gradients, not the full batch's; the running statistics kept are replica
   0's (DDP broadcasts them from rank 0 before every forward). :func:`data_parallel_loss_and_grads` runs one such
-  step (the tests use it);
-- the loop (:func:`fit`, :func:`main`): epochs over :mod:`core_spec.data` batches with a tqdm bar, validation (rank
-  0; the loss is broadcast so that every replica takes the same decisions),
-  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` (UMX), the best model
-  in the canonical format and as upstream's state dict (:func:`umx_torch.weights.save_native`), a checkpoint folder
-  read back by ``--resume``.
+  step (the tests use it).
 
 Initialisation is upstream's: PyTorch's default initialisation (and demucs's rescaling) after
 ``torch.manual_seed(recipe.seed)``, or the weights of ``--init``; UMX's input statistics come from
-:func:`core_spec.data.umx_statistics`. UMX trains with upstream's LSTM dropout (0.4 between layers).
+:func:`core_spec.data.umx_statistics`. UMX trains with upstream's LSTM dropout
+(:attr:`core_spec.configs.UMXConfig.lstm_dropout`: 0.4 between layers).
 
 Shapes: UMX batches are waveforms ``x`` (mixture) and ``y`` (target), ``(nb_samples, nb_channels, nb_timesteps)``;
 Demucs batches are sources ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, already augmented.
@@ -37,9 +40,7 @@ from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -48,8 +49,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from core_spec import epochs
 from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
-from core_spec.run_folder import RunFolder, RunState, check_out, log, read_state
+from core_spec.epochs import TrainerBase
+from core_spec.run_folder import RunFolder, RunState, log, read_state
+from core_spec.train_cli import run_main
 from core_spec.training import (
     DemucsTrainConfig,
     UMXTrainConfig,
@@ -66,12 +70,13 @@ from .demucs import center_trim
 from .layers import set_lstm_dropout
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
-from .weights import save_canonical_from, save_native, to_canonical
+from .weights import save_native, to_canonical
 
 __all__ = [
     "CHECKPOINT_DIR",
     "FRAMEWORK",
     "Recipe",
+    "Trainer",
     "compute_loss",
     "data_parallel_loss_and_grads",
     "demucs_loss",
@@ -90,8 +95,7 @@ Recipe = UMXTrainConfig | DemucsTrainConfig
 FRAMEWORK = "torch"
 CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 
-
-# --- losses -----------------------------------------------------------------------------------------------------
+# --- losses -----------------------------------------------------------------------------------------------------------
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -132,32 +136,69 @@ def demucs_loss(model: nn.Module, sources: Tensor, loss: str = "l1") -> Tensor:
     raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
 
 
-def _tensor(value: Any, like: Tensor) -> Tensor:
-    if isinstance(value, Tensor):
-        return value.to(device=like.device, dtype=like.dtype)
-    return torch.from_numpy(np.ascontiguousarray(value)).to(device=like.device, dtype=like.dtype)
+# --- the optimiser and the trainer of the epoch loop ------------------------------------------------------------------
 
 
-def _unpack(batch: Any, recipe: Recipe, like: Tensor) -> tuple[Tensor, ...]:
-    """``(x, y)`` for UMX, ``(sources,)`` for Demucs, from a mapping (the fixtures' ``inputs``), a tuple or an array."""
-    if isinstance(recipe, UMXTrainConfig):
-        x, y = (batch["x"], batch["y"]) if isinstance(batch, Mapping) else batch
-        return _tensor(x, like), _tensor(y, like)
-    sources = batch["sources"] if isinstance(batch, Mapping) else batch
-    return (_tensor(sources, like),)
+def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
+    """``torch.optim.Adam(model.parameters(), lr, weight_decay)``: upstream's optimiser (coupled L2 decay)."""
+    return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
-def compute_loss(
-    model: nn.Module, batch: Any, recipe: Recipe, stft_config: STFTConfig | None = None, window: Tensor | None = None
-) -> Tensor:
-    """The recipe's loss on one batch (see :func:`umx_loss`, :func:`demucs_loss`); the model's mode is kept."""
-    ref = next(_unwrap(model).parameters())
-    if isinstance(recipe, UMXTrainConfig):
-        x, y = _unpack(batch, recipe, ref)
-        config = stft_config or train_stft(_unwrap(model).config, recipe.stft_center)
-        return umx_loss(model, x, y, config, window)
-    (sources,) = _unpack(batch, recipe, ref)
-    return demucs_loss(model, sources, recipe.loss)
+class Trainer(TrainerBase):
+    """One replica's model, optimiser and replica group, as :func:`core_spec.epochs.run_epochs` drives them.
+
+    Args:
+        model: the :class:`~umx_torch.umx.OpenUnmix` or :class:`~umx_torch.demucs.Demucs` being trained (validated
+            and saved unwrapped).
+        net: what the steps run: ``model``, or its :class:`~torch.nn.parallel.DistributedDataParallel` wrapper.
+        optimizer: :func:`make_optimizer`'s Adam.
+        recipe, stft_config: as :func:`loss_and_grads`.
+        rank, world_size, device: this replica, the number of replicas, its device (losses are averaged and
+            broadcast there in float64).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        net: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        recipe: Recipe,
+        stft_config: STFTConfig | None,
+        rank: int = 0,
+        world_size: int = 1,
+        device: torch.device | None = None,
+    ) -> None:
+        self.model, self.net, self.optimizer = model, net, optimizer
+        self.recipe, self.stft_config = recipe, stft_config
+        self.rank, self.world_size, self.device = rank, world_size, device
+
+    def set_learning_rate(self, lr: float) -> None:
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+
+    def step(self, batch: Any) -> float:
+        """One optimiser step on this replica's shard (DDP averages the gradients): :func:`train_step`."""
+        return train_step(self.net, self.optimizer, batch, self.recipe, self.stft_config)
+
+    def mean_over_replicas(self, value: float) -> float:
+        return _all_mean(value, self.world_size, self.device)
+
+    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
+        """Rank 0 validates; the loss is broadcast, so that every replica takes the same decisions."""
+        loss = _validate(self.model, valid_set, self.recipe, self.stft_config, quiet) if self.rank == 0 else 0.0
+        return _broadcast(loss, self.world_size, self.device)
+
+    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+        """``<name>.safetensors`` + ``.json`` (canonical) and ``<name>-torch.pth`` + ``.json`` (upstream's state
+        dict)."""
+        epochs.save_best(folder, run, FRAMEWORK, valid_loss, to_canonical(self.model), self.model.config,
+                         save_native, torch=torch.__version__)  # fmt: skip
+
+    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+        _save_checkpoint(self.model, self.optimizer, folder, run, rng)
+
+
+# --- one step ---------------------------------------------------------------------------------------------------------
 
 
 def loss_and_grads(
@@ -195,9 +236,212 @@ def loss_and_grads(
     return float(loss.detach()), grads
 
 
-def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
-    """``torch.optim.Adam(model.parameters(), lr, weight_decay)``: upstream's optimiser (coupled L2 decay)."""
-    return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+# --- the loop ---------------------------------------------------------------------------------------------------------
+
+
+def fit(args: argparse.Namespace, recipe: Recipe, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
+    """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``world_size``; rank 0 writes):
+    the model, its statistics, the optimiser (or the ``--resume`` checkpoint), then :func:`core_spec.epochs.run_epochs`.
+
+    Returns ``{"epochs", "steps", "best_loss", "history"}``.
+    """
+    from core_spec import data
+
+    quiet = bool(args.quiet) or rank != 0
+    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
+    device = _device(args.device, rank)
+    model, stft_config, rate, from_file = _build_model(args, recipe)
+    run = RunState.for_recipe(recipe)
+    if isinstance(recipe, UMXTrainConfig):
+        set_lstm_dropout(model, model.config.lstm_dropout)  # upstream's OpenUnmix trains with it
+    train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
+    steps = epochs.steps_per_epoch(len(train_set), recipe.batch_size, world_size)
+
+    rng = np.random.default_rng(recipe.seed)
+    if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume and rank == 0:
+        log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+        mean, scale = data.umx_statistics(train_tracks, model.config, stft_config, center=recipe.stft_center)
+        _set_statistics(model, mean, scale)
+    model.to(device)
+    optimizer = make_optimizer(model, recipe)
+    if args.resume:
+        _load_checkpoint(model, optimizer, folder, run, rng)
+        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
+    net: nn.Module = model
+    if world_size > 1:  # broadcasts rank 0's parameters and buffers (the statistics above) to every replica
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+    trainer = Trainer(model, net, optimizer, recipe, stft_config, rank, world_size, device)
+    return epochs.run_epochs(
+        trainer,
+        run,
+        folder,
+        lambda epoch: epoch_batches(train_set, recipe, rng, epoch, rank, world_size),
+        valid_set=valid_set,
+        epochs=recipe.epochs,
+        steps_per_epoch=steps,
+        max_steps=args.max_steps,
+        rng=rng,
+        quiet=quiet,
+        rank=rank,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """``unmix-train --framework torch``: train with the options of :func:`core_spec.train_cli.build_parser`
+    (:func:`core_spec.train_cli.run_main`); ``--devices N`` spawns N DDP processes."""
+
+    def train(recipe: Recipe) -> dict[str, Any]:
+        if args.devices <= 1:
+            return fit(args, recipe)
+        import torch.multiprocessing as mp
+
+        with tempfile.TemporaryDirectory(prefix="umx-torch-ddp-") as tmp:
+            mp.spawn(_fit_worker, args=(args.devices, os.path.join(tmp, "store"), args, recipe), nprocs=args.devices)
+        state = read_state(RunFolder.for_recipe(args.out, FRAMEWORK, recipe))
+        return {"epochs": state["epoch"], "steps": state["step"], "best_loss": state["best_loss"]}
+
+    return run_main(args, FRAMEWORK, train)
+
+
+def _device(name: str, rank: int) -> torch.device:
+    """``--device``: ``cpu``, or ``gpu`` / ``cuda`` (replica ``rank`` on GPU ``rank``)."""
+    if name in ("gpu", "cuda"):
+        if not torch.cuda.is_available():
+            raise RuntimeError("--device gpu: CUDA is not available")
+        return torch.device("cuda", rank % torch.cuda.device_count())
+    return torch.device(name)
+
+
+def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[nn.Module, STFTConfig | None, float, bool]:
+    """The model to train (upstream's initialisation seeded by ``recipe.seed``, or ``--init``), its STFT (UMX), its
+    sample rate, and whether its weights came from a file."""
+    config, weights, rate = model_config(args, recipe)
+    torch.manual_seed(recipe.seed)
+    model = from_canonical(config, weights)
+    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
+    return model, stft_config, rate, weights is not None
+
+
+def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Upstream's convention (``core_spec.data.input_scaler_weights``): ``input_mean = -mean[:max_bin]``,
+    ``input_scale = 1 / scale[:max_bin]``."""
+    from core_spec.data import input_scaler_weights
+
+    with torch.no_grad():
+        for name, value in input_scaler_weights(mean, scale, model.config).items():
+            getattr(model, name).copy_(torch.from_numpy(value))
+
+
+def _save_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFolder, run: RunState, rng: np.random.Generator
+) -> None:
+    """``checkpoint-torch/``: ``model.pth``, ``optimizer.pth``, ``torch_rng.pth``, ``state.json``."""
+    folder.checkpoint.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, folder.checkpoint / "model.pth")
+    torch.save(optimizer.state_dict(), folder.checkpoint / "optimizer.pth")
+    torch.save(torch.get_rng_state(), folder.checkpoint / "torch_rng.pth")
+    run.save(folder, rng)
+
+
+def _load_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFolder, run: RunState, rng: np.random.Generator
+) -> None:
+    run.load(folder, rng)
+    model.load_state_dict(torch.load(folder.checkpoint / "model.pth", map_location="cpu"))
+    optimizer.load_state_dict(torch.load(folder.checkpoint / "optimizer.pth", map_location="cpu"))
+    torch.set_rng_state(torch.load(folder.checkpoint / "torch_rng.pth"))
+
+
+def _validate(model: nn.Module, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, quiet: bool) -> float:
+    """Mean loss over the validation tracks (batch 1, eval mode, no gradients). UMX: MSE of the magnitudes of whole
+    tracks. Demucs: L1 of ``apply_model`` (no split, no shifts) on the track's mixture, normalised like its sources,
+    against the sources (demucs 2.0.3 ``validate_model``)."""
+    from tqdm import tqdm
+
+    from core_spec.data import convert_audio_channels
+
+    model.eval()
+    ref = next(model.parameters())
+    total, count = 0.0, len(valid_set)
+    with torch.no_grad():
+        for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+            if isinstance(recipe, UMXTrainConfig):
+                x, y = valid_set[index]
+                loss = compute_loss(model, (x[None], y[None]), recipe, stft_config)
+            else:
+                sources = _tensor(valid_set[index], ref)  # (S, C, T), normalised
+                mix = convert_audio_channels(valid_set.tracks[index].load_mixture_frames(), valid_set.audio_channels)
+                if valid_set.normalize:
+                    mean, std = valid_set.track_statistics(index)
+                    mix = (mix - np.float32(mean)) / np.float32(std)
+                estimates = apply_model(model, _tensor(mix, ref), shifts=0, split=False)
+                loss = F.l1_loss(estimates, sources) if recipe.loss == "l1" else F.mse_loss(estimates, sources)
+            total += float(loss) / count
+    return total
+
+
+def _all_mean(value: float, world_size: int, device: torch.device) -> float:
+    if world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t) / world_size
+
+
+def _broadcast(value: float, world_size: int, device: torch.device) -> float:
+    if world_size == 1:
+        return value
+    import torch.distributed as dist
+
+    t = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(t, src=0)
+    return float(t)
+
+
+def _fit_worker(rank: int, world_size: int, store: str, args: argparse.Namespace, recipe: Recipe) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
+    backend = "nccl" if args.device in ("gpu", "cuda") else "gloo"
+    _init_process_group(rank, world_size, store, backend)
+    try:
+        fit(args, recipe, rank, world_size)
+    finally:
+        dist.destroy_process_group()
+
+
+# --- beyond the lesson: one step's pieces, data-parallel gradients ----------------------------------------------------
+
+
+def _tensor(value: Any, like: Tensor) -> Tensor:
+    if isinstance(value, Tensor):
+        return value.to(device=like.device, dtype=like.dtype)
+    return torch.from_numpy(np.ascontiguousarray(value)).to(device=like.device, dtype=like.dtype)
+
+
+def _unpack(batch: Any, recipe: Recipe, like: Tensor) -> tuple[Tensor, ...]:
+    """``(x, y)`` for UMX, ``(sources,)`` for Demucs, from a mapping (the fixtures' ``inputs``), a tuple or an array."""
+    if isinstance(recipe, UMXTrainConfig):
+        x, y = (batch["x"], batch["y"]) if isinstance(batch, Mapping) else batch
+        return _tensor(x, like), _tensor(y, like)
+    sources = batch["sources"] if isinstance(batch, Mapping) else batch
+    return (_tensor(sources, like),)
+
+
+def compute_loss(
+    model: nn.Module, batch: Any, recipe: Recipe, stft_config: STFTConfig | None = None, window: Tensor | None = None
+) -> Tensor:
+    """The recipe's loss on one batch (see :func:`umx_loss`, :func:`demucs_loss`); the model's mode is kept."""
+    ref = next(_unwrap(model).parameters())
+    if isinstance(recipe, UMXTrainConfig):
+        x, y = _unpack(batch, recipe, ref)
+        config = stft_config or train_stft(_unwrap(model).config, recipe.stft_center)
+        return umx_loss(model, x, y, config, window)
+    (sources,) = _unpack(batch, recipe, ref)
+    return demucs_loss(model, sources, recipe.loss)
 
 
 def train_step(
@@ -215,9 +459,6 @@ def train_step(
     loss.backward()
     optimizer.step()
     return float(loss.detach())
-
-
-# --- data parallelism --------------------------------------------------------------------------------------------
 
 
 def _init_process_group(rank: int, world_size: int, store: str, backend: str = "gloo") -> None:
@@ -304,217 +545,3 @@ def data_parallel_loss_and_grads(
                     }
                 )
     return out
-
-
-# --- the loop ------------------------------------------------------------------------------------------------------
-
-
-def _device(name: str, rank: int) -> torch.device:
-    """``--device``: ``cpu``, or ``gpu`` / ``cuda`` (replica ``rank`` on GPU ``rank``)."""
-    if name in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device gpu: CUDA is not available")
-        return torch.device("cuda", rank % torch.cuda.device_count())
-    return torch.device(name)
-
-
-def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[nn.Module, STFTConfig | None, float, bool]:
-    """The model to train (upstream's initialisation seeded by ``recipe.seed``, or ``--init``), its STFT (UMX), its
-    sample rate, and whether its weights came from a file."""
-
-    config, weights, rate = model_config(args, recipe)
-    torch.manual_seed(recipe.seed)
-    model = from_canonical(config, weights)
-    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
-    return model, stft_config, rate, weights is not None
-
-
-def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
-    """Upstream's convention (``core_spec.data.input_scaler_weights``): ``input_mean = -mean[:max_bin]``,
-    ``input_scale = 1 / scale[:max_bin]``."""
-    from core_spec.data import input_scaler_weights
-
-    with torch.no_grad():
-        for name, value in input_scaler_weights(mean, scale, model.config).items():
-            getattr(model, name).copy_(torch.from_numpy(value))
-
-
-def _save_best(model: nn.Module, folder: RunFolder, run: RunState, valid_loss: float) -> None:
-    """``<name>.safetensors`` + ``.json`` (canonical) and ``<name>-torch.pth`` + ``.json`` (upstream's state dict)."""
-
-    provenance = run.provenance(FRAMEWORK, valid_loss, torch=torch.__version__)
-    save_canonical_from(model, folder.best, provenance=provenance, force=True)
-    save_native(folder.native, to_canonical(model), model.config, force=True)
-
-
-def _save_checkpoint(
-    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFolder, run: RunState, rng: np.random.Generator
-) -> None:
-    """``checkpoint-torch/``: ``model.pth``, ``optimizer.pth``, ``torch_rng.pth``, ``state.json``."""
-    folder.checkpoint.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, folder.checkpoint / "model.pth")
-    torch.save(optimizer.state_dict(), folder.checkpoint / "optimizer.pth")
-    torch.save(torch.get_rng_state(), folder.checkpoint / "torch_rng.pth")
-    run.save(folder, rng)
-
-
-def _load_checkpoint(
-    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFolder, run: RunState, rng: np.random.Generator
-) -> None:
-    run.load(folder, rng)
-    model.load_state_dict(torch.load(folder.checkpoint / "model.pth", map_location="cpu"))
-    optimizer.load_state_dict(torch.load(folder.checkpoint / "optimizer.pth", map_location="cpu"))
-    torch.set_rng_state(torch.load(folder.checkpoint / "torch_rng.pth"))
-
-
-def _validate(model: nn.Module, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, quiet: bool) -> float:
-    """Mean loss over the validation tracks (batch 1, eval mode, no gradients). UMX: MSE of the magnitudes of whole
-    tracks. Demucs: L1 of ``apply_model`` (no split, no shifts) on the track's mixture, normalised like its sources,
-    against the sources (demucs 2.0.3 ``validate_model``)."""
-    from tqdm import tqdm
-
-    from core_spec.data import convert_audio_channels
-
-    model.eval()
-    ref = next(model.parameters())
-    total, count = 0.0, len(valid_set)
-    with torch.no_grad():
-        for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
-            if isinstance(recipe, UMXTrainConfig):
-                x, y = valid_set[index]
-                loss = compute_loss(model, (x[None], y[None]), recipe, stft_config)
-            else:
-                sources = _tensor(valid_set[index], ref)  # (S, C, T), normalised
-                mix = convert_audio_channels(valid_set.tracks[index].load_mixture_frames(), valid_set.audio_channels)
-                if valid_set.normalize:
-                    mean, std = valid_set.track_statistics(index)
-                    mix = (mix - np.float32(mean)) / np.float32(std)
-                estimates = apply_model(model, _tensor(mix, ref), shifts=0, split=False)
-                loss = F.l1_loss(estimates, sources) if recipe.loss == "l1" else F.mse_loss(estimates, sources)
-            total += float(loss) / count
-    return total
-
-
-def _all_mean(value: float, world_size: int, device: torch.device) -> float:
-    if world_size == 1:
-        return value
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return float(t) / world_size
-
-
-def _broadcast(value: float, world_size: int, device: torch.device) -> float:
-    if world_size == 1:
-        return value
-    import torch.distributed as dist
-
-    t = torch.tensor([value], dtype=torch.float64, device=device)
-    dist.broadcast(t, src=0)
-    return float(t)
-
-
-def fit(args: argparse.Namespace, recipe: Recipe, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``world_size``; rank 0 writes).
-
-    Returns ``{"epochs", "steps", "best_loss", "history"}``.
-    """
-    from tqdm import tqdm
-
-    from core_spec import data
-
-    quiet = bool(args.quiet) or rank != 0
-    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
-    device = _device(args.device, rank)
-    model, stft_config, rate, from_file = _build_model(args, recipe)
-    run = RunState.for_recipe(recipe)
-    if isinstance(recipe, UMXTrainConfig):
-        set_lstm_dropout(model, model.config.lstm_dropout)  # upstream's OpenUnmix trains with it
-    train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
-    if recipe.batch_size % world_size:
-        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {world_size} replicas")
-    steps_per_epoch = len(train_set) // recipe.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
-
-    rng = np.random.default_rng(recipe.seed)
-    if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume and rank == 0:
-        log(f"input statistics over {len(train_tracks)} training tracks", quiet)
-        mean, scale = data.umx_statistics(train_tracks, model.config, stft_config, center=recipe.stft_center)
-        _set_statistics(model, mean, scale)
-    model.to(device)
-    optimizer = make_optimizer(model, recipe)
-    if args.resume:
-        _load_checkpoint(model, optimizer, folder, run, rng)
-        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
-    net: nn.Module = model
-    if world_size > 1:  # broadcasts rank 0's parameters and buffers (the statistics above) to every replica
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    done = run.done(args.max_steps)
-    while run.epoch < recipe.epochs and not done:
-        started = time.time()
-        lr = run.lr
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        total, count = 0.0, 0
-        stream = epoch_batches(train_set, recipe, rng, run.epoch, rank, world_size)
-        bar = tqdm(stream, total=steps_per_epoch, desc=f"[{run.epoch:03d}] train", unit="batch", leave=False,
-                   disable=quiet)  # fmt: skip
-        for batch in bar:
-            loss = train_step(net, optimizer, batch, recipe, stft_config)
-            total, count, run.step = total + loss, count + 1, run.step + 1
-            bar.set_postfix(loss=f"{total / count:.4g}")
-            if done := run.done(args.max_steps):
-                break
-        bar.close()
-        train_loss = _all_mean(total / max(count, 1), world_size, device)
-        valid_loss = _validate(model, valid_set, recipe, stft_config, quiet) if rank == 0 else 0.0
-        valid_loss = _broadcast(valid_loss, world_size, device)  # every replica takes the same decisions
-        row, stop, is_best = run.end_epoch(train_loss, valid_loss, lr, count, time.time() - started)
-        if rank == 0:
-            if is_best or not folder.best_file.exists():
-                _save_best(model, folder, run, valid_loss)
-            _save_checkpoint(model, optimizer, folder, run, rng)
-        log(run.epoch_message(row), quiet)
-        if stop:
-            log(f"early stopping after {run.epoch} epochs", quiet)
-            break
-    return run.result()
-
-
-def _fit_worker(rank: int, world_size: int, store: str, args: argparse.Namespace, recipe: Recipe) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
-    backend = "nccl" if args.device in ("gpu", "cuda") else "gloo"
-    _init_process_group(rank, world_size, store, backend)
-    try:
-        fit(args, recipe, rank, world_size)
-    finally:
-        dist.destroy_process_group()
-
-
-def main(args: argparse.Namespace) -> int:
-    """``unmix-train --framework torch``: train with the options of :func:`core_spec.train_cli.build_parser`."""
-    from core_spec.train_cli import recipe_from_args
-
-    recipe = recipe_from_args(args)
-    try:
-        folder = check_out(args, recipe, FRAMEWORK)
-    except (FileExistsError, FileNotFoundError) as error:
-        print(f"unmix-train: {error}", file=sys.stderr)
-        return 2
-    if args.devices <= 1:
-        result = fit(args, recipe)
-    else:
-        import torch.multiprocessing as mp
-
-        with tempfile.TemporaryDirectory(prefix="umx-torch-ddp-") as tmp:
-            mp.spawn(_fit_worker, args=(args.devices, os.path.join(tmp, "store"), args, recipe), nprocs=args.devices)
-        state = read_state(folder)
-        result = {"epochs": state["epoch"], "steps": state["step"], "best_loss": state["best_loss"]}
-    log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
-        args.quiet)  # fmt: skip
-    return 0
