@@ -30,7 +30,16 @@ from core_spec.trace import Recorder
 from .resample import ResampleFrac
 from .weights import prepare_state_dict
 
-__all__ = ["BLSTM", "Demucs", "center_trim", "demucs_trace_keys", "rescale_module", "valid_length"]
+__all__ = [
+    "BLSTM",
+    "Demucs",
+    "center_trim",
+    "decoder_layer",
+    "demucs_trace_keys",
+    "encoder_layer",
+    "rescale_module",
+    "valid_length",
+]
 
 
 def center_trim(tensor: Tensor, reference: Tensor | int) -> Tensor:
@@ -38,6 +47,33 @@ def center_trim(tensor: Tensor, reference: Tensor | int) -> Tensor:
     length = reference.shape[-1] if isinstance(reference, Tensor) else int(reference)
     start, stop = shapes.center_trim_bounds(tensor.shape[-1], length)
     return tensor[..., start:stop]
+
+
+def _activation(config: DemucsConfig) -> nn.Module:
+    """After the 1x1 (encoder) and ``context`` (decoder) convolutions: GLU over channels, or ReLU."""
+    return nn.GLU(dim=1) if config.glu else nn.ReLU(inplace=True)
+
+
+def encoder_layer(chin: int, ch: int, config: DemucsConfig) -> nn.Sequential:
+    """``encoder.i``: ``Conv1d(chin, ch, kernel_size, stride) -> ReLU [-> Conv1d(ch, 2ch, 1) -> GLU]`` (slots 0-3,
+    upstream's state-dict names): ``(B, chin, L)`` -> ``(B, ch, (L - kernel_size) // stride + 1)``."""
+    layers: list[nn.Module] = [nn.Conv1d(chin, ch, config.kernel_size, config.stride), nn.ReLU(inplace=True)]
+    if config.rewrite:
+        layers += [nn.Conv1d(ch, (2 if config.glu else 1) * ch, 1), _activation(config)]
+    return nn.Sequential(*layers)
+
+
+def decoder_layer(ch: int, chout: int, config: DemucsConfig, relu: bool) -> nn.Sequential:
+    """``decoder.j``: ``[Conv1d(ch, 2ch, context) -> GLU ->] ConvTranspose1d(ch, chout, kernel_size, stride)
+    [-> ReLU]`` (``relu``: every decoder but the outermost): ``(B, ch, L)`` -> ``(B, chout, (L - context) * stride +
+    kernel_size)`` (``context`` only with ``rewrite``)."""
+    layers: list[nn.Module] = []
+    if config.rewrite:
+        layers += [nn.Conv1d(ch, (2 if config.glu else 1) * ch, config.context), _activation(config)]
+    layers.append(nn.ConvTranspose1d(ch, chout, config.kernel_size, config.stride))
+    if relu:
+        layers.append(nn.ReLU(inplace=True))
+    return nn.Sequential(*layers)
 
 
 class BLSTM(nn.Module):
@@ -54,17 +90,6 @@ class BLSTM(nn.Module):
         if keep is not None:
             x = keep("lstm.lstm", x)
         return self.linear(x).permute(1, 2, 0)
-
-
-def rescale_module(module: nn.Module, reference: float) -> None:
-    """demucs's init: divide every (transposed) convolution's weight and bias by ``sqrt(std(weight) / reference)``."""
-    with torch.no_grad():
-        for sub in module.modules():
-            if isinstance(sub, (nn.Conv1d, nn.ConvTranspose1d)) and not sub.weight.is_meta:
-                scale = (sub.weight.std() / reference) ** 0.5
-                sub.weight.div_(scale)
-                if sub.bias is not None:
-                    sub.bias.div_(scale)
 
 
 class Demucs(nn.Module):
@@ -115,28 +140,13 @@ class Demucs(nn.Module):
         self.samplerate = samplerate
         self.segment_length = segment_length
 
-        scale = 2 if glu else 1
-
-        def activation() -> nn.Module:
-            return nn.GLU(dim=1) if glu else nn.ReLU(inplace=True)
-
         self.encoder = nn.ModuleList()
         self.decoder = nn.ModuleList()
         layers = self._config.layer_channels()
-        for index, (chin, ch) in enumerate(layers):
-            encode: list[nn.Module] = [nn.Conv1d(chin, ch, kernel_size, stride), nn.ReLU(inplace=True)]
-            if rewrite:
-                encode += [nn.Conv1d(ch, scale * ch, 1), activation()]
-            self.encoder.append(nn.Sequential(*encode))
-
+        for index, (chin, ch) in enumerate(layers):  # encoder i and decoder depth-1-i, built in upstream's order
+            self.encoder.append(encoder_layer(chin, ch, self._config))
             out = len(self.sources) * audio_channels if index == 0 else chin
-            decode: list[nn.Module] = []
-            if rewrite:
-                decode += [nn.Conv1d(ch, scale * ch, context), activation()]
-            decode.append(nn.ConvTranspose1d(ch, out, kernel_size, stride))
-            if index > 0:
-                decode.append(nn.ReLU(inplace=True))
-            self.decoder.insert(0, nn.Sequential(*decode))
+            self.decoder.insert(0, decoder_layer(ch, out, self._config, relu=index > 0))
 
         self.lstm = BLSTM(layers[-1][1], lstm_layers) if lstm_layers else None
         # no parameters or buffers: nothing in the state dict
@@ -225,3 +235,14 @@ class Demucs(nn.Module):
         if self.normalize:
             x = x * std + mean
         return x.view(x.size(0), len(self.sources), self.audio_channels, x.size(-1))
+
+
+def rescale_module(module: nn.Module, reference: float) -> None:
+    """demucs's init: divide every (transposed) convolution's weight and bias by ``sqrt(std(weight) / reference)``."""
+    with torch.no_grad():
+        for sub in module.modules():
+            if isinstance(sub, (nn.Conv1d, nn.ConvTranspose1d)) and not sub.weight.is_meta:
+                scale = (sub.weight.std() / reference) ** 0.5
+                sub.weight.div_(scale)
+                if sub.bias is not None:
+                    sub.bias.div_(scale)
