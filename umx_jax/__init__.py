@@ -1,10 +1,12 @@
 """JAX / Flax NNX port of Open-Unmix and Demucs v2, from the framework-neutral spec in ``core_spec``.
 
-Modules (the same names in every port): :mod:`~umx_jax.transforms` (pure ``stft``, ``istft``, ``complex_norm``),
-:mod:`~umx_jax.umx` (``OpenUnmix``, ``LSTM``), :mod:`~umx_jax.demucs` (``Demucs``), :mod:`~umx_jax.resample`
-(julius-compatible resampler), :mod:`~umx_jax.filtering` (pure, jit-able Wiener/EM), :mod:`~umx_jax.separator`
-(``Separator``: the whole UMX separation as one ``jax.jit``-compiled function; ``apply_model``,
-``separate_track``), :mod:`~umx_jax.weights` (canonical weights <-> Flax state, the msgpack native file).
+Modules (the same names in every port, in the order of the lesson): :mod:`~umx_jax.transforms` (pure ``stft``,
+``istft``, ``complex_norm``), :mod:`~umx_jax.layers` (dense, ``BatchNorm1d``, ``LSTM`` with its hand-written
+gradient, GLU, convolutions), :mod:`~umx_jax.umx` (``OpenUnmix``), :mod:`~umx_jax.demucs` (``Demucs``),
+:mod:`~umx_jax.resample` (julius-compatible resampler), :mod:`~umx_jax.filtering` (pure, jit-able Wiener/EM),
+:mod:`~umx_jax.separator` (``Separator``: the whole UMX separation as one ``jax.jit``-compiled function),
+:mod:`~umx_jax.apply` (Demucs's ``apply_model``, ``separate_track``), :mod:`~umx_jax.weights` (canonical weights
+<-> Flax state, the msgpack native file), :mod:`~umx_jax.build` (models from weights), :mod:`~umx_jax.train`.
 
 float64: JAX runs in float32 unless 64-bit types are enabled; the port never enables them globally. The
 separators, the loaders and ``apply_model`` enter ``jax.enable_x64`` themselves for float64 modules; to call a
@@ -12,22 +14,16 @@ float64 module or function directly, wrap the call in ``with umx_jax.dtype_scope
 """
 
 from ._scope import dtype_scope
+from .apply import apply_model, separate_track
+from .build import from_canonical, from_canonical_file, load_module
 from .demucs import Demucs, center_trim, valid_length
 from .filtering import expectation_maximization, wiener
+from .layers import LSTM
 from .resample import resample_frac
-from .separator import Separator, apply_model, separate_track
+from .separator import Separator
 from .transforms import complex_norm, istft, stft
-from .umx import LSTM, OpenUnmix
-from .weights import (
-    WeightsMismatchError,
-    from_canonical,
-    from_canonical_file,
-    load_module,
-    load_native,
-    load_weights,
-    save_native,
-    to_canonical,
-)
+from .umx import OpenUnmix
+from .weights import WeightsMismatchError, load_native, load_weights, native_paths, save_native, to_canonical
 
 __all__ = [
     "LSTM",
@@ -46,6 +42,7 @@ __all__ = [
     "load_module",
     "load_native",
     "load_weights",
+    "native_paths",
     "resample_frac",
     "save_native",
     "separate_track",

@@ -1,4 +1,4 @@
-"""Precision and device scopes shared by the JAX port (private).
+"""Precision and device scopes shared by the JAX port (private): the lowest layer of the package.
 
 JAX runs in float32 unless 64-bit types are enabled. The port never enables them globally: everything that runs
 a float64 model (``Separator``, ``apply_model``, ``separate_track``, the weight loaders) enters
@@ -14,8 +14,9 @@ from typing import Any
 
 import jax
 import numpy as np
+from flax import nnx
 
-__all__ = ["as_device", "canonical_dtype", "dtype_scope"]
+__all__ = ["as_device", "canonical_dtype", "default_device", "device_of", "dtype_scope"]
 
 
 def canonical_dtype(dtype: Any) -> np.dtype:
@@ -51,3 +52,16 @@ def as_device(device: Any) -> jax.Device | None:
     if name in ("gpu", "cuda"):
         name = "gpu"
     return jax.devices(name)[0]
+
+
+def default_device(device: Any) -> contextlib.AbstractContextManager[Any]:
+    """``jax.default_device`` of :func:`as_device` ``(device)`` while inside; ``None`` leaves JAX's default."""
+    dev = as_device(device)
+    return jax.default_device(dev) if dev is not None else contextlib.nullcontext()
+
+
+def device_of(module: nnx.Module) -> jax.Device:
+    """The device holding a module's first parameter."""
+    leaf = jax.tree.leaves(nnx.state(module, nnx.Param))[0]
+    array = leaf[...] if isinstance(leaf, nnx.Variable) else leaf
+    return next(iter(array.devices()))

@@ -9,18 +9,12 @@ Layer ``i`` of the encoder (``i = 0`` outermost) and layer ``j`` of the decoder 
 
 The public interface is channel-first like upstream, ``(nb_samples, nb_channels, nb_timesteps)``; inside, the
 model runs channels-last, ``(nb_samples, nb_timesteps, nb_channels)`` (Flax's ``nnx.Conv`` layout). The model
-never pads: callers pad the mixture to :func:`valid_length` (:func:`umx_jax.separator.apply_model` does) and
+never pads: callers pad the mixture to :func:`valid_length` (:func:`umx_jax.apply.apply_model` does) and
 :func:`center_trim` the output; every length change goes through :mod:`core_spec.shapes`. The spec is
 ``core_spec.reference.demucs.demucs``.
 
-Transposed convolution (:class:`ConvTranspose1d`): PyTorch's ``ConvTranspose1d`` scatters ``x[t] W[:, :, k]`` to
-output ``t * stride + k``. The layer spells exactly that out (:func:`conv_transpose1d`): one matrix product gives
-every input step's ``kernel_size`` output samples, and an overlap-add of ``stride``-sample blocks places them. (The
-same operation is a convolution of the input dilated by ``stride`` with the kernel *flipped* in time; beware that
-``lax.conv_transpose`` does not flip by default. XLA's CPU backend differentiates that convolution several times
-more slowly than the product, which matters for training.) The kernel is stored unflipped, ``(kernel_size, in,
-out)`` with ``kernel[k, i, o] = weight[i, o, k]``, so the mapping from upstream's ``(in, out, k)`` is a plain
-transpose.
+The layers are those of :mod:`umx_jax.layers` (the transposed convolution among them: a product and an overlap-add,
+its kernel stored and used unflipped).
 """
 
 from __future__ import annotations
@@ -39,21 +33,10 @@ from core_spec import shapes
 from core_spec.configs import DemucsConfig
 from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
 
+from .layers import LSTM, ConvTranspose1d, conv1d, dense, glu
 from .resample import resample_time_major
-from .umx import LSTM, _torch_linear_init
 
-__all__ = [
-    "BLSTM",
-    "ConvTranspose1d",
-    "Demucs",
-    "DecoderLayer",
-    "EncoderLayer",
-    "center_trim",
-    "conv_transpose1d",
-    "demucs_trace_keys",
-    "glu",
-    "valid_length",
-]
+__all__ = ["BLSTM", "Demucs", "DecoderLayer", "EncoderLayer", "center_trim", "demucs_trace_keys", "valid_length"]
 
 
 def valid_length(length: int, config: DemucsConfig) -> int:
@@ -68,89 +51,14 @@ def center_trim(x: jax.Array, reference: jax.Array | int, axis: int = -1) -> jax
     return lax.slice_in_dim(x, start, stop, axis=axis)
 
 
-def glu(x: jax.Array, axis: int = -1) -> jax.Array:
-    """Gated linear unit: first half of ``axis`` (value) times the sigmoid of the second half (gate)."""
-    value, gate = jnp.split(x, 2, axis=axis)
-    return value * jax.nn.sigmoid(gate)
-
-
-def conv_transpose1d(x: jax.Array, kernel: jax.Array, stride: int = 1) -> jax.Array:
-    """``torch.nn.functional.conv_transpose1d`` with padding 0, channels-last, without bias.
-
-    Args:
-        x: ``(nb_samples, length, in_channels)``.
-        kernel: ``(kernel_size, in_channels, out_channels)``, unflipped: ``kernel[k, i, o]`` is PyTorch's
-            ``weight[i, o, k]``.
-
-    Returns:
-        ``(nb_samples, (length - 1) * stride + kernel_size, out_channels)``: ``y[t * stride + k] += x[t] @ kernel[k]``.
-
-    The kernel is zero-padded to ``nb_blocks * stride`` taps (``nb_blocks = ceil(kernel_size / stride)``); input step
-    ``t`` then writes its block ``j`` (taps ``j * stride ...``) into output block ``t + j``: a product and
-    ``nb_blocks`` shifted additions (two for Demucs' kernel 8, stride 4), whose gradients are products too.
-    """
-    size, _, out_channels = kernel.shape
-    nb_blocks = -(-size // stride)
-    if nb_blocks * stride != size:
-        kernel = jnp.pad(kernel, ((0, nb_blocks * stride - size), (0, 0), (0, 0)))
-    nb_samples, length, _ = x.shape
-    taps = jnp.einsum("bti,kio->btko", x, kernel).reshape(nb_samples, length, nb_blocks, stride, out_channels)
-    y = jnp.zeros((nb_samples, length + nb_blocks - 1, stride, out_channels), taps.dtype)
-    for j in range(nb_blocks):
-        y = y.at[:, j : j + length].add(taps[:, :, j])
-    y = y.reshape(nb_samples, (length + nb_blocks - 1) * stride, out_channels)
-    return y[:, : (length - 1) * stride + size]
-
-
-def _torch_conv_init(key: jax.Array, shape: tuple[int, ...], dtype: Any = jnp.float32) -> jax.Array:
-    """PyTorch's default init for a ``(k, in, out)`` kernel: uniform in ``+-1/sqrt(k * in)``."""
-    bound = 1.0 / np.sqrt(shape[0] * shape[1])
-    return jax.random.uniform(key, shape, dtype, -bound, bound)
-
-
-def _conv(chin: int, chout: int, kernel_size: int, stride: int, dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
-    return nnx.Conv(
-        chin,
-        chout,
-        kernel_size=(kernel_size,),
-        strides=(stride,),
-        padding="VALID",
-        dtype=dtype,
-        param_dtype=dtype,
-        kernel_init=_torch_conv_init,
-        bias_init=nnx.initializers.zeros_init(),
-        rngs=rngs,
-    )
-
-
-class ConvTranspose1d(nnx.Module):
-    """``torch.nn.ConvTranspose1d(in_channels, out_channels, kernel_size, stride)`` (padding 0), channels-last.
-
-    State: ``kernel (kernel_size, in, out)`` (unflipped, see :func:`conv_transpose1d`), ``bias (out,)``.
-    """
-
-    def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1, *, dtype: Any, rngs: nnx.Rngs
-    ):
-        self.stride = stride
-        bound = 1.0 / np.sqrt(out_channels * kernel_size)  # PyTorch: fan_in of (in, out, k) is out * k
-        key = rngs.params()
-        self.kernel = nnx.Param(jax.random.uniform(key, (kernel_size, in_channels, out_channels), dtype, -bound, bound))
-        self.bias = nnx.Param(jnp.zeros((out_channels,), dtype))
-
-    def __call__(self, x: jax.Array) -> jax.Array:
-        """``(B, L, in)`` -> ``(B, (L - 1) * stride + kernel_size, out)``."""
-        return conv_transpose1d(x, self.kernel[...], self.stride) + self.bias[...]
-
-
 class EncoderLayer(nnx.Module):
     """``encoder.i``: ``Conv1d(chin, ch, k, stride) -> ReLU -> [Conv1d(ch, 2ch, 1) -> GLU]``, channels-last."""
 
     def __init__(self, chin: int, ch: int, config: DemucsConfig, *, dtype: Any, rngs: nnx.Rngs):
         scale = 2 if config.glu else 1
         self.glu = config.glu
-        self.conv = _conv(chin, ch, config.kernel_size, config.stride, dtype, rngs)
-        self.rewrite = _conv(ch, scale * ch, 1, 1, dtype, rngs) if config.rewrite else None
+        self.conv = conv1d(chin, ch, config.kernel_size, config.stride, dtype, rngs)
+        self.rewrite = conv1d(ch, scale * ch, 1, 1, dtype, rngs) if config.rewrite else None
 
     def __call__(self, x: jax.Array) -> jax.Array:
         x = jax.nn.relu(self.conv(x))
@@ -167,7 +75,7 @@ class DecoderLayer(nnx.Module):
         scale = 2 if config.glu else 1
         self.glu = config.glu
         self.relu = relu
-        self.rewrite = _conv(ch, scale * ch, config.context, 1, dtype, rngs) if config.rewrite else None
+        self.rewrite = conv1d(ch, scale * ch, config.context, 1, dtype, rngs) if config.rewrite else None
         self.conv_tr = ConvTranspose1d(ch, chout, config.kernel_size, config.stride, dtype=dtype, rngs=rngs)
 
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -183,9 +91,7 @@ class BLSTM(nnx.Module):
 
     def __init__(self, dim: int, layers: int, *, dtype: Any, rngs: nnx.Rngs):
         self.lstm = LSTM(dim, dim, layers, bidirectional=True, dtype=dtype, rngs=rngs)
-        self.linear = nnx.Linear(
-            2 * dim, dim, dtype=dtype, param_dtype=dtype, kernel_init=_torch_linear_init, rngs=rngs
-        )
+        self.linear = dense(2 * dim, dim, dtype, rngs, use_bias=True)
 
     def __call__(self, x: jax.Array, trace: dict[str, jax.Array] | None = None) -> jax.Array:
         """``(B, T, dim)`` -> ``(B, T, dim)``; ``trace["lstm.lstm"]``: the raw states ``(T, B, 2 dim)``."""

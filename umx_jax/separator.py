@@ -1,4 +1,4 @@
-"""Waveform in, stems out: the Open-Unmix :class:`Separator` and Demucs's :func:`apply_model`.
+"""Waveform in, stems out: the Open-Unmix :class:`Separator`.
 
 - :class:`Separator`: ``openunmix.model.Separator`` semantics (STFT, one network per target, Wiener filter chunk
   by chunk, inverse STFT). Calling it runs **one** ``jax.jit``-compiled function for the whole separation,
@@ -16,19 +16,15 @@
     copies for four targets).
 
   :meth:`Separator.forward` is the same computation without ``jax.jit`` (op by op).
-- :func:`apply_model` and :func:`separate_track`: ``demucs.utils.apply_model`` and ``demucs/separate.py`` of
-  demucs 2.0.3 (segments with a triangular cross-fade, random shifts, padding with real neighbouring samples),
-  with the chunk geometry of :mod:`core_spec.shapes` and shifts drawn from a seeded generator
-  (``core_spec.reference.apply`` is the spec). The network is ``jax.jit``-compiled per chunk length; the
-  overlap-add updates its accumulators in place (donated buffers).
+
+Demucs's ``apply_model`` and ``separate_track`` are in :mod:`umx_jax.apply`.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -36,18 +32,18 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from core_spec import shapes
 from core_spec.audio import prepare_audio
+from core_spec.canonical import per_target
 from core_spec.configs import UMXSeparatorConfig
 from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 
-from ._scope import as_device, canonical_dtype, dtype_scope
-from .demucs import Demucs, center_trim
+from ._scope import canonical_dtype, default_device, device_of, dtype_scope
 from .filtering import wiener_planar
 from .transforms import complex_norm, istft_frame_major, stft_frame_major
 from .umx import OpenUnmix
+from .weights import materialize
 
-__all__ = ["Separator", "Window", "apply_model", "device_of", "separate_track", "separator_kwargs"]
+__all__ = ["Separator", "Window", "device_of", "separator_kwargs"]
 
 
 class Window(nnx.Variable):
@@ -128,20 +124,25 @@ class Separator(SeparatorSettings, nnx.Module):
 
         Args:
             config: the preset.
-            weights: canonical weights, ``{target: {name: array}}`` or ``{"target_models.<t>.<name>": array}``;
-                ``None`` keeps a random (PyTorch-like) initialisation.
+            weights: canonical weights, ``{target: {name: array}}`` or ``{"target_models.<t>.<name>": array}``
+                (the modules are built shape-only and then hold them: :func:`umx_jax.weights.materialize`);
+                ``None`` keeps a random (PyTorch-like) initialisation from ``rngs``.
             dtype: float32 or float64.
             device: a ``jax.Device``, ``"cpu"``, ``"gpu"`` or ``None`` (JAX's default device).
             overrides: constructor arguments replacing the config's settings (``niter=0``, ``precision=...``).
         """
+        dtype = canonical_dtype(dtype)
         if weights is not None:
-            from .weights import from_canonical
-
-            return from_canonical(config, weights, dtype=dtype, device=device, **overrides)
-        rngs = nnx.Rngs(0) if rngs is None else rngs
-        dev = as_device(device)
-        with dtype_scope(dtype), jax.default_device(dev) if dev is not None else contextlib.nullcontext():
-            models = {t: OpenUnmix.from_config(config.model, dtype=dtype, rngs=rngs) for t in config.separator.targets}
+            make = partial(OpenUnmix.from_config, config.model, dtype=dtype)
+            nested = per_target(weights, config.separator.targets)
+            models = {t: materialize(make, config.model, w, dtype, device) for t, w in nested.items()}
+        else:
+            rngs = nnx.Rngs(0) if rngs is None else rngs
+            with dtype_scope(dtype), default_device(device):
+                models = {
+                    t: OpenUnmix.from_config(config.model, dtype=dtype, rngs=rngs) for t in config.separator.targets
+                }
+        with dtype_scope(dtype), default_device(device):
             return cls(models, **separator_kwargs(config, ("window", "precision"), **overrides))
 
     def __call__(self, audio: Any) -> jax.Array:
@@ -266,224 +267,8 @@ class Separator(SeparatorSettings, nnx.Module):
         return out
 
 
-def device_of(module: nnx.Module) -> jax.Device:
-    """The device holding a module's first parameter."""
-    leaf = jax.tree.leaves(nnx.state(module, nnx.Param))[0]
-    array = leaf[...] if isinstance(leaf, nnx.Variable) else leaf
-    return next(iter(array.devices()))
-
-
 # graph_updates=False: the functions only read the modules' state, so no state is returned (nnx.jit's default
 # graph updates would hand every parameter back as an output: a copy of all weights per call)
 @partial(nnx.jit, graph_updates=False)
 def _separate_jit(separator: Separator, audio: jax.Array) -> jax.Array:
     return separator.forward(audio)
-
-
-# --- Demucs ------------------------------------------------------------------------------------------------
-
-
-class _Draws(Protocol):
-    def integers(self, low: int, high: int) -> Any: ...
-
-
-class _Track:
-    """A track zero-extended by ``margin`` samples on both sides, so that every padded chunk of it
-    (``TensorChunk.padded``: real neighbouring samples where the track has some, zeros beyond its ends) is one
-    dynamic slice: a chunk's position is a traced offset, and one compiled network serves every chunk of a length.
-    """
-
-    def __init__(self, samples: jax.Array, margin: int = 0):
-        self.samples = samples
-        self.length = samples.shape[-1]
-        self.margin = -1
-        self.extend(margin)
-
-    def extend(self, margin: int) -> None:
-        if margin > self.margin:
-            self.margin = margin
-            pad = [(0, 0)] * (self.samples.ndim - 1) + [(margin, margin)]
-            self.extended = jnp.pad(self.samples, pad)
-
-    def padded(self, offset: int, length: int, target_length: int) -> jax.Array:
-        """``TensorChunk(track, offset, length).padded(target_length)`` (eager; for the shifts)."""
-        win = shapes.chunk_window(self.length, offset, length, target_length)
-        self.extend(max(win.pad_left, win.pad_right))
-        start = win.start - win.pad_left + self.margin
-        return lax.dynamic_slice_in_dim(self.extended, start, target_length, axis=-1)
-
-
-def _margin(model: Demucs, lengths: list[int]) -> int:
-    """Zeros a track needs on each side for every chunk of ``lengths`` padded to ``valid_length``: one extension
-    (and so one shape of the compiled network's input) for a whole split track."""
-    return max(model.valid_length(n) - n for n in set(lengths))
-
-
-@partial(nnx.jit, static_argnames=("size",), graph_updates=False)
-def _window_forward(model: Demucs, extended: jax.Array, start: jax.Array, size: int) -> jax.Array:
-    """The network on ``extended[..., start:start + size]`` (compiled once per ``size``)."""
-    return model(lax.dynamic_slice_in_dim(extended, start, size, axis=-1))
-
-
-def _apply_valid(model: Demucs, track: _Track, offset: int, length: int) -> jax.Array:
-    """Pad the chunk to ``valid_length`` (real neighbours first), run the network, centre-trim to the chunk."""
-    length = min(track.length - offset, length)
-    target = model.valid_length(length)
-    win = shapes.chunk_window(track.length, offset, length, target)
-    track.extend(max(win.pad_left, win.pad_right))
-    start = jnp.asarray(win.start - win.pad_left + track.margin)
-    return center_trim(_window_forward(model, track.extended, start, size=target), length)
-
-
-def _apply_shifted(model: Demucs, track: _Track, offset: int, length: int, shifts: int, rng: _Draws) -> jax.Array:
-    """Average of ``shifts`` runs on randomly shifted windows (one plain run when ``shifts`` is 0).
-
-    Every shift gives the network another input length: one compilation per distinct ``valid_length``.
-    """
-    if not shifts:
-        return _apply_valid(model, track, offset, length)
-    length = min(track.length - offset, length)
-    max_shift = int(0.5 * model.samplerate)
-    padded = _Track(track.padded(offset, length, length + 2 * max_shift))  # a new track: zeros beyond it
-    out = None
-    for _ in range(shifts):
-        shift = int(rng.integers(0, max_shift + 1))  # upstream: random.randint(0, max_shift), unseeded
-        shifted = _apply_valid(model, padded, shift, length + max_shift - shift)[..., max_shift - shift :]
-        out = shifted if out is None else out + shifted
-    assert out is not None
-    return out / shifts
-
-
-@partial(jax.jit, donate_argnums=(0, 1))
-def _overlap_add(
-    out: jax.Array, sum_weight: jax.Array, chunk: jax.Array, weight: jax.Array, offset: jax.Array
-) -> tuple[jax.Array, jax.Array]:
-    """``out[..., offset:offset+n] += weight[:n] * chunk``; ``sum_weight[offset:offset+n] += weight[:n]``, in place
-    (``n`` is the chunk's length)."""
-    n = chunk.shape[-1]
-    weight = weight[:n]
-    segment = lax.dynamic_slice_in_dim(out, offset, n, axis=-1) + weight * chunk
-    out = lax.dynamic_update_slice_in_dim(out, segment, offset, axis=-1)
-    total = lax.dynamic_slice_in_dim(sum_weight, offset, n, axis=-1) + weight
-    return out, lax.dynamic_update_slice_in_dim(sum_weight, total, offset, axis=-1)
-
-
-def apply_model(
-    model: Demucs,
-    mix: Any,
-    shifts: int = 0,
-    split: bool = False,
-    overlap: float = 0.25,
-    transition_power: float = 1.0,
-    segment_length: int | None = None,
-    rng: _Draws | int | None = None,
-    precision: str | None = "highest",
-) -> jax.Array:
-    """Apply Demucs to a (normalised) track with ``demucs.utils.apply_model`` semantics (demucs 2.0.3).
-
-    Args:
-        model: the network.
-        mix: ``(audio_channels, nb_timesteps)``, or a batch ``(nb_samples, audio_channels, nb_timesteps)``.
-        shifts: random shifts to average (0: none).
-        split: process segments of ``segment_length`` samples with a triangular overlap-add.
-        overlap: fraction of a segment shared with the next.
-        transition_power: exponent of the cross-fade weight (>= 1).
-        segment_length: segment in samples (``model.segment_length``, 40 s for the released models, if None).
-        rng: a ``numpy.random.Generator`` or a seed (0 if None) for the shifts, as the spec; anything with
-            ``integers(low, high)`` works (e.g. a replay of upstream's ``random.randint`` draws).
-        precision: ``jax.default_matmul_precision`` of the network (``"highest"``: no TF32 on GPUs).
-
-    Returns:
-        ``(nb_sources, audio_channels, nb_timesteps)`` (or with the batch axis first) in the model's dtype, on the
-        model's device.
-        The overlap-add runs in that dtype (upstream accumulates in torch's default dtype, float32).
-    """
-    if transition_power < 1:
-        raise ValueError("transition_power < 1 leads to weird behavior (upstream asserts >= 1)")
-    dtype = model.dtype
-    with dtype_scope(dtype, precision):
-        track = jax.device_put(jnp.asarray(mix, dtype), device_of(model))
-        unbatched = track.ndim == 2
-        track = track[None] if unbatched else track
-        if track.ndim != 3 or track.shape[1] != model.audio_channels:
-            raise ValueError(
-                f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
-                f"(nb_samples, audio_channels, nb_timesteps), got {np.shape(mix)}"
-            )
-        rng = shapes.shift_draws(rng)
-        length = track.shape[-1]
-        if not split:
-            out = _apply_shifted(model, _Track(track, _margin(model, [length])), 0, length, shifts, rng)
-        else:
-            segment = segment_length or model.segment_length
-            _, offsets = shapes.segment_offsets(length, segment, overlap)
-            weight = jnp.asarray(shapes.transition_weight(segment, transition_power), dtype)
-            out = jnp.zeros(track.shape[:1] + (len(model.sources),) + track.shape[1:], dtype)
-            sum_weight = jnp.zeros(length, dtype)
-            chunks = _Track(track, _margin(model, [min(length - o, segment) for o in offsets]))
-            for offset in offsets:
-                chunk_out = _apply_shifted(model, chunks, offset, segment, shifts, rng)
-                out, sum_weight = _overlap_add(out, sum_weight, chunk_out, weight, jnp.asarray(offset))
-            out = out / sum_weight
-        return out[0] if unbatched else out
-
-
-def separate_track(
-    model: Demucs,
-    audio: Any,
-    sample_rate: float | None = None,
-    shifts: int = 0,
-    split: bool = True,
-    overlap: float = 0.25,
-    transition_power: float = 1.0,
-    segment_length: int | None = None,
-    rng: _Draws | int | None = None,
-    silence_guard: bool = True,
-    resample: bool = False,
-    precision: str | None = "highest",
-) -> jax.Array:
-    """Separate whole tracks as ``demucs/separate.py`` of demucs 2.0.3, before writing files.
-
-    Per track: ``ref = wav.mean(channels)``; ``wav = (wav - ref.mean()) / ref.std()`` (unbiased);
-    :func:`apply_model`; ``sources * ref.std() + ref.mean()``.
-
-    Args:
-        model: the network, in the dtype and on the device to run.
-        audio: NumPy or JAX array in any layout :func:`core_spec.audio.prepare_audio` accepts.
-        sample_rate: its rate (``None``: the model's).
-        silence_guard: a track whose mono downmix is constant comes back as that constant in every stem (digital
-            silence gives silence); ``False`` reproduces upstream's 0 / 0 = NaN.
-        resample: resample to the model's rate instead of refusing another rate.
-        the others: as :func:`apply_model` (``split`` defaults to True, as the CLI).
-
-    Returns:
-        ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``.
-    """
-    rate = model.samplerate
-    dtype = canonical_dtype(model.dtype)
-    batch = prepare_audio(
-        np.asarray(audio), rate if sample_rate is None else sample_rate, rate, model.audio_channels, resample, dtype
-    )
-    rng = shapes.shift_draws(rng)
-    tiny = 16 * np.finfo(dtype).eps
-    outputs = []
-    with dtype_scope(dtype, precision):
-        for track in jax.device_put(batch, device_of(model)):
-            mono = jnp.mean(track, axis=0)
-            mean, std = jnp.mean(mono), jnp.std(mono, ddof=1)
-            if silence_guard and not bool(std > tiny * jnp.abs(mean)):
-                outputs.append(jnp.full((len(model.sources),) + track.shape, mean, dtype))
-                continue
-            sources = apply_model(
-                model,
-                (track - mean) / std,
-                shifts=shifts,
-                split=split,
-                overlap=overlap,
-                transition_power=transition_power,
-                segment_length=segment_length,
-                rng=rng,
-                precision=precision,
-            )
-            outputs.append(sources * std + mean)
-        return jnp.stack(outputs)

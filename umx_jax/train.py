@@ -66,10 +66,12 @@ from core_spec.training import (
 )
 
 from ._scope import canonical_dtype, dtype_scope
+from .apply import apply_model
+from .build import from_canonical
 from .demucs import Demucs, center_trim
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
-from .weights import canonical_from_state, from_canonical, save_native, state_from_canonical, to_canonical
+from .weights import canonical_from_state, save_native, state_from_canonical, to_canonical
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -668,8 +670,6 @@ def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
     """Mean loss over the validation tracks (batch 1, eval mode): UMX: MSE of magnitudes of whole tracks; Demucs:
     L1 (or MSE) of ``apply_model`` (no split, no shifts) on the linear mixture, as demucs' ``validate_model``."""
     from tqdm import tqdm
-
-    from .separator import apply_model
 
     recipe = trainer.recipe
     count = len(valid_set)

@@ -35,10 +35,9 @@ directory layout, bit-exact for float32 arrays, and the serialisation Flax itsel
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,25 +46,19 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
-from core_spec.canonical import atomic_write, join_targets, load_canonical, split_targets
+from core_spec.canonical import atomic_write, join_targets, split_targets
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
 from core_spec.params import WeightsMismatchError, check_weights
-from core_spec.separator_settings import separator_kwargs
 
-from ._scope import as_device, canonical_dtype, dtype_scope
-from .demucs import Demucs
-from .separator import Separator
-from .umx import OpenUnmix
+from ._scope import canonical_dtype, default_device, dtype_scope
 
 __all__ = [
     "FORMAT",
     "WeightsMismatchError",
     "canonical_from_state",
-    "from_canonical",
-    "from_canonical_file",
-    "load_module",
     "load_native",
     "load_weights",
+    "materialize",
     "native_paths",
     "save_native",
     "state_from_canonical",
@@ -252,62 +245,43 @@ def _pure(module: nnx.Module) -> PureDict:
     return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
 
 
+_CONFIGS = (UMXConfig, UMXSeparatorConfig, DemucsConfig)
+
+
 def _config_of(module: nnx.Module) -> Config:
-    if isinstance(module, (OpenUnmix, Demucs, Separator)):
-        return module.config
-    raise TypeError(f"no canonical weights for {type(module).__name__}")
+    """The module's config (what the mapping dispatches on): an ``OpenUnmix``, ``Separator`` or ``Demucs``."""
+    config = getattr(module, "config", None)
+    if not isinstance(config, _CONFIGS):
+        raise TypeError(f"no canonical weights for {type(module).__name__}")
+    return config
 
 
-def _build(config: UMXConfig | DemucsConfig, dtype: np.dtype) -> nnx.Module:
-    """A module of ``config`` with abstract (shape-only) parameters: nothing is initialised."""
-    if isinstance(config, UMXConfig):
-        return nnx.eval_shape(lambda: OpenUnmix.from_config(config, dtype=dtype))
-    if isinstance(config, DemucsConfig):
-        return nnx.eval_shape(lambda: Demucs.from_config(config, dtype=dtype))
-    raise TypeError(f"no Flax model for {type(config).__name__}")
+def materialize(
+    make: Callable[[], nnx.Module],
+    config: UMXConfig | DemucsConfig,
+    weights: Mapping[str, Any],
+    dtype: Any = jnp.float32,
+    device: Any = None,
+) -> nnx.Module:
+    """The module ``make()`` builds, holding canonical ``weights``, without a random initialisation first.
 
-
-def from_canonical(
-    config: Config, weights: Mapping[str, Any], *, dtype: Any = jnp.float32, device: Any = None, **overrides: Any
-) -> OpenUnmix | Separator | Demucs:
-    """The Flax module of ``config`` holding canonical ``weights``.
-
-    Args:
-        config: ``UMXConfig`` (-> :class:`OpenUnmix`), ``UMXSeparatorConfig`` (-> :class:`Separator`; weights
-            ``{target: {name: array}}`` or ``target_models.<t>.<name>``) or ``DemucsConfig`` (-> :class:`Demucs`).
-        weights: canonical (upstream state-dict) arrays; checked against the inventory.
-        dtype: float32 or float64 (float64 arrays are made under ``jax.enable_x64``).
-        device: a ``jax.Device``, ``"cpu"``, ``"gpu"`` or ``None`` (JAX's default).
-        overrides: separator settings replacing the config's (``niter=...``, ``precision=...``).
+    ``make`` runs under ``nnx.eval_shape`` (abstract, shape-only parameters: nothing is allocated or drawn), then
+    the parameters are the weights (checked against ``config``'s inventory) in ``dtype`` on ``device`` (a
+    ``jax.Device``, ``"cpu"``, ``"gpu"`` or ``None``: JAX's default; float64 under ``jax.enable_x64``).
     """
     dtype = canonical_dtype(dtype)
-    if isinstance(config, UMXSeparatorConfig):
-        per_target = _per_target(weights, config.separator.targets)
-        models = {t: from_canonical(config.model, w, dtype=dtype, device=device) for t, w in per_target.items()}
-        with dtype_scope(dtype):
-            return Separator(models, **separator_kwargs(config, ("window", "precision"), **overrides))
-    if overrides:
-        raise TypeError(f"{type(config).__name__} takes no overrides, got {sorted(overrides)}")
     pure = state_from_canonical(config, weights)
-    dev = as_device(device)
-    with dtype_scope(dtype), jax.default_device(dev) if dev is not None else contextlib.nullcontext():
-        graphdef, params = nnx.split(_build(config, dtype))
+    with dtype_scope(dtype), default_device(device):
+        graphdef, params = nnx.split(nnx.eval_shape(make))
         nnx.replace_by_pure_dict(params, jax.tree.map(lambda a: jnp.asarray(a, dtype), pure))
         return nnx.merge(graphdef, params)
 
 
-def from_canonical_file(
-    path: str | os.PathLike, *, dtype: Any = jnp.float32, device: Any = None, **overrides: Any
-) -> OpenUnmix | Separator | Demucs:
-    """The Flax module a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes, with its weights."""
-    weights, config, _ = load_canonical(path)
-    return from_canonical(config, weights, dtype=dtype, device=device, **overrides)
-
-
-def load_weights(module: OpenUnmix | Separator | Demucs, weights: Mapping[str, Any]) -> None:
-    """Replace ``module``'s parameters (in place, in its dtype and on its devices) by canonical ``weights``."""
+def load_weights(module: nnx.Module, weights: Mapping[str, Any]) -> None:
+    """Replace ``module``'s parameters (in place, in its dtype and on its devices) by canonical ``weights``
+    (an ``OpenUnmix``, a ``Separator``: ``{target: {name: array}}`` or ``target_models.<t>.<name>``, a ``Demucs``)."""
     config = _config_of(module)
-    if isinstance(module, Separator):
+    if isinstance(config, UMXSeparatorConfig):
         for target, w in _per_target(weights, config.separator.targets).items():
             load_weights(module.target_models[target], w)
         return
@@ -320,7 +294,7 @@ def load_weights(module: OpenUnmix | Separator | Demucs, weights: Mapping[str, A
     nnx.update(module, state)
 
 
-def to_canonical(module: OpenUnmix | Separator | Demucs) -> dict[str, np.ndarray]:
+def to_canonical(module: nnx.Module) -> dict[str, np.ndarray]:
     """Canonical weights of a module (NumPy, the module's dtype); LSTM biases folded into ``bias_ih``."""
     return canonical_from_state(_config_of(module), _pure(module))
 
@@ -419,11 +393,3 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
             raise WeightsMismatchError([], [(name, tuple(np.shape(biases[name])))], [], str(path))
     weights.update(biases)
     return weights, config
-
-
-def load_module(
-    path: str | os.PathLike, *, dtype: Any = jnp.float32, device: Any = None, **overrides: Any
-) -> OpenUnmix | Separator | Demucs:
-    """Read a native file straight into its Flax module (see :func:`from_canonical` for the arguments)."""
-    weights, config = load_native(path)
-    return from_canonical(config, weights, dtype=dtype, device=device, **overrides)

@@ -25,8 +25,8 @@ from core_spec.shapes import valid_length
 from core_spec.tolerances import check
 from parity_tests import fixtures_umx
 from umx_jax import dtype_scope, from_canonical, stft
-from umx_jax.demucs import conv_transpose1d
 from umx_jax.filtering import phase_factors
+from umx_jax.layers import conv_transpose1d
 
 DTYPES = ("float32", "float64")
 

@@ -31,8 +31,9 @@ from parity_tests.fixtures_train import (
     load_train_case,
 )
 from umx_jax import dtype_scope
+from umx_jax.build import from_canonical
 from umx_jax.train import ModelLayout, Trainer, initial_weights, loss_and_grads, main, train_stft
-from umx_jax.weights import from_canonical, load_native, to_canonical
+from umx_jax.weights import load_native, to_canonical
 
 ROOT = Path(__file__).resolve().parents[2]
 DTYPES = ("float64", "float32")

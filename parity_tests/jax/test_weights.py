@@ -13,7 +13,8 @@ from core_spec.params import WeightsMismatchError, nb_parameters, parameter_inve
 from core_spec.seeded import random_weights
 from parity_tests import fixtures_umx
 from umx_jax import Demucs, OpenUnmix, Separator
-from umx_jax.weights import from_canonical, load_module, load_native, native_paths, save_native, to_canonical
+from umx_jax.build import from_canonical, load_module
+from umx_jax.weights import load_native, native_paths, save_native, to_canonical
 
 UMX = umx_preset("umxse")
 DEMUCS = DemucsConfig(channels=4, depth=3, segment_length=3000)
