@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from core_spec.epochs import EpochTrainer
 from core_spec.tolerances import check, metrics
 from parity_tests.fixtures_train import (
     TRAIN_CASES,
@@ -33,6 +34,7 @@ from parity_tests.fixtures_train import (
 from parity_tests.torch.helpers import DTYPES, TORCH_DTYPES, np_of, torch, torch_device
 from umx_torch import Demucs, OpenUnmix, load_weights
 from umx_torch.train import (
+    Trainer,
     data_parallel_loss_and_grads,
     loss_and_grads,
     make_optimizer,
@@ -101,11 +103,26 @@ def test_adamw_is_not_the_recipe(case):
 
 def test_dropout_is_upstream_and_switchable():
     """UMX trains with LSTM dropout 0.4 between layers (upstream); parity switches it off, the loop back on."""
-    from core_spec.configs import umx_preset
+    from core_spec.configs import UMX_LSTM_DROPOUT, umx_preset
 
-    model = OpenUnmix.from_config(umx_preset("umxhq").model)
-    assert model.lstm.dropout == pytest.approx(0.4)
+    config = umx_preset("umxhq").model
+    model = OpenUnmix.from_config(config)
+    assert model.lstm.dropout == config.lstm_dropout == UMX_LSTM_DROPOUT
     assert set_lstm_dropout(model, 0.0).lstm.dropout == 0.0
+
+
+def test_trainer_is_an_epoch_trainer():
+    """:class:`umx_torch.train.Trainer` is what core_spec.epochs.run_epochs drives: the learning rate goes to every
+    parameter group, a step returns the batch's loss before the update (the fixture's), one replica is its own mean."""
+    case = load_train_case("demucs")
+    model = _model(case, "float64", "cpu")
+    optimizer = make_optimizer(model, case.recipe)
+    trainer = Trainer(model, model, optimizer, case.recipe, case.stft)
+    assert isinstance(trainer, EpochTrainer)
+    trainer.set_learning_rate(0.5)
+    assert [group["lr"] for group in optimizer.param_groups] == [0.5]
+    check_loss(trainer.step(case.inputs), case, "float64", what="torch Trainer.step ")
+    assert trainer.mean_over_replicas(0.25) == 0.25
 
 
 # --- data parallelism -------------------------------------------------------------------------------------------
