@@ -1,0 +1,236 @@
+"""``python -m benchmarks``: every port and upstream in one run on the same inputs, each (point, implementation)
+in its own fresh process; writes ``latest.json``, ``latest.md`` and ``latest.png`` (:mod:`benchmarks.report`).
+
+The points are :mod:`benchmarks.plan`'s; the inputs are written once (:mod:`benchmarks.inputs`); each point runs
+upstream first (its output is the reference of the SNR column), then the ports, in
+:data:`benchmarks.impls.DEFAULT_IMPLS` order, so that a change in the machine's load hits all of a point's
+implementations alike. NNabla's processes run in ``.venv-nnabla`` (:func:`core_spec.frameworks.nnabla_python`).
+``--quick`` runs the quick plan (seconds-long inputs, small models) with one process per implementation for all
+its points (peaks then not from a fresh process: the JSON says so); it keeps the command working and measures
+nothing worth quoting. Exit status 1 when a point failed (its row carries the error; the files are written).
+
+Usage: ``python -m benchmarks [--quick] [--impls ...] [--points NAME|main|sweep ...] [--out DIR] [--list]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from benchmarks import inputs, report
+from benchmarks.common import RESULTS_DIR, ROOT, machine_info
+from benchmarks.impls import DEFAULT_IMPLS, IMPLS, THREADS, common_env
+from benchmarks.plan import Plan, Point, plan
+
+__all__ = ["main"]
+
+
+def _python(env: str) -> Path:
+    if env == "main":
+        return Path(sys.executable)
+    from core_spec.frameworks import nnabla_python
+
+    return nnabla_python()
+
+
+def _select(p: Plan, names: Sequence[str] | None) -> list[Point]:
+    if not names:
+        return list(p.points)
+    wanted: set[str] = set()
+    for name in names:
+        if name == "main":
+            wanted.update(p.main)
+        elif name == "sweep":
+            wanted.update(n for sweep in p.sweeps.values() for n in sweep)
+        else:
+            p.point(name)  # KeyError naming the known points
+            wanted.add(name)
+    return [pt for pt in p.points if pt.name in wanted]
+
+
+def _jobs(points: list[Point], impls: list[str], grouped: bool, include_skipped: bool) -> list[tuple[str, list[Point]]]:
+    """``[(impl, points)]`` in run order: per point upstream first, then the ports (``grouped``: per impl)."""
+
+    def runs(impl: str, point: Point) -> bool:
+        return include_skipped or impl not in point.skip
+
+    if grouped:
+        return [(impl, [pt for pt in points if runs(impl, pt)]) for impl in impls]
+    return [(impl, [pt]) for pt in points for impl in impls if runs(impl, pt)]
+
+
+def _run_job(
+    impl: str, points: list[Point], p: Plan, folder: Path, threads: int, timeout_s: float, index: int
+) -> dict[str, Any]:
+    """One worker process; its result (rows with an ``error`` where the process itself failed)."""
+    spec = IMPLS[impl]
+    job_path, result_path, log_path = (folder / f"job-{index}.{ext}" for ext in ("json", "result.json", "log"))
+    job = {
+        "impl": impl,
+        "points": [pt.to_dict() for pt in points],
+        "sizes": p.to_dict()["sizes"],
+        "folder": str(folder),
+        "threads": threads,
+        "max_timed_s": p.max_timed_s,
+        "result": str(result_path),
+    }
+    job_path.write_text(json.dumps(job))
+    env = {**os.environ, **common_env(threads), **spec.env_vars}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    failure = None
+    try:
+        python = _python(spec.env)
+        with open(log_path, "w") as log:
+            proc = subprocess.run(
+                [str(python), "-m", "benchmarks.worker", str(job_path)],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=env,
+                cwd=ROOT,
+                timeout=timeout_s,
+            )
+        if proc.returncode != 0:
+            failure = f"worker exited with status {proc.returncode}: {log_path.read_text()[-2000:]}"
+    except subprocess.TimeoutExpired:
+        failure = f"worker timed out after {timeout_s:.0f} s"
+    except FileNotFoundError as e:
+        failure = str(e)
+    result = json.loads(result_path.read_text()) if result_path.exists() else {"impl": impl, "rows": []}
+    done = {row["point"] for row in result["rows"]}
+    for pt in points:
+        if pt.name not in done:
+            result["rows"].append({"point": pt.name, "impl": impl, "error": failure or "no result"})
+    return result
+
+
+def _print_row(row: dict[str, Any]) -> None:
+    if "error" in row:
+        print(f"  {row['point']:<22} {row['impl']:<9} FAILED: {row['error'].splitlines()[0][:160]}", flush=True)
+        return
+    compile_note = f", compile {row['compile_s']:.1f} s" if "compile_s" in row else ""
+    print(
+        f"  {row['point']:<22} {row['impl']:<9} {row['wall_s_min']:8.3f} s (min of {row['repeats']}), "
+        f"first {row['first_call_s']:.2f} s{compile_note}, peak {row['peak_rss_mb']:.0f} MiB",
+        flush=True,
+    )
+
+
+def _git() -> dict[str, Any]:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+
+    try:
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except OSError:
+        return {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--quick", action="store_true", help="seconds-long inputs, small models: checks the command")
+    parser.add_argument(
+        "--impls",
+        nargs="+",
+        choices=list(IMPLS),
+        default=list(DEFAULT_IMPLS),
+        help="implementations (upstream is always run first when listed)",
+    )
+    parser.add_argument("--points", nargs="+", metavar="NAME", help="points to run: names, 'main' or 'sweep'")
+    parser.add_argument(
+        "--include-skipped", action="store_true", help="also run the points a plan skips (NNabla 300 s)"
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="results folder (default benchmarks/results, --quick: benchmarks/results/quick)",
+    )
+    parser.add_argument("--threads", type=int, default=THREADS, help=f"threads of every implementation ({THREADS})")
+    parser.add_argument("--timeout", type=float, default=None, help="seconds per worker process (full 3600, quick 600)")
+    parser.add_argument("--grouped", action="store_true", help="one process per implementation (default with --quick)")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        help="worker processes at a time (default 1; --quick: 2; more than 1 distorts the timings)",
+    )
+    parser.add_argument("--list", action="store_true", help="print the plan and exit")
+    args = parser.parse_args(argv)
+
+    p = plan(args.quick)
+    try:
+        points = _select(p, args.points)
+    except KeyError as e:
+        parser.error(str(e.args[0]))
+    impls = sorted(dict.fromkeys(args.impls), key=lambda k: k != "upstream")  # upstream first: the reference
+    grouped = args.grouped or args.quick
+    args.jobs = args.jobs or (2 if args.quick else 1)
+    jobs = _jobs(points, impls, grouped, args.include_skipped)
+    if args.list:
+        for pt in points:
+            runs = [i for i in impls if args.include_skipped or i not in pt.skip]
+            print(
+                f"{pt.name:<22} {pt.kind:<9} {pt.audio_seconds:>6g} s audio, repeats <= {pt.repeats}: {' '.join(runs)}"
+            )
+        return 0
+    out = args.out or (RESULTS_DIR / "quick" if args.quick else RESULTS_DIR)
+    out.mkdir(parents=True, exist_ok=True)
+    timeout = args.timeout or (600.0 if args.quick else 3600.0)
+
+    started = time.time()
+    machine_start = machine_info()
+    print(
+        f"benchmark ({p.name} plan): {len(points)} points, {', '.join(impls)}; {len(jobs)} worker processes", flush=True
+    )
+    with tempfile.TemporaryDirectory(prefix="unmix-bench-") as tmp:
+        folder = Path(tmp)
+        inputs.prepare(folder, points, p.sizes)
+        print(f"  inputs written in {time.time() - started:.1f} s", flush=True)
+        todo = [(i, impl, pts) for i, (impl, pts) in enumerate(jobs) if pts]
+
+        def run(job: tuple[int, str, list[Point]]) -> dict[str, Any]:
+            index, impl, job_points = job
+            result = _run_job(impl, job_points, p, folder, args.threads, timeout, index)
+            for row in result["rows"]:
+                _print_row(row)
+            return result
+
+        if args.jobs == 1:
+            results = [run(job) for job in todo]
+        else:  # upstream first (its outputs are the references), then the ports side by side
+            results = [run(job) for job in todo if job[1] == "upstream"]
+            with ThreadPoolExecutor(args.jobs) as pool:
+                results += list(pool.map(run, [job for job in todo if job[1] != "upstream"]))
+    meta = {
+        "quick": args.quick,
+        "process_per_point": not grouped,
+        "jobs": args.jobs,
+        "threads": args.threads,
+        "impls": impls,
+        "include_skipped": args.include_skipped,
+        "git": _git(),
+        "machine_start": machine_start,
+        "machine_end": machine_info(),
+        "total_s": time.time() - started,
+        "argv": list(sys.argv[1:] if argv is None else argv),
+    }
+    data = report.build(p, points, results, meta)
+    for path in report.write(data, out):
+        print(f"wrote {path}")
+    print(report.summary(data))
+    errors = [row for row in data["rows"] if "error" in row]
+    if errors:
+        failed = ", ".join(f"{r['point']}/{r['impl']}" for r in errors)
+        print(f"{len(errors)} point(s) failed: {failed}", file=sys.stderr)
+    return 1 if errors else 0
