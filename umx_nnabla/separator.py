@@ -1,11 +1,12 @@
-"""Waveform in, stems out with Open-Unmix: the :class:`Separator` (``openunmix.model.Separator`` semantics).
+"""Waveform in, stems out with Open-Unmix: the :class:`Separator` (``openunmix.model.Separator`` semantics;
+``core_spec.reference.separator`` is the spec).
 
-STFT (:func:`umx_nnabla.transforms.stft`), one
-  NNabla graph for the magnitude and every target network (all targets' parameters in one parameter dictionary,
-  one scope per target), the Wiener filter chunk by chunk (:mod:`umx_nnabla.filtering`), the inverse STFT. Chunks
-  of ``wiener_win_len`` frames stay independent, as upstream (the filter's ``max_abs`` scaling and covariances are
-per chunk). The graph is built once per input shape and kept. Demucs's :func:`~umx_nnabla.apply.apply_model` is in
-:mod:`umx_nnabla.apply`.
+The STFT (:func:`umx_nnabla.transforms.stft`), one NNabla graph for the magnitude and every target network (all
+targets' parameters in one parameter dictionary, one scope per target), the Wiener filter chunk by chunk
+(:func:`filter_chunks`: chunks of ``wiener_win_len`` frames stay independent, as upstream, with their own
+``max_abs`` scaling and covariances), the inverse STFT; the graph is built once per input shape and kept. From the
+networks to the inverse STFT everything is in the planar layout ``(nb_samples, nb_sources, nb_channels, nb_bins,
+nb_frames)``. Demucs's :func:`~umx_nnabla.apply.apply_model` is in :mod:`umx_nnabla.apply`.
 """
 
 from __future__ import annotations
