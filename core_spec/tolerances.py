@@ -37,6 +37,7 @@ __all__ = [
     "Tolerance",
     "Verdict",
     "check",
+    "check_distinct",
     "degrade",
     "judge",
     "metrics",
@@ -339,6 +340,26 @@ def check(
     if not verdict.ok:
         raise AssertionError(f"{what or stage}: {m} exceeds the tolerance ({verdict.describe()}) for {stage}")
     return m
+
+
+def check_distinct(
+    actual: Any,
+    expected: Any,
+    stage: str,
+    dtype: str | np.dtype | type,
+    device: str = "cpu",
+    what: str = "",
+) -> Metrics:
+    """Assert that ``actual`` is *outside* the row ``(stage, dtype, device)`` around ``expected``: a test that a
+    wrong variant (decoupled weight decay, an unflipped kernel, per-replica statistics) would be caught by the same
+    row that judges the right one. Nothing is recorded; returns the metrics."""
+    verdict = judge(actual, expected, stage, dtype, device)
+    if verdict.ok:
+        raise AssertionError(
+            f"{what or stage}: {verdict.metrics} lies within the tolerance ({verdict.describe()}) for {stage}; "
+            "the variant was expected to be told apart"
+        )
+    return verdict.metrics
 
 
 def degrade(actual: Any, expected: Any, db: float = REGRESSION_DB, seed: int = 0) -> np.ndarray:

@@ -167,11 +167,25 @@ def istft_span(
 
 def istft_envelope(n_fft: int, n_hop: int, nb_frames: int, window: np.ndarray | None = None) -> np.ndarray:
     """The overlap-added squared window ``sum_t w[n - t n_hop]^2``, float64 ``(n_fft + n_hop (nb_frames - 1),)``:
-    what the inverse STFT divides by (``window``: ``None`` is :func:`hann_window`)."""
-    w2 = (hann_window(n_fft) if window is None else np.asarray(window, dtype=np.float64)) ** 2
+    what the inverse STFT divides by (``window``: ``None`` is :func:`hann_window`; then the result is cached and
+    read-only)."""
+    if window is None:
+        return _hann_envelope(n_fft, n_hop, nb_frames)
+    return _envelope(np.asarray(window, dtype=np.float64), n_hop, nb_frames)
+
+
+def _envelope(window: np.ndarray, n_hop: int, nb_frames: int) -> np.ndarray:
+    n_fft = window.shape[-1]
     envelope = np.zeros(n_fft + n_hop * (nb_frames - 1))
     for t in range(nb_frames):
-        envelope[t * n_hop : t * n_hop + n_fft] += w2
+        envelope[t * n_hop : t * n_hop + n_fft] += window**2
+    return envelope
+
+
+@lru_cache(maxsize=32)
+def _hann_envelope(n_fft: int, n_hop: int, nb_frames: int) -> np.ndarray:
+    envelope = _envelope(hann_window(n_fft), n_hop, nb_frames)
+    envelope.setflags(write=False)
     return envelope
 
 
