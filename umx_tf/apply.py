@@ -9,21 +9,18 @@ from a seeded generator. :func:`separate_track` normalises each track as ``demuc
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
 from core_spec import shapes
 from core_spec.audio import prepare_audio
+from core_spec.shapes import ShiftDraws, check_track, check_transition_power, is_silent, max_shift
 
 from .demucs import Demucs
 
 __all__ = ["apply_model", "separate_track"]
-
-
-class _Draws(Protocol):
-    def integers(self, low: int, high: int) -> Any: ...
 
 
 def _padded(track: tf.Tensor, offset: int, length: int, target_length: int) -> tf.Tensor:
@@ -42,18 +39,18 @@ def _apply_valid(forward: Any, model: Demucs, track: tf.Tensor, offset: int, len
 
 
 def _apply_shifted(
-    forward: Any, model: Demucs, track: tf.Tensor, offset: int, length: int, shifts: int, rng: _Draws
+    forward: Any, model: Demucs, track: tf.Tensor, offset: int, length: int, shifts: int, rng: ShiftDraws
 ) -> tf.Tensor:
     """Average of ``shifts`` runs on randomly shifted windows (one plain run when ``shifts`` is 0)."""
     if not shifts:
         return _apply_valid(forward, model, track, offset, length)
     length = min(track.shape[-1] - offset, length)
-    max_shift = int(0.5 * model.samplerate)
-    padded = _padded(track, offset, length, length + 2 * max_shift)  # a new tensor: zeros beyond it
+    most = max_shift(model.samplerate)
+    padded = _padded(track, offset, length, length + 2 * most)  # a new tensor: zeros beyond it
     out = None
     for _ in range(shifts):
-        shift = int(rng.integers(0, max_shift + 1))  # upstream: random.randint(0, max_shift), unseeded
-        shifted = _apply_valid(forward, model, padded, shift, length + max_shift - shift)[..., max_shift - shift :]
+        shift = int(rng.integers(0, most + 1))  # upstream: random.randint(0, max_shift), unseeded
+        shifted = _apply_valid(forward, model, padded, shift, length + most - shift)[..., most - shift :]
         out = shifted if out is None else out + shifted
     return out / shifts
 
@@ -66,7 +63,7 @@ def apply_model(
     overlap: float = 0.25,
     transition_power: float = 1.0,
     segment_length: int | None = None,
-    rng: _Draws | int | None = None,
+    rng: ShiftDraws | int | None = None,
     jit_compile: bool | None = None,
 ) -> tf.Tensor:
     """Apply Demucs to a (normalised) track with ``demucs.utils.apply_model`` semantics (demucs 2.0.3).
@@ -89,17 +86,11 @@ def apply_model(
         ``(nb_sources, audio_channels, nb_timesteps)`` (or with the batch dimension first), in the model's dtype.
         The overlap-add runs in that dtype (upstream accumulates in torch's default dtype, float32).
     """
-    if transition_power < 1:
-        raise ValueError("transition_power < 1 leads to weird behavior (upstream asserts >= 1)")
+    check_transition_power(transition_power)
     track = tf.cast(tf.convert_to_tensor(mix), model.compute_dtype)
-    unbatched = track.shape.rank == 2
+    unbatched = check_track(tuple(track.shape), model.audio_channels)
     if unbatched:
         track = track[None]
-    if track.shape.rank != 3 or track.shape[1] != model.audio_channels:
-        raise ValueError(
-            f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
-            f"(nb_samples, audio_channels, nb_timesteps), got {tuple(mix.shape)}"
-        )
     rng = shapes.shift_draws(rng)
     if jit_compile is None:  # every shift has its own chunk length, hence its own XLA compilation: not worth it
         jit_compile = False if shifts else None
@@ -134,7 +125,7 @@ def separate_track(
     overlap: float = 0.25,
     transition_power: float = 1.0,
     segment_length: int | None = None,
-    rng: _Draws | int | None = None,
+    rng: ShiftDraws | int | None = None,
     silence_guard: bool = True,
     resample: bool = False,
     jit_compile: bool | None = None,
@@ -167,13 +158,12 @@ def separate_track(
     )
     rng = shapes.shift_draws(rng)
     outputs = []
-    tiny = 16 * np.finfo(batch.dtype).eps
     for track in batch:
         mono = tf.reduce_mean(track, axis=0)
         mean = tf.reduce_mean(mono)
         n = mono.shape[-1]
         std = tf.sqrt(tf.reduce_sum(tf.square(mono - mean)) / (n - 1)) if n > 1 else tf.constant(np.nan, mono.dtype)
-        if silence_guard and not bool(std > tiny * abs(float(mean))):
+        if silence_guard and is_silent(float(mean), float(std), batch.dtype):
             outputs.append(tf.fill([len(model.sources), *track.shape], tf.cast(mean, track.dtype)))
             continue
         sources = apply_model(

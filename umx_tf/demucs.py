@@ -26,7 +26,6 @@ The model never pads: callers pad the mixture to :func:`valid_length` (``apply_m
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -36,18 +35,15 @@ import tensorflow as tf
 from keras import layers
 
 from core_spec import shapes
-from core_spec.configs import DemucsConfig
+from core_spec.configs import DemucsConfig, config_from_arguments, constructor_kwargs
 from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
+from core_spec.shapes import valid_length
+from core_spec.trace import Recorder
 
 from .layers import GLU, TORCH_KERNEL_INIT, TracedCall, lstm_layer, torch_uniform
 from .resample import resample_frac
 
 __all__ = ["BLSTM", "Demucs", "center_trim", "demucs_trace_keys", "valid_length"]
-
-
-def valid_length(length: int, config: DemucsConfig) -> int:
-    """Smallest input length ``>= length`` the model takes whole (:func:`core_spec.shapes.valid_length`)."""
-    return shapes.valid_length(length, config)
 
 
 def center_trim(tensor: tf.Tensor, reference: tf.Tensor | int, axis: int = -1) -> tf.Tensor:
@@ -65,6 +61,11 @@ def center_trim(tensor: tf.Tensor, reference: tf.Tensor | int, axis: int = -1) -
 def _channels_first(x: tf.Tensor) -> tf.Tensor:
     """``(B, L, C)`` -> ``(B, C, L)`` (the spec's trace layout)."""
     return tf.transpose(x, [0, 2, 1])
+
+
+def _time_major(x: tf.Tensor) -> tf.Tensor:
+    """``(B, T, C)`` -> ``(T, B, C)`` (the spec's layout of the raw LSTM states)."""
+    return tf.transpose(x, [1, 0, 2])
 
 
 class BLSTM(TracedCall, layers.Layer):
@@ -92,11 +93,12 @@ class BLSTM(TracedCall, layers.Layer):
         self.linear.build((None, None, 2 * self.dim))
         self.built = True
 
-    def call(self, x: tf.Tensor, training: bool = False, trace: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
+    def call(self, x: tf.Tensor, training: bool = False, trace: Recorder | None = None) -> tf.Tensor:
+        """``trace``: the Demucs's recorder, given when it records (``lstm.lstm``)."""
         for layer in self.lstm:
             x = layer(x, training=training)  # training: the recurrence keeps what its gradient needs
         if trace is not None:
-            trace["lstm.lstm"] = tf.transpose(x, [1, 0, 2])  # (T, B, 2 dim), as upstream's nn.LSTM output
+            trace("lstm.lstm", x, _time_major)  # (T, B, 2 dim), as upstream's nn.LSTM output
         return self.linear(x)
 
 
@@ -141,28 +143,12 @@ class Demucs(TracedCall, keras.Model):
         segment_length: int = 4 * 10 * 44100,
         **kwargs: Any,
     ):
+        config = config_from_arguments(DemucsConfig, locals())
         super().__init__(**kwargs)
-        self._spec = DemucsConfig(
-            sources=tuple(sources),
-            audio_channels=audio_channels,
-            channels=channels,
-            depth=depth,
-            rewrite=rewrite,
-            glu=glu,
-            rescale=rescale,
-            resample=resample,
-            kernel_size=kernel_size,
-            stride=stride,
-            growth=growth,
-            lstm_layers=lstm_layers,
-            context=context,
-            normalize=normalize,
-            samplerate=samplerate,
-            segment_length=segment_length,
-        )
+        self._config = config
         if kernel_size < stride:
             raise ValueError(f"kernel_size ({kernel_size}) < stride ({stride}) is not supported")
-        self.sources = list(sources)
+        self.sources = config.sources
         self.audio_channels = audio_channels
         self.depth = depth
         self.resample = resample
@@ -180,7 +166,7 @@ class Demucs(TracedCall, keras.Model):
             return GLU(dtype=policy) if glu else layers.ReLU(dtype=policy)
 
         encoder, decoder = [], []
-        for index, (chin, ch) in enumerate(self._spec.layer_channels()):
+        for index, (chin, ch) in enumerate(self._config.layer_channels()):
             encode: list[layers.Layer] = [conv(ch, kernel_size, stride), layers.ReLU(dtype=policy)]
             if rewrite:
                 encode += [conv(scale * ch, 1), activation()]
@@ -201,13 +187,13 @@ class Demucs(TracedCall, keras.Model):
         self.encoder = encoder
         self.decoder = [seq for _, _, seq in decoder]
         self._decoder_channels = [ch for _, ch, _ in decoder]
-        self.lstm = BLSTM(self._spec.layer_channels()[-1][1], lstm_layers, dtype=policy) if lstm_layers else None
+        self.lstm = BLSTM(self._config.layer_channels()[-1][1], lstm_layers, dtype=policy) if lstm_layers else None
         self._compiled: dict[bool, Any] = {}
         self.build()
 
     def build(self, input_shape: Any = None) -> None:
         """Create every weight (the shapes follow from the constructor arguments; ``input_shape`` is ignored)."""
-        for encode, (chin, _) in zip(self.encoder, self._spec.layer_channels()):
+        for encode, (chin, _) in zip(self.encoder, self._config.layer_channels()):
             encode.build((None, None, chin))
         for decode, ch in zip(self.decoder, self._decoder_channels):
             decode.build((None, None, ch))
@@ -220,27 +206,25 @@ class Demucs(TracedCall, keras.Model):
         """A model for a :class:`core_spec.configs.DemucsConfig` (weights: Keras's initialisers), or Keras's
         deserialisation from a :meth:`get_config` dict."""
         if isinstance(config, DemucsConfig):
-            kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-            return cls(**kwargs, dtype=dtype)
+            return cls(**constructor_kwargs(config), dtype=dtype)
         return super().from_config(config, custom_objects)
 
     def get_config(self) -> dict[str, Any]:
         base = super().get_config()
-        fields = {f.name: getattr(self._spec, f.name) for f in dataclasses.fields(self._spec) if f.init}
-        return {**{k: base[k] for k in ("name", "dtype", "trainable") if k in base}, **fields}
+        return {**{k: base[k] for k in ("name", "dtype", "trainable") if k in base}, **constructor_kwargs(self._config)}
 
     @property
     def config(self) -> DemucsConfig:
         """The :class:`core_spec.configs.DemucsConfig` of this model."""
-        return self._spec
+        return self._config
 
     def valid_length(self, length: int) -> int:
         """Smallest input length ``>= length`` the model takes whole (:func:`core_spec.shapes.valid_length`)."""
-        return shapes.valid_length(length, self._spec)
+        return shapes.valid_length(length, self._config)
 
     def output_length(self, length: int) -> int:
         """Output length for an input of ``length`` samples (:func:`core_spec.shapes.output_length`)."""
-        return shapes.output_length(length, self._spec)
+        return shapes.output_length(length, self._config)
 
     def set_resample_kernels(self, kernels: Mapping[str, np.ndarray] | None) -> None:
         """Use other filters for the x2 resamplings: ``{"up": (2, taps), "down": (1, taps)}`` (``None``: the
@@ -267,7 +251,7 @@ class Demucs(TracedCall, keras.Model):
                 f"Demucs expects (nb_samples, {self.audio_channels}, nb_timesteps), got {tuple(mix.shape)}"
             )
         self.output_length(mix.shape[-1])  # a clear error for inputs too short for the convolutions
-        record: dict[str, tf.Tensor] = trace if trace is not None else {}
+        keep = Recorder(trace, demucs_trace_keys(self._config))
         mix = tf.cast(mix, self.compute_dtype)
 
         if self.normalize:
@@ -280,32 +264,22 @@ class Demucs(TracedCall, keras.Model):
             x = mix / (DEMUCS_NORM_EPS + 1.0)  # upstream divides by 1e-5 + 1 even without normalisation
 
         if self.resample:
-            x = resample_frac(x, 1, 2, kernels=self.resample_kernels.get("up"))
-            if trace is not None:
-                record["resample.up"] = x
+            x = keep("resample.up", resample_frac(x, 1, 2, kernels=self.resample_kernels.get("up")))
 
         x = tf.transpose(x, [0, 2, 1])  # channels-last from here on: (B, L, C)
         saved = []
         for index, encode in enumerate(self.encoder):
-            x = encode(x)
-            if trace is not None:
-                record[f"encoder.{index}"] = _channels_first(x)
+            x = keep(f"encoder.{index}", encode(x), _channels_first)
             saved.append(x)
         if self.lstm is not None:
-            x = self.lstm(x, training=training, trace=trace)
-            if trace is not None:
-                record["lstm"] = _channels_first(x)
+            x = keep("lstm", self.lstm(x, training=training, trace=keep if keep.active else None), _channels_first)
         for index, decode in enumerate(self.decoder):
             skip = center_trim(saved.pop(), x, axis=1)  # a decoder never outgrows its encoder
-            x = decode(x + skip)
-            if trace is not None:
-                record[f"decoder.{index}"] = _channels_first(x)
+            x = keep(f"decoder.{index}", decode(x + skip), _channels_first)
         x = tf.transpose(x, [0, 2, 1])  # (B, S * C, L')
 
         if self.resample:
-            x = resample_frac(x, 2, 1, kernels=self.resample_kernels.get("down"))
-            if trace is not None:
-                record["resample.down"] = x
+            x = keep("resample.down", resample_frac(x, 2, 1, kernels=self.resample_kernels.get("down")))
         if self.normalize:
             x = x * std + mean
         return tf.reshape(x, [-1, len(self.sources), self.audio_channels, x.shape[-1]])

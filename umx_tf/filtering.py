@@ -41,7 +41,7 @@ import math
 
 import tensorflow as tf
 
-from core_spec.reference.filtering import PI_FLOAT32
+from core_spec.reference.filtering import PI_FLOAT32, check_channels
 
 __all__ = [
     "PI_FLOAT32",
@@ -79,11 +79,6 @@ def upstream_atan2(y: tf.Tensor, x: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
     return tf.where((x == 0) & (y != 0), on_axis, angle), x
 
 
-def _check_channels(nb_channels: int) -> None:
-    if nb_channels not in (1, 2):
-        raise ValueError(f"the Wiener filter supports 1 or 2 channels (as upstream), got {nb_channels}")
-
-
 def expectation_maximization_planar(
     y: tf.Tensor, x: tf.Tensor, iterations: int = 2, eps: float = 1e-10
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
@@ -100,7 +95,7 @@ def expectation_maximization_planar(
         complex ``(..., nb_sources, nb_channels, nb_channels, nb_bins)`` of the last iteration (zeros if none).
     """
     nb_channels = x.shape[-3]
-    _check_channels(nb_channels)
+    check_channels(nb_channels)
     real = x.dtype.real_dtype
     reg = math.sqrt(eps)
     shape = tf.shape(y)
@@ -189,7 +184,7 @@ def wiener_planar(
     mix_stft = tf.convert_to_tensor(mix_stft)
     if not mix_stft.dtype.is_complex:
         raise TypeError("wiener_planar: mix_stft must be a complex tensor")
-    _check_channels(mix_stft.shape[-3])
+    check_channels(mix_stft.shape[-3])
     v = tf.cast(targets_spectrograms, mix_stft.dtype.real_dtype)
     y, mix = _initial_estimate(v, mix_stft, softmask, residual, eps, atan2)
     if iterations == 0:

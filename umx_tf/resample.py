@@ -1,7 +1,7 @@
 """Windowed-sinc resampling by a rational factor (``julius.resample_frac`` semantics), as one strided convolution.
 
 For ``old -> new`` (reduced by their gcd) there are ``new`` filters of ``2 * width + old`` taps
-(:func:`core_spec.reference.resample.resample_kernels`, computed in float64 and cast to the signal's dtype). The
+(:func:`core_spec.reference.resample.checked_kernels`, computed in float64 and cast to the signal's dtype). The
 signal is padded by replicating its edge samples (``width`` left, ``width + old`` right) and correlated with the
 filters at stride ``old`` by ``tf.nn.conv1d`` in channels-last layout: output channel ``i`` of step ``t`` is
 output sample ``t * new + i``, so a reshape interleaves the phases. The output is cut to
@@ -13,12 +13,10 @@ julius's own, in a float64 parity test).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import tensorflow as tf
 
-from core_spec.reference.resample import resample_kernels, resample_width
+from core_spec.reference.resample import checked_kernels
 
 __all__ = ["resample_frac"]
 
@@ -42,20 +40,10 @@ def resample_frac(
     Returns:
         ``(..., floor(new * length / old))`` in ``x``'s dtype.
     """
-    if not isinstance(old_sr, int) or not isinstance(new_sr, int):
-        raise ValueError(f"old_sr and new_sr must be integers, got {old_sr!r} and {new_sr!r}")
+    old, new, width, kernels = checked_kernels(old_sr, new_sr, zeros, rolloff, kernels)
     x = tf.convert_to_tensor(x)
-    g = math.gcd(old_sr, new_sr)
-    old, new = old_sr // g, new_sr // g
-    if old == new:
+    if kernels is None:  # equal rates
         return x
-    width = resample_width(old, new, zeros, rolloff)
-    taps = 2 * width + old
-    if kernels is None:
-        kernels = resample_kernels(old, new, zeros, rolloff)
-    kernels = np.asarray(kernels, dtype=np.float64)
-    if kernels.shape != (new, taps):
-        raise ValueError(f"kernels for {old} -> {new} must have shape {(new, taps)}, got {kernels.shape}")
 
     length = x.shape[-1]
     if length is None:

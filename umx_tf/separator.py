@@ -17,8 +17,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core_spec.audio import prepare_audio
 from core_spec.configs import SeparatorConfig, UMXSeparatorConfig, WienerConfig
+from core_spec.reference.separator import check_sources
 from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 
 from .filtering import wiener_planar
@@ -120,10 +120,8 @@ class Separator(SeparatorSettings, keras.Model):
         Returns:
             ``(nb_samples, nb_sources, nb_channels, nb_timesteps)``, sources in :attr:`target_names` order.
         """
-        fft, wcfg = self.stft_config, self.wiener_config
-        nb_sources = self.nb_targets + int(wcfg.residual)
-        if nb_sources == 1 and wcfg.niter > 0:
-            raise ValueError("the Wiener filter with niter > 0 needs at least two sources: enable residual=True")
+        fft = self.stft_config
+        check_sources(self.nb_sources, self.niter)
         audio = tf.cast(audio, self.compute_dtype)
         mix_stft = stft(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, self.window)  # (B, C, F, T)
         X = complex_norm(mix_stft, mono=self.nb_channels == 1)
@@ -144,8 +142,8 @@ class Separator(SeparatorSettings, keras.Model):
         return filter_chunks(spectrograms, mix_stft, self.wiener_config)
 
     def separate(self, audio: Any, sample_rate: float | None = None, resample: bool = False) -> tf.Tensor:
-        """Check and shape ``audio`` (:func:`core_spec.audio.prepare_audio`), then separate it with the compiled
-        graph (traced once per input shape; XLA when :attr:`jit_compile`).
+        """Check and shape ``audio`` (:meth:`~core_spec.separator_settings.SeparatorSettings.prepare`), then
+        separate it with the compiled graph (traced once per input shape; XLA when :attr:`jit_compile`).
 
         Args:
             audio: NumPy array or tensor: ``(nb_timesteps,)``, ``(nb_channels, nb_timesteps)``,
@@ -156,24 +154,8 @@ class Separator(SeparatorSettings, keras.Model):
         Returns:
             ``(nb_samples, nb_sources, 2, nb_timesteps)`` in the separator's dtype.
         """
-        batch = prepare_audio(
-            np.asarray(audio),
-            self.sample_rate if sample_rate is None else sample_rate,
-            self.sample_rate,
-            nb_channels=2,
-            resample=resample,
-            dtype=np.dtype(self.compute_dtype),
-        )
+        batch = self.prepare(audio, sample_rate, resample).astype(self.compute_dtype, copy=False)
         return self._separate(tf.constant(batch))
-
-    def to_dict(
-        self, estimates: tf.Tensor, aggregate_dict: Mapping[str, list[str]] | None = None
-    ) -> dict[str, tf.Tensor]:
-        """``(nb_samples, nb_sources, ...)`` -> ``{name: (nb_samples, ...)}``, optionally summed into groups."""
-        out = {name: estimates[:, k] for k, name in enumerate(self.target_names)}
-        if aggregate_dict is not None:
-            out = {key: tf.add_n([out[t] for t in targets]) for key, targets in aggregate_dict.items()}
-        return out
 
 
 def filter_chunks(spectrograms: tf.Tensor, mix_stft: tf.Tensor, wiener_config: WienerConfig) -> tf.Tensor:

@@ -41,6 +41,9 @@ import numpy as np
 import tensorflow as tf
 
 from core_spec.configs import STFTConfig, UMXConfig
+from core_spec.data.stats import input_scaler_weights
+from core_spec.params import lstm_bias_halves
+from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
 from core_spec.run_folder import RunFolder, RunState, check_out, log
 from core_spec.training import (
     DemucsTrainConfig,
@@ -54,7 +57,7 @@ from core_spec.training import (
 from .demucs import Demucs, center_trim
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
-from .weights import entries, load_weights, lstm_bias_halves
+from .weights import entries, load_weights
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -245,8 +248,8 @@ class Adam:
         self,
         params: Sequence[tf.Variable],
         lr: float,
-        betas: tuple[float, float] = (0.9, 0.999),
-        eps: float = 1e-8,
+        betas: tuple[float, float] = ADAM_BETAS,
+        eps: float = ADAM_EPS,
         weight_decay: float = 0.0,
     ):
         self.params = list(params)
@@ -504,10 +507,11 @@ def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, dict[
 
 
 def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
-    """Upstream's convention: ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped to ``max_bin``."""
-    n = model.nb_bins
-    model.input_mean.assign((-np.asarray(mean, np.float64)[:n]).astype(model.input_mean.dtype))
-    model.input_scale.assign((1.0 / np.asarray(scale, np.float64)[:n]).astype(model.input_scale.dtype))
+    """Upstream's convention: ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped to ``max_bin``
+    (:func:`core_spec.data.stats.input_scaler_weights`)."""
+    for name, value in input_scaler_weights(mean, scale, model.config).items():
+        variable = getattr(model, name)
+        variable.assign(value.astype(variable.dtype))
 
 
 def _seed_states(model: Model) -> list[keras.Variable]:

@@ -17,27 +17,18 @@ complex128 for float64). Signals shorter than reflect centring allows raise the 
 
 from __future__ import annotations
 
-from functools import lru_cache
-
 import numpy as np
 import tensorflow as tf
 
-from core_spec.reference.transforms import ShortSignalError, min_length
+from core_spec.reference import transforms as spec
+from core_spec.reference.transforms import ShortSignalError, check_length, check_nola, istft_envelope, istft_span
 
 __all__ = ["ShortSignalError", "complex_norm", "hann_window", "istft", "stft"]
 
 
-@lru_cache(maxsize=8)
-def _hann64(n_fft: int) -> np.ndarray:
-    n = np.arange(n_fft, dtype=np.float64)
-    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)
-    window.setflags(write=False)
-    return window
-
-
 def hann_window(n_fft: int, dtype: tf.DType | str = tf.float32) -> tf.Tensor:
-    """Periodic Hann window ``(n_fft,)`` (``torch.hann_window(n_fft)``), computed in float64, cast to ``dtype``."""
-    return tf.constant(_hann64(n_fft), dtype=dtype)
+    """Periodic Hann window ``(n_fft,)`` (``torch.hann_window(n_fft)``): the spec's float64 one, cast to ``dtype``."""
+    return tf.constant(spec.hann_window(n_fft), dtype=dtype)
 
 
 def _real_dtype(x: tf.Tensor) -> tf.DType:
@@ -76,18 +67,14 @@ def stft(
         n_hop`` when centred.
 
     Raises:
-        ShortSignalError: the signal is shorter than :func:`core_spec.reference.transforms.min_length`.
+        ShortSignalError: the signal is shorter than :func:`core_spec.reference.transforms.min_length`
+            (:func:`~core_spec.reference.transforms.check_length`).
     """
     x = tf.convert_to_tensor(x)
     if x.dtype not in (tf.float32, tf.float64):
         x = tf.cast(x, tf.float32)
-    length = x.shape[-1]
-    need = min_length(n_fft, center)
-    if length is not None and length < need:
-        how = "reflect centring pads n_fft // 2 samples" if center else "one frame needs n_fft samples"
-        raise ShortSignalError(
-            f"signal of {length} samples is too short for n_fft={n_fft} ({how}): needs at least {need} samples"
-        )
+    if x.shape[-1] is not None:  # a dynamic length is checked by the framing itself
+        check_length(x.shape[-1], n_fft, center)
     if center:
         pad = n_fft // 2
         x = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[pad, pad]], mode="REFLECT")
@@ -99,14 +86,10 @@ def stft(
 
 
 def _envelope(window, n_fft: int, n_hop: int, nb_frames: int, dtype: tf.DType) -> np.ndarray | tf.Tensor:
-    """Overlap-added squared window ``(n_fft + n_hop * (nb_frames - 1),)``: a float64 NumPy array (a constant of
-    the graph) unless the window is a tensor."""
+    """Overlap-added squared window ``(n_fft + n_hop * (nb_frames - 1),)``: the spec's float64 NumPy array
+    (:func:`~core_spec.reference.transforms.istft_envelope`, a constant of the graph) unless the window is a tensor."""
     if window is None or isinstance(window, np.ndarray):
-        w2 = (_hann64(n_fft) if window is None else np.asarray(window, dtype=np.float64)) ** 2
-        env = np.zeros(n_fft + n_hop * (nb_frames - 1))
-        for t in range(nb_frames):
-            env[t * n_hop : t * n_hop + n_fft] += w2
-        return env
+        return istft_envelope(n_fft, n_hop, nb_frames, window)
     w2 = tf.square(_window(window, n_fft, dtype))
     return tf.signal.overlap_and_add(tf.tile(w2[None], [nb_frames, 1]), n_hop)
 
@@ -145,20 +128,14 @@ def istft(
     y = tf.signal.overlap_and_add(frames * _window(window, n_fft, dtype), n_hop)  # (..., full)
     envelope = _envelope(window, n_fft, n_hop, nb_frames, dtype)
 
-    full = n_fft + n_hop * (nb_frames - 1)
-    start = n_fft // 2 if center else 0
-    end = full - n_fft // 2 if center else full
-    if length is not None:
-        end = start + length
-    stop = min(end, full)
+    start, stop, pad = istft_span(n_fft, n_hop, nb_frames, center, length)
     envelope = envelope[start:stop]
     if isinstance(envelope, np.ndarray):
-        if np.any(envelope <= 1e-11):
-            raise ValueError("istft: window overlap-add is zero somewhere (NOLA violated); choose n_hop <= n_fft / 2")
+        check_nola(envelope)
         envelope = tf.constant(envelope, dtype=dtype)
     y = y[..., start:stop] / envelope
-    if length is not None and stop - start < length:
-        y = tf.pad(y, [[0, 0]] * (y.shape.rank - 1) + [[0, length - (stop - start)]])
+    if pad:
+        y = tf.pad(y, [[0, 0]] * (y.shape.rank - 1) + [[0, pad]])
     return y
 
 

@@ -25,21 +25,25 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-from core_spec.configs import UMXConfig
-from core_spec.reference.layers import BATCH_NORM_EPS
+from core_spec.configs import UMXConfig, config_from_arguments, constructor_kwargs
+from core_spec.reference.layers import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM
+from core_spec.reference.umx import UMX_TRACE_KEYS
+from core_spec.trace import Recorder
 
 from .layers import TORCH_KERNEL_INIT, TorchBatchNorm, TracedCall, lstm_layer
 
 __all__ = ["UMX_TRACE_KEYS", "OpenUnmix"]
 
-# Intermediate outputs recorded by ``call(x, trace=...)``, as in ``core_spec.reference.umx.UMX_TRACE_KEYS``.
-UMX_TRACE_KEYS = ("fc1.input", "fc1", "bn1", "lstm", "fc2.input", "fc2", "bn2", "fc3.input", "fc3", "bn3")
+
+def _time_major(x: tf.Tensor) -> tf.Tensor:
+    """``(B, T, K)`` -> ``(T, B, K)`` (the spec's layout of the LSTM output)."""
+    return tf.transpose(x, [1, 0, 2])
 
 
-def _frame_major(x: tf.Tensor, flatten: bool = True) -> tf.Tensor:
-    """``(B, T, K)`` -> the spec's trace layout ``(T * B, K)`` (``(T, B, K)`` without ``flatten``)."""
-    x = tf.transpose(x, [1, 0, 2])
-    return tf.reshape(x, [-1, x.shape[-1]]) if flatten else x
+def _frame_major(x: tf.Tensor) -> tf.Tensor:
+    """``(B, T, K)`` -> the spec's trace layout ``(T * B, K)``."""
+    x = _time_major(x)
+    return tf.reshape(x, [-1, x.shape[-1]])
 
 
 @keras.saving.register_keras_serializable(package="umx_tf")
@@ -71,7 +75,9 @@ class OpenUnmix(TracedCall, keras.Model):
         max_bin: int | None = None,
         **kwargs: Any,
     ):
+        config = config_from_arguments(UMXConfig, locals())  # checked here
         super().__init__(**kwargs)
+        self._config = config
         self.nb_output_bins = nb_bins
         self.nb_bins = max_bin or nb_bins
         self.nb_channels = nb_channels
@@ -79,20 +85,20 @@ class OpenUnmix(TracedCall, keras.Model):
         self.nb_layers = nb_layers
         self.unidirectional = unidirectional
         self.max_bin = max_bin
-        lstm_hidden = hidden_size if unidirectional else hidden_size // 2
         policy = self.dtype_policy
 
-        def batch_norm(name: str) -> TorchBatchNorm:
-            return TorchBatchNorm(epsilon=BATCH_NORM_EPS, momentum=0.9, dtype=policy, name=name)
+        def batch_norm(name: str) -> TorchBatchNorm:  # Keras's momentum is the decay: 1 - PyTorch's
+            return TorchBatchNorm(epsilon=BATCH_NORM_EPS, momentum=1 - BATCH_NORM_MOMENTUM, dtype=policy, name=name)
 
         def dense(units: int, name: str) -> layers.Dense:
             return layers.Dense(units, use_bias=False, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy, name=name)
 
         self.fc1 = dense(hidden_size, "fc1")
         self.bn1 = batch_norm("bn1")
-        self.lstm = [lstm_layer(lstm_hidden, not unidirectional, policy, f"lstm_{i}") for i in range(nb_layers)]
+        units = config.lstm_hidden_size
+        self.lstm = [lstm_layer(units, not unidirectional, policy, f"lstm_{i}") for i in range(nb_layers)]
         # nn.LSTM(dropout=0.4): on the outputs of every layer but the last, in training only
-        self.lstm_dropout = layers.Dropout(0.4 if nb_layers > 1 else 0.0, dtype=policy, name="lstm_dropout")
+        self.lstm_dropout = layers.Dropout(config.lstm_dropout, dtype=policy, name="lstm_dropout")
         self.fc2 = dense(hidden_size, "fc2")
         self.bn2 = batch_norm("bn2")
         self.fc3 = dense(self.nb_output_bins * nb_channels, "fc3")
@@ -126,40 +132,17 @@ class OpenUnmix(TracedCall, keras.Model):
         """A model for a :class:`core_spec.configs.UMXConfig` (weights: Keras's initialisers), or Keras's
         deserialisation from a :meth:`get_config` dict."""
         if isinstance(config, UMXConfig):
-            return cls(
-                nb_bins=config.nb_bins,
-                nb_channels=config.nb_channels,
-                hidden_size=config.hidden_size,
-                nb_layers=config.nb_layers,
-                unidirectional=config.unidirectional,
-                max_bin=config.max_bin,
-                dtype=dtype,
-            )
+            return cls(**constructor_kwargs(config), dtype=dtype)
         return super().from_config(config, custom_objects)
 
     def get_config(self) -> dict[str, Any]:
         base = super().get_config()
-        return {
-            **{k: base[k] for k in ("name", "dtype", "trainable") if k in base},
-            "nb_bins": self.nb_output_bins,
-            "nb_channels": self.nb_channels,
-            "hidden_size": self.hidden_size,
-            "nb_layers": self.nb_layers,
-            "unidirectional": self.unidirectional,
-            "max_bin": self.max_bin,
-        }
+        return {**{k: base[k] for k in ("name", "dtype", "trainable") if k in base}, **constructor_kwargs(self._config)}
 
     @property
     def config(self) -> UMXConfig:
         """The :class:`core_spec.configs.UMXConfig` of this model."""
-        return UMXConfig(
-            nb_bins=self.nb_output_bins,
-            nb_channels=self.nb_channels,
-            hidden_size=self.hidden_size,
-            nb_layers=self.nb_layers,
-            unidirectional=self.unidirectional,
-            max_bin=self.max_bin,
-        )
+        return self._config
 
     def call(self, x: tf.Tensor, training: bool = False, trace: dict[str, tf.Tensor] | None = None) -> tf.Tensor:
         """Estimate the target magnitude.
@@ -179,13 +162,7 @@ class OpenUnmix(TracedCall, keras.Model):
                 f"OpenUnmix expects (nb_samples, {self.nb_channels}, {self.nb_output_bins}, nb_frames), "
                 f"got {tuple(x.shape)}"
             )
-        record: dict[str, tf.Tensor] = {}
-
-        def keep(key: str, value: tf.Tensor, flatten: bool = True) -> tf.Tensor:
-            if trace is not None:
-                record[key] = _frame_major(value, flatten)
-            return value
-
+        keep = Recorder(trace, UMX_TRACE_KEYS, _frame_major)
         x = tf.transpose(tf.cast(x, self.compute_dtype), [0, 3, 1, 2])  # (B, T, C, F)
         mix = tf.stop_gradient(x)  # the uncropped magnitude, masked at the end (detached, as upstream)
         shape = tf.shape(x)
@@ -202,7 +179,7 @@ class OpenUnmix(TracedCall, keras.Model):
             if index:
                 y = self.lstm_dropout(y, training=training)
             y = layer(y, training=training)
-        keep("lstm", y, flatten=False)
+        keep("lstm", y, _time_major)
 
         h = keep("fc2.input", tf.concat([h, y], axis=-1))  # skip connection: (B, T, 2H)
         h = keep("fc2", self.fc2(h))
@@ -213,6 +190,4 @@ class OpenUnmix(TracedCall, keras.Model):
 
         h = tf.reshape(h, [nb_samples, nb_frames, self.nb_channels, self.nb_output_bins])
         mask = tf.nn.relu(h * self.output_scale + self.output_mean)
-        if trace is not None:
-            trace.update(record)
         return tf.transpose(mask * mix, [0, 2, 3, 1])

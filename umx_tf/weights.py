@@ -47,9 +47,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core_spec.canonical import atomic_write, join_targets, split_targets
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
-from core_spec.params import WeightsMismatchError, check_weights
+from core_spec.canonical import check_canonical
+from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json
+from core_spec.files import native_header, paired_paths, read_native_header, refuse_overwrite, write_pair
+from core_spec.params import WeightsMismatchError, fold_lstm_bias, lstm_bias_halves
 
 from ._device import device_scope, tf_device
 
@@ -67,7 +68,7 @@ __all__ = [
     "entries",
     "load_native",
     "load_weights",
-    "lstm_bias_halves",
+    "native_config",
     "native_paths",
     "save_native",
     "tf_device",
@@ -75,6 +76,7 @@ __all__ = [
 ]
 
 FORMAT = "unmix-ports/keras-weights-h5/1"
+SUFFIX = ".weights.h5"
 Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
 
 
@@ -149,23 +151,6 @@ def _demucs_entries(model: Demucs) -> Iterator[_Entry]:
         yield _Entry(("lstm.linear.bias",), model.lstm.linear.bias, _same)
 
 
-def _checked(weights: Mapping[str, Any], config: Config, source: str = "canonical weights") -> dict[str, Any]:
-    """Canonical weights checked against the inventory (flat names; ``{target: weights}`` accepted for a
-    separator)."""
-    if isinstance(config, UMXSeparatorConfig):
-        if weights and all(isinstance(v, Mapping) for v in weights.values()):
-            per_target = {t: dict(w) for t, w in weights.items()}  # type: ignore[union-attr]
-        else:
-            per_target = split_targets(weights, config.separator.targets)
-        missing = [t for t in config.separator.targets if t not in per_target]
-        if missing:
-            raise KeyError(f"{source}: no weights for targets {missing}")
-        return join_targets(
-            {t: check_weights(per_target[t], config.model, f"{source} [target {t}]") for t in config.separator.targets}
-        )
-    return check_weights(weights, config, source)
-
-
 def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
     """Assign canonical arrays (e.g. :func:`core_spec.seeded.random_weights`) to ``model``'s variables, in its
     dtype. For a separator, pass ``target_models.<target>.<name>`` keys or ``{target: weights}``.
@@ -173,11 +158,11 @@ def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
     Raises:
         WeightsMismatchError: naming every missing, unexpected or mis-shaped key.
     """
-    checked = _checked(weights, model.config)
+    checked = check_canonical(weights, model.config)
     for entry in entries(model):
         dtype = np.dtype(entry.variable.dtype)
         if len(entry.names) == 2:  # folded LSTM bias, summed in float64 (exact for float32 inputs)
-            value = np.asarray(checked[entry.names[0]], np.float64) + np.asarray(checked[entry.names[1]], np.float64)
+            value = fold_lstm_bias(*(checked[name] for name in entry.names), np.float64)
         else:
             value = np.asarray(checked[entry.names[0]], np.float64)
         entry.variable.assign(entry.to_keras(value).astype(dtype))
@@ -192,7 +177,7 @@ def to_canonical(model: Model) -> dict[str, np.ndarray]:
         out[entry.names[0]] = np.ascontiguousarray(value)
         if len(entry.names) == 2:
             out[entry.names[1]] = np.zeros_like(value)
-    return _checked(out, model.config, f"{type(model).__name__} weights")
+    return check_canonical(out, model.config, f"{type(model).__name__} weights")
 
 
 # --- the native file ------------------------------------------------------------------------------------------
@@ -200,23 +185,7 @@ def to_canonical(model: Model) -> dict[str, np.ndarray]:
 
 def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
     """``(<stem>.weights.h5, <stem>.json)`` for ``<stem>``, ``<stem>.weights.h5`` or ``<stem>.json``."""
-    p = Path(path)
-    name = p.name
-    for suffix in (".weights.h5", ".json"):
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-            break
-    stem = p.with_name(name)
-    return stem.with_name(name + ".weights.h5"), stem.with_name(name + ".json")
-
-
-def _header(config: Config) -> dict[str, Any]:
-    return {
-        "format": FORMAT,
-        "config": json.loads(config_to_json(config)),
-        "keras": keras.__version__,
-        "tensorflow": tf.__version__,
-    }
+    return paired_paths(path, SUFFIX)
 
 
 def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Config, force: bool = False) -> list[Path]:
@@ -232,14 +201,10 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Con
         ``[<stem>.weights.h5, <stem>.json]``.
     """
     h5_path, json_path = native_paths(path)
-    if not force:
-        for p in (h5_path, json_path):
-            if p.exists():
-                raise FileExistsError(f"{p} exists; pass force=True (--force) to overwrite it")
-    h5_path.parent.mkdir(parents=True, exist_ok=True)
-    checked = _checked(weights, config)
+    refuse_overwrite(h5_path, json_path, force=force)  # before the model is built
+    checked = check_canonical(weights, config)
     model = _keras_model(config, checked)
-    header = _header(config)
+    header = native_header(FORMAT, config, keras=keras.__version__, tensorflow=tf.__version__)
     biases = {k: np.asarray(v, np.float32) for k, v in checked.items() if "bias_ih_" in k or "bias_hh_" in k}
 
     def write(tmp: str) -> None:
@@ -251,10 +216,7 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Con
             for name, value in biases.items():
                 lstm.create_dataset(name, data=value)
 
-    atomic_write(h5_path, write, ".weights.h5")
-    text = json.dumps(header, indent=2, sort_keys=True) + "\n"
-    atomic_write(json_path, lambda tmp: Path(tmp).write_text(text), ".json")
-    return [h5_path, json_path]
+    return write_pair(h5_path, json_path, write, header, force=force, suffix=SUFFIX)  # Keras checks the suffix
 
 
 _KERAS_CLASSES = {UMXConfig: "OpenUnmix", UMXSeparatorConfig: "Separator", DemucsConfig: "Demucs"}
@@ -277,20 +239,6 @@ def _keras_model(config: Config, weights: Mapping[str, Any] | None = None) -> Mo
     if weights is not None:
         load_weights(model, weights)
     return model
-
-
-def _read_header(h5_path: Path, json_path: Path) -> dict[str, Any]:
-    if json_path.exists():
-        header = json.loads(json_path.read_text())
-    else:
-        with h5py.File(h5_path, "r") as f:
-            text = f["unmix_ports"].attrs.get("header") if "unmix_ports" in f else None
-        if not text:
-            raise ValueError(f"{h5_path} carries no unmix-ports config and {json_path} does not exist")
-        header = json.loads(text)
-    if header.get("format") != FORMAT:
-        raise ValueError(f"{json_path}: format {header.get('format')!r}, expected {FORMAT!r}")
-    return header
 
 
 def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
@@ -333,7 +281,8 @@ def entries(model: Model) -> list[_Entry]:
 
 
 def native_config(path: str | os.PathLike) -> tuple[Path, Config]:
-    """``(<stem>.weights.h5, config)`` of a native file (the config from ``<stem>.json``, else from the h5 file).
+    """``(<stem>.weights.h5, config)`` of a native file: the config of ``<stem>.json``, or of the copy inside the h5
+    file where the JSON is missing.
 
     Raises:
         FileNotFoundError: no ``<stem>.weights.h5``.
@@ -342,13 +291,13 @@ def native_config(path: str | os.PathLike) -> tuple[Path, Config]:
     h5_path, json_path = native_paths(path)
     if not h5_path.exists():
         raise FileNotFoundError(f"native Keras weights {h5_path} not found")
-    return h5_path, config_from_json(json.dumps(_read_header(h5_path, json_path)["config"]))
-
-
-def lstm_bias_halves(folded: np.ndarray, bias_ih: np.ndarray, bias_hh: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Upstream's two LSTM biases for a Keras bias ``folded``: ``(bias_ih, bias_hh)`` where their float64 sum rounds
-    to ``folded`` (they are the halves it was made of), else ``(folded, 0)`` (the same network)."""
-    total = (np.asarray(bias_ih, np.float64) + np.asarray(bias_hh, np.float64)).astype(folded.dtype)
-    if np.array_equal(total, folded):
-        return np.asarray(bias_ih), np.asarray(bias_hh)
-    return folded, np.zeros_like(folded)
+    if json_path.exists():
+        return h5_path, read_native_header(json_path, FORMAT, "native Keras weights")[1]
+    with h5py.File(h5_path, "r") as f:
+        text = f["unmix_ports"].attrs.get("header") if "unmix_ports" in f else None
+    if not text:
+        raise ValueError(f"{h5_path} carries no unmix-ports config and {json_path} does not exist")
+    header = json.loads(text)
+    if header.get("format") != FORMAT:
+        raise ValueError(f"{h5_path}: format {header.get('format')!r}, expected {FORMAT!r}")
+    return h5_path, config_from_json(json.dumps(header["config"]))
