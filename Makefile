@@ -5,6 +5,7 @@
 #   make lint    ruff
 #   make fixtures  regenerate parity_tests/fixtures from the upstream code
 #   make docs    the side-by-side book (MkDocs, strict) into site/; make docs-serve serves it
+#   make bench   every port against upstream in one run (make bench-quick: seconds-long inputs, checks the command)
 
 SHELL := /bin/bash
 .SHELLFLAGS := -o pipefail -c
@@ -28,10 +29,10 @@ find_python = $(firstword $(shell \
 		"$$c" -c 'import sys; assert sys.version_info[:2] == tuple(map(int, "$(1)".split(".")))' >/dev/null 2>&1 && { echo "$$c"; break; }; \
 	done))
 
-.PHONY: help setup test test-main test-nnabla test-docs docs docs-serve demo lint fixtures ffmpeg clean gpu-check
+.PHONY: help setup test test-main test-nnabla test-docs docs docs-serve demo lint fixtures ffmpeg clean gpu-check bench bench-quick
 
 help:
-	@sed -n '2,8p' Makefile
+	@sed -n '2,9p' Makefile
 
 setup: $(VENV)/.installed $(VENV)/.docs-installed $(NNVENV)/.installed ffmpeg
 
@@ -82,7 +83,7 @@ test: setup
 # Main environment: everything but the NNabla port.
 # One pytest run per group, each with fresh worker processes: a worker then holds one framework's runtime and
 # caches (compiled functions, thread pools), not all three.
-MAIN_GROUPS := "parity_tests/spec parity_tests/upstream parity_tests/convert" parity_tests/torch parity_tests/tf parity_tests/jax parity_tests/separate parity_tests/parity_cli parity_tests/docs
+MAIN_GROUPS := "parity_tests/spec parity_tests/upstream parity_tests/convert" parity_tests/torch parity_tests/tf parity_tests/jax parity_tests/separate parity_tests/parity_cli parity_tests/docs parity_tests/bench
 
 test-main:
 	@echo "== tests in $(VENV) (Python 3.11: NumPy reference, upstream oracles, torch/tf/jax ports)"
@@ -122,6 +123,13 @@ lint: $(VENV)/.installed
 
 fixtures: $(VENV)/.installed
 	$(PY) parity_tests/make_fixtures.py
+
+# every port and upstream in one run (benchmarks/results/latest.{json,md,png}); bench-quick: seconds-long inputs
+bench: setup
+	$(PY) -m benchmarks
+
+bench-quick: setup
+	$(PY) -m benchmarks --quick
 
 # On a CUDA machine without the project's environments (scripts/gpu_check.sh, docs/parity.md):
 #   make gpu-check OUT=out/gpu-check [WHEELS=DIR] [DEVICE=cpu] [GPU_PYTHON=python3]

@@ -18,23 +18,31 @@ from benchmarks.workloads import demucs_weights, umx_config, umx_weights
 __all__ = ["config", "recipe", "train_batch", "weights"]
 
 
-def _umx_model(model: Any, hidden: int | None) -> Any:
-    return model if hidden is None else dataclasses.replace(model, hidden_size=hidden)
+def _umx_model(model: Any, hidden: int | None, sizes: Sizes) -> Any:
+    changes = {"hidden_size": hidden, "nb_layers": sizes.umx_layers}
+    return dataclasses.replace(model, **{k: v for k, v in changes.items() if v is not None})
+
+
+def _demucs(channels: int, sizes: Sizes) -> Any:
+    from core_spec.configs import demucs_preset
+
+    cfg = dataclasses.replace(demucs_preset("demucs"), channels=channels)
+    return cfg if sizes.demucs_depth is None else dataclasses.replace(cfg, depth=sizes.demucs_depth)
 
 
 def config(point: Point, sizes: Sizes) -> Any:
     """The model config of ``point``: a ``UMXSeparatorConfig`` (separator), ``DemucsConfig`` (apply, train) or
     ``UMXConfig`` (UMX training: one target's network)."""
-    from core_spec.configs import demucs_preset, umx_preset
+    from core_spec.configs import umx_preset
 
     if point.kind == "separator":
         cfg = umx_config(point.niter)
-        return dataclasses.replace(cfg, model=_umx_model(cfg.model, sizes.umx_hidden))
+        return dataclasses.replace(cfg, model=_umx_model(cfg.model, sizes.umx_hidden, sizes))
     if point.kind == "apply":
-        return dataclasses.replace(demucs_preset("demucs"), channels=sizes.demucs_channels)
+        return _demucs(sizes.demucs_channels, sizes)
     if point.model == "umx":
-        return _umx_model(umx_preset("umxhq").model, sizes.train_umx_hidden)
-    return dataclasses.replace(demucs_preset("demucs"), channels=sizes.train_demucs_channels)
+        return _umx_model(umx_preset("umxhq").model, sizes.train_umx_hidden, sizes)
+    return _demucs(sizes.train_demucs_channels, sizes)
 
 
 def recipe(point: Point) -> Any:

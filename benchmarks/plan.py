@@ -14,8 +14,9 @@ A :class:`Point` is one workload at one size; every implementation runs it on th
   (the 30 s, 10 s and 60 s points are the ones above), to see whether time and memory grow linearly. NNabla skips
   the 300 s points unless asked (``--include-skipped``): they alone would take it 4-15 minutes each.
 
-The quick plan (``--quick``) has the same structure on seconds-long inputs and small models (hidden size 32,
-Demucs channels 8; the separator with ``niter 1`` only): it only keeps the command working.
+The quick plan (``--quick``) has the same structure on seconds-long inputs and small models (UMX hidden size 32
+and one LSTM layer, Demucs channels 8 and depth 3, so that TF and JAX compile quickly; the separator with
+``niter 1`` only): it only keeps the command working.
 """
 
 from __future__ import annotations
@@ -37,6 +38,8 @@ class Sizes:
     demucs_channels: int = 64
     train_umx_hidden: int | None = None
     train_demucs_channels: int = 16
+    umx_layers: int | None = None  # LSTM layers (preset: 3)
+    demucs_depth: int | None = None  # encoder/decoder layers (preset: 6)
 
 
 @dataclass(frozen=True)
@@ -156,7 +159,7 @@ FULL = Plan(
 
 QUICK = Plan(
     "quick",
-    Sizes(umx_hidden=32, demucs_channels=8, train_umx_hidden=32, train_demucs_channels=8),
+    Sizes(umx_hidden=32, demucs_channels=8, train_umx_hidden=32, train_demucs_channels=8, umx_layers=1, demucs_depth=3),
     points=(
         separator(1, 1, 1),
         separator(2, 1, 1),

@@ -111,6 +111,8 @@ def build(plan: Plan, points: Sequence[Point], results: Sequence[Mapping[str, An
         impl = result["impl"]
         entry = implementations.setdefault(impl, IMPLS[impl].to_dict())
         entry.update({k: result[k] for k in ("python", "versions", "error") if k in result})
+        entry["processes"] = entry.get("processes", 0) + 1
+        entry["process_s"] = entry.get("process_s", 0.0) + result.get("job_s", 0.0)
         for row in result["rows"]:
             point = by_name[row["point"]]
             described = {
@@ -255,7 +257,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
     lines += ["## Settings", "", doc["settings"]["protocol"], ""]
     for info in doc["implementations"].values():
         versions = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
-        lines.append(f"- {info['label']}: Python {info.get('python', '?')}, {versions}")
+        processes = f"; {info.get('processes', 0)} process(es), {info.get('process_s', 0.0):.0f} s in all"
+        lines.append(f"- {info['label']}: Python {info.get('python', '?')}, {versions}{processes}")
     return "\n".join(lines) + "\n"
 
 

@@ -201,7 +201,9 @@ def main(argv: list[str] | None = None) -> int:
 
         def run(job: tuple[int, str, list[Point]]) -> dict[str, Any]:
             index, impl, job_points = job
+            start = time.time()
             result = _run_job(impl, job_points, p, folder, args.threads, timeout, index)
+            result["job_s"] = time.time() - start  # the process with its start and imports
             for row in result["rows"]:
                 _print_row(row)
             return result

@@ -179,6 +179,7 @@ def measure(module: Any, impl: Impl, point: Point, sizes: Sizes, folder: str, ma
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    started, started_cpu = time.perf_counter(), time.process_time()
     job = json.loads(Path(argv[0]).read_text())
     impl = IMPLS[job["impl"]]
     sizes = Sizes(**job["sizes"])
@@ -198,8 +199,10 @@ def main(argv: list[str] | None = None) -> int:
             continue
         row = measure(module, impl, point, sizes, job["folder"], job["max_timed_s"])
         result["rows"].append(row)
+        result.update(process_s=time.perf_counter() - started, process_cpu_s=time.process_time() - started_cpu)
         _write(job["result"], result)  # after every point: a later crash keeps the rows measured so far
         gc.collect()
+    result.update(process_s=time.perf_counter() - started, process_cpu_s=time.process_time() - started_cpu)
     _write(job["result"], result)
     return 0
 
