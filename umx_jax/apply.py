@@ -10,7 +10,7 @@ every padded chunk is one dynamic slice at a traced offset; the overlap-add upda
 from __future__ import annotations
 
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -20,15 +20,12 @@ from jax import lax
 
 from core_spec import shapes
 from core_spec.audio import prepare_audio
+from core_spec.shapes import ShiftDraws, check_track, check_transition_power, is_silent, shift_draws
 
 from ._scope import canonical_dtype, device_of, dtype_scope
 from .demucs import Demucs, center_trim
 
 __all__ = ["apply_model", "separate_track"]
-
-
-class _Draws(Protocol):
-    def integers(self, low: int, high: int) -> Any: ...
 
 
 class _Track:
@@ -79,7 +76,7 @@ def _apply_valid(model: Demucs, track: _Track, offset: int, length: int) -> jax.
     return center_trim(_window_forward(model, track.extended, start, size=target), length)
 
 
-def _apply_shifted(model: Demucs, track: _Track, offset: int, length: int, shifts: int, rng: _Draws) -> jax.Array:
+def _apply_shifted(model: Demucs, track: _Track, offset: int, length: int, shifts: int, rng: ShiftDraws) -> jax.Array:
     """Average of ``shifts`` runs on randomly shifted windows (one plain run when ``shifts`` is 0).
 
     Every shift gives the network another input length: one compilation per distinct ``valid_length``.
@@ -87,7 +84,7 @@ def _apply_shifted(model: Demucs, track: _Track, offset: int, length: int, shift
     if not shifts:
         return _apply_valid(model, track, offset, length)
     length = min(track.length - offset, length)
-    max_shift = int(0.5 * model.samplerate)
+    max_shift = shapes.max_shift(model.samplerate)
     padded = _Track(track.padded(offset, length, length + 2 * max_shift))  # a new track: zeros beyond it
     out = None
     for _ in range(shifts):
@@ -120,7 +117,7 @@ def apply_model(
     overlap: float = 0.25,
     transition_power: float = 1.0,
     segment_length: int | None = None,
-    rng: _Draws | int | None = None,
+    rng: ShiftDraws | int | None = None,
     precision: str | None = "highest",
 ) -> jax.Array:
     """Apply Demucs to a (normalised) track with ``demucs.utils.apply_model`` semantics (demucs 2.0.3).
@@ -142,19 +139,13 @@ def apply_model(
         model's device.
         The overlap-add runs in that dtype (upstream accumulates in torch's default dtype, float32).
     """
-    if transition_power < 1:
-        raise ValueError("transition_power < 1 leads to weird behavior (upstream asserts >= 1)")
+    check_transition_power(transition_power)
+    unbatched = check_track(np.shape(mix), model.audio_channels)
     dtype = model.dtype
     with dtype_scope(dtype, precision):
         track = jax.device_put(jnp.asarray(mix, dtype), device_of(model))
-        unbatched = track.ndim == 2
         track = track[None] if unbatched else track
-        if track.ndim != 3 or track.shape[1] != model.audio_channels:
-            raise ValueError(
-                f"apply_model expects (audio_channels={model.audio_channels}, nb_timesteps) or "
-                f"(nb_samples, audio_channels, nb_timesteps), got {np.shape(mix)}"
-            )
-        rng = shapes.shift_draws(rng)
+        rng = shift_draws(rng)
         length = track.shape[-1]
         if not split:
             out = _apply_shifted(model, _Track(track, _margin(model, [length])), 0, length, shifts, rng)
@@ -181,7 +172,7 @@ def separate_track(
     overlap: float = 0.25,
     transition_power: float = 1.0,
     segment_length: int | None = None,
-    rng: _Draws | int | None = None,
+    rng: ShiftDraws | int | None = None,
     silence_guard: bool = True,
     resample: bool = False,
     precision: str | None = "highest",
@@ -208,14 +199,13 @@ def separate_track(
     batch = prepare_audio(
         np.asarray(audio), rate if sample_rate is None else sample_rate, rate, model.audio_channels, resample, dtype
     )
-    rng = shapes.shift_draws(rng)
-    tiny = 16 * np.finfo(dtype).eps
+    rng = shift_draws(rng)
     outputs = []
     with dtype_scope(dtype, precision):
         for track in jax.device_put(batch, device_of(model)):
             mono = jnp.mean(track, axis=0)
             mean, std = jnp.mean(mono), jnp.std(mono, ddof=1)
-            if silence_guard and not bool(std > tiny * jnp.abs(mean)):
+            if silence_guard and is_silent(mean, std, dtype):
                 outputs.append(jnp.full((len(model.sources),) + track.shape, mean, dtype))
                 continue
             sources = apply_model(

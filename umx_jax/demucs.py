@@ -19,7 +19,6 @@ its kernel stored and used unflipped).
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,8 +29,10 @@ from flax import nnx
 from jax import lax
 
 from core_spec import shapes
-from core_spec.configs import DemucsConfig
+from core_spec.configs import DemucsConfig, config_from_arguments, constructor_kwargs
 from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
+from core_spec.shapes import valid_length
+from core_spec.trace import Recorder
 
 from .layers import LSTM, ConvTranspose1d, conv1d, dense, glu
 from .resample import resample_time_major
@@ -39,16 +40,20 @@ from .resample import resample_time_major
 __all__ = ["BLSTM", "Demucs", "DecoderLayer", "EncoderLayer", "center_trim", "demucs_trace_keys", "valid_length"]
 
 
-def valid_length(length: int, config: DemucsConfig) -> int:
-    """Smallest input length ``>= length`` the model takes whole (:func:`core_spec.shapes.valid_length`)."""
-    return shapes.valid_length(length, config)
-
-
 def center_trim(x: jax.Array, reference: jax.Array | int, axis: int = -1) -> jax.Array:
     """Keep the centre ``reference`` samples of ``axis`` (the odd extra sample goes on the right)."""
     length = reference.shape[axis] if hasattr(reference, "shape") else int(reference)
     start, stop = shapes.center_trim_bounds(x.shape[axis], length)
     return lax.slice_in_dim(x, start, stop, axis=axis)
+
+
+def _channels_first(x: jax.Array) -> jax.Array:
+    """channels-last ``(B, L, C)`` -> upstream's ``(B, C, L)`` (what a trace holds)."""
+    return jnp.transpose(x, (0, 2, 1))
+
+
+def _as_is(x: jax.Array) -> jax.Array:
+    return x
 
 
 class EncoderLayer(nnx.Module):
@@ -93,11 +98,12 @@ class BLSTM(nnx.Module):
         self.lstm = LSTM(dim, dim, layers, bidirectional=True, dtype=dtype, rngs=rngs)
         self.linear = dense(2 * dim, dim, dtype, rngs, use_bias=True)
 
-    def __call__(self, x: jax.Array, trace: dict[str, jax.Array] | None = None) -> jax.Array:
-        """``(B, T, dim)`` -> ``(B, T, dim)``; ``trace["lstm.lstm"]``: the raw states ``(T, B, 2 dim)``."""
+    def __call__(self, x: jax.Array, keep: Recorder | None = None) -> jax.Array:
+        """``(B, T, dim)`` -> ``(B, T, dim)``; ``keep("lstm.lstm")``: the raw states ``(T, B, 2 dim)``, upstream's
+        layout already."""
         y = self.lstm(jnp.transpose(x, (1, 0, 2)))  # (T, B, 2 dim)
-        if trace is not None:
-            trace["lstm.lstm"] = y
+        if keep is not None:
+            keep("lstm.lstm", y, convert=_as_is)
         return jnp.transpose(self.linear(y), (1, 0, 2))
 
 
@@ -131,27 +137,10 @@ class Demucs(nnx.Module):
         dtype: Any = jnp.float32,
         rngs: nnx.Rngs | None = None,
     ):
+        config = config_from_arguments(DemucsConfig, locals())
         rngs = nnx.Rngs(0) if rngs is None else rngs
-        config = DemucsConfig(
-            sources=tuple(sources),
-            audio_channels=audio_channels,
-            channels=channels,
-            depth=depth,
-            rewrite=rewrite,
-            glu=glu,
-            rescale=rescale,
-            resample=resample,
-            kernel_size=kernel_size,
-            stride=stride,
-            growth=growth,
-            lstm_layers=lstm_layers,
-            context=context,
-            normalize=normalize,
-            samplerate=samplerate,
-            segment_length=segment_length,
-        )
         self._config = config
-        self.sources = tuple(sources)
+        self.sources = config.sources
         self.audio_channels = audio_channels
         self.samplerate = samplerate
         self.segment_length = segment_length
@@ -169,9 +158,9 @@ class Demucs(nnx.Module):
 
     @classmethod
     def from_config(cls, config: DemucsConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None) -> Demucs:
-        """A model with the constructor arguments of ``config`` (weights: PyTorch-like random init)."""
-        kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
-        return cls(**kwargs, dtype=dtype, rngs=rngs)
+        """A model with the constructor arguments of ``config`` (weights: PyTorch-like random init of the kernels,
+        biases zero, no ``rescale_module``)."""
+        return cls(**constructor_kwargs(config), dtype=dtype, rngs=rngs)
 
     @property
     def config(self) -> DemucsConfig:
@@ -218,12 +207,7 @@ class Demucs(nnx.Module):
         if mix.ndim != 3 or mix.shape[1] != self.audio_channels:
             raise ValueError(f"Demucs expects (nb_samples, {self.audio_channels}, nb_timesteps), got {mix.shape}")
         self.output_length(mix.shape[-1])  # a clear error for inputs too short for the convolutions
-        record: dict[str, jax.Array] = trace if trace is not None else {}
-
-        def keep(key: str, x: jax.Array) -> jax.Array:
-            if trace is not None:
-                record[key] = jnp.transpose(x, (0, 2, 1))  # channels-last -> upstream's (B, C, L)
-            return x
+        keep = Recorder(trace, demucs_trace_keys(config), convert=_channels_first)
 
         if config.normalize:
             mono = jnp.mean(mix, axis=1, keepdims=True)  # (B, 1, L)
@@ -243,7 +227,7 @@ class Demucs(nnx.Module):
             x = keep(f"encoder.{index}", encode(x))
             saved.append(x)
         if self.lstm is not None:
-            x = keep("lstm", self.lstm(x, record if trace is not None else None))
+            x = keep("lstm", self.lstm(x, keep))
         for index, decode in enumerate(self.decoder):
             x = x + center_trim(saved.pop(), x.shape[1], axis=1)  # a decoder never outgrows its encoder
             x = keep(f"decoder.{index}", decode(x))

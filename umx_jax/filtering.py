@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from core_spec.reference.filtering import PI_FLOAT32
+from core_spec.reference.filtering import PI_FLOAT32, check_channels
 
 __all__ = [
     "PI_FLOAT32",
@@ -104,11 +104,6 @@ def phase_factors(mix: jax.Array, atan2: str = "upstream") -> tuple[jax.Array, j
     return cos, sin, mix
 
 
-def _check_channels(nb_channels: int) -> None:
-    if nb_channels not in (1, 2):
-        raise ValueError(f"the Wiener filter supports 1 or 2 channels (as upstream), got {nb_channels}")
-
-
 def _power(z: jax.Array) -> jax.Array:
     return jnp.real(z) ** 2 + jnp.imag(z) ** 2
 
@@ -172,7 +167,7 @@ def expectation_maximization_planar(
     if time_axis not in (-1, -2):
         raise ValueError(f"time_axis must be -1 or -2, got {time_axis}")
     nb_channels = x.shape[-3]
-    _check_channels(nb_channels)
+    check_channels(nb_channels)
     shape = y.shape
     real = jnp.finfo(x.dtype).dtype
     v = jnp.zeros(shape[:-3] + shape[-2:], real)
@@ -229,7 +224,7 @@ def wiener_planar(
     mix_stft = jnp.asarray(mix_stft)
     if not jnp.iscomplexobj(mix_stft):
         raise TypeError("wiener_planar: mix_stft must be complex")
-    _check_channels(mix_stft.shape[-3])
+    check_channels(mix_stft.shape[-3])
     v = jnp.asarray(targets_spectrograms).astype(jnp.finfo(mix_stft.dtype).dtype)
     y, mix = _initial_estimate(v, mix_stft, softmask, residual, eps, atan2)
     if frame_mask is not None:

@@ -33,7 +33,11 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
+from core_spec.reference.layers import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM
+
 __all__ = [
+    "BATCH_NORM_EPS",
+    "BATCH_NORM_MOMENTUM",
     "LSTM",
     "BatchNorm1d",
     "ConvTranspose1d",
@@ -75,8 +79,8 @@ class BatchNorm1d(nnx.BatchNorm):
         super().__init__(
             num_features,
             use_running_average=True,
-            epsilon=1e-5,
-            momentum=0.9,
+            epsilon=BATCH_NORM_EPS,
+            momentum=1.0 - BATCH_NORM_MOMENTUM,
             dtype=dtype,
             param_dtype=dtype,
             rngs=rngs,
@@ -94,7 +98,7 @@ class BatchNorm1d(nnx.BatchNorm):
         mean = jnp.mean(flat, axis=0)
         var = jnp.mean(jnp.square(flat - mean), axis=0)  # biased: what the normalisation uses
         y = (x - mean) * lax.rsqrt(var + self.epsilon) * self.scale[...] + self.bias[...]
-        decay = self.momentum
+        decay = self.momentum  # 1 - decay is 0.09999999999999998, not BATCH_NORM_MOMENTUM: kept as it was
         unbiased = var * (n / max(n - 1, 1))
         self.mean[...] = lax.stop_gradient(decay * self.mean[...] + (1.0 - decay) * mean)
         self.var[...] = lax.stop_gradient(decay * self.var[...] + (1.0 - decay) * unbiased)

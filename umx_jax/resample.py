@@ -21,34 +21,14 @@ parity suite passes julius's own to compare with upstream float64 runs).
 
 from __future__ import annotations
 
-import math
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from core_spec.reference.resample import resample_kernels, resample_width
+from core_spec.reference.resample import checked_kernels
 
 __all__ = ["resample_frac", "resample_time_major"]
-
-
-def _reduce(old_sr: int, new_sr: int) -> tuple[int, int]:
-    if not isinstance(old_sr, (int, np.integer)) or not isinstance(new_sr, (int, np.integer)):
-        raise ValueError(f"old_sr and new_sr must be integers, got {old_sr!r} and {new_sr!r}")
-    g = math.gcd(int(old_sr), int(new_sr))
-    return int(old_sr) // g, int(new_sr) // g
-
-
-def _filters(old: int, new: int, zeros: int, rolloff: float, kernels: np.ndarray | None) -> np.ndarray:
-    width = resample_width(old, new, zeros, rolloff)
-    expected = (new, 2 * width + old)
-    if kernels is None:
-        return resample_kernels(old, new, zeros, rolloff)
-    kernels = np.asarray(kernels, dtype=np.float64)
-    if kernels.shape != expected:
-        raise ValueError(f"kernels for {old} -> {new} must have shape {expected}, got {kernels.shape}")
-    return kernels
 
 
 def resample_time_major(
@@ -64,11 +44,9 @@ def resample_time_major(
     Returns:
         ``(nb_samples, floor(new * nb_timesteps / old), nb_channels)`` in ``x``'s dtype.
     """
-    old, new = _reduce(old_sr, new_sr)
-    if old == new:
+    old, new, width, filters = checked_kernels(old_sr, new_sr, zeros, rolloff, kernels)  # (new, taps), float64
+    if filters is None:
         return x
-    filters = _filters(old, new, zeros, rolloff, kernels)  # (new, taps), float64
-    width = resample_width(old, new, zeros, rolloff)
     nb_samples, length, nb_channels = x.shape
     taps = filters.shape[1]
     nb_blocks = -(-taps // old)  # filter blocks of ``old`` taps (the last one zero-padded)

@@ -32,9 +32,9 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from core_spec.audio import prepare_audio
 from core_spec.canonical import per_target
 from core_spec.configs import UMXSeparatorConfig
+from core_spec.reference.separator import check_sources
 from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 
 from ._scope import canonical_dtype, default_device, device_of, dtype_scope
@@ -166,9 +166,7 @@ class Separator(SeparatorSettings, nnx.Module):
         networks are in upstream's ``(..., nb_bins, nb_frames)``.
         """
         fft = self.stft_config
-        nb_sources = self.nb_targets + int(self.residual)
-        if nb_sources == 1 and self.niter > 0:
-            raise ValueError("the Wiener filter with niter > 0 needs at least two sources: enable residual=True")
+        check_sources(self.nb_sources, self.niter)
         window = None if self.window is None else self.window[...]
         mix_stft = stft_frame_major(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, window)  # (B, C, T, F)
         X = jnp.swapaxes(complex_norm(mix_stft, mono=self.nb_channels == 1), -1, -2)  # (B, C|1, F, T)
@@ -247,24 +245,7 @@ class Separator(SeparatorSettings, nnx.Module):
         Returns:
             ``(nb_samples, nb_sources, 2, nb_timesteps)`` in the separator's dtype, on its device.
         """
-        batch = prepare_audio(
-            np.asarray(audio),
-            self.sample_rate if sample_rate is None else sample_rate,
-            self.sample_rate,
-            nb_channels=2,
-            resample=resample,
-            dtype=self.dtype,
-        )
-        return self(batch)
-
-    def to_dict(
-        self, estimates: jax.Array, aggregate_dict: Mapping[str, list[str]] | None = None
-    ) -> dict[str, jax.Array]:
-        """``(nb_samples, nb_sources, ...)`` -> ``{name: (nb_samples, ...)}``, optionally summed into groups."""
-        out = {name: estimates[:, k] for k, name in enumerate(self.target_names)}
-        if aggregate_dict is not None:
-            out = {key: sum(out[t] for t in targets) for key, targets in aggregate_dict.items()}  # type: ignore[misc]
-        return out
+        return self(self.prepare(audio, sample_rate, resample))
 
 
 # graph_updates=False: the functions only read the modules' state, so no state is returned (nnx.jit's default

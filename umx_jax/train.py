@@ -54,6 +54,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
+from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
 from core_spec.run_folder import RunFolder, RunState, atomic_write, check_out, log
 from core_spec.training import (
     DemucsTrainConfig,
@@ -310,7 +311,11 @@ def _swap(name: str) -> str:
 
 
 def torch_adam(
-    learning_rate: float, weight_decay: float = 0.0, b1: float = 0.9, b2: float = 0.999, eps: float = 1e-8
+    learning_rate: float,
+    weight_decay: float = 0.0,
+    b1: float = ADAM_BETAS[0],
+    b2: float = ADAM_BETAS[1],
+    eps: float = ADAM_EPS,
 ) -> optax.GradientTransformation:
     """``torch.optim.Adam(lr, betas=(b1, b2), eps, weight_decay)``: ``g <- g + wd p`` (coupled L2, before the
     moments), then Adam with bias correction, ``p <- p - lr m_hat / (sqrt(v_hat) + eps)``. (``optax.adamw`` is the

@@ -30,7 +30,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from core_spec.reference.transforms import ShortSignalError, min_length
+from core_spec.reference import transforms as spec
+from core_spec.reference.transforms import (
+    ShortSignalError,
+    check_length,
+    check_nola,
+    istft_envelope,
+    istft_span,
+    min_length,
+)
 
 __all__ = [
     "ShortSignalError",
@@ -44,17 +52,9 @@ __all__ = [
 ]
 
 
-@lru_cache(maxsize=8)
-def _hann64(n_fft: int) -> np.ndarray:
-    n = np.arange(n_fft, dtype=np.float64)
-    out = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / n_fft)
-    out.setflags(write=False)
-    return out
-
-
 def hann_window(n_fft: int, dtype: jnp.dtype = jnp.float32) -> jax.Array:
-    """Periodic Hann window ``(n_fft,)`` (``torch.hann_window(n_fft)``), computed in float64 and cast."""
-    return jnp.asarray(_hann64(n_fft), dtype=dtype)
+    """Periodic Hann window ``(n_fft,)`` (``torch.hann_window(n_fft)``): the spec's float64 one, cast."""
+    return jnp.asarray(spec.hann_window(n_fft), dtype=dtype)
 
 
 def _window(window: jax.Array | np.ndarray | None, n_fft: int, dtype: jnp.dtype) -> jax.Array:
@@ -64,15 +64,6 @@ def _window(window: jax.Array | np.ndarray | None, n_fft: int, dtype: jnp.dtype)
     if window.shape != (n_fft,):
         raise ValueError(f"window must have shape ({n_fft},), got {window.shape}")
     return window
-
-
-def _check_length(nb_timesteps: int, n_fft: int, center: bool) -> None:
-    need = min_length(n_fft, center)
-    if nb_timesteps < need:
-        how = "reflect centring pads n_fft // 2 samples" if center else "one frame needs n_fft samples"
-        raise ShortSignalError(
-            f"signal of {nb_timesteps} samples is too short for n_fft={n_fft} ({how}): needs at least {need} samples"
-        )
 
 
 def _reflect_pad(x: jax.Array, pad: int) -> jax.Array:
@@ -115,13 +106,12 @@ def _overlap_add(frames: jax.Array, n_hop: int) -> jax.Array:
 
 @lru_cache(maxsize=16)
 def _envelope(n_fft: int, n_hop: int, nb_frames: int, start: int, stop: int) -> np.ndarray:
-    """The overlap-added squared window over ``[start, stop)``, float64 (exact, as ``torch.istft``)."""
-    full = n_fft + n_hop * (nb_frames - 1)
-    env = np.zeros(full)
-    w2 = _hann64(n_fft) ** 2
-    for t in range(nb_frames):
-        env[t * n_hop : t * n_hop + n_fft] += w2
-    return env[start:stop]
+    """The spec's overlap-added squared Hann window over ``[start, stop)``, float64, NOLA-checked (cached: it
+    depends on the shapes only)."""
+    envelope = istft_envelope(n_fft, n_hop, nb_frames)[start:stop]
+    check_nola(envelope)
+    envelope.setflags(write=False)
+    return envelope
 
 
 def stft_frame_major(
@@ -136,7 +126,7 @@ def stft_frame_major(
     x = jnp.asarray(x)
     if not jnp.issubdtype(x.dtype, jnp.floating):
         x = x.astype(jnp.float32)
-    _check_length(x.shape[-1], n_fft, center)
+    check_length(x.shape[-1], n_fft, center)
     if center:
         x = _reflect_pad(x, n_fft // 2)
     spec = jnp.fft.rfft(_frames(x, n_fft, n_hop) * _window(window, n_fft, x.dtype), axis=-1)
@@ -188,23 +178,15 @@ def istft_frame_major(
     if normalized:
         frames = frames * np.sqrt(n_fft).astype(real_dtype)
     y = _overlap_add(frames * _window(window, n_fft, real_dtype), n_hop)
-    full = y.shape[-1]
-    start = n_fft // 2 if center else 0
-    end = full - n_fft // 2 if center else full
-    if length is not None:
-        end = start + length
-    stop = min(end, full)
+    start, stop, pad = istft_span(n_fft, n_hop, nb_frames, center, length)
     if window is None:
-        envelope = _envelope(n_fft, n_hop, nb_frames, start, stop)
-        if np.any(envelope <= 1e-11):
-            raise ValueError("istft: window overlap-add is zero somewhere (NOLA violated); choose n_hop <= n_fft / 2")
-        envelope = jnp.asarray(envelope, dtype=real_dtype)
+        envelope = jnp.asarray(_envelope(n_fft, n_hop, nb_frames, start, stop), dtype=real_dtype)
     else:
         w2 = _window(window, n_fft, real_dtype) ** 2
         envelope = _overlap_add(jnp.broadcast_to(w2, (nb_frames, n_fft)), n_hop)[start:stop]
     y = y[..., start:stop] / envelope
-    if length is not None and y.shape[-1] < length:
-        y = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, length - y.shape[-1])])
+    if pad:
+        y = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, pad)])
     return y
 
 

@@ -29,8 +29,9 @@ import numpy as np
 from flax import nnx
 from jax import lax
 
-from core_spec.configs import UMXConfig
+from core_spec.configs import UMXConfig, config_from_arguments, constructor_kwargs
 from core_spec.reference.umx import UMX_TRACE_KEYS
+from core_spec.trace import Recorder
 
 from .layers import LSTM, BatchNorm1d, dense
 
@@ -68,6 +69,7 @@ class OpenUnmix(nnx.Module):
         dtype: Any = jnp.float32,
         rngs: nnx.Rngs | None = None,
     ):
+        self._config = config_from_arguments(UMXConfig, locals())
         rngs = nnx.Rngs(0) if rngs is None else rngs
         self.nb_output_bins = nb_bins
         self.nb_bins = max_bin or nb_bins
@@ -84,7 +86,7 @@ class OpenUnmix(nnx.Module):
             hidden_size if unidirectional else hidden_size // 2,
             nb_layers,
             bidirectional=not unidirectional,
-            dropout=0.4 if nb_layers > 1 else 0.0,  # upstream's; acts in training only (see LSTM)
+            dropout=self._config.lstm_dropout,  # upstream's; acts in training only (see LSTM)
             dtype=dtype,
             rngs=rngs,
         )
@@ -102,29 +104,14 @@ class OpenUnmix(nnx.Module):
 
     @classmethod
     def from_config(cls, config: UMXConfig, *, dtype: Any = jnp.float32, rngs: nnx.Rngs | None = None) -> OpenUnmix:
-        """A model with the constructor arguments of ``config`` (weights: PyTorch-like random init)."""
-        return cls(
-            nb_bins=config.nb_bins,
-            nb_channels=config.nb_channels,
-            hidden_size=config.hidden_size,
-            nb_layers=config.nb_layers,
-            unidirectional=config.unidirectional,
-            max_bin=config.max_bin,
-            dtype=dtype,
-            rngs=rngs,
-        )
+        """A model with the constructor arguments of ``config`` (weights: PyTorch-like random init of the kernels
+        and LSTM biases; BatchNorm 1 / 0, statistics 0 / 1, scalings 1)."""
+        return cls(**constructor_kwargs(config), dtype=dtype, rngs=rngs)
 
     @property
     def config(self) -> UMXConfig:
         """The :class:`core_spec.configs.UMXConfig` of this model."""
-        return UMXConfig(
-            nb_bins=self.nb_output_bins,
-            nb_channels=self.nb_channels,
-            hidden_size=self.hidden_size,
-            nb_layers=self.nb_layers,
-            unidirectional=self.unidirectional,
-            max_bin=self.max_bin,
-        )
+        return self._config
 
     @property
     def dtype(self) -> np.dtype:
@@ -145,10 +132,9 @@ class OpenUnmix(nnx.Module):
         Returns:
             ``(nb_samples, nb_channels, nb_bins, nb_frames)``: a non-negative mask times the uncropped input.
         """
-        record: dict[str, jax.Array] = trace if trace is not None else {}
-        h, mix = self.encode(x, record)
-        y = record["lstm"] = self.lstm(h, dropout_key)
-        return self.decode(h, y, mix, record)
+        h, mix = self.encode(x, trace)
+        y = Recorder(trace, UMX_TRACE_KEYS)("lstm", self.lstm(h, dropout_key))
+        return self.decode(h, y, mix, trace)
 
     def encode(self, x: jax.Array, trace: dict[str, jax.Array] | None = None) -> tuple[jax.Array, jax.Array]:
         """The layers before the LSTM: crop, standardise, ``fc1``, ``bn1``, ``tanh``.
@@ -165,14 +151,14 @@ class OpenUnmix(nnx.Module):
             raise ValueError(
                 f"OpenUnmix expects (nb_samples, {self.nb_channels}, {self.nb_output_bins}, nb_frames), got {x.shape}"
             )
-        record: dict[str, jax.Array] = trace if trace is not None else {}
+        keep = Recorder(trace, UMX_TRACE_KEYS)
         x = jnp.transpose(x, (3, 0, 1, 2))  # (T, B, C, F)
         mix = lax.stop_gradient(x)  # the uncropped magnitude, masked at the end (detached, as upstream)
 
         h = (x[..., : self.nb_bins] + self.input_mean[...]) * self.input_scale[...]
-        h = record["fc1.input"] = h.reshape(nb_frames * nb_samples, nb_channels * self.nb_bins)
-        h = record["fc1"] = self.fc1(h)
-        h = record["bn1"] = self.bn1(h)
+        h = keep("fc1.input", h.reshape(nb_frames * nb_samples, nb_channels * self.nb_bins))
+        h = keep("fc1", self.fc1(h))
+        h = keep("bn1", self.bn1(h))
         return jnp.tanh(h).reshape(nb_frames, nb_samples, self.hidden_size), mix
 
     def decode(
@@ -188,14 +174,14 @@ class OpenUnmix(nnx.Module):
         Returns:
             ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
         """
-        record: dict[str, jax.Array] = trace if trace is not None else {}
+        keep = Recorder(trace, UMX_TRACE_KEYS)
         nb_frames, nb_samples, nb_channels, _ = mix.shape
-        h = record["fc2.input"] = jnp.concatenate([h, y], axis=-1).reshape(-1, 2 * self.hidden_size)
-        h = record["fc2"] = self.fc2(h)
-        h = record["bn2"] = self.bn2(h)
-        h = record["fc3.input"] = jax.nn.relu(h)
-        h = record["fc3"] = self.fc3(h)
-        h = record["bn3"] = self.bn3(h)
+        h = keep("fc2.input", jnp.concatenate([h, y], axis=-1).reshape(-1, 2 * self.hidden_size))
+        h = keep("fc2", self.fc2(h))
+        h = keep("bn2", self.bn2(h))
+        h = keep("fc3.input", jax.nn.relu(h))
+        h = keep("fc3", self.fc3(h))
+        h = keep("bn3", self.bn3(h))
 
         h = h.reshape(nb_frames, nb_samples, nb_channels, self.nb_output_bins)
         mask = jax.nn.relu(h * self.output_scale[...] + self.output_mean[...])

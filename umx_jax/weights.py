@@ -35,7 +35,6 @@ directory layout, bit-exact for float32 arrays, and the serialisation Flax itsel
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -46,9 +45,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
-from core_spec.canonical import atomic_write, join_targets, split_targets
+from core_spec.canonical import check_canonical, join_targets, per_target
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
-from core_spec.params import WeightsMismatchError, check_weights
+from core_spec.files import native_header, paired_paths, write_pair
+from core_spec.params import WeightsMismatchError, check_weights, fold_lstm_bias, lstm_bias_halves
 
 from ._scope import canonical_dtype, default_device, dtype_scope
 
@@ -82,11 +82,7 @@ def _lstm_to_state(w: Mapping[str, np.ndarray], prefix: str, layers: int, direct
             "kernel_ih": np.stack([np.asarray(w[f"{prefix}weight_ih_{n}"]).T for n in names]),
             "kernel_hh": np.stack([np.asarray(w[f"{prefix}weight_hh_{n}"]).T for n in names]),
             "bias": np.stack(
-                [
-                    np.asarray(w[f"{prefix}bias_ih_{n}"], np.float64)
-                    + np.asarray(w[f"{prefix}bias_hh_{n}"], np.float64)
-                    for n in names
-                ]
+                [fold_lstm_bias(w[f"{prefix}bias_ih_{n}"], w[f"{prefix}bias_hh_{n}"], np.float64) for n in names]
             ),
         }
     return {"layers": out}
@@ -137,16 +133,6 @@ def _demucs_state(w: Mapping[str, np.ndarray], c: DemucsConfig) -> PureDict:
     return state
 
 
-def _per_target(weights: Mapping[str, Any], targets: tuple[str, ...]) -> dict[str, Mapping[str, np.ndarray]]:
-    """``{target: {name: array}}`` from either that or ``{"target_models.<t>.<name>": array}``."""
-    if all(isinstance(v, Mapping) for v in weights.values()):
-        missing = [t for t in targets if t not in weights]
-        if missing or set(weights) - set(targets):
-            raise KeyError(f"separator weights hold targets {sorted(weights)}, the config names {list(targets)}")
-        return {t: weights[t] for t in targets}
-    return split_targets(weights, targets)
-
-
 def state_from_canonical(config: Config, weights: Mapping[str, Any]) -> PureDict:
     """The pure Flax state (nested dict of NumPy arrays, canonical dtype) of canonical ``weights``.
 
@@ -154,11 +140,11 @@ def state_from_canonical(config: Config, weights: Mapping[str, Any]) -> PureDict
     dropped); a mismatch raises :class:`core_spec.params.WeightsMismatchError` naming every key.
     """
     if isinstance(config, UMXSeparatorConfig):
-        per_target = _per_target(weights, config.separator.targets)
+        nested = per_target(weights, config.separator.targets, "weights")
         return {
             "target_models": {
                 t: _umx_state(check_weights(w, config.model, f"weights [target {t}]"), config.model)
-                for t, w in per_target.items()
+                for t, w in nested.items()
             }
         }
     if isinstance(config, UMXConfig):
@@ -282,7 +268,7 @@ def load_weights(module: nnx.Module, weights: Mapping[str, Any]) -> None:
     (an ``OpenUnmix``, a ``Separator``: ``{target: {name: array}}`` or ``target_models.<t>.<name>``, a ``Demucs``)."""
     config = _config_of(module)
     if isinstance(config, UMXSeparatorConfig):
-        for target, w in _per_target(weights, config.separator.targets).items():
+        for target, w in per_target(weights, config.separator.targets).items():
             load_weights(module.target_models[target], w)
         return
     pure = state_from_canonical(config, weights)
@@ -303,28 +289,17 @@ def to_canonical(module: nnx.Module) -> dict[str, np.ndarray]:
 
 
 def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
-    """``(<stem>.msgpack, <stem>.json)`` for a path given with either suffix or none."""
-    p = Path(path)
-    stem = str(p.with_suffix("") if p.suffix in (".msgpack", ".json") else p)
-    return Path(stem + ".msgpack"), Path(stem + ".json")  # keeps dots in the name: umx.v1 -> umx.v1.msgpack
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
+    """``(<stem>.msgpack, <stem>.json)`` for a path given as the stem or either file (other dots stay)."""
+    return paired_paths(path, ".msgpack")
 
 
 def _lstm_biases(config: Config, weights: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    if isinstance(config, UMXSeparatorConfig):
-        checked = join_targets(
-            {t: check_weights(w, config.model) for t, w in _per_target(weights, config.separator.targets).items()}
-        )
-    else:
-        checked = check_weights(weights, config)
-    return {
-        k: np.asarray(v, np.float32)
-        for k, v in checked.items()
-        if k.rsplit(".", 1)[-1].startswith(("bias_ih", "bias_hh"))
-    }
+    """Upstream's two biases of every LSTM layer, float32 (what the folded state cannot give back)."""
+    return {k: np.asarray(v, np.float32) for k, v in check_canonical(weights, config, "weights").items() if _is_bias(k)}
+
+
+def _is_bias(name: str) -> bool:
+    return name.rsplit(".", 1)[-1].startswith(("bias_ih", "bias_hh"))
 
 
 def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Config, force: bool = False) -> list[Path]:
@@ -340,23 +315,17 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Con
         ``[<stem>.msgpack, <stem>.json]``.
     """
     msgpack_path, json_path = native_paths(path)
-    if not force:
-        for p in (msgpack_path, json_path):
-            if p.exists():
-                raise FileExistsError(f"{p} exists; pass force=True (--force) to overwrite it")
-    msgpack_path.parent.mkdir(parents=True, exist_ok=True)
     state = state_from_canonical(config, weights)
     state = jax.tree.map(lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.float32)), state)
-    header = {"format": FORMAT, "config": json.loads(config_to_json(config))}
     payload = {
         "format": FORMAT,
         "config": config_to_json(config),
         "state": _str_keys(state),
         "lstm_biases": _lstm_biases(config, weights),
     }
-    _atomic_write(msgpack_path, serialization.msgpack_serialize(payload))
-    _atomic_write(json_path, (json.dumps(header, indent=2, sort_keys=True) + "\n").encode())
-    return [msgpack_path, json_path]
+    data = serialization.msgpack_serialize(payload)
+    return write_pair(msgpack_path, json_path, lambda tmp: Path(tmp).write_bytes(data), native_header(FORMAT, config),
+                      force)  # fmt: skip
 
 
 def _str_keys(tree: Any) -> Any:
@@ -385,11 +354,15 @@ def _read_native(path: str | os.PathLike) -> tuple[PureDict, Config, dict[str, n
 
 def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
     """Read a native file: ``(canonical weights, config)``, bit for bit what :func:`save_native` was given
-    (minus legacy keys), checked against the inventory."""
+    (minus legacy keys), checked against the inventory. Upstream's two LSTM biases come back where they still
+    fold to the state's bias (:func:`core_spec.params.lstm_bias_halves`), else the folded bias and zeros."""
     state, config, biases = _read_native(path)
     weights = canonical_from_state(config, state)
     for name in biases:
         if name not in weights:
             raise WeightsMismatchError([], [(name, tuple(np.shape(biases[name])))], [], str(path))
-    weights.update(biases)
+    for name in [k for k in weights if k.rsplit(".", 1)[-1].startswith("bias_ih")]:
+        twin = name[: name.rindex("bias_ih")] + "bias_hh" + name[name.rindex("bias_ih") + 7 :]
+        if name in biases and twin in biases:
+            weights[name], weights[twin] = lstm_bias_halves(weights[name], biases[name], biases[twin])
     return weights, config
