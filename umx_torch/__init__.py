@@ -1,9 +1,12 @@
 """PyTorch port of Open-Unmix and Demucs v2, from the framework-neutral spec in ``core_spec``.
 
-Modules (the same names in every port): :mod:`~umx_torch.transforms` (STFT, ISTFT, magnitude),
+Modules (the same names in every port, each mirroring its spec module: ``core_spec.public_api.LESSONS``):
+:mod:`~umx_torch.transforms` (STFT, ISTFT, magnitude), :mod:`~umx_torch.layers` (PyTorch's own layers),
 :mod:`~umx_torch.umx` (``OpenUnmix``), :mod:`~umx_torch.demucs` (``Demucs``), :mod:`~umx_torch.resample`
 (julius-compatible resampler), :mod:`~umx_torch.filtering` (Wiener/EM), :mod:`~umx_torch.separator`
-(``Separator``, ``apply_model``, ``separate_track``), :mod:`~umx_torch.weights` (canonical weights <-> state dicts).
+(``Separator``), :mod:`~umx_torch.apply` (``apply_model``, ``separate_track``), :mod:`~umx_torch.weights`
+(canonical weights <-> state dicts, native files), :mod:`~umx_torch.build` (models from weights),
+:mod:`~umx_torch.train`.
 
 State-dict names are upstream's, so ``OpenUnmix(...).load_state_dict(torch.load(upstream_file))`` works.
 """
