@@ -45,24 +45,31 @@ __all__ = [
 PORTS = {"umx_torch": "torch", "umx_tf": "tensorflow", "umx_jax": "jax", "umx_nnabla": "nnabla"}
 
 PUBLIC_NAMES: dict[str, tuple[str, ...]] = {
-    "transforms": ("ShortSignalError", "complex_norm", "istft", "stft"),
+    "transforms": ("ShortSignalError", "complex_norm", "hann_window", "istft", "stft"),
     "umx": ("OpenUnmix",),
     "demucs": ("Demucs", "center_trim", "valid_length"),
     "resample": ("resample_frac",),
-    "filtering": ("expectation_maximization", "upstream_atan2", "wiener"),
-    "separator": ("Separator", "apply_model", "separate_track"),
+    "filtering": (
+        "expectation_maximization",
+        "expectation_maximization_planar",
+        "initial_estimate",
+        "upstream_atan2",
+        "wiener",
+        "wiener_planar",
+    ),
+    "separator": ("Separator", "filter_and_invert", "filter_chunks"),
+    "apply": ("apply_model", "separate_track"),
     "weights": (
         "FORMAT",
         "WeightsMismatchError",
-        "from_canonical",
-        "from_canonical_file",
-        "load_module",
         "load_native",
         "load_weights",
         "native_paths",
         "save_native",
         "to_canonical",
     ),
+    "build": ("from_canonical", "from_canonical_file", "load_module"),
+    "train": ("FRAMEWORK", "Trainer", "fit", "loss_and_grads", "main"),
     # the package itself: the models, the functions of a separation, and the weights entry points
     "": (
         "Demucs",
