@@ -134,6 +134,9 @@ _F64 = {
     "train.grad": Tolerance(rel=1e-9),
     "train.update": Tolerance(rel=1e-12),
     "train.bn_running": Tolerance(rel=1e-11),
+    # a data-parallel replica's step vs the same half of the batch run in one process (the same arithmetic on the
+    # same rows; only the all-reduce of the gradients adds a float64 sum of two terms): rounding of the last bits
+    "train.replica": Tolerance(rel=1e-14),
     # gradients that are zero analytically but not in rounding (UMX's input_mean: a constant shift before fc1 is
     # removed by bn1's batch mean in train mode), compared as values divided by the largest gradient of the model
     "train.grad_zero": Tolerance(max_abs=1e-12),
