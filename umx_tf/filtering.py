@@ -45,8 +45,10 @@ from core_spec.reference.filtering import PI_FLOAT32, check_channels
 
 __all__ = [
     "PI_FLOAT32",
+    "check_channels",
     "expectation_maximization",
     "expectation_maximization_planar",
+    "initial_estimate",
     "upstream_atan2",
     "wiener",
     "wiener_planar",
@@ -136,10 +138,30 @@ def expectation_maximization_planar(
     return y, v, R
 
 
-def _initial_estimate(
-    v: tf.Tensor, mix: tf.Tensor, softmask: bool, residual: bool, eps: float, atan2: str
+def initial_estimate(
+    targets_spectrograms: tf.Tensor,
+    mix_stft: tf.Tensor,
+    softmask: bool = False,
+    residual: bool = False,
+    eps: float = 1e-10,
+    atan2: str = "upstream",
 ) -> tuple[tf.Tensor, tf.Tensor]:
-    """Initial estimates (planar) and the mixture the rest of ``wiener`` sees (modified by upstream's atan2)."""
+    """The filter's starting point: the magnitudes given the mixture's phase (or a ratio mask of the mixture).
+
+    Args:
+        targets_spectrograms: magnitudes ``(..., nb_sources, nb_channels or 1, nb_bins, nb_frames)``.
+        mix_stft: complex ``(..., nb_channels, nb_bins, nb_frames)``.
+        softmask: ``mix * v_j / (eps + sum_k v_k)`` instead of ``v_j * exp(i angle(mix))``.
+        residual: append ``mix - sum_j y_j`` as an extra source.
+        atan2: ``"upstream"`` or ``"exact"`` (module docstring).
+
+    Returns:
+        ``(y, mix)``: complex estimates ``(..., nb_sources [+ 1], nb_channels, nb_bins, nb_frames)`` in the
+        mixture's dtype, and the mixture the rest of the filter sees (with upstream's atan2: 1.0 in the real part
+        of exactly-zero bins).
+    """
+    mix = tf.convert_to_tensor(mix_stft)
+    v = tf.cast(targets_spectrograms, mix.dtype.real_dtype)
     if softmask:
         y = mix[..., None, :, :, :] * _complex(v / (eps + tf.reduce_sum(v, axis=-4, keepdims=True)), mix)
     else:
@@ -168,6 +190,7 @@ def wiener_planar(
     scale_factor: float = 10.0,
     eps: float = 1e-10,
     atan2: str = "upstream",
+    frame_mask: tf.Tensor | None = None,
     em_dtype: str | None = "float64",
 ) -> tf.Tensor:
     """:func:`wiener` in the planar layout; every leading index is an independent call (its own ``max_abs``).
@@ -175,6 +198,11 @@ def wiener_planar(
     Args:
         targets_spectrograms: magnitudes ``(..., nb_sources, nb_channels or 1, nb_bins, nb_frames)``.
         mix_stft: complex ``(..., nb_channels, nb_bins, nb_frames)``.
+        iterations, softmask, residual, scale_factor, eps, atan2: as :func:`wiener`.
+        frame_mask: optional booleans ``(..., nb_frames)`` (broadcast over the leading axes); frames outside the
+            mask are padding (the shorter last chunk of a track, zero-padded to a whole chunk to be filtered in
+            one batch with the others). They are zeroed after the initial estimate, add nothing to ``max_abs`` or
+            the EM sums and come out as zeros: the other frames are filtered as if they were absent.
         em_dtype: precision of the ``max_abs`` scaling and EM (``"float64"``, default: see the module docstring;
             ``None``: the input's).
 
@@ -185,8 +213,11 @@ def wiener_planar(
     if not mix_stft.dtype.is_complex:
         raise TypeError("wiener_planar: mix_stft must be a complex tensor")
     check_channels(mix_stft.shape[-3])
-    v = tf.cast(targets_spectrograms, mix_stft.dtype.real_dtype)
-    y, mix = _initial_estimate(v, mix_stft, softmask, residual, eps, atan2)
+    y, mix = initial_estimate(targets_spectrograms, mix_stft, softmask, residual, eps, atan2)
+    if frame_mask is not None:
+        keep = tf.convert_to_tensor(frame_mask, tf.bool)[..., None, None, :]  # (..., 1, 1, T)
+        mix = tf.where(keep, mix, tf.zeros_like(mix))
+        y = tf.where(keep[..., None, :, :, :], y, tf.zeros_like(y))
     if iterations == 0:
         return y
     out_dtype = mix.dtype
@@ -236,7 +267,8 @@ def wiener(
     """
     mix = tf.convert_to_tensor(mix_stft)
     v = _reverse_last(tf.convert_to_tensor(targets_spectrograms), 4)  # (..., S, C, F, T)
-    y = wiener_planar(v, _reverse_last(mix, 3), iterations, softmask, residual, scale_factor, eps, atan2, em_dtype)
+    mix = _reverse_last(mix, 3)
+    y = wiener_planar(v, mix, iterations, softmask, residual, scale_factor, eps, atan2, em_dtype=em_dtype)
     return _reverse_last(y, 4)  # (..., T, F, C, S)
 
 

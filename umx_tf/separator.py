@@ -20,6 +20,7 @@ import tensorflow as tf
 from core_spec.configs import SeparatorConfig, UMXSeparatorConfig, WienerConfig
 from core_spec.reference.separator import check_sources
 from core_spec.separator_settings import SeparatorSettings, separator_kwargs
+from core_spec.shapes import wiener_chunks
 
 from .filtering import wiener_planar
 from .transforms import complex_norm, istft, stft
@@ -121,7 +122,6 @@ class Separator(SeparatorSettings, keras.Model):
             ``(nb_samples, nb_sources, nb_channels, nb_timesteps)``, sources in :attr:`target_names` order.
         """
         fft = self.stft_config
-        check_sources(self.nb_sources, self.niter)
         audio = tf.cast(audio, self.compute_dtype)
         mix_stft = stft(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, self.window)  # (B, C, F, T)
         X = complex_norm(mix_stft, mono=self.nb_channels == 1)
@@ -159,8 +159,10 @@ class Separator(SeparatorSettings, keras.Model):
 
 
 def filter_chunks(spectrograms: tf.Tensor, mix_stft: tf.Tensor, wiener_config: WienerConfig) -> tf.Tensor:
-    """The separator's Wiener step: independent calls on chunks of ``wiener_win_len`` frames, the full chunks in one
-    batched call, the shorter remainder in another.
+    """The separator's Wiener step: every chunk of ``wiener_win_len`` frames filtered on its own
+    (:func:`core_spec.shapes.wiener_chunks`), all chunks in one call with the chunks as a leading axis: the last
+    one zero-padded to a whole chunk and its padding masked out (``frame_mask``), so that one graph with static
+    shapes filters the whole track.
 
     Args:
         spectrograms: target magnitudes ``(nb_samples, nb_targets, nb_channels or 1, nb_bins, nb_frames)``.
@@ -168,30 +170,26 @@ def filter_chunks(spectrograms: tf.Tensor, mix_stft: tf.Tensor, wiener_config: W
         wiener_config: the filter's settings.
 
     Returns:
-        complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)``.
+        complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)``, sources = targets [+ residual].
     """
     w = wiener_config
-    nb_frames = mix_stft.shape[-1]
-    win = w.wiener_win_len or nb_frames
+    check_sources(spectrograms.shape[1] + int(w.residual), w.niter)
     args = (w.niter, w.softmask, w.residual, w.scale_factor, w.eps, w.atan2)
-    if w.niter == 0 or win >= nb_frames:  # without EM the filter is element-wise: chunks change nothing
+    nb_frames = mix_stft.shape[-1]
+    plan = wiener_chunks(nb_frames, w.wiener_win_len)
+    if w.niter == 0 or plan.nb_chunks == 1:  # without EM the filter is element-wise: chunks change nothing
         return wiener_planar(spectrograms, mix_stft, *args)
-    nb_full = nb_frames // win
-    parts = []
-    if nb_full:
-        full = nb_full * win
 
-        def chunks(x: tf.Tensor) -> tf.Tensor:  # (..., F, full) -> (n, ..., F, win): chunks as a batch
-            x = tf.reshape(x[..., :full], tf.concat([tf.shape(x)[:-1], [nb_full, win]], 0))
-            return tf.experimental.numpy.moveaxis(x, -2, 0)
+    def chunks(x: tf.Tensor) -> tf.Tensor:  # (..., F, T) -> (n, ..., F, win): padded, the chunks as a batch
+        x = tf.pad(x, [[0, 0]] * (x.shape.rank - 1) + [[0, plan.pad]])
+        x = tf.reshape(x, tf.concat([tf.shape(x)[:-1], [plan.nb_chunks, plan.win]], 0))
+        return tf.experimental.numpy.moveaxis(x, -2, 0)
 
-        out = wiener_planar(chunks(spectrograms), chunks(mix_stft), *args)  # (n, B, S', C, F, win)
-        out = tf.experimental.numpy.moveaxis(out, 0, -2)  # (B, S', C, F, n, win)
-        parts.append(tf.reshape(out, tf.concat([tf.shape(out)[:-2], [full]], 0)))
-    if nb_frames > nb_full * win:
-        rest = slice(nb_full * win, nb_frames)
-        parts.append(wiener_planar(spectrograms[..., rest], mix_stft[..., rest], *args))
-    return tf.concat(parts, axis=-1) if len(parts) > 1 else parts[0]
+    mask = plan.frame_mask()  # (n, win), None without padding
+    mask = None if mask is None else mask[:, None, :]  # broadcast over the batch: (n, 1, win)
+    out = wiener_planar(chunks(spectrograms), chunks(mix_stft), *args, frame_mask=mask)  # (n, B, S', C, F, win)
+    out = tf.experimental.numpy.moveaxis(out, 0, -2)  # (B, S', C, F, n, win)
+    return tf.reshape(out, tf.concat([tf.shape(out)[:-2], [plan.nb_chunks * plan.win]], 0))[..., :nb_frames]
 
 
 def filter_and_invert(
