@@ -250,10 +250,12 @@ def markdown(doc: Mapping[str, Any]) -> str:
         if flagged:
             lines += ["", "Not linear:"] + [f"- {_label(impl, doc)}: {f}" for impl, f in flagged]
         lines.append("")
-    skipped = [p for p in doc["plan"]["points"] if p["skip"] and not meta.get("include_skipped")]
-    if skipped:
-        notes = [f"`{p['name']}` for {', '.join(p['skip'])} ({p['skip_reason']})" for p in skipped]
-        lines += ["Not run: " + "; ".join(notes) + ".", ""]
+    impls = set(meta["impls"])
+    skipped = [p for p in doc["plan"]["points"] if p["name"] in meta["points"] and impls & set(p["long_for"])]
+    if skipped and not meta.get("long"):
+        notes = [f"`{p['name']}` for {', '.join(i for i in p['long_for'] if i in impls)} ({p['long_reason']})"
+                 for p in skipped]  # fmt: skip
+        lines += ["Run only with `--long`: " + "; ".join(notes) + ".", ""]
     lines += ["## Settings", "", doc["settings"]["protocol"], ""]
     for info in doc["implementations"].values():
         versions = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
@@ -290,7 +292,8 @@ def chart(doc: Mapping[str, Any], path: str | Path) -> None:
                 values.append(np.nan if row is None or value(row) is None else value(row))
             ax.bar(x + (k - (len(keys) - 1) / 2) * width, values, width, label=_label(key, doc))
         ax.set_xticks(x, names, rotation=20, ha="right", fontsize=8)
-        ax.legend(fontsize=8)
+        if keys:
+            ax.legend(fontsize=8)
 
     bars(axes[0, 0], ports, lambda r: r.get("ratio_vs_upstream"), main)
     axes[0, 0].axhline(1.0, color="black", linewidth=0.8)
@@ -309,7 +312,10 @@ def chart(doc: Mapping[str, Any], path: str | Path) -> None:
         ax.set_xlabel("seconds of audio")
         ax.set_ylabel("seconds per second of audio")
         ax.set_title(f"length sweep: {'UMX separator niter 1' if model == 'umx' else 'Demucs apply_model'}")
-        ax.legend(fontsize=8)
+        if sweep["implementations"]:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "fewer than two lengths in this run", ha="center", transform=ax.transAxes)
     fig.suptitle(f"unmix-ports benchmark ({doc['plan']['name']} plan), {doc['created']}")
     fig.tight_layout()
     fig.savefig(path, dpi=100)

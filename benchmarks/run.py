@@ -57,11 +57,11 @@ def _select(p: Plan, names: Sequence[str] | None) -> list[Point]:
     return [pt for pt in p.points if pt.name in wanted]
 
 
-def _jobs(points: list[Point], impls: list[str], grouped: bool, include_skipped: bool) -> list[tuple[str, list[Point]]]:
+def _jobs(points: list[Point], impls: list[str], grouped: bool, long: bool) -> list[tuple[str, list[Point]]]:
     """``[(impl, points)]`` in run order: per point upstream first, then the ports (``grouped``: per impl)."""
 
     def runs(impl: str, point: Point) -> bool:
-        return include_skipped or impl not in point.skip
+        return long or impl not in point.long_for
 
     if grouped:
         return [(impl, [pt for pt in points if runs(impl, pt)]) for impl in impls]
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--points", nargs="+", metavar="NAME", help="points to run: names, 'main' or 'sweep'")
     parser.add_argument(
-        "--include-skipped", action="store_true", help="also run the points a plan skips (NNabla 300 s)"
+        "--long", action="store_true", help="also the long points (Demucs 300 s; NNabla: Demucs 60 s, UMX 300 s)"
     )
     parser.add_argument(
         "--out",
@@ -176,10 +176,10 @@ def main(argv: list[str] | None = None) -> int:
     impls = sorted(dict.fromkeys(args.impls), key=lambda k: k != "upstream")  # upstream first: the reference
     grouped = args.grouped or args.quick
     args.jobs = args.jobs or (2 if args.quick else 1)
-    jobs = _jobs(points, impls, grouped, args.include_skipped)
+    jobs = _jobs(points, impls, grouped, args.long)
     if args.list:
         for pt in points:
-            runs = [i for i in impls if args.include_skipped or i not in pt.skip]
+            runs = [i for i in impls if args.long or i not in pt.long_for]
             print(
                 f"{pt.name:<22} {pt.kind:<9} {pt.audio_seconds:>6g} s audio, repeats <= {pt.repeats}: {' '.join(runs)}"
             )
@@ -195,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     with tempfile.TemporaryDirectory(prefix="unmix-bench-") as tmp:
         folder = Path(tmp)
-        inputs.prepare(folder, points, p.sizes)
+        inputs.prepare(folder, [pt for pt in points if any(pt in pts for _, pts in jobs)], p.sizes)
         print(f"  inputs written in {time.time() - started:.1f} s", flush=True)
         todo = [(i, impl, pts) for i, (impl, pts) in enumerate(jobs) if pts]
 
@@ -220,7 +220,8 @@ def main(argv: list[str] | None = None) -> int:
         "jobs": args.jobs,
         "threads": args.threads,
         "impls": impls,
-        "include_skipped": args.include_skipped,
+        "long": args.long,
+        "points": [pt.name for pt in points],
         "git": _git(),
         "machine_start": machine_start,
         "machine_end": machine_info(),

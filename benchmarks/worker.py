@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         result["traceback"] = traceback.format_exc()[-4000:]
         module = None
     for data in job["points"]:
-        point = Point(**{**data, "skip": tuple(data["skip"])})
+        point = Point(**{**data, "long_for": tuple(data["long_for"])})
         if module is None:
             result["rows"].append({"point": point.name, "impl": impl.key, "error": result["error"]})
             continue

@@ -28,7 +28,7 @@ from core_spec.files import atomic_write  # noqa: E402
 
 BEGIN = "<!-- speed-table: begin (scripts/speed_table.py writes this from benchmarks/results/latest.json) -->"
 END = "<!-- speed-table: end -->"
-PORTS = ("torch", "tf", "tf_graph", "jax", "nnabla")  # in this order, those the run has
+PORTS = ("torch", "tf", "tf_graph", "tf_xla", "jax", "nnabla")  # in this order, those the run has
 
 
 def _order(impl: str) -> int:

@@ -61,9 +61,13 @@ IMPLS: dict[str, Impl] = {
     "tf": Impl("tf", "benchmarks.impls.port_tf", "umx_tf", compiles=True),
     "jax": Impl("jax", "benchmarks.impls.port_jax", "umx_jax", compiles=True, env_vars={"XLA_FLAGS": XLA_FLAGS}),
     "nnabla": Impl("nnabla", "benchmarks.impls.port_nnabla", "umx_nnabla", env="nnabla"),
-    # not run by default: TensorFlow's plain tf.function graph (no XLA) for inference
+    # not run by default: TensorFlow without XLA (a plain tf.function graph; the LSTM loops are XLA-compiled
+    # either way), and with XLA for training too
     "tf_graph": Impl(
         "tf_graph", "benchmarks.impls.port_tf", "umx_tf (graph)", compiles=True, options={"jit_compile": False}
+    ),
+    "tf_xla": Impl(
+        "tf_xla", "benchmarks.impls.port_tf", "umx_tf (XLA)", compiles=True, options={"train_jit_compile": True}
     ),
 }
 

@@ -2,9 +2,9 @@
 ``Separator.separate`` (one ``tf.function``), ``apply_model``; training: ``umx_tf.train.Trainer.step`` (the call
 ``benchmarks/bench_train_tf.py`` times).
 
-Options: ``jit_compile`` (``None``: the port's default, XLA for inference on a CPU; ``False``: the plain
-``tf.function`` graph, the ``tf_graph`` implementation); ``train_jit_compile`` (default ``False``, the
-trainer's default).
+Options: ``jit_compile`` for inference (``None``: the port's default, XLA on a CPU; ``False``: the plain
+``tf.function`` graph, implementation ``tf_graph``); ``train_jit_compile`` (default ``False``, the trainer's
+default; ``True``: implementation ``tf_xla``).
 """
 
 from __future__ import annotations
