@@ -7,7 +7,7 @@ CPU, models in training mode, seeded weights and batch; upstream with ``torch.se
 - ``umx_train_step``: one Open-Unmix target at umxhq shapes (8.9 M parameters), batch 16 of 6-s stereo excerpts
   (264,600 samples, 255 un-centred STFT frames of 4096 / 1024), MSE on magnitudes, LSTM dropout 0.4 (as upstream).
   Upstream: ``openunmix.model.OpenUnmix`` behind ``openunmix.transforms.TorchSTFT(center=False)`` +
-  ``ComplexNorm`` and ``torch.optim.Adam``; ours: ``umx_tf.OpenUnmix`` through ``umx_tf.train.Trainer.train_step``
+  ``ComplexNorm`` and ``torch.optim.Adam``; ours: ``umx_tf.OpenUnmix`` through ``umx_tf.train.Trainer.step``
   (STFT, magnitude, network, loss, ``tf.GradientTape`` gradient and the Adam update in one ``tf.function``).
 - ``demucs_train_step``: Demucs v2 at ``channels=16`` (depth 6, resampling, GLU, 2-layer BLSTM: 16.6 M parameters),
   batch 4 of ``valid_length(5 s)`` samples of 4 sources, L1 on the centre-trimmed sources.
@@ -137,7 +137,7 @@ def _tf_threads() -> None:
 
 
 def _setup_tf(spec: dict[str, Any], jit_compile: bool) -> tuple[Any, int]:
-    """``(step, parameter count)``: ``umx_tf.train.Trainer.train_step`` on the case's batch."""
+    """``(step, parameter count)``: ``umx_tf.train.Trainer.step`` on the case's batch."""
     import tensorflow as tf
 
     from umx_tf import from_canonical
@@ -147,7 +147,7 @@ def _setup_tf(spec: dict[str, Any], jit_compile: bool) -> tuple[Any, int]:
     trainer = Trainer(model, spec["recipe"], weights=spec["weights"], jit_compile=jit_compile)
     batch = tuple(tf.constant(b) for b in spec["batch"])
     params = sum(int(np.prod(v.shape)) for v in trainer.params.values)
-    return (lambda: trainer.train_step(*batch)), params
+    return (lambda: trainer.step(batch)), params
 
 
 def _setup(case: str, impl: str, batch: int, seconds: float) -> tuple[Any, int]:

@@ -43,7 +43,7 @@ from core_spec.trace import Recorder
 from .layers import GLU, TORCH_KERNEL_INIT, TracedCall, lstm_layer, torch_uniform
 from .resample import resample_frac
 
-__all__ = ["BLSTM", "Demucs", "center_trim", "demucs_trace_keys", "valid_length"]
+__all__ = ["BLSTM", "Demucs", "center_trim", "decoder_layer", "demucs_trace_keys", "encoder_layer", "valid_length"]
 
 
 def center_trim(tensor: tf.Tensor, reference: tf.Tensor | int, axis: int = -1) -> tf.Tensor:
@@ -56,6 +56,45 @@ def center_trim(tensor: tf.Tensor, reference: tf.Tensor | int, axis: int = -1) -
     index = [slice(None)] * tensor.shape.rank
     index[axis] = slice(start, stop)
     return tensor[tuple(index)]
+
+
+def _conv(filters: int, kernel: int, policy: Any, strides: int = 1) -> layers.Conv1D:
+    return layers.Conv1D(filters, kernel, strides=strides, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy)
+
+
+def _activation(config: DemucsConfig, policy: Any) -> layers.Layer:
+    """After the 1x1 (encoder) and ``context`` (decoder) convolutions: GLU or ReLU."""
+    return GLU(dtype=policy) if config.glu else layers.ReLU(dtype=policy)
+
+
+def encoder_layer(config: DemucsConfig, index: int, policy: Any) -> keras.Sequential:
+    """``encoder.{index}``: ``(B, L, chin)`` -> ``(B, (L - kernel_size) // stride + 1, ch)``, channels-last; the
+    slots are upstream's ``nn.Sequential``'s (``Conv1D``, ``ReLU`` [, ``Conv1D`` 1x1, GLU | ReLU])."""
+    _, ch = config.layer_channels()[index]
+    encode: list[layers.Layer] = [_conv(ch, config.kernel_size, policy, config.stride), layers.ReLU(dtype=policy)]
+    if config.rewrite:
+        encode += [_conv((2 if config.glu else 1) * ch, 1, policy), _activation(config, policy)]
+    return keras.Sequential(encode, name=f"encoder_{index}")
+
+
+def decoder_layer(config: DemucsConfig, index: int, policy: Any) -> keras.Sequential:
+    """``decoder.{index}`` (0: the deepest): ``(B, L, ch)`` -> ``(B, (L - context) * stride + kernel_size, out)``
+    (``context`` only with ``rewrite``), channels-last; slots [``Conv1D`` ``context``, GLU | ReLU,]
+    ``Conv1DTranspose`` [, ``ReLU`` except on the outermost]."""
+    level = config.depth - 1 - index  # the encoder layer it mirrors
+    chin, ch = config.layer_channels()[level]
+    out = len(config.sources) * config.audio_channels if level == 0 else chin
+    decode: list[layers.Layer] = []
+    if config.rewrite:
+        decode += [_conv((2 if config.glu else 1) * ch, config.context, policy), _activation(config, policy)]
+    decode.append(
+        layers.Conv1DTranspose(
+            out, config.kernel_size, strides=config.stride, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy
+        )
+    )
+    if index < config.depth - 1:
+        decode.append(layers.ReLU(dtype=policy))
+    return keras.Sequential(decode, name=f"decoder_{index}")
 
 
 def _channels_first(x: tf.Tensor) -> tf.Tensor:
@@ -157,36 +196,12 @@ class Demucs(TracedCall, keras.Model):
         self.segment_length = segment_length
         self.resample_kernels: dict[str, np.ndarray] = {}
         policy = self.dtype_policy
-        scale = 2 if glu else 1
-
-        def conv(filters: int, kernel: int, strides: int = 1) -> layers.Conv1D:
-            return layers.Conv1D(filters, kernel, strides=strides, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy)
-
-        def activation() -> layers.Layer:
-            return GLU(dtype=policy) if glu else layers.ReLU(dtype=policy)
-
         encoder, decoder = [], []
-        for index, (chin, ch) in enumerate(self._config.layer_channels()):
-            encode: list[layers.Layer] = [conv(ch, kernel_size, stride), layers.ReLU(dtype=policy)]
-            if rewrite:
-                encode += [conv(scale * ch, 1), activation()]
-            encoder.append(keras.Sequential(encode, name=f"encoder_{index}"))
-
-            out = len(self.sources) * audio_channels if index == 0 else chin
-            decode: list[layers.Layer] = []
-            if rewrite:
-                decode += [conv(scale * ch, context), activation()]
-            decode.append(
-                layers.Conv1DTranspose(
-                    out, kernel_size, strides=stride, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy
-                )
-            )
-            if index > 0:
-                decode.append(layers.ReLU(dtype=policy))
-            decoder.insert(0, (chin, ch, keras.Sequential(decode, name=f"decoder_{depth - 1 - index}")))
+        for index in range(depth):  # created in upstream's order: encoder i, then the decoder that mirrors it
+            encoder.append(encoder_layer(config, index, policy))
+            decoder.insert(0, decoder_layer(config, depth - 1 - index, policy))
         self.encoder = encoder
-        self.decoder = [seq for _, _, seq in decoder]
-        self._decoder_channels = [ch for _, ch, _ in decoder]
+        self.decoder = decoder
         self.lstm = BLSTM(self._config.layer_channels()[-1][1], lstm_layers, dtype=policy) if lstm_layers else None
         self._compiled: dict[bool, Any] = {}
         self.build()
@@ -195,8 +210,8 @@ class Demucs(TracedCall, keras.Model):
         """Create every weight (the shapes follow from the constructor arguments; ``input_shape`` is ignored)."""
         for encode, (chin, _) in zip(self.encoder, self._config.layer_channels()):
             encode.build((None, None, chin))
-        for decode, ch in zip(self.decoder, self._decoder_channels):
-            decode.build((None, None, ch))
+        for index, decode in enumerate(self.decoder):
+            decode.build((None, None, self._config.layer_channels()[self.depth - 1 - index][1]))
         if self.lstm is not None:
             self.lstm.build()
         self.built = True

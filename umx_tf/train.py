@@ -2,25 +2,31 @@
 the Keras 3 models of :mod:`umx_tf.umx` / :mod:`umx_tf.demucs`, a train step compiled with ``tf.function``
 (optionally XLA), and the loop behind ``unmix-train --framework tf``.
 
-The pieces, top to bottom:
+The pieces, top to bottom (the lesson of ``core_spec.public_api.LESSONS["train"]``, then the TensorFlow extras):
 
+- :func:`spectrogram`: ``|STFT(x)|``, UMX's training input and target.
 - :func:`umx_loss` / :func:`demucs_loss`: the recipes' losses. UMX: ``mean((model(|STFT(x)|) - |STFT(y)|)^2)`` with
   the un-centred training STFT (``center=False``) and the model in training mode (BatchNorm on batch statistics,
   LSTM dropout 0.4 between layers); Demucs v2: ``mean|model(mix) - center_trim(sources)|`` with ``mix =
   sources.sum(1)``.
+- :func:`make_optimizer`: :class:`Adam` over :class:`Parameters`, at the recipe's rate and weight decay.
+- :class:`Trainer`: model + parameters + optimiser + the compiled step (:class:`core_spec.epochs.EpochTrainer`), on
+  one device or replicated over several by ``tf.distribute.MirroredStrategy`` (each replica differentiates its
+  shard of the batch; the gradients are averaged, which for an equal split is the full batch's gradient, since
+  both losses are means).
+- :func:`loss_and_grads`: the one-step function of the gradient-parity tests.
+- :func:`fit` / :func:`main`: the run behind ``unmix-train`` (:func:`core_spec.epochs.run_epochs`: ``core_spec.data``
+  batches, tqdm progress, validation, ``ReduceLROnPlateau`` and ``EarlyStopping``, best model in canonical and
+  Keras formats, ``checkpoint-tf/`` and ``--resume``; :func:`core_spec.train_cli.run_main`).
+
+Extras: :func:`default_stft`, :func:`lstm_dropout`, :func:`make_strategy` and
+
 - :class:`Parameters`: the trainable variables under their canonical (upstream state-dict) names. Keras's LSTM has
   one bias where PyTorch has ``bias_ih`` and ``bias_hh``; both receive the folded bias's gradient, but torch's Adam
   keeps separate moments and a separate weight decay for each, so they are held here as two variables whose sum is
   written to the Keras bias after every update.
 - :class:`Adam`: ``torch.optim.Adam`` exactly, with its *coupled* L2 weight decay (``g + wd * p`` enters the
   moments). Keras's ``weight_decay`` argument is decoupled (AdamW) and is not used.
-- :class:`Trainer`: model + parameters + optimiser + the compiled step, on one device or replicated over several by
-  ``tf.distribute.MirroredStrategy`` (each replica differentiates its shard of the batch; the gradients are
-  averaged, which for an equal split is the full batch's gradient, since both losses are means).
-- :func:`loss_and_grads`: the one-step function of the gradient-parity tests.
-- :func:`main`: the loop (``core_spec.data`` batches, tqdm progress, validation, ``ReduceLROnPlateau`` and
-  ``EarlyStopping`` from :mod:`core_spec.training`, best model in canonical and Keras formats, ``checkpoint-tf/``
-  and ``--resume``); the run-folder layout is :mod:`core_spec.train_cli`'s.
 
 Shapes: UMX batches are waveforms ``x`` (mixture) and ``y`` (target) ``(nb_samples, nb_channels, nb_timesteps)``;
 Demucs batches are ``sources`` ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``.
@@ -32,7 +38,6 @@ import argparse
 import contextlib
 import os
 import sys
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -40,11 +45,14 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from core_spec import epochs
 from core_spec.configs import STFTConfig, UMXConfig
 from core_spec.data.stats import input_scaler_weights
+from core_spec.epochs import TrainerBase, run_epochs, steps_per_epoch
 from core_spec.params import lstm_bias_halves
 from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
-from core_spec.run_folder import RunFolder, RunState, check_out, log
+from core_spec.run_folder import RunFolder, RunState, log
+from core_spec.train_cli import run_main
 from core_spec.training import (
     DemucsTrainConfig,
     UMXTrainConfig,
@@ -57,7 +65,7 @@ from core_spec.training import (
 from .demucs import Demucs, center_trim
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
-from .weights import entries, load_weights
+from .weights import entries, load_weights, save_native
 
 __all__ = [
     "CHECKPOINT_DIR",
@@ -69,8 +77,11 @@ __all__ = [
     "demucs_loss",
     "fit",
     "loss_and_grads",
+    "lstm_dropout",
     "main",
+    "make_optimizer",
     "make_strategy",
+    "spectrogram",
     "umx_loss",
 ]
 
@@ -80,16 +91,10 @@ Recipe = UMXTrainConfig | DemucsTrainConfig
 Model = OpenUnmix | Demucs
 
 
-# --- losses ---------------------------------------------------------------------------------------------------
+# --- the lesson: losses, optimiser, trainer, one step, the run --------------------------------------------------------
 
 
-def default_stft(config: UMXConfig, recipe: UMXTrainConfig | None = None) -> STFTConfig:
-    """The training STFT of a UMX model (:func:`core_spec.training.train_stft`), ``center`` from the recipe
-    (``False``, upstream's training default)."""
-    return train_stft(config, recipe.stft_center if recipe else False)
-
-
-def magnitude(x: tf.Tensor, fft: STFTConfig, mono: bool, window: Any = None) -> tf.Tensor:
+def spectrogram(x: tf.Tensor, fft: STFTConfig, mono: bool, window: Any = None) -> tf.Tensor:
     """``|STFT(x)|``: ``(nb_samples, nb_channels, nb_timesteps)`` -> ``(nb_samples, nb_channels or 1, nb_bins,
     nb_frames)`` (upstream's ``nn.Sequential(TorchSTFT, ComplexNorm)`` encoder)."""
     X = stft(x, fft.n_fft, fft.n_hop, center=fft.center, normalized=fft.normalized, window=window)
@@ -110,8 +115,8 @@ def umx_loss(
     """
     dtype = model.compute_dtype
     mono = model.nb_channels == 1
-    X = magnitude(tf.cast(x, dtype), fft, mono, window)
-    Y = magnitude(tf.cast(y, dtype), fft, mono, window)
+    X = spectrogram(tf.cast(x, dtype), fft, mono, window)
+    Y = spectrogram(tf.cast(y, dtype), fft, mono, window)
     return tf.reduce_mean(tf.square(model(X, training=training) - Y))
 
 
@@ -132,6 +137,344 @@ def demucs_loss(model: Demucs, sources: tf.Tensor, loss: str = "l1") -> tf.Tenso
     raise ValueError(f"unknown Demucs loss {loss!r}: expected 'l1' or 'mse'")
 
 
+def make_optimizer(params: Parameters, recipe: Recipe) -> Adam:
+    """The recipe's optimiser over the canonical parameters: :class:`Adam` (``torch.optim.Adam``, coupled weight
+    decay) at ``recipe.lr``, with ``recipe.weight_decay``."""
+    return Adam(params.values, recipe.lr, weight_decay=recipe.weight_decay)
+
+
+class Trainer(TrainerBase):
+    """One model's training state and step: the :class:`core_spec.epochs.EpochTrainer` of :func:`fit`.
+
+    Build it (and the model) inside ``strategy.scope()`` when replicating. :meth:`loss_and_grads` is the plain
+    (eager or traced) step without the update; :meth:`step` computes, averages over replicas and applies.
+    ``MirroredStrategy`` averages the loss inside the step, so the epoch's mean is already the replicas' mean
+    (:meth:`~core_spec.epochs.TrainerBase.mean_over_replicas` stays the identity).
+
+    Args:
+        model: the network, weights loaded.
+        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        fft: UMX training STFT (:func:`default_stft` if ``None``).
+        weights: canonical weights the model was loaded from (for the two LSTM biases, :class:`Parameters`).
+        strategy: a ``tf.distribute`` strategy (``None``: the default device).
+        jit_compile: XLA-compile the step (single device only).
+        dropout: UMX's LSTM dropout in the step (the recipe: on).
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        recipe: Recipe,
+        fft: STFTConfig | None = None,
+        weights: Mapping[str, Any] | None = None,
+        strategy: tf.distribute.Strategy | None = None,
+        jit_compile: bool = False,
+        dropout: bool = True,
+    ):
+        self.model = model
+        self.recipe = recipe
+        self.is_umx = isinstance(model, OpenUnmix)
+        self.fft = (fft or default_stft(model.config, recipe)) if self.is_umx else None
+        self.strategy = strategy
+        self.dropout = dropout
+        self.params = Parameters(model, weights)
+        self.optimizer = make_optimizer(self.params, recipe)
+        self.jit_compile = bool(jit_compile) and strategy is None
+        self._step = tf.function(self._train_step, jit_compile=self.jit_compile, reduce_retracing=True)
+        self._valid = tf.function(self._valid_loss, reduce_retracing=True)
+        self._grads = tf.function(self._reduced_loss_and_grads, reduce_retracing=True)
+
+    # the loss of one batch: UMX (x, y), Demucs sources
+    def loss(self, batch: Sequence[tf.Tensor], training: bool = True) -> tf.Tensor:
+        if self.is_umx:
+            x, y = batch
+            return umx_loss(self.model, x, y, self.fft, training=training)
+        (sources,) = batch
+        return demucs_loss(self.model, sources, self.recipe.loss)
+
+    def loss_and_grads(self, batch: Sequence[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """Loss and gradients (one per :attr:`Parameters.names`) of one batch, without updating the parameters
+        (BatchNorm running statistics do move, as in upstream's forward)."""
+        with tf.GradientTape() as tape:
+            loss = self.loss(batch)
+        grads = tape.gradient(loss, self.params.sources)
+        return loss, self.params.per_name(grads)
+
+    def _shard_loss_and_grads(self, *batch: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        ctx = tf.distribute.get_replica_context()
+        n = ctx.num_replicas_in_sync
+        if n > 1:
+            size = batch[0].shape[0] // n
+            i = ctx.replica_id_in_sync_group
+            batch = tuple(tf.ensure_shape(b[i * size : (i + 1) * size], [size, *b.shape[1:]]) for b in batch)
+        return self.loss_and_grads(batch)
+
+    def _reduced_loss_and_grads(self, *batch: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """Loss and gradients of the whole batch: on one device directly; replicated, each replica's of its shard,
+        averaged over the replicas."""
+        if self.strategy is None:
+            return self.loss_and_grads(batch)
+        loss, grads = self.strategy.run(self._shard_loss_and_grads, args=batch)
+        mean = tf.distribute.ReduceOp.MEAN
+        return self.strategy.reduce(mean, loss, axis=None), [self.strategy.reduce(mean, g, axis=None) for g in grads]
+
+    def _train_step(self, *batch: tf.Tensor) -> tf.Tensor:
+        loss, grads = self._reduced_loss_and_grads(*batch)
+        self.optimizer.apply(grads)
+        self.params.sync()
+        return loss
+
+    def _check_split(self, batch: Sequence[Any]) -> None:
+        if self.strategy is not None:
+            n = self.strategy.num_replicas_in_sync
+            if batch[0].shape[0] % n:
+                raise ValueError(f"batch of {batch[0].shape[0]} does not split over {n} replicas")
+
+    def _tensors(self, batch: Sequence[Any], split: bool = True) -> tuple[tf.Tensor, ...]:
+        """The batch as tensors in the model's dtype (``split``: checked to divide over the replicas)."""
+        if split:
+            self._check_split(batch)
+        dtype = self.model.compute_dtype
+        return tuple(
+            tf.cast(b, dtype) if tf.is_tensor(b) else tf.convert_to_tensor(np.asarray(b), dtype) for b in batch
+        )
+
+    def grads(self, *batch: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """Loss and canonical gradients of a batch as :meth:`step` sees them (replicated: averaged over the
+        replicas), without an update."""
+        with lstm_dropout(self.model, self.dropout):
+            loss, grads = self._grads(*self._tensors(batch))
+        return float(loss), self.params.canonical([g.numpy() for g in grads])
+
+    def _valid_loss(self, *batch: tf.Tensor) -> tf.Tensor:
+        return self.loss(batch, training=False)
+
+    # the epoch loop's calls (core_spec.epochs.run_epochs)
+    def set_learning_rate(self, lr: float) -> None:
+        self.optimizer.set_lr(lr)
+
+    def step(self, batch: Any) -> float:
+        """One optimiser step on a batch: UMX ``(x, y)``, Demucs ``sources`` (one array) or ``(sources,)``; NumPy
+        or tensors; split evenly over the replicas."""
+        batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
+        with lstm_dropout(self.model, self.dropout):
+            loss = self._step(*self._tensors(batch))
+        return float(loss)
+
+    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
+        return _validate(self, valid_set, quiet)
+
+    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+        epochs.save_best(folder, run, FRAMEWORK, valid_loss, self.params.weights(), self.model.config, save_native,
+                         tensorflow=tf.__version__, keras=keras.__version__)  # fmt: skip
+
+    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+        _save_checkpoint(self, folder, run, rng)
+
+
+def _as_batch(model: Model, batch: Any) -> tuple[np.ndarray, ...]:
+    if isinstance(batch, Mapping):
+        return (batch["x"], batch["y"]) if isinstance(model, OpenUnmix) else (batch["sources"],)
+    if isinstance(model, OpenUnmix):
+        x, y = batch
+        return (x, y)
+    return (batch,) if isinstance(batch, np.ndarray) or tf.is_tensor(batch) else tuple(batch)
+
+
+def loss_and_grads(
+    model: Model,
+    batch: Any,
+    recipe: Recipe,
+    fft: STFTConfig | None = None,
+    weights: Mapping[str, Any] | None = None,
+    dropout: bool = False,
+) -> tuple[float, dict[str, np.ndarray]]:
+    """The loss and every trainable parameter's gradient of one training step, under canonical names.
+
+    Args:
+        model: :class:`~umx_tf.umx.OpenUnmix` or :class:`~umx_tf.demucs.Demucs` (any dtype), weights loaded.
+        batch: UMX ``{"x", "y"}`` or ``(x, y)`` waveforms ``(B, C, T)``; Demucs ``{"sources"}`` or ``sources``
+            ``(B, S, C, T)``.
+        recipe: the training recipe (loss kind for Demucs, STFT centring for UMX).
+        fft: UMX's training STFT (:func:`default_stft` if ``None``).
+        weights: the canonical weights the model was loaded from (names both LSTM-bias halves' gradients).
+        dropout: UMX's LSTM dropout (off: a deterministic step).
+
+    Returns:
+        ``(loss, {canonical name: gradient})`` in the model's dtype, canonical layouts; a folded LSTM bias's
+        gradient is reported for both ``bias_ih`` and ``bias_hh`` (they are equal upstream too). UMX's BatchNorm
+        running statistics move as in upstream's training forward.
+    """
+    trainer = Trainer(model, recipe, fft=fft, weights=weights, dropout=dropout)
+    dtype = model.compute_dtype
+    tensors = tuple(tf.convert_to_tensor(np.asarray(b), dtype) for b in _as_batch(model, batch))
+    with lstm_dropout(model, dropout):
+        loss, grads = trainer.loss_and_grads(tensors)
+    return float(loss), trainer.params.canonical([g.numpy() for g in grads])
+
+
+def _default_jit() -> bool:
+    """``UNMIX_TF_JIT=1`` XLA-compiles the whole training step (``benchmarks/bench_train_tf.py`` compares both)."""
+    return os.environ.get("UNMIX_TF_JIT", "0").lower() in ("1", "true", "yes")
+
+
+def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, dict[str, np.ndarray] | None, float]:
+    """The model to train (Keras's initialisers, seeded by ``recipe.seed``, or ``--init``), the canonical weights it
+    was loaded from (``None`` when fresh) and its sample rate."""
+    from .build import from_canonical
+
+    config, weights, rate = model_config(args, recipe)
+    keras.utils.set_random_seed(recipe.seed)
+    return from_canonical(config, weights), weights, rate
+
+
+def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Upstream's convention: ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped to ``max_bin``
+    (:func:`core_spec.data.stats.input_scaler_weights`)."""
+    for name, value in input_scaler_weights(mean, scale, model.config).items():
+        variable = getattr(model, name)
+        variable.assign(value.astype(variable.dtype))
+
+
+def _seed_states(model: Model) -> list[keras.Variable]:
+    """The states of the model's random generators (UMX's dropout), saved so that a resumed run draws on."""
+    return [layer.seed_generator.state for layer in model._flatten_layers() if hasattr(layer, "seed_generator")]
+
+
+def _save_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    """``checkpoint-tf/``: ``weights.safetensors`` (canonical, both LSTM-bias halves and the BatchNorm statistics),
+    ``optimizer.npz`` (Adam's step, lr and moments, the dropout generators' states), ``state.json``."""
+    from core_spec.canonical import save_canonical
+    from core_spec.run_folder import atomic_write
+
+    folder.checkpoint.mkdir(parents=True, exist_ok=True)
+    save_canonical(folder.checkpoint / "weights", trainer.params.weights(), trainer.model.config, force=True)
+    arrays = trainer.optimizer.state(trainer.params.names)
+    arrays.update({f"seed.{i}": np.asarray(s.numpy()) for i, s in enumerate(_seed_states(trainer.model))})
+    atomic_write(folder.checkpoint / "optimizer.npz", lambda path: np.savez(path, **arrays))
+    run.save(folder, rng)
+
+
+def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    from core_spec.canonical import load_canonical
+
+    run.load(folder, rng)
+    weights, _, _ = load_canonical(folder.checkpoint / "weights")
+    trainer.params.load(weights)
+    with np.load(folder.checkpoint / "optimizer.npz") as arrays:
+        trainer.optimizer.load_state(arrays, trainer.params.names)
+        for i, seed in enumerate(_seed_states(trainer.model)):
+            if f"seed.{i}" in arrays:
+                seed.assign(arrays[f"seed.{i}"])
+
+
+def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
+    """Mean loss over the validation tracks, one at a time, inference mode: UMX MSE of the magnitudes of the whole
+    track; Demucs L1 (or MSE) of :func:`~umx_tf.apply.apply_model` (no split, no shifts) on the sources' sum."""
+    from tqdm import tqdm
+
+    from .apply import apply_model
+
+    recipe, model = trainer.recipe, trainer.model
+    total, count = 0.0, len(valid_set)
+    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+        if trainer.is_umx:
+            x, y = valid_set[index]
+            loss = trainer._valid(*trainer._tensors((x[None], y[None]), split=False))
+        else:
+            sources = tf.convert_to_tensor(valid_set[index], model.compute_dtype)  # (S, C, T)
+            estimates = apply_model(model, tf.reduce_sum(sources, axis=0), shifts=0, split=False, jit_compile=False)
+            diff = estimates - sources
+            loss = tf.reduce_mean(tf.abs(diff) if recipe.loss == "l1" else tf.square(diff))
+        total += float(loss) / count
+    return total
+
+
+def fit(
+    args: argparse.Namespace,
+    recipe: Recipe,
+    strategy: tf.distribute.Strategy | None = None,
+    jit_compile: bool | None = None,
+) -> dict[str, Any]:
+    """Train with ``recipe`` on ``args.root`` into ``args.out``: the model, its input statistics (UMX, fresh
+    runs), the :class:`Trainer` (inside the strategy's scope), ``--resume``, then
+    :func:`core_spec.epochs.run_epochs`.
+
+    Args:
+        args: the options of :func:`core_spec.train_cli.build_parser`.
+        recipe: the recipe (:func:`core_spec.train_cli.recipe_from_args`).
+        strategy: replicate the step over the strategy's devices (:func:`make_strategy`).
+        jit_compile: XLA-compile the training step (``None``: ``$UNMIX_TF_JIT``, default off).
+
+    Returns:
+        ``{"epochs", "steps", "best_loss", "history"}``.
+    """
+    from core_spec import data
+
+    quiet = bool(args.quiet)
+    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
+    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
+    with scope:
+        model, weights, rate = _build_model(args, recipe)
+        run = RunState.for_recipe(recipe)
+        train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
+        if isinstance(recipe, UMXTrainConfig) and weights is None and not args.resume:
+            log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+            mean, scale = data.umx_statistics(train_tracks, model.config, default_stft(model.config, recipe))
+            _set_statistics(model, mean, scale)
+        jit = _default_jit() if jit_compile is None else jit_compile
+        trainer = Trainer(model, recipe, weights=weights, strategy=strategy, jit_compile=jit, dropout=True)
+    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
+    steps = steps_per_epoch(len(train_set), recipe.batch_size, replicas)
+
+    rng = np.random.default_rng(recipe.seed)
+    if args.resume:
+        _load_checkpoint(trainer, folder, run, rng)
+        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
+    return run_epochs(
+        trainer,
+        run,
+        folder,
+        lambda epoch: epoch_batches(train_set, recipe, rng, epoch),
+        valid_set=valid_set,
+        epochs=recipe.epochs,
+        steps_per_epoch=steps,
+        max_steps=args.max_steps,
+        rng=rng,
+        quiet=quiet,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """``unmix-train --framework tf``: train with the options of :func:`core_spec.train_cli.build_parser`
+    (:func:`core_spec.train_cli.run_main`).
+
+    ``--devices N`` replicates the step with ``tf.distribute.MirroredStrategy`` over N GPUs (``--device gpu``) or N
+    logical CPU devices (the host's threads split; the devices are configured here, before TensorFlow starts).
+    ``--device gpu`` without a GPU exits with status 1 before the run folder is checked.
+    """
+    strategy = make_strategy(args.devices, args.device)  # first: logical devices must precede any TensorFlow op
+    if args.device == "gpu" and not tf.config.list_logical_devices("GPU"):
+        print("unmix-train: --device gpu: TensorFlow sees no GPU", file=sys.stderr)
+        return 1
+
+    def _fit(recipe: Recipe) -> dict[str, Any]:
+        placement = tf.device("/CPU:0") if args.device == "cpu" and strategy is None else contextlib.nullcontext()
+        with placement:
+            return fit(args, recipe, strategy)
+
+    return run_main(args, FRAMEWORK, _fit)
+
+
+# --- TensorFlow extras: the training STFT, the dropout switch, canonical parameters, Adam, replicas -------------------
+
+
+def default_stft(config: UMXConfig, recipe: UMXTrainConfig | None = None) -> STFTConfig:
+    """The training STFT of a UMX model (:func:`core_spec.training.train_stft`), ``center`` from the recipe
+    (``False``, upstream's training default)."""
+    return train_stft(config, recipe.stft_center if recipe else False)
+
+
 @contextlib.contextmanager
 def lstm_dropout(model: Model, enabled: bool) -> Iterator[None]:
     """Switch UMX's between-layer LSTM dropout off (``enabled=False``) for a deterministic step (the parity tests:
@@ -145,9 +488,6 @@ def lstm_dropout(model: Model, enabled: bool) -> Iterator[None]:
         yield
     finally:
         layer.rate = rate
-
-
-# --- parameters under canonical names -------------------------------------------------------------------------
 
 
 class Parameters:
@@ -227,9 +567,6 @@ class Parameters:
                 value.assign(layout(np.asarray(weights[name], np.float64)).astype(value.dtype.as_numpy_dtype))
 
 
-# --- the optimiser --------------------------------------------------------------------------------------------
-
-
 class Adam:
     """``torch.optim.Adam`` (``amsgrad=False``) with PyTorch's *coupled* weight decay, over a list of variables.
 
@@ -301,9 +638,6 @@ class Adam:
             v.assign(np.asarray(state[f"v.{name}"]).astype(v.dtype.as_numpy_dtype))
 
 
-# --- the trainer ----------------------------------------------------------------------------------------------
-
-
 def make_strategy(devices: int, device: str = "cpu") -> tf.distribute.Strategy | None:
     """``MirroredStrategy`` over ``devices`` replicas (``None`` for one).
 
@@ -328,353 +662,3 @@ def make_strategy(devices: int, device: str = "cpu") -> tf.distribute.Strategy |
             ) from error
     names = [d.name for d in tf.config.list_logical_devices("CPU")[:devices]]
     return tf.distribute.MirroredStrategy(names)
-
-
-class Trainer:
-    """One model's training state and step.
-
-    Build it (and the model) inside ``strategy.scope()`` when replicating. :meth:`loss_and_grads` is the plain
-    (eager or traced) step without the update; :meth:`train_step` computes, averages over replicas and applies.
-
-    Args:
-        model: the network, weights loaded.
-        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
-        fft: UMX training STFT (:func:`default_stft` if ``None``).
-        weights: canonical weights the model was loaded from (for the two LSTM biases, :class:`Parameters`).
-        strategy: a ``tf.distribute`` strategy (``None``: the default device).
-        jit_compile: XLA-compile the step (single device only).
-        dropout: UMX's LSTM dropout in the step (the recipe: on).
-    """
-
-    def __init__(
-        self,
-        model: Model,
-        recipe: Recipe,
-        fft: STFTConfig | None = None,
-        weights: Mapping[str, Any] | None = None,
-        strategy: tf.distribute.Strategy | None = None,
-        jit_compile: bool = False,
-        dropout: bool = True,
-    ):
-        self.model = model
-        self.recipe = recipe
-        self.is_umx = isinstance(model, OpenUnmix)
-        self.fft = (fft or default_stft(model.config, recipe)) if self.is_umx else None
-        self.strategy = strategy
-        self.dropout = dropout
-        self.params = Parameters(model, weights)
-        self.optimizer = Adam(self.params.values, recipe.lr, weight_decay=recipe.weight_decay)
-        self.jit_compile = bool(jit_compile) and strategy is None
-        self._step = tf.function(self._train_step, jit_compile=self.jit_compile, reduce_retracing=True)
-        self._valid = tf.function(self._valid_loss, reduce_retracing=True)
-        self._grads = tf.function(self._reduced_loss_and_grads, reduce_retracing=True)
-
-    # the loss of one batch: UMX (x, y), Demucs sources
-    def loss(self, batch: Sequence[tf.Tensor], training: bool = True) -> tf.Tensor:
-        if self.is_umx:
-            x, y = batch
-            return umx_loss(self.model, x, y, self.fft, training=training)
-        (sources,) = batch
-        return demucs_loss(self.model, sources, self.recipe.loss)
-
-    def loss_and_grads(self, batch: Sequence[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """Loss and gradients (one per :attr:`Parameters.names`) of one batch, without updating the parameters
-        (BatchNorm running statistics do move, as in upstream's forward)."""
-        with tf.GradientTape() as tape:
-            loss = self.loss(batch)
-        grads = tape.gradient(loss, self.params.sources)
-        return loss, self.params.per_name(grads)
-
-    def _shard_loss_and_grads(self, *batch: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        ctx = tf.distribute.get_replica_context()
-        n = ctx.num_replicas_in_sync
-        if n > 1:
-            size = batch[0].shape[0] // n
-            i = ctx.replica_id_in_sync_group
-            batch = tuple(tf.ensure_shape(b[i * size : (i + 1) * size], [size, *b.shape[1:]]) for b in batch)
-        return self.loss_and_grads(batch)
-
-    def _reduced_loss_and_grads(self, *batch: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """Loss and gradients of the whole batch: on one device directly; replicated, each replica's of its shard,
-        averaged over the replicas."""
-        if self.strategy is None:
-            return self.loss_and_grads(batch)
-        loss, grads = self.strategy.run(self._shard_loss_and_grads, args=batch)
-        mean = tf.distribute.ReduceOp.MEAN
-        return self.strategy.reduce(mean, loss, axis=None), [self.strategy.reduce(mean, g, axis=None) for g in grads]
-
-    def _train_step(self, *batch: tf.Tensor) -> tf.Tensor:
-        loss, grads = self._reduced_loss_and_grads(*batch)
-        self.optimizer.apply(grads)
-        self.params.sync()
-        return loss
-
-    def _check_split(self, batch: Sequence[Any]) -> None:
-        if self.strategy is not None:
-            n = self.strategy.num_replicas_in_sync
-            if batch[0].shape[0] % n:
-                raise ValueError(f"batch of {batch[0].shape[0]} does not split over {n} replicas")
-
-    def _tensors(self, batch: Sequence[Any], split: bool = True) -> tuple[tf.Tensor, ...]:
-        """The batch as tensors in the model's dtype (``split``: checked to divide over the replicas)."""
-        if split:
-            self._check_split(batch)
-        dtype = self.model.compute_dtype
-        return tuple(
-            tf.cast(b, dtype) if tf.is_tensor(b) else tf.convert_to_tensor(np.asarray(b), dtype) for b in batch
-        )
-
-    def grads(self, *batch: Any) -> tuple[float, dict[str, np.ndarray]]:
-        """Loss and canonical gradients of a batch as :meth:`train_step` sees them (replicated: averaged over the
-        replicas), without an update."""
-        with lstm_dropout(self.model, self.dropout):
-            loss, grads = self._grads(*self._tensors(batch))
-        return float(loss), self.params.canonical([g.numpy() for g in grads])
-
-    def train_step(self, *batch: Any) -> float:
-        """One optimiser step on a batch (NumPy or tensors; the batch is split evenly over the replicas)."""
-        with lstm_dropout(self.model, self.dropout):
-            loss = self._step(*self._tensors(batch))
-        return float(loss)
-
-    def _valid_loss(self, *batch: tf.Tensor) -> tf.Tensor:
-        return self.loss(batch, training=False)
-
-    def set_lr(self, lr: float) -> None:
-        self.optimizer.set_lr(lr)
-
-
-# --- the parity entry point -----------------------------------------------------------------------------------
-
-
-def _as_batch(model: Model, batch: Any) -> tuple[np.ndarray, ...]:
-    if isinstance(batch, Mapping):
-        return (batch["x"], batch["y"]) if isinstance(model, OpenUnmix) else (batch["sources"],)
-    if isinstance(model, OpenUnmix):
-        x, y = batch
-        return (x, y)
-    return (batch,) if isinstance(batch, np.ndarray) or tf.is_tensor(batch) else tuple(batch)
-
-
-def loss_and_grads(
-    model: Model,
-    batch: Any,
-    recipe: Recipe,
-    fft: STFTConfig | None = None,
-    weights: Mapping[str, Any] | None = None,
-    dropout: bool = False,
-) -> tuple[float, dict[str, np.ndarray]]:
-    """The loss and every trainable parameter's gradient of one training step, under canonical names.
-
-    Args:
-        model: :class:`~umx_tf.umx.OpenUnmix` or :class:`~umx_tf.demucs.Demucs` (any dtype), weights loaded.
-        batch: UMX ``{"x", "y"}`` or ``(x, y)`` waveforms ``(B, C, T)``; Demucs ``{"sources"}`` or ``sources``
-            ``(B, S, C, T)``.
-        recipe: the training recipe (loss kind for Demucs, STFT centring for UMX).
-        fft: UMX's training STFT (:func:`default_stft` if ``None``).
-        weights: the canonical weights the model was loaded from (names both LSTM-bias halves' gradients).
-        dropout: UMX's LSTM dropout (off: a deterministic step).
-
-    Returns:
-        ``(loss, {canonical name: gradient})`` in the model's dtype, canonical layouts; a folded LSTM bias's
-        gradient is reported for both ``bias_ih`` and ``bias_hh`` (they are equal upstream too). UMX's BatchNorm
-        running statistics move as in upstream's training forward.
-    """
-    trainer = Trainer(model, recipe, fft=fft, weights=weights, dropout=dropout)
-    dtype = model.compute_dtype
-    tensors = tuple(tf.convert_to_tensor(np.asarray(b), dtype) for b in _as_batch(model, batch))
-    with lstm_dropout(model, dropout):
-        loss, grads = trainer.loss_and_grads(tensors)
-    return float(loss), trainer.params.canonical([g.numpy() for g in grads])
-
-
-# --- the loop -------------------------------------------------------------------------------------------------
-
-
-def _default_jit() -> bool:
-    """``UNMIX_TF_JIT=1`` XLA-compiles the whole training step (``benchmarks/bench_train_tf.py`` compares both)."""
-    return os.environ.get("UNMIX_TF_JIT", "0").lower() in ("1", "true", "yes")
-
-
-def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, dict[str, np.ndarray] | None, float]:
-    """The model to train (Keras's initialisers, seeded by ``recipe.seed``, or ``--init``), the canonical weights it
-    was loaded from (``None`` when fresh) and its sample rate."""
-    from .build import from_canonical
-
-    config, weights, rate = model_config(args, recipe)
-    keras.utils.set_random_seed(recipe.seed)
-    return from_canonical(config, weights), weights, rate
-
-
-def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
-    """Upstream's convention: ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped to ``max_bin``
-    (:func:`core_spec.data.stats.input_scaler_weights`)."""
-    for name, value in input_scaler_weights(mean, scale, model.config).items():
-        variable = getattr(model, name)
-        variable.assign(value.astype(variable.dtype))
-
-
-def _seed_states(model: Model) -> list[keras.Variable]:
-    """The states of the model's random generators (UMX's dropout), saved so that a resumed run draws on."""
-    return [layer.seed_generator.state for layer in model._flatten_layers() if hasattr(layer, "seed_generator")]
-
-
-def _save_best(trainer: Trainer, folder: RunFolder, run: RunState, valid_loss: float) -> None:
-    from core_spec.canonical import save_canonical
-
-    from .weights import save_native
-
-    weights = trainer.params.weights()
-    provenance = run.provenance(FRAMEWORK, valid_loss, tensorflow=tf.__version__, keras=keras.__version__)
-    save_canonical(folder.best, weights, trainer.model.config, provenance=provenance, force=True)
-    save_native(folder.native, weights, trainer.model.config, force=True)
-
-
-def _save_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
-    """``checkpoint-tf/``: ``weights.safetensors`` (canonical, both LSTM-bias halves and the BatchNorm statistics),
-    ``optimizer.npz`` (Adam's step, lr and moments, the dropout generators' states), ``state.json``."""
-    from core_spec.canonical import save_canonical
-    from core_spec.run_folder import atomic_write
-
-    folder.checkpoint.mkdir(parents=True, exist_ok=True)
-    save_canonical(folder.checkpoint / "weights", trainer.params.weights(), trainer.model.config, force=True)
-    arrays = trainer.optimizer.state(trainer.params.names)
-    arrays.update({f"seed.{i}": np.asarray(s.numpy()) for i, s in enumerate(_seed_states(trainer.model))})
-    atomic_write(folder.checkpoint / "optimizer.npz", lambda path: np.savez(path, **arrays))
-    run.save(folder, rng)
-
-
-def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
-    from core_spec.canonical import load_canonical
-
-    run.load(folder, rng)
-    weights, _, _ = load_canonical(folder.checkpoint / "weights")
-    trainer.params.load(weights)
-    with np.load(folder.checkpoint / "optimizer.npz") as arrays:
-        trainer.optimizer.load_state(arrays, trainer.params.names)
-        for i, seed in enumerate(_seed_states(trainer.model)):
-            if f"seed.{i}" in arrays:
-                seed.assign(arrays[f"seed.{i}"])
-
-
-def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
-    """Mean loss over the validation tracks, one at a time, inference mode: UMX MSE of the magnitudes of the whole
-    track; Demucs L1 (or MSE) of :func:`~umx_tf.apply.apply_model` (no split, no shifts) on the sources' sum."""
-    from tqdm import tqdm
-
-    from .apply import apply_model
-
-    recipe, model = trainer.recipe, trainer.model
-    total, count = 0.0, len(valid_set)
-    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
-        if trainer.is_umx:
-            x, y = valid_set[index]
-            loss = trainer._valid(*trainer._tensors((x[None], y[None]), split=False))
-        else:
-            sources = tf.convert_to_tensor(valid_set[index], model.compute_dtype)  # (S, C, T)
-            estimates = apply_model(model, tf.reduce_sum(sources, axis=0), shifts=0, split=False, jit_compile=False)
-            diff = estimates - sources
-            loss = tf.reduce_mean(tf.abs(diff) if recipe.loss == "l1" else tf.square(diff))
-        total += float(loss) / count
-    return total
-
-
-def fit(
-    args: argparse.Namespace,
-    recipe: Recipe,
-    strategy: tf.distribute.Strategy | None = None,
-    jit_compile: bool | None = None,
-) -> dict[str, Any]:
-    """Train with ``recipe`` on ``args.root`` into ``args.out`` (see the module docstring).
-
-    Args:
-        args: the options of :func:`core_spec.train_cli.build_parser`.
-        recipe: the recipe (:func:`core_spec.train_cli.recipe_from_args`).
-        strategy: replicate the step over the strategy's devices (:func:`make_strategy`).
-        jit_compile: XLA-compile the training step (``None``: ``$UNMIX_TF_JIT``, default off).
-
-    Returns:
-        ``{"epochs", "steps", "best_loss", "history"}``.
-    """
-    from tqdm import tqdm
-
-    from core_spec import data
-
-    quiet = bool(args.quiet)
-    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    with scope:
-        model, weights, rate = _build_model(args, recipe)
-        run = RunState.for_recipe(recipe)
-        train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
-        if isinstance(recipe, UMXTrainConfig) and weights is None and not args.resume:
-            log(f"input statistics over {len(train_tracks)} training tracks", quiet)
-            mean, scale = data.umx_statistics(train_tracks, model.config, default_stft(model.config, recipe))
-            _set_statistics(model, mean, scale)
-        jit = _default_jit() if jit_compile is None else jit_compile
-        trainer = Trainer(model, recipe, weights=weights, strategy=strategy, jit_compile=jit, dropout=True)
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    if recipe.batch_size % replicas:
-        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {replicas} replicas")
-    steps_per_epoch = len(train_set) // recipe.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
-
-    rng = np.random.default_rng(recipe.seed)
-    if args.resume:
-        _load_checkpoint(trainer, folder, run, rng)
-        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
-
-    done = run.done(args.max_steps)
-    while run.epoch < recipe.epochs and not done:
-        started = time.time()
-        lr = run.lr
-        trainer.set_lr(lr)
-        total, count = 0.0, 0
-        stream = epoch_batches(train_set, recipe, rng, run.epoch)
-        bar = tqdm(stream, total=steps_per_epoch, desc=f"[{run.epoch:03d}] train", unit="batch", leave=False,
-                   disable=quiet)  # fmt: skip
-        for batch in bar:
-            loss = trainer.train_step(*(batch if isinstance(batch, tuple) else (batch,)))
-            total, count, run.step = total + loss, count + 1, run.step + 1
-            bar.set_postfix(loss=f"{total / count:.4g}")
-            if done := run.done(args.max_steps):
-                break
-        bar.close()
-        train_loss = total / max(count, 1)
-        valid_loss = _validate(trainer, valid_set, quiet)
-        row, stop, is_best = run.end_epoch(train_loss, valid_loss, lr, count, time.time() - started)
-        if is_best or not folder.best_file.exists():
-            _save_best(trainer, folder, run, valid_loss)
-        _save_checkpoint(trainer, folder, run, rng)
-        log(run.epoch_message(row), quiet)
-        if stop:
-            log(f"early stopping after {run.epoch} epochs", quiet)
-            break
-    return run.result()
-
-
-def main(args: argparse.Namespace) -> int:
-    """``unmix-train --framework tf``: train with the options of :func:`core_spec.train_cli.build_parser`.
-
-    ``--devices N`` replicates the step with ``tf.distribute.MirroredStrategy`` over N GPUs (``--device gpu``) or N
-    logical CPU devices (the host's threads split; the devices are configured here, before TensorFlow starts).
-    """
-    from core_spec.train_cli import recipe_from_args
-
-    strategy = make_strategy(args.devices, args.device)  # first: logical devices must precede any TensorFlow op
-    recipe = recipe_from_args(args)
-    try:
-        check_out(args, recipe, FRAMEWORK)
-    except (FileExistsError, FileNotFoundError) as error:
-        print(f"unmix-train: {error}", file=sys.stderr)
-        return 2
-    if args.device == "gpu" and not tf.config.list_logical_devices("GPU"):
-        print("unmix-train: --device gpu: TensorFlow sees no GPU", file=sys.stderr)
-        return 1
-    placement = tf.device("/CPU:0") if args.device == "cpu" and strategy is None else contextlib.nullcontext()
-    with placement:
-        result = fit(args, recipe, strategy)
-    log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
-        args.quiet)  # fmt: skip
-    return 0

@@ -31,6 +31,10 @@ an ``unmix_ports`` group that Keras ignores, holding the config (attribute ``con
 biases of every layer (``lstm_biases/<name>``: the Keras variables hold only their sum; keeping them makes
 :func:`load_native` return the canonical weights bit for bit). ``<stem>.json`` beside it holds the format and
 the :mod:`core_spec.configs` JSON, for people and for :func:`load_native`.
+
+This module imports no model module (the models import it; :mod:`umx_tf.build` builds them): it dispatches on the
+type of ``model.config``, and the Keras model behind a native file comes from Keras's registry of serialisable
+classes (:func:`_keras_model`). ``tf_device`` / ``device_scope`` are re-exported from ``umx_tf._device``.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def test_one_step_matches_upstream(case, dtype, device):
         trainer = Trainer(_model(case, dtype), case.recipe, fft=case.stft, weights=case.weights, dropout=False)
         with eagerly():  # the arithmetic; the compiled step is test_xla_step_matches_upstream's and the loop's
             for step in (1, 2):  # the second gradient is taken at the updated parameters, on the same batch
-                trainer.train_step(*_batch(case))
+                trainer.step(_batch(case))
                 check_updated(trainer.params.weights(), case, dtype, device, what=what, step=step)
 
 
@@ -86,7 +86,7 @@ def test_xla_step_matches_upstream(device):
             _model(case, "float64"), case.recipe, fft=case.stft, weights=case.weights, jit_compile=True, dropout=False
         )
         for step in (1, 2):
-            trainer.train_step(*_batch(case))
+            trainer.step(_batch(case))
             check_updated(trainer.params.weights(), case, "float64", device, what="tf xla float64 ", step=step)
 
 
@@ -140,7 +140,7 @@ for name in ("demucs", "umx"):
     batch = (case.inputs["x"], case.inputs["y"]) if case.stft else (case.inputs["sources"],)
     loss, grads = trainer.grads(*batch)
     after_forward = trainer.params.weights()  # UMX: the BatchNorm statistics the forward left
-    step_loss = trainer.train_step(*batch)
+    step_loss = trainer.step(batch)
     out[name] = {"loss": loss, "step_loss": step_loss, "grads": grads, "weights": trainer.params.weights(),
                  "after_forward": after_forward, "devices": list(strategy.extended.worker_devices)}
 np.save(sys.argv[1], out, allow_pickle=True)
@@ -172,7 +172,7 @@ def test_mirrored_demucs_equals_full_batch(mirrored):
     single = Trainer(_model(case, "float64"), case.recipe, weights=case.weights)
     with eagerly():
         loss, grads = single.grads(*_batch(case))
-        single.train_step(*_batch(case))
+        single.step(_batch(case))
     check(np.asarray(result["loss"]), np.asarray(loss), "train.loss", "float64", what="tf mirrored vs single loss")
     for name, grad in grads.items():
         check(result["grads"][name], grad, "train.grad", "float64", what=f"tf mirrored vs single grad {name}")
@@ -244,7 +244,7 @@ def test_smoke_umx_loss_decreases_and_reloads(tiny_root, tmp_path):
     from core_spec.configs import SeparatorConfig, UMXSeparatorConfig, umx_preset
     from parity_tests import oracle
     from umx_tf import Separator, load_native
-    from umx_tf.train import magnitude
+    from umx_tf.train import spectrogram
 
     history = _train(tiny_root, tmp_path, *UMX_SMOKE, "--epochs", "2")
     assert [h["epoch"] for h in history] == [0, 1]
@@ -260,7 +260,7 @@ def test_smoke_umx_loss_decreases_and_reloads(tiny_root, tmp_path):
     b = Separator.from_config(sep, {"vocals": native}, niter=0, jit_compile=False)
     np.testing.assert_array_equal(np.asarray(a.separate(audio)), np.asarray(b.separate(audio)))
     # upstream openunmix with the canonical file: the same network output
-    X = magnitude(tf.constant(audio), sep.separator.stft, mono=False)
+    X = spectrogram(tf.constant(audio), sep.separator.stft, mono=False)
     ours = a.target_models["vocals"](X).numpy()
     upstream = oracle.umx_model(config, weights, oracle.torch.float32)
     with oracle.torch.no_grad():
@@ -298,3 +298,13 @@ def test_run_folder_is_not_overwritten(tiny_root, tmp_path):
 
     (tmp_path / "checkpoint-tf").mkdir()
     assert main(_args(tiny_root, tmp_path, *DEMUCS_SMOKE)) == 2
+
+
+@pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")), reason="checks the refusal on a machine without GPU")
+def test_device_gpu_without_a_gpu_is_refused_first(tiny_root, tmp_path):
+    """``--device gpu`` where TensorFlow sees no GPU: exit status 1, before the run folder is checked or made."""
+    from umx_tf.train import main
+
+    out = tmp_path / "run"
+    assert main(_args(tiny_root, out, *DEMUCS_SMOKE, "--device", "gpu")) == 1
+    assert not out.exists()

@@ -11,6 +11,7 @@ import pytest
 from core_spec.canonical import join_targets, save_canonical
 from core_spec.configs import DemucsConfig, demucs_preset, umx_preset
 from core_spec.params import WeightsMismatchError
+from core_spec.reference.layers import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM
 from core_spec.seeded import random_weights
 from parity_tests.fixtures_umx import separator_weights
 from parity_tests.tf.helpers import keras
@@ -143,6 +144,6 @@ def test_keras_layout_rules():
     assert type(transposed).__name__ == "Conv1DTranspose"
     np.testing.assert_array_equal(transposed.kernel.numpy(), weights["decoder.0.2.weight"].transpose(2, 1, 0))
     bn = OpenUnmix.from_config(umx_preset("umxse").model).bn1
-    assert bn.epsilon == 1e-5 and bn.momentum == 0.9
+    assert bn.epsilon == BATCH_NORM_EPS and bn.momentum == 1 - BATCH_NORM_MOMENTUM  # Keras's momentum: the decay
     cell = model.lstm.lstm[0].forward_layer.cell
     assert cell.recurrent_activation is keras.activations.sigmoid and cell.activation is keras.activations.tanh
