@@ -41,6 +41,7 @@ __all__ = [
     "PI_FLOAT32",
     "expectation_maximization",
     "expectation_maximization_planar",
+    "initial_estimate",
     "phase_factors",
     "upstream_atan2",
     "wiener",
@@ -61,47 +62,6 @@ def upstream_atan2(y: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     angle = angle + jnp.where(x < 0, jnp.where(y >= 0, pi, -pi), jnp.zeros_like(x))
     on_axis = jnp.where(y > 0, pi / 2, jnp.where(y < 0, -pi / 2, jnp.zeros_like(x)))
     return jnp.where((x == 0) & (y != 0), on_axis, angle), x
-
-
-_PI_ERROR = PI_FLOAT32 - math.pi  # what upstream's float32 pi adds to the phase (8.7e-8 rad)
-
-
-def phase_factors(mix: jax.Array, atan2: str = "upstream") -> tuple[jax.Array, jax.Array, jax.Array]:
-    """``cos`` and ``sin`` of the mixture's phase, and the mixture the rest of ``wiener`` sees.
-
-    ``"exact"``: the phase is ``atan2(im, re)`` (IEEE: 0 for a zero bin, pi for ``-0.0 + 0j``).
-    ``"upstream"``: the phase of :func:`upstream_atan2`: the true phase plus ``delta = pi_float32 - pi`` where
-    upstream adds ``+-pi`` (negative real part: ``+-delta``; zero real part: ``+-delta / 2``), and 0 for a zero
-    bin, whose real part becomes 1.0 in the returned mixture.
-
-    Both without transcendental functions (XLA's are slow on CPU): ``cos(theta + delta) = (re cos(delta) -
-    im sin(delta)) / |z|`` and ``sin(theta + delta) = (im cos(delta) + re sin(delta)) / |z|``, ``cos(delta)`` and
-    ``sin(delta)`` being constants: upstream's ``cos(atan(im / re) +- pi_float32)`` up to rounding.
-
-    Args:
-        mix: complex ``(...)``.
-
-    Returns:
-        ``(cos, sin, mix)``: real, real and complex arrays shaped like ``mix``.
-    """
-    if atan2 not in ("upstream", "exact"):
-        raise ValueError(f"atan2 must be 'upstream' or 'exact', got {atan2!r}")
-    re, im = jnp.real(mix), jnp.imag(mix)
-    radius = jnp.abs(mix)
-    zero = radius == 0
-    safe = jnp.where(zero, jnp.ones_like(radius), radius)
-    if atan2 == "exact":  # IEEE atan2 of a zero bin: 0, or pi for a negative zero real part
-        cos = jnp.where(zero, jnp.where(jnp.signbit(re), -1.0, 1.0), re / safe)
-        return cos, jnp.where(zero, 0.0, im / safe), mix
-    cos, sin = jnp.where(zero, 1.0, re / safe), jnp.where(zero, 0.0, im / safe)
-    # the phase offset of upstream's atan2 in each half-plane / on the imaginary axis (0 elsewhere)
-    delta = jnp.where(re < 0, jnp.where(im >= 0, _PI_ERROR, -_PI_ERROR), 0.0)
-    delta = jnp.where((re == 0) & (im != 0), jnp.where(im > 0, _PI_ERROR / 2, -_PI_ERROR / 2), delta)
-    delta = delta.astype(re.dtype)
-    cos_d, sin_d = jnp.cos(delta), jnp.sin(delta)  # of a few constants: folded by XLA
-    cos, sin = cos * cos_d - sin * sin_d, sin * cos_d + cos * sin_d
-    mix = lax.complex(jnp.where(zero, jnp.ones_like(re), re), im)  # upstream's in-place write, made explicit
-    return cos, sin, mix
 
 
 def _power(z: jax.Array) -> jax.Array:
@@ -181,10 +141,30 @@ def expectation_maximization_planar(
     return lax.fori_loop(0, iterations, body, (y, v, R))
 
 
-def _initial_estimate(
-    v: jax.Array, mix: jax.Array, softmask: bool, residual: bool, eps: float, atan2: str
+def initial_estimate(
+    targets_spectrograms: jax.Array,
+    mix_stft: jax.Array,
+    softmask: bool = False,
+    residual: bool = False,
+    eps: float = 1e-10,
+    atan2: str = "upstream",
 ) -> tuple[jax.Array, jax.Array]:
-    """Initial estimates (planar) and the mixture the rest of ``wiener`` sees (changed by upstream's atan2)."""
+    """The filter's starting point: the magnitudes given the mixture's phase (or a ratio mask of the mixture).
+
+    Args:
+        targets_spectrograms: magnitudes ``(..., nb_sources, nb_channels or 1, nb_bins, nb_frames)`` (or frame-major
+            planes: the function is element-wise but for sums over the sources).
+        mix_stft: complex ``(..., nb_channels, nb_bins, nb_frames)``.
+        softmask: ``mix * v_j / (eps + sum_k v_k)`` instead of ``v_j * exp(i angle(mix))``.
+        residual: append ``mix - sum_j y_j`` as an extra source.
+        atan2: ``"upstream"`` or ``"exact"`` (:func:`phase_factors`).
+
+    Returns:
+        ``(y, mix)``: complex estimates ``(..., nb_sources [+ 1], nb_channels, nb_bins, nb_frames)``, and the mixture
+        the rest of the filter sees (with upstream's atan2: 1.0 in the real part of exactly-zero bins).
+    """
+    mix = jnp.asarray(mix_stft)
+    v = jnp.asarray(targets_spectrograms).astype(jnp.finfo(mix.dtype).dtype)
     if softmask:
         y = mix[..., None, :, :, :] * (v / (eps + jnp.sum(v, axis=-4, keepdims=True)))
     else:
@@ -225,8 +205,7 @@ def wiener_planar(
     if not jnp.iscomplexobj(mix_stft):
         raise TypeError("wiener_planar: mix_stft must be complex")
     check_channels(mix_stft.shape[-3])
-    v = jnp.asarray(targets_spectrograms).astype(jnp.finfo(mix_stft.dtype).dtype)
-    y, mix = _initial_estimate(v, mix_stft, softmask, residual, eps, atan2)
+    y, mix = initial_estimate(targets_spectrograms, mix_stft, softmask, residual, eps, atan2)
     if frame_mask is not None:
         keep = (
             frame_mask[..., None, None, :] if time_axis == -1 else frame_mask[..., None, :, None]
@@ -325,3 +304,44 @@ def expectation_maximization(
     nd = R.ndim
     R = jnp.transpose(R, (*range(nd - 4), nd - 1, nd - 3, nd - 2, nd - 4))  # (..., S, C, C, F) -> (..., F, C, C, S)
     return y, _reverse_last(v, 3), R
+
+
+_PI_ERROR = PI_FLOAT32 - math.pi  # what upstream's float32 pi adds to the phase (8.7e-8 rad)
+
+
+def phase_factors(mix: jax.Array, atan2: str = "upstream") -> tuple[jax.Array, jax.Array, jax.Array]:
+    """``cos`` and ``sin`` of the mixture's phase, and the mixture the rest of ``wiener`` sees.
+
+    ``"exact"``: the phase is ``atan2(im, re)`` (IEEE: 0 for a zero bin, pi for ``-0.0 + 0j``).
+    ``"upstream"``: the phase of :func:`upstream_atan2`: the true phase plus ``delta = pi_float32 - pi`` where
+    upstream adds ``+-pi`` (negative real part: ``+-delta``; zero real part: ``+-delta / 2``), and 0 for a zero
+    bin, whose real part becomes 1.0 in the returned mixture.
+
+    Both without transcendental functions (XLA's are slow on CPU): ``cos(theta + delta) = (re cos(delta) -
+    im sin(delta)) / |z|`` and ``sin(theta + delta) = (im cos(delta) + re sin(delta)) / |z|``, ``cos(delta)`` and
+    ``sin(delta)`` being constants: upstream's ``cos(atan(im / re) +- pi_float32)`` up to rounding.
+
+    Args:
+        mix: complex ``(...)``.
+
+    Returns:
+        ``(cos, sin, mix)``: real, real and complex arrays shaped like ``mix``.
+    """
+    if atan2 not in ("upstream", "exact"):
+        raise ValueError(f"atan2 must be 'upstream' or 'exact', got {atan2!r}")
+    re, im = jnp.real(mix), jnp.imag(mix)
+    radius = jnp.abs(mix)
+    zero = radius == 0
+    safe = jnp.where(zero, jnp.ones_like(radius), radius)
+    if atan2 == "exact":  # IEEE atan2 of a zero bin: 0, or pi for a negative zero real part
+        cos = jnp.where(zero, jnp.where(jnp.signbit(re), -1.0, 1.0), re / safe)
+        return cos, jnp.where(zero, 0.0, im / safe), mix
+    cos, sin = jnp.where(zero, 1.0, re / safe), jnp.where(zero, 0.0, im / safe)
+    # the phase offset of upstream's atan2 in each half-plane / on the imaginary axis (0 elsewhere)
+    delta = jnp.where(re < 0, jnp.where(im >= 0, _PI_ERROR, -_PI_ERROR), 0.0)
+    delta = jnp.where((re == 0) & (im != 0), jnp.where(im > 0, _PI_ERROR / 2, -_PI_ERROR / 2), delta)
+    delta = delta.astype(re.dtype)
+    cos_d, sin_d = jnp.cos(delta), jnp.sin(delta)  # of a few constants: folded by XLA
+    cos, sin = cos * cos_d - sin * sin_d, sin * cos_d + cos * sin_d
+    mix = lax.complex(jnp.where(zero, jnp.ones_like(re), re), im)  # upstream's in-place write, made explicit
+    return cos, sin, mix

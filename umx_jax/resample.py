@@ -31,6 +31,31 @@ from core_spec.reference.resample import checked_kernels
 __all__ = ["resample_frac", "resample_time_major"]
 
 
+def resample_frac(
+    x: jax.Array,
+    old_sr: int,
+    new_sr: int,
+    zeros: int = 24,
+    rolloff: float = 0.945,
+    kernels: np.ndarray | None = None,
+) -> jax.Array:
+    """Resample the last axis of ``x`` from rate ``old_sr`` to ``new_sr``.
+
+    Args:
+        x: ``(..., nb_timesteps)``, float32 or float64.
+        old_sr, new_sr: the two rates (integers, reduced by their gcd).
+        zeros, rolloff: julius's filter parameters.
+        kernels: ``(new, 2 * width + old)`` filters to use instead of the spec's.
+
+    Returns:
+        ``(..., floor(new * nb_timesteps / old))``.
+    """
+    x = jnp.asarray(x)
+    lead, length = x.shape[:-1], x.shape[-1]
+    y = resample_time_major(x.reshape(-1, length, 1), old_sr, new_sr, zeros, rolloff, kernels)
+    return y.reshape(lead + (y.shape[1],))
+
+
 def resample_time_major(
     x: jax.Array,
     old_sr: int,
@@ -66,28 +91,3 @@ def resample_time_major(
     )  # (N * C, nb_out, new): phase i of step t is output sample t * new + i
     y = y.reshape(nb_samples, nb_channels, -1)[:, :, : (new * length) // old]
     return jnp.transpose(y, (0, 2, 1))
-
-
-def resample_frac(
-    x: jax.Array,
-    old_sr: int,
-    new_sr: int,
-    zeros: int = 24,
-    rolloff: float = 0.945,
-    kernels: np.ndarray | None = None,
-) -> jax.Array:
-    """Resample the last axis of ``x`` from rate ``old_sr`` to ``new_sr``.
-
-    Args:
-        x: ``(..., nb_timesteps)``, float32 or float64.
-        old_sr, new_sr: the two rates (integers, reduced by their gcd).
-        zeros, rolloff: julius's filter parameters.
-        kernels: ``(new, 2 * width + old)`` filters to use instead of the spec's.
-
-    Returns:
-        ``(..., floor(new * nb_timesteps / old))``.
-    """
-    x = jnp.asarray(x)
-    lead, length = x.shape[:-1], x.shape[-1]
-    y = resample_time_major(x.reshape(-1, length, 1), old_sr, new_sr, zeros, rolloff, kernels)
-    return y.reshape(lead + (y.shape[1],))

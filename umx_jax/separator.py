@@ -33,21 +33,18 @@ from flax import nnx
 from jax import lax
 
 from core_spec.canonical import per_target
-from core_spec.configs import UMXSeparatorConfig
+from core_spec.configs import SeparatorConfig, UMXSeparatorConfig, WienerConfig
 from core_spec.reference.separator import check_sources
 from core_spec.separator_settings import SeparatorSettings, separator_kwargs
+from core_spec.shapes import wiener_chunks
 
 from ._scope import canonical_dtype, default_device, device_of, dtype_scope
 from .filtering import wiener_planar
-from .transforms import complex_norm, istft_frame_major, stft_frame_major
+from .transforms import complex_norm, istft, istft_frame_major, stft_frame_major
 from .umx import OpenUnmix
 from .weights import materialize
 
-__all__ = ["Separator", "Window", "device_of", "separator_kwargs"]
-
-
-class Window(nnx.Variable):
-    """A fixed STFT window (not a trainable parameter, not part of the canonical weights)."""
+__all__ = ["Separator", "Window", "device_of", "filter_and_invert", "filter_chunks", "separator_kwargs"]
 
 
 class Separator(SeparatorSettings, nnx.Module):
@@ -166,7 +163,6 @@ class Separator(SeparatorSettings, nnx.Module):
         networks are in upstream's ``(..., nb_bins, nb_frames)``.
         """
         fft = self.stft_config
-        check_sources(self.nb_sources, self.niter)
         window = None if self.window is None else self.window[...]
         mix_stft = stft_frame_major(audio, fft.n_fft, fft.n_hop, fft.center, fft.normalized, window)  # (B, C, T, F)
         X = jnp.swapaxes(complex_norm(mix_stft, mono=self.nb_channels == 1), -1, -2)  # (B, C|1, F, T)
@@ -197,41 +193,8 @@ class Separator(SeparatorSettings, nnx.Module):
         return jnp.stack(out, axis=1)
 
     def filter(self, spectrograms: jax.Array, mix_stft: jax.Array, time_axis: int = -1) -> jax.Array:
-        """The Wiener step: every chunk of ``wiener_win_len`` frames an independent filter call, all at once.
-
-        Args:
-            spectrograms: target magnitudes ``(nb_samples, nb_targets, nb_channels or 1, nb_bins, nb_frames)``.
-            mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
-            time_axis: ``-1`` (the layouts above) or ``-2``: frames before bins, ``(..., nb_frames, nb_bins)``.
-
-        Returns:
-            complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)`` (frames before bins with
-            ``time_axis=-2``).
-        """
-        w = self.wiener_config
-        nb_frames = mix_stft.shape[time_axis]
-        win = w.wiener_win_len or nb_frames
-        args = (w.niter, w.softmask, w.residual, w.scale_factor, w.eps, w.atan2)
-        if w.niter == 0 or win >= nb_frames:  # without EM the filter is element-wise: chunks change nothing
-            return wiener_planar(spectrograms, mix_stft, *args, time_axis=time_axis)
-        nb_chunks = -(-nb_frames // win)
-        pad = nb_chunks * win - nb_frames
-
-        def chunked(a: jax.Array) -> jax.Array:
-            """The frames axis cut into ``(nb_chunks, win)``, the chunk axis moved to position 1 (a batch axis)."""
-            t = a.ndim + time_axis
-            a = jnp.pad(a, [(0, pad) if i == t else (0, 0) for i in range(a.ndim)])
-            a = a.reshape(a.shape[:t] + (nb_chunks, win) + a.shape[t + 1 :])
-            return jnp.moveaxis(a, t, 1)
-
-        mask = None
-        if pad:  # the last chunk is shorter: its padding frames are masked out of the filter
-            mask = (np.arange(nb_chunks * win) < nb_frames).reshape(1, nb_chunks, win)
-        y = wiener_planar(chunked(spectrograms), chunked(mix_stft), *args, frame_mask=mask, time_axis=time_axis)
-        k = y.ndim + time_axis - 1  # where the chunk axis goes back: just before the frames of a chunk
-        y = jnp.moveaxis(y, 1, k)  # (B, S', C, ..., nb_chunks, win, ...)
-        y = y.reshape(y.shape[:k] + (nb_chunks * win,) + y.shape[k + 2 :])
-        return lax.slice_in_dim(y, 0, nb_frames, axis=k)
+        """The Wiener step with this separator's settings: :func:`filter_chunks`."""
+        return filter_chunks(spectrograms, mix_stft, self.wiener_config, time_axis)
 
     def separate(self, audio: Any, sample_rate: float | None = None, resample: bool = False) -> jax.Array:
         """Check and shape ``audio`` (:func:`core_spec.audio.prepare_audio`), then separate it.
@@ -246,6 +209,78 @@ class Separator(SeparatorSettings, nnx.Module):
             ``(nb_samples, nb_sources, 2, nb_timesteps)`` in the separator's dtype, on its device.
         """
         return self(self.prepare(audio, sample_rate, resample))
+
+
+def filter_chunks(spectrograms: jax.Array, mix_stft: jax.Array, wiener: WienerConfig, time_axis: int = -1) -> jax.Array:
+    """The Wiener step of the separator: every chunk of ``wiener_win_len`` frames an independent filter call
+    (:func:`core_spec.shapes.wiener_chunks`; its own ``max_abs`` and EM statistics), all in one call.
+
+    The chunks are a batch axis of one :func:`~umx_jax.filtering.wiener_planar` call: the last, shorter chunk is
+    padded with ``plan.pad`` zero frames and masked out of the sums (``plan.frame_mask()``, a NumPy constant), so
+    every chunk is filtered exactly as upstream's independent calls, by one compiled filter whatever the number of
+    chunks. Without EM the filter is element-wise and the chunks change nothing: the whole track is one call.
+
+    Args:
+        spectrograms: target magnitudes ``(nb_samples, nb_targets, nb_channels or 1, nb_bins, nb_frames)``.
+        mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+        wiener: the filter's settings.
+        time_axis: ``-1`` (the layouts above) or ``-2``: frames before bins, ``(..., nb_frames, nb_bins)``.
+
+    Returns:
+        complex ``(nb_samples, nb_sources, nb_channels, nb_bins, nb_frames)``, sources = targets [+ residual]
+        (frames before bins with ``time_axis=-2``).
+    """
+    check_sources(spectrograms.shape[1] + int(wiener.residual), wiener.niter)
+    args = (wiener.niter, wiener.softmask, wiener.residual, wiener.scale_factor, wiener.eps, wiener.atan2)
+    plan = wiener_chunks(mix_stft.shape[time_axis], wiener.wiener_win_len)
+    if wiener.niter == 0 or plan.nb_chunks == 1:
+        return wiener_planar(spectrograms, mix_stft, *args, time_axis=time_axis)
+    nb_frames, nb_chunks, win = plan.nb_frames, plan.nb_chunks, plan.win
+
+    def chunked(a: jax.Array) -> jax.Array:
+        """The frames axis cut into ``(nb_chunks, win)``, the chunk axis moved to position 1 (a batch axis)."""
+        t = a.ndim + time_axis
+        a = jnp.pad(a, [(0, plan.pad) if i == t else (0, 0) for i in range(a.ndim)])
+        a = a.reshape(a.shape[:t] + (nb_chunks, win) + a.shape[t + 1 :])
+        return jnp.moveaxis(a, t, 1)
+
+    mask = plan.frame_mask()  # (nb_chunks, win), None without padding
+    mask = None if mask is None else mask[None]  # (1, nb_chunks, win): every sample alike
+    y = wiener_planar(chunked(spectrograms), chunked(mix_stft), *args, frame_mask=mask, time_axis=time_axis)
+    k = y.ndim + time_axis - 1  # where the chunk axis goes back: just before the frames of a chunk
+    y = jnp.moveaxis(y, 1, k)  # (B, S', C, ..., nb_chunks, win, ...)
+    y = y.reshape(y.shape[:k] + (nb_chunks * win,) + y.shape[k + 2 :])
+    return lax.slice_in_dim(y, 0, nb_frames, axis=k)
+
+
+def filter_and_invert(
+    mix_stft: jax.Array,
+    spectrograms: jax.Array,
+    sep: SeparatorConfig,
+    nb_timesteps: int,
+    window: Any = None,
+) -> jax.Array:
+    """The separator after the networks: Wiener filtering chunk by chunk (:func:`filter_chunks`), then the inverse
+    STFT.
+
+    Args:
+        mix_stft: complex ``(nb_samples, nb_channels, nb_bins, nb_frames)``.
+        spectrograms: target magnitudes ``(nb_samples, nb_channels or 1, nb_bins, nb_frames, nb_targets)``.
+        sep: the separator config (STFT and Wiener settings).
+        nb_timesteps: length of the output signals.
+        window: ISTFT window ``(n_fft,)`` (``None``: the periodic Hann window).
+
+    Returns:
+        ``(nb_samples, nb_sources, nb_channels, nb_timesteps)``.
+    """
+    fft = sep.stft
+    spectrograms = jnp.moveaxis(jnp.asarray(spectrograms), -1, 1)  # (B, S, C|1, F, T)
+    targets_stft = filter_chunks(spectrograms, jnp.asarray(mix_stft), sep.wiener)
+    return istft(targets_stft, fft.n_fft, fft.n_hop, fft.center, fft.normalized, nb_timesteps, window)
+
+
+class Window(nnx.Variable):
+    """A fixed STFT window (not a trainable parameter, not part of the canonical weights)."""
 
 
 # graph_updates=False: the functions only read the modules' state, so no state is returned (nnx.jit's default

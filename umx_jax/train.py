@@ -1,32 +1,35 @@
 """Training of Open-Unmix and Demucs v2 in JAX / Flax NNX, with the upstream recipes of :mod:`core_spec.training`.
 
-The pieces, in the order a reader meets them:
+The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]``):
 
-- the losses: :func:`umx_loss` (MSE between the network's output and the target's magnitude, both from the
-  ``center=False`` STFT of upstream's ``scripts/train.py``) and :func:`demucs_loss` (L1, or MSE, between the
-  estimates and the centre-trimmed sources, ``demucs/train.py``);
-- :class:`ModelLayout`: the functional view of a module. ``nnx.split`` cuts it once into a graph definition and
-  flat ``{name: array}`` dicts, the trainable parameters (``nnx.Param``) and the BatchNorm statistics
-  (``nnx.BatchStat``); ``nnx.merge`` rebuilds the module inside the traced step. Names are the state paths joined
-  by dots (``fc1.kernel``, ``lstm.layers.0.kernel_ih``). **LSTM biases**: the port folds ``b_ih + b_hh`` into one
-  bias (:mod:`umx_jax.weights`), but ``torch.optim.Adam`` updates the two separately, and with coupled weight
-  decay they move differently (``g + wd b_ih`` vs ``g + wd b_hh``); so the trainable dict holds them apart,
-  ``<layer>.bias`` (= ``b_ih``) and ``<layer>.bias_hh``, summed when the module is rebuilt (equal gradients);
-- :func:`loss_and_grads`: one forward and backward pass in train mode (``jax.value_and_grad``), the gradients
-  under their canonical (upstream state-dict) names; the gradient-parity tests call it;
-- :func:`torch_adam` / :func:`make_optimizer`: ``torch.optim.Adam(lr, weight_decay)`` in optax, *coupled* L2
-  (``add_decayed_weights`` before ``scale_by_adam``: the decay enters the moments), wrapped in
+- the losses: :func:`spectrogram`, :func:`umx_loss` (MSE between the network's output and the target's magnitude,
+  both from the ``center=False`` STFT of upstream's ``scripts/train.py``) and :func:`demucs_loss` (L1, or MSE,
+  between the estimates and the centre-trimmed sources, ``demucs/train.py``);
+- :func:`make_optimizer`: ``torch.optim.Adam(lr, weight_decay)`` in optax (:func:`torch_adam`), wrapped in
   ``optax.inject_hyperparams`` so that the plateau schedule changes the learning rate without recompiling;
 - :class:`Trainer`: the arrays of a run (parameters, statistics, optimiser state) and its ``jax.jit``-compiled
-  step. **Data parallelism** (``devices``): a one-axis ``jax.sharding.Mesh``; the batch is sharded over its
-  leading axis (``NamedSharding(mesh, P("batch"))``), parameters, statistics and optimiser state are replicated,
-  and XLA's SPMD partitioner inserts the all-reduces. The step is the single-device step on the global batch,
-  gradients included. For Open-Unmix this means BatchNorm normalises with the statistics of the **global** batch
-  (a ``SyncBatchNorm``), not of each replica's shard as upstream's plain ``BatchNorm1d`` under PyTorch DDP does: a
-  deliberate choice, so that N devices compute exactly what one device computes;
-- the loop (:func:`fit`, :func:`main`): epochs over :mod:`core_spec.data` batches with a tqdm bar, validation,
-  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` (UMX), the best model
-  in the canonical format and in the port's msgpack format, a checkpoint folder read back by ``--resume``.
+  step; the :class:`core_spec.epochs.EpochTrainer` of the loop. **Data parallelism** (``devices``): a one-axis
+  ``jax.sharding.Mesh``; the batch is sharded over its leading axis (``NamedSharding(mesh, P("batch"))``),
+  parameters, statistics and optimiser state are replicated, and XLA's SPMD partitioner inserts the all-reduces.
+  The step is the single-device step on the global batch, gradients included. For Open-Unmix this means BatchNorm
+  normalises with the statistics of the **global** batch (a ``SyncBatchNorm``), not of each replica's shard as
+  upstream's plain ``BatchNorm1d`` under PyTorch DDP does: a deliberate choice, so that N devices compute exactly
+  what one device computes;
+- :func:`loss_and_grads`: one forward and backward pass in train mode (``jax.value_and_grad``), the gradients
+  under their canonical (upstream state-dict) names; the gradient-parity tests call it;
+- the loop: :func:`fit` builds the run (data, weights, trainer, ``--resume``) and hands it to
+  :func:`core_spec.epochs.run_epochs` (epochs, validation, plateau schedule and early stopping, the best model in
+  the canonical format and in the port's msgpack format, the checkpoint folder); :func:`main` is
+  :func:`core_spec.train_cli.run_main` around it;
+- the framework's extras: :class:`ModelLayout`, the functional view of a module. ``nnx.split`` cuts it once into a
+  graph definition and flat ``{name: array}`` dicts, the trainable parameters (``nnx.Param``) and the BatchNorm
+  statistics (``nnx.BatchStat``); ``nnx.merge`` rebuilds the module inside the traced step. Names are the state
+  paths joined by dots (``fc1.kernel``, ``lstm.layers.0.kernel_ih``). **LSTM biases**: the port folds
+  ``b_ih + b_hh`` into one bias (:mod:`umx_jax.weights`), but ``torch.optim.Adam`` updates the two separately,
+  and with coupled weight decay they move differently (``g + wd b_ih`` vs ``g + wd b_hh``); so the trainable dict
+  holds them apart, ``<layer>.bias`` (= ``b_ih``) and ``<layer>.bias_hh``, summed when the module is rebuilt (equal
+  gradients). :func:`torch_adam`: *coupled* L2 (``add_decayed_weights`` before ``scale_by_adam``: the decay enters
+  the moments), not ``optax.adamw``.
 
 Precision: float32 by default; float64 runs (``dtype=np.float64``) enter ``jax.enable_x64`` around every call
 (:func:`umx_jax.dtype_scope`), as the separators do. Shapes: UMX batches are waveforms ``x`` (mixture) and ``y``
@@ -39,8 +42,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
-import sys
-import time
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -54,8 +55,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
+from core_spec.epochs import TrainerBase, run_epochs, save_best, steps_per_epoch
 from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
-from core_spec.run_folder import RunFolder, RunState, atomic_write, check_out, log
+from core_spec.run_folder import RunFolder, RunState, atomic_write, log
+from core_spec.train_cli import run_main
 from core_spec.training import (
     DemucsTrainConfig,
     UMXTrainConfig,
@@ -144,7 +147,452 @@ def demucs_loss(model: Demucs, sources: jax.Array, loss: str = "l1") -> jax.Arra
     raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
 
 
-# --- the functional view of a module ---------------------------------------------------------------------------
+# --- the optimiser -----------------------------------------------------------------------------------------------
+
+
+def make_optimizer(recipe: Recipe) -> optax.GradientTransformation:
+    """The recipe's Adam (:func:`torch_adam`) with ``learning_rate`` and ``weight_decay`` as injected
+    hyper-parameters (``opt_state.hyperparams``): the plateau schedule sets the learning rate between steps."""
+    return optax.inject_hyperparams(torch_adam)(learning_rate=recipe.lr, weight_decay=recipe.weight_decay)
+
+
+# --- the trainer ---------------------------------------------------------------------------------------------------
+
+
+def _as_devices(devices: int | Sequence[jax.Device] | None, platform: str | None = None) -> list[jax.Device] | None:
+    if devices is None:
+        return None
+    if isinstance(devices, int):
+        available = jax.devices(platform) if platform else jax.devices()
+        if devices > len(available):
+            raise ValueError(
+                f"{devices} devices asked for, {len(available)} available ({available[0].platform}); on CPU set "
+                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} before JAX starts"
+            )
+        return list(available[:devices])
+    return list(devices)
+
+
+@dataclasses.dataclass(frozen=True)
+class _StepSpec:
+    """The static part of a compiled step (hashable: equal specs share the compiled code across trainers).
+
+    ``layout`` hashes by identity; :meth:`ModelLayout.of` hands out one layout per model kind, config, dtype and
+    resampling kernels, so that a new :class:`Trainer` for the same model reuses the compiled step."""
+
+    layout: ModelLayout
+    stft: STFTConfig | None
+    loss: str
+    dropout: bool
+    replicated: NamedSharding | None  # data parallel: the outputs are constrained to be replicated
+
+
+def _batch_loss(
+    spec: _StepSpec, model: nnx.Module, batch: tuple[jax.Array, ...], window: Any, key: jax.Array | None
+) -> jax.Array:
+    if spec.layout.kind == "umx":
+        x, y = batch
+        return umx_loss(model, x, y, spec.stft, window, key)
+    return demucs_loss(model, batch[0], spec.loss)
+
+
+def _grads(
+    spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.Array, ...], window: Any, key: jax.Array
+) -> tuple[jax.Array, Arrays, Arrays]:
+    """``(loss, grads, new_stats)`` of one train-mode forward and backward pass (traced)."""
+
+    def objective(p: Arrays) -> tuple[jax.Array, Arrays]:
+        model = spec.layout.merge(p, stats, train=True)
+        loss = _batch_loss(spec, model, batch, window, key if spec.dropout else None)
+        return loss, spec.layout.stats_of(model)
+
+    (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    return loss, grads, new_stats
+
+
+def _replicated(spec: _StepSpec, tree: Any) -> Any:
+    return tree if spec.replicated is None else jax.lax.with_sharding_constraint(tree, spec.replicated)
+
+
+@partial(jax.jit, static_argnums=0)
+def _grads_step(spec: _StepSpec, params: Arrays, stats: Arrays, batch: Any, window: Any, key: jax.Array) -> Any:
+    return _replicated(spec, _grads(spec, params, stats, batch, window, key))
+
+
+@partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3, 4))
+def _train_step(
+    spec: _StepSpec,
+    with_grads: bool,
+    params: Arrays,
+    stats: Arrays,
+    opt_state: Any,
+    batch: tuple[jax.Array, ...],
+    window: Any,
+    key: jax.Array,
+) -> tuple[Any, ...]:
+    """One optimiser step: ``(params, stats, opt_state, loss[, grads])``; the old arrays are donated."""
+    loss, grads, stats = _grads(spec, params, stats, batch, window, key)
+    updates, opt_state = _ADAM.update(grads, opt_state, params)
+    out = (optax.apply_updates(params, updates), stats, opt_state, loss)
+    return _replicated(spec, out + ((grads,) if with_grads else ()))
+
+
+@partial(jax.jit, static_argnums=0)
+def _eval_loss(spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.Array, ...], window: Any) -> Any:
+    return _batch_loss(spec, spec.layout.merge(params, stats, train=False), batch, window, None)
+
+
+class Trainer(TrainerBase):
+    """One model under training: its arrays, its optimiser and the compiled steps; the
+    :class:`core_spec.epochs.EpochTrainer` of :func:`fit` (``set_learning_rate``, ``step``, ``evaluate``,
+    ``save_best``, ``save_checkpoint``).
+
+    Args:
+        config: ``UMXConfig`` or ``DemucsConfig``.
+        weights: canonical weights to start from (every inventory entry, BatchNorm statistics included).
+        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        stft: UMX: the training STFT (default :func:`train_stft` with ``recipe.stft_center``).
+        window: UMX: STFT window ``(n_fft,)`` (default: the periodic Hann window in ``dtype``).
+        dtype: float32 or float64.
+        devices: ``None``: JAX's default device; a count or a list of devices: data-parallel over them (the
+            batch size must divide by their number).
+        dropout: UMX: the LSTM's training dropout (upstream's 0.4); ``False`` for the parity tests.
+        seed: of the dropout masks (``jax.random``; a step's key is ``fold_in(key(seed), step)``).
+        resample_kernels: Demucs: ``{"up", "down"}`` filters to use instead of the spec's (parity with julius).
+        precision: ``jax.default_matmul_precision`` of the steps (``"highest"``: no TF32 on GPUs, as the parity
+            tests run); ``None``: JAX's default.
+
+    Attributes ``params``, ``batch_stats``, ``opt_state`` are the current arrays; ``step_count`` the steps taken.
+    """
+
+    def __init__(
+        self,
+        config: UMXConfig | DemucsConfig,
+        weights: Mapping[str, Any],
+        recipe: Recipe,
+        *,
+        stft: STFTConfig | None = None,
+        window: Any = None,
+        dtype: Any = np.float32,
+        devices: int | Sequence[jax.Device] | None = None,
+        dropout: bool = True,
+        seed: int = 0,
+        resample_kernels: Mapping[str, np.ndarray] | None = None,
+        precision: str | None = None,
+    ):
+        self.dtype = canonical_dtype(dtype)
+        self.precision = precision
+        self.recipe = recipe
+        self.config = config
+        if isinstance(config, UMXConfig) != isinstance(recipe, UMXTrainConfig):
+            raise TypeError(f"recipe {type(recipe).__name__} does not train a {type(config).__name__}")
+        self.devices = _as_devices(devices)
+        self.mesh = Mesh(np.asarray(self.devices), ("batch",)) if self.devices and len(self.devices) > 1 else None
+        with dtype_scope(self.dtype, self.precision):
+            model = from_canonical(config, weights, dtype=self.dtype, device=self.devices[0] if self.devices else None)
+            if resample_kernels is not None:
+                model.set_resample_kernels(dict(resample_kernels))
+            self.layout = ModelLayout.of(model)
+            params, stats = self.layout.from_canonical(weights, self.dtype)
+            self.optimizer = make_optimizer(recipe)
+            opt_state = self.optimizer.init(params)
+        self.stft = stft or (train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None)
+        self.window = None if window is None else np.asarray(window, self.dtype)
+        self.seed = int(seed)
+        self.step_count = 0
+        self.params, self.batch_stats, self.opt_state = self._place((params, stats, opt_state))
+        self.spec = _StepSpec(
+            layout=self.layout,
+            stft=self.stft,
+            loss=getattr(recipe, "loss", "mse"),
+            dropout=bool(dropout) and isinstance(config, UMXConfig),
+            replicated=None if self.mesh is None else NamedSharding(self.mesh, P()),
+        )
+
+    @classmethod
+    def from_module(cls, model: OpenUnmix | Demucs, recipe: Recipe, **kwargs: Any) -> Trainer:
+        """A trainer starting from a module's weights and dtype (LSTM biases: folded into ``bias_ih``)."""
+        kwargs.setdefault("dtype", model.dtype)
+        if isinstance(model, Demucs) and model.resample_kernels:
+            kwargs.setdefault("resample_kernels", model.resample_kernels)
+        return cls(model.config, to_canonical(model), recipe, **kwargs)
+
+    # placement
+
+    def _place(self, tree: Any) -> Any:
+        """Arrays on the trainer's device, or replicated over its mesh (call inside the dtype scope)."""
+        # NumPy leaves become JAX arrays first: jax 0.10's device_put of a NumPy array onto a NamedSharding caches
+        # its per-device conversion across jax.enable_x64 scopes (float64 arrays with float32 shards)
+        tree = jax.tree.map(jnp.asarray, tree)
+        if self.mesh is None:
+            return jax.device_put(tree, self.devices[0]) if self.devices else tree
+        return jax.device_put(tree, NamedSharding(self.mesh, P()))
+
+    def _place_batch(self, batch: tuple[np.ndarray, ...], shard: bool = True) -> tuple[jax.Array, ...]:
+        """The batch on the trainer's device, or split over the mesh along its leading axis (``shard``; else
+        replicated)."""
+        arrays = tuple(np.asarray(b, self.dtype) for b in batch)
+        if self.mesh is None or not shard:
+            return self._place(arrays)
+        n = len(self.devices)
+        if arrays[0].shape[0] % n:
+            raise ValueError(f"a batch of {arrays[0].shape[0]} does not split over {n} devices")
+        sharding = NamedSharding(self.mesh, P("batch"))
+        return tuple(jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays)
+
+    def _unpack(self, batch: Any) -> tuple[np.ndarray, ...]:
+        """``(x, y)`` (UMX) or ``(sources,)`` (Demucs) from a mapping (the fixtures' ``inputs``), a tuple or an
+        array."""
+        if isinstance(self.recipe, UMXTrainConfig):
+            x, y = (batch["x"], batch["y"]) if isinstance(batch, Mapping) else batch
+            return np.asarray(x), np.asarray(y)
+        return (np.asarray(batch["sources"] if isinstance(batch, Mapping) else batch),)
+
+    def _key(self) -> jax.Array:
+        """The dropout key of the next step: ``fold_in(key(seed), step_count)``."""
+        return jax.random.fold_in(jax.random.key(self.seed), self.step_count)
+
+    def _window(self) -> jax.Array | None:
+        return None if self.window is None else jnp.asarray(self.window)
+
+    # public steps
+
+    def loss_and_grads(self, batch: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """One forward and backward pass in train mode without an update; the BatchNorm statistics are updated.
+
+        Returns ``(loss, {canonical name: gradient})`` (NumPy, the trainer's dtype)."""
+        with dtype_scope(self.dtype, self.precision):
+            placed = self._place_batch(self._unpack(batch))
+            loss, grads, self.batch_stats = _grads_step(
+                self.spec, self.params, self.batch_stats, placed, self._window(), self._key()
+            )
+            return float(loss), self.layout.grads_to_canonical(grads)
+
+    def step(self, batch: Any) -> float:
+        """One optimiser step on ``batch`` (see :meth:`_unpack`); returns the batch's loss (before the update)."""
+        with dtype_scope(self.dtype, self.precision):
+            placed = self._place_batch(self._unpack(batch))
+            self.params, self.batch_stats, self.opt_state, loss = _train_step(
+                self.spec, False, self.params, self.batch_stats, self.opt_state, placed, self._window(), self._key()
+            )
+            self.step_count += 1
+            return float(loss)
+
+    def step_with_grads(self, batch: Any) -> tuple[float, dict[str, np.ndarray]]:
+        """:meth:`step`, also returning the step's gradients by canonical name (as :meth:`loss_and_grads`)."""
+        with dtype_scope(self.dtype, self.precision):
+            placed = self._place_batch(self._unpack(batch))
+            self.params, self.batch_stats, self.opt_state, loss, grads = _train_step(
+                self.spec, True, self.params, self.batch_stats, self.opt_state, placed, self._window(), self._key()
+            )
+            self.step_count += 1
+            return float(loss), self.layout.grads_to_canonical(grads)
+
+    def batch_loss(self, batch: Any) -> float:
+        """The loss of one batch in eval mode (BatchNorm on its running statistics, no dropout), no gradients."""
+        with dtype_scope(self.dtype, self.precision):
+            placed = self._place_batch(self._unpack(batch), shard=False)  # validation items need not split
+            return float(_eval_loss(self.spec, self.params, self.batch_stats, placed, self._window()))
+
+    @property
+    def learning_rate(self) -> float:
+        return float(self.opt_state.hyperparams["learning_rate"])
+
+    def set_learning_rate(self, lr: float) -> None:
+        """The learning rate of the next steps (an injected hyper-parameter: no recompilation)."""
+        with dtype_scope(self.dtype, self.precision):
+            current = self.opt_state.hyperparams["learning_rate"]
+            self.opt_state.hyperparams["learning_rate"] = self._place(np.asarray(lr, current.dtype))
+
+    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
+        """Mean loss over the validation tracks (:func:`_validate`; ``quiet``: no progress bar)."""
+        return _validate(self, valid_set, quiet)
+
+    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+        """The best model: canonical and native files (:func:`core_spec.epochs.save_best`)."""
+        save_best(folder, run, FRAMEWORK, valid_loss, self.canonical(), self.config, save_native, jax=jax.__version__)
+
+    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+        """``checkpoint-jax/`` (:func:`_save_checkpoint`)."""
+        _save_checkpoint(self, folder, run, rng)
+
+    def canonical(self) -> dict[str, np.ndarray]:
+        """The current weights, canonical names and layouts (NumPy, the trainer's dtype)."""
+        with dtype_scope(self.dtype, self.precision):
+            return self.layout.to_canonical(self.params, self.batch_stats)
+
+    def module(self) -> OpenUnmix | Demucs:
+        """An eval-mode module holding the current weights, on one device (for validation and separation)."""
+        with dtype_scope(self.dtype, self.precision):
+            host = jax.device_get((self.params, self.batch_stats))
+            device = self.devices[0] if self.devices else None
+            arrays = jax.device_put(host, device) if device is not None else jax.tree.map(jnp.asarray, host)
+            return self.layout.merge(*arrays, train=False)
+
+    # checkpoints
+
+    def state_dict(self) -> dict[str, Any]:
+        """``{"params", "batch_stats", "opt_state", "step_count"}`` as NumPy arrays (exact, the trainer's dtype)."""
+        host = jax.device_get({"params": self.params, "batch_stats": self.batch_stats, "opt_state": self.opt_state})
+        return {**serialization.to_state_dict(host), "step_count": self.step_count}
+
+    def to_bytes(self) -> bytes:
+        """:meth:`state_dict` as Flax msgpack."""
+        return serialization.msgpack_serialize(self.state_dict())
+
+    def load_bytes(self, data: bytes) -> None:
+        """Restore what :meth:`to_bytes` wrote (same model, recipe and dtype)."""
+        state = serialization.msgpack_restore(data)
+        template = jax.device_get({"params": self.params, "batch_stats": self.batch_stats, "opt_state": self.opt_state})
+        restored = serialization.from_state_dict(
+            template, {k: state[k] for k in ("params", "batch_stats", "opt_state")}
+        )
+        for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(template)):
+            if np.shape(got) != np.shape(want) or np.asarray(got).dtype != np.asarray(want).dtype:
+                raise ValueError(f"checkpoint array {np.shape(got)} {np.asarray(got).dtype} where the trainer holds "
+                                 f"{np.shape(want)} {np.asarray(want).dtype}")  # fmt: skip
+        with dtype_scope(self.dtype, self.precision):
+            self.params, self.batch_stats, self.opt_state = self._place(
+                (restored["params"], restored["batch_stats"], restored["opt_state"])
+            )
+        self.step_count = int(state["step_count"])
+
+
+def loss_and_grads(
+    model: OpenUnmix | Demucs,
+    batch: Any,
+    recipe: Recipe,
+    stft_config: STFTConfig | None = None,
+    window: Any = None,
+    precision: str | None = "highest",
+) -> tuple[float, dict[str, np.ndarray]]:
+    """One training forward and backward pass of ``model`` (train mode: BatchNorm on the batch statistics, its
+    running statistics updated in ``model``; no dropout).
+
+    Args:
+        model: :class:`~umx_jax.umx.OpenUnmix` or :class:`~umx_jax.demucs.Demucs` (float32 or float64).
+        batch: UMX: ``{"x", "y"}`` or ``(x, y)``, waveforms ``(B, C, T)``; Demucs: ``{"sources"}`` or the array
+            ``(B, S, C, T)``. Cast to the model's dtype.
+        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        stft_config: UMX: the STFT (default :func:`train_stft`).
+        window: UMX: the STFT window (default: the periodic Hann window in the model's dtype).
+        precision: ``jax.default_matmul_precision`` (``"highest"``: no TF32 on GPUs).
+
+    Returns:
+        ``(loss, {canonical parameter name: gradient})`` for every trainable parameter, NumPy in the model's dtype;
+        an LSTM's ``bias_ih`` and ``bias_hh`` get the same gradient.
+    """
+    trainer = Trainer.from_module(model, recipe, stft=stft_config, window=window, dropout=False, precision=precision)
+    loss, grads = trainer.loss_and_grads(batch)
+    if trainer.layout.stat_names:
+        with dtype_scope(trainer.dtype):
+            for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
+                var[...] = trainer.batch_stats[_name(path)]
+    return loss, grads
+
+
+# --- the loop ------------------------------------------------------------------------------------------------------
+
+
+def _ensure_devices(count: int, platform: str) -> list[jax.Device]:
+    """``count`` devices of ``platform``; on CPU, asks XLA for that many host devices if JAX has not started yet."""
+    if platform == "cpu" and count > 1:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    return _as_devices(count, platform) or []
+
+
+def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
+    """Mean loss over the validation tracks (batch 1, eval mode): UMX: MSE of magnitudes of whole tracks; Demucs:
+    L1 (or MSE) of ``apply_model`` (no split, no shifts) on the linear mixture, as demucs' ``validate_model``."""
+    from tqdm import tqdm
+
+    recipe = trainer.recipe
+    count = len(valid_set)
+    total = 0.0
+    module = trainer.module() if isinstance(recipe, DemucsTrainConfig) else None
+    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+        if isinstance(recipe, UMXTrainConfig):
+            x, y = valid_set[index]
+            loss = trainer.batch_loss((np.asarray(x)[None], np.asarray(y)[None]))
+        else:
+            sources = np.asarray(valid_set[index], trainer.dtype)  # (S, C, T)
+            with dtype_scope(trainer.dtype):
+                estimates = np.asarray(apply_model(module, sources.sum(axis=0), shifts=0, split=False))
+            error = estimates - sources
+            loss = float(np.mean(np.abs(error)) if recipe.loss == "l1" else np.mean(np.square(error)))
+        total += loss / count
+    return total
+
+
+def _save_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    """``checkpoint-jax/``: ``model.msgpack`` + ``model.json`` (the port's native weights, float32),
+    ``train_state.msgpack`` (parameters, statistics and optimiser state, exact, Flax msgpack), ``state.json``."""
+    folder.checkpoint.mkdir(parents=True, exist_ok=True)
+    save_native(folder.checkpoint / "model", trainer.canonical(), trainer.config, force=True)
+    atomic_write(folder.checkpoint / "train_state.msgpack", trainer.to_bytes())
+    run.save(folder, rng, dtype=trainer.dtype.name)
+
+
+def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    run.load(folder, rng)
+    trainer.load_bytes((folder.checkpoint / "train_state.msgpack").read_bytes())
+
+
+def fit(
+    args: argparse.Namespace, recipe: Recipe, progress: Callable[[dict[str, Any]], None] | None = None
+) -> dict[str, Any]:
+    """Train with ``recipe`` on ``args.root`` into ``args.out`` (the options of
+    :func:`core_spec.train_cli.build_parser`). ``progress``: called with each epoch's history row.
+
+    Returns ``{"epochs", "steps", "best_loss", "history"}``.
+    """
+    from core_spec import data
+
+    quiet = bool(args.quiet)
+    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
+    platform = "gpu" if args.device in ("gpu", "cuda") else args.device
+    devices = _ensure_devices(max(1, args.devices), platform)
+    config, weights, rate = model_config(args, recipe)
+    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
+    run = RunState.for_recipe(recipe)
+    train_set, valid_set, train_tracks = make_datasets(args, recipe, config, rate)
+    steps = steps_per_epoch(len(train_set), recipe.batch_size, len(devices), unit="devices")
+
+    rng = np.random.default_rng(recipe.seed)
+    if weights is None:
+        mean = scale = None
+        if isinstance(recipe, UMXTrainConfig) and not args.resume:
+            log(f"input statistics over {len(train_tracks)} training tracks", quiet)
+            mean, scale = data.umx_statistics(train_tracks, config, stft_config, center=recipe.stft_center)
+        weights = initial_weights(config, recipe.seed, mean, scale)
+    trainer = Trainer(config, weights, recipe, stft=stft_config, devices=devices, seed=recipe.seed, precision="highest")
+    if args.resume:
+        _load_checkpoint(trainer, folder, run, rng)
+        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
+
+    return run_epochs(
+        trainer,
+        run,
+        folder,
+        lambda epoch: epoch_batches(train_set, recipe, rng, epoch),
+        valid_set=valid_set,
+        epochs=recipe.epochs,
+        steps_per_epoch=steps,
+        max_steps=args.max_steps,
+        rng=rng,
+        quiet=quiet,
+        progress=progress,
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """``unmix-train --framework jax``: train with the options of :func:`core_spec.train_cli.build_parser`."""
+    return run_main(args, FRAMEWORK, lambda recipe: fit(args, recipe))
+
+
+# --- the framework's extras: the functional view of a module, torch's Adam in optax -----------------------------
 
 
 def _name(path: Sequence[Any]) -> str:
@@ -307,9 +755,6 @@ def _swap(name: str) -> str:
     return f"{head}.{leaf}" if head else leaf
 
 
-# --- the optimiser -----------------------------------------------------------------------------------------------
-
-
 def torch_adam(
     learning_rate: float,
     weight_decay: float = 0.0,
@@ -327,476 +772,6 @@ def torch_adam(
     )
 
 
-def make_optimizer(recipe: Recipe) -> optax.GradientTransformation:
-    """The recipe's Adam (:func:`torch_adam`) with ``learning_rate`` and ``weight_decay`` as injected
-    hyper-parameters (``opt_state.hyperparams``): the plateau schedule sets the learning rate between steps."""
-    return optax.inject_hyperparams(torch_adam)(learning_rate=recipe.lr, weight_decay=recipe.weight_decay)
-
-
-# --- the trainer ---------------------------------------------------------------------------------------------------
-
-
-def _as_devices(devices: int | Sequence[jax.Device] | None, platform: str | None = None) -> list[jax.Device] | None:
-    if devices is None:
-        return None
-    if isinstance(devices, int):
-        available = jax.devices(platform) if platform else jax.devices()
-        if devices > len(available):
-            raise ValueError(
-                f"{devices} devices asked for, {len(available)} available ({available[0].platform}); on CPU set "
-                f"XLA_FLAGS=--xla_force_host_platform_device_count={devices} before JAX starts"
-            )
-        return list(available[:devices])
-    return list(devices)
-
-
-@dataclasses.dataclass(frozen=True)
-class _StepSpec:
-    """The static part of a compiled step (hashable: equal specs share the compiled code across trainers).
-
-    ``layout`` hashes by identity; :meth:`ModelLayout.of` hands out one layout per model kind, config, dtype and
-    resampling kernels, so that a new :class:`Trainer` for the same model reuses the compiled step."""
-
-    layout: ModelLayout
-    stft: STFTConfig | None
-    loss: str
-    dropout: bool
-    replicated: NamedSharding | None  # data parallel: the outputs are constrained to be replicated
-
-
-def _batch_loss(
-    spec: _StepSpec, model: nnx.Module, batch: tuple[jax.Array, ...], window: Any, key: jax.Array | None
-) -> jax.Array:
-    if spec.layout.kind == "umx":
-        x, y = batch
-        return umx_loss(model, x, y, spec.stft, window, key)
-    return demucs_loss(model, batch[0], spec.loss)
-
-
-def _grads(
-    spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.Array, ...], window: Any, key: jax.Array
-) -> tuple[jax.Array, Arrays, Arrays]:
-    """``(loss, grads, new_stats)`` of one train-mode forward and backward pass (traced)."""
-
-    def objective(p: Arrays) -> tuple[jax.Array, Arrays]:
-        model = spec.layout.merge(p, stats, train=True)
-        loss = _batch_loss(spec, model, batch, window, key if spec.dropout else None)
-        return loss, spec.layout.stats_of(model)
-
-    (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
-    return loss, grads, new_stats
-
-
-def _replicated(spec: _StepSpec, tree: Any) -> Any:
-    return tree if spec.replicated is None else jax.lax.with_sharding_constraint(tree, spec.replicated)
-
-
 # update() reads the learning rate and the weight decay from the optimiser state (inject_hyperparams), so one
 # transformation serves every recipe
 _ADAM = make_optimizer(UMXTrainConfig())
-
-
-@partial(jax.jit, static_argnums=0)
-def _grads_step(spec: _StepSpec, params: Arrays, stats: Arrays, batch: Any, window: Any, key: jax.Array) -> Any:
-    return _replicated(spec, _grads(spec, params, stats, batch, window, key))
-
-
-@partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3, 4))
-def _train_step(
-    spec: _StepSpec,
-    with_grads: bool,
-    params: Arrays,
-    stats: Arrays,
-    opt_state: Any,
-    batch: tuple[jax.Array, ...],
-    window: Any,
-    key: jax.Array,
-) -> tuple[Any, ...]:
-    """One optimiser step: ``(params, stats, opt_state, loss[, grads])``; the old arrays are donated."""
-    loss, grads, stats = _grads(spec, params, stats, batch, window, key)
-    updates, opt_state = _ADAM.update(grads, opt_state, params)
-    out = (optax.apply_updates(params, updates), stats, opt_state, loss)
-    return _replicated(spec, out + ((grads,) if with_grads else ()))
-
-
-@partial(jax.jit, static_argnums=0)
-def _eval_loss(spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.Array, ...], window: Any) -> Any:
-    return _batch_loss(spec, spec.layout.merge(params, stats, train=False), batch, window, None)
-
-
-class Trainer:
-    """One model under training: its arrays, its optimiser and the compiled steps.
-
-    Args:
-        config: ``UMXConfig`` or ``DemucsConfig``.
-        weights: canonical weights to start from (every inventory entry, BatchNorm statistics included).
-        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
-        stft: UMX: the training STFT (default :func:`train_stft` with ``recipe.stft_center``).
-        window: UMX: STFT window ``(n_fft,)`` (default: the periodic Hann window in ``dtype``).
-        dtype: float32 or float64.
-        devices: ``None``: JAX's default device; a count or a list of devices: data-parallel over them (the
-            batch size must divide by their number).
-        dropout: UMX: the LSTM's training dropout (upstream's 0.4); ``False`` for the parity tests.
-        seed: of the dropout masks (``jax.random``; a step's key is ``fold_in(key(seed), step)``).
-        resample_kernels: Demucs: ``{"up", "down"}`` filters to use instead of the spec's (parity with julius).
-        precision: ``jax.default_matmul_precision`` of the steps (``"highest"``: no TF32 on GPUs, as the parity
-            tests run); ``None``: JAX's default.
-
-    Attributes ``params``, ``batch_stats``, ``opt_state`` are the current arrays; ``step_count`` the steps taken.
-    """
-
-    def __init__(
-        self,
-        config: UMXConfig | DemucsConfig,
-        weights: Mapping[str, Any],
-        recipe: Recipe,
-        *,
-        stft: STFTConfig | None = None,
-        window: Any = None,
-        dtype: Any = np.float32,
-        devices: int | Sequence[jax.Device] | None = None,
-        dropout: bool = True,
-        seed: int = 0,
-        resample_kernels: Mapping[str, np.ndarray] | None = None,
-        precision: str | None = None,
-    ):
-        self.dtype = canonical_dtype(dtype)
-        self.precision = precision
-        self.recipe = recipe
-        self.config = config
-        if isinstance(config, UMXConfig) != isinstance(recipe, UMXTrainConfig):
-            raise TypeError(f"recipe {type(recipe).__name__} does not train a {type(config).__name__}")
-        self.devices = _as_devices(devices)
-        self.mesh = Mesh(np.asarray(self.devices), ("batch",)) if self.devices and len(self.devices) > 1 else None
-        with dtype_scope(self.dtype, self.precision):
-            model = from_canonical(config, weights, dtype=self.dtype, device=self.devices[0] if self.devices else None)
-            if resample_kernels is not None:
-                model.set_resample_kernels(dict(resample_kernels))
-            self.layout = ModelLayout.of(model)
-            params, stats = self.layout.from_canonical(weights, self.dtype)
-            self.optimizer = make_optimizer(recipe)
-            opt_state = self.optimizer.init(params)
-        self.stft = stft or (train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None)
-        self.window = None if window is None else np.asarray(window, self.dtype)
-        self.seed = int(seed)
-        self.step_count = 0
-        self.params, self.batch_stats, self.opt_state = self._place((params, stats, opt_state))
-        self.spec = _StepSpec(
-            layout=self.layout,
-            stft=self.stft,
-            loss=getattr(recipe, "loss", "mse"),
-            dropout=bool(dropout) and isinstance(config, UMXConfig),
-            replicated=None if self.mesh is None else NamedSharding(self.mesh, P()),
-        )
-
-    @classmethod
-    def from_module(cls, model: OpenUnmix | Demucs, recipe: Recipe, **kwargs: Any) -> Trainer:
-        """A trainer starting from a module's weights and dtype (LSTM biases: folded into ``bias_ih``)."""
-        kwargs.setdefault("dtype", model.dtype)
-        if isinstance(model, Demucs) and model.resample_kernels:
-            kwargs.setdefault("resample_kernels", model.resample_kernels)
-        return cls(model.config, to_canonical(model), recipe, **kwargs)
-
-    # placement
-
-    def _place(self, tree: Any) -> Any:
-        """Arrays on the trainer's device, or replicated over its mesh (call inside the dtype scope)."""
-        # NumPy leaves become JAX arrays first: jax 0.10's device_put of a NumPy array onto a NamedSharding caches
-        # its per-device conversion across jax.enable_x64 scopes (float64 arrays with float32 shards)
-        tree = jax.tree.map(jnp.asarray, tree)
-        if self.mesh is None:
-            return jax.device_put(tree, self.devices[0]) if self.devices else tree
-        return jax.device_put(tree, NamedSharding(self.mesh, P()))
-
-    def _place_batch(self, batch: tuple[np.ndarray, ...], shard: bool = True) -> tuple[jax.Array, ...]:
-        """The batch on the trainer's device, or split over the mesh along its leading axis (``shard``; else
-        replicated)."""
-        arrays = tuple(np.asarray(b, self.dtype) for b in batch)
-        if self.mesh is None or not shard:
-            return self._place(arrays)
-        n = len(self.devices)
-        if arrays[0].shape[0] % n:
-            raise ValueError(f"a batch of {arrays[0].shape[0]} does not split over {n} devices")
-        sharding = NamedSharding(self.mesh, P("batch"))
-        return tuple(jax.make_array_from_callback(a.shape, sharding, lambda index, a=a: a[index]) for a in arrays)
-
-    def _unpack(self, batch: Any) -> tuple[np.ndarray, ...]:
-        """``(x, y)`` (UMX) or ``(sources,)`` (Demucs) from a mapping (the fixtures' ``inputs``), a tuple or an
-        array."""
-        if isinstance(self.recipe, UMXTrainConfig):
-            x, y = (batch["x"], batch["y"]) if isinstance(batch, Mapping) else batch
-            return np.asarray(x), np.asarray(y)
-        return (np.asarray(batch["sources"] if isinstance(batch, Mapping) else batch),)
-
-    def _key(self) -> jax.Array:
-        """The dropout key of the next step: ``fold_in(key(seed), step_count)``."""
-        return jax.random.fold_in(jax.random.key(self.seed), self.step_count)
-
-    def _window(self) -> jax.Array | None:
-        return None if self.window is None else jnp.asarray(self.window)
-
-    # public steps
-
-    def loss_and_grads(self, batch: Any) -> tuple[float, dict[str, np.ndarray]]:
-        """One forward and backward pass in train mode without an update; the BatchNorm statistics are updated.
-
-        Returns ``(loss, {canonical name: gradient})`` (NumPy, the trainer's dtype)."""
-        with dtype_scope(self.dtype, self.precision):
-            placed = self._place_batch(self._unpack(batch))
-            loss, grads, self.batch_stats = _grads_step(
-                self.spec, self.params, self.batch_stats, placed, self._window(), self._key()
-            )
-            return float(loss), self.layout.grads_to_canonical(grads)
-
-    def step(self, batch: Any) -> float:
-        """One optimiser step on ``batch`` (see :meth:`_unpack`); returns the batch's loss (before the update)."""
-        with dtype_scope(self.dtype, self.precision):
-            placed = self._place_batch(self._unpack(batch))
-            self.params, self.batch_stats, self.opt_state, loss = _train_step(
-                self.spec, False, self.params, self.batch_stats, self.opt_state, placed, self._window(), self._key()
-            )
-            self.step_count += 1
-            return float(loss)
-
-    def step_with_grads(self, batch: Any) -> tuple[float, dict[str, np.ndarray]]:
-        """:meth:`step`, also returning the step's gradients by canonical name (as :meth:`loss_and_grads`)."""
-        with dtype_scope(self.dtype, self.precision):
-            placed = self._place_batch(self._unpack(batch))
-            self.params, self.batch_stats, self.opt_state, loss, grads = _train_step(
-                self.spec, True, self.params, self.batch_stats, self.opt_state, placed, self._window(), self._key()
-            )
-            self.step_count += 1
-            return float(loss), self.layout.grads_to_canonical(grads)
-
-    def evaluate(self, batch: Any) -> float:
-        """The loss in eval mode (BatchNorm on its running statistics, no dropout), without gradients."""
-        with dtype_scope(self.dtype, self.precision):
-            placed = self._place_batch(self._unpack(batch), shard=False)  # validation items need not split
-            return float(_eval_loss(self.spec, self.params, self.batch_stats, placed, self._window()))
-
-    @property
-    def learning_rate(self) -> float:
-        return float(self.opt_state.hyperparams["learning_rate"])
-
-    def set_learning_rate(self, lr: float) -> None:
-        """The learning rate of the next steps (an injected hyper-parameter: no recompilation)."""
-        with dtype_scope(self.dtype, self.precision):
-            current = self.opt_state.hyperparams["learning_rate"]
-            self.opt_state.hyperparams["learning_rate"] = self._place(np.asarray(lr, current.dtype))
-
-    def canonical(self) -> dict[str, np.ndarray]:
-        """The current weights, canonical names and layouts (NumPy, the trainer's dtype)."""
-        with dtype_scope(self.dtype, self.precision):
-            return self.layout.to_canonical(self.params, self.batch_stats)
-
-    def module(self) -> OpenUnmix | Demucs:
-        """An eval-mode module holding the current weights, on one device (for validation and separation)."""
-        with dtype_scope(self.dtype, self.precision):
-            host = jax.device_get((self.params, self.batch_stats))
-            device = self.devices[0] if self.devices else None
-            arrays = jax.device_put(host, device) if device is not None else jax.tree.map(jnp.asarray, host)
-            return self.layout.merge(*arrays, train=False)
-
-    # checkpoints
-
-    def state_dict(self) -> dict[str, Any]:
-        """``{"params", "batch_stats", "opt_state", "step_count"}`` as NumPy arrays (exact, the trainer's dtype)."""
-        host = jax.device_get({"params": self.params, "batch_stats": self.batch_stats, "opt_state": self.opt_state})
-        return {**serialization.to_state_dict(host), "step_count": self.step_count}
-
-    def to_bytes(self) -> bytes:
-        """:meth:`state_dict` as Flax msgpack."""
-        return serialization.msgpack_serialize(self.state_dict())
-
-    def load_bytes(self, data: bytes) -> None:
-        """Restore what :meth:`to_bytes` wrote (same model, recipe and dtype)."""
-        state = serialization.msgpack_restore(data)
-        template = jax.device_get({"params": self.params, "batch_stats": self.batch_stats, "opt_state": self.opt_state})
-        restored = serialization.from_state_dict(
-            template, {k: state[k] for k in ("params", "batch_stats", "opt_state")}
-        )
-        for got, want in zip(jax.tree.leaves(restored), jax.tree.leaves(template)):
-            if np.shape(got) != np.shape(want) or np.asarray(got).dtype != np.asarray(want).dtype:
-                raise ValueError(f"checkpoint array {np.shape(got)} {np.asarray(got).dtype} where the trainer holds "
-                                 f"{np.shape(want)} {np.asarray(want).dtype}")  # fmt: skip
-        with dtype_scope(self.dtype, self.precision):
-            self.params, self.batch_stats, self.opt_state = self._place(
-                (restored["params"], restored["batch_stats"], restored["opt_state"])
-            )
-        self.step_count = int(state["step_count"])
-
-
-def loss_and_grads(
-    model: OpenUnmix | Demucs,
-    batch: Any,
-    recipe: Recipe,
-    stft_config: STFTConfig | None = None,
-    window: Any = None,
-    precision: str | None = "highest",
-) -> tuple[float, dict[str, np.ndarray]]:
-    """One training forward and backward pass of ``model`` (train mode: BatchNorm on the batch statistics, its
-    running statistics updated in ``model``; no dropout).
-
-    Args:
-        model: :class:`~umx_jax.umx.OpenUnmix` or :class:`~umx_jax.demucs.Demucs` (float32 or float64).
-        batch: UMX: ``{"x", "y"}`` or ``(x, y)``, waveforms ``(B, C, T)``; Demucs: ``{"sources"}`` or the array
-            ``(B, S, C, T)``. Cast to the model's dtype.
-        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
-        stft_config: UMX: the STFT (default :func:`train_stft`).
-        window: UMX: the STFT window (default: the periodic Hann window in the model's dtype).
-        precision: ``jax.default_matmul_precision`` (``"highest"``: no TF32 on GPUs).
-
-    Returns:
-        ``(loss, {canonical parameter name: gradient})`` for every trainable parameter, NumPy in the model's dtype;
-        an LSTM's ``bias_ih`` and ``bias_hh`` get the same gradient.
-    """
-    trainer = Trainer.from_module(model, recipe, stft=stft_config, window=window, dropout=False, precision=precision)
-    loss, grads = trainer.loss_and_grads(batch)
-    if trainer.layout.stat_names:
-        with dtype_scope(trainer.dtype):
-            for path, var in nnx.to_flat_state(nnx.state(model, nnx.BatchStat)):
-                var[...] = trainer.batch_stats[_name(path)]
-    return loss, grads
-
-
-# --- the loop ------------------------------------------------------------------------------------------------------
-
-
-def _ensure_devices(count: int, platform: str) -> list[jax.Device]:
-    """``count`` devices of ``platform``; on CPU, asks XLA for that many host devices if JAX has not started yet."""
-    if platform == "cpu" and count > 1:
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_force_host_platform_device_count" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-    return _as_devices(count, platform) or []
-
-
-def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
-    """Mean loss over the validation tracks (batch 1, eval mode): UMX: MSE of magnitudes of whole tracks; Demucs:
-    L1 (or MSE) of ``apply_model`` (no split, no shifts) on the linear mixture, as demucs' ``validate_model``."""
-    from tqdm import tqdm
-
-    recipe = trainer.recipe
-    count = len(valid_set)
-    total = 0.0
-    module = trainer.module() if isinstance(recipe, DemucsTrainConfig) else None
-    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
-        if isinstance(recipe, UMXTrainConfig):
-            x, y = valid_set[index]
-            loss = trainer.evaluate((np.asarray(x)[None], np.asarray(y)[None]))
-        else:
-            sources = np.asarray(valid_set[index], trainer.dtype)  # (S, C, T)
-            with dtype_scope(trainer.dtype):
-                estimates = np.asarray(apply_model(module, sources.sum(axis=0), shifts=0, split=False))
-            error = estimates - sources
-            loss = float(np.mean(np.abs(error)) if recipe.loss == "l1" else np.mean(np.square(error)))
-        total += loss / count
-    return total
-
-
-def _save_best(trainer: Trainer, folder: RunFolder, run: RunState, valid_loss: float) -> None:
-    from core_spec.canonical import save_canonical
-
-    provenance = run.provenance(FRAMEWORK, valid_loss, jax=jax.__version__)
-    weights = trainer.canonical()
-    save_canonical(folder.best, weights, trainer.config, provenance=provenance, force=True)
-    save_native(folder.native, weights, trainer.config, force=True)
-
-
-def _save_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
-    """``checkpoint-jax/``: ``model.msgpack`` + ``model.json`` (the port's native weights, float32),
-    ``train_state.msgpack`` (parameters, statistics and optimiser state, exact, Flax msgpack), ``state.json``."""
-    folder.checkpoint.mkdir(parents=True, exist_ok=True)
-    save_native(folder.checkpoint / "model", trainer.canonical(), trainer.config, force=True)
-    atomic_write(folder.checkpoint / "train_state.msgpack", trainer.to_bytes())
-    run.save(folder, rng, dtype=trainer.dtype.name)
-
-
-def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
-    run.load(folder, rng)
-    trainer.load_bytes((folder.checkpoint / "train_state.msgpack").read_bytes())
-
-
-def fit(
-    args: argparse.Namespace, recipe: Recipe, progress: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
-    """Train with ``recipe`` on ``args.root`` into ``args.out`` (the options of
-    :func:`core_spec.train_cli.build_parser`). ``progress``: called with each epoch's history row.
-
-    Returns ``{"epochs", "steps", "best_loss", "history"}``.
-    """
-    from tqdm import tqdm
-
-    from core_spec import data
-
-    quiet = bool(args.quiet)
-    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
-    platform = "gpu" if args.device in ("gpu", "cuda") else args.device
-    devices = _ensure_devices(max(1, args.devices), platform)
-    config, weights, rate = model_config(args, recipe)
-    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
-    run = RunState.for_recipe(recipe)
-    train_set, valid_set, train_tracks = make_datasets(args, recipe, config, rate)
-    if recipe.batch_size % len(devices):
-        raise ValueError(f"--batch-size {recipe.batch_size} does not split over {len(devices)} devices")
-    steps_per_epoch = len(train_set) // recipe.batch_size
-    if steps_per_epoch == 0:
-        raise ValueError(f"{len(train_set)} training excerpts make no batch of {recipe.batch_size}")
-
-    rng = np.random.default_rng(recipe.seed)
-    if weights is None:
-        mean = scale = None
-        if isinstance(recipe, UMXTrainConfig) and not args.resume:
-            log(f"input statistics over {len(train_tracks)} training tracks", quiet)
-            mean, scale = data.umx_statistics(train_tracks, config, stft_config, center=recipe.stft_center)
-        weights = initial_weights(config, recipe.seed, mean, scale)
-    trainer = Trainer(config, weights, recipe, stft=stft_config, devices=devices, seed=recipe.seed, precision="highest")
-    if args.resume:
-        _load_checkpoint(trainer, folder, run, rng)
-        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
-
-    done = run.done(args.max_steps)
-    while run.epoch < recipe.epochs and not done:
-        started = time.time()
-        lr = run.lr
-        trainer.set_learning_rate(lr)
-        total, count = 0.0, 0
-        stream = epoch_batches(train_set, recipe, rng, run.epoch)
-        bar = tqdm(stream, total=steps_per_epoch, desc=f"[{run.epoch:03d}] train", unit="batch", leave=False,
-                   disable=quiet)  # fmt: skip
-        for batch in bar:
-            loss = trainer.step(batch)
-            total, count, run.step = total + loss, count + 1, run.step + 1
-            bar.set_postfix(loss=f"{total / count:.4g}")
-            if done := run.done(args.max_steps):
-                break
-        bar.close()
-        train_loss = total / max(count, 1)
-        valid_loss = _validate(trainer, valid_set, quiet)
-        row, stop, is_best = run.end_epoch(train_loss, valid_loss, lr, count, time.time() - started)
-        if is_best or not folder.best_file.exists():
-            _save_best(trainer, folder, run, valid_loss)
-        _save_checkpoint(trainer, folder, run, rng)
-        if progress is not None:
-            progress(row)
-        log(run.epoch_message(row), quiet)
-        if stop:
-            log(f"early stopping after {run.epoch} epochs", quiet)
-            break
-    return run.result()
-
-
-def main(args: argparse.Namespace) -> int:
-    """``unmix-train --framework jax``: train with the options of :func:`core_spec.train_cli.build_parser`."""
-    from core_spec.train_cli import recipe_from_args
-
-    recipe = recipe_from_args(args)
-    try:
-        check_out(args, recipe, FRAMEWORK)
-    except (FileExistsError, FileNotFoundError) as error:
-        print(f"unmix-train: {error}", file=sys.stderr)
-        return 2
-    result = fit(args, recipe)
-    log(f"done: {result['epochs']} epochs, {result['steps']} steps, best valid loss {result['best_loss']:.6g}",
-        args.quiet)  # fmt: skip
-    return 0

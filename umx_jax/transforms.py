@@ -114,27 +114,6 @@ def _envelope(n_fft: int, n_hop: int, nb_frames: int, start: int, stop: int) -> 
     return envelope
 
 
-def stft_frame_major(
-    x: jax.Array,
-    n_fft: int = 4096,
-    n_hop: int = 1024,
-    center: bool = True,
-    normalized: bool = False,
-    window: jax.Array | np.ndarray | None = None,
-) -> jax.Array:
-    """:func:`stft` with frames before bins: complex ``(..., nb_frames, nb_bins)`` (no transpose)."""
-    x = jnp.asarray(x)
-    if not jnp.issubdtype(x.dtype, jnp.floating):
-        x = x.astype(jnp.float32)
-    check_length(x.shape[-1], n_fft, center)
-    if center:
-        x = _reflect_pad(x, n_fft // 2)
-    spec = jnp.fft.rfft(_frames(x, n_fft, n_hop) * _window(window, n_fft, x.dtype), axis=-1)
-    if normalized:
-        spec = spec / np.sqrt(n_fft).astype(x.dtype)
-    return spec
-
-
 def stft(
     x: jax.Array,
     n_fft: int = 4096,
@@ -157,37 +136,6 @@ def stft(
         n_hop`` when centred (complex64 for float32 input, complex128 for float64).
     """
     return jnp.swapaxes(stft_frame_major(x, n_fft, n_hop, center, normalized, window), -1, -2)
-
-
-def istft_frame_major(
-    X: jax.Array,
-    n_fft: int = 4096,
-    n_hop: int = 1024,
-    center: bool = True,
-    normalized: bool = False,
-    length: int | None = None,
-    window: jax.Array | np.ndarray | None = None,
-) -> jax.Array:
-    """:func:`istft` of frames before bins: ``X`` complex ``(..., nb_frames, nb_bins)`` (no transpose)."""
-    X = jnp.asarray(X)
-    if X.shape[-1] != n_fft // 2 + 1:
-        raise ValueError(f"istft: expected {n_fft // 2 + 1} bins for n_fft={n_fft}, got {X.shape[-1]}")
-    real_dtype = jnp.finfo(X.dtype).dtype  # float32 for complex64
-    nb_frames = X.shape[-2]
-    frames = jnp.fft.irfft(X, n=n_fft, axis=-1)  # (..., nb_frames, n_fft)
-    if normalized:
-        frames = frames * np.sqrt(n_fft).astype(real_dtype)
-    y = _overlap_add(frames * _window(window, n_fft, real_dtype), n_hop)
-    start, stop, pad = istft_span(n_fft, n_hop, nb_frames, center, length)
-    if window is None:
-        envelope = jnp.asarray(_envelope(n_fft, n_hop, nb_frames, start, stop), dtype=real_dtype)
-    else:
-        w2 = _window(window, n_fft, real_dtype) ** 2
-        envelope = _overlap_add(jnp.broadcast_to(w2, (nb_frames, n_fft)), n_hop)[start:stop]
-    y = y[..., start:stop] / envelope
-    if pad:
-        y = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, pad)])
-    return y
 
 
 def istft(
@@ -226,3 +174,55 @@ def complex_norm(X: jax.Array, mono: bool = False) -> jax.Array:
     if mono:
         mag = jnp.mean(mag, axis=1, keepdims=True)
     return mag
+
+
+def stft_frame_major(
+    x: jax.Array,
+    n_fft: int = 4096,
+    n_hop: int = 1024,
+    center: bool = True,
+    normalized: bool = False,
+    window: jax.Array | np.ndarray | None = None,
+) -> jax.Array:
+    """:func:`stft` with frames before bins: complex ``(..., nb_frames, nb_bins)`` (no transpose)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+        x = x.astype(jnp.float32)
+    check_length(x.shape[-1], n_fft, center)
+    if center:
+        x = _reflect_pad(x, n_fft // 2)
+    spec = jnp.fft.rfft(_frames(x, n_fft, n_hop) * _window(window, n_fft, x.dtype), axis=-1)
+    if normalized:
+        spec = spec / np.sqrt(n_fft).astype(x.dtype)
+    return spec
+
+
+def istft_frame_major(
+    X: jax.Array,
+    n_fft: int = 4096,
+    n_hop: int = 1024,
+    center: bool = True,
+    normalized: bool = False,
+    length: int | None = None,
+    window: jax.Array | np.ndarray | None = None,
+) -> jax.Array:
+    """:func:`istft` of frames before bins: ``X`` complex ``(..., nb_frames, nb_bins)`` (no transpose)."""
+    X = jnp.asarray(X)
+    if X.shape[-1] != n_fft // 2 + 1:
+        raise ValueError(f"istft: expected {n_fft // 2 + 1} bins for n_fft={n_fft}, got {X.shape[-1]}")
+    real_dtype = jnp.finfo(X.dtype).dtype  # float32 for complex64
+    nb_frames = X.shape[-2]
+    frames = jnp.fft.irfft(X, n=n_fft, axis=-1)  # (..., nb_frames, n_fft)
+    if normalized:
+        frames = frames * np.sqrt(n_fft).astype(real_dtype)
+    y = _overlap_add(frames * _window(window, n_fft, real_dtype), n_hop)
+    start, stop, pad = istft_span(n_fft, n_hop, nb_frames, center, length)
+    if window is None:
+        envelope = jnp.asarray(_envelope(n_fft, n_hop, nb_frames, start, stop), dtype=real_dtype)
+    else:
+        w2 = _window(window, n_fft, real_dtype) ** 2
+        envelope = _overlap_add(jnp.broadcast_to(w2, (nb_frames, n_fft)), n_hop)[start:stop]
+    y = y[..., start:stop] / envelope
+    if pad:
+        y = jnp.pad(y, [(0, 0)] * (y.ndim - 1) + [(0, pad)])
+    return y

@@ -133,27 +133,6 @@ def _demucs_state(w: Mapping[str, np.ndarray], c: DemucsConfig) -> PureDict:
     return state
 
 
-def state_from_canonical(config: Config, weights: Mapping[str, Any]) -> PureDict:
-    """The pure Flax state (nested dict of NumPy arrays, canonical dtype) of canonical ``weights``.
-
-    The weights are checked against the inventory of ``config`` first (legacy keys and ``num_batches_tracked``
-    dropped); a mismatch raises :class:`core_spec.params.WeightsMismatchError` naming every key.
-    """
-    if isinstance(config, UMXSeparatorConfig):
-        nested = per_target(weights, config.separator.targets, "weights")
-        return {
-            "target_models": {
-                t: _umx_state(check_weights(w, config.model, f"weights [target {t}]"), config.model)
-                for t, w in nested.items()
-            }
-        }
-    if isinstance(config, UMXConfig):
-        return _umx_state(check_weights(weights, config), config)
-    if isinstance(config, DemucsConfig):
-        return _demucs_state(check_weights(weights, config), config)
-    raise TypeError(f"no Flax model for {type(config).__name__}")
-
-
 # --- pure Flax state -> canonical ----------------------------------------------------------------------------
 
 
@@ -210,19 +189,6 @@ def _demucs_canonical(state: PureDict, c: DemucsConfig) -> dict[str, np.ndarray]
     return out
 
 
-def canonical_from_state(config: Config, state: PureDict) -> dict[str, np.ndarray]:
-    """Canonical weights (inventory order, the state's dtype) of a pure Flax state; LSTM biases come out folded
-    (``bias_ih`` = the sum, ``bias_hh`` = 0)."""
-    if isinstance(config, UMXSeparatorConfig):
-        per_target = {t: _umx_canonical(state["target_models"][t]) for t in config.separator.targets}
-        return join_targets({t: check_weights(w, config.model) for t, w in per_target.items()})
-    if isinstance(config, UMXConfig):
-        return check_weights(_umx_canonical(state), config)
-    if isinstance(config, DemucsConfig):
-        return check_weights(_demucs_canonical(state, config), config)
-    raise TypeError(f"no Flax model for {type(config).__name__}")
-
-
 # --- modules -----------------------------------------------------------------------------------------------
 
 
@@ -240,27 +206,6 @@ def _config_of(module: nnx.Module) -> Config:
     if not isinstance(config, _CONFIGS):
         raise TypeError(f"no canonical weights for {type(module).__name__}")
     return config
-
-
-def materialize(
-    make: Callable[[], nnx.Module],
-    config: UMXConfig | DemucsConfig,
-    weights: Mapping[str, Any],
-    dtype: Any = jnp.float32,
-    device: Any = None,
-) -> nnx.Module:
-    """The module ``make()`` builds, holding canonical ``weights``, without a random initialisation first.
-
-    ``make`` runs under ``nnx.eval_shape`` (abstract, shape-only parameters: nothing is allocated or drawn), then
-    the parameters are the weights (checked against ``config``'s inventory) in ``dtype`` on ``device`` (a
-    ``jax.Device``, ``"cpu"``, ``"gpu"`` or ``None``: JAX's default; float64 under ``jax.enable_x64``).
-    """
-    dtype = canonical_dtype(dtype)
-    pure = state_from_canonical(config, weights)
-    with dtype_scope(dtype), default_device(device):
-        graphdef, params = nnx.split(nnx.eval_shape(make))
-        nnx.replace_by_pure_dict(params, jax.tree.map(lambda a: jnp.asarray(a, dtype), pure))
-        return nnx.merge(graphdef, params)
 
 
 def load_weights(module: nnx.Module, weights: Mapping[str, Any]) -> None:
@@ -366,3 +311,58 @@ def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]
         if name in biases and twin in biases:
             weights[name], weights[twin] = lstm_bias_halves(weights[name], biases[name], biases[twin])
     return weights, config
+
+
+def state_from_canonical(config: Config, weights: Mapping[str, Any]) -> PureDict:
+    """The pure Flax state (nested dict of NumPy arrays, canonical dtype) of canonical ``weights``.
+
+    The weights are checked against the inventory of ``config`` first (legacy keys and ``num_batches_tracked``
+    dropped); a mismatch raises :class:`core_spec.params.WeightsMismatchError` naming every key.
+    """
+    if isinstance(config, UMXSeparatorConfig):
+        nested = per_target(weights, config.separator.targets, "weights")
+        return {
+            "target_models": {
+                t: _umx_state(check_weights(w, config.model, f"weights [target {t}]"), config.model)
+                for t, w in nested.items()
+            }
+        }
+    if isinstance(config, UMXConfig):
+        return _umx_state(check_weights(weights, config), config)
+    if isinstance(config, DemucsConfig):
+        return _demucs_state(check_weights(weights, config), config)
+    raise TypeError(f"no Flax model for {type(config).__name__}")
+
+
+def canonical_from_state(config: Config, state: PureDict) -> dict[str, np.ndarray]:
+    """Canonical weights (inventory order, the state's dtype) of a pure Flax state; LSTM biases come out folded
+    (``bias_ih`` = the sum, ``bias_hh`` = 0)."""
+    if isinstance(config, UMXSeparatorConfig):
+        per_target = {t: _umx_canonical(state["target_models"][t]) for t in config.separator.targets}
+        return join_targets({t: check_weights(w, config.model) for t, w in per_target.items()})
+    if isinstance(config, UMXConfig):
+        return check_weights(_umx_canonical(state), config)
+    if isinstance(config, DemucsConfig):
+        return check_weights(_demucs_canonical(state, config), config)
+    raise TypeError(f"no Flax model for {type(config).__name__}")
+
+
+def materialize(
+    make: Callable[[], nnx.Module],
+    config: UMXConfig | DemucsConfig,
+    weights: Mapping[str, Any],
+    dtype: Any = jnp.float32,
+    device: Any = None,
+) -> nnx.Module:
+    """The module ``make()`` builds, holding canonical ``weights``, without a random initialisation first.
+
+    ``make`` runs under ``nnx.eval_shape`` (abstract, shape-only parameters: nothing is allocated or drawn), then
+    the parameters are the weights (checked against ``config``'s inventory) in ``dtype`` on ``device`` (a
+    ``jax.Device``, ``"cpu"``, ``"gpu"`` or ``None``: JAX's default; float64 under ``jax.enable_x64``).
+    """
+    dtype = canonical_dtype(dtype)
+    pure = state_from_canonical(config, weights)
+    with dtype_scope(dtype), default_device(device):
+        graphdef, params = nnx.split(nnx.eval_shape(make))
+        nnx.replace_by_pure_dict(params, jax.tree.map(lambda a: jnp.asarray(a, dtype), pure))
+        return nnx.merge(graphdef, params)
