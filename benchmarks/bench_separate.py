@@ -19,7 +19,8 @@ of the command's process tree (psutil, sampled every 20 ms; the NNabla command's
 (the machine is shared). Ratios are against upstream's command at the same length.
 
 Run: ``.venv/bin/python -m benchmarks.bench_separate [--lengths 30 180 600] [--models umx demucs]
-[--impls upstream torch tf jax nnabla]``; writes ``benchmarks/results/separate.json``.
+[--impls upstream torch tf jax nnabla] [--name NAME]``; writes ``benchmarks/results/<NAME>.json`` (default
+``separate``); ``--table FILE...`` prints result files as the Markdown table of ``docs/separate.md``.
 """
 
 from __future__ import annotations
@@ -153,6 +154,24 @@ def upstream(kind: str, track: Path, model: Path, out: Path) -> list[str]:
             "--shifts", "0", "--overlap", "0.25"]  # fmt: skip
 
 
+def markdown_table(paths: list[Path]) -> str:
+    """The rows of result files as a Markdown table (time and memory, each with its ratio to upstream)."""
+    lines = ["| model | length | implementation | mode | wall s | x upstream | peak MiB | x upstream |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    for path in paths:
+        for r in json.loads(Path(path).read_text())["rows"]:
+            status = r.get("stopped", "") or ("" if r["returncode"] == 0 else f"failed (exit {r['returncode']})")
+            wall = f"{r['wall_s']:.1f}" if not status else f"{status} at {r['wall_s']:.0f} s"
+            peak = f"{r['peak_rss_mb']:.0f}" if not r.get("stopped") else f"> {r['peak_rss_mb']:.0f}"
+            ratio_t = f"{r['time_ratio']:.2f}" if "time_ratio" in r else ""
+            ratio_m = f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
+            length = f"{r['length_s'] // 60} min" if r["length_s"] >= 60 else f"{r['length_s']} s"
+            lines.append(
+                f"| {r['model']} | {length} | {r['impl']} | {r['mode']} | {wall} | {ratio_t} | {peak} | {ratio_m} |"
+            )
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench_separate", description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="track lengths in seconds")
@@ -162,7 +181,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit-mb", type=float, default=14000, help="stop a command whose tree passes this")
     parser.add_argument("--timeout", type=float, default=3600, help="stop a command after this many seconds")
     parser.add_argument("--name", default="separate", help="results file benchmarks/results/<name>.json")
+    parser.add_argument("--chunked-only", action="store_true", help="Open-Unmix: only the chunked runs (no upstream)")
+    parser.add_argument(
+        "--table", nargs="+", metavar="JSON", help="print result files as a Markdown table, run nothing"
+    )
     args = parser.parse_args(argv)
+    if args.table:
+        print(markdown_table([Path(p) for p in args.table]))
+        return 0
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench-separate-"))
     work.mkdir(parents=True, exist_ok=True)
     tracks = write_tracks(work, args.lengths)
@@ -175,9 +201,12 @@ def main(argv: list[str] | None = None) -> int:
             for impl in args.impls:
                 out = work / "out" / impl
                 if impl == "upstream":
-                    runs.append(("upstream", upstream(kind, track, upstream_model, out), "whole"))
+                    if not args.chunked_only:
+                        mode = "whole" if kind == "umx" else "split (40-s segments)"
+                        runs.append(("upstream", upstream(kind, track, upstream_model, out), mode))
                 elif kind == "umx":
-                    runs.append((impl, ours(impl, track, canonical, out, ["--segment-seconds", "none"]), "whole"))
+                    if not args.chunked_only:
+                        runs.append((impl, ours(impl, track, canonical, out, ["--segment-seconds", "none"]), "whole"))
                     if seconds == max(args.lengths):
                         chunked = ["--segment-seconds", str(CHUNK_SECONDS)]
                         runs.append((impl, ours(impl, track, canonical, out, chunked), f"{CHUNK_SECONDS}-s chunks"))

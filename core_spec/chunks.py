@@ -2,14 +2,17 @@
 
 Open-Unmix's separator holds the whole track's spectrogram, the networks' outputs and the Wiener filter's buffers
 at once (upstream needs more than 64 GB for a long track, openunmix issue #113). ``unmix-separate
---segment-seconds S`` separates chunks of ``S`` seconds instead; consecutive chunks share ``overlap`` samples,
-across which the earlier chunk fades out and the later one fades in linearly (the two weights sum to 1 at every
-sample, so a signal that every chunk reproduces is reproduced exactly). Memory then grows with the chunk, not the
-track, apart from the output itself.
+--segment-seconds S`` separates chunks of ``S`` seconds instead, starting every ``segment - overlap`` samples; the
+last one, which ends at the track's end, is padded with silence to the same length, so that a port that compiles or
+caches a graph per input shape builds one, and every chunk starts on the same grid (the Wiener filter's windows:
+:mod:`core_spec.umx_segments`). Each chunk's output is weighted by a linear fade-in and fade-out of ``overlap``
+samples at its inner edges, and the weighted sum is divided by the sum of the weights: where two chunks share
+``overlap`` samples the two ramps already sum to 1, and a signal that every chunk reproduces is reproduced exactly.
+Memory grows with the chunk, not the track, apart from the track's input and output arrays.
 
 The result is not the whole-track separation: each chunk's BLSTM sees only the chunk (no context beyond its
 edges) and each chunk's Wiener filter its own frames. How far it is, measured on real music, is in
-``docs/separate.md`` (``benchmarks/bench_separate.py --chunk-snr``).
+``docs/separate.md`` (``benchmarks/chunk_snr.py``).
 
 :func:`chunk_plan` gives the chunk boundaries; :func:`chunk_weight` the cross-fade weight of one chunk;
 :func:`separate_in_chunks` runs a separation function over the plan.
@@ -27,8 +30,8 @@ __all__ = ["Chunk", "chunk_plan", "chunk_weight", "separate_in_chunks"]
 
 @dataclass(frozen=True)
 class Chunk:
-    """Samples ``[start, stop)`` of the track; ``fade_in`` / ``fade_out`` samples shared with the previous / next
-    chunk (0 at the track's ends)."""
+    """Samples ``[start, stop)`` of the track; ``fade_in`` / ``fade_out``: the length of the linear ramp at its
+    start / end (0 at the track's ends)."""
 
     start: int
     stop: int
@@ -41,10 +44,10 @@ class Chunk:
 
 
 def chunk_plan(total: int, segment: int, overlap: int) -> list[Chunk]:
-    """Chunks covering ``[0, total)``: one every ``segment - overlap`` samples, ``segment`` long, so consecutive
-    chunks share ``overlap`` samples; the last one ends at ``total``. A last chunk shorter than ``segment / 2`` is
-    merged into the one before (which then reaches up to 1.5 ``segment``), so no chunk is too short to separate
-    and every sample lies in at most two chunks. A track no longer than ``segment`` is one chunk.
+    """Chunks covering ``[0, total)``: starts ``0, d, 2 d, ...`` (``d = segment - overlap``), each ``segment``
+    samples long but the last, which ends at ``total`` (longer than ``overlap``; :func:`separate_in_chunks` pads it
+    with silence to ``segment``, so every chunk the port sees has one shape and starts on the same grid). A track no
+    longer than ``segment`` is one chunk, not padded.
 
     Raises:
         ValueError: ``overlap`` not in ``[0, segment // 2]``, or ``segment < 1``.
@@ -54,12 +57,10 @@ def chunk_plan(total: int, segment: int, overlap: int) -> list[Chunk]:
     if total <= segment:
         return [Chunk(0, total, 0, 0)]
     starts = list(range(0, total - overlap, segment - overlap))
-    if len(starts) > 1 and total - starts[-1] < segment // 2:
-        starts.pop()
-    stops = [start + segment for start in starts[:-1]] + [total]
+    last = len(starts) - 1
     return [
-        Chunk(start, stop, 0 if k == 0 else overlap, 0 if k == len(starts) - 1 else overlap)
-        for k, (start, stop) in enumerate(zip(starts, stops))
+        Chunk(s, min(s + segment, total), 0 if k == 0 else overlap, 0 if k == last else overlap)
+        for k, s in enumerate(starts)
     ]
 
 
@@ -69,10 +70,8 @@ def _ramp(n: int) -> np.ndarray:
 
 
 def chunk_weight(chunk: Chunk) -> np.ndarray:
-    """Cross-fade weight ``(chunk.length,)``: a linear fade-in over ``fade_in``, 1, a fade-out over ``fade_out``.
-
-    Where two chunks overlap, the earlier one's fade-out and the later one's fade-in sum to 1.
-    """
+    """Cross-fade weight ``(chunk.length,)``: a linear fade-in over ``fade_in``, 1, a fade-out over ``fade_out``
+    (positive everywhere, so every sample of the track has some weight)."""
     weight = np.ones(chunk.length, dtype=np.float64)
     if chunk.fade_in:
         weight[: chunk.fade_in] = _ramp(chunk.fade_in)
@@ -93,22 +92,28 @@ def separate_in_chunks(
     Args:
         separate: one chunk ``(nb_channels, n)`` -> ``(nb_sources, nb_channels, n)``.
         segment, overlap: see :func:`chunk_plan` (samples).
-        progress: called with the number of new samples of the track finished after each chunk.
+        progress: called with the number of new samples of the track covered after each chunk.
 
     Returns:
         ``(nb_sources, nb_channels, nb_timesteps)`` float32.
     """
     total = audio.shape[-1]
     out: np.ndarray | None = None
-    done = 0
+    weights = np.zeros(total, dtype=np.float32)
+    covered = 0
     for chunk in chunk_plan(total, segment, overlap):
-        estimate = np.asarray(separate(audio[..., chunk.start : chunk.stop]))
+        piece = audio[..., chunk.start : chunk.stop]
+        if chunk.length < segment and chunk.start > 0:  # the last chunk: silence after the track's end
+            piece = np.pad(piece, [(0, 0)] * (piece.ndim - 1) + [(0, segment - chunk.length)])
+        estimate = np.asarray(separate(piece))[..., : chunk.length]
         if out is None:
             out = np.zeros(estimate.shape[:-1] + (total,), dtype=np.float32)
-        out[..., chunk.start : chunk.stop] += (estimate * chunk_weight(chunk)).astype(np.float32)
+        weight = chunk_weight(chunk)
+        out[..., chunk.start : chunk.stop] += (estimate * weight).astype(np.float32)
+        weights[chunk.start : chunk.stop] += weight.astype(np.float32)
         if progress is not None:
-            finished = chunk.stop - (chunk.fade_out if chunk.stop < total else 0)
-            progress(finished - done)
-            done = finished
+            progress(chunk.stop - covered)
+            covered = chunk.stop
     assert out is not None
+    out /= weights
     return out

@@ -352,6 +352,10 @@ def run(args: argparse.Namespace, prog: str = "unmix-separate") -> int:
                 failed.append(path)
                 files_bar.clear()
                 error(str(e) if str(path) in str(e) else f"{path}: {e}")
+            except Exception as e:  # the port failed on this track (out of memory, ...): report it, go on
+                failed.append(path)
+                files_bar.clear()
+                error(f"{path}: separation failed ({type(e).__name__}: {e})")
             else:
                 if not args.quiet:
                     files_bar.write(line, file=sys.stdout)
@@ -369,7 +373,12 @@ def main(argv: Sequence[str] | None = None, prog: str = "unmix-separate", framew
     if framework is not None:
         args.framework = framework
     if args.framework == "nnabla" and not importable("nnabla"):  # unmix-separate in .venv: run in .venv-nnabla
-        return rerun_in_nnabla("core_spec.separate_cli", argv)
+        code = rerun_in_nnabla("core_spec.separate_cli", argv)
+        if code < 0:  # killed by a signal: say so (the process could not)
+            name = signal.Signals(-code).name if -code in signal.valid_signals() else str(-code)
+            print(f"{prog}: error: the NNabla process (.venv-nnabla) died of signal {name}", file=sys.stderr)
+            return 1
+        return code
     previous = signal.signal(signal.SIGTERM, _raise_on_sigterm) if _main_thread() else None
     try:
         return run(args, prog)

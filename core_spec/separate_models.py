@@ -20,7 +20,8 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-from collections.abc import Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,12 +77,55 @@ class LoadedModel:
         """Separate one track ``(nb_channels, nb_timesteps)`` at :attr:`rate`: ``(nb_sources, 2, nb_timesteps)``
         float32 (Open-Unmix: ``Separator.separate``; Demucs: ``separate_track`` with ``demucs`` options)."""
         batch = np.asarray(audio, dtype=np.float32)[None]  # 3-D: no guessing of the layout
-        with self.scope():
-            if self.kind == "umx":
-                out = self.model.separate(batch)
-            else:
-                out = self.port.separate_track(self.model, batch, **dict(demucs or {}))
-        return to_numpy(out)[0].astype(np.float32, copy=False)
+
+        def run() -> Any:
+            with self.scope():
+                if self.kind == "umx":
+                    return self.model.separate(batch)
+                return self.port.separate_track(self.model, batch, **dict(demucs or {}))
+
+        if self.framework != "nnabla":
+            return to_numpy(run())[0].astype(np.float32, copy=False)
+
+        def run_and_free() -> np.ndarray:
+            try:
+                return np.array(to_numpy(run())[0], dtype=np.float32)  # a copy: no view keeps the graph alive
+            finally:
+                graphs = getattr(self.model, "graphs", None)
+                if graphs is not None:
+                    graphs.clear()  # freed here, on the large stack, not later on the main thread's
+
+        return _with_large_stack(run_and_free)
+
+
+# NNabla 1.39 frees a graph recursively: the port's Open-Unmix graph, with its LSTMs unrolled over every frame,
+# overflows the main thread's 8 MiB stack from about 45 s of audio (SIGSEGV when the graph is freed: 30 s passes,
+# 60 s crashes after the separation, and passes with `ulimit -s unlimited`). Its separations therefore run, and
+# their graphs are freed, in a thread whose stack is reserved large (address space only: pages are used as the
+# recursion reaches them).
+NNABLA_STACK_BYTES = 1 << 30
+
+
+def _with_large_stack(run: Callable[[], Any]) -> Any:
+    """``run()`` in a thread with a :data:`NNABLA_STACK_BYTES` stack; its result, or its exception re-raised."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = run()
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    previous = threading.stack_size(NNABLA_STACK_BYTES)
+    try:
+        thread = threading.Thread(target=target, name="nnabla-separation", daemon=True)  # Ctrl-C need not wait
+        thread.start()
+    finally:
+        threading.stack_size(previous)
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
 
 
 def to_numpy(x: Any) -> np.ndarray:

@@ -31,9 +31,11 @@ __all__ = [
 AUTO = "auto"
 AUTO_SEGMENT = 60.0  # seconds
 DEFAULT_OVERLAP = 2.0  # seconds
-# Peak resident memory of a whole-track separation per (frame x bin x channel x source), in bytes, float32:
-# measured with benchmarks/bench_separate.py (umxhq, niter 1, 3 min; the largest port: see docs/separate.md).
-BYTES_PER_ELEMENT = 40.0
+# Peak resident memory a whole-track separation adds per (frame x bin x channel x source), in bytes (float32),
+# by framework: the growth of the peak between 30 s and 3 min (and 10 min where it fitted) of music in
+# benchmarks/bench_separate.py (umxhq, niter 1; benchmarks/results/separate_umx.json): 11.3 / 33.2 / 17.5 / 58.2 MiB
+# per second of audio for torch / tf / jax / nnabla, 706k elements a second. Upstream's umx: 25 MiB/s.
+BYTES_PER_ELEMENT = {"torch": 17.0, "tf": 50.0, "jax": 26.0, "nnabla": 87.0}
 
 
 @dataclass(frozen=True)
@@ -63,7 +65,8 @@ def whole_track_bytes(model: Any, nb_timesteps: int) -> float:
     sep = model.config.separator
     frames = sep.stft.nb_frames(nb_timesteps)
     itemsize = 2.0 if model.dtype == "float64" else 1.0
-    return BYTES_PER_ELEMENT * itemsize * frames * sep.stft.nb_bins * 2 * len(model.sources)
+    per_element = BYTES_PER_ELEMENT.get(model.framework, max(BYTES_PER_ELEMENT.values()))
+    return per_element * itemsize * frames * sep.stft.nb_bins * 2 * len(model.sources)
 
 
 def available_memory() -> float | None:

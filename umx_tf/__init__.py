@@ -57,7 +57,7 @@ from .resample import resample_frac  # noqa: E402
 from .separator import Separator  # noqa: E402
 from .transforms import complex_norm, istft, stft  # noqa: E402
 from .umx import OpenUnmix  # noqa: E402
-from .weights import load_native, load_weights, save_native, to_canonical  # noqa: E402
+from .weights import load_native, load_weights, native_paths, save_native, to_canonical  # noqa: E402
 
 __all__ = [
     "Demucs",
@@ -73,6 +73,7 @@ __all__ = [
     "istft",
     "load_native",
     "load_weights",
+    "native_paths",
     "resample_frac",
     "save_native",
     "separate_track",
