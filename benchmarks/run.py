@@ -15,6 +15,7 @@ Usage: ``python -m benchmarks [--quick] [--impls ...] [--points NAME|main|sweep 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import subprocess
@@ -159,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=THREADS, help=f"threads of every implementation ({THREADS})")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per worker process (full 3600, quick 600)")
     parser.add_argument("--grouped", action="store_true", help="one process per implementation (default with --quick)")
+    parser.add_argument("--repeats", type=int, default=None, help="at most this many timed calls a point (plan's)")
+    parser.add_argument("--max-timed-s", type=float, default=None, help="a point's timed calls stop after this")
     parser.add_argument(
         "--jobs",
         type=int,
@@ -169,10 +172,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     p = plan(args.quick)
+    if args.max_timed_s is not None:
+        p = dataclasses.replace(p, max_timed_s=args.max_timed_s)
     try:
         points = _select(p, args.points)
     except KeyError as e:
         parser.error(str(e.args[0]))
+    if args.repeats is not None:
+        if args.repeats < 1:
+            parser.error(f"--repeats must be at least 1, got {args.repeats}")
+        points = [dataclasses.replace(pt, repeats=args.repeats) for pt in points]
     impls = sorted(dict.fromkeys(args.impls), key=lambda k: k != "upstream")  # upstream first: the reference
     grouped = args.grouped or args.quick
     args.jobs = args.jobs or (2 if args.quick else 1)
@@ -222,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
         "impls": impls,
         "long": args.long,
         "points": [pt.name for pt in points],
+        "repeats": {pt.name: pt.repeats for pt in points},
+        "max_timed_s": p.max_timed_s,
         "git": _git(),
         "machine_start": machine_start,
         "machine_end": machine_info(),
