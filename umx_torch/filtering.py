@@ -113,10 +113,15 @@ def expectation_maximization_planar(
         r01 = (y0 * y1.conj()).sum(dim=-1, keepdim=True) / weight  # complex; r10 = conj(r01)
         del power, y0, y1
         # mixture covariance, Hermitian: real diagonal, c10 = conj(c01)
-        c00 = reg + (v * r00).sum(dim=-3)  # (..., F, T)
-        c11 = reg + (v * r11).sum(dim=-3)
+        a00 = (v * r00).sum(dim=-3)  # (..., F, T)
+        a11 = (v * r11).sum(dim=-3)
         c01 = (v * r01).sum(dim=-3)
-        det = c00 * c11 - (c01.real.square() + c01.imag.square())  # real, as upstream's complex det
+        c00, c11 = reg + a00, reg + a11
+        # det = c00 c11 - |c01|^2 (real, as upstream's complex det) is at least reg (reg + a00 + a11), as
+        # a00 a11 >= |c01|^2; where it cancels below that bound (equal channels, a mono file as stereo: 0 wherever
+        # a00 is ~2^24 times reg, and then 0 / 0 below), the bound is the better value; elsewhere it is the
+        # determinant as computed (umx_nnabla's filter does the same)
+        det = torch.maximum(c00 * c11 - (c01.real.square() + c01.imag.square()), reg * (reg + a00 + a11))
         inv_det = det / (det * det)  # upstream's _inv(z) = conj(z) / |z|^2
         x0, x1 = x[..., 0, :, :], x[..., 1, :, :]
         # z = Cxx^-1 x with Cxx^-1 = inv_det [[c11, -c01], [-c10, c00]]
