@@ -46,6 +46,13 @@ WIENER_CASES = [
     for n, s, r, c in itertools.product((0, 1, 2), (False, True), (False, True), (1, 2))
 ]
 WIENER_SHAPE = (12, 33, 2, 3)  # frames, bins, mixture channels, sources
+# one-channel (mono) mixtures: seeded inputs only (:func:`wiener_mono_inputs`), not in a fixture file; the parity
+# suite compares every port with the spec, and parity_tests/torch/test_filtering.py runs upstream on them live
+WIENER_MONO_CASES = [
+    dict(niter=n, softmask=s, residual=r, channels=1)
+    for n, s, r in itertools.product((0, 1, 2), (False, True), (False, True))
+]
+WIENER_MONO_SHAPE = (10, 17, 1, 3)  # frames, bins, mixture channels, sources
 
 
 def _sep(preset: str, **wiener: object) -> UMXSeparatorConfig:
@@ -93,6 +100,21 @@ def wiener_inputs(case: int) -> tuple[np.ndarray, np.ndarray]:
     v = np.abs(rng.standard_normal((nb_frames, nb_bins, spec["spec_channels"], nb_sources)))
     v[0] = 0  # targets are silent where the mixture is
     v[3, 4:7] = 0
+    return v, mix
+
+
+def wiener_mono_inputs(case: int) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded ``(v, mix)`` of mono case ``case`` (:data:`WIENER_MONO_CASES`): a one-channel mixture with a silent
+    frame, silent bins and a negative real bin, magnitudes ``(T, F, 1, S)``."""
+    nb_frames, nb_bins, nb_channels, nb_sources = WIENER_MONO_SHAPE
+    shape = (nb_frames, nb_bins, nb_channels)
+    rng = np.random.default_rng([11, case])
+    mix = (rng.standard_normal(shape) + 1j * rng.standard_normal(shape)) * rng.uniform(0.01, 30, (1, nb_bins, 1))
+    mix[0] = 0
+    mix[4, 3:5] = 0
+    mix[6, 7] = -2.0
+    v = np.abs(rng.standard_normal(shape + (nb_sources,)))
+    v[0] = 0
     return v, mix
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
-
 import numpy as np
 import pytest
 
@@ -13,7 +11,7 @@ from core_spec.reference import separator as ref_separator
 from core_spec.shapes import wiener_chunks
 from core_spec.tolerances import check
 from parity_tests.fixtures import load
-from parity_tests.fixtures_umx import WIENER_CASES, wiener_inputs
+from parity_tests.fixtures_umx import WIENER_CASES, WIENER_MONO_CASES, wiener_inputs, wiener_mono_inputs
 from parity_tests.torch.helpers import DTYPES, TORCH_DTYPES, np_of, torch, torch_device
 from umx_torch.filtering import expectation_maximization, initial_estimate, upstream_atan2, wiener, wiener_planar
 from umx_torch.separator import filter_and_invert, filter_chunks
@@ -50,31 +48,15 @@ def test_wiener_two_channel_mixture(fx, i, dtype, device):
     check(out, ref.wiener(v, mix, **kwargs), "wiener", dtype, device, what=f"torch wiener {_name(c)} {dtype} vs ref")
 
 
-MONO_CASES = [
-    dict(niter=n, softmask=s, residual=r, channels=1)
-    for n, s, r in itertools.product((0, 1, 2), (False, True), (False, True))
-]
-
-
-def _mono_inputs(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    rng = np.random.default_rng([11, seed])
-    mix = (rng.standard_normal((10, 17, 1)) + 1j * rng.standard_normal((10, 17, 1))) * rng.uniform(0.01, 30, (1, 17, 1))
-    mix[0] = 0
-    mix[4, 3:5] = 0
-    mix[6, 7] = -2.0
-    v = np.abs(rng.standard_normal((10, 17, 1, 3)))
-    v[0] = 0
-    return v, mix
-
-
 @pytest.fixture(scope="module")
 def upstream_mono() -> dict[tuple[int, str], np.ndarray]:
-    """Upstream on 1-channel mixtures (not in the fixtures), run live."""
+    """Upstream on 1-channel mixtures (not in the fixtures), run live; the shared stage tests compare every port
+    with the spec on the same inputs (``harness.test_port_wiener_mono``)."""
     from openunmix.filtering import wiener as upstream_wiener
 
     out = {}
-    for i, c in enumerate(MONO_CASES):
-        v, mix = _mono_inputs(i)
+    for i, c in enumerate(WIENER_MONO_CASES):
+        v, mix = wiener_mono_inputs(i)
         for dtype in DTYPES:
             mix_t = torch.from_numpy(np.stack([mix.real, mix.imag], -1)).to(TORCH_DTYPES[dtype])
             with torch.no_grad():
@@ -86,10 +68,10 @@ def upstream_mono() -> dict[tuple[int, str], np.ndarray]:
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("i", range(len(MONO_CASES)), ids=[_name(c) for c in MONO_CASES])
+@pytest.mark.parametrize("i", range(len(WIENER_MONO_CASES)), ids=[_name(c) for c in WIENER_MONO_CASES])
 def test_wiener_one_channel_mixture(upstream_mono, i, dtype, device):
-    c = MONO_CASES[i]
-    v, mix = _mono_inputs(i)
+    c = WIENER_MONO_CASES[i]
+    v, mix = wiener_mono_inputs(i)
     kwargs = dict(iterations=c["niter"], softmask=c["softmask"], residual=c["residual"])
     out = _run(v, mix, dtype, device, **kwargs)
     check(out, upstream_mono[i, dtype], "wiener", dtype, device, what=f"torch wiener {_name(c)} {dtype} vs upstream")

@@ -1,4 +1,8 @@
-"""umx_torch.OpenUnmix layer by layer against upstream openunmix 1.3.0 (fixtures) and the NumPy reference."""
+"""umx_torch.OpenUnmix layer by layer against upstream openunmix 1.3.0 (fixtures) and the NumPy reference.
+
+That the forward records exactly the spec's trace keys, in order, is checked by the shared stage tests
+(``parity_tests/harness.py::test_port_umx_layers``, run by ``test_parity.py``).
+"""
 
 from __future__ import annotations
 
@@ -19,16 +23,6 @@ from parity_tests.torch.helpers import DTYPES, TORCH_DTYPES, np_of, oracle, torc
 from umx_torch import LegacyKeysWarning, OpenUnmix, load_weights
 
 PRESETS = sorted(MODEL_PRESETS)
-
-
-def test_trace_keys_are_the_spec_keys():
-    """The forward records exactly the spec's intermediate outputs, in the spec's order (the port imports the keys;
-    this checks what its forward writes under them)."""
-    cfg = UMXConfig(nb_bins=65, nb_channels=2, hidden_size=16, nb_layers=2, max_bin=40)
-    trace: dict[str, torch.Tensor] = {}
-    with torch.no_grad():
-        OpenUnmix.from_config(cfg)(torch.rand(1, 2, 65, 3), trace=trace)
-    assert tuple(trace) == REF_TRACE_KEYS
 
 
 @pytest.fixture(scope="module", params=PRESETS)

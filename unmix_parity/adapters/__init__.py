@@ -44,25 +44,34 @@ class DeviceUnavailable(RuntimeError):
 class Port:
     """One implementation, stage by stage. Every function returns NumPy arrays (complex where the stage is complex).
 
-    - ``stft(x (B, C, L), cfg, dtype, device) -> (B, C, F, T) complex``
-    - ``istft(X (B, C, F, T) complex, cfg, length, dtype, device) -> (B, C, length)``
+    - ``stft(x (B, C, L), cfg, dtype, device, window=None) -> (B, C, F, T) complex``; ``window``: an ``(n_fft,)``
+      array in ``dtype`` (upstream's float32-built window, from the fixtures) instead of the periodic Hann window
+    - ``istft(X (B, C, F, T) complex, cfg, length, dtype, device, window=None) -> (B, C, length)``
     - ``complex_norm(X complex, mono, dtype, device) -> (B, C|1, F, T)``
     - ``umx(weights, config, x (B, C, F, T), dtype, device) -> (output (B, C, F, T), trace dict)``; the trace holds
-      the keys of ``core_spec.reference.umx.UMX_TRACE_KEYS`` in the reference's layouts
+      the keys of ``core_spec.reference.umx.UMX_TRACE_KEYS`` in the reference's layouts, in the order the forward
+      recorded them
     - ``wiener(v (T, F, C|1, S), mix (T, F, C) complex, niter, softmask, residual, dtype, device) -> complex``
     - ``separator(weights_by_target, config, audio (B, 2, L), dtype, device) -> (B, S, 2, L)``
     - ``resample(x (..., L), old, new, dtype, device) -> (..., L')``
     - ``demucs(weights, config, mix (B, C, L), dtype, device) -> (output (B, S, C, L'), trace dict)``; the trace holds
-      the keys of ``core_spec.reference.demucs.demucs_trace_keys(config)``
+      the keys of ``core_spec.reference.demucs.demucs_trace_keys(config)``, in the order the forward recorded them
     - ``apply_model(weights, config, mix (C, L), split, overlap, transition_power, segment_length, dtype,
       device) -> (S, C, L)``
 
     A stage may be ``None`` only while the implementation does not have it; callers fail (never skip) naming it.
+
+    ``fft_signs_differ``: the implementation's FFT gives the rounding-level imaginary parts of bins that lie on the
+    real axis in exact arithmetic other signs than NumPy's (the spec's FFT). Upstream's atan2 (the default
+    ``WienerConfig.atan2``) jumps by 2 x 8.7e-8 rad across the negative real axis, so such a port's float64
+    separator differs from the spec's by up to ~3e-8 of its peak, far above the float64 row; the parity suite
+    then compares its float64 separator with ``atan2="exact"`` on both sides (continuous at the axis).
     """
 
     name: str
     dtypes: tuple[str, ...] = ("float32", "float64")
     device: str = "cpu"
+    fft_signs_differ: bool = False
     stft: Callable[..., Array] | None = None
     istft: Callable[..., Array] | None = None
     complex_norm: Callable[..., Array] | None = None

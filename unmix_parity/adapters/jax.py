@@ -23,7 +23,7 @@ from umx_jax._scope import as_device, dtype_scope
 
 from . import DeviceUnavailable, Port
 
-__all__ = ["PRECISION", "port", "run_in"]
+__all__ = ["PRECISION", "port", "recorded_order", "run_in"]
 
 PRECISION = "highest"
 
@@ -39,20 +39,38 @@ def _np(a: jax.Array) -> np.ndarray:
     return np.asarray(a)
 
 
-def _stft(x: np.ndarray, cfg: STFTConfig, dtype: str, device: str) -> np.ndarray:
+def _stft(x: np.ndarray, cfg: STFTConfig, dtype: str, device: str, window: np.ndarray | None = None) -> np.ndarray:
     with run_in(dtype, device):
-        return _np(jax.jit(transforms.stft, static_argnums=(1, 2, 3, 4))(x, cfg.n_fft, cfg.n_hop, cfg.center, False))
+        fn = jax.jit(transforms.stft, static_argnums=(1, 2, 3, 4))
+        return _np(fn(x, cfg.n_fft, cfg.n_hop, cfg.center, False, window))
 
 
-def _istft(X: np.ndarray, cfg: STFTConfig, length: int, dtype: str, device: str) -> np.ndarray:
+def _istft(
+    X: np.ndarray, cfg: STFTConfig, length: int, dtype: str, device: str, window: np.ndarray | None = None
+) -> np.ndarray:
     with run_in(dtype, device):
         fn = jax.jit(transforms.istft, static_argnums=(1, 2, 3, 4, 5))
-        return _np(fn(X, cfg.n_fft, cfg.n_hop, cfg.center, False, length))
+        return _np(fn(X, cfg.n_fft, cfg.n_hop, cfg.center, False, length, window))
 
 
 def _complex_norm(X: np.ndarray, mono: bool, dtype: str, device: str) -> np.ndarray:
     with run_in(dtype, device):
         return _np(transforms.complex_norm(X, mono=mono))
+
+
+def recorded_order(model: nnx.Module, x: jax.Array) -> tuple[str, ...]:
+    """The trace keys in the order ``model``'s forward records them. A jitted call returns its trace dict sorted
+    by key (JAX flattens a dict in key order), so the order is read from an abstract evaluation (no computation)."""
+    order: list[str] = []
+
+    def forward(model: nnx.Module, x: jax.Array) -> jax.Array:
+        trace: dict[str, jax.Array] = {}
+        out = model(x, trace)
+        order.extend(trace)
+        return out
+
+    nnx.eval_shape(forward, model, x)
+    return tuple(order)
 
 
 @partial(nnx.jit, graph_updates=False)
@@ -65,7 +83,7 @@ def _umx(weights, config: UMXConfig, x: np.ndarray, dtype: str, device: str):
     with run_in(dtype, device):
         model = from_canonical(config, weights, dtype=dtype, device=device)
         out, trace = _umx_traced(model, x)
-        return _np(out), {k: _np(v) for k, v in trace.items()}
+        return _np(out), {k: _np(trace[k]) for k in recorded_order(model, x)}
 
 
 def _wiener(v, mix, niter, softmask, residual, dtype: str, device: str) -> np.ndarray:
@@ -95,7 +113,7 @@ def _demucs(weights, config: DemucsConfig, mix: np.ndarray, dtype: str, device: 
     with run_in(dtype, device):
         model = from_canonical(config, weights, dtype=dtype, device=device)
         out, trace = _demucs_traced(model, mix)
-        return _np(out), {k: _np(v) for k, v in trace.items()}
+        return _np(out), {k: _np(trace[k]) for k in recorded_order(model, mix)}
 
 
 def _apply(weights, config: DemucsConfig, mix: np.ndarray, split, overlap, transition_power, segment_length, dtype,

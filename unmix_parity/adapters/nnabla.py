@@ -53,12 +53,14 @@ def trace_arrays(trace: dict[str, nn.Variable]) -> dict[str, np.ndarray]:
     return out
 
 
-def _stft(x: np.ndarray, cfg: STFTConfig, dtype: str, device: str) -> np.ndarray:
-    return transforms.stft(x.astype(dtype), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized)
+def _stft(x: np.ndarray, cfg: STFTConfig, dtype: str, device: str, window: np.ndarray | None = None) -> np.ndarray:
+    return transforms.stft(x.astype(dtype), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, window)
 
 
-def _istft(X: np.ndarray, cfg: STFTConfig, length: int, dtype: str, device: str) -> np.ndarray:
-    return transforms.istft(X, cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, length)
+def _istft(
+    X: np.ndarray, cfg: STFTConfig, length: int, dtype: str, device: str, window: np.ndarray | None = None
+) -> np.ndarray:
+    return transforms.istft(X, cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, length, window)
 
 
 def _complex_norm(X: np.ndarray, mono: bool, dtype: str, device: str) -> np.ndarray:

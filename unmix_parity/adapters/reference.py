@@ -18,12 +18,12 @@ def _f64(x: np.ndarray) -> np.ndarray:
     return np.asarray(x, dtype=np.complex128 if np.iscomplexobj(x) else np.float64)
 
 
-def _stft(x, cfg: STFTConfig, dtype, device):
-    return transforms.stft(_f64(x), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized)
+def _stft(x, cfg: STFTConfig, dtype, device, window=None):
+    return transforms.stft(_f64(x), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, window)
 
 
-def _istft(X, cfg: STFTConfig, length, dtype, device):
-    return transforms.istft(_f64(X), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, length)
+def _istft(X, cfg: STFTConfig, length, dtype, device, window=None):
+    return transforms.istft(_f64(X), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, length, window)
 
 
 def _complex_norm(X, mono, dtype, device):

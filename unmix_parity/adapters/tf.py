@@ -57,14 +57,16 @@ def np_of(x: Any) -> np.ndarray:
     return x.numpy() if hasattr(x, "numpy") else np.asarray(x)
 
 
-def _stft(x: np.ndarray, cfg: STFTConfig, dtype: str, device: str) -> np.ndarray:
+def _stft(x: np.ndarray, cfg: STFTConfig, dtype: str, device: str, window: np.ndarray | None = None) -> np.ndarray:
     with on_device(device):
-        return np_of(umx_tf.stft(tf.constant(x), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized))
+        return np_of(umx_tf.stft(tf.constant(x), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, window))
 
 
-def _istft(X: np.ndarray, cfg: STFTConfig, length: int, dtype: str, device: str) -> np.ndarray:
+def _istft(
+    X: np.ndarray, cfg: STFTConfig, length: int, dtype: str, device: str, window: np.ndarray | None = None
+) -> np.ndarray:
     with on_device(device):
-        return np_of(umx_tf.istft(tf.constant(X), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, length))
+        return np_of(umx_tf.istft(tf.constant(X), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, length, window))
 
 
 def _complex_norm(X: np.ndarray, mono: bool, dtype: str, device: str) -> np.ndarray:

@@ -46,14 +46,20 @@ def _t(x: np.ndarray, dtype: str, device: str) -> torch.Tensor:
     )
 
 
-@torch.no_grad()
-def _stft(x, cfg: STFTConfig, dtype, device):
-    return np_of(stft(_t(x, dtype, device), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized))
+def _window(window, dtype, device):
+    return None if window is None else _t(window, dtype, device)
 
 
 @torch.no_grad()
-def _istft(X, cfg: STFTConfig, length, dtype, device):
-    return np_of(istft(_t(X, dtype, device), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, length))
+def _stft(x, cfg: STFTConfig, dtype, device, window=None):
+    window = _window(window, dtype, device)
+    return np_of(stft(_t(x, dtype, device), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, window))
+
+
+@torch.no_grad()
+def _istft(X, cfg: STFTConfig, length, dtype, device, window=None):
+    window = _window(window, dtype, device)
+    return np_of(istft(_t(X, dtype, device), cfg.n_fft, cfg.n_hop, cfg.center, cfg.normalized, length, window))
 
 
 @torch.no_grad()
@@ -113,11 +119,16 @@ def _apply_model(weights, config: DemucsConfig, mix, split, overlap, transition_
 
 
 def port(device: str = "cpu") -> Port:
-    """The adapter; raises :class:`~unmix_parity.adapters.DeviceUnavailable` for ``gpu`` without CUDA."""
+    """The adapter; raises :class:`~unmix_parity.adapters.DeviceUnavailable` for ``gpu`` without CUDA.
+
+    ``fft_signs_differ``: torch's FFT (pocketfft or MKL on the CPU, cuFFT) gives rounding-level imaginary parts of
+    real-axis bins other signs than NumPy's (:class:`~unmix_parity.adapters.Port`).
+    """
     torch_device(device)
     return Port(
         name="torch",
         device=device,
+        fft_signs_differ=True,
         stft=_stft,
         istft=_istft,
         complex_norm=_complex_norm,

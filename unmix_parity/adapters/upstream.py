@@ -245,22 +245,26 @@ def _complex(x: torch.Tensor) -> np.ndarray:
     return a[..., 0] + 1j * a[..., 1]
 
 
-def _filterbanks(cfg: STFTConfig, dtype: str, device: str):
+def _filterbanks(cfg: STFTConfig, dtype: str, device: str, window: np.ndarray | None = None):
+    """openunmix's encoder and decoder; ``window`` replaces their shared window (upstream's own by default)."""
     from openunmix.transforms import make_filterbanks
 
     encoder, decoder = make_filterbanks(n_fft=cfg.n_fft, n_hop=cfg.n_hop, center=cfg.center)
-    return encoder.to(torch_device(device), TORCH_DTYPES[dtype]), decoder.to(torch_device(device), TORCH_DTYPES[dtype])
+    encoder, decoder = (m.to(torch_device(device), TORCH_DTYPES[dtype]) for m in (encoder, decoder))
+    if window is not None:
+        encoder.window = decoder.window = torch.nn.Parameter(_t(window, dtype, device), requires_grad=False)
+    return encoder, decoder
 
 
 @torch.no_grad()
-def _stft(x, cfg: STFTConfig, dtype, device):
-    encoder, _ = _filterbanks(cfg, dtype, device)
+def _stft(x, cfg: STFTConfig, dtype, device, window=None):
+    encoder, _ = _filterbanks(cfg, dtype, device, window)
     return _complex(encoder(_t(x, dtype, device)))
 
 
 @torch.no_grad()
-def _istft(X, cfg: STFTConfig, length, dtype, device):
-    _, decoder = _filterbanks(cfg, dtype, device)
+def _istft(X, cfg: STFTConfig, length, dtype, device, window=None):
+    _, decoder = _filterbanks(cfg, dtype, device, window)
     return np_of(decoder(_t(X, dtype, device), length=length))
 
 
