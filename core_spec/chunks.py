@@ -6,8 +6,8 @@ at once (upstream needs more than 64 GB for a long track, openunmix issue #113).
 last one, which ends at the track's end, is padded with silence to the same length, so that a port that compiles or
 caches a graph per input shape builds one, and every chunk starts on the same grid (the Wiener filter's windows:
 :mod:`core_spec.umx_segments`). Each chunk's output is weighted by a linear fade-in and fade-out of ``overlap``
-samples at its inner edges, and the weighted sum is divided by the sum of the weights: where two chunks share
-``overlap`` samples the two ramps already sum to 1, and a signal that every chunk reproduces is reproduced exactly.
+samples at its inner edges; consecutive chunks share exactly ``overlap`` samples, where the two ramps sum to 1,
+so a signal that every chunk reproduces is reproduced exactly.
 Memory grows with the chunk, not the track, apart from the track's input and output arrays.
 
 The result is not the whole-track separation: each chunk's BLSTM sees only the chunk (no context beyond its
@@ -99,7 +99,6 @@ def separate_in_chunks(
     """
     total = audio.shape[-1]
     out: np.ndarray | None = None
-    weights = np.zeros(total, dtype=np.float32)
     covered = 0
     for chunk in chunk_plan(total, segment, overlap):
         piece = audio[..., chunk.start : chunk.stop]
@@ -108,12 +107,9 @@ def separate_in_chunks(
         estimate = np.asarray(separate(piece))[..., : chunk.length]
         if out is None:
             out = np.zeros(estimate.shape[:-1] + (total,), dtype=np.float32)
-        weight = chunk_weight(chunk)
-        out[..., chunk.start : chunk.stop] += (estimate * weight).astype(np.float32)
-        weights[chunk.start : chunk.stop] += weight.astype(np.float32)
+        out[..., chunk.start : chunk.stop] += (estimate * chunk_weight(chunk)).astype(np.float32)
         if progress is not None:
             progress(chunk.stop - covered)
             covered = chunk.stop
     assert out is not None
-    out /= weights
     return out

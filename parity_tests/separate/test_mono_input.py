@@ -16,15 +16,16 @@ import numpy as np
 import pytest
 
 from core_spec.configs import umx_preset
+from core_spec.frameworks import FRAMEWORKS
 from parity_tests.fixtures_umx import separator_weights
 
-FRAMEWORKS = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
+MAIN_ENV = ("jax", "tf", "torch")  # NNabla: parity_tests/separate_nnabla
 
 
-@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+@pytest.mark.parametrize("framework", MAIN_ENV)
 def test_mono_as_stereo_is_finite(framework: str) -> None:
-    pytest.importorskip(FRAMEWORKS[framework])
-    port = importlib.import_module(f"umx_{framework}")
+    pytest.importorskip(FRAMEWORKS[framework].module)
+    port = importlib.import_module(FRAMEWORKS[framework].package)
     config = umx_preset("umxse")
     weights = separator_weights(config)
     mono = 0.1 * np.random.default_rng(0).standard_normal(16000)

@@ -11,16 +11,17 @@ import numpy as np
 import pytest
 
 from core_spec.configs import DemucsConfig
+from core_spec.frameworks import FRAMEWORKS
 from core_spec.seeded import random_weights
 from core_spec.separate_models import resolve_weights
 
-FRAMEWORKS = {"torch": "torch", "tf": "tensorflow", "jax": "jax"}
+MAIN_ENV = ("jax", "tf", "torch")  # NNabla: parity_tests/separate_nnabla
 
 
-@pytest.mark.parametrize("framework", sorted(FRAMEWORKS))
+@pytest.mark.parametrize("framework", MAIN_ENV)
 def test_a_native_file_of_the_port_is_read_as_native(framework: str, tmp_path: Path) -> None:
-    pytest.importorskip(FRAMEWORKS[framework])
-    port = importlib.import_module(f"umx_{framework}")
+    pytest.importorskip(FRAMEWORKS[framework].module)
+    port = importlib.import_module(FRAMEWORKS[framework].package)
     config = DemucsConfig(channels=4, depth=3, lstm_layers=1)
     weights = random_weights(config, seed=3)
     written = port.save_native(tmp_path / "small", weights, config)
