@@ -7,6 +7,7 @@ and the weight mapping (:mod:`umx_tf.weights`); it dispatches on the config's ty
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -19,6 +20,7 @@ from core_spec.devices import dtype_name
 
 from ._device import device_scope
 from .demucs import Demucs
+from .layers import skip_init
 from .separator import Separator
 from .umx import OpenUnmix
 from .weights import load_weights, native_config
@@ -49,12 +51,13 @@ def from_canonical(
         if isinstance(config, UMXSeparatorConfig):
             return Separator.from_config(config, weights, dtype=dtype, **kwargs)
         model: Model
-        if isinstance(config, UMXConfig):
-            model = OpenUnmix.from_config(config, dtype=dtype)
-        elif isinstance(config, DemucsConfig):
-            model = Demucs.from_config(config, dtype=dtype)
-        else:
-            raise TypeError(f"no TensorFlow model for {type(config).__name__}")
+        with skip_init() if weights is not None else contextlib.nullcontext():  # no random draws: the weights follow
+            if isinstance(config, UMXConfig):
+                model = OpenUnmix.from_config(config, dtype=dtype)
+            elif isinstance(config, DemucsConfig):
+                model = Demucs.from_config(config, dtype=dtype)
+            else:
+                raise TypeError(f"no TensorFlow model for {type(config).__name__}")
         if weights is not None:
             load_weights(model, weights)
         return model

@@ -40,7 +40,7 @@ from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
 from core_spec.shapes import valid_length
 from core_spec.trace import Recorder
 
-from .layers import GLU, TORCH_KERNEL_INIT, TracedCall, lstm_layer, torch_uniform
+from .layers import GLU, TracedCall, lstm_layer, torch_kernel_init, torch_uniform
 from .resample import resample_frac
 
 __all__ = ["BLSTM", "Demucs", "center_trim", "decoder_layer", "demucs_trace_keys", "encoder_layer", "valid_length"]
@@ -59,7 +59,7 @@ def center_trim(tensor: tf.Tensor, reference: tf.Tensor | int, axis: int = -1) -
 
 
 def _conv(filters: int, kernel: int, policy: Any, strides: int = 1) -> layers.Conv1D:
-    return layers.Conv1D(filters, kernel, strides=strides, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy)
+    return layers.Conv1D(filters, kernel, strides=strides, kernel_initializer=torch_kernel_init(), dtype=policy)
 
 
 def _activation(config: DemucsConfig, policy: Any) -> layers.Layer:
@@ -89,7 +89,7 @@ def decoder_layer(config: DemucsConfig, index: int, policy: Any) -> keras.Sequen
         decode += [_conv((2 if config.glu else 1) * ch, config.context, policy), _activation(config, policy)]
     decode.append(
         layers.Conv1DTranspose(
-            out, config.kernel_size, strides=config.stride, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy
+            out, config.kernel_size, strides=config.stride, kernel_initializer=torch_kernel_init(), dtype=policy
         )
     )
     if index < config.depth - 1:
@@ -120,7 +120,7 @@ class BLSTM(TracedCall, layers.Layer):
         self.lstm = [lstm_layer(dim, True, policy, f"lstm_{k}") for k in range(layers)]
         self.linear = keras.layers.Dense(
             dim,
-            kernel_initializer=TORCH_KERNEL_INIT,
+            kernel_initializer=torch_kernel_init(),
             bias_initializer=torch_uniform(2 * dim),
             dtype=policy,
             name="linear",

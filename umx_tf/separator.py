@@ -10,6 +10,7 @@ STFT, one network per target, Wiener filter chunk by chunk, inverse STFT, as a K
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -23,6 +24,7 @@ from core_spec.separator_settings import SeparatorSettings, separator_kwargs
 from core_spec.shapes import wiener_chunks
 
 from .filtering import wiener_planar
+from .layers import skip_init
 from .transforms import complex_norm, istft, stft
 from .umx import OpenUnmix
 from .weights import load_weights
@@ -106,7 +108,8 @@ class Separator(SeparatorSettings, keras.Model):
         """
         kwargs = separator_kwargs(config, ("window", "jit_compile"), **overrides)
         sep = config.separator
-        models = {t: OpenUnmix.from_config(config.model, dtype=dtype) for t in sep.targets}
+        with skip_init() if weights is not None else contextlib.nullcontext():  # the weights follow
+            models = {t: OpenUnmix.from_config(config.model, dtype=dtype) for t in sep.targets}
         separator = cls(models, dtype=dtype, **kwargs)
         if weights is not None:
             load_weights(separator, weights)

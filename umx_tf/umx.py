@@ -30,7 +30,7 @@ from core_spec.reference.layers import BATCH_NORM_EPS, BATCH_NORM_MOMENTUM
 from core_spec.reference.umx import UMX_TRACE_KEYS
 from core_spec.trace import Recorder
 
-from .layers import TORCH_KERNEL_INIT, TorchBatchNorm, TracedCall, lstm_layer
+from .layers import TorchBatchNorm, TracedCall, lstm_layer, torch_kernel_init
 
 __all__ = ["UMX_TRACE_KEYS", "OpenUnmix"]
 
@@ -91,7 +91,7 @@ class OpenUnmix(TracedCall, keras.Model):
             return TorchBatchNorm(epsilon=BATCH_NORM_EPS, momentum=1 - BATCH_NORM_MOMENTUM, dtype=policy, name=name)
 
         def dense(units: int, name: str) -> layers.Dense:
-            return layers.Dense(units, use_bias=False, kernel_initializer=TORCH_KERNEL_INIT, dtype=policy, name=name)
+            return layers.Dense(units, use_bias=False, kernel_initializer=torch_kernel_init(), dtype=policy, name=name)
 
         self.fc1 = dense(hidden_size, "fc1")
         self.bn1 = batch_norm("bn1")

@@ -147,3 +147,22 @@ def test_keras_layout_rules():
     assert bn.epsilon == BATCH_NORM_EPS and bn.momentum == 1 - BATCH_NORM_MOMENTUM  # Keras's momentum: the decay
     cell = model.lstm.lstm[0].forward_layer.cell
     assert cell.recurrent_activation is keras.activations.sigmoid and cell.activation is keras.activations.tanh
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_skip_init_draws_nothing_and_loading_overwrites_every_variable(name):
+    """``from_canonical`` builds under ``skip_init`` (zeros, no random draws): every variable must then be one of
+    the loaded ones (one the mapping missed would stay zero, silently); outside the context the random
+    initialisers are back."""
+    from umx_tf.layers import skip_init
+
+    config = CONFIGS[name]
+    model_class = Demucs if isinstance(config, DemucsConfig) else OpenUnmix
+    with skip_init():
+        zeros = model_class.from_config(config)
+    kernels = [v for v in zeros.weights if "kernel" in v.path]
+    assert kernels and not any(np.any(v.numpy()) for v in kernels)
+    assert all(np.any(v.numpy()) for v in model_class.from_config(config).weights if "kernel" in v.path)
+    model = B.from_canonical(config, random_weights(config, seed=3))
+    assigned = {id(entry.variable) for entry in W.entries(model)}
+    assert [v.path for v in model.weights if id(v) not in assigned] == []
