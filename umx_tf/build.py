@@ -7,7 +7,6 @@ and the weight mapping (:mod:`umx_tf.weights`); it dispatches on the config's ty
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -51,7 +50,7 @@ def from_canonical(
         if isinstance(config, UMXSeparatorConfig):
             return Separator.from_config(config, weights, dtype=dtype, **kwargs)
         model: Model
-        with skip_init() if weights is not None else contextlib.nullcontext():  # no random draws: the weights follow
+        with skip_init(weights is not None):  # no random draws: the weights follow
             if isinstance(config, UMXConfig):
                 model = OpenUnmix.from_config(config, dtype=dtype)
             elif isinstance(config, DemucsConfig):

@@ -10,7 +10,6 @@ STFT, one network per target, Wiener filter chunk by chunk, inverse STFT, as a K
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -108,7 +107,7 @@ class Separator(SeparatorSettings, keras.Model):
         """
         kwargs = separator_kwargs(config, ("window", "jit_compile"), **overrides)
         sep = config.separator
-        with skip_init() if weights is not None else contextlib.nullcontext():  # the weights follow
+        with skip_init(weights is not None):  # the weights follow
             models = {t: OpenUnmix.from_config(config.model, dtype=dtype) for t in sep.targets}
         separator = cls(models, dtype=dtype, **kwargs)
         if weights is not None:
