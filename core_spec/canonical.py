@@ -38,6 +38,7 @@ __all__ = [
     "join_targets",
     "load_canonical",
     "per_target",
+    "read_arrays",
     "save_canonical",
     "split_targets",
 ]
@@ -134,7 +135,6 @@ def load_canonical(path: str | os.PathLike) -> CanonicalModel:
     The JSON beside the safetensors file is read if present, else the copy in the safetensors metadata.
     """
     from safetensors import safe_open
-    from safetensors.numpy import load_file
 
     st_path, json_path = canonical_paths(path)
     if not st_path.exists():
@@ -150,5 +150,24 @@ def load_canonical(path: str | os.PathLike) -> CanonicalModel:
     if header.get("format") != FORMAT:
         raise ValueError(f"{json_path}: format {header.get('format')!r}, expected {FORMAT!r}")
     config = config_from_json(json.dumps(header["config"]))
-    weights = check_canonical(load_file(str(st_path)), config, str(st_path))
+    weights = check_canonical(read_arrays(st_path), config, str(st_path))
     return weights, config, header.get("provenance", {})
+
+
+def read_arrays(st_path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """Every array of a safetensors file, each read under its own ``safe_open``.
+
+    ``safetensors.numpy.load_file`` reads the whole file into one buffer before copying the arrays out, and one
+    ``safe_open`` keeps the file mapped (its pages resident) until it closes: either doubles the peak memory of
+    loading (Demucs channels 64, 1013 MiB of arrays: peak 2055 MiB). Opening the mapping per array keeps the peak
+    at the arrays plus one array (1170 MiB), and is no slower.
+    """
+    from safetensors import safe_open
+
+    with safe_open(str(st_path), framework="numpy") as f:
+        names = list(f.keys())
+    arrays = {}
+    for name in names:
+        with safe_open(str(st_path), framework="numpy") as f:
+            arrays[name] = f.get_tensor(name)
+    return arrays

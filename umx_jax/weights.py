@@ -361,8 +361,10 @@ def materialize(
     ``jax.Device``, ``"cpu"``, ``"gpu"`` or ``None``: JAX's default; float64 under ``jax.enable_x64``).
     """
     dtype = canonical_dtype(dtype)
-    pure = state_from_canonical(config, weights)
+    leaves, treedef = jax.tree.flatten(state_from_canonical(config, weights))
     with dtype_scope(dtype), default_device(device):
         graphdef, params = nnx.split(nnx.eval_shape(make))
-        nnx.replace_by_pure_dict(params, jax.tree.map(lambda a: jnp.asarray(a, dtype), pure))
+        for i in range(len(leaves)):  # each NumPy leaf freed once it is on the device, not all at the end
+            leaves[i] = jnp.asarray(leaves[i], dtype)
+        nnx.replace_by_pure_dict(params, jax.tree.unflatten(treedef, leaves))
         return nnx.merge(graphdef, params)
