@@ -18,7 +18,7 @@ from ._device import torch_device, torch_dtype
 from .demucs import Demucs
 from .separator import Separator
 from .umx import OpenUnmix
-from .weights import load_native, load_weights
+from .weights import load_native, state_dict_from_canonical
 
 __all__ = ["from_canonical", "from_canonical_file", "load_module", "torch_device", "torch_dtype"]
 
@@ -39,13 +39,36 @@ def from_canonical(
     if isinstance(config, UMXSeparatorConfig):
         return Separator.from_config(config, weights, device=device, dtype=dtype, **separator_kwargs)
     if isinstance(config, UMXConfig):
-        module: OpenUnmix | Demucs = OpenUnmix.from_config(config, device, dtype)
+        make: Any = OpenUnmix.from_config
     elif isinstance(config, DemucsConfig):
-        module = Demucs.from_config(config, device, dtype)
+        make = Demucs.from_config
     else:
         raise TypeError(f"no PyTorch model for {type(config).__name__}")
-    if weights is not None:
-        load_weights(module, weights)
+    if weights is None:
+        return make(config, device, dtype)
+    return materialize(make, config, weights, device, dtype)
+
+
+def materialize(
+    make: Any,
+    config: UMXConfig | DemucsConfig,
+    weights: Any,
+    device: torch.device,
+    dtype: torch.dtype,
+) -> OpenUnmix | Demucs:
+    """``make(config, None, dtype)`` holding canonical ``weights`` on ``device``, without an initialisation first.
+
+    The module is built on the ``meta`` device (shapes only: nothing allocated, no random draws, no rescaling
+    arithmetic) and its tensors are the weights' own copies (``load_state_dict(assign=True)``). Demucs channels 64:
+    265 M parameters drawn and rescaled, then overwritten, took about 2.5 s of a 30-s track's separation command.
+    """
+    with torch.device("meta"):
+        module = make(config, None, dtype)
+    state = state_dict_from_canonical(weights, config, dtype, device, copy=True)  # never the caller's arrays
+    module.load_state_dict(state, assign=True)  # strict: every parameter and buffer comes from the weights
+    left = [name for name, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if left:
+        raise RuntimeError(f"{type(module).__name__}: no weights for {left}")
     return module
 
 

@@ -180,15 +180,16 @@ def state_dict_from_canonical(
     config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
+    copy: bool = False,
 ) -> dict[str, Tensor]:
     """Canonical arrays -> a torch state dict (same names), checked against ``config``'s inventory
     (:func:`core_spec.canonical.check_canonical`).
 
     For a :class:`UMXSeparatorConfig` the names are ``target_models.<target>.<name>``; ``{target: weights}`` is
-    accepted too.
+    accepted too. Without ``copy`` a tensor may share the memory of its NumPy array (already float32 on the CPU).
     """
     checked = check_canonical(weights, config)
-    return {k: _as_tensor(v).to(device=device, dtype=dtype) for k, v in checked.items()}
+    return {k: _as_tensor(v).to(device=device, dtype=dtype, copy=copy) for k, v in checked.items()}
 
 
 def canonical_from_state_dict(
