@@ -46,10 +46,10 @@ def from_canonical(
         raise TypeError(f"no PyTorch model for {type(config).__name__}")
     if weights is None:
         return make(config, device, dtype)
-    return materialize(make, config, weights, device, dtype)
+    return _materialize(make, config, weights, device, dtype)
 
 
-def materialize(
+def _materialize(
     make: Any,
     config: UMXConfig | DemucsConfig,
     weights: Any,

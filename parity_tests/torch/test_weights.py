@@ -85,6 +85,30 @@ def test_demucs_round_trip(tmp_path):
     _same_arrays(load_canonical(tmp_path / "again")[0], weights)
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("preset", ["umxse", "demucs_unittest"])
+def test_from_canonical_builds_on_meta_and_copies(preset, dtype):
+    """``from_canonical`` with weights (``umx_torch.build._materialize``: built on the ``meta`` device, no
+    initialisation) gives the state dict of PyTorch's initialisation + ``load_weights``, key for key and bit for bit,
+    in ``dtype``, with nothing left on ``meta``, in eval mode, trainable, and never aliasing the caller's arrays."""
+    from umx_torch import from_canonical
+
+    cfg = umx_preset(preset).model if preset == "umxse" else demucs_preset(preset)
+    weights = random_weights(cfg, seed=3)
+    model = from_canonical(cfg, weights, dtype=dtype)
+    reference = (OpenUnmix if preset == "umxse" else Demucs).from_config(cfg, dtype=getattr(torch, dtype))
+    load_weights(reference, weights)
+    got, want = model.state_dict(), reference.state_dict()
+    assert list(got) == list(want)
+    for name in want:
+        assert got[name].dtype == want[name].dtype and not got[name].is_meta, name
+        assert torch.equal(got[name], want[name]), name
+    assert not model.training and all(p.requires_grad for p in model.parameters())
+    for array in weights.values():
+        array[...] = 0  # the caller's arrays change; the model's tensors must not
+    assert all(torch.equal(got[name], want[name]) for name in want)
+
+
 def test_config_mismatch_is_a_clear_error(tmp_path):
     cfg = demucs_preset("demucs_unittest")
     save_canonical(tmp_path / "unittest", random_weights(cfg), cfg)
