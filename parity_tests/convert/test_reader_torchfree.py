@@ -449,3 +449,24 @@ print("no torch")
     assert result.returncode == 0, result.stderr
     assert "no torch" in result.stdout
     assert json.loads((tmp_path / "d.json").read_text())["provenance"]["source"] == "demucs_small_package.th"
+
+
+def test_canonical_arrays_read_one_by_one_equal_load_file(tmp_path: Path) -> None:
+    """``core_spec.canonical.read_arrays`` (one ``safe_open`` per array, for the peak memory of loading) reads what
+    ``safetensors.numpy.load_file`` reads, name for name and bit for bit; ``load_canonical`` gives the saved weights
+    in inventory order."""
+    from safetensors.numpy import load_file
+
+    from core_spec.canonical import read_arrays
+    from core_spec.configs import demucs_preset
+    from core_spec.seeded import random_weights
+
+    cfg = demucs_preset("demucs_unittest")
+    weights = random_weights(cfg, seed=4)
+    st_path, _ = save_canonical(tmp_path / "m", weights, cfg)
+    got, want = read_arrays(st_path), load_file(str(st_path))
+    assert sorted(got) == sorted(want) == sorted(weights)
+    assert all(bit_equal(got[k], want[k]) and got[k].dtype == np.float32 for k in want)
+    loaded, config, _ = load_canonical(st_path)
+    assert config == cfg and list(loaded) == list(weights)
+    assert all(bit_equal(loaded[k], np.asarray(weights[k], np.float32)) for k in weights)
