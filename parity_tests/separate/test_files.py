@@ -209,6 +209,13 @@ exec sleep 600
 """
 
 
+def _default_sigint() -> None:
+    """In the child before it runs the command: SIGINT back to its default. A shell starting ``make test`` in the
+    background (``&``, no job control) ignores SIGINT in what it starts, that is inherited, and Python keeps an
+    ignored SIGINT ignored (no KeyboardInterrupt): the command would never see the signal this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _being_written(out: Path) -> bool:
     """A hidden temporary file with data under ``out`` (one renamed away between listing and stat is not)."""
     for p in out.rglob(".*"):
@@ -236,7 +243,7 @@ def test_cli_killed_while_writing(signum: int, inputs, tmp_path: Path) -> None:
     command += ["--framework", "torch", "-o", str(out), "--ext", "mp3", "-q"]
     log = tmp_path / "stderr.txt"  # a file, not a pipe: a pipe nobody reads can block the command when it fills
     with log.open("wb") as stderr:
-        process = subprocess.Popen(command, env=env, start_new_session=True, stderr=stderr)
+        process = subprocess.Popen(command, env=env, start_new_session=True, stderr=stderr, preexec_fn=_default_sigint)
     try:
         deadline = time.monotonic() + 240  # imports and the model under a loaded machine: tens of seconds
         while not _being_written(out):
