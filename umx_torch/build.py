@@ -7,6 +7,7 @@ The one module that imports both the models (:mod:`~umx_torch.umx`, :mod:`~umx_t
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -39,7 +40,7 @@ def from_canonical(
     if isinstance(config, UMXSeparatorConfig):
         return Separator.from_config(config, weights, device=device, dtype=dtype, **separator_kwargs)
     if isinstance(config, UMXConfig):
-        make: Any = OpenUnmix.from_config
+        make: Callable[..., OpenUnmix | Demucs] = OpenUnmix.from_config
     elif isinstance(config, DemucsConfig):
         make = Demucs.from_config
     else:
@@ -50,7 +51,7 @@ def from_canonical(
 
 
 def _materialize(
-    make: Any,
+    make: Callable[..., OpenUnmix | Demucs],
     config: UMXConfig | DemucsConfig,
     weights: Any,
     device: torch.device,
