@@ -19,7 +19,8 @@ nb_bins, nb_frames)``: what the separator holds between the networks and the inv
 an independent call (its own ``max_abs``). The NumPy filter writes the ``1x1`` / ``2x2`` algebra out on whole
 ``(..., nb_sources, nb_bins, nb_frames)`` planes (the real diagonal and the one complex off-diagonal of each
 Hermitian covariance), sums over all the frames of a call at once (upstream adds partial sums of ``batch_size``
-frames: the same sums) and applies ``Cxx^-1`` to the mixture once, ``y_j = v_j R_j (Cxx^-1 x)``, instead of
+frames: the same sums), pairwise (NumPy's summation of a contiguous axis: the filter makes its planes contiguous
+first, frames innermost), and applies ``Cxx^-1`` to the mixture once, ``y_j = v_j R_j (Cxx^-1 x)``, instead of
 forming every source's gain matrix ``v_j R_j Cxx^-1`` first (upstream): the same product, associated differently
 (rounding only, amplified where ``Cxx`` is near-singular).
 
@@ -84,8 +85,11 @@ def expectation_maximization_planar(
         ``(..., nb_sources, nb_channels, nb_channels, nb_bins)`` (of the last iteration; zeros without any).
     """
     del batch_size
-    y = np.asarray(y)
-    x = np.asarray(x, dtype=y.dtype)
+    # frames innermost in memory: NumPy sums a contiguous last axis pairwise, but an axis with a larger stride (the
+    # frames of upstream's layout seen through :func:`wiener`'s transposes) one plane after another, an error that
+    # grows with the number of frames (float32, 173 frames of real music: 108.8 dB against upstream's 117.1)
+    y = np.ascontiguousarray(y)
+    x = np.ascontiguousarray(x, dtype=y.dtype)
     real = _real_dtype(y)
     nb_channels, nb_bins, nb_frames = y.shape[-3:]
     check_channels(nb_channels)
