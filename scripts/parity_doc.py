@@ -7,11 +7,16 @@
 ``parity_tests.convert.checkpoints``): ``umxhq``, an openunmix model folder at the umxhq shapes, and
 ``demucs.th``, a demucs package (channels 8, 2-s segments), runs ``unmix-parity MODEL --report docs/parity/<name>
 --force`` on the whole stempeg clip for each (all four ports and upstream, float32, CPU) and uses those reports.
+The reports hold no path of the machine that made them: the temporary folder is written ``<tmp>`` and the
+checkout's paths relative to the checkout (``model.path`` and ``command`` of ``parity.json``, the model line of
+``parity.md``).
 
-For every report: what ran (model, audio, device, versions, the command), the lowest SNR per stage and
-implementation/dtype (a cell out of tolerance is marked FAIL), and the worst comparison per stage with its
-tolerance row (``unmix_parity.report.format_table``). The text between the two marker lines of the document is
-replaced; the rest is left as it is.
+For every report: what ran (model, audio, device, versions, the command, its paths made relative as above), the
+lowest SNR per stage and implementation/dtype (a cell out of tolerance is marked FAIL), the worst comparison per
+stage with its tolerance row (``unmix_parity.report.format_table``) and the report's two figures, linked relative
+to the document (``parity/umxhq/parity_snr.png`` from ``docs/parity.md``: the same file on GitHub and in the book,
+which serves ``docs/**`` at the same paths). The text between the two marker lines of the document is replaced;
+the rest is left as it is.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -30,6 +36,42 @@ from unmix_parity.stages import Row  # noqa: E402
 
 BEGIN = "<!-- BEGIN figures: written by scripts/parity_doc.py from the reports below; do not edit -->"
 END = "<!-- END figures -->"
+TMP_PREFIX = "parity-doc-"
+"""The prefix of ``--run``'s temporary folder (its models), written ``<tmp>`` in the reports."""
+
+
+def relative(path: str) -> str:
+    """``path`` without the machine's part: relative to the checkout when inside it, ``<tmp>/...`` when inside a
+    temporary folder of ``--run``; anything else unchanged."""
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    if p.is_relative_to(ROOT):
+        return p.relative_to(ROOT).as_posix()
+    for i, part in enumerate(p.parts):
+        if part.startswith(TMP_PREFIX):
+            return "/".join(["<tmp>", *p.parts[i + 1 :]])
+    return path
+
+
+def relative_command(command: str) -> str:
+    """A command line (its arguments joined by spaces, as ``unmix-parity`` records it) with :func:`relative`
+    applied to each argument."""
+    return " ".join(relative(arg) for arg in command.split(" "))
+
+
+def sanitise_report(folder: Path) -> None:
+    """Make the paths of ``unmix-parity``'s report in ``folder`` relative (:func:`relative`): ``model.path`` and
+    ``command`` of ``parity.json`` (written as ``unmix_parity.report.write_report`` does; nothing else changes)
+    and the model path where ``parity.md`` quotes it."""
+    json_path, md_path = folder / "parity.json", folder / "parity.md"
+    report = json.loads(json_path.read_text())
+    old = report["model"]["path"]
+    report["model"]["path"] = relative(old)
+    report["command"] = relative_command(report["command"])
+    json_path.write_text(json.dumps(report, indent=1, allow_nan=True) + "\n")
+    if md_path.exists():
+        md_path.write_text(md_path.read_text().replace(f"`{old}`", f"`{report['model']['path']}`"))
 
 
 def _snr_table(report: dict) -> list[str]:
@@ -51,9 +93,11 @@ def _snr_table(report: dict) -> list[str]:
     return lines
 
 
-def section(path: Path) -> list[str]:
+def section(path: Path, doc: Path) -> list[str]:
+    """The figures of one report, its image links relative to ``doc``'s folder."""
     report = json.loads(path.read_text())
     rel = path.relative_to(ROOT) if path.is_relative_to(ROOT) else path
+    figures = Path(os.path.relpath(path.parent, doc.resolve().parent)).as_posix()
     m, a = report["model"], report["audio"]
     versions = ", ".join(f"{k} {v}" for k, v in sorted(report["versions"].items()))
     seconds = {f"{r['implementation']} {r['dtype']}": r["seconds"] for r in report["runs"] if r["seconds"]}
@@ -64,7 +108,7 @@ def section(path: Path) -> list[str]:
         "",
         f"- model: {m['description']} ({m['origin']}: `{Path(m['path']).name}`)",
         f"- audio: {a['source']}, {a['seconds']:.2f} s at {a['rate']} Hz; device: {report['device']}",
-        f"- command: `{report['command']}`",
+        f"- command: `{relative_command(report['command'])}`",
         f"- versions: {versions}",
         f"- verdict: **{'pass' if report['ok'] else 'FAIL'}**, {len(report['rows'])} comparisons; seconds per run: "
         + ", ".join(f"{k} {v:.0f}" for k, v in seconds.items()),
@@ -77,11 +121,11 @@ def section(path: Path) -> list[str]:
         "",
         format_table(rows, report["stages"], markdown=True),
         "",
-        f"![SNR per stage]({rel.parent.name}/parity_snr.png)",
+        f"![SNR per stage]({figures}/parity_snr.png)",
         "",
     ]
     if (path.parent / "parity_worst_stem.png").exists():
-        lines += [f"![worst stem]({rel.parent.name}/parity_worst_stem.png)", ""]
+        lines += [f"![worst stem]({figures}/parity_worst_stem.png)", ""]
     return lines
 
 
@@ -94,17 +138,18 @@ def run_reports() -> list[Path]:
     from parity_tests.convert.checkpoints import write_demucs_package, write_umx_folder
 
     reports = []
-    with tempfile.TemporaryDirectory(prefix="parity-doc-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=TMP_PREFIX) as tmp:
         models = {"umxhq": Path(tmp) / "umxhq", "demucs": Path(tmp) / "demucs.th"}
         write_umx_folder(models["umxhq"], umx_preset("umxhq"), seed=3)
         write_demucs_package(models["demucs"], DemucsConfig(channels=8, segment_length=2 * 44100), seed=5)
         for name, model in models.items():
-            out = ROOT / "docs" / "parity" / name
+            out = Path("docs") / "parity" / name  # relative to the checkout, the command's folder
             cmd = [sys.executable, "-m", "unmix_parity", str(model), "--report", str(out), "--force", "--quiet"]
             done = subprocess.run(cmd, cwd=ROOT)
-            if not (out / "parity.json").exists():
+            if not (ROOT / out / "parity.json").exists():
                 raise SystemExit(f"{' '.join(cmd)} wrote no report (exit {done.returncode})")
-            reports.append(out / "parity.json")
+            sanitise_report(ROOT / out)
+            reports.append(ROOT / out / "parity.json")
     return reports
 
 
@@ -121,7 +166,7 @@ def main() -> None:
     text = args.doc.read_text()
     if BEGIN not in text or END not in text:
         raise SystemExit(f"{args.doc}: the marker lines are missing:\n{BEGIN}\n{END}")
-    body = [line for path in args.reports for line in section(path.resolve())]
+    body = [line for path in args.reports for line in section(path.resolve(), args.doc)]
     head, rest = text.split(BEGIN, 1)
     _, tail = rest.split(END, 1)
     args.doc.write_text(head + BEGIN + "\n\n" + "\n".join(body) + "\n" + END + tail)
