@@ -11,26 +11,19 @@ Tracks: the stempeg clip (6.1 s, its four stems summed) and the clip tiled to 60
 The weights are seeded, not trained: a trained BLSTM may lean on long context differently, so these figures
 describe the method (context cut at the chunk edges, per-chunk Wiener statistics), not a released model.
 
-Run: ``.venv/bin/python -m benchmarks.chunk_snr`` (writes ``benchmarks/results/separate_chunks.json``).
+Run: ``.venv/bin/python -m benchmarks chunk_snr`` (writes ``benchmarks/results/separate_chunks.json``).
 """
 
 from __future__ import annotations
 
+import argparse
 import os
-import sys
 import time
-from pathlib import Path
 
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-import numpy as np  # noqa: E402
-
-from benchmarks.common import write_result  # noqa: E402
-from benchmarks.workloads import music, umx_config, umx_weights  # noqa: E402
+from benchmarks.common import TIMING_ENV, write_result
+from benchmarks.workloads import music, umx_config, umx_weights
 
 RATE = 44100
 N_HOP = 1024
@@ -48,7 +41,10 @@ CASES = [
 ]
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m benchmarks chunk_snr", description=__doc__.splitlines()[0]).parse_args(argv)
+    for key, value in TIMING_ENV.items():  # before torch starts its OpenMP threads
+        os.environ.setdefault(key, value)
     import umx_torch
     from core_spec.canonical import join_targets
     from core_spec.chunks import separate_in_chunks
@@ -93,7 +89,3 @@ def main() -> int:
     meta = {"model": "umxhq shapes, seeded (benchmarks.workloads.umx_weights)", "port": "umx_torch", "niter": 1}
     print(f"wrote {write_result('separate_chunks', rows, meta)}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

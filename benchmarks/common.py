@@ -1,16 +1,14 @@
-"""Timing and memory helpers every port's benchmark reuses, and the JSON result files.
+"""What every part of ``python -m benchmarks`` shares: paths, measurement helpers, the environment of the
+processes it starts, and the JSON result files.
 
-- :func:`time_call`: wall time of a call over ``repeats`` runs after ``warmup`` runs (min, median, all).
 - :func:`measure_peak_rss`: the peak resident memory a call adds on top of what the process holds before it
   (Linux: the kernel's high-water mark ``VmHWM``, reset through ``/proc/self/clear_refs``; elsewhere a sampling
   thread). Run it first in a fresh process, before any warm-up, so allocator caches do not hide the peak.
-- :func:`run_isolated`: run ``module:function(**kwargs)`` in a fresh interpreter and return the dict it returns
-  (each implementation gets its own process, so peaks and caches do not leak between them).
+- :data:`MEMORY_ENV`, :data:`TIMING_ENV`: allocator and OpenMP settings of a measured process;
+  :func:`child_env`: the environment of a process the benchmarks start (this checkout first on ``PYTHONPATH``).
+- :func:`machine_info`: what the results record about the machine.
 - :func:`write_result`: ``benchmarks/results/<name>.json`` with the machine description and one row per
-  measurement; other ports add their own files with the same row format.
-
-Row format: ``{"case", "impl", "wall_s_min", "wall_s_median", "wall_s_all", "peak_rss_mb", "peak_delta_mb",
-"ratio_vs_upstream", ...}`` (memory in MiB).
+  measurement (the subcommands ``separate``, ``resample``, ``chunk_snr``).
 """
 
 from __future__ import annotations
@@ -18,8 +16,6 @@ from __future__ import annotations
 import json
 import os
 import platform
-import statistics
-import subprocess
 import sys
 import threading
 import time
@@ -37,10 +33,8 @@ __all__ = [
     "current_rss_mb",
     "machine_info",
     "measure_peak_rss",
-    "print_table",
+    "child_env",
     "release_free_memory",
-    "run_isolated",
-    "time_call",
     "write_result",
 ]
 
@@ -125,18 +119,6 @@ def measure_peak_rss(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[
     return result, {"rss_before_mb": before, "peak_rss_mb": peak, "peak_delta_mb": peak - before}
 
 
-def time_call(fn: Callable[[], Any], repeats: int = 3, warmup: int = 1) -> dict[str, Any]:
-    """Wall time of ``fn()``: ``{"wall_s_min", "wall_s_median", "wall_s_all"}`` over ``repeats`` runs."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"wall_s_min": min(times), "wall_s_median": statistics.median(times), "wall_s_all": times}
-
-
 # glibc serves large blocks from mmap (returned to the OS when freed) only above a threshold that it raises on
 # its own as blocks are freed; blocks below it stay in the heap and keep counting as resident. Fixing the
 # threshold at 1 MiB makes the resident peak follow the live tensors, and the same for every implementation.
@@ -148,34 +130,12 @@ MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_ARENA_MAX": "2"}
 TIMING_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def run_isolated(
-    target: str, timeout_s: float | None = None, env: Mapping[str, str] | None = None, **kwargs: Any
-) -> dict[str, Any]:
-    """Run ``"package.module:function"`` with JSON-able ``kwargs`` in a fresh interpreter; return its dict.
-
-    ``env``: extra environment variables for that interpreter (e.g. :data:`MEMORY_ENV`).
-    """
-    module, function = target.split(":")
-    code = (
-        "import json, sys, importlib\n"
-        f"fn = getattr(importlib.import_module({module!r}), {function!r})\n"
-        "out = fn(**json.loads(sys.argv[1]))\n"
-        "print('\\n@@RESULT@@' + json.dumps(out))\n"
-    )
-    env = {**os.environ, **(env or {})}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH", "")]))
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    proc = subprocess.run(
-        [sys.executable, "-c", code, json.dumps(kwargs)],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout_s,
-        cwd=ROOT,
-    )
-    if proc.returncode != 0 or "@@RESULT@@" not in proc.stdout:
-        raise RuntimeError(f"{target}({kwargs}) failed (exit {proc.returncode}):\n{proc.stderr[-4000:]}")
-    return json.loads(proc.stdout.rsplit("@@RESULT@@", 1)[1])
+def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This process's environment for a process the benchmarks start: ``extra`` on top, TensorFlow's C++ log
+    quiet, and this checkout first on ``PYTHONPATH`` (its ``benchmarks``, ``core_spec`` and ports)."""
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **(extra or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    return env
 
 
 def machine_info() -> dict[str, Any]:
@@ -212,17 +172,3 @@ def write_result(name: str, rows: Iterable[Mapping[str, Any]], meta: Mapping[str
     }
     path.write_text(json.dumps(payload, indent=1, sort_keys=True) + "\n")
     return path
-
-
-def print_table(rows: Iterable[Mapping[str, Any]]) -> None:
-    """Print rows as a fixed-width table (case, impl, wall min/median, ratio, peak memory)."""
-    header = f"{'case':<34} {'impl':<14} {'min s':>8} {'median s':>9} {'ratio':>6} {'peak MiB':>9} {'+peak MiB':>9}"
-    print(header)
-    print("-" * len(header))
-    for r in rows:
-        ratio = r.get("ratio_vs_upstream")
-        print(
-            f"{r['case']:<34} {r['impl']:<14} {r['wall_s_min']:>8.3f} {r['wall_s_median']:>9.3f} "
-            f"{'' if ratio is None else f'{ratio:.2f}':>6} {r.get('peak_rss_mb', float('nan')):>9.0f} "
-            f"{r.get('peak_delta_mb', float('nan')):>9.0f}"
-        )

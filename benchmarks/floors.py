@@ -13,7 +13,7 @@ the miss is the port's or the framework's:
 - ``lstm``: ``torch.nn.LSTM(2048, 2048, 2, bidirectional=True)`` on ``(217, 1, 2048)``, the module upstream's
   Demucs and the torch port both run (10 s of audio), with oneDNN (torch's default on the CPU) and without.
 
-Usage: ``python -m benchmarks.floors [--out DIR]``; writes ``floors.json`` and ``floors.md``.
+Usage: ``python -m benchmarks floors [--out DIR]``; writes ``floors.json`` and ``floors.md``.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.common import RESULTS_DIR, ROOT, machine_info
 from core_spec.frameworks import nnabla_env, nnabla_python
-
-from .common import RESULTS_DIR, ROOT, machine_info
 
 IMPORTS = {
     "torch": "import torch",
@@ -145,7 +144,7 @@ def measure() -> dict:
 
 def markdown(result: dict) -> str:
     lines = ["# Floors: framework memory at import, the BLSTM step, nn.LSTM", "",
-             "`python -m benchmarks.floors` (each framework in a fresh process, 2 threads).", "",
+             "`python -m benchmarks floors` (each framework in a fresh process, 2 threads).", "",
              "| import | resident MiB |", "|---|---:|"]  # fmt: skip
     lines += [f"| {key} | {mib} |" for key, mib in result["import_rss_mib"].items()]
     lines += ["", "| BLSTM step kernel (64 MiB of weights) | M | ms | GiB/s of weights |", "|---|---:|---:|---:|"]
@@ -156,7 +155,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks floors", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=RESULTS_DIR)
     args = parser.parse_args(argv)
     result = measure()
@@ -166,7 +165,3 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "floors.md").write_text(text)
     print(text)
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

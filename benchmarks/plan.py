@@ -9,7 +9,7 @@ A :class:`Point` is one workload at one size; every implementation runs it on th
   shifts=0)`` on the normalised track;
 - ``umx_train_step``: one training step (forward, MSE on magnitudes, backward, Adam) of one umxhq target, batch 16
   of 6-s excerpts, LSTM dropout 0.4; ``demucs_train_step``: Demucs channels 16, batch 4 of ``valid_length(2 s)``
-  samples of 4 sources, L1 (the shapes of ``bench_train_torch.py``);
+  samples of 4 sources, L1;
 - the length sweep: the separator with ``niter 1`` at 10, 30, 60 and 300 s and ``apply_model`` at 10, 60 and 300 s
   (the 30 s, 10 s and 60 s points are the ones above), to see whether time and memory grow linearly.
 

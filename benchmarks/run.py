@@ -10,14 +10,17 @@ its points (peaks then not from a fresh process: the JSON says so); it keeps the
 nothing worth quoting. Exit status 1 when a point failed (its row carries the error; the files are written).
 
 Usage: ``python -m benchmarks [--quick] [--impls ...] [--points NAME|main|sweep ...] [--out DIR] [--list]``.
+
+The measurements that do not fit a point (whole processes, other code, other questions) are subcommands,
+``python -m benchmarks COMMAND [options]`` (:data:`COMMANDS`; ``COMMAND --help`` for each).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -28,11 +31,20 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import inputs, report
-from benchmarks.common import RESULTS_DIR, ROOT, machine_info
+from benchmarks.common import RESULTS_DIR, ROOT, child_env, machine_info
 from benchmarks.impls import DEFAULT_IMPLS, IMPLS, THREADS, common_env
 from benchmarks.plan import Plan, Point, plan
 
-__all__ = ["main"]
+__all__ = ["COMMANDS", "main"]
+
+COMMANDS = {
+    "separate": ("benchmarks.separate", "whole unmix-separate commands against upstream's umx / demucs.separate"),
+    "resample": ("benchmarks.resample", "the resamplers unmix-separate could use: accuracy, speed, memory"),
+    "chunk_snr": ("benchmarks.chunk_snr", "Open-Unmix separated in chunks against the whole track (SNR)"),
+    "floors": ("benchmarks.floors", "what no port goes below: framework memory at import, the BLSTM step"),
+    "versus_commit": ("benchmarks.versus_commit", "a port's Demucs apply_model at an earlier commit against now"),
+}
+"""Subcommand -> (module with ``main(argv)``, what it measures)."""
 
 
 def _python(env: str) -> Path:
@@ -85,8 +97,7 @@ def _run_job(
         "result": str(result_path),
     }
     job_path.write_text(json.dumps(job))
-    env = {**os.environ, **common_env(threads), **spec.env_vars}
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    env = child_env({**common_env(threads), **spec.env_vars})
     failure = None
     try:
         python = _python(spec.env)
@@ -136,8 +147,15 @@ def _git() -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in COMMANDS:
+        return importlib.import_module(COMMANDS[argv[0]][0]).main(argv[1:])
+    commands = "\n".join(f"  {name:<14} {what}" for name, (_, what) in COMMANDS.items())
     parser = argparse.ArgumentParser(
-        prog="python -m benchmarks", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+        prog="python -m benchmarks",
+        description=__doc__,
+        epilog=f"subcommands (python -m benchmarks COMMAND --help):\n{commands}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     parser.add_argument("--quick", action="store_true", help="seconds-long inputs, small models: checks the command")
     parser.add_argument(
@@ -237,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine_start": machine_start,
         "machine_end": machine_info(),
         "total_s": time.time() - started,
-        "argv": list(sys.argv[1:] if argv is None else argv),
+        "argv": argv,
     }
     data = report.build(p, points, results, meta)
     for path in report.write(data, out):

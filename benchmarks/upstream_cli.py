@@ -1,4 +1,4 @@
-"""Upstream's own separation commands, run offline for ``bench_separate.py``::
+"""Upstream's own separation commands, run offline for ``python -m benchmarks separate`` (:mod:`benchmarks.separate`)::
 
     python -m benchmarks.upstream_cli umx INPUT --model FOLDER --targets vocals drums bass other --outdir OUT ...
     python -m benchmarks.upstream_cli demucs INPUT -n NAME --models FOLDER -o OUT ...
@@ -8,7 +8,7 @@
 around them, neither of which touches the separation:
 
 - the models come from local files (an openunmix model folder, a ``demucs.utils.save_model`` package under
-  ``--models``), written by ``bench_separate.py`` from the same seeded weights as the ports' canonical files, so
+  ``--models``), written by :mod:`benchmarks.separate` from the same seeded weights as the ports' canonical files, so
   nothing is downloaded;
 - ``torchaudio`` (which no build of torch 2.13 has) is replaced by a module whose ``load``/``info``/``save`` call
   ``soundfile``, as torchaudio's own soundfile backend does: it reads and writes the files, nothing else.

@@ -7,7 +7,7 @@ process (its own ``core_spec``, seeded weights ``core_spec.seeded.random_weights
 the same NumPy input), the two alternating ``--rounds`` times so that a change of load hits both alike. The
 outputs are compared bit for bit.
 
-Usage: ``python -m benchmarks.versus_commit --commit 4adb66a --framework nnabla [--seconds 10] [--rounds 2]``;
+Usage: ``python -m benchmarks versus_commit --commit 4adb66a --framework nnabla [--seconds 10] [--rounds 2]``;
 writes ``benchmarks/results/versus_<commit>_<framework>.json``.
 """
 
@@ -22,9 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import RESULTS_DIR, ROOT, machine_info
 from core_spec.frameworks import framework, nnabla_env, nnabla_python
-
-from .common import RESULTS_DIR, ROOT, machine_info
 
 # run in each tree, with that tree's own packages: argv = input.npy output.npy calls
 CHILD = """
@@ -69,7 +68,7 @@ def _run(tree: Path, fw: str, mix: Path, out: Path, calls: int) -> list[float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks versus_commit", description=__doc__.split("\n\n")[0])
     parser.add_argument("--commit", required=True, help="the earlier commit (any git revision)")
     parser.add_argument("--framework", default="nnabla", choices=["torch", "tf", "jax", "nnabla"])
     parser.add_argument("--seconds", type=float, default=10.0, help="seconds of (seeded Gaussian) stereo input")
@@ -115,7 +114,3 @@ def main(argv: list[str] | None = None) -> int:
         f"outputs max |diff| {result['max_abs_diff']:.2e}; {path.relative_to(ROOT)}"
     )
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

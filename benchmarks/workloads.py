@@ -1,22 +1,21 @@
-"""The inference workloads every ``bench_<port>.py`` times, defined once: the input music, the seeded models, and
-upstream's side of each case.
+"""The data of every benchmark, defined once: the input music and the seeded models at the released shapes.
 
-- ``umx_separator_niter0`` / ``umx_separator_niter1``: the Open-Unmix separator, umxhq shapes (4 targets, seeded
-  weights), ``seconds`` of stereo music, upstream ``openunmix.model.Separator``;
-- ``demucs_apply``: Demucs v2 at the pretrained size (channels 64, 265.7 M parameters, seeded weights),
-  ``demucs.utils.apply_model(split=True, shifts=0)`` on the normalised track.
+- :func:`music`: the stempeg example's four stems summed and tiled to a length (the runner's points,
+  ``separate``, ``chunk_snr``);
+- :func:`umx_config` / :func:`umx_weights`: the Open-Unmix separator, umxhq shapes (4 targets, seeded weights);
+- :func:`demucs_config` / :func:`demucs_weights`: Demucs v2 at the pretrained size (channels 64, 265.7 M
+  parameters, seeded weights); :func:`normalised`: the track as demucs's ``separate.py`` normalises it.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-__all__ = ["demucs_config", "demucs_weights", "music", "normalised", "setup_upstream", "umx_config", "umx_weights"]
+__all__ = ["demucs_config", "demucs_weights", "music", "normalised", "umx_config", "umx_weights"]
 
 
 def music(seconds: float, rate: int = 44100) -> np.ndarray:
@@ -63,33 +62,3 @@ def normalised(wav: np.ndarray) -> np.ndarray:
     """demucs's ``separate.py`` normalisation: by the mono mixture's mean and (unbiased) standard deviation."""
     ref = wav.mean(0)
     return ((wav - ref.mean()) / ref.std(ddof=1)).astype(np.float32)
-
-
-def setup_upstream(case: str, seconds: float, threads: int) -> Callable[[], np.ndarray]:
-    """Upstream's side of ``case``: a call returning its output (torch with ``threads`` threads)."""
-    import torch
-
-    from parity_tests import oracle
-
-    torch.set_num_threads(threads)
-    if case.startswith("umx_separator"):
-        cfg = umx_config(int(case[-1]))
-        model = oracle.umx_separator(cfg, umx_weights(cfg), torch.float32)
-        audio = torch.from_numpy(music(seconds)[None])
-
-        def call() -> np.ndarray:
-            with torch.no_grad():
-                return model(audio).numpy()
-
-        return call
-    from demucs.utils import apply_model
-
-    cfg = demucs_config()
-    model = oracle.demucs_model(cfg, demucs_weights(cfg), torch.float32)
-    wav = torch.from_numpy(normalised(music(seconds)))
-
-    def demucs_call() -> np.ndarray:
-        with torch.no_grad():
-            return apply_model(model, wav, shifts=0, split=True).numpy()
-
-    return demucs_call

@@ -1,6 +1,6 @@
 """The JAX port as the benchmark calls it, through its public API: ``umx_jax.from_canonical``,
 ``Separator.separate`` (the whole separation one compiled function), ``apply_model``; training:
-``umx_jax.train.Trainer.step`` (the call ``benchmarks/bench_train_jax.py`` times: STFT, network, loss, gradients and
+``umx_jax.train.Trainer.step`` (the timed call: STFT, network, loss, gradients and
 the optax update in one ``jax.jit``; the NumPy batch is copied to the device inside the timed call).
 
 XLA's threads come from ``XLA_FLAGS``, set by the driver before the process starts (:mod:`benchmarks.impls`).

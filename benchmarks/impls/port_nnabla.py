@@ -1,7 +1,7 @@
 """The NNabla port as the benchmark calls it (in ``.venv-nnabla``), through its public API:
 ``umx_nnabla.from_canonical``, ``Separator.separate``, ``apply_model``; training: ``umx_nnabla.train.make_step``,
-``make_optimizer`` (:class:`~umx_nnabla.train.TorchAdam`) and ``trainable_parameters``, as
-``benchmarks/bench_train_nnabla.py`` steps them. NNabla's CPU extension runs single-threaded kernels: no thread
+``make_optimizer`` (:class:`~umx_nnabla.train.TorchAdam`) and ``trainable_parameters``, as the port's
+:class:`~umx_nnabla.train.Trainer` steps them. NNabla's CPU extension runs single-threaded kernels: no thread
 setting applies.
 """
 

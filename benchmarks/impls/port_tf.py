@@ -1,6 +1,6 @@
 """The TensorFlow port as the benchmark calls it, through its public API: ``umx_tf.from_canonical``,
-``Separator.separate`` (one ``tf.function``), ``apply_model``; training: ``umx_tf.train.Trainer.step`` (the call
-``benchmarks/bench_train_tf.py`` times).
+``Separator.separate`` (one ``tf.function``), ``apply_model``; training: ``umx_tf.train.Trainer.step`` (the timed
+call).
 
 Options: ``jit_compile`` for inference (``None``: the port's default, XLA on a CPU; ``False``: the plain
 ``tf.function`` graph, implementation ``tf_graph``); ``train_jit_compile`` (default ``False``, the trainer's

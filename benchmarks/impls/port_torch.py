@@ -1,6 +1,6 @@
 """The PyTorch port as the benchmark calls it, through its public API: ``umx_torch.from_canonical``,
 ``Separator.separate``, ``apply_model``; training: ``umx_torch.train.make_optimizer`` and ``train_step`` (the
-functions ``benchmarks/bench_train_torch.py`` times)."""
+timed functions)."""
 
 from __future__ import annotations
 

@@ -11,23 +11,18 @@ the lower Nyquist frequency; for downsampling also the stop band (content just a
 which must vanish: output energy below the input's, in dB). Speed: seconds per 30 s of stereo audio. Memory: the
 peak resident memory a 30-s stereo call adds (``benchmarks.common.measure_peak_rss``).
 
-Run: ``.venv/bin/python -m benchmarks.bench_resample`` (writes ``benchmarks/results/separate_resample.json``).
+Run: ``.venv/bin/python -m benchmarks resample`` (writes ``benchmarks/results/separate_resample.json``).
 """
 
 from __future__ import annotations
 
+import argparse
 import math
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import measure_peak_rss, write_result  # noqa: E402
+from benchmarks.common import measure_peak_rss, write_result
 
 RATES = [(22050, 44100), (48000, 44100), (16000, 44100), (96000, 44100), (44100, 16000)]
 
@@ -59,7 +54,8 @@ def snr(actual: np.ndarray, expected: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(expected**2) / np.sum((actual - expected) ** 2)))
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    argparse.ArgumentParser(prog="python -m benchmarks resample", description=__doc__.splitlines()[0]).parse_args(argv)
     from scipy import signal
 
     rng = np.random.default_rng(0)
@@ -93,7 +89,3 @@ def main() -> int:
     )
     print(f"wrote {path}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

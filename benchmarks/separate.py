@@ -18,9 +18,10 @@ of the command's process tree (psutil, sampled every 20 ms; the NNabla command's
 ``.venv-nnabla`` interpreter it starts). A command whose tree passes ``--limit-mb`` is stopped and recorded as such
 (the machine is shared). Ratios are against upstream's command at the same length.
 
-Run: ``.venv/bin/python -m benchmarks.bench_separate [--lengths 30 180 600] [--models umx demucs]
-[--impls upstream torch tf jax nnabla] [--name NAME]``; writes ``benchmarks/results/<NAME>.json`` (default
-``separate``); ``--table FILE...`` prints result files as the Markdown table of ``docs/separate.md``.
+Run: ``.venv/bin/python -m benchmarks separate [--lengths 30 180 600] [--models umx demucs]
+[--impls upstream torch tf jax nnabla] [--chunked-only] [--name NAME]``; writes
+``benchmarks/results/<NAME>.json`` (default ``separate``); ``--table FILE...`` prints result files as the Markdown
+table of ``docs/separate.md``.
 """
 
 from __future__ import annotations
@@ -36,11 +37,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:
-    sys.path.insert(0, str(ROOT))
-
-from benchmarks.common import TIMING_ENV, write_result  # noqa: E402
+from benchmarks.common import ROOT, TIMING_ENV, child_env, write_result
 
 IMPLS = ("upstream", "torch", "tf", "jax", "nnabla")
 LENGTHS = (30, 180, 600)
@@ -109,7 +106,7 @@ def measure(command: list[str], limit_mb: float, timeout_s: float) -> dict[str, 
     """Run ``command``; wall time and the peak resident memory of its process tree (MiB)."""
     import psutil
 
-    env = {**os.environ, **TIMING_ENV, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(ROOT)}
+    env = child_env(TIMING_ENV)
     began = time.perf_counter()
     process = subprocess.Popen(
         command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True
@@ -173,7 +170,7 @@ def markdown_table(paths: list[Path]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench_separate", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m benchmarks separate", description=__doc__.splitlines()[0])
     parser.add_argument("--lengths", type=int, nargs="+", default=list(LENGTHS), help="track lengths in seconds")
     parser.add_argument("--models", nargs="+", default=["umx", "demucs"], choices=("umx", "demucs"))
     parser.add_argument("--impls", nargs="+", default=list(IMPLS), choices=IMPLS)
@@ -236,7 +233,3 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"wrote {write_result(args.name, rows, meta)}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
