@@ -83,7 +83,7 @@ test: setup
 # Main environment: everything but the NNabla port.
 # One pytest run per group, each with fresh worker processes: a worker then holds one framework's runtime and
 # caches (compiled functions, thread pools), not all three.
-MAIN_GROUPS := "parity_tests/spec parity_tests/upstream parity_tests/convert" parity_tests/torch parity_tests/tf parity_tests/jax parity_tests/separate parity_tests/parity_cli parity_tests/docs parity_tests/bench
+MAIN_GROUPS := "parity_tests/spec parity_tests/upstream parity_tests/convert" parity_tests/sweep parity_tests/torch parity_tests/tf parity_tests/jax parity_tests/separate parity_tests/parity_cli parity_tests/docs parity_tests/bench
 
 test-main:
 	@echo "== tests in $(VENV) (Python 3.11: NumPy reference, upstream oracles, torch/tf/jax ports)"
