@@ -21,6 +21,8 @@ from __future__ import annotations
 import os
 import sys
 
+from core_spec.frameworks import quiet_import
+
 _BACKEND = "tensorflow"
 
 
@@ -43,7 +45,8 @@ def _select_backend() -> None:
         )
 
 
-_select_backend()
+with quiet_import():  # TensorFlow's start-up log lines (core_spec.frameworks.quiet_import)
+    _select_backend()
 
 import tensorflow as tf  # noqa: E402
 

@@ -79,6 +79,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error(f"--to: unknown framework(s) {', '.join(unknown)}; choose from {', '.join(FRAMEWORKS)}")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
+        # not the conversion's: keras's np.array of TensorFlow 2.21 tensors warns once a variable under --to tf
+        warnings.simplefilter("ignore", DeprecationWarning)
         try:
             report = convert(
                 args.source,

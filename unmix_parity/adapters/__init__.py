@@ -16,6 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from core_spec.frameworks import quiet_import
+
 __all__ = ["ADAPTERS", "STAGE_FUNCTIONS", "DeviceUnavailable", "Port", "load"]
 
 Array = np.ndarray
@@ -93,5 +95,6 @@ def load(name: str, device: str = "cpu") -> Port:
     """
     if name not in ADAPTERS:
         raise ValueError(f"unknown implementation {name!r}; known: {', '.join(ADAPTERS)}")
-    module = importlib.import_module(f"{__name__}.{name}")
+    with quiet_import():  # the framework's start-up log lines
+        module = importlib.import_module(f"{__name__}.{name}")
     return module.port(device)
