@@ -2,8 +2,8 @@
 
 The umxhq-shaped separator (4 targets, seeded weights: ``benchmarks.workloads.umx_weights``; niter 1,
 wiener_win_len 300, upstream's CLI settings) of ``umx_torch`` separates real music twice: the whole track at once,
-and in chunks cross-faded by :func:`core_spec.chunks.separate_in_chunks` (the command's code), with the chunk
-length the command uses (:func:`core_spec.umx_segments.aligned_segment`: chunks a whole number of Wiener windows
+and in chunks cross-faded by :func:`unmix.chunks.separate_in_chunks` (the command's code), with the chunk
+length the command uses (:func:`unmix.umx_segments.aligned_segment`: chunks a whole number of Wiener windows
 apart) and, for comparison, the length as asked (``aligned`` false). Reported per stem: the SNR in dB of the chunked
 stems against the whole-track ones.
 
@@ -47,10 +47,10 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault(key, value)
     import umx_torch
     from core_spec.canonical import join_targets
-    from core_spec.chunks import separate_in_chunks
     from core_spec.tolerances import metrics
-    from core_spec.umx_segments import aligned_segment
     from parity_tests import real_clip
+    from unmix.chunks import separate_in_chunks
+    from unmix.umx_segments import aligned_segment
 
     cfg = umx_config(1)
     separator = umx_torch.from_canonical(cfg, join_targets(umx_weights(cfg)), niter=1, wiener_win_len=300)

@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.common import RESULTS_DIR, ROOT, machine_info
-from core_spec.frameworks import nnabla_env, nnabla_python
+from unmix.environments import nnabla_env, nnabla_python
 
 IMPORTS = {
     "torch": "import torch",

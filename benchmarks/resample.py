@@ -2,7 +2,7 @@
 
 - ``spec``: :func:`core_spec.reference.resample.resample_frac` (julius semantics, the Demucs resampler, float64);
 - ``poly_default``: ``scipy.signal.resample_poly`` with its own default filter (Kaiser, cut at the Nyquist frequency);
-- ``poly_julius``: ``resample_poly`` with julius's windowed-sinc design (:func:`core_spec.audio_files.resample`, the
+- ``poly_julius``: ``resample_poly`` with julius's windowed-sinc design (:func:`unmix.audio_files.resample`, the
   choice).
 
 Accuracy: band-limited stereo noise (10 s) resampled and compared, away from the edges, with the exact resampling
@@ -30,8 +30,8 @@ RATES = [(22050, 44100), (48000, 44100), (16000, 44100), (96000, 44100), (44100,
 def candidates():
     from scipy import signal
 
-    from core_spec.audio_files import resample
     from core_spec.reference.resample import resample_frac
+    from unmix.audio_files import resample
 
     return {
         "spec": lambda x, old, new: resample_frac(x, old, new),

@@ -4,7 +4,7 @@ in its own fresh process; writes ``latest.json``, ``latest.md`` and ``latest.png
 The points are :mod:`benchmarks.plan`'s; the inputs are written once (:mod:`benchmarks.inputs`); each point runs
 upstream first (its output is the reference of the SNR column), then the ports, in
 :data:`benchmarks.impls.DEFAULT_IMPLS` order, so that a change in the machine's load hits all of a point's
-implementations alike. NNabla's processes run in ``.venv-nnabla`` (:func:`core_spec.frameworks.nnabla_python`).
+implementations alike. NNabla's processes run in ``.venv-nnabla`` (:func:`unmix.environments.nnabla_python`).
 ``--quick`` runs the quick plan (seconds-long inputs, small models) with one process per implementation for all
 its points (peaks then not from a fresh process: the JSON says so); it keeps the command working and measures
 nothing worth quoting. Exit status 1 when a point failed (its row carries the error; the files are written).
@@ -50,7 +50,7 @@ COMMANDS = {
 def _python(env: str) -> Path:
     if env == "main":
         return Path(sys.executable)
-    from core_spec.frameworks import nnabla_python
+    from unmix.environments import nnabla_python
 
     return nnabla_python()
 

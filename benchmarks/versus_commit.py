@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import RESULTS_DIR, ROOT, machine_info
-from core_spec.frameworks import framework, nnabla_env, nnabla_python
+from core_spec.frameworks import framework
+from unmix.environments import nnabla_env, nnabla_python
 
 # run in each tree, with that tree's own packages: argv = input.npy output.npy calls
 CHILD = """

@@ -2,7 +2,7 @@
 
 - :mod:`book.catalog`: the pages, their order and the ``Lesson.page`` values each one hosts; port labels.
 - :mod:`book.extract`: the code of a lesson, extracted by name from the spec and the four ports
-  (:func:`core_spec.source_index.source_of`), with its file and lines; a missing target is a :class:`MissingTarget`.
+  (:func:`book.source_index.source_of`), with its file and lines; a missing target is a :class:`MissingTarget`.
 - :mod:`book.render`: Markdown for code blocks, content tabs and notes.
 - :mod:`book.directives`: the ``%% ...`` lines of the pages and what they expand to.
 - :mod:`book.mapping`: the parameter-mapping tables, read off each port's own ``from_canonical`` (run in the

@@ -12,8 +12,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from book.source_index import definitions
 from core_spec.public_api import BUILTIN, LESSONS, MODULES, PORTS, PUBLIC_NAMES
-from core_spec.source_index import definitions
 
 from .catalog import PORT_LABELS
 from .extract import Sources, port_file

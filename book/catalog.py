@@ -2,15 +2,15 @@
 :data:`core_spec.public_api.LESSONS` each one hosts, and how the four ports are named on the page.
 
 A lesson is named ``<module>.<name>`` (:func:`lesson_key`): the spec object's name, or the port target's for a
-step without a NumPy reference (``weights.load_weights``, ``train.fit``).
+step without a NumPy reference (``weights.load_weights``, ``train.loss_and_grads``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from book.source_index import spec_location
 from core_spec.public_api import LESSONS, PORTS, Lesson
-from core_spec.source_index import spec_location
 
 __all__ = [
     "BUILTIN_DOCS",

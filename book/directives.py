@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
+from book.source_index import spec_location
 from core_spec.public_api import BUILTIN, LESSONS, PORT_CONSTANTS, PORTS, SHARED, Lesson
-from core_spec.source_index import spec_location
 
 from .catalog import PORT_LABELS, builtin_link, component_of, lesson_key, lessons
 from .extract import MissingTarget, Snippet, Sources, docstring_markdown, port_file

@@ -1,6 +1,6 @@
 """The code the book shows, extracted from the source files by name at build time (never pasted).
 
-Every block comes from :func:`core_spec.source_index.source_of` (stdlib ``ast``, nothing imported): a function, a
+Every block comes from :func:`book.source_index.source_of` (stdlib ``ast``, nothing imported): a function, a
 class, a ``Class.method`` or an UPPER_CASE constant, with the file and lines it spans. A target that is not
 defined raises :class:`MissingTarget`, whose message names the port, the module and the name, so a rename in a
 port fails the build until ``core_spec.public_api.LESSONS`` (and the page) follow.
@@ -14,8 +14,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from book.source_index import locate, source_of, spec_location
 from core_spec.public_api import BUILTIN, LESSONS, PORTS, Lesson
-from core_spec.source_index import locate, source_of, spec_location
 
 from . import ROOT
 from .catalog import component_of, lesson_key

@@ -407,7 +407,7 @@ def _command(root: Path, port: str, out: Path) -> tuple[list[str], dict[str, str
     env = dict(os.environ, PYTHONPATH=str(root), TF_CPP_MIN_LOG_LEVEL="2", JAX_PLATFORMS="cpu")
     env["CUDA_VISIBLE_DEVICES"] = ""
     if port == "umx_nnabla":
-        from core_spec.frameworks import nnabla_python
+        from unmix.environments import nnabla_python
 
         python = str(nnabla_python())
     else:

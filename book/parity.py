@@ -4,7 +4,7 @@ Every ``core_spec.tolerances.check`` call of the suite is recorded with its thre
 (``parity_tests/conftest.py``; ``scripts/parity_report.py`` prints the same figures). Here they are grouped by
 framework (the suite folder: ``torch``, ``tf``, ``jax``, ``nnabla``; the NumPy reference's own suites ``spec`` and
 ``upstream``; the rest), stage, dtype and device: the worst relative error and the lowest SNR, next to the
-tolerance row of :mod:`core_spec.tolerances`. The heatmap is drawn by :func:`unmix_parity.plots.snr_heatmap`
+tolerance row of :mod:`core_spec.tolerances`. The heatmap is drawn by :func:`unmix.parity.plots.snr_heatmap`
 (matplotlib), the plot ``unmix-parity`` writes for a checkpoint.
 """
 
@@ -116,7 +116,7 @@ def heatmap_png(found: Sequence[Group], cache: Path | None = None) -> bytes:
     cached = cache / f"parity-heatmap-{key}.png" if cache is not None else None
     if cached is not None and cached.is_file():
         return cached.read_bytes()
-    from unmix_parity.plots import snr_heatmap
+    from unmix.parity.plots import snr_heatmap
 
     report = SimpleNamespace(
         rows=[

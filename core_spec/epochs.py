@@ -1,37 +1,84 @@
-"""The epoch loop of ``unmix-train``, written once for the four ports (framework-neutral, NumPy only).
+"""The contract between a port's ``Trainer`` and the epoch loop of ``unmix-train`` (framework-neutral, NumPy only).
 
 A port's ``train.py`` wraps its model, optimiser and replicas in a ``Trainer`` that implements
-:class:`EpochTrainer` (subclassing :class:`TrainerBase` for the two methods most ports do not need), builds the
-:class:`~core_spec.run_folder.RunState` (``--resume``: loaded with the trainer's checkpoint) and hands both to
-:func:`run_epochs`, which makes every decision of a run the same way in every framework::
+:class:`EpochTrainer` (subclassing :class:`TrainerBase` for the two methods most ports do not need). The tool
+(:func:`unmix.train_loop.run_epochs`, one loop for the four ports) builds the run's bookkeeping (``--resume``: loaded
+with the trainer's checkpoint) and steps the trainer, making every decision of a run the same way in every
+framework::
 
     while run.epoch < epochs and not done:           # done: --max-steps reached
         trainer.set_learning_rate(run.lr)           # the plateau schedule's rate (UMX) or the recipe's
         trainer.start_epoch(run.epoch)              # e.g. NNabla reseeds its dropout generator
-        for batch in batches(run.epoch):            # tqdm bar
+        for batch in batches(run.epoch):            # progress bar
             loss = trainer.step(batch)              # one optimiser step
             run.step += 1; stop if run.done(max_steps)
         train = trainer.mean_over_replicas(mean loss of the epoch's steps)
-        valid = trainer.evaluate(valid_set, quiet)  # same value on every replica
+        valid = trainer.evaluate(valid_set, progress)  # same value on every replica
         run.end_epoch(...)                          # schedule, early stopping, best loss, history row
         rank 0: trainer.save_best(...) if this is the best model (or none is saved yet); trainer.save_checkpoint(...)
         progress(row); log the epoch; stop early if early stopping says so
 
 The best model's files are written by :func:`save_best` (canonical + native), called from the port's
-``Trainer.save_best`` with its canonical weights.
+``Trainer.save_best`` with its canonical weights. The run folder and the run's state are the tool's
+(``unmix.run_folder.RunFolder`` and ``RunState``); a port sees them only through the :class:`RunFiles` and
+:class:`RunRecord` protocols below, and never imports the tool.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .run_folder import RunFolder, RunState, log
+__all__ = [
+    "EpochTrainer",
+    "Progress",
+    "RunFiles",
+    "RunRecord",
+    "TrainerBase",
+    "no_progress",
+    "save_best",
+    "steps_per_epoch",
+]
 
-__all__ = ["EpochTrainer", "TrainerBase", "run_epochs", "save_best", "steps_per_epoch"]
+# ``progress(items, total, desc)``: the items, with a progress bar drawn by the caller (the tool) or not at all
+Progress = Callable[[Iterable[Any], int, str], Iterable[Any]]
+
+
+def no_progress(items: Iterable[Any], total: int, desc: str) -> Iterable[Any]:
+    """A :data:`Progress` that shows nothing."""
+    return items
+
+
+class RunFiles(Protocol):
+    """Where a run's files go (the tool's run folder): what a ``Trainer`` writes through."""
+
+    @property
+    def best(self) -> Path:
+        """Stem of the best model's canonical file (``<out>/<name>``)."""
+
+    @property
+    def native(self) -> Path:
+        """Stem of the best model in the framework's own format (``<out>/<name>-<framework>``)."""
+
+    @property
+    def checkpoint(self) -> Path:
+        """The framework's checkpoint folder (``<out>/checkpoint-<framework>``)."""
+
+
+class RunRecord(Protocol):
+    """The run's bookkeeping (the tool's run state): what a ``Trainer`` saves beside its checkpoint."""
+
+    def provenance(self, framework: str, valid_loss: float, **versions: str) -> dict[str, Any]:
+        """The provenance stored with the best model."""
+
+    def save(self, folder: Any, rng: np.random.Generator, **extra: Any) -> None:
+        """Write ``state.json`` into ``folder.checkpoint`` (``extra``: the port's own entries)."""
+
+    def load(self, folder: Any, rng: np.random.Generator) -> dict[str, Any]:
+        """Read ``state.json`` back (``rng``'s state restored); the whole dict, the port's entries included."""
 
 
 @runtime_checkable
@@ -56,13 +103,13 @@ class EpochTrainer(Protocol):
     def mean_over_replicas(self, value: float) -> float:
         """The mean of ``value`` over the data-parallel replicas."""
 
-    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
-        """The validation loss of the current weights on ``valid_set`` (``quiet``: no progress bar)."""
+    def evaluate(self, valid_set: Any, progress: Progress = no_progress) -> float:
+        """The validation loss of the current weights on ``valid_set`` (its items through ``progress``)."""
 
-    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+    def save_best(self, folder: RunFiles, run: RunRecord, valid_loss: float) -> None:
         """Write the best model (:func:`save_best`); ``run`` has already booked the epoch."""
 
-    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    def save_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
         """Write ``folder.checkpoint`` (the port's weights and optimiser state, then ``run.save(folder, rng)``)."""
 
 
@@ -93,79 +140,9 @@ def steps_per_epoch(nb_examples: int, batch_size: int, replicas: int = 1, unit: 
     return steps
 
 
-def run_epochs(
-    trainer: EpochTrainer,
-    run: RunState,
-    folder: RunFolder,
-    batches: Callable[[int], Iterable[Any]],
-    *,
-    valid_set: Any,
-    epochs: int,
-    steps_per_epoch: int,
-    max_steps: int | None,
-    rng: np.random.Generator,
-    quiet: bool,
-    rank: int = 0,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train from ``run.epoch`` until ``epochs`` epochs are booked, ``max_steps`` optimiser steps are taken
-    (checked after each step; the epoch that reaches it still validates and saves) or early stopping stops.
-
-    Args:
-        trainer: the port's :class:`EpochTrainer`.
-        run: the run's bookkeeping (fresh, or loaded by ``--resume``); updated in place.
-        folder: the run folder (``folder.best_file`` tells whether a best model was saved yet).
-        batches: ``batches(epoch)`` yields the epoch's training batches (drawn lazily from ``rng``:
-            :func:`core_spec.training.epoch_batches`); each goes to ``trainer.step`` as it is.
-        valid_set: what ``trainer.evaluate`` validates on.
-        epochs: the recipe's number of epochs.
-        steps_per_epoch: the progress bar's length (:func:`steps_per_epoch`).
-        max_steps: ``--max-steps`` (``None``: no limit).
-        rng: the generator of the batches, saved with each checkpoint.
-        quiet: no progress bars, no log lines (a port passes ``True`` on replicas other than rank 0).
-        rank: the replica; only rank 0 writes files.
-        progress: called with each epoch's history row, after the checkpoint.
-
-    Returns:
-        :meth:`RunState.result`: ``{"epochs", "steps", "best_loss", "history"}``.
-    """
-    from tqdm import tqdm
-
-    done = run.done(max_steps)
-    while run.epoch < epochs and not done:
-        started = time.time()
-        lr = run.lr
-        trainer.set_learning_rate(lr)
-        trainer.start_epoch(run.epoch)
-        total, count = 0.0, 0
-        bar = tqdm(batches(run.epoch), total=steps_per_epoch, desc=f"[{run.epoch:03d}] train", unit="batch",
-                   leave=False, disable=quiet)  # fmt: skip
-        for batch in bar:
-            loss = trainer.step(batch)
-            total, count, run.step = total + loss, count + 1, run.step + 1
-            bar.set_postfix(loss=f"{total / count:.4g}")
-            if done := run.done(max_steps):
-                break
-        bar.close()
-        train_loss = trainer.mean_over_replicas(total / max(count, 1))
-        valid_loss = trainer.evaluate(valid_set, quiet)
-        row, stop, is_best = run.end_epoch(train_loss, valid_loss, lr, count, time.time() - started)
-        if rank == 0:
-            if is_best or not folder.best_file.exists():
-                trainer.save_best(folder, run, valid_loss)
-            trainer.save_checkpoint(folder, run, rng)
-        if progress is not None:
-            progress(row)
-        log(run.epoch_message(row), quiet)
-        if stop:
-            log(f"early stopping after {run.epoch} epochs", quiet)
-            break
-    return run.result()
-
-
 def save_best(
-    folder: RunFolder,
-    run: RunState,
+    folder: RunFiles,
+    run: RunRecord,
     framework: str,
     valid_loss: float,
     weights: Mapping[str, np.ndarray],
@@ -174,7 +151,7 @@ def save_best(
     **versions: str,
 ) -> None:
     """The best model of a run: ``<name>.safetensors`` + ``.json`` (canonical weights, with
-    :meth:`RunState.provenance` and the framework's ``versions``, e.g. ``torch=torch.__version__``) and
+    :meth:`RunRecord.provenance` and the framework's ``versions``, e.g. ``torch=torch.__version__``) and
     ``<name>-<framework>.<ext>`` (the port's ``save_native(path, weights, config, force=True)``), both overwritten.
 
     ``weights``: the model's canonical arrays (``{name: array}``, canonical layouts); ``config``: its

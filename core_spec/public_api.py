@@ -8,7 +8,7 @@ Two tables, both data only:
   every port importable in the environment. A port may export more (framework-specific helpers: a graph builder in
   NNabla, a Keras layer in TensorFlow); it may not export less.
 - :data:`LESSONS` is the alignment contract, checked on the source text (no import, so in both environments for all
-  four ports) by :mod:`core_spec.source_index` and ``parity_tests/spec/test_alignment*.py``: for each module of
+  four ports) by :mod:`book.source_index` and ``parity_tests/spec/test_alignment*.py``: for each module of
   :data:`MODULES`, the ordered steps of the lesson, the spec's object for each step and each port's version of it.
   A port module defines its targets in the order of the rows; public framework extras come after the last target;
   private helpers (``_name``) may sit anywhere. It never redefines a :data:`SHARED` name (neutral code lives once
@@ -69,7 +69,7 @@ PUBLIC_NAMES: dict[str, tuple[str, ...]] = {
         "to_canonical",
     ),
     "build": ("from_canonical", "from_canonical_file", "load_module"),
-    "train": ("FRAMEWORK", "Trainer", "fit", "loss_and_grads", "main"),
+    "train": ("FRAMEWORK", "Trainer", "loss_and_grads"),
     # the package itself: the models, the functions of a separation, and the weights entry points
     "": (
         "Demucs",
@@ -245,8 +245,6 @@ LESSONS: dict[str, tuple[Lesson, ...]] = {
         Lesson("reference.train.adam_step", _all("make_optimizer"), "train"),
         Lesson("epochs.EpochTrainer", _all("Trainer"), "train"),
         Lesson(None, _all("loss_and_grads"), "train"),
-        Lesson("epochs.run_epochs", _all("fit"), "train"),
-        Lesson("train_cli.run_main", _all("main"), "train"),
     ),
 }
 """Module -> its lesson, in the required order (plan of issue 15, section 1.2)."""
@@ -323,10 +321,8 @@ SHARED: dict[str, tuple[str, ...]] = {
         "epochs.EpochTrainer",
         "epochs.TrainerBase",
         "epochs.steps_per_epoch",
-        "epochs.run_epochs",
         "epochs.save_best",
-        "train_cli.run_main",
-        "data.stats.input_scaler_weights",
+        "training.input_scaler_weights",
     ),
 }
 """Module -> the framework-neutral names its port modules import from ``core_spec`` (dotted paths below

@@ -148,7 +148,7 @@ _F64 = {
     # such a frame inverts to an impulse at n = 0, where the Hann window is 0, so the waveform is silent up to the
     # rounding of the window's zero (an absolute bound: the expected output is 0, a relative error is undefined)
     "silence": Tolerance(max_abs=1e-12),
-    # Open-Unmix input statistics (per-bin mean and std over all frames, core_spec.data.umx_statistics): blockwise
+    # Open-Unmix input statistics (per-bin mean and std over all frames, unmix.data.umx_statistics): blockwise
     # Chan merging vs one pass over all frames, and vs upstream's encoder in float64 (rounding of sums of ~1e4
     # frames; achieved 3.6e-16 on the tiny MUSDB root)
     "data.statistics": Tolerance(rel=1e-12),
@@ -214,7 +214,7 @@ _F32 = {
     # float32 audio out of the data pipeline vs the same arithmetic done another way (stems summed in another
     # order, a float32 gain vs torch's, normalisation in float32 vs float64): rounding of a few float32 operations
     "data.audio": Tolerance(rel=1e-6),
-    # 16-bit PCM written and read back (core_spec.data.write_wav rounds to the nearest step): half a step of
+    # 16-bit PCM written and read back (unmix.data.write_wav rounds to the nearest step): half a step of
     # 2**-15 per stem, four stems summed
     "data.pcm16": Tolerance(max_abs=4 * 2.0**-16),
     # MP3 at 320 kbit/s (ffmpeg's libmp3lame, from 16-bit PCM) decoded by ffmpeg vs the float stems it was made

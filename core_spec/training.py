@@ -17,27 +17,24 @@ machines below, so that the four training loops make the same decisions from the
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 if TYPE_CHECKING:
-    from .configs import DemucsConfig, STFTConfig, UMXConfig
+    from .configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
 
 __all__ = [
     "DemucsTrainConfig",
     "EarlyStopping",
     "ReduceLROnPlateau",
     "UMXTrainConfig",
-    "epoch_batches",
     "initial_weights",
-    "make_datasets",
-    "model_config",
+    "input_scaler_weights",
     "shard_batch",
     "train_config_from_dict",
     "train_stft",
@@ -202,38 +199,6 @@ def train_stft(config: UMXConfig, center: bool = False) -> STFTConfig:
     return STFTConfig(n_fft=n_fft, n_hop=n_fft // 4, center=center)
 
 
-def model_config(
-    args: argparse.Namespace, recipe: UMXTrainConfig | DemucsTrainConfig
-) -> tuple[UMXConfig | DemucsConfig, dict[str, np.ndarray] | None, float]:
-    """The architecture to train (``--preset``, default ``umxhq`` / ``demucs``, or the ``--init`` file's), the
-    ``--init`` canonical weights (``None`` without; a separator file gives ``--target``'s network) and the sample
-    rate."""
-    from .canonical import load_canonical, split_targets
-    from .configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, demucs_preset, umx_preset
-
-    weights = None
-    if isinstance(recipe, UMXTrainConfig):
-        preset = umx_preset(args.preset or "umxhq")
-        config: UMXConfig | DemucsConfig = preset.model
-        rate = preset.separator.sample_rate
-        if args.init:
-            weights, file_config, _ = load_canonical(args.init)
-            if isinstance(file_config, UMXSeparatorConfig):
-                weights = split_targets(weights, file_config.separator.targets)[recipe.target]
-                config, rate = file_config.model, file_config.separator.sample_rate
-            elif isinstance(file_config, UMXConfig):
-                config = file_config
-            else:
-                raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
-        return config, weights, float(rate)
-    config = demucs_preset(args.preset or "demucs")
-    if args.init:
-        weights, config, _ = load_canonical(args.init)
-        if not isinstance(config, DemucsConfig):
-            raise ValueError(f"--init {args.init}: holds a {type(config).__name__}, not a Demucs model")
-    return config, weights, float(config.samplerate)
-
-
 def initial_weights(
     config: UMXConfig | DemucsConfig,
     seed: int = 42,
@@ -278,49 +243,6 @@ def initial_weights(
     return weights
 
 
-def make_datasets(
-    args: argparse.Namespace,
-    recipe: UMXTrainConfig | DemucsTrainConfig,
-    config: UMXConfig | DemucsConfig,
-    rate: float,
-) -> tuple[Any, Any, list]:
-    """``(train set, valid set, train tracks)`` from ``--root`` and ``--valid-tracks`` (:mod:`core_spec.data`).
-
-    UMX: :class:`~core_spec.data.UMXDataset` over the four MUSDB sources (the model's channels and rate checked);
-    Demucs: :class:`~core_spec.data.DemucsDataset` over the model's sources, excerpts of
-    ``valid_length(samples) + data_stride``. Validation needs at least one track: no validation track (an empty
-    ``valid`` subset or ``--valid-tracks 0``) is a :class:`~core_spec.data.DataError`, in every framework
-    (:mod:`core_spec.train_cli`).
-    """
-    from . import data
-    from .shapes import valid_length
-
-    umx = isinstance(recipe, UMXTrainConfig)
-    sources = data.DEFAULT_SOURCES if umx else tuple(config.sources)
-    if umx and recipe.target not in sources:
-        raise ValueError(f"--target {recipe.target!r} is not one of {sources}")
-    if args.valid_tracks is not None and args.valid_tracks < 1:
-        raise data.DataError(f"--valid-tracks {args.valid_tracks}: training needs at least one validation track")
-    train_tracks = data.open_tracks(args.root, subset="train", sources=sources)
-    valid_tracks = data.open_tracks(args.root, subset="valid", sources=sources)
-    if args.valid_tracks is not None:
-        valid_tracks = valid_tracks[: args.valid_tracks]
-    if not train_tracks:
-        raise data.DataError(f"{args.root}: no training tracks")
-    if not valid_tracks:
-        raise data.DataError(f"{args.root}: no validation tracks (subset 'valid'): training needs at least one")
-    if umx:
-        kwargs: dict[str, Any] = {"sample_rate": rate, "nb_channels": config.nb_channels}
-        train_set = data.UMXDataset(train_tracks, recipe, recipe.seed, train=True, **kwargs)
-        valid_set = data.UMXDataset(valid_tracks, recipe, recipe.seed, train=False, **kwargs)
-    else:
-        length = valid_length(recipe.samples, config)
-        kwargs = {"sources": sources, "audio_channels": config.audio_channels, "sample_rate": rate}
-        train_set = data.DemucsDataset(train_tracks, recipe, length, train=True, **kwargs)
-        valid_set = data.DemucsDataset(valid_tracks, recipe, length, train=False, **kwargs)
-    return train_set, valid_set, train_tracks
-
-
 def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
     """Replica ``rank``'s contiguous share of a batch (the leading axis of every array divided by ``world_size``);
     ``batch``: an array, a tuple / list of arrays or a mapping of them."""
@@ -337,28 +259,16 @@ def shard_batch(batch: Any, rank: int, world_size: int) -> Any:
     return batch[rank * n : (rank + 1) * n]
 
 
-def epoch_batches(
-    train_set: Any,
-    recipe: UMXTrainConfig | DemucsTrainConfig,
-    rng: np.random.Generator,
-    epoch: int,
-    rank: int = 0,
-    world_size: int = 1,
-) -> Iterator[Any]:
-    """The training batches of epoch ``epoch``, the same draws from ``rng`` in every framework.
+def input_scaler_weights(
+    mean: np.ndarray, std: np.ndarray, config: UMXConfig | UMXSeparatorConfig
+) -> dict[str, np.ndarray]:
+    """``{"input_mean": -mean[:max_bin], "input_scale": 1 / std[:max_bin]}`` float32, as ``OpenUnmix.__init__``
+    stores ``get_statistics``'s output."""
+    from .configs import UMXSeparatorConfig
 
-    Calls ``train_set.set_epoch(epoch)`` first (UMX: item ``i`` of epoch ``e`` draws from
-    ``default_rng([seed, e, i])``, new excerpts every epoch). The order comes from ``rng``. UMX: ``(x, y)``
-    ``(B, C, T)`` each, replica ``rank`` reading only its share; Demucs: sources ``(B, S, C, T)``, the whole batch
-    augmented with ``rng`` (:func:`core_spec.data.demucs_augment`; ``Remix`` groups as in one process), then
-    replica ``rank``'s share.
-    """
-    from . import data
-
-    if hasattr(train_set, "set_epoch"):
-        train_set.set_epoch(epoch)
-    if isinstance(recipe, UMXTrainConfig):
-        return data.batches(train_set, recipe.batch_size, rng, shuffle=True, drop_last=True, rank=rank,
-                            world_size=world_size)  # fmt: skip
-    stream = data.batches(train_set, recipe.batch_size, rng, shuffle=True, drop_last=True)
-    return (shard_batch(data.demucs_augment(b, recipe, rng), rank, world_size) for b in stream)
+    model = config.model if isinstance(config, UMXSeparatorConfig) else config
+    crop = model.crop_bins
+    return {
+        "input_mean": (-np.asarray(mean)[:crop]).astype(np.float32),
+        "input_scale": (1.0 / np.asarray(std)[:crop]).astype(np.float32),
+    }

@@ -113,7 +113,7 @@ def _julius_kernels() -> dict[str, np.ndarray]:
 
 
 def _traced_forward(model, mix) -> tuple[dict[str, np.ndarray], np.ndarray]:
-    """Upstream forward with every stage of ``demucs_trace_keys`` recorded (``unmix_parity.adapters.upstream``)."""
+    """Upstream forward with every stage of ``demucs_trace_keys`` recorded (``unmix.parity.adapters.upstream``)."""
     from parity_tests.oracle import demucs_traced, torch
 
     return demucs_traced(model, torch.from_numpy(mix))

@@ -1,8 +1,8 @@
 """The parity tests every port runs, written once. NumPy only: both environments.
 
-A port's test module defines a ``port`` fixture returning its :class:`~unmix_parity.adapters.Port` adapter (plain
+A port's test module defines a ``port`` fixture returning its :class:`~unmix.parity.adapters.Port` adapter (plain
 functions that take and return NumPy arrays, running the port's own code in ``dtype`` on ``device``; the adapters
-live in ``unmix_parity/adapters/``, shared with ``unmix-parity``) and imports the tests::
+live in ``unmix/parity/adapters/``, shared with ``unmix-parity``) and imports the tests::
 
     from parity_tests.harness import *  # noqa: F403  (the shared stage tests)
 
@@ -50,7 +50,7 @@ from core_spec.seeded import random_audio, random_weights
 from core_spec.tolerances import REGRESSION_DB, check, degrade, judge, tolerance
 from parity_tests import fixtures_demucs, fixtures_umx
 from parity_tests.fixtures import load
-from unmix_parity.adapters import Port
+from unmix.parity.adapters import Port
 
 __all__ = [
     "Port",

@@ -18,7 +18,7 @@ import numpy as np
 from core_spec.configs import SeparatorConfig, umx_preset
 from core_spec.reference.separator import filter_and_invert
 from core_spec.reference.transforms import complex_norm, stft
-from unmix_parity.clip import STEM_NAMES
+from unmix.parity.clip import STEM_NAMES
 
 
 @dataclass(frozen=True)
@@ -29,13 +29,13 @@ class Clip:
 
 
 def load_clip() -> Clip:
-    """Read the stempeg example (``unmix_parity.clip``: needs ffmpeg, or ``$UNMIX_STEMPEG_CLIP``); float64
+    """Read the stempeg example (``unmix.parity.clip``: needs ffmpeg, or ``$UNMIX_STEMPEG_CLIP``); float64
     ``(channels, time)`` arrays.
 
     Raises:
         RuntimeError: the clip cannot be decoded (no ffmpeg on PATH: ``make setup`` provides one).
     """
-    from unmix_parity.clip import read_example_stems
+    from unmix.parity.clip import read_example_stems
 
     stems, rate = read_example_stems()  # a clear error without ffmpeg
     mixture = np.sum([stems[n] for n in STEM_NAMES], axis=0)

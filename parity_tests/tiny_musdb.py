@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from core_spec.data import write_wav
+from unmix.data import write_wav
 
 __all__ = ["SOURCES", "TINY_SECONDS", "TINY_TRACKS", "make_synthetic_root", "make_tiny_musdb", "synthetic_source"]
 

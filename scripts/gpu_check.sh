@@ -36,7 +36,7 @@ if [[ "${1:-}" == "bundle" ]]; then
     py="${PYTHON:-$ROOT/.venv/bin/python}"
     "$py" -m pip wheel -q --no-deps -w "$dir" openunmix==1.3.0 demucs==2.0.3 julius==0.2.8 diffq==0.1.1 tqdm setuptools \
         2>&1 | { grep -v "is ignored: it is neither a file nor a directory" || true; }
-    PYTHONPATH="$ROOT" "$py" -m unmix_parity.clip "$dir/stempeg_clip.npz" >/dev/null
+    PYTHONPATH="$ROOT" "$py" -m unmix.parity.clip "$dir/stempeg_clip.npz" >/dev/null
     ls -l "$dir"
     exit 0
 fi
@@ -142,7 +142,7 @@ else:  # no upstream oracles: canonical files of seeded weights
     save_canonical(out / "demucs", random_weights(demucs, 5), demucs)
 EOF
 audio=()
-if ! "$py" -c "from unmix_parity.clip import read_example_stems; read_example_stems()" 2>/dev/null; then
+if ! "$py" -c "from unmix.parity.clip import read_example_stems; read_example_stems()" 2>/dev/null; then
     # no stempeg/ffmpeg and no decoded copy: 1.2 s of the clip stored in the NNabla fixture
     "$py" -c "
 import numpy as np, scipy.io.wavfile as w
@@ -154,7 +154,7 @@ umx_model="$out/models/umxhq"; [[ -d "$umx_model" ]] || umx_model="$out/models/u
 demucs_model="$out/models/demucs.th"; [[ -f "$demucs_model" ]] || demucs_model="$out/models/demucs.safetensors"
 for pair in "umxhq:$umx_model" "demucs:$demucs_model"; do
     name="${pair%%:*}" model="${pair#*:}"
-    "$py" -m unmix_parity "$model" "${audio[@]}" --seconds 3 --frameworks torch,jax --device "$device" \
+    "$py" -m unmix.parity "$model" "${audio[@]}" --seconds 3 --frameworks torch,jax --device "$device" \
         --dtype float32,float64 --report "$out/$name" --force > "$out/$name.log" 2>&1 || status=1
     tail -n 30 "$out/$name.log"
     stamp "unmix-parity $name --device $device"

@@ -13,7 +13,7 @@ checkout's paths relative to the checkout (``model.path`` and ``command`` of ``p
 
 For every report: what ran (model, audio, device, versions, the command, its paths made relative as above), the
 lowest SNR per stage and implementation/dtype (a cell out of tolerance is marked FAIL), the worst comparison per
-stage with its tolerance row (``unmix_parity.report.format_table``) and the report's two figures, linked relative
+stage with its tolerance row (``unmix.parity.report.format_table``) and the report's two figures, linked relative
 to the document (``parity/umxhq/parity_snr.png`` from ``docs/parity.md``: the same file on GitHub and in the book,
 which serves ``docs/**`` at the same paths). The text between the two marker lines of the document is replaced;
 the rest is left as it is.
@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from unmix_parity.report import format_table  # noqa: E402
-from unmix_parity.stages import Row  # noqa: E402
+from unmix.parity.report import format_table  # noqa: E402
+from unmix.parity.stages import Row  # noqa: E402
 
 BEGIN = "<!-- BEGIN figures: written by scripts/parity_doc.py from the reports below; do not edit -->"
 END = "<!-- END figures -->"
@@ -62,7 +62,7 @@ def relative_command(command: str) -> str:
 
 def sanitise_report(folder: Path) -> None:
     """Make the paths of ``unmix-parity``'s report in ``folder`` relative (:func:`relative`): ``model.path`` and
-    ``command`` of ``parity.json`` (written as ``unmix_parity.report.write_report`` does; nothing else changes)
+    ``command`` of ``parity.json`` (written as ``unmix.parity.report.write_report`` does; nothing else changes)
     and the model path where ``parity.md`` quotes it."""
     json_path, md_path = folder / "parity.json", folder / "parity.md"
     report = json.loads(json_path.read_text())
@@ -144,7 +144,7 @@ def run_reports() -> list[Path]:
         write_demucs_package(models["demucs"], DemucsConfig(channels=8, segment_length=2 * 44100), seed=5)
         for name, model in models.items():
             out = Path("docs") / "parity" / name  # relative to the checkout, the command's folder
-            cmd = [sys.executable, "-m", "unmix_parity", str(model), "--report", str(out), "--force", "--quiet"]
+            cmd = [sys.executable, "-m", "unmix.parity", str(model), "--report", str(out), "--force", "--quiet"]
             done = subprocess.run(cmd, cwd=ROOT)
             if not (ROOT / out / "parity.json").exists():
                 raise SystemExit(f"{' '.join(cmd)} wrote no report (exit {done.returncode})")

@@ -1,9 +1,9 @@
 """``python -m umx_jax separate INPUT... --model MODEL [options]``: ``unmix-separate --framework jax``, the
-same code (:mod:`core_spec.separate_cli`)."""
+same code (:mod:`unmix.separate_cli`)."""
 
 from __future__ import annotations
 
-from core_spec.separate_cli import port_main
+from unmix.separate_cli import port_main
 
 if __name__ == "__main__":
     raise SystemExit(port_main("jax"))

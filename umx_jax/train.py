@@ -17,11 +17,8 @@ The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]`
   what one device computes;
 - :func:`loss_and_grads`: one forward and backward pass in train mode (``jax.value_and_grad``), the gradients
   under their canonical (upstream state-dict) names; the gradient-parity tests call it;
-- the loop: :func:`fit` builds the run (data, weights, trainer, ``--resume``) and hands it to
-  :func:`core_spec.epochs.run_epochs` (epochs, validation, plateau schedule and early stopping, the best model in
-  the canonical format and in the port's msgpack format, the checkpoint folder); :func:`main` is
-  :func:`core_spec.train_cli.run_main` around it;
-- the framework's extras: :class:`ModelLayout`, the functional view of a module. ``nnx.split`` cuts it once into a
+- the framework's extras: :func:`ensure_devices` (``--devices N`` on the CPU: N host devices, asked of XLA before
+  JAX starts); :class:`ModelLayout`, the functional view of a module. ``nnx.split`` cuts it once into a
   graph definition and flat ``{name: array}`` dicts, the trainable parameters (``nnx.Param``) and the BatchNorm
   statistics (``nnx.BatchStat``); ``nnx.merge`` rebuilds the module inside the traced step. Names are the state
   paths joined by dots (``fc1.kernel``, ``lstm.layers.0.kernel_ih``). **LSTM biases**: the port folds
@@ -31,6 +28,10 @@ The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]`
   gradients). :func:`torch_adam`: *coupled* L2 (``add_decayed_weights`` before ``scale_by_adam``: the decay enters
   the moments), not ``optax.adamw``.
 
+The loop is the tool's: ``unmix-train --framework jax`` (``unmix.train_jax``) builds the run (data, weights, this
+trainer, ``--resume`` through :meth:`Trainer.load_checkpoint`) and steps the trainer through its epochs, validation,
+plateau schedule and early stopping, the best model (canonical and msgpack) and the checkpoint folder.
+
 Precision: float32 by default; float64 runs (``dtype=np.float64``) enter ``jax.enable_x64`` around every call
 (:func:`umx_jax.dtype_scope`), as the separators do. Shapes: UMX batches are waveforms ``x`` (mixture) and ``y``
 (target), ``(nb_samples, nb_channels, nb_timesteps)``; Demucs batches are sources
@@ -39,11 +40,11 @@ Precision: float32 by default; float64 runs (``dtype=np.float64``) enter ``jax.e
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -55,19 +56,10 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
-from core_spec.epochs import TrainerBase, run_epochs, save_best, steps_per_epoch
+from core_spec.epochs import Progress, RunFiles, RunRecord, TrainerBase, no_progress, save_best
+from core_spec.files import atomic_write
 from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
-from core_spec.run_folder import RunFolder, RunState, atomic_write, log
-from core_spec.train_cli import run_main
-from core_spec.training import (
-    DemucsTrainConfig,
-    UMXTrainConfig,
-    epoch_batches,
-    initial_weights,
-    make_datasets,
-    model_config,
-    train_stft,
-)
+from core_spec.training import DemucsTrainConfig, UMXTrainConfig, initial_weights, train_stft
 
 from ._scope import canonical_dtype, dtype_scope
 from .apply import apply_model
@@ -84,10 +76,9 @@ __all__ = [
     "Recipe",
     "Trainer",
     "demucs_loss",
-    "fit",
+    "ensure_devices",
     "initial_weights",
     "loss_and_grads",
-    "main",
     "make_optimizer",
     "spectrogram",
     "torch_adam",
@@ -244,8 +235,8 @@ def _eval_loss(spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.
 
 class Trainer(TrainerBase):
     """One model under training: its arrays, its optimiser and the compiled steps; the
-    :class:`core_spec.epochs.EpochTrainer` of :func:`fit` (``set_learning_rate``, ``step``, ``evaluate``,
-    ``save_best``, ``save_checkpoint``).
+    :class:`core_spec.epochs.EpochTrainer` of ``unmix-train``'s loop (``set_learning_rate``, ``step``, ``evaluate``,
+    ``save_best``, ``save_checkpoint``; ``--resume``: :meth:`load_checkpoint`).
 
     Args:
         config: ``UMXConfig`` or ``DemucsConfig``.
@@ -404,17 +395,22 @@ class Trainer(TrainerBase):
             current = self.opt_state.hyperparams["learning_rate"]
             self.opt_state.hyperparams["learning_rate"] = self._place(np.asarray(lr, current.dtype))
 
-    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
-        """Mean loss over the validation tracks (:func:`_validate`; ``quiet``: no progress bar)."""
-        return _validate(self, valid_set, quiet)
+    def evaluate(self, valid_set: Any, progress: Progress = no_progress) -> float:
+        """Mean loss over the validation tracks (:func:`_validate`; each track through ``progress``)."""
+        return _validate(self, valid_set, progress)
 
-    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+    def save_best(self, folder: RunFiles, run: RunRecord, valid_loss: float) -> None:
         """The best model: canonical and native files (:func:`core_spec.epochs.save_best`)."""
         save_best(folder, run, FRAMEWORK, valid_loss, self.canonical(), self.config, save_native, jax=jax.__version__)
 
-    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    def save_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
         """``checkpoint-jax/`` (:func:`_save_checkpoint`)."""
         _save_checkpoint(self, folder, run, rng)
+
+    def load_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
+        """``--resume``: the run's state and ``rng`` from ``checkpoint-jax/state.json`` (``run.load``), then the
+        arrays and the step count from ``train_state.msgpack`` (:meth:`load_bytes`)."""
+        _load_checkpoint(self, folder, run, rng)
 
     def canonical(self) -> dict[str, np.ndarray]:
         """The current weights, canonical names and layouts (NumPy, the trainer's dtype)."""
@@ -491,28 +487,17 @@ def loss_and_grads(
     return loss, grads
 
 
-# --- the loop ------------------------------------------------------------------------------------------------------
+# --- validation and checkpoints (the trainer's) --------------------------------------------------------------------
 
 
-def _ensure_devices(count: int, platform: str) -> list[jax.Device]:
-    """``count`` devices of ``platform``; on CPU, asks XLA for that many host devices if JAX has not started yet."""
-    if platform == "cpu" and count > 1:
-        flags = os.environ.get("XLA_FLAGS", "")
-        if "xla_force_host_platform_device_count" not in flags:
-            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
-    return _as_devices(count, platform) or []
-
-
-def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
+def _validate(trainer: Trainer, valid_set: Any, progress: Progress) -> float:
     """Mean loss over the validation tracks (batch 1, eval mode): UMX: MSE of magnitudes of whole tracks; Demucs:
     L1 (or MSE) of ``apply_model`` (no split, no shifts) on the linear mixture, as demucs' ``validate_model``."""
-    from tqdm import tqdm
-
     recipe = trainer.recipe
     count = len(valid_set)
     total = 0.0
     module = trainer.module() if isinstance(recipe, DemucsTrainConfig) else None
-    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+    for index in progress(range(count), count, "valid"):
         if isinstance(recipe, UMXTrainConfig):
             x, y = valid_set[index]
             loss = trainer.batch_loss((np.asarray(x)[None], np.asarray(y)[None]))
@@ -526,73 +511,39 @@ def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
     return total
 
 
-def _save_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+def _save_checkpoint(trainer: Trainer, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
     """``checkpoint-jax/``: ``model.msgpack`` + ``model.json`` (the port's native weights, float32),
     ``train_state.msgpack`` (parameters, statistics and optimiser state, exact, Flax msgpack), ``state.json``."""
     folder.checkpoint.mkdir(parents=True, exist_ok=True)
     save_native(folder.checkpoint / "model", trainer.canonical(), trainer.config, force=True)
-    atomic_write(folder.checkpoint / "train_state.msgpack", trainer.to_bytes())
+    state = trainer.to_bytes()
+    atomic_write(folder.checkpoint / "train_state.msgpack", lambda tmp: Path(tmp).write_bytes(state), ".msgpack")
     run.save(folder, rng, dtype=trainer.dtype.name)
 
 
-def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+def _load_checkpoint(trainer: Trainer, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
     run.load(folder, rng)
     trainer.load_bytes((folder.checkpoint / "train_state.msgpack").read_bytes())
 
 
-def fit(
-    args: argparse.Namespace, recipe: Recipe, progress: Callable[[dict[str, Any]], None] | None = None
-) -> dict[str, Any]:
-    """Train with ``recipe`` on ``args.root`` into ``args.out`` (the options of
-    :func:`core_spec.train_cli.build_parser`). ``progress``: called with each epoch's history row.
+# --- the framework's extras: host devices, the functional view of a module, torch's Adam in optax ---------------
 
-    Returns ``{"epochs", "steps", "best_loss", "history"}``.
+
+def ensure_devices(count: int, platform: str) -> list[jax.Device]:
+    """The first ``count`` devices of ``platform`` (``"cpu"``, ``"gpu"``), for :class:`Trainer`'s ``devices``.
+
+    JAX's data parallelism runs in one process, over the devices it sees; on the CPU, ``count > 1`` asks XLA for
+    that many host devices (``XLA_FLAGS=--xla_force_host_platform_device_count=<count>``, unless ``XLA_FLAGS``
+    already names a count), which takes effect only if JAX has not started its backend yet.
+
+    Raises:
+        ValueError: fewer devices than ``count``.
     """
-    from core_spec import data
-
-    quiet = bool(args.quiet)
-    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
-    platform = "gpu" if args.device in ("gpu", "cuda") else args.device
-    devices = _ensure_devices(max(1, args.devices), platform)
-    config, weights, rate = model_config(args, recipe)
-    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
-    run = RunState.for_recipe(recipe)
-    train_set, valid_set, train_tracks = make_datasets(args, recipe, config, rate)
-    steps = steps_per_epoch(len(train_set), recipe.batch_size, len(devices), unit="devices")
-
-    rng = np.random.default_rng(recipe.seed)
-    if weights is None:
-        mean = scale = None
-        if isinstance(recipe, UMXTrainConfig) and not args.resume:
-            log(f"input statistics over {len(train_tracks)} training tracks", quiet)
-            mean, scale = data.umx_statistics(train_tracks, config, stft_config, center=recipe.stft_center)
-        weights = initial_weights(config, recipe.seed, mean, scale)
-    trainer = Trainer(config, weights, recipe, stft=stft_config, devices=devices, seed=recipe.seed, precision="highest")
-    if args.resume:
-        _load_checkpoint(trainer, folder, run, rng)
-        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
-
-    return run_epochs(
-        trainer,
-        run,
-        folder,
-        lambda epoch: epoch_batches(train_set, recipe, rng, epoch),
-        valid_set=valid_set,
-        epochs=recipe.epochs,
-        steps_per_epoch=steps,
-        max_steps=args.max_steps,
-        rng=rng,
-        quiet=quiet,
-        progress=progress,
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """``unmix-train --framework jax``: train with the options of :func:`core_spec.train_cli.build_parser`."""
-    return run_main(args, FRAMEWORK, lambda recipe: fit(args, recipe))
-
-
-# --- the framework's extras: the functional view of a module, torch's Adam in optax -----------------------------
+    if platform == "cpu" and count > 1:
+        flags = os.environ.get("XLA_FLAGS", "")
+        if "xla_force_host_platform_device_count" not in flags:
+            os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={count}".strip()
+    return _as_devices(count, platform) or []
 
 
 def _name(path: Sequence[Any]) -> str:

@@ -13,7 +13,7 @@ the ``lstm`` parametric function and its unrolled graph, ``glu``; the rest is NN
 :mod:`~umx_nnabla.umx` (``OpenUnmix``), :mod:`~umx_nnabla.demucs` (``Demucs``), :mod:`~umx_nnabla.separator`
 (``Separator``, ``filter_chunks``, ``filter_and_invert``), :mod:`~umx_nnabla.apply` (``apply_model``,
 ``separate_track``), :mod:`~umx_nnabla.build` (``from_canonical``, ``from_canonical_file``, ``load_module``),
-:mod:`~umx_nnabla.train` (``unmix-train --framework nnabla``).
+:mod:`~umx_nnabla.train` (the ``Trainer`` that ``unmix-train --framework nnabla`` steps).
 
 Models build ``nn.Variable`` graphs with parametric functions under their own parameter scope (an ``OrderedDict``
 per model, never NNabla's global scope). float32 only: NNabla's CPU extension has no float64 kernels (see

@@ -5,7 +5,7 @@
     python -m umx_nnabla separate-npz --weights STEM --input IN.npz --output OUT.npz [--segment-length N]
 
 ``separate``: audio files in, stems out; the same code as ``unmix-separate --framework nnabla``
-(:mod:`core_spec.separate_cli`).
+(:mod:`unmix.separate_cli`).
 
 The two ``-npz`` commands serve the main environment's scripts and tests (arrays cross as ``.npz`` files):
 
@@ -61,7 +61,7 @@ def _separate(weights: str, mixture: np.ndarray, segment_length: int | None) -> 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["separate"]:
-        from core_spec.separate_cli import port_main
+        from unmix.separate_cli import port_main
 
         return port_main("nnabla", argv)
     parser = argparse.ArgumentParser(prog="python -m umx_nnabla", description=__doc__.splitlines()[0])

@@ -9,10 +9,10 @@ is the spec), in two implementations with the same algorithm:
   the data-dependent ``max_abs`` scaling is a graph node. ``Separator(wiener_backend="nnabla")`` selects it.
 
 The filter is parameter-free post-processing and NNabla has no complex dtype, so NumPy is allowed here if it is
-as fast. Measured with ``benchmarks/bench_nnabla.py`` (micro-benchmark ``wiener``: one 300-frame chunk at umxhq
-shapes, 2 channels, 4 targets, niter 1, float32): NumPy 0.5-0.8 s, the NNabla graph 6-8 s (NNabla's CPU
-element-wise functions cost 25-70 ns per element, NumPy's ~1 ns). NumPy is the default; both are tested against
-the spec and upstream on every Wiener case.
+as fast. Measured with ``benchmarks/bench_nnabla.py`` (a per-port script since replaced by ``python -m benchmarks``;
+micro-benchmark ``wiener``: one 300-frame chunk at umxhq shapes, 2 channels, 4 targets, niter 1, float32): NumPy 0.5-0.8
+s, the NNabla graph 6-8 s (NNabla's CPU element-wise functions cost 25-70 ns per element, NumPy's ~1 ns). NumPy is the
+default; both are tested against the spec and upstream on every Wiener case.
 
 Layout ("planar", the spec's): sources and channels first, bins and frames last, ``(..., nb_sources, nb_channels,
 nb_bins, nb_frames)``: what the separator holds between the networks and the inverse STFT; every leading index is

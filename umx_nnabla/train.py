@@ -13,13 +13,14 @@ The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]`
   :class:`core_spec.epochs.EpochTrainer` (step, learning rate, per-epoch dropout seed, validation, files);
 - :func:`loss_and_grads`: one forward and backward pass, the gradients under their canonical (upstream state-dict)
   names; the gradient-parity tests call it;
-- the loop: :func:`fit` (the model, the data, the optimiser, ``--resume``, then
-  :func:`core_spec.epochs.run_epochs`: epochs over :mod:`core_spec.data` batches with a tqdm bar, validation,
-  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` (UMX), the best model
-  in the canonical format and as an NNabla ``.h5`` (:func:`umx_nnabla.weights.save_native`), and a checkpoint
-  folder (``params.h5`` from ``nn.save_parameters``, ``solver.protobuf`` from ``solver.save_states``, ``state.json``)
-  read back by ``--resume``) and :func:`main` (:func:`core_spec.train_cli.run_main`);
-- the trained parameters (:func:`trainable_parameters`, :func:`sync_lstm_biases`, :func:`canonical_grads`);
+- what a training run needs from the port besides the :class:`Trainer` (``unmix-train --framework nnabla`` builds
+  the model, the data and the optimiser, then steps the trainer in its epoch loop): :func:`batch_shape` (the graph
+  a batch needs), :func:`set_statistics` (UMX's input scaler), :func:`save_checkpoint` / :func:`load_checkpoint`
+  (the checkpoint folder: ``params.h5`` from ``nn.save_parameters``, ``solver.protobuf`` from
+  ``solver.save_states``, the run's ``state.json``) and the validation loss (behind :meth:`Trainer.evaluate`); the
+  best model goes out in the canonical format and as an NNabla ``.h5`` (:func:`umx_nnabla.weights.save_native`);
+- the trained parameters (:func:`is_trainable`, :func:`trainable_parameters`, :func:`sync_lstm_biases`,
+  :func:`canonical_grads`);
 - :class:`TorchAdam`: ``torch.optim.Adam(lr, weight_decay)`` exactly. NNabla's ``S.Adam`` differs from torch's in
   one place: it folds both bias corrections into the step size, ``alpha_t = alpha sqrt(1 - b2^t) / (1 - b1^t)``,
   and adds ``eps`` to ``sqrt(v)`` *uncorrected*, i.e. ``w -= alpha_t m / (sqrt(v) + eps)``, where torch computes
@@ -30,11 +31,11 @@ The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]`
   and read them; the coupled weight decay ``solver.weight_decay(wd)``: ``g += wd w`` before the moments, as
   ``torch.optim.Adam(weight_decay=...)``) and computes torch's update on the parameter arrays in NumPy;
 - data parallelism: NNabla's is multi-process with MPI, gradients all-reduced by
-  ``nnabla.communicators.MultiProcessCommunicator``, which has CUDA (NCCL) kernels only: it needs
-  ``nnabla-ext-cuda`` and an MPI launcher (``mpirun -n N``); on the CPU, training is single-process and
-  ``--devices > 1`` stops with :class:`DataParallelUnavailable`. :func:`data_parallel_loss_and_grads` runs the
-  arithmetic of a data-parallel step (each replica's shard, the gradients averaged as ``all_reduce(division=True)``
-  does) in one process, for the tests.
+  ``nnabla.communicators.MultiProcessCommunicator`` (wrapped by :class:`Communicator`), which has CUDA (NCCL)
+  kernels only: it needs ``nnabla-ext-cuda`` and an MPI launcher (``mpirun -n N``); on the CPU, training is
+  single-process and ``--devices > 1`` stops with :class:`DataParallelUnavailable`.
+  :func:`data_parallel_loss_and_grads` runs the arithmetic of a data-parallel step (each replica's shard, the
+  gradients averaged as ``all_reduce(division=True)`` does) in one process, for the tests.
 
 float32 only (NNabla's CPU extension has no float64 kernels, :mod:`umx_nnabla._context`): the gradient-parity
 tests compare with upstream's float64 fixtures at the float32 tolerances.
@@ -45,7 +46,6 @@ Demucs batches are sources ``(nb_samples, nb_sources, audio_channels, nb_timeste
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -59,21 +59,16 @@ import nnabla.solvers as S
 import numpy as np
 
 from core_spec import shapes
-from core_spec.configs import STFTConfig, UMXConfig
-from core_spec.data.stats import input_scaler_weights
-from core_spec.epochs import TrainerBase, run_epochs, save_best, steps_per_epoch
+from core_spec.configs import STFTConfig, config_to_json
+from core_spec.epochs import Progress, RunFiles, RunRecord, TrainerBase, no_progress, save_best
 from core_spec.files import atomic_write
 from core_spec.params import fold_lstm_bias
 from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
-from core_spec.run_folder import RunFolder, RunState, log
-from core_spec.train_cli import run_main
 from core_spec.training import (
     DemucsTrainConfig,
     UMXTrainConfig,
-    epoch_batches,
     initial_weights,
-    make_datasets,
-    model_config,
+    input_scaler_weights,
     shard_batch,
     train_stft,
 )
@@ -82,24 +77,29 @@ from ._context import device_context
 from .demucs import Demucs
 from .transforms import stft
 from .umx import OpenUnmix
-from .weights import canonical_from_parameters, load_weights, save_native, to_canonical
+from .weights import canonical_from_parameters, save_native, to_canonical
 
 __all__ = [
     "CHECKPOINT_DIR",
     "FRAMEWORK",
+    "Communicator",
     "DataParallelUnavailable",
     "DemucsStep",
     "Recipe",
     "TorchAdam",
     "Trainer",
     "UMXStep",
+    "batch_shape",
     "canonical_grads",
     "data_parallel_loss_and_grads",
-    "fit",
     "initial_weights",
+    "is_trainable",
+    "load_checkpoint",
     "loss_and_grads",
-    "main",
     "make_optimizer",
+    "make_step",
+    "save_checkpoint",
+    "set_statistics",
     "spectrogram",
     "sync_lstm_biases",
     "train_stft",
@@ -216,7 +216,7 @@ def make_optimizer(model: Model, recipe: Recipe) -> TorchAdam:
 
 class Trainer(TrainerBase):
     """The NNabla port's :class:`core_spec.epochs.EpochTrainer`: the model, its training graph, the optimiser and
-    (data-parallel) the MPI communicator of this replica.
+    (data-parallel) the MPI communicator of this replica (:class:`Communicator`).
 
     Args:
         model: the network (:class:`~umx_nnabla.umx.OpenUnmix` or :class:`~umx_nnabla.demucs.Demucs`).
@@ -237,7 +237,7 @@ class Trainer(TrainerBase):
         optimizer: TorchAdam,
         recipe: Recipe,
         stft_config: STFTConfig | None,
-        comm: _Communicator | None = None,
+        comm: Communicator | None = None,
         rank: int = 0,
         buffers: list[nn.Variable] | tuple[nn.Variable, ...] = (),
     ):
@@ -264,19 +264,19 @@ class Trainer(TrainerBase):
     def mean_over_replicas(self, value: float) -> float:
         return self.comm.mean(value) if self.comm is not None else value
 
-    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
+    def evaluate(self, valid_set: Any, progress: Progress = no_progress) -> float:
         """Every replica validates, on rank 0's BatchNorm statistics (broadcast first)."""
         if self.comm is not None:
             self.comm.broadcast(self.buffers)
-        return _validate(self.model, valid_set, self.recipe, self.stft_config, quiet)
+        return _validate(self.model, valid_set, self.recipe, self.stft_config, progress)
 
-    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+    def save_best(self, folder: RunFiles, run: RunRecord, valid_loss: float) -> None:
         sync_lstm_biases(self.model)
         save_best(folder, run, FRAMEWORK, valid_loss, to_canonical(self.model), self.model.config, save_native,
                   nnabla=nn.__version__)  # fmt: skip
 
-    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
-        _save_checkpoint(self.model, self.optimizer, folder, run, rng)
+    def save_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
+        save_checkpoint(self.model, self.optimizer, folder, run, rng)
 
 
 def loss_and_grads(
@@ -304,7 +304,7 @@ def loss_and_grads(
         ``(loss, {canonical parameter name: gradient})``, float32 NumPy arrays.
     """
     step = make_step(model, recipe, stft_config, lstm_dropout)
-    step.graph(_batch_shape(step, batch, recipe))  # creates bias_ih / bias_hh if the model lacks them
+    step.graph(batch_shape(step, batch, recipe))  # creates bias_ih / bias_hh if the model lacks them
     params = trainable_parameters(model)
     _zero_grads(model)
     loss = step(batch, recipe)
@@ -316,7 +316,10 @@ def _zero_grads(model: Model) -> None:
         var.grad.zero()
 
 
-def _batch_shape(step: UMXStep | DemucsStep, batch: Any, recipe: Recipe) -> tuple[int, ...]:
+def batch_shape(step: UMXStep | DemucsStep, batch: Any, recipe: Recipe) -> tuple[int, ...]:
+    """The shape ``step.graph`` takes for ``batch``: the magnitudes' ``(B, C or 1, nb_bins, nb_frames)`` (UMX), the
+    sources' ``(B, S, C, T)`` (Demucs). Building that graph first creates the LSTMs' ``bias_ih`` / ``bias_hh``, which
+    :func:`trainable_parameters` then finds."""
     arrays = _unpack(batch, recipe)
     if isinstance(step, DemucsStep):
         return arrays[0].shape
@@ -325,39 +328,28 @@ def _batch_shape(step: UMXStep | DemucsStep, batch: Any, recipe: Recipe) -> tupl
     return (b, 1 if step.model.config.nb_channels == 1 else channels, c.nb_bins, c.nb_frames(length))
 
 
-# --- the loop (core_spec.epochs.run_epochs with this port's Trainer) --------------------------------------------------
+# --- what the run needs: input statistics, checkpoints, validation ----------------------------------------------------
 
 
-def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, STFTConfig | None, float, bool]:
-    """The model to train (``--init``'s weights, else :func:`initial_weights` seeded by ``recipe.seed``), its
-    training STFT (UMX), its sample rate, and whether its weights came from a file."""
-    config, weights, rate = model_config(args, recipe)
-    model: Model = OpenUnmix.from_config(config) if isinstance(config, UMXConfig) else Demucs.from_config(config)
-    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
-    from_file = weights is not None
-    load_weights(model, weights if from_file else initial_weights(config, recipe.seed))
-    return model, stft_config, rate, from_file
-
-
-def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
-    """Upstream's convention (:func:`core_spec.data.stats.input_scaler_weights`): ``input_mean = -mean``,
-    ``input_scale = 1 / scale``, cropped to ``max_bin``."""
+def set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Write UMX's input scaler from the training set's statistics, upstream's convention
+    (:func:`core_spec.training.input_scaler_weights`): ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped
+    to ``max_bin``."""
     params = model.get_parameters(grad_only=False)
     for name, value in input_scaler_weights(mean, scale, model.config).items():
         params[name].d = value
 
 
 def _config_json(model: Model) -> str:
-    from core_spec.configs import config_to_json
-
     return config_to_json(model.config)
 
 
-def _save_checkpoint(
-    model: Model, optimizer: TorchAdam, folder: RunFolder, run: RunState, rng: np.random.Generator
+def save_checkpoint(
+    model: Model, optimizer: TorchAdam, folder: RunFiles, run: RunRecord, rng: np.random.Generator
 ) -> None:
     """``checkpoint-nnabla/``: ``params.h5`` (every parameter of the model, BatchNorm statistics and both LSTM bias
-    forms included, ``nn.save_parameters``), ``solver.protobuf`` (``solver.save_states``), ``state.json``."""
+    forms included, ``nn.save_parameters``), ``solver.protobuf`` (``solver.save_states``), ``state.json``
+    (``run.save``, with the learning rate and the model's config)."""
     folder.checkpoint.mkdir(parents=True, exist_ok=True)
     sync_lstm_biases(model)
     params = model.get_parameters(grad_only=False)
@@ -367,11 +359,15 @@ def _save_checkpoint(
     run.save(folder, rng, lr=optimizer.lr, config=json.loads(_config_json(model)))
 
 
-def _load_checkpoint(
-    model: Model, optimizer: TorchAdam, folder: RunFolder, run: RunState, rng: np.random.Generator
+def load_checkpoint(
+    model: Model, optimizer: TorchAdam, folder: RunFiles, run: RunRecord, rng: np.random.Generator
 ) -> None:
-    """Read ``checkpoint-nnabla/`` back into ``model`` (parameter arrays overwritten in place, so graphs built on
-    them stay valid), ``optimizer``, ``run`` and ``rng``."""
+    """Read ``checkpoint-nnabla/`` (:func:`save_checkpoint`) back into ``model`` (parameter arrays overwritten in
+    place, so graphs built on them stay valid), ``optimizer``, ``run`` and ``rng``.
+
+    Raises:
+        ValueError: the checkpoint holds a model of another config, or lacks one of the model's parameters.
+    """
     state = run.load(folder, rng)
     if state.get("config") is not None and state["config"] != json.loads(_config_json(model)):
         raise ValueError(f"--resume: {folder.checkpoint} holds a model of another config")
@@ -389,17 +385,17 @@ def _load_checkpoint(
     optimizer.set_learning_rate(state["lr"])
 
 
-def _validate(model: Model, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, quiet: bool) -> float:
+def _validate(
+    model: Model, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, progress: Progress
+) -> float:
     """Mean loss over the validation tracks (batch 1, eval mode: BatchNorm's running statistics, no dropout): UMX:
     MSE of the magnitudes of whole tracks; Demucs: L1 (or MSE) of ``apply_model`` (no split, no shifts) on the
-    linear mixture, as ``demucs/train.py``'s ``validate_model``."""
-    from tqdm import tqdm
-
+    linear mixture, as ``demucs/train.py``'s ``validate_model``. The tracks go through ``progress``."""
     from .apply import apply_model
 
     sync_lstm_biases(model)
     total, count = 0.0, len(valid_set)
-    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+    for index in progress(range(count), count, "valid"):
         if isinstance(recipe, UMXTrainConfig):
             x, y = valid_set[index]
             mono = model.config.nb_channels == 1
@@ -416,82 +412,13 @@ def _validate(model: Model, valid_set: Any, recipe: Recipe, stft_config: STFTCon
     return total
 
 
-def fit(args: argparse.Namespace, recipe: Recipe, comm: _Communicator | None = None) -> dict[str, Any]:
-    """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``comm``'s; rank 0 writes):
-    :func:`core_spec.epochs.run_epochs` with this port's :class:`Trainer`.
-
-    Returns ``{"epochs", "steps", "best_loss", "history"}``.
-    """
-    from core_spec import data
-
-    rank, world_size = (comm.rank, comm.size) if comm else (0, 1)
-    quiet = bool(args.quiet) or rank != 0
-    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
-    model, stft_config, rate, from_file = _build_model(args, recipe)
-    run = RunState.for_recipe(recipe)
-    train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
-    steps = steps_per_epoch(len(train_set), recipe.batch_size, world_size)
-
-    rng = np.random.default_rng(recipe.seed)
-    if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume:
-        log(f"input statistics over {len(train_tracks)} training tracks", quiet)
-        mean, scale = data.umx_statistics(train_tracks, model.config, stft_config, center=recipe.stft_center)
-        _set_statistics(model, mean, scale)
-    step = make_step(model, recipe, stft_config)
-    sample = shard_batch(next(iter(data.batches(train_set, recipe.batch_size, np.random.default_rng(0)))), 0,
-                         world_size)  # fmt: skip
-    step.graph(_batch_shape(step, sample, recipe))  # creates the LSTMs' bias_ih / bias_hh if needed
-    sync_lstm_biases(model)
-    optimizer = make_optimizer(model, recipe)
-    if args.resume:
-        _load_checkpoint(model, optimizer, folder, run, rng)
-        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
-    if comm is not None:
-        comm.broadcast(list(model.get_parameters(grad_only=False).values()))
-    buffers = [v for k, v in model.get_parameters(grad_only=False).items() if not _is_trainable(k)]
-    trainer = Trainer(model, step, optimizer, recipe, stft_config, comm, rank, buffers)
-    return run_epochs(
-        trainer,
-        run,
-        folder,
-        lambda epoch: epoch_batches(train_set, recipe, rng, epoch, rank, world_size),
-        valid_set=valid_set,
-        epochs=recipe.epochs,
-        steps_per_epoch=steps,
-        max_steps=args.max_steps,
-        rng=rng,
-        quiet=quiet,
-        rank=rank,
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """``unmix-train --framework nnabla``: train with the options of :func:`core_spec.train_cli.build_parser`
-    (float32; ``--device gpu`` needs ``nnabla-ext-cuda``; ``--devices N`` needs it and MPI, see
-    :data:`DATA_PARALLEL_HELP`): :func:`core_spec.train_cli.run_main`, the communicator and the context made
-    first (a replica other than rank 0 does not check the run folder)."""
-    held: dict[str, Any] = {}
-
-    def prepare(recipe: Recipe) -> bool:
-        comm = _Communicator(args.devices, args.device) if args.devices > 1 else None
-        held["comm"] = comm
-        held["ctx"] = comm.ctx if comm else device_context("gpu" if args.device in ("gpu", "cuda") else args.device)
-        return comm is None or comm.rank == 0
-
-    def _fit(recipe: Recipe) -> dict[str, Any]:
-        with nn.context_scope(held["ctx"]):
-            return fit(args, recipe, held["comm"])
-
-    errors = (DataParallelUnavailable, FileExistsError, FileNotFoundError, RuntimeError, ValueError)
-    return run_main(args, FRAMEWORK, _fit, errors, prepare)
-
-
 # --- NNabla extras: the trained parameters and the LSTM's two biases --------------------------------------------------
 
 
-def _is_trainable(name: str) -> bool:
+def is_trainable(name: str) -> bool:
     """Whether the NNabla parameter ``name`` is one upstream trains: not BatchNorm's running ``mean`` / ``var``
-    (buffers) and not the folded LSTM ``bias`` (training reads ``bias_ih`` + ``bias_hh``, as upstream)."""
+    (buffers) and not the folded LSTM ``bias`` (training reads ``bias_ih`` + ``bias_hh``, as upstream). The others
+    are the model's buffers (a data-parallel run broadcasts rank 0's before validating)."""
     parts = name.split("/")
     if parts[-1] in ("mean", "var"):
         return False
@@ -503,7 +430,7 @@ def trainable_parameters(model: Model) -> OrderedDict[str, nn.Variable]:
     Call after building a training graph (:class:`UMXStep` / :class:`DemucsStep`), which creates ``bias_ih`` /
     ``bias_hh`` when the model has none."""
     params = model.get_parameters(grad_only=False)
-    return OrderedDict((k, v) for k, v in params.items() if _is_trainable(k))
+    return OrderedDict((k, v) for k, v in params.items() if is_trainable(k))
 
 
 def _lstm_scopes(names: Any) -> list[str]:
@@ -657,13 +584,24 @@ DATA_PARALLEL_HELP = (
     "all-reduced by nnabla.communicators.MultiProcessCommunicator, which has CUDA/NCCL kernels only (NNabla 1.39's "
     "CPU extension registers none: 'Any of [cpu:float] could not be found'). It needs nnabla-ext-cuda<version> "
     "(built with NCCL, matching the CUDA driver) and an MPI installation (Open MPI); run "
-    "'mpirun -n N python -m core_spec.train_cli --framework nnabla --device gpu --devices N ...'. "
+    "'mpirun -n N python -m unmix.train_cli --framework nnabla --device gpu --devices N ...'. "
     "On the CPU, train single-process (--devices 1). See docs/training.md."
 )
 
 
-class _Communicator:
-    """The MPI communicator of a data-parallel run (``nnabla.communicators.MultiProcessCommunicator``, CUDA)."""
+class Communicator:
+    """The MPI communicator of a data-parallel run (``nnabla.communicators.MultiProcessCommunicator``, CUDA): this
+    process's ``rank`` of ``size``, its extension context ``ctx`` (the GPU of its local rank), and the three
+    collective operations the :class:`Trainer` needs.
+
+    Args:
+        devices: ``--devices``, the number of processes MPI must have started.
+        device: ``--device``: ``"gpu"`` / ``"cuda"`` (anything else raises).
+
+    Raises:
+        DataParallelUnavailable: not a GPU device, no ``nnabla-ext-cuda``, no MPI communicator (not started by
+            ``mpirun``), or MPI started another number of processes than ``devices``.
+    """
 
     def __init__(self, devices: int, device: str):
         if device not in ("gpu", "cuda"):
@@ -720,7 +658,7 @@ def data_parallel_loss_and_grads(
     Returns ``([loss of each shard], {canonical name: averaged gradient})``. Demucs (no normalisation layers): the
     full batch's gradient.
     """
-    running = {k: v for k, v in model.get_parameters(grad_only=False).items() if not _is_trainable(k)}
+    running = {k: v for k, v in model.get_parameters(grad_only=False).items() if not is_trainable(k)}
     start = {k: v.d.copy() for k, v in running.items()}
     losses, total, kept = [], None, None
     for rank in range(replicas):

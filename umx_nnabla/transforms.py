@@ -11,10 +11,11 @@ Two implementations, the same numbers:
   ``scipy.fft`` in the input's precision (float32 in, complex64 out). NNabla has no complex dtype and its CPU
   extension has no FFT (``F.fft``: "FFT forward not implemented in CPU yet"); ``F.stft`` / ``F.istft`` are direct
   DFTs computed as convolutions with ``(n_fft // 2 + 1, 1, n_fft)`` kernels, O(n_fft) work per bin instead of
-  O(log n_fft). Measured on 5 s of stereo at n_fft 4096 (``benchmarks/bench_nnabla.py``, micro-benchmark
-  ``transforms``): ``F.stft`` 1.6-3.2 s vs 0.004-0.009 s here, ``F.istft`` 1.7-2.5 s vs 0.006-0.012 s; both meet
-  the float32 tolerances (rel 6.9e-7 and 3.6e-7 against the float64 spec; this path 1.7e-7 and 1.8e-7). A 30 s,
-  4-target separation would spend about a minute in ``F.istft`` alone, so the separator uses the FFT.
+  O(log n_fft). Measured on 5 s of stereo at n_fft 4096 (``benchmarks/bench_nnabla.py``, a per-port script since
+  replaced by ``python -m benchmarks``; micro-benchmark ``transforms``): ``F.stft`` 1.6-3.2 s vs 0.004-0.009 s here,
+  ``F.istft`` 1.7-2.5 s vs 0.006-0.012 s; both meet the float32 tolerances (rel 6.9e-7 and 3.6e-7 against the float64
+  spec; this path 1.7e-7 and 1.8e-7). A 30 s, 4-target separation would spend about a minute in ``F.istft`` alone, so
+  the separator uses the FFT.
 - :func:`stft_graph` / :func:`istft_graph`: ``nn.Variable`` graphs through ``F.stft`` / ``F.istft``
   (differentiable, for a training graph or a GPU). ``F.istft`` has no ``length`` argument, gives
   ``(nb_frames - 1) * n_hop`` samples, and accepts only ``pad_mode="constant"`` for the normal (non-backward)

@@ -37,7 +37,7 @@ and the :mod:`core_spec.configs` JSON of the model. Load it in plain NNabla with
     with nn.parameter_scope("", params):      # or the global scope
         nn.load_parameters("model.h5")
 
-``unmix-convert --to nnabla`` writes it (in ``.venv-nnabla``: ``python -m weights_convert.targets nnabla IN OUT``).
+``unmix-convert --to nnabla`` writes it (in ``.venv-nnabla``: ``python -m unmix.convert_targets nnabla IN OUT``).
 """
 
 from __future__ import annotations

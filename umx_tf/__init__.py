@@ -9,7 +9,7 @@ ISTFT, magnitude), :mod:`~umx_tf.layers` (the Keras building blocks), :mod:`~umx
 :mod:`~umx_tf.demucs` (``Demucs``), :mod:`~umx_tf.resample` (julius-compatible resampler),
 :mod:`~umx_tf.filtering` (Wiener/EM), :mod:`~umx_tf.separator` (``Separator``), :mod:`~umx_tf.apply`
 (``apply_model``, ``separate_track``), :mod:`~umx_tf.weights` (canonical weights <-> Keras ``.weights.h5``),
-:mod:`~umx_tf.build` (models from configs and files), :mod:`~umx_tf.train` (``unmix-train``).
+:mod:`~umx_tf.build` (models from configs and files), :mod:`~umx_tf.train` (the ``Trainer`` that ``unmix-train`` steps).
 
 TensorFloat-32 is switched off at import (``tf.config.experimental.enable_tensor_float_32_execution(False)``):
 on Ampere and newer GPUs it would round matmul and convolution inputs to 10 mantissa bits, far outside the parity

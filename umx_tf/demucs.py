@@ -302,8 +302,9 @@ class Demucs(TracedCall, keras.Model):
     def compiled_call(self, jit_compile: bool | None = None) -> Any:
         """``call`` as a ``tf.function`` (traced once per input shape), XLA-compiled when ``jit_compile``.
 
-        ``None`` chooses XLA when no GPU is visible (measured faster on CPU: ``benchmarks/bench_tf.py``; on a
-        GPU the plain graph is used, the LSTM recurrences being XLA-compiled either way).
+        ``None`` chooses XLA when no GPU is visible (measured faster on CPU by ``benchmarks/bench_tf.py``, a per-port
+        script since replaced by ``python -m benchmarks``; on a GPU the plain graph is used, the LSTM recurrences being
+        XLA-compiled either way).
         """
         if jit_compile is None:
             jit_compile = not tf.config.list_logical_devices("GPU")

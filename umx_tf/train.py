@@ -1,6 +1,6 @@
 """Training of Open-Unmix and Demucs v2 with the upstream recipes, in TensorFlow: ``tf.GradientTape`` gradients of
 the Keras 3 models of :mod:`umx_tf.umx` / :mod:`umx_tf.demucs`, a train step compiled with ``tf.function``
-(optionally XLA), and the loop behind ``unmix-train --framework tf``.
+(optionally XLA): the ``Trainer`` that ``unmix-train --framework tf`` (:mod:`unmix.train_tf`) steps.
 
 The pieces, top to bottom (the lesson of ``core_spec.public_api.LESSONS["train"]``, then the TensorFlow extras):
 
@@ -15,11 +15,13 @@ The pieces, top to bottom (the lesson of ``core_spec.public_api.LESSONS["train"]
   shard of the batch; the gradients are averaged, which for an equal split is the full batch's gradient, since
   both losses are means).
 - :func:`loss_and_grads`: the one-step function of the gradient-parity tests.
-- :func:`fit` / :func:`main`: the run behind ``unmix-train`` (:func:`core_spec.epochs.run_epochs`: ``core_spec.data``
-  batches, tqdm progress, validation, ``ReduceLROnPlateau`` and ``EarlyStopping``, best model in canonical and
-  Keras formats, ``checkpoint-tf/`` and ``--resume``; :func:`core_spec.train_cli.run_main`).
 
-Extras: :func:`default_stft`, :func:`lstm_dropout`, :func:`make_strategy` and
+The run (options, data, statistics, the epoch loop, ``--resume``) is the tool's: :mod:`unmix.train_tf` builds the
+model and the :class:`Trainer`, and :func:`unmix.train_loop.run_epochs` steps it; the trainer writes the best
+model (canonical and Keras formats) and ``checkpoint-tf/``, and reads the checkpoint back
+(:meth:`Trainer.load_checkpoint`).
+
+Extras: :func:`default_stft`, :func:`set_statistics`, :func:`lstm_dropout`, :func:`make_strategy` and
 
 - :class:`Parameters`: the trainable variables under their canonical (upstream state-dict) names. Keras's LSTM has
   one bias where PyTorch has ``bias_ih`` and ``bias_hh``; both receive the folded bias's gradient, but torch's Adam
@@ -34,10 +36,7 @@ Demucs batches are ``sources`` ``(nb_samples, nb_sources, audio_channels, nb_tim
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import os
-import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -47,20 +46,10 @@ import tensorflow as tf
 
 from core_spec import epochs
 from core_spec.configs import STFTConfig, UMXConfig
-from core_spec.data.stats import input_scaler_weights
-from core_spec.epochs import TrainerBase, run_epochs, steps_per_epoch
+from core_spec.epochs import Progress, RunFiles, RunRecord, TrainerBase, no_progress
 from core_spec.params import lstm_bias_halves
 from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
-from core_spec.run_folder import RunFolder, RunState, log
-from core_spec.train_cli import run_main
-from core_spec.training import (
-    DemucsTrainConfig,
-    UMXTrainConfig,
-    epoch_batches,
-    make_datasets,
-    model_config,
-    train_stft,
-)
+from core_spec.training import DemucsTrainConfig, UMXTrainConfig, input_scaler_weights, train_stft
 
 from .demucs import Demucs, center_trim
 from .transforms import complex_norm, stft
@@ -75,12 +64,11 @@ __all__ = [
     "Trainer",
     "default_stft",
     "demucs_loss",
-    "fit",
     "loss_and_grads",
     "lstm_dropout",
-    "main",
     "make_optimizer",
     "make_strategy",
+    "set_statistics",
     "spectrogram",
     "umx_loss",
 ]
@@ -91,7 +79,7 @@ Recipe = UMXTrainConfig | DemucsTrainConfig
 Model = OpenUnmix | Demucs
 
 
-# --- the lesson: losses, optimiser, trainer, one step, the run --------------------------------------------------------
+# --- the lesson: losses, optimiser, trainer, one step -----------------------------------------------------------------
 
 
 def spectrogram(x: tf.Tensor, fft: STFTConfig, mono: bool, window: Any = None) -> tf.Tensor:
@@ -144,7 +132,7 @@ def make_optimizer(params: Parameters, recipe: Recipe) -> Adam:
 
 
 class Trainer(TrainerBase):
-    """One model's training state and step: the :class:`core_spec.epochs.EpochTrainer` of :func:`fit`.
+    """One model's training state and step: the :class:`core_spec.epochs.EpochTrainer` of ``unmix-train``.
 
     Build it (and the model) inside ``strategy.scope()`` when replicating. :meth:`loss_and_grads` is the plain
     (eager or traced) step without the update; :meth:`step` computes, averages over replicas and applies.
@@ -249,7 +237,7 @@ class Trainer(TrainerBase):
     def _valid_loss(self, *batch: tf.Tensor) -> tf.Tensor:
         return self.loss(batch, training=False)
 
-    # the epoch loop's calls (core_spec.epochs.run_epochs)
+    # the epoch loop's calls (unmix.train_loop.run_epochs)
     def set_learning_rate(self, lr: float) -> None:
         self.optimizer.set_lr(lr)
 
@@ -261,15 +249,20 @@ class Trainer(TrainerBase):
             loss = self._step(*self._tensors(batch))
         return float(loss)
 
-    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
-        return _validate(self, valid_set, quiet)
+    def evaluate(self, valid_set: Any, progress: Progress = no_progress) -> float:
+        return _validate(self, valid_set, progress)
 
-    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+    def save_best(self, folder: RunFiles, run: RunRecord, valid_loss: float) -> None:
         epochs.save_best(folder, run, FRAMEWORK, valid_loss, self.params.weights(), self.model.config, save_native,
                          tensorflow=tf.__version__, keras=keras.__version__)  # fmt: skip
 
-    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    def save_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
         _save_checkpoint(self, folder, run, rng)
+
+    def load_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
+        """Read back what :meth:`save_checkpoint` wrote (``--resume``): ``run`` and ``rng`` from ``state.json``, the
+        canonical weights (both LSTM-bias halves), Adam's state and the dropout generators' states."""
+        _load_checkpoint(self, folder, run, rng)
 
 
 def _as_batch(model: Model, batch: Any) -> tuple[np.ndarray, ...]:
@@ -313,49 +306,26 @@ def loss_and_grads(
     return float(loss), trainer.params.canonical([g.numpy() for g in grads])
 
 
-def _default_jit() -> bool:
-    """``UNMIX_TF_JIT=1`` XLA-compiles the whole training step (``benchmarks/bench_train_tf.py`` compares both)."""
-    return os.environ.get("UNMIX_TF_JIT", "0").lower() in ("1", "true", "yes")
-
-
-def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[Model, dict[str, np.ndarray] | None, float]:
-    """The model to train (Keras's initialisers, seeded by ``recipe.seed``, or ``--init``), the canonical weights it
-    was loaded from (``None`` when fresh) and its sample rate."""
-    from .build import from_canonical
-
-    config, weights, rate = model_config(args, recipe)
-    keras.utils.set_random_seed(recipe.seed)
-    return from_canonical(config, weights), weights, rate
-
-
-def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
-    """Upstream's convention: ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped to ``max_bin``
-    (:func:`core_spec.data.stats.input_scaler_weights`)."""
-    for name, value in input_scaler_weights(mean, scale, model.config).items():
-        variable = getattr(model, name)
-        variable.assign(value.astype(variable.dtype))
-
-
 def _seed_states(model: Model) -> list[keras.Variable]:
     """The states of the model's random generators (UMX's dropout), saved so that a resumed run draws on."""
     return [layer.seed_generator.state for layer in model._flatten_layers() if hasattr(layer, "seed_generator")]
 
 
-def _save_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+def _save_checkpoint(trainer: Trainer, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
     """``checkpoint-tf/``: ``weights.safetensors`` (canonical, both LSTM-bias halves and the BatchNorm statistics),
     ``optimizer.npz`` (Adam's step, lr and moments, the dropout generators' states), ``state.json``."""
     from core_spec.canonical import save_canonical
-    from core_spec.run_folder import atomic_write
+    from core_spec.files import atomic_write
 
     folder.checkpoint.mkdir(parents=True, exist_ok=True)
     save_canonical(folder.checkpoint / "weights", trainer.params.weights(), trainer.model.config, force=True)
     arrays = trainer.optimizer.state(trainer.params.names)
     arrays.update({f"seed.{i}": np.asarray(s.numpy()) for i, s in enumerate(_seed_states(trainer.model))})
-    atomic_write(folder.checkpoint / "optimizer.npz", lambda path: np.savez(path, **arrays))
+    atomic_write(folder.checkpoint / "optimizer.npz", lambda path: np.savez(path, **arrays), suffix=".npz")
     run.save(folder, rng)
 
 
-def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+def _load_checkpoint(trainer: Trainer, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
     from core_spec.canonical import load_canonical
 
     run.load(folder, rng)
@@ -368,16 +338,15 @@ def _load_checkpoint(trainer: Trainer, folder: RunFolder, run: RunState, rng: np
                 seed.assign(arrays[f"seed.{i}"])
 
 
-def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
-    """Mean loss over the validation tracks, one at a time, inference mode: UMX MSE of the magnitudes of the whole
-    track; Demucs L1 (or MSE) of :func:`~umx_tf.apply.apply_model` (no split, no shifts) on the sources' sum."""
-    from tqdm import tqdm
-
+def _validate(trainer: Trainer, valid_set: Any, progress: Progress = no_progress) -> float:
+    """Mean loss over the validation tracks, one at a time (through ``progress``), inference mode: UMX MSE of the
+    magnitudes of the whole track; Demucs L1 (or MSE) of :func:`~umx_tf.apply.apply_model` (no split, no shifts) on
+    the sources' sum."""
     from .apply import apply_model
 
     recipe, model = trainer.recipe, trainer.model
     total, count = 0.0, len(valid_set)
-    for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+    for index in progress(range(count), count, "valid"):
         if trainer.is_umx:
             x, y = valid_set[index]
             loss = trainer._valid(*trainer._tensors((x[None], y[None]), split=False))
@@ -390,89 +359,27 @@ def _validate(trainer: Trainer, valid_set: Any, quiet: bool) -> float:
     return total
 
 
-def fit(
-    args: argparse.Namespace,
-    recipe: Recipe,
-    strategy: tf.distribute.Strategy | None = None,
-    jit_compile: bool | None = None,
-) -> dict[str, Any]:
-    """Train with ``recipe`` on ``args.root`` into ``args.out``: the model, its input statistics (UMX, fresh
-    runs), the :class:`Trainer` (inside the strategy's scope), ``--resume``, then
-    :func:`core_spec.epochs.run_epochs`.
-
-    Args:
-        args: the options of :func:`core_spec.train_cli.build_parser`.
-        recipe: the recipe (:func:`core_spec.train_cli.recipe_from_args`).
-        strategy: replicate the step over the strategy's devices (:func:`make_strategy`).
-        jit_compile: XLA-compile the training step (``None``: ``$UNMIX_TF_JIT``, default off).
-
-    Returns:
-        ``{"epochs", "steps", "best_loss", "history"}``.
-    """
-    from core_spec import data
-
-    quiet = bool(args.quiet)
-    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
-    scope = strategy.scope() if strategy is not None else contextlib.nullcontext()
-    with scope:
-        model, weights, rate = _build_model(args, recipe)
-        run = RunState.for_recipe(recipe)
-        train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
-        if isinstance(recipe, UMXTrainConfig) and weights is None and not args.resume:
-            log(f"input statistics over {len(train_tracks)} training tracks", quiet)
-            mean, scale = data.umx_statistics(train_tracks, model.config, default_stft(model.config, recipe))
-            _set_statistics(model, mean, scale)
-        jit = _default_jit() if jit_compile is None else jit_compile
-        trainer = Trainer(model, recipe, weights=weights, strategy=strategy, jit_compile=jit, dropout=True)
-    replicas = strategy.num_replicas_in_sync if strategy is not None else 1
-    steps = steps_per_epoch(len(train_set), recipe.batch_size, replicas)
-
-    rng = np.random.default_rng(recipe.seed)
-    if args.resume:
-        _load_checkpoint(trainer, folder, run, rng)
-        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
-    return run_epochs(
-        trainer,
-        run,
-        folder,
-        lambda epoch: epoch_batches(train_set, recipe, rng, epoch),
-        valid_set=valid_set,
-        epochs=recipe.epochs,
-        steps_per_epoch=steps,
-        max_steps=args.max_steps,
-        rng=rng,
-        quiet=quiet,
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """``unmix-train --framework tf``: train with the options of :func:`core_spec.train_cli.build_parser`
-    (:func:`core_spec.train_cli.run_main`).
-
-    ``--devices N`` replicates the step with ``tf.distribute.MirroredStrategy`` over N GPUs (``--device gpu``) or N
-    logical CPU devices (the host's threads split; the devices are configured here, before TensorFlow starts).
-    ``--device gpu`` without a GPU exits with status 1 before the run folder is checked.
-    """
-    strategy = make_strategy(args.devices, args.device)  # first: logical devices must precede any TensorFlow op
-    if args.device == "gpu" and not tf.config.list_logical_devices("GPU"):
-        print("unmix-train: --device gpu: TensorFlow sees no GPU", file=sys.stderr)
-        return 1
-
-    def _fit(recipe: Recipe) -> dict[str, Any]:
-        placement = tf.device("/CPU:0") if args.device == "cpu" and strategy is None else contextlib.nullcontext()
-        with placement:
-            return fit(args, recipe, strategy)
-
-    return run_main(args, FRAMEWORK, _fit)
-
-
-# --- TensorFlow extras: the training STFT, the dropout switch, canonical parameters, Adam, replicas -------------------
+# --- TensorFlow extras: the training STFT, input statistics, the dropout switch, canonical parameters, Adam, replicas -
 
 
 def default_stft(config: UMXConfig, recipe: UMXTrainConfig | None = None) -> STFTConfig:
     """The training STFT of a UMX model (:func:`core_spec.training.train_stft`), ``center`` from the recipe
     (``False``, upstream's training default)."""
     return train_stft(config, recipe.stft_center if recipe else False)
+
+
+def set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Write a UMX model's input scaler from the training data's statistics, upstream's convention:
+    ``input_mean = -mean``, ``input_scale = 1 / scale``, cropped to ``max_bin``
+    (:func:`core_spec.training.input_scaler_weights`).
+
+    Args:
+        model: the :class:`~umx_tf.umx.OpenUnmix` to train (before its :class:`Trainer` is built).
+        mean, scale: per-bin mean and standard deviation of the training magnitudes (``nb_bins``).
+    """
+    for name, value in input_scaler_weights(mean, scale, model.config).items():
+        variable = getattr(model, name)
+        variable.assign(value.astype(variable.dtype))
 
 
 @contextlib.contextmanager

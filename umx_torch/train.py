@@ -11,13 +11,14 @@ The pieces, in the order a reader meets them (the lesson of ``core_spec.public_a
   (learning rate, one step, the epoch's mean loss over the replicas, validation, the best model, the checkpoint);
 - :func:`loss_and_grads`: one forward and backward pass in train mode, the gradients under their canonical
   (upstream state-dict) names; the gradient-parity tests call it;
-- the loop (:func:`fit`, :func:`main`): :func:`core_spec.epochs.run_epochs` over :mod:`core_spec.data` batches
-  (validation on rank 0, broadcast so that every replica takes the same decisions;
-  :class:`core_spec.training.ReduceLROnPlateau` and :class:`core_spec.training.EarlyStopping` for UMX; the best
-  model in the canonical format and as upstream's state dict, :func:`umx_torch.weights.save_native`; a checkpoint
-  folder read back by ``--resume``) and :func:`core_spec.train_cli.run_main`;
+- what the tool's driver (``unmix-train --framework torch``) calls besides the :class:`Trainer`:
+  :func:`set_statistics` (UMX's input statistics), :func:`load_checkpoint` (``--resume``: what
+  :meth:`Trainer.save_checkpoint` wrote), :func:`init_process_group` and :func:`data_parallel` (one replica of a
+  data-parallel run). The epoch loop, the datasets, the run folder and the command line are the tool's: it validates
+  on rank 0 and broadcasts (:meth:`Trainer.evaluate`), so that every replica takes the same decisions; the best
+  model is written in the canonical format and as upstream's state dict (:func:`umx_torch.weights.save_native`);
 - data parallelism: :class:`torch.nn.parallel.DistributedDataParallel` over ``gloo`` (CPU) or ``nccl`` (GPU),
-  one process per replica started by :func:`torch.multiprocessing.spawn`. Every replica draws the same order of
+  one process per replica (the tool starts them). Every replica draws the same order of
   items (the same seeded generator) and trains on its contiguous shard of ``batch_size / replicas`` items of each
   global batch (UMX: it reads only its shard; Demucs: every replica reads and augments the whole batch with the same
   draws, so ``Remix`` groups are those of one process, then keeps its shard); DDP averages the gradients. Demucs (no
@@ -28,8 +29,8 @@ The pieces, in the order a reader meets them (the lesson of ``core_spec.public_a
   step (the tests use it).
 
 Initialisation is upstream's: PyTorch's default initialisation (and demucs's rescaling) after
-``torch.manual_seed(recipe.seed)``, or the weights of ``--init``; UMX's input statistics come from
-:func:`core_spec.data.umx_statistics`. UMX trains with upstream's LSTM dropout
+``torch.manual_seed(recipe.seed)``, or the weights of ``--init``; UMX's input statistics, computed by the tool over
+the training tracks, are set by :func:`set_statistics`. UMX trains with upstream's LSTM dropout
 (:attr:`core_spec.configs.UMXConfig.lstm_dropout`: 0.4 between layers).
 
 Shapes: UMX batches are waveforms ``x`` (mixture) and ``y`` (target), ``(nb_samples, nb_channels, nb_timesteps)``;
@@ -38,7 +39,6 @@ Demucs batches are sources ``(nb_samples, nb_sources, audio_channels, nb_timeste
 
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 from collections.abc import Mapping
@@ -51,18 +51,8 @@ from torch import Tensor, nn
 
 from core_spec import epochs
 from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
-from core_spec.epochs import TrainerBase
-from core_spec.run_folder import RunFolder, RunState, log, read_state
-from core_spec.train_cli import run_main
-from core_spec.training import (
-    DemucsTrainConfig,
-    UMXTrainConfig,
-    epoch_batches,
-    make_datasets,
-    model_config,
-    shard_batch,
-    train_stft,
-)
+from core_spec.epochs import Progress, RunFiles, RunRecord, TrainerBase, no_progress
+from core_spec.training import DemucsTrainConfig, UMXTrainConfig, input_scaler_weights, shard_batch, train_stft
 
 from .apply import apply_model
 from .build import from_canonical
@@ -78,12 +68,14 @@ __all__ = [
     "Recipe",
     "Trainer",
     "compute_loss",
+    "data_parallel",
     "data_parallel_loss_and_grads",
     "demucs_loss",
-    "fit",
+    "init_process_group",
+    "load_checkpoint",
     "loss_and_grads",
-    "main",
     "make_optimizer",
+    "set_statistics",
     "set_lstm_dropout",
     "spectrogram",
     "train_step",
@@ -145,7 +137,7 @@ def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
 
 
 class Trainer(TrainerBase):
-    """One replica's model, optimiser and replica group, as :func:`core_spec.epochs.run_epochs` drives them.
+    """One replica's model, optimiser and replica group, as :func:`unmix.train_loop.run_epochs` drives them.
 
     Args:
         model: the :class:`~umx_torch.umx.OpenUnmix` or :class:`~umx_torch.demucs.Demucs` being trained (validated
@@ -183,18 +175,21 @@ class Trainer(TrainerBase):
     def mean_over_replicas(self, value: float) -> float:
         return _all_mean(value, self.world_size, self.device)
 
-    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
-        """Rank 0 validates; the loss is broadcast, so that every replica takes the same decisions."""
-        loss = _validate(self.model, valid_set, self.recipe, self.stft_config, quiet) if self.rank == 0 else 0.0
+    def evaluate(self, valid_set: Any, progress: Progress = no_progress) -> float:
+        """Rank 0 validates (its tracks through ``progress``); the loss is broadcast, so that every replica takes the
+        same decisions."""
+        loss = _validate(self.model, valid_set, self.recipe, self.stft_config, progress) if self.rank == 0 else 0.0
         return _broadcast(loss, self.world_size, self.device)
 
-    def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
+    def save_best(self, folder: RunFiles, run: RunRecord, valid_loss: float) -> None:
         """``<name>.safetensors`` + ``.json`` (canonical) and ``<name>-torch.pth`` + ``.json`` (upstream's state
         dict)."""
         epochs.save_best(folder, run, FRAMEWORK, valid_loss, to_canonical(self.model), self.model.config,
                          save_native, torch=torch.__version__)  # fmt: skip
 
-    def save_checkpoint(self, folder: RunFolder, run: RunState, rng: np.random.Generator) -> None:
+    def save_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
+        """``checkpoint-torch/``: ``model.pth``, ``optimizer.pth``, ``torch_rng.pth``, ``state.json``
+        (:func:`load_checkpoint` reads them back)."""
         _save_checkpoint(self.model, self.optimizer, folder, run, rng)
 
 
@@ -236,105 +231,20 @@ def loss_and_grads(
     return float(loss.detach()), grads
 
 
-# --- the loop ---------------------------------------------------------------------------------------------------------
+# --- what the tool's driver calls: input statistics, --resume, replicas -----------------------------------------------
 
 
-def fit(args: argparse.Namespace, recipe: Recipe, rank: int = 0, world_size: int = 1) -> dict[str, Any]:
-    """Train with ``recipe`` on ``args.root`` into ``args.out`` (one replica of ``world_size``; rank 0 writes):
-    the model, its statistics, the optimiser (or the ``--resume`` checkpoint), then :func:`core_spec.epochs.run_epochs`.
-
-    Returns ``{"epochs", "steps", "best_loss", "history"}``.
-    """
-    from core_spec import data
-
-    quiet = bool(args.quiet) or rank != 0
-    folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
-    device = _device(args.device, rank)
-    model, stft_config, rate, from_file = _build_model(args, recipe)
-    run = RunState.for_recipe(recipe)
-    if isinstance(recipe, UMXTrainConfig):
-        set_lstm_dropout(model, model.config.lstm_dropout)  # upstream's OpenUnmix trains with it
-    train_set, valid_set, train_tracks = make_datasets(args, recipe, model.config, rate)
-    steps = epochs.steps_per_epoch(len(train_set), recipe.batch_size, world_size)
-
-    rng = np.random.default_rng(recipe.seed)
-    if isinstance(recipe, UMXTrainConfig) and not from_file and not args.resume and rank == 0:
-        log(f"input statistics over {len(train_tracks)} training tracks", quiet)
-        mean, scale = data.umx_statistics(train_tracks, model.config, stft_config, center=recipe.stft_center)
-        _set_statistics(model, mean, scale)
-    model.to(device)
-    optimizer = make_optimizer(model, recipe)
-    if args.resume:
-        _load_checkpoint(model, optimizer, folder, run, rng)
-        log(f"resumed {folder.checkpoint} at epoch {run.epoch}, step {run.step}", quiet)
-    net: nn.Module = model
-    if world_size > 1:  # broadcasts rank 0's parameters and buffers (the statistics above) to every replica
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
-
-    trainer = Trainer(model, net, optimizer, recipe, stft_config, rank, world_size, device)
-    return epochs.run_epochs(
-        trainer,
-        run,
-        folder,
-        lambda epoch: epoch_batches(train_set, recipe, rng, epoch, rank, world_size),
-        valid_set=valid_set,
-        epochs=recipe.epochs,
-        steps_per_epoch=steps,
-        max_steps=args.max_steps,
-        rng=rng,
-        quiet=quiet,
-        rank=rank,
-    )
-
-
-def main(args: argparse.Namespace) -> int:
-    """``unmix-train --framework torch``: train with the options of :func:`core_spec.train_cli.build_parser`
-    (:func:`core_spec.train_cli.run_main`); ``--devices N`` spawns N DDP processes."""
-
-    def train(recipe: Recipe) -> dict[str, Any]:
-        if args.devices <= 1:
-            return fit(args, recipe)
-        import torch.multiprocessing as mp
-
-        with tempfile.TemporaryDirectory(prefix="umx-torch-ddp-") as tmp:
-            mp.spawn(_fit_worker, args=(args.devices, os.path.join(tmp, "store"), args, recipe), nprocs=args.devices)
-        state = read_state(RunFolder.for_recipe(args.out, FRAMEWORK, recipe))
-        return {"epochs": state["epoch"], "steps": state["step"], "best_loss": state["best_loss"]}
-
-    return run_main(args, FRAMEWORK, train)
-
-
-def _device(name: str, rank: int) -> torch.device:
-    """``--device``: ``cpu``, or ``gpu`` / ``cuda`` (replica ``rank`` on GPU ``rank``)."""
-    if name in ("gpu", "cuda"):
-        if not torch.cuda.is_available():
-            raise RuntimeError("--device gpu: CUDA is not available")
-        return torch.device("cuda", rank % torch.cuda.device_count())
-    return torch.device(name)
-
-
-def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[nn.Module, STFTConfig | None, float, bool]:
-    """The model to train (upstream's initialisation seeded by ``recipe.seed``, or ``--init``), its STFT (UMX), its
-    sample rate, and whether its weights came from a file."""
-    config, weights, rate = model_config(args, recipe)
-    torch.manual_seed(recipe.seed)
-    model = from_canonical(config, weights)
-    stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
-    return model, stft_config, rate, weights is not None
-
-
-def _set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
-    """Upstream's convention (``core_spec.data.input_scaler_weights``): ``input_mean = -mean[:max_bin]``,
+def set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> None:
+    """Set UMX's input scaler from the training set's statistics, upstream's convention
+    (:func:`core_spec.training.input_scaler_weights`): ``input_mean = -mean[:max_bin]``,
     ``input_scale = 1 / scale[:max_bin]``."""
-    from core_spec.data import input_scaler_weights
-
     with torch.no_grad():
         for name, value in input_scaler_weights(mean, scale, model.config).items():
             getattr(model, name).copy_(torch.from_numpy(value))
 
 
 def _save_checkpoint(
-    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFolder, run: RunState, rng: np.random.Generator
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFiles, run: RunRecord, rng: np.random.Generator
 ) -> None:
     """``checkpoint-torch/``: ``model.pth``, ``optimizer.pth``, ``torch_rng.pth``, ``state.json``."""
     folder.checkpoint.mkdir(parents=True, exist_ok=True)
@@ -344,34 +254,35 @@ def _save_checkpoint(
     run.save(folder, rng)
 
 
-def _load_checkpoint(
-    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFolder, run: RunState, rng: np.random.Generator
+def load_checkpoint(
+    model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFiles, run: RunRecord, rng: np.random.Generator
 ) -> None:
+    """``--resume``: read back what :meth:`Trainer.save_checkpoint` wrote into ``folder.checkpoint``: ``run``'s state
+    and ``rng`` (``state.json``), the model's weights and buffers, the optimiser's state, torch's generator (the
+    dropout masks)."""
     run.load(folder, rng)
     model.load_state_dict(torch.load(folder.checkpoint / "model.pth", map_location="cpu"))
     optimizer.load_state_dict(torch.load(folder.checkpoint / "optimizer.pth", map_location="cpu"))
     torch.set_rng_state(torch.load(folder.checkpoint / "torch_rng.pth"))
 
 
-def _validate(model: nn.Module, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, quiet: bool) -> float:
+def _validate(
+    model: nn.Module, valid_set: Any, recipe: Recipe, stft_config: STFTConfig | None, progress: Progress
+) -> float:
     """Mean loss over the validation tracks (batch 1, eval mode, no gradients). UMX: MSE of the magnitudes of whole
     tracks. Demucs: L1 of ``apply_model`` (no split, no shifts) on the track's mixture, normalised like its sources,
     against the sources (demucs 2.0.3 ``validate_model``)."""
-    from tqdm import tqdm
-
-    from core_spec.data import convert_audio_channels
-
     model.eval()
     ref = next(model.parameters())
     total, count = 0.0, len(valid_set)
     with torch.no_grad():
-        for index in tqdm(range(count), desc="valid", unit="track", leave=False, disable=quiet):
+        for index in progress(range(count), count, "valid"):
             if isinstance(recipe, UMXTrainConfig):
                 x, y = valid_set[index]
                 loss = compute_loss(model, (x[None], y[None]), recipe, stft_config)
             else:
                 sources = _tensor(valid_set[index], ref)  # (S, C, T), normalised
-                mix = convert_audio_channels(valid_set.tracks[index].load_mixture_frames(), valid_set.audio_channels)
+                mix = valid_set.mixture(index)  # the model's channels
                 if valid_set.normalize:
                     mean, std = valid_set.track_statistics(index)
                     mix = (mix - np.float32(mean)) / np.float32(std)
@@ -401,16 +312,21 @@ def _broadcast(value: float, world_size: int, device: torch.device) -> float:
     return float(t)
 
 
-def _fit_worker(rank: int, world_size: int, store: str, args: argparse.Namespace, recipe: Recipe) -> None:
+def init_process_group(rank: int, world_size: int, store: str, backend: str = "gloo") -> None:
+    """Join replica ``rank`` of ``world_size`` to the default process group (``backend``: ``gloo`` on the CPU,
+    ``nccl`` on GPUs), meeting the others through the file ``store`` (a path all processes share)."""
     import torch.distributed as dist
 
-    torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
-    backend = "nccl" if args.device in ("gpu", "cuda") else "gloo"
-    _init_process_group(rank, world_size, store, backend)
-    try:
-        fit(args, recipe, rank, world_size)
-    finally:
-        dist.destroy_process_group()
+    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size)
+
+
+def data_parallel(model: nn.Module, device: torch.device | None = None) -> nn.Module:
+    """``model`` wrapped in :class:`~torch.nn.parallel.DistributedDataParallel` over the default process group
+    (:func:`init_process_group`): rank 0's parameters and buffers are broadcast to every replica now (and the
+    buffers before every forward), ``backward`` averages the gradients over the replicas. ``device``: the replica's
+    CUDA device, or ``None`` / a CPU device."""
+    device_ids = [device.index] if device is not None and device.type == "cuda" else None
+    return nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
 
 # --- beyond the lesson: one step's pieces, data-parallel gradients ----------------------------------------------------
@@ -461,12 +377,6 @@ def train_step(
     return float(loss.detach())
 
 
-def _init_process_group(rank: int, world_size: int, store: str, backend: str = "gloo") -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group(backend, init_method=f"file://{store}", rank=rank, world_size=world_size)
-
-
 def _ddp_grads_worker(
     rank: int,
     world_size: int,
@@ -484,14 +394,14 @@ def _ddp_grads_worker(
     import torch.distributed as dist
 
     torch.set_num_threads(1)
-    _init_process_group(rank, world_size, store)
+    init_process_group(rank, world_size, store)
     try:
         model = from_canonical(config, weights, dtype=dtype)
         if lstm_dropout is not None:
             set_lstm_dropout(model, lstm_dropout)
         if kernels is not None:
             model.set_resample_kernels(kernels)
-        ddp = nn.parallel.DistributedDataParallel(model)
+        ddp = data_parallel(model)
         loss, grads = loss_and_grads(ddp, shard_batch(batch, rank, world_size), recipe, stft_config)
         buffers = {k: v.detach().numpy() for k, v in model.named_buffers()}
         np.savez(

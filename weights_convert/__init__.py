@@ -4,8 +4,8 @@
   unpickler: no torch import, no code from the file run;
 - :mod:`weights_convert.sources`: understands what upstream files hold (openunmix state dicts and model folders,
   demucs 2.0.x state dicts and packages, diffq-quantized states), infers and checks the model config;
-- :mod:`weights_convert.targets`: canonical -> each port's own format (through the ports' ``weights.py``);
-- :mod:`weights_convert.cli`: the ``unmix-convert`` command (also ``python -m weights_convert``).
+- :mod:`unmix.convert_targets`: canonical -> each port's own format (through the ports' ``weights.py``);
+- :mod:`unmix.convert_cli`: the ``unmix-convert`` command (also ``unmix convert``).
 
 See ``docs/weights.md``.
 """

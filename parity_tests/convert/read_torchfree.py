@@ -20,8 +20,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from core_spec.configs import config_to_json
 from parity_tests.convert.flat import flatten
+from unmix.convert_cli import main as cli_main
 from weights_convert import read_checkpoint
-from weights_convert.cli import main as cli_main
 from weights_convert.sources import read_upstream
 
 

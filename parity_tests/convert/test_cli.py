@@ -1,4 +1,4 @@
-"""``unmix-convert`` / ``python -m weights_convert`` on the committed upstream checkpoints. No torch needed.
+"""``unmix-convert`` / ``python -m unmix convert`` on the committed upstream checkpoints. No torch needed.
 
 Covers: a folder and a single file to canonical, the summary (parameter counts, SHA-256 of source and outputs,
 notes), ``--force``, atomicity (no output and no staging folder after any failure), NaN/Inf warnings, ``--to``
@@ -21,7 +21,7 @@ import pytest
 
 from core_spec.canonical import load_canonical
 from core_spec.params import nb_parameters
-from weights_convert.cli import main
+from unmix.convert_cli import main
 from weights_convert.sources import sha256_file
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,7 +86,7 @@ def test_force(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
 @pytest.fixture
 def broken_ports(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two framework targets that fail: one whose port does not exist, one whose writer fails half-way."""
-    from weights_convert import targets
+    from unmix import convert_targets as targets
 
     monkeypatch.setitem(targets.FRAMEWORKS, "absent", targets.Framework("absent", "umx_absent", "Absent", "x", "-"))
     monkeypatch.setitem(targets.FRAMEWORKS, "halfway", targets.Framework("halfway", "umx_half", "Halfway", "x", "-"))
@@ -198,7 +198,7 @@ def test_usage_errors(capsys: pytest.CaptureFixture) -> None:
 
 def test_python_dash_m_entry_point(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "weights_convert", str(CHECKPOINTS / "demucs_small_package.th"), "-o", "d"],
+        [sys.executable, "-m", "unmix", "convert", str(CHECKPOINTS / "demucs_small_package.th"), "-o", "d"],
         capture_output=True,
         text=True,
         cwd=tmp_path,

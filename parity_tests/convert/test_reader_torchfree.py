@@ -436,7 +436,7 @@ def test_reader_and_converter_never_import_torch(tmp_path: Path) -> None:
 import sys
 sys.path.insert(0, {str(ROOT)!r})
 from weights_convert import read_checkpoint
-from weights_convert.cli import main
+from unmix.convert_cli import main
 from weights_convert.sources import infer_demucs_config, infer_umx_config, preset_config, read_upstream
 for name in {FILES!r}:
     read_checkpoint({str(CHECKPOINTS)!r} + "/" + name)

@@ -263,7 +263,7 @@ def test_wrong_model_for_preset(tmp_path: Path) -> None:
 
 
 def test_to_torch_loads_into_upstream_models(tmp_path: Path) -> None:
-    from weights_convert.convert import convert
+    from unmix.convert import convert
 
     folder = tmp_path / "model"
     ck.write_umx_folder(folder, SMALL_SEPARATOR, seed=13, fmt="zip")
@@ -286,7 +286,7 @@ def test_to_torch_loads_into_upstream_models(tmp_path: Path) -> None:
 
 def test_to_jax_beside_canonical(tmp_path: Path) -> None:
     from umx_jax import weights as jax_weights
-    from weights_convert.convert import convert
+    from unmix.convert import convert
 
     report = convert(ROOT / "parity_tests" / "fixtures" / "checkpoints" / "umx_tiny_model", tmp_path / "m", to=["jax"])
     names = sorted(p.name for p in tmp_path.iterdir())

@@ -1,5 +1,6 @@
 """``umx_jax.train``: one training step against upstream's (torch autograd, float64 fixtures), the optimiser, the
-functional layout, data parallelism over two host devices, and the ``unmix-train`` loop on the tiny MUSDB root.
+functional layout, data parallelism over two host devices, and the ``unmix-train`` loop (``unmix.train_jax``) on the
+tiny MUSDB root.
 
 Compiled steps are shared between trainers of the same model (``ModelLayout.of``), so the loop tests reuse what
 the parity tests compiled where the shapes agree.
@@ -21,7 +22,6 @@ import pytest
 from core_spec.canonical import load_canonical, save_canonical
 from core_spec.configs import SeparatorConfig, UMXConfig, UMXSeparatorConfig, WienerConfig
 from core_spec.tolerances import check
-from core_spec.train_cli import build_parser
 from parity_tests.fixtures_train import (
     TRAIN_CASES,
     check_grads,
@@ -32,8 +32,10 @@ from parity_tests.fixtures_train import (
 )
 from umx_jax import dtype_scope
 from umx_jax.build import from_canonical
-from umx_jax.train import ModelLayout, Trainer, initial_weights, loss_and_grads, main, train_stft
+from umx_jax.train import ModelLayout, Trainer, initial_weights, loss_and_grads, train_stft
 from umx_jax.weights import load_native, to_canonical
+from unmix.train_cli import build_parser
+from unmix.train_jax import main
 
 ROOT = Path(__file__).resolve().parents[2]
 DTYPES = ("float64", "float32")

@@ -37,7 +37,7 @@ def clip():
 
 def _convert(tmp_path, checkpoint, *args: str):
     """``unmix-convert CHECKPOINT --out <stem> ARGS --to jax``; the JAX module from the native file."""
-    from weights_convert.cli import main
+    from unmix.convert_cli import main
 
     stem = tmp_path / checkpoint.stem
     assert main([str(checkpoint), "--out", str(stem), *args, "--to", "jax", "--quiet"]) == 0

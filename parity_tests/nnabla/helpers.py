@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from unmix_parity.adapters import DeviceUnavailable
-from unmix_parity.adapters import nnabla as adapter
-from unmix_parity.adapters.nnabla import trace_arrays
+from unmix.parity.adapters import DeviceUnavailable
+from unmix.parity.adapters import nnabla as adapter
+from unmix.parity.adapters.nnabla import trace_arrays
 
 __all__ = ["run_on", "trace_arrays"]
 

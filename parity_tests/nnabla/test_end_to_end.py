@@ -69,7 +69,7 @@ def test_real_clip_umxhq(clip, device: str) -> None:
 
 
 def test_upstream_checkpoint_converted_separates(clip, tmp_path: Path, device: str) -> None:
-    from weights_convert.convert import convert
+    from unmix.convert import convert
 
     arrays, meta = clip
     folder = ROOT / meta["tiny_folder"]

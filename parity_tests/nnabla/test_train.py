@@ -1,5 +1,5 @@
-"""Training in the NNabla port (``umx_nnabla.train``), NNabla environment only, float32 (NNabla's CPU extension
-has no float64 kernels).
+"""Training in the NNabla port (``umx_nnabla.train``; its run: ``unmix.train_nnabla``), NNabla environment only,
+float32 (NNabla's CPU extension has no float64 kernels).
 
 - one step against upstream's float64 step with torch autograd (``parity_tests/fixtures_train.py``): the loss, every
   parameter gradient, BatchNorm's running statistics after the step, and the parameters after one and two Adam
@@ -10,7 +10,7 @@ has no float64 kernels).
   CPU failing with a message that names what is missing;
 - the loop on a tiny MUSDB-style root (``parity_tests/tiny_musdb.py``): the loss decreases, the canonical best model
   reloads in the separator and equals the native ``.h5``, ``--resume`` continues exactly, and ``python -m
-  core_spec.train_cli --framework nnabla`` trains.
+  unmix.train_cli --framework nnabla`` trains.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from parity_tests.fixtures_train import (
 from umx_nnabla import train
 from umx_nnabla.build import from_canonical
 from umx_nnabla.weights import to_canonical
+from unmix import train_nnabla
 
 from .helpers import run_on
 
@@ -218,7 +219,7 @@ def test_data_parallel_arithmetic_demucs_equals_full_batch():
 
 
 def _args(root: Path, out: Path, *options: str) -> argparse.Namespace:
-    from core_spec.train_cli import build_parser
+    from unmix.train_cli import build_parser
 
     return build_parser().parse_args(["--framework", "nnabla", "--root", str(root), "--out", str(out), *options])
 
@@ -226,7 +227,7 @@ def _args(root: Path, out: Path, *options: str) -> argparse.Namespace:
 def test_devices_on_cpu_names_what_is_missing(tmp_path, capsys):
     """``--devices 2`` on the CPU stops before reading any data, naming the CUDA extension and MPI."""
     args = _args(tmp_path / "no-data", tmp_path / "run", "--model", "demucs", "--devices", "2")
-    assert train.main(args) == 2
+    assert train_nnabla.main(args) == 2
     message = capsys.readouterr().err
     for needed in ("nnabla-ext-cuda", "MPI", "mpirun", "--devices 1"):
         assert needed in message
@@ -239,7 +240,7 @@ def test_devices_on_cpu_names_what_is_missing(tmp_path, capsys):
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny = pytest.importorskip("parity_tests.tiny_musdb")
-    pytest.importorskip("core_spec.data")
+    pytest.importorskip("unmix.data")
     return tiny.make_tiny_musdb(tmp_path_factory.mktemp("tiny_musdb"))
 
 
@@ -272,7 +273,7 @@ def test_smoke_umx_loss_decreases_and_reloads(tiny_root, small_umx, tmp_path):
     from umx_nnabla.weights import load_native
 
     out = tmp_path / "run"
-    assert train.main(_args(tiny_root, out, *UMX_SMOKE, "--init", str(small_umx), "--epochs", "4")) == 0
+    assert train_nnabla.main(_args(tiny_root, out, *UMX_SMOKE, "--init", str(small_umx), "--epochs", "4")) == 0
     history = _state(out)["history"]
     assert len(history) == 4
     assert history[-1]["train"] < history[0]["train"]
@@ -293,10 +294,10 @@ def test_resume_is_exact(tiny_root, tmp_path):
     """``--epochs 2`` straight equals ``--epochs 1`` then ``--resume --epochs 2`` (weights, optimiser state, random
     generator); a run folder with results is not overwritten without ``--resume`` / ``--force``."""
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
-    assert train.main(_args(tiny_root, straight, *DEMUCS_SMOKE, "--epochs", "2")) == 0
-    assert train.main(_args(tiny_root, resumed, *DEMUCS_SMOKE, "--epochs", "1")) == 0
-    assert train.main(_args(tiny_root, resumed, *DEMUCS_SMOKE, "--epochs", "1")) == 2
-    assert train.main(_args(tiny_root, resumed, *DEMUCS_SMOKE, "--epochs", "2", "--resume")) == 0
+    assert train_nnabla.main(_args(tiny_root, straight, *DEMUCS_SMOKE, "--epochs", "2")) == 0
+    assert train_nnabla.main(_args(tiny_root, resumed, *DEMUCS_SMOKE, "--epochs", "1")) == 0
+    assert train_nnabla.main(_args(tiny_root, resumed, *DEMUCS_SMOKE, "--epochs", "1")) == 2
+    assert train_nnabla.main(_args(tiny_root, resumed, *DEMUCS_SMOKE, "--epochs", "2", "--resume")) == 0
     a, b = (_checkpoint_params(p) for p in (straight, resumed))
     assert a.keys() == b.keys()
     for k in a:
@@ -313,10 +314,10 @@ def _checkpoint_params(out: Path) -> dict[str, np.ndarray]:
 
 
 def test_unmix_train_cli_runs_in_the_nnabla_environment(tiny_root, small_umx, tmp_path):
-    """``python -m core_spec.train_cli --framework nnabla --model umx ...`` (what ``unmix-train`` runs in
+    """``python -m unmix.train_cli --framework nnabla --model umx ...`` (what ``unmix-train`` runs in
     ``.venv-nnabla``) trains a few steps and writes the run folder."""
     out = tmp_path / "cli"
-    cmd = [sys.executable, "-m", "core_spec.train_cli", "--framework", "nnabla", "--root", str(tiny_root)]
+    cmd = [sys.executable, "-m", "unmix.train_cli", "--framework", "nnabla", "--root", str(tiny_root)]
     cmd += ["--out", str(out), *UMX_SMOKE, "--init", str(small_umx), "--max-steps", "2", "--valid-tracks", "1"]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)

@@ -141,20 +141,20 @@ def test_overwrite_refused_atomic_and_checked(tmp_path: Path) -> None:
 
 
 def test_cli_from_canonical(tmp_path: Path) -> None:
-    """``python -m weights_convert.targets nnabla IN OUT``: the writer ``unmix-convert --to nnabla`` runs in this
+    """``python -m unmix.convert_targets nnabla IN OUT``: the writer ``unmix-convert --to nnabla`` runs in this
     environment (the port's ``save_native``), refusing to overwrite; and the in-process call of the same writer."""
     config = umx_preset("umxse")
     flat = join_targets(separator_weights(config))
     save_canonical(tmp_path / "canon", flat, config)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    cmd = [sys.executable, "-m", "weights_convert.targets", "nnabla", str(tmp_path / "canon.safetensors")]
+    cmd = [sys.executable, "-m", "unmix.convert_targets", "nnabla", str(tmp_path / "canon.safetensors")]
     result = subprocess.run([*cmd, str(tmp_path / "nn")], capture_output=True, text=True, env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.strip().splitlines()[-1]) == [str(tmp_path / "nn.h5"), str(tmp_path / "nn.json")]
     _bit_equal(nw.load_native(tmp_path / "nn")[0], flat)
     again = subprocess.run([*cmd, str(tmp_path / "nn")], capture_output=True, text=True, env=env, cwd=ROOT)
     assert again.returncode == 1 and "exists" in again.stderr
-    from weights_convert.targets import save_native as convert_save_native
+    from unmix.convert_targets import save_native as convert_save_native
 
     written = convert_save_native("nnabla", tmp_path / "via-convert", flat, config)
     assert [p.suffix for p in written] == [".h5", ".json"]

@@ -12,16 +12,16 @@ from pathlib import Path
 import pytest
 
 from core_spec.frameworks import FRAMEWORKS, REPO_ROOT
-from unmix_parity.report import FILES
+from unmix.parity.report import FILES
 
 from .conftest import SECONDS
 
 pytestmark = pytest.mark.upstream
 
 
-def unmix_parity(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+def run_unmix_parity(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONPATH": str(REPO_ROOT)}
-    cmd = [sys.executable, "-m", "unmix_parity", *args]
+    cmd = [sys.executable, "-m", "unmix.parity", *args]
     return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout, cwd=REPO_ROOT)
 
 
@@ -46,7 +46,7 @@ def _check_report(folder: Path, stages: set[str]) -> dict:
 @pytest.mark.slow
 def test_umxhq_folder_in_every_port(umxhq_folder: Path, tmp_path: Path) -> None:
     """The upstream-written umxhq folder (read by unmix-convert's reader in memory), every stage of every port."""
-    out = unmix_parity(str(umxhq_folder), "--seconds", SECONDS, "--report", str(tmp_path / "report"))
+    out = run_unmix_parity(str(umxhq_folder), "--seconds", SECONDS, "--report", str(tmp_path / "report"))
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     stages = {"stft", "magnitude", "umx.layer", "umx.output", "wiener", "istft", "separator"}
     report = _check_report(tmp_path / "report", stages)
@@ -57,7 +57,7 @@ def test_umxhq_folder_in_every_port(umxhq_folder: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_demucs_package_in_every_port(demucs_package: Path, tmp_path: Path) -> None:
-    out = unmix_parity(str(demucs_package), "--seconds", SECONDS, "--report", str(tmp_path / "report"))
+    out = run_unmix_parity(str(demucs_package), "--seconds", SECONDS, "--report", str(tmp_path / "report"))
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-4000:]
     _check_report(tmp_path / "report", {"demucs.layer", "demucs.output", "demucs.apply"})
 
@@ -65,7 +65,7 @@ def test_demucs_package_in_every_port(demucs_package: Path, tmp_path: Path) -> N
 def test_corrupted_weight_is_caught(demucs_package: Path, tmp_path: Path) -> None:
     """One tensor of one port scaled by 1.001 (the test hook): exit 1, naming the framework and the stage."""
     args = [str(demucs_package), "--seconds", SECONDS, "--frameworks", "torch,jax", "--no-upstream"]
-    out = unmix_parity(*args, "--perturb-weight", "jax:encoder.0.0.weight:1.001", "--report", str(tmp_path))
+    out = run_unmix_parity(*args, "--perturb-weight", "jax:encoder.0.0.weight:1.001", "--report", str(tmp_path))
     assert out.returncode == 1, out.stdout[-4000:] + out.stderr[-4000:]
     failures = [line for line in out.stderr.splitlines() if line.startswith("unmix-parity: FAIL")]
     assert failures and all(" jax float32 stage demucs." in line for line in failures), out.stderr
@@ -78,16 +78,16 @@ def test_corrupted_weight_is_caught(demucs_package: Path, tmp_path: Path) -> Non
 
 def test_existing_report_needs_force(demucs_package: Path, tmp_path: Path) -> None:
     (tmp_path / "parity.json").write_text("{}")
-    out = unmix_parity(str(demucs_package), "--frameworks", "torch", "--report", str(tmp_path))
+    out = run_unmix_parity(str(demucs_package), "--frameworks", "torch", "--report", str(tmp_path))
     assert out.returncode == 1
     assert "parity.json exist(s); pass --force" in out.stderr
     assert (tmp_path / "parity.json").read_text() == "{}"
 
 
 def test_bad_arguments(tmp_path: Path) -> None:
-    out = unmix_parity(str(tmp_path / "nothing.th"), "--frameworks", "torch")
+    out = run_unmix_parity(str(tmp_path / "nothing.th"), "--frameworks", "torch")
     assert out.returncode == 1 and "nothing.th: not found" in out.stderr
-    out = unmix_parity(str(tmp_path), "--frameworks", "mxnet")
+    out = run_unmix_parity(str(tmp_path), "--frameworks", "mxnet")
     assert out.returncode == 2 and "--frameworks: unknown mxnet" in out.stderr
-    out = unmix_parity(str(tmp_path), "--dtype", "float16")
+    out = run_unmix_parity(str(tmp_path), "--dtype", "float16")
     assert out.returncode == 2 and "--dtype: float16" in out.stderr

@@ -1,4 +1,4 @@
-"""Everything in ``unmix_parity`` but the adapters imports with NumPy only, in both environments (``.venv-nnabla``
+"""Everything in ``unmix.parity`` but the adapters imports with NumPy only, in both environments (``.venv-nnabla``
 has no matplotlib, torch, TensorFlow nor JAX; matplotlib is imported only when a plot is drawn)."""
 
 from __future__ import annotations
@@ -8,20 +8,21 @@ import sys
 
 import pytest
 
-from core_spec.frameworks import REPO_ROOT, nnabla_env, nnabla_python
+from core_spec.frameworks import REPO_ROOT
+from unmix.environments import nnabla_env, nnabla_python
 
 MODULES = [
-    "unmix_parity",
-    "unmix_parity.adapters",
-    "unmix_parity.adapters.reference",
-    "unmix_parity.cli",
-    "unmix_parity.clip",
-    "unmix_parity.model",
-    "unmix_parity.plots",
-    "unmix_parity.report",
-    "unmix_parity.run",
-    "unmix_parity.runner",
-    "unmix_parity.stages",
+    "unmix.parity",
+    "unmix.parity.adapters",
+    "unmix.parity.adapters.reference",
+    "unmix.parity.cli",
+    "unmix.parity.clip",
+    "unmix.parity.model",
+    "unmix.parity.plots",
+    "unmix.parity.report",
+    "unmix.parity.run",
+    "unmix.parity.runner",
+    "unmix.parity.stages",
 ]
 FORBIDDEN = ["torch", "tensorflow", "keras", "jax", "flax", "nnabla", "matplotlib"]
 

@@ -1,4 +1,4 @@
-"""``unmix-parity MODEL`` reads every form of a model to the same canonical weights (``unmix_parity.model``): the
+"""``unmix-parity MODEL`` reads every form of a model to the same canonical weights (``unmix.parity.model``): the
 upstream package itself, its canonical conversion and each port's native file (NNabla's through .venv-nnabla)."""
 
 from __future__ import annotations
@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core_spec.frameworks import REPO_ROOT, nnabla_env
-from unmix_parity.model import ModelError, load_model
+from core_spec.frameworks import REPO_ROOT
+from unmix.environments import nnabla_env
+from unmix.parity.model import ModelError, load_model
 
 pytestmark = pytest.mark.upstream
 
@@ -20,7 +21,7 @@ NATIVE = {"torch": "-torch.pth", "tf": "-tf.weights.h5", "jax": "-jax.msgpack", 
 
 def test_every_form_of_a_model_reads_the_same(demucs_package: Path, tmp_path: Path) -> None:
     stem = tmp_path / "demucs"
-    cmd = [sys.executable, "-m", "weights_convert", str(demucs_package), "--out", str(stem), "-q"]
+    cmd = [sys.executable, "-m", "unmix", "convert", str(demucs_package), "--out", str(stem), "-q"]
     out = subprocess.run(
         [*cmd, "--to", ",".join(NATIVE)], capture_output=True, text=True, env=nnabla_env(), cwd=REPO_ROOT
     )

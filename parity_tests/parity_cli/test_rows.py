@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from core_spec.tolerances import tolerance
-from unmix_parity.stages import row_of
+from unmix.parity.stages import row_of
 
 KEYS = ("stft", "magnitude", "wiener", "istft", "separator.vocals", "apply.drums", "umx.fc1", "demucs.output")
 

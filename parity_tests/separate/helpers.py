@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core_spec.separate_cli import main
+from unmix.separate_cli import main
 
 __all__ = ["files_under", "read_stems", "run"]
 
@@ -21,7 +21,7 @@ def run(argv: list, capsys: pytest.CaptureFixture) -> tuple[int, str, str]:
 
 def read_stems(folder: Path, names: list[str] | tuple[str, ...], ext: str = "wav") -> np.ndarray:
     """``(nb_stems, nb_channels, nb_timesteps)`` float32 read back (soundfile; ffmpeg for mp3)."""
-    from core_spec.audio_files import read_audio_file
+    from unmix.audio_files import read_audio_file
 
     stems = []
     for name in names:

@@ -95,7 +95,7 @@ def write_demucs_package(path: Path, config: DemucsConfig = DEMUCS) -> Path:
 
 def convert(source: Path, out: Path, preset: str | None = None) -> Path:
     """``unmix-convert SOURCE --out OUT [--model PRESET]``; returns ``OUT.safetensors``."""
-    from weights_convert.cli import main
+    from unmix.convert_cli import main
 
     argv = [str(source), "--out", str(out), "-q", *(["--model", preset] if preset else [])]
     if main(argv) != 0:

@@ -1,4 +1,4 @@
-"""``--segment-seconds`` for Open-Unmix: the chunk plan and cross-fade (``core_spec.chunks``), and the command's
+"""``--segment-seconds`` for Open-Unmix: the chunk plan and cross-fade (``unmix.chunks``), and the command's
 chunked separation against the port's separation of each chunk on its own."""
 
 from __future__ import annotations
@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core_spec.audio_files import read_audio_file
-from core_spec.chunks import chunk_plan, chunk_weight, separate_in_chunks
 from core_spec.tolerances import check
+from unmix.audio_files import read_audio_file
+from unmix.chunks import chunk_plan, chunk_weight, separate_in_chunks
 
 from .helpers import read_stems, run
 
@@ -67,7 +67,7 @@ def test_cli_chunks_equal_the_port_on_each_chunk(inputs, tmp_path: Path, capsys)
 
 def test_auto_chunks_only_when_memory_is_short(inputs, tmp_path: Path, capsys, monkeypatch) -> None:
     """``auto`` (the default) separates the whole track; with (pretended) 1 MB available it chunks."""
-    import core_spec.umx_segments as segments
+    import unmix.umx_segments as segments
 
     argv = [inputs.excerpt, "--model", inputs.umxhq, "--framework", "torch"]
     code, out, err = run([*argv, "-o", tmp_path / "a"], capsys)

@@ -1,4 +1,4 @@
-"""Audio files in and out (``core_spec.audio_files``), the input checks every port shares
+"""Audio files in and out (``unmix.audio_files``), the input checks every port shares
 (``core_spec.audio.prepare_audio``: integer PCM, non-representable amplitudes), the file mode of everything
 written, and interrupt safety: a stem is never left partial under its name."""
 
@@ -16,7 +16,11 @@ import pytest
 import soundfile as sf
 
 from core_spec.audio import AudioError, pcm_to_float, prepare_audio
-from core_spec.audio_files import (
+from core_spec.canonical import save_canonical
+from core_spec.configs import DEMUCS_PRESETS
+from core_spec.seeded import random_weights
+from core_spec.tolerances import check
+from unmix.audio_files import (
     AudioFileError,
     StagedFiles,
     find_audio_files,
@@ -25,10 +29,6 @@ from core_spec.audio_files import (
     to_pcm,
     write_audio_file,
 )
-from core_spec.canonical import save_canonical
-from core_spec.configs import DEMUCS_PRESETS
-from core_spec.seeded import random_weights
-from core_spec.tolerances import check
 
 from .helpers import files_under, run
 
@@ -49,7 +49,7 @@ def music(seconds: float = 1.0) -> np.ndarray:
 def test_write_read_round_trip(fmt: str, depth: str, stage: str, writer: str, tmp_path: Path, monkeypatch) -> None:
     """Every format and depth, written by soundfile or by ffmpeg (the NNabla environment has no soundfile), reads
     back as written (integers: half a step; MP3: the lossy codec's row); same length, rate and channels."""
-    import core_spec.audio_files as af
+    import unmix.audio_files as af
 
     if writer == "ffmpeg":
         monkeypatch.setattr(af, "_soundfile", lambda: None)
@@ -182,7 +182,7 @@ def test_staged_files_interrupted_leave_nothing(tmp_path: Path) -> None:
 
 def test_cli_interrupted_in_process(inputs, tmp_path: Path, capsys, monkeypatch) -> None:
     """Ctrl-C while the second stem is written: exit 130, no stem, no temporary file."""
-    import core_spec.separate_cli as cli
+    import unmix.separate_cli as cli
 
     calls = []
 
@@ -239,7 +239,7 @@ def test_cli_killed_while_writing(signum: int, inputs, tmp_path: Path) -> None:
     sf.write(str(tmp_path / "t.wav"), music(0.3).T, 44100)
     out = tmp_path / "o"
     env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "core_spec.separate_cli", str(tmp_path / "t.wav"), "--model", str(inputs.demucs)]
+    command = [sys.executable, "-m", "unmix.separate_cli", str(tmp_path / "t.wav"), "--model", str(inputs.demucs)]
     command += ["--framework", "torch", "-o", str(out), "--ext", "mp3", "-q"]
     log = tmp_path / "stderr.txt"  # a file, not a pipe: a pipe nobody reads can block the command when it fills
     with log.open("wb") as stderr:

@@ -13,9 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core_spec.audio_files import read_audio_file
-from core_spec.frameworks import REPO_ROOT, nnabla_env, nnabla_python
+from core_spec.frameworks import REPO_ROOT
 from core_spec.tolerances import check
+from unmix.audio_files import read_audio_file
+from unmix.environments import nnabla_env, nnabla_python
 
 from .helpers import read_stems, run
 

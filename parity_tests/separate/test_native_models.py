@@ -13,7 +13,7 @@ import pytest
 from core_spec.configs import DemucsConfig
 from core_spec.frameworks import FRAMEWORKS
 from core_spec.seeded import random_weights
-from core_spec.separate_models import resolve_weights
+from unmix.separate_models import resolve_weights
 
 MAIN_ENV = ("jax", "tf", "torch")  # NNabla: parity_tests/separate_nnabla
 

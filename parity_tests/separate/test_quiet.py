@@ -1,6 +1,6 @@
 """The commands print none of TensorFlow's start-up log lines (absl's notice, "oneDNN custom operations are on",
 the CPU-feature line), even with ``TF_CPP_MIN_LOG_LEVEL`` unset, and keep the rest of stderr:
-:func:`core_spec.frameworks.quiet_import` around the first TensorFlow import (``umx_tf``, ``unmix_parity``'s
+:func:`core_spec.frameworks.quiet_import` around the first TensorFlow import (``umx_tf``, ``unmix.parity``'s
 adapters). ``unmix-separate`` and ``unmix-parity`` run in their own processes on a 1-s excerpt with a small seeded
 Demucs."""
 
@@ -52,7 +52,7 @@ def noise_in(output: str) -> list[str]:
 def test_separate_tf_prints_no_tensorflow_log_lines(small, tmp_path):
     clip, model = small
     output = run_without_log_level(
-        "core_spec.separate_cli", clip, "--model", model, "--framework", "tf", "-o", tmp_path / "out", cwd=tmp_path
+        "unmix.separate_cli", clip, "--model", model, "--framework", "tf", "-o", tmp_path / "out", cwd=tmp_path
     )
     assert not noise_in(output), output
     stems = sorted(p.stem for p in (tmp_path / "out").rglob("*.wav"))
@@ -62,7 +62,7 @@ def test_separate_tf_prints_no_tensorflow_log_lines(small, tmp_path):
 def test_parity_tf_prints_no_tensorflow_log_lines(small, tmp_path):
     clip, model = small
     args = (model, "--audio", clip, "--seconds", "1", "--frameworks", "tf", "--no-upstream")
-    output = run_without_log_level("unmix_parity", *args, cwd=tmp_path)
+    output = run_without_log_level("unmix.parity", *args, cwd=tmp_path)
     assert not noise_in(output), output
     assert "tf float32" in output and "verdict   pass" in output, output
 

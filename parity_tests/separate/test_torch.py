@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core_spec.audio_files import read_audio_file, resample
-from core_spec.separate_cli import port_main
 from core_spec.tolerances import check
+from unmix.audio_files import read_audio_file, resample
+from unmix.separate_cli import port_main
 
 from .helpers import files_under, read_stems, run
 

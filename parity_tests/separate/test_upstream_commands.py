@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core_spec.audio_files import read_audio_file
 from core_spec.canonical import load_canonical, split_targets
 from core_spec.tolerances import check
+from unmix.audio_files import read_audio_file
 
 from .helpers import read_stems, run
 

@@ -10,10 +10,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from core_spec.audio_files import read_audio_file, resample
-from core_spec.separate_cli import port_main
 from core_spec.tolerances import check
 from parity_tests.fixtures import load
+from unmix.audio_files import read_audio_file, resample
+from unmix.separate_cli import port_main
 
 nn = pytest.importorskip("nnabla")
 import umx_nnabla  # noqa: E402
@@ -71,7 +71,7 @@ def test_umx_upstream_folder_resampled(clip_wav: Path, tmp_path: Path, capsys) -
 def test_demucs_package_flac_split(clip_wav: Path, tmp_path: Path, capsys) -> None:
     """The upstream demucs package through ``unmix-convert`` (canonical file) and ``--segment 0.5`` (split into
     overlapping chunks): 16-bit FLAC written by ffmpeg, equal to ``separate_track``."""
-    from weights_convert.cli import main as convert
+    from unmix.convert_cli import main as convert
 
     assert convert([str(DEMUCS_PACKAGE), "--out", str(tmp_path / "demucs"), "-q"]) == 0
     argv = [clip_wav, "--model", tmp_path / "demucs.safetensors", "-o", tmp_path / "o", "-q", "--segment", "0.5"]

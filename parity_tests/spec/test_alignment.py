@@ -1,4 +1,4 @@
-"""The alignment contract's tables and its checker (:mod:`core_spec.source_index`), on synthetic sources, on a real
+"""The alignment contract's tables and its checker (:mod:`book.source_index`), on synthetic sources, on a real
 port file with its lesson reordered or renamed, and on the spec itself. Source text only (stdlib ``ast``): runs in
 both environments.
 
@@ -13,17 +13,7 @@ import textwrap
 
 import pytest
 
-from core_spec.frameworks import REPO_ROOT
-from core_spec.public_api import (
-    BUILTIN,
-    LESSONS,
-    MODULE_LAYERS,
-    MODULES,
-    PORT_CONSTANTS,
-    PORTS,
-    SHARED,
-)
-from core_spec.source_index import (
+from book.source_index import (
     SPEC,
     Definition,
     alignment_problems,
@@ -33,6 +23,16 @@ from core_spec.source_index import (
     mirror_problems,
     source_of,
     spec_location,
+)
+from core_spec.frameworks import REPO_ROOT
+from core_spec.public_api import (
+    BUILTIN,
+    LESSONS,
+    MODULE_LAYERS,
+    MODULES,
+    PORT_CONSTANTS,
+    PORTS,
+    SHARED,
 )
 
 _NAME = r"[A-Za-z_][A-Za-z0-9_]*"

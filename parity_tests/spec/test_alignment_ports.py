@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import pytest
 
+from book.source_index import SPEC, check_module, layering_problems
 from core_spec.frameworks import REPO_ROOT
 from core_spec.public_api import LESSONS, MODULES, PORTS
-from core_spec.source_index import SPEC, check_module, layering_problems
 
 SPEC_MODULES = [m for m in MODULES if any(lesson.spec for lesson in LESSONS[m])]
 

@@ -1,4 +1,4 @@
-"""The training data pipeline (core_spec.data), NumPy only: both environments, on seeded synthetic WAV roots.
+"""The training data pipeline (unmix.data), NumPy only: both environments, on seeded synthetic WAV roots.
 
 Semantics of upstream's sampling and augmentations are pinned by rebuilding items from the documented draws;
 the upstream modules themselves are compared in parity_tests/upstream/test_data_upstream.py (main environment).
@@ -14,7 +14,11 @@ import numpy as np
 import pytest
 
 from core_spec.configs import STFTConfig, UMXConfig
-from core_spec.data import (
+from core_spec.reference.transforms import stft
+from core_spec.tolerances import check
+from core_spec.training import DemucsTrainConfig, UMXTrainConfig, input_scaler_weights
+from parity_tests.tiny_musdb import SOURCES, make_synthetic_root, make_tiny_musdb
+from unmix.data import (
     DataError,
     DemucsDataset,
     UMXDataset,
@@ -23,14 +27,13 @@ from core_spec.data import (
     batch_indices,
     batches,
     demucs_augment,
-    input_scaler_weights,
     open_tracks,
     read_audio,
     shard,
     umx_statistics,
     write_wav,
 )
-from core_spec.data.augment import (
+from unmix.data.augment import (
     augment_channelswap,
     augment_gain,
     draw_remix,
@@ -40,10 +43,6 @@ from core_spec.data.augment import (
     scale,
     shift,
 )
-from core_spec.reference.transforms import stft
-from core_spec.tolerances import check
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig
-from parity_tests.tiny_musdb import SOURCES, make_synthetic_root, make_tiny_musdb
 
 RATE = 8000  # small files, fast tests
 TRACKS = {"train": ("a", "b", "c"), "valid": ("v",)}

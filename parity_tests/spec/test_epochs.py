@@ -1,5 +1,5 @@
 """core_spec.epochs (the epoch loop of unmix-train, run_epochs) with a fake NumPy trainer, and
-core_spec.train_cli.run_main (NumPy only: runs in both environments).
+unmix.train_cli.run_main (NumPy only: runs in both environments).
 
 The reference is the loop the four ports ran before run_epochs (``umx_torch/train.py``, ``umx_tf/train.py``,
 ``umx_jax/train.py``, ``umx_nnabla/train.py`` ``fit``), transcribed as the event list of :func:`expected_events`:
@@ -19,12 +19,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from core_spec import epochs, train_cli
 from core_spec.canonical import load_canonical
 from core_spec.configs import UMXConfig
-from core_spec.epochs import EpochTrainer, TrainerBase, run_epochs, save_best, steps_per_epoch
-from core_spec.run_folder import RunFolder, RunState, read_state
+from core_spec.epochs import EpochTrainer, Progress, TrainerBase, no_progress, save_best, steps_per_epoch
 from core_spec.training import DemucsTrainConfig, UMXTrainConfig, initial_weights
+from unmix import train_cli, train_loop
+from unmix.run_folder import RunFolder, RunState, read_state
+from unmix.train_loop import run_epochs
 
 SEED = 7
 TICK = 0.25  # the fake clock's step: an exact binary fraction, so durations are exact
@@ -94,9 +95,10 @@ class FakeTrainer(TrainerBase):
             self.events.append(("mean", value))
         return super().mean_over_replicas(value)
 
-    def evaluate(self, valid_set: Any, quiet: bool = False) -> float:
+    def evaluate(self, valid_set: Any, progress: Progress = no_progress) -> float:
         loss = self.valid_losses[self.epoch]
-        self.events.append(("evaluate", valid_set, quiet, loss))
+        assert list(progress(range(2), 2, "valid")) == [0, 1]  # the loop's progress passes the items through
+        self.events.append(("evaluate", valid_set, loss))
         return loss
 
     def save_best(self, folder: RunFolder, run: RunState, valid_loss: float) -> None:
@@ -129,10 +131,10 @@ def batches_from(rng: np.random.Generator, events: Events, nb_batches: int) -> C
 
 @pytest.fixture
 def events(monkeypatch: pytest.MonkeyPatch) -> Events:
-    """The event list; core_spec.epochs' clock and log write into it."""
+    """The event list; unmix.train_loop's clock and log write into it."""
     recorded: Events = []
-    monkeypatch.setattr(epochs, "time", Clock(recorded))
-    monkeypatch.setattr(epochs, "log", lambda message, quiet: recorded.append(("log", message, quiet)))
+    monkeypatch.setattr(train_loop, "time", Clock(recorded))
+    monkeypatch.setattr(train_loop, "log", lambda message, quiet: recorded.append(("log", message, quiet)))
     return recorded
 
 
@@ -213,7 +215,7 @@ def expected_events(
         for loss in losses:
             total += loss
         train_loss, valid_loss = total / len(losses), valid_losses[ref.epoch]
-        events += [("mean", train_loss), ("evaluate", VALID_SET, quiet, valid_loss), ("clock",)]
+        events += [("mean", train_loss), ("evaluate", VALID_SET, valid_loss), ("clock",)]
         events.append(("end_epoch", train_loss, valid_loss, lr, len(losses), TICK))
         row, stop, is_best = ref.end_epoch(train_loss, valid_loss, lr, len(losses), TICK)
         if rank == 0:
@@ -318,7 +320,7 @@ def test_quiet_is_passed_on(events, tmp_path):
 def test_log_lines(tmp_path, capsys, monkeypatch):
     """The real ``log`` and progress bar: the epoch lines and the early-stopping line on stderr, nothing when
     quiet."""
-    monkeypatch.setattr(epochs, "time", Clock([]))
+    monkeypatch.setattr(train_loop, "time", Clock([]))
     recipe = umx_recipe()
     train([], tmp_path / "loud", recipe, UMX_LOSSES, Options(quiet=False))
     err = capsys.readouterr().err

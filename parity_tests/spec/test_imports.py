@@ -1,4 +1,4 @@
-"""The import walker of :mod:`core_spec.source_index` (``intra_imports``, ``import_cycles``, ``layering_problems``)
+"""The import walker of :mod:`book.source_index` (``intra_imports``, ``import_cycles``, ``layering_problems``)
 on a synthetic package and on copies of the real ports with an import injected. Source text only: both
 environments.
 
@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from book.source_index import ImportEdge, import_cycles, import_edges, intra_imports, layering_problems
 from core_spec.frameworks import REPO_ROOT
 from core_spec.public_api import MODULE_LAYERS, PORTS
-from core_spec.source_index import ImportEdge, import_cycles, import_edges, intra_imports, layering_problems
 
 PACKAGE = {
     "__init__.py": "from .a import run\nfrom . import b\n",

@@ -1,4 +1,4 @@
-"""The framework-neutral pieces of the training loops: core_spec.run_folder and the helpers of core_spec.training
+"""The framework-neutral pieces of the training loops: unmix.run_folder and the helpers of core_spec.training
 (NumPy only: runs in both environments)."""
 
 from __future__ import annotations
@@ -11,18 +11,17 @@ import numpy as np
 import pytest
 
 from core_spec.configs import UMXConfig, demucs_preset, umx_preset
-from core_spec.data import DataError
-from core_spec.run_folder import RunFolder, RunState, atomic_write, check_out, jsonable, read_state, run_name
 from core_spec.tolerances import check
 from core_spec.training import (
     DemucsTrainConfig,
     UMXTrainConfig,
-    epoch_batches,
     initial_weights,
-    make_datasets,
     shard_batch,
     train_stft,
 )
+from unmix.data import DataError
+from unmix.run_folder import RunFolder, RunState, atomic_write, check_out, jsonable, read_state, run_name
+from unmix.train_setup import epoch_batches, make_datasets
 
 
 def _args(out, **kwargs) -> argparse.Namespace:

@@ -1,6 +1,6 @@
 """The cases of the parity sweep: seeded weights at the real shapes on excerpts of real music, every stage of every
 port judged by the tolerance table against the float64 reference, the float32 ratio rows against upstream's own
-float32 error on the same case (``unmix_parity.stages``: what ``unmix-parity`` runs, in this process).
+float32 error on the same case (``unmix.parity.stages``: what ``unmix-parity`` runs, in this process).
 
 The fixtures prove parity on the seeds and inputs they were made with; the sweep asks the same rows to hold on
 other seeds and on real music: the stempeg example at several offsets and lengths, and one excerpt mixed down to
@@ -20,9 +20,9 @@ from core_spec.canonical import join_targets
 from core_spec.configs import DemucsConfig, UMXSeparatorConfig, umx_preset
 from core_spec.seeded import random_weights
 from core_spec.tolerances import RECORDED
-from unmix_parity.clip import read_example_stems
-from unmix_parity.runner import Result, run
-from unmix_parity.stages import Row, judge_all
+from unmix.parity.clip import read_example_stems
+from unmix.parity.runner import Result, run
+from unmix.parity.stages import Row, judge_all
 
 Config = UMXSeparatorConfig | DemucsConfig
 
@@ -102,7 +102,7 @@ UMX_CASES = (
 )
 DEMUCS_CASES = tuple(Case("demucs", (200 + k,), EXCERPTS[k % len(EXCERPTS)]) for k in range(4))
 
-# every port in every dtype it has; NNabla runs in .venv-nnabla (unmix_parity.runner)
+# every port in every dtype it has; NNabla runs in .venv-nnabla (unmix.parity.runner)
 PORT_DTYPES = {"torch": ("float32", "float64"), "tf": ("float32", "float64"), "jax": ("float32", "float64"),
                "nnabla": ("float32",)}  # fmt: skip
 

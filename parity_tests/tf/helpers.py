@@ -1,6 +1,6 @@
 """Shared helpers of the TensorFlow port's tests: the harness adapter, devices and dtypes.
 
-The adapter itself is ``unmix_parity.adapters.tf`` (shared with ``unmix-parity``); here it becomes the ``port``
+The adapter itself is ``unmix.parity.adapters.tf`` (shared with ``unmix-parity``); here it becomes the ``port``
 fixture, and a device the machine lacks skips the test instead of raising.
 """
 
@@ -17,9 +17,9 @@ import tensorflow as tf
 
 import umx_tf
 from parity_tests.harness import Port
-from unmix_parity.adapters import DeviceUnavailable
-from unmix_parity.adapters import tf as adapter
-from unmix_parity.adapters.tf import eagerly, np_of
+from unmix.parity.adapters import DeviceUnavailable
+from unmix.parity.adapters import tf as adapter
+from unmix.parity.adapters.tf import eagerly, np_of
 
 DTYPES = ("float64", "float32")
 

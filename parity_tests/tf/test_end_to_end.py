@@ -35,12 +35,12 @@ def test_separator_from_converted_checkpoints_on_real_clip(tmp_path, device):
     ``umx_tf.from_canonical_file``, separate 3 s of the stempeg clip (niter 1) through the compiled graph
     (``Separator.separate``: XLA on CPU) like upstream ``openunmix.model.Separator`` in float32. The same weights
     saved by upstream (``torch.save`` of each target's ``OpenUnmix.state_dict()``) and converted by
-    ``unmix-convert --to tf`` (``weights_convert.convert``) load (``umx_tf.load_module``) into the very same
+    ``unmix-convert --to tf`` (``unmix.convert``) load (``umx_tf.load_module``) into the very same
     Keras variables, bit for bit.
     """
     from parity_tests import oracle, real_clip
     from parity_tests.oracle import torch
-    from weights_convert.convert import convert
+    from unmix.convert import convert
 
     clip = real_clip.load_clip()  # a clear error without ffmpeg
     audio = clip.mixture[:, : int(CLIP_SECONDS * clip.rate)].astype(np.float32)

@@ -1,4 +1,5 @@
-"""umx_tf.train: one training step against upstream (gradient-parity fixtures), data parallelism, the loop.
+"""umx_tf.train: one training step against upstream (gradient-parity fixtures), data parallelism, the loop
+(``unmix.train_tf``).
 
 - gradient parity (``parity_tests/fixtures_train.py``, upstream openunmix / demucs with torch autograd, float64):
   loss, every parameter gradient, BatchNorm running statistics, the parameters after one and two Adam steps
@@ -219,13 +220,13 @@ def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _args(root: Path, out: Path, *options: str) -> argparse.Namespace:
-    from core_spec.train_cli import build_parser
+    from unmix.train_cli import build_parser
 
     return build_parser().parse_args(["--framework", "tf", "--root", str(root), "--out", str(out), *options])
 
 
 def _train(root: Path, out: Path, *options: str) -> list[dict]:
-    from umx_tf.train import main
+    from unmix.train_tf import main
 
     assert main(_args(root, out, *options)) == 0
     return json.loads((out / "checkpoint-tf" / "state.json").read_text())["history"]
@@ -295,7 +296,7 @@ def test_demucs_resume_is_exact_and_reloads(tiny_root, tmp_path):
 
 def test_run_folder_is_not_overwritten(tiny_root, tmp_path):
     """A run folder holding results needs ``--resume`` or ``--force``."""
-    from umx_tf.train import main
+    from unmix.train_tf import main
 
     (tmp_path / "checkpoint-tf").mkdir()
     assert main(_args(tiny_root, tmp_path, *DEMUCS_SMOKE)) == 2
@@ -304,7 +305,7 @@ def test_run_folder_is_not_overwritten(tiny_root, tmp_path):
 @pytest.mark.skipif(bool(tf.config.list_logical_devices("GPU")), reason="checks the refusal on a machine without GPU")
 def test_device_gpu_without_a_gpu_is_refused_first(tiny_root, tmp_path):
     """``--device gpu`` where TensorFlow sees no GPU: exit status 1, before the run folder is checked or made."""
-    from umx_tf.train import main
+    from unmix.train_tf import main
 
     out = tmp_path / "run"
     assert main(_args(tiny_root, out, *DEMUCS_SMOKE, "--device", "gpu")) == 1

@@ -10,9 +10,9 @@ import pytest
 
 from parity_tests import oracle  # inserts the empty torchaudio module before openunmix is imported
 from parity_tests.oracle import torch
-from unmix_parity.adapters import DeviceUnavailable
-from unmix_parity.adapters import torch as adapter
-from unmix_parity.adapters.torch import TORCH_DTYPES, np_of
+from unmix.parity.adapters import DeviceUnavailable
+from unmix.parity.adapters import torch as adapter
+from unmix.parity.adapters.torch import TORCH_DTYPES, np_of
 
 DTYPES = ("float64", "float32")
 

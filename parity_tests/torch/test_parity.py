@@ -1,6 +1,6 @@
 """The shared stage tests (``parity_tests.harness``) run on the PyTorch port, float32 and float64, on ``--device``.
 
-The adapter (``unmix_parity.adapters.torch``) runs the port in inference mode (``torch.no_grad``). Its FFT gives
+The adapter (``unmix.parity.adapters.torch``) runs the port in inference mode (``torch.no_grad``). Its FFT gives
 rounding-level imaginary parts of real-axis bins other signs than NumPy's (``fft_signs_differ``), so the shared
 ``test_port_separator`` compares its float64 separator with ``atan2="exact"`` on both sides (the harness's
 docstring); ``test_separator.py`` compares float64 with the upstream atan2 against upstream's own output, on
@@ -13,8 +13,8 @@ import pytest
 
 from parity_tests.harness import *  # noqa: F403  (the shared stage tests)
 from parity_tests.harness import Port
-from unmix_parity.adapters import DeviceUnavailable
-from unmix_parity.adapters import torch as adapter
+from unmix.parity.adapters import DeviceUnavailable
+from unmix.parity.adapters import torch as adapter
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,5 @@
-"""umx_torch.train: one training step against upstream (gradient-parity fixtures), data parallelism, the loop.
+"""umx_torch.train: one training step against upstream (gradient-parity fixtures), data parallelism; the loop
+(``unmix-train --framework torch``, :mod:`unmix.train_torch`).
 
 - gradient parity (``parity_tests/fixtures_train.py``, upstream openunmix / demucs with torch autograd, float64):
   loss, every parameter gradient, BatchNorm running statistics, the parameters after one and two Adam steps, in
@@ -112,7 +113,7 @@ def test_dropout_is_upstream_and_switchable():
 
 
 def test_trainer_is_an_epoch_trainer():
-    """:class:`umx_torch.train.Trainer` is what core_spec.epochs.run_epochs drives: the learning rate goes to every
+    """:class:`umx_torch.train.Trainer` is what unmix.train_loop.run_epochs drives: the learning rate goes to every
     parameter group, a step returns the batch's loss before the update (the fixture's), one replica is its own mean."""
     case = load_train_case("demucs")
     model = _model(case, "float64", "cpu")
@@ -180,12 +181,12 @@ def test_data_parallel_umx_per_replica_batch_norm():
 @pytest.fixture(scope="module")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tiny = pytest.importorskip("parity_tests.tiny_musdb")
-    pytest.importorskip("core_spec.data")
+    pytest.importorskip("unmix.data")
     return tiny.make_tiny_musdb(tmp_path_factory.mktemp("tiny_musdb"))
 
 
 def _args(root: Path, out: Path, *options: str) -> argparse.Namespace:
-    from core_spec.train_cli import build_parser
+    from unmix.train_cli import build_parser
 
     return build_parser().parse_args(["--framework", "torch", "--root", str(root), "--out", str(out), *options])
 
@@ -205,7 +206,7 @@ def test_smoke_umx_loss_decreases_and_reloads(tiny_root, tmp_path):
     in the separator and in upstream openunmix with the same outputs as the torch state dict saved beside it."""
     from parity_tests import oracle
     from umx_torch import Separator, from_canonical_file, load_module
-    from umx_torch.train import main
+    from unmix.train_torch import main
 
     out = tmp_path / "umx"
     assert main(_args(tiny_root, out, *UMX_SMOKE, "--epochs", "4", "--lr", "3e-3")) == 0
@@ -238,7 +239,7 @@ def test_smoke_umx_loss_decreases_and_reloads(tiny_root, tmp_path):
 def test_resume_is_exact(tiny_root, tmp_path):
     """``--epochs 2`` straight equals ``--epochs 1`` then ``--resume --epochs 2`` (weights, optimiser, schedule and
     random generators all restored); a run folder with results is not overwritten without ``--resume`` / ``--force``."""
-    from umx_torch.train import main
+    from unmix.train_torch import main
 
     straight, resumed = tmp_path / "straight", tmp_path / "resumed"
     assert main(_args(tiny_root, straight, *DEMUCS_SMOKE, "--epochs", "2")) == 0
@@ -257,7 +258,7 @@ def test_resume_is_exact(tiny_root, tmp_path):
 def test_data_parallel_training_run(tiny_root, tmp_path):
     """``--devices 2`` (DDP, gloo, 2 processes): Demucs trains as one process does on the whole batch (the same
     training and validation losses, to float32 rounding)."""
-    from umx_torch.train import main
+    from unmix.train_torch import main
 
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(_args(tiny_root, one, *DEMUCS_SMOKE, "--max-steps", "2")) == 0

@@ -1,7 +1,7 @@
 """A model trained here in any framework loads in every other port and in upstream openunmix / demucs 2.0.3 (issue 9).
 
 For each model (Open-Unmix, Demucs v2) and each training framework (torch, tf, jax, nnabla), ``unmix-train``
-(:func:`core_spec.train_cli.main`; ``--framework nnabla`` re-runs itself in ``.venv-nnabla``) trains two optimiser
+(:func:`unmix.train_cli.main`; ``--framework nnabla`` re-runs itself in ``.venv-nnabla``) trains two optimiser
 steps on the tiny MUSDB-style root (``parity_tests/tiny_musdb.py``), starting from a small model as upstream
 initialises it (``--init``: openunmix's ``OpenUnmix`` with hidden size 16, 2 LSTM layers, n_fft 512; demucs's
 ``Demucs`` with channels 2, depth 4), and writes the canonical best model ``<name>.safetensors`` + ``.json``.
@@ -17,7 +17,7 @@ That one file is then loaded by
 and each runs the network forward in float32 on one fixed input (UMX: the magnitude spectrogram of the validation
 mixture; Demucs: its waveform), compared with upstream's float64 forward of the same weights (stages
 ``umx.output`` / ``demucs.output``). Demucs trains without dropout and every port draws its batches and
-augmentations from the same seeded :mod:`core_spec.data` pipeline, so its weights after the two steps also agree
+augmentations from the same seeded :mod:`unmix.data` pipeline, so its weights after the two steps also agree
 across frameworks (stage ``train.update``); UMX's LSTM dropout masks are each framework's own.
 """
 
@@ -109,10 +109,10 @@ class Lab:
     def _input(self, model: str) -> np.ndarray:
         """float32 network input from the validation mixture: UMX ``(1, 2, 257, 83)`` magnitude (un-centred STFT,
         as in training), Demucs ``(1, 2, valid_length)`` waveform."""
-        from core_spec.data import read_audio
         from core_spec.reference.transforms import complex_norm, stft
         from core_spec.shapes import valid_length
         from parity_tests.tiny_musdb import TINY_TRACKS
+        from unmix.data import read_audio
 
         mixture = self.root / "valid" / TINY_TRACKS["valid"][0] / "mixture.wav"
         if model == "umx":
@@ -127,7 +127,7 @@ class Lab:
 
     def trained(self, model: str, framework: str) -> Path:
         """The canonical stem of the best model of ``unmix-train --framework <framework> --model <model>``."""
-        from core_spec.train_cli import main
+        from unmix.train_cli import main
 
         key = (model, framework)
         if key not in self._runs:

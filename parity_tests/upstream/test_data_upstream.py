@@ -1,4 +1,4 @@
-"""core_spec.data against the live upstream code (main environment, torch): demucs 2.0.3's augment modules and
+"""unmix.data against the live upstream code (main environment, torch): demucs 2.0.3's augment modules and
 ``Wavset``, openunmix 1.3.0's source augmentations and input statistics, and the training fixtures' reproduction.
 
 Upstream draws from torch's global generator; the same draws are regenerated from the same torch seed (in the
@@ -14,8 +14,12 @@ import numpy as np
 import pytest
 
 from core_spec.configs import STFTConfig, UMXConfig
-from core_spec.data import DemucsDataset, open_tracks, umx_statistics
-from core_spec.data.augment import (
+from core_spec.tolerances import check
+from core_spec.training import DemucsTrainConfig
+from parity_tests.oracle import torch
+from parity_tests.tiny_musdb import SOURCES, make_synthetic_root, make_tiny_musdb
+from unmix.data import DemucsDataset, open_tracks, umx_statistics
+from unmix.data.augment import (
     augment_channelswap,
     augment_gain,
     flip_channels,
@@ -24,10 +28,6 @@ from core_spec.data.augment import (
     scale,
     shift,
 )
-from core_spec.tolerances import check
-from core_spec.training import DemucsTrainConfig
-from parity_tests.oracle import torch
-from parity_tests.tiny_musdb import SOURCES, make_synthetic_root, make_tiny_musdb
 
 pytestmark = pytest.mark.upstream
 
@@ -78,7 +78,7 @@ def test_demucs_augment_modules(seed: int) -> None:
 
 def test_demucs_augment_pipeline_as_upstream() -> None:
     """demucs/__main__.py's Sequential(Shift, FlipSign, FlipChannels, Scale, Remix) vs the NumPy transforms
-    composed in :func:`core_spec.data.demucs_augment`'s order, on the same draws."""
+    composed in :func:`unmix.data.demucs_augment`'s order, on the same draws."""
     from demucs.augment import FlipChannels, FlipSign, Remix, Scale, Shift
 
     wav = _batch(3)
@@ -229,7 +229,7 @@ def test_musdb_stems(tmp_path: Path) -> None:
 
 def test_musdb_validation_split(tmp_path: Path) -> None:
     """The WAV layout of MUSDB18 takes its validation tracks from musdb's own split (musdb is in .venv only)."""
-    from core_spec.data.tracks import musdb_validation_tracks
+    from unmix.data.tracks import musdb_validation_tracks
 
     names = musdb_validation_tracks()
     assert names is not None, "musdb (a main-environment dependency) provides the validation split"

@@ -1,0 +1,107 @@
+"""``unmix-convert`` (also ``unmix convert``): upstream weights -> the canonical format.
+
+Examples::
+
+    unmix-convert vocals-b62c91ce.pth --model umxhq --out umxhq-vocals
+    unmix-convert path/to/open-unmix-model/ --out mymodel             # folder written by scripts/train.py
+    unmix-convert demucs-e07c671f.th --out demucs --to torch          # also write the PyTorch state dict
+    unmix-convert demucs_quantized-07afea75.th --model demucs_quantized   # needs torch + diffq + demucs
+
+Exit status: 0 on success, 1 when the input cannot be converted or an output exists (message on stderr), 2 on a
+usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+
+from core_spec.configs import DEMUCS_PRESETS, UMX_PRESETS
+from unmix.convert import convert
+from unmix.convert_targets import FRAMEWORKS
+from weights_convert.sources import PRESET_ALIASES
+
+__all__ = ["build_parser", "main"]
+
+
+def _list(text: str) -> list[str]:
+    return [t for t in (s.strip() for s in text.split(",")) if t]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    presets = sorted([*UMX_PRESETS, *DEMUCS_PRESETS, *PRESET_ALIASES])
+    parser = argparse.ArgumentParser(
+        prog="unmix-convert",
+        description=(
+            "Convert upstream Open-Unmix / Demucs v2 weights (a .pth/.th file or an openunmix model folder) to the "
+            "canonical format (<out>.safetensors + <out>.json), without PyTorch; optionally also to a framework's "
+            "own format. Loading never runs code from the file."
+        ),
+        epilog="See docs/weights.md for the formats read and the canonical format.",
+    )
+    parser.add_argument("source", help="upstream weight file (.pth, .th) or openunmix model folder")
+    parser.add_argument(
+        "-o", "--out", help="output stem: writes OUT.safetensors and OUT.json (default: ./<source name>)"
+    )
+    parser.add_argument(
+        "-m", "--model", metavar="PRESET", help=f"use and check against this preset ({', '.join(presets)})"
+    )
+    parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
+    parser.add_argument(
+        "--to",
+        action="append",
+        type=_list,
+        default=[],
+        metavar="FW[,FW]",
+        help=f"also write a framework's own format ({', '.join(FRAMEWORKS)}) through its port's weights.py",
+    )
+    parser.add_argument("--targets", type=_list, help="folder: the targets to read, in order (default: all found)")
+    parser.add_argument("--target", help="single Open-Unmix file: its target name (default: from the file name)")
+    parser.add_argument(
+        "--progress",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="progress bar while reading tensors (auto: for files of 64 MiB of tensors or more)",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    frameworks = [fw for group in args.to for fw in group]
+    unknown = [fw for fw in frameworks if fw not in FRAMEWORKS]
+    if unknown:
+        parser.error(f"--to: unknown framework(s) {', '.join(unknown)}; choose from {', '.join(FRAMEWORKS)}")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        # not the conversion's: keras's np.array of TensorFlow 2.21 tensors warns once a variable under --to tf
+        warnings.simplefilter("ignore", DeprecationWarning)
+        try:
+            report = convert(
+                args.source,
+                out=args.out,
+                model=args.model,
+                force=args.force,
+                to=frameworks,
+                targets=args.targets,
+                target=args.target,
+                progress=args.progress,
+            )
+        except (ValueError, OSError) as e:
+            for w in caught:
+                print(f"unmix-convert: warning: {w.message}", file=sys.stderr)
+            print(f"unmix-convert: error: {e}", file=sys.stderr)
+            return 1
+    for w in caught:
+        print(f"unmix-convert: warning: {w.message}", file=sys.stderr)
+    if not args.quiet:
+        print("\n".join(report.lines()))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,240 @@
+"""The model side of ``unmix-separate``: find what ``--model`` names, build it in a port, run it on one track.
+
+``--model`` may name (tried in this order):
+
+1. a canonical file: ``<stem>.safetensors`` (+ ``<stem>.json``), as ``unmix-convert`` and ``unmix-train`` write;
+2. a native file of the chosen port (``umx_<fw>.native_paths``: ``.pth`` / ``.weights.h5`` / ``.msgpack`` /
+   ``.h5``, each with a ``.json`` carrying the port's format tag);
+3. an upstream file or folder that ``unmix-convert`` reads (``vocals-b62c91ce.pth``, an openunmix model folder,
+   ``demucs-e07c671f.th``, a demucs package): converted in memory by :func:`weights_convert.sources.read_upstream`,
+   nothing written.
+
+The port is imported here, lazily (``umx_<fw>``), and only its public entry points are used: ``from_canonical``
+(with ``device``/``dtype`` and, for Open-Unmix, the Wiener settings), ``Separator.separate`` and
+``separate_track``. TensorFlow and NNabla place their work by a scope around the calls (``umx_tf.weights.
+device_scope``, ``umx_nnabla.on_device``); PyTorch and JAX by the device the model was built on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core_spec.canonical import canonical_paths, load_canonical
+from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.frameworks import framework as framework_of
+from core_spec.reference.transforms import min_length
+
+__all__ = ["LoadedModel", "ModelError", "load_model", "resolve_weights", "to_numpy"]
+
+
+class ModelError(ValueError):
+    """``--model`` cannot be used: not found, unreadable, or not a separation model (the message says which)."""
+
+
+@dataclass
+class LoadedModel:
+    """A model built in a port, with what the command needs to know about it.
+
+    ``sources``: output names in order (UMX: the targets, then ``"residual"`` if enabled; Demucs: its sources).
+    ``min_samples``: the shortest track it separates.
+    """
+
+    framework: str
+    kind: str  # "umx" or "demucs"
+    name: str
+    origin: str  # "canonical", "native" or "upstream"
+    config: UMXSeparatorConfig | DemucsConfig
+    sources: tuple[str, ...]
+    rate: int
+    min_samples: int
+    device: str
+    dtype: str
+    model: Any = field(repr=False)
+    port: Any = field(repr=False)
+
+    @contextlib.contextmanager
+    def scope(self) -> Iterator[None]:
+        """Where the port's calls must run: TensorFlow's ``tf.device``, NNabla's context; nothing elsewhere."""
+        if self.framework == "tf":
+            with self.port.weights.device_scope(self.device):
+                yield
+        elif self.framework == "nnabla":
+            with self.port.on_device(self.device):
+                yield
+        else:
+            yield
+
+    def separate(self, audio: np.ndarray, demucs: Mapping[str, Any] | None = None) -> np.ndarray:
+        """Separate one track ``(nb_channels, nb_timesteps)`` at :attr:`rate`: ``(nb_sources, 2, nb_timesteps)``
+        float32 (Open-Unmix: ``Separator.separate``; Demucs: ``separate_track`` with ``demucs`` options)."""
+        batch = np.asarray(audio, dtype=np.float32)[None]  # 3-D: no guessing of the layout
+
+        def run() -> Any:
+            with self.scope():
+                if self.kind == "umx":
+                    return self.model.separate(batch)
+                return self.port.separate_track(self.model, batch, **dict(demucs or {}))
+
+        if self.framework != "nnabla":
+            return to_numpy(run())[0].astype(np.float32, copy=False)
+
+        def run_and_free() -> np.ndarray:
+            try:
+                return np.array(to_numpy(run())[0], dtype=np.float32)  # a copy: no view keeps the graph alive
+            finally:
+                graphs = getattr(self.model, "graphs", None)
+                if graphs is not None:
+                    graphs.clear()  # freed here, on the large stack, not later on the main thread's
+
+        return _with_large_stack(run_and_free)
+
+
+# NNabla 1.39 frees a graph recursively: the port's Open-Unmix graph, with its LSTMs unrolled over every frame,
+# overflows the main thread's 8 MiB stack from about 45 s of audio (SIGSEGV when the graph is freed: 30 s passes,
+# 60 s crashes after the separation, and passes with `ulimit -s unlimited`). Its separations therefore run, and
+# their graphs are freed, in a thread whose stack is reserved large (address space only: pages are used as the
+# recursion reaches them).
+NNABLA_STACK_BYTES = 1 << 30
+
+
+def _with_large_stack(run: Callable[[], Any]) -> Any:
+    """``run()`` in a thread with a :data:`NNABLA_STACK_BYTES` stack; its result, or its exception re-raised."""
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            result["value"] = run()
+        except BaseException as e:  # re-raised in the caller's thread
+            result["error"] = e
+
+    previous = threading.stack_size(NNABLA_STACK_BYTES)
+    try:
+        thread = threading.Thread(target=target, name="nnabla-separation", daemon=True)  # Ctrl-C need not wait
+        thread.start()
+    finally:
+        threading.stack_size(previous)
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def to_numpy(x: Any) -> np.ndarray:
+    """A port's output (torch tensor on any device, ``tf.Tensor``, JAX array, NumPy) as a NumPy array."""
+    if hasattr(x, "detach"):  # torch
+        return x.detach().cpu().numpy()
+    if hasattr(x, "numpy") and not isinstance(x, np.ndarray):  # tf.Tensor
+        return x.numpy()
+    return np.asarray(x)
+
+
+def _import_port(key: str) -> Any:
+    fw = framework_of(key)
+    try:
+        return importlib.import_module(fw.package)
+    except ModuleNotFoundError as e:
+        raise ModelError(
+            f"--framework {key}: the {fw.label} port needs {e.name!r}, which is not installed here ({fw.install})"
+        ) from None
+
+
+def _native_format(port: Any, path: Path) -> bool:
+    """``path`` names a native file of ``port``: its data file exists and its JSON carries the port's format."""
+    try:
+        data, header = port.native_paths(path)
+    except Exception:
+        return False
+    if not (data.exists() and header.exists()):
+        return False
+    try:
+        return json.loads(header.read_text()).get("format") == port.weights.FORMAT
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def _model_name(path: Path) -> str:
+    return path.name if path.is_dir() else path.name.split(".", 1)[0]
+
+
+def resolve_weights(path: str | Path, port: Any | None = None) -> tuple[dict[str, np.ndarray], Any, str, str]:
+    """``(canonical weights, config, model name, origin)`` of what ``path`` names (see the module docstring).
+
+    Raises:
+        ModelError: nothing usable at ``path`` (the message lists what was looked for), or the file cannot be read.
+    """
+    path = Path(path)
+    st_path, _ = canonical_paths(path)
+    try:
+        if st_path.exists():
+            weights, config, _ = load_canonical(st_path)
+            return weights, config, st_path.name[: -len(".safetensors")], "canonical"
+        if port is not None and _native_format(port, path):
+            weights, config = port.load_native(path)
+            return weights, config, _model_name(port.native_paths(path)[0]), "native"
+    except (ValueError, KeyError, OSError) as e:
+        raise ModelError(f"--model {path}: cannot read it ({type(e).__name__}: {e})") from None
+    if not path.exists():
+        raise ModelError(
+            f"--model {path}: not found (looked for a canonical {st_path.name} + .json, a native file of the "
+            f"chosen port, and an upstream .pth/.th file or openunmix model folder)"
+        )
+    from weights_convert.sources import read_upstream
+
+    try:
+        converted = read_upstream(path)
+    except (ValueError, OSError) as e:
+        raise ModelError(f"--model {path}: not a model unmix-convert can read ({type(e).__name__}: {e})") from None
+    return converted.weights, converted.config, _model_name(path), "upstream"
+
+
+def load_model(
+    path: str | Path,
+    framework: str,
+    device: str = "cpu",
+    dtype: str = "float32",
+    umx_options: Mapping[str, Any] | None = None,
+) -> LoadedModel:
+    """Build the model ``path`` names in ``umx_<framework>`` on ``device`` in ``dtype``.
+
+    Args:
+        umx_options: Open-Unmix separator settings replacing the file's (``niter``, ``wiener_win_len``,
+            ``softmask``, ``residual``).
+
+    Raises:
+        ModelError: see :func:`resolve_weights`; a model that is not a separator (a single Open-Unmix target).
+    """
+    port = _import_port(framework)
+    weights, config, name, origin = resolve_weights(path, port)
+    if isinstance(config, UMXConfig):
+        raise ModelError(
+            f"--model {path}: holds one Open-Unmix target network (UMXConfig), not a separator; convert the targets "
+            f"together (unmix-convert on the model folder) to get a separator file"
+        )
+    if not isinstance(config, (UMXSeparatorConfig, DemucsConfig)):
+        raise ModelError(f"--model {path}: holds a {type(config).__name__}, not a separation model")
+    kind = "umx" if isinstance(config, UMXSeparatorConfig) else "demucs"
+    options = dict(umx_options or {}) if kind == "umx" else {}
+    loaded = LoadedModel(framework, kind, name, origin, config, (), 0, 0, device, dtype, None, port)
+    try:
+        with loaded.scope():
+            loaded.model = port.from_canonical(config, weights, device=device, dtype=dtype, **options)
+    except (RuntimeError, ValueError) as e:  # no such device here, a dtype the port lacks
+        raise ModelError(f"--framework {framework}: {e}") from None
+    if kind == "umx":
+        loaded.sources = tuple(loaded.model.target_names)
+        loaded.rate = int(config.separator.sample_rate)
+        loaded.min_samples = min_length(config.separator.stft.n_fft, config.separator.stft.center)
+    else:
+        loaded.sources = tuple(config.sources)
+        loaded.rate = int(config.samplerate)
+        loaded.min_samples = 2  # the normalisation's unbiased standard deviation needs two samples
+    return loaded
