@@ -145,14 +145,25 @@ def torch_uniform(fan_in: int) -> keras.initializers.Initializer:
 
 
 # kaiming_uniform(a=sqrt(5)) of torch.nn.Linear / Conv1d: U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in from the kernel
-TORCH_KERNEL_INIT = keras.initializers.VarianceScaling(scale=1.0 / 3.0, mode="fan_in", distribution="uniform")
+TORCH_KERNEL_INIT = {"scale": 1.0 / 3.0, "mode": "fan_in", "distribution": "uniform"}
+"""PyTorch's default kernel initialisation as ``keras.initializers.VarianceScaling`` arguments: uniform in
+``+-1/sqrt(fan_in)``."""
 
 _SKIP_INIT: contextvars.ContextVar[bool] = contextvars.ContextVar("skip_init", default=False)
 
 
 def torch_kernel_init() -> keras.initializers.Initializer:
-    """:data:`TORCH_KERNEL_INIT` for a layer built now (zeros inside :func:`skip_init`)."""
-    return keras.initializers.Zeros() if _SKIP_INIT.get() else TORCH_KERNEL_INIT
+    """A new :data:`TORCH_KERNEL_INIT` initialiser for a layer built now (zeros inside :func:`skip_init`).
+
+    One instance per layer: an unseeded Keras initialiser takes its seed from Python's ``random`` when it is made and
+    draws the same values for every kernel of a shape. A single module-level instance, made at import, gave kernels of
+    equal shape equal initial values (5 pairs in ``demucs_unittest``) and a different model in every process for the
+    same ``keras.utils.set_random_seed``; made here, after the seed is set, each layer has its own draws and a seeded
+    build is the same in every process.
+    """
+    if _SKIP_INIT.get():
+        return keras.initializers.Zeros()
+    return keras.initializers.VarianceScaling(**TORCH_KERNEL_INIT)
 
 
 @contextlib.contextmanager
