@@ -38,6 +38,7 @@ import io
 import math
 import os
 import pickle
+import pickletools
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -428,12 +429,47 @@ def _refusal(module: str, name: str) -> UnsafeCheckpointError:
     )
 
 
+_MEMO_PUTS = {"PUT", "BINPUT", "LONG_BINPUT"}
+
+
+def _check_memo(f: BinaryIO) -> None:
+    """Read the pickle at ``f``'s position opcode by opcode (``pickletools``, nothing built) and go back: a memo
+    index can only be one of the objects memoised before it (pickle numbers them 0, 1, 2, ...).
+
+    CPython's unpickler grows its memo to the index it is given and zeroes the new slots, so one corrupt 4-byte
+    ``LONG_BINPUT`` argument costs up to 2^32 x 16 bytes before anything else is checked (an index of 2^28 took
+    4.1 GB here; the fuzz test met larger ones).
+
+    Raises:
+        pickle.UnpicklingError: a memo index out of that range, or opcodes that do not parse (the reader reports it
+            as a corrupt file, naming it).
+    """
+    start = f.tell()
+    memoised = 0
+    try:
+        for opcode, arg, _ in pickletools.genops(f):
+            if opcode.name in _MEMO_PUTS:
+                if not isinstance(arg, int) or not 0 <= arg <= memoised:
+                    raise pickle.UnpicklingError(f"memo index {arg} after {memoised} memoised objects")
+                memoised += 1
+            elif opcode.name == "MEMOIZE":
+                memoised += 1
+    except (ValueError, EOFError, OverflowError, MemoryError) as e:  # pickletools on truncated or unknown opcodes
+        raise pickle.UnpicklingError(f"{type(e).__name__}: {e}") from None
+    f.seek(start)
+
+
 class _Unpickler(pickle.Unpickler):
     """``pickle.Unpickler`` whose globals come from the allow-list and whose persistent ids name storages."""
 
     def __init__(self, file: BinaryIO, loader: _Loader | None) -> None:
         super().__init__(file)
+        self._file = file
         self._loader = loader
+
+    def load(self) -> Any:
+        _check_memo(self._file)
+        return super().load()
 
     def find_class(self, module: str, name: str) -> Any:
         if not isinstance(module, str) or not isinstance(name, str):
