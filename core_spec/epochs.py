@@ -65,7 +65,7 @@ class RunFiles(Protocol):
 
     @property
     def checkpoint(self) -> Path:
-        """The framework's checkpoint folder (``<out>/checkpoint-<framework>``)."""
+        """The run's checkpoint folder in its framework (``<out>/checkpoint-<name>-<framework>``)."""
 
 
 class RunRecord(Protocol):

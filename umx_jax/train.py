@@ -70,7 +70,6 @@ from .umx import OpenUnmix
 from .weights import canonical_from_state, save_native, state_from_canonical, to_canonical
 
 __all__ = [
-    "CHECKPOINT_DIR",
     "FRAMEWORK",
     "ModelLayout",
     "Recipe",
@@ -89,7 +88,6 @@ __all__ = [
 Recipe = UMXTrainConfig | DemucsTrainConfig
 Arrays = dict[str, jax.Array]
 FRAMEWORK = "jax"
-CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 BN_BUFFERS = ("running_mean", "running_var")
 
 
@@ -404,11 +402,11 @@ class Trainer(TrainerBase):
         save_best(folder, run, FRAMEWORK, valid_loss, self.canonical(), self.config, save_native, jax=jax.__version__)
 
     def save_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
-        """``checkpoint-jax/`` (:func:`_save_checkpoint`)."""
+        """``checkpoint-<name>-jax/`` (:func:`_save_checkpoint`)."""
         _save_checkpoint(self, folder, run, rng)
 
     def load_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
-        """``--resume``: the run's state and ``rng`` from ``checkpoint-jax/state.json`` (``run.load``), then the
+        """``--resume``: the run's state and ``rng`` from ``checkpoint-<name>-jax/state.json`` (``run.load``), then the
         arrays and the step count from ``train_state.msgpack`` (:meth:`load_bytes`)."""
         _load_checkpoint(self, folder, run, rng)
 
@@ -512,7 +510,7 @@ def _validate(trainer: Trainer, valid_set: Any, progress: Progress) -> float:
 
 
 def _save_checkpoint(trainer: Trainer, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
-    """``checkpoint-jax/``: ``model.msgpack`` + ``model.json`` (the port's native weights, float32),
+    """``checkpoint-<name>-jax/``: ``model.msgpack`` + ``model.json`` (the port's native weights, float32),
     ``train_state.msgpack`` (parameters, statistics and optimiser state, exact, Flax msgpack), ``state.json``."""
     folder.checkpoint.mkdir(parents=True, exist_ok=True)
     save_native(folder.checkpoint / "model", trainer.canonical(), trainer.config, force=True)

@@ -80,7 +80,6 @@ from .umx import OpenUnmix
 from .weights import canonical_from_parameters, save_native, to_canonical
 
 __all__ = [
-    "CHECKPOINT_DIR",
     "FRAMEWORK",
     "Communicator",
     "DataParallelUnavailable",
@@ -110,7 +109,6 @@ __all__ = [
 Recipe = UMXTrainConfig | DemucsTrainConfig
 Model = OpenUnmix | Demucs
 FRAMEWORK = "nnabla"
-CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 
 
 # --- the losses and the step ------------------------------------------------------------------------------------------
@@ -347,8 +345,8 @@ def _config_json(model: Model) -> str:
 def save_checkpoint(
     model: Model, optimizer: TorchAdam, folder: RunFiles, run: RunRecord, rng: np.random.Generator
 ) -> None:
-    """``checkpoint-nnabla/``: ``params.h5`` (every parameter of the model, BatchNorm statistics and both LSTM bias
-    forms included, ``nn.save_parameters``), ``solver.protobuf`` (``solver.save_states``), ``state.json``
+    """``checkpoint-<name>-nnabla/``: ``params.h5`` (every parameter of the model, BatchNorm statistics and both
+    LSTM bias forms included, ``nn.save_parameters``), ``solver.protobuf`` (``solver.save_states``), ``state.json``
     (``run.save``, with the learning rate and the model's config)."""
     folder.checkpoint.mkdir(parents=True, exist_ok=True)
     sync_lstm_biases(model)
@@ -362,7 +360,7 @@ def save_checkpoint(
 def load_checkpoint(
     model: Model, optimizer: TorchAdam, folder: RunFiles, run: RunRecord, rng: np.random.Generator
 ) -> None:
-    """Read ``checkpoint-nnabla/`` (:func:`save_checkpoint`) back into ``model`` (parameter arrays overwritten in
+    """Read ``checkpoint-<name>-nnabla/`` (:func:`save_checkpoint`) back into ``model`` (parameter arrays overwritten in
     place, so graphs built on them stay valid), ``optimizer``, ``run`` and ``rng``.
 
     Raises:

@@ -18,7 +18,7 @@ The pieces, top to bottom (the lesson of ``core_spec.public_api.LESSONS["train"]
 
 The run (options, data, statistics, the epoch loop, ``--resume``) is the tool's: :mod:`unmix.train_tf` builds the
 model and the :class:`Trainer`, and :func:`unmix.train_loop.run_epochs` steps it; the trainer writes the best
-model (canonical and Keras formats) and ``checkpoint-tf/``, and reads the checkpoint back
+model (canonical and Keras formats) and ``checkpoint-<name>-tf/``, and reads the checkpoint back
 (:meth:`Trainer.load_checkpoint`).
 
 Extras: :func:`default_stft`, :func:`set_statistics`, :func:`lstm_dropout`, :func:`make_strategy` and
@@ -57,7 +57,6 @@ from .umx import OpenUnmix
 from .weights import entries, load_weights, save_native
 
 __all__ = [
-    "CHECKPOINT_DIR",
     "FRAMEWORK",
     "Adam",
     "Parameters",
@@ -74,7 +73,6 @@ __all__ = [
 ]
 
 FRAMEWORK = "tf"
-CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 Recipe = UMXTrainConfig | DemucsTrainConfig
 Model = OpenUnmix | Demucs
 
@@ -312,8 +310,8 @@ def _seed_states(model: Model) -> list[keras.Variable]:
 
 
 def _save_checkpoint(trainer: Trainer, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
-    """``checkpoint-tf/``: ``weights.safetensors`` (canonical, both LSTM-bias halves and the BatchNorm statistics),
-    ``optimizer.npz`` (Adam's step, lr and moments, the dropout generators' states), ``state.json``."""
+    """``checkpoint-<name>-tf/``: ``weights.safetensors`` (canonical, both LSTM-bias halves and the BatchNorm
+    statistics), ``optimizer.npz`` (Adam's step, lr and moments, the dropout generators' states), ``state.json``."""
     from core_spec.canonical import save_canonical
     from core_spec.files import atomic_write
 

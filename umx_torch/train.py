@@ -63,7 +63,6 @@ from .umx import OpenUnmix
 from .weights import save_native, to_canonical
 
 __all__ = [
-    "CHECKPOINT_DIR",
     "FRAMEWORK",
     "Recipe",
     "Trainer",
@@ -85,7 +84,6 @@ __all__ = [
 
 Recipe = UMXTrainConfig | DemucsTrainConfig
 FRAMEWORK = "torch"
-CHECKPOINT_DIR = f"checkpoint-{FRAMEWORK}"
 
 # --- losses -----------------------------------------------------------------------------------------------------------
 
@@ -188,7 +186,7 @@ class Trainer(TrainerBase):
                          save_native, torch=torch.__version__)  # fmt: skip
 
     def save_checkpoint(self, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
-        """``checkpoint-torch/``: ``model.pth``, ``optimizer.pth``, ``torch_rng.pth``, ``state.json``
+        """``checkpoint-<name>-torch/``: ``model.pth``, ``optimizer.pth``, ``torch_rng.pth``, ``state.json``
         (:func:`load_checkpoint` reads them back)."""
         _save_checkpoint(self.model, self.optimizer, folder, run, rng)
 
@@ -246,7 +244,7 @@ def set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> Non
 def _save_checkpoint(
     model: nn.Module, optimizer: torch.optim.Optimizer, folder: RunFiles, run: RunRecord, rng: np.random.Generator
 ) -> None:
-    """``checkpoint-torch/``: ``model.pth``, ``optimizer.pth``, ``torch_rng.pth``, ``state.json``."""
+    """``checkpoint-<name>-torch/``: ``model.pth``, ``optimizer.pth``, ``torch_rng.pth``, ``state.json``."""
     folder.checkpoint.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().to("cpu") for k, v in model.state_dict().items()}, folder.checkpoint / "model.pth")
     torch.save(optimizer.state_dict(), folder.checkpoint / "optimizer.pth")

@@ -1,4 +1,5 @@
-"""``unmix-convert`` (also ``unmix convert``): upstream weights -> the canonical format.
+"""``unmix-convert`` (also ``unmix convert``): upstream weights -> the canonical format; trained targets -> one
+separator; canonical weights -> upstream's own layouts.
 
 Examples::
 
@@ -6,6 +7,9 @@ Examples::
     unmix-convert path/to/open-unmix-model/ --out mymodel             # folder written by scripts/train.py
     unmix-convert demucs-e07c671f.th --out demucs --to torch          # also write the PyTorch state dict
     unmix-convert demucs_quantized-07afea75.th --model demucs_quantized   # needs torch + diffq + demucs
+    unmix-convert run_vocals run_drums -o mine                        # unmix-train targets -> one separator
+    unmix-convert mine.safetensors --export openunmix -o mine_umx     # -> umx --model mine_umx (needs torch)
+    unmix-convert run_demucs --export demucs -o models/mine.th        # -> demucs.separate --models models -n mine
 
 Exit status: 0 on success, 1 when the input cannot be converted or an output exists (message on stderr), 2 on a
 usage error.
@@ -21,6 +25,7 @@ from collections.abc import Sequence
 from core_spec.configs import DEMUCS_PRESETS, UMX_PRESETS
 from unmix.convert import convert
 from unmix.convert_targets import FRAMEWORKS
+from unmix.export_upstream import FORMATS
 from weights_convert.sources import PRESET_ALIASES
 
 __all__ = ["build_parser", "main"]
@@ -37,13 +42,37 @@ def build_parser() -> argparse.ArgumentParser:
         description=(
             "Convert upstream Open-Unmix / Demucs v2 weights (a .pth/.th file or an openunmix model folder) to the "
             "canonical format (<out>.safetensors + <out>.json), without PyTorch; optionally also to a framework's "
-            "own format. Loading never runs code from the file."
+            "own format. Loading never runs code from the file. Open-Unmix target networks in the canonical format "
+            "(unmix-train run folders, <target>.safetensors files) are joined into one separator file. --export "
+            "writes upstream's own layout instead (an openunmix model folder, a demucs package; needs torch)."
         ),
         epilog="See docs/weights.md for the formats read and the canonical format.",
     )
-    parser.add_argument("source", help="upstream weight file (.pth, .th) or openunmix model folder")
     parser.add_argument(
-        "-o", "--out", help="output stem: writes OUT.safetensors and OUT.json (default: ./<source name>)"
+        "source",
+        nargs="+",
+        help=(
+            "upstream weight file (.pth, .th) or openunmix model folder; or canonical files: unmix-train run "
+            "folder(s) or <target>.safetensors files (Open-Unmix targets, joined into one separator; several may "
+            "be given), or one canonical file of a whole model"
+        ),
+    )
+    parser.add_argument(
+        "-o",
+        "--out",
+        help=(
+            "output stem: writes OUT.safetensors and OUT.json (default: ./<source name>); with --export openunmix "
+            "the model folder, with --export demucs the package file (.th added if missing)"
+        ),
+    )
+    parser.add_argument(
+        "--export",
+        choices=FORMATS,
+        help=(
+            "write upstream's layout instead of the canonical file: 'openunmix' (a model folder for openunmix 1.3.0's "
+            "umx --model / load_separator), 'demucs' (a demucs 2.0.3 package for demucs.separate --models); "
+            "needs torch and -o"
+        ),
     )
     parser.add_argument(
         "-m", "--model", metavar="PRESET", help=f"use and check against this preset ({', '.join(presets)})"
@@ -57,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FW[,FW]",
         help=f"also write a framework's own format ({', '.join(FRAMEWORKS)}) through its port's weights.py",
     )
-    parser.add_argument("--targets", type=_list, help="folder: the targets to read, in order (default: all found)")
+    parser.add_argument("--targets", type=_list, help="folder(s): the targets to read, in order (default: all found)")
     parser.add_argument("--target", help="single Open-Unmix file: its target name (default: from the file name)")
     parser.add_argument(
         "--progress",
@@ -76,13 +105,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     unknown = [fw for fw in frameworks if fw not in FRAMEWORKS]
     if unknown:
         parser.error(f"--to: unknown framework(s) {', '.join(unknown)}; choose from {', '.join(FRAMEWORKS)}")
+    if args.export and frameworks:
+        parser.error("--to writes a framework's format beside a canonical file; --export writes upstream's layout only")
+    if args.export and args.out is None:
+        what = "model folder" if args.export == "openunmix" else ".th package"
+        parser.error(f"--export {args.export} needs -o/--out: the {what} to write")
+    source = args.source[0] if len(args.source) == 1 else args.source
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         # not the conversion's: keras's np.array of TensorFlow 2.21 tensors warns once a variable under --to tf
         warnings.simplefilter("ignore", DeprecationWarning)
         try:
             report = convert(
-                args.source,
+                source,
                 out=args.out,
                 model=args.model,
                 force=args.force,
@@ -90,6 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 targets=args.targets,
                 target=args.target,
                 progress=args.progress,
+                export=args.export,
             )
         except (ValueError, OSError) as e:
             for w in caught:

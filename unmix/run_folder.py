@@ -7,11 +7,19 @@ saves that state (with the NumPy generator that draws the batches and augmentati
 
     <out>/<name>.safetensors + <name>.json     best model, canonical weights (RunFolder.best)
     <out>/<name>-<framework>.<ext>             best model, the framework's own format (RunFolder.native)
-    <out>/checkpoint-<framework>/              last epoch (RunFolder.checkpoint)
+    <out>/checkpoint-<name>-<framework>/       last epoch (RunFolder.checkpoint)
         state.json                             RunState + rng state (RunFolder.state_file)
         ...                                    the port's weights and optimiser state
 
-``<name>`` is the UMX target (``vocals``, ...) or ``demucs`` (:func:`run_name`).
+``<name>`` is the UMX target (``vocals``, ...) or ``demucs`` (:func:`run_name`). Every file of a run carries its
+name, so one folder holds several runs, as upstream's training folder holds one ``<target>.pth`` per target: a
+second target trained into the folder of the first is a new run (no ``--force``), and only the files of the run's
+own name count as its results (:meth:`RunFolder.check`). Such a folder of Open-Unmix targets is a separator for
+``unmix-separate`` (its ``<target>.safetensors`` files).
+
+Folders written before the checkpoint carried the name (``<out>/checkpoint-<framework>/``, one run a folder) still
+resume: :meth:`RunFolder.for_recipe` takes that checkpoint for the run its ``state.json`` names when the run has no
+``checkpoint-<name>-<framework>/``, and the run goes on writing it there (:attr:`RunFolder.legacy`).
 """
 
 from __future__ import annotations
@@ -83,15 +91,24 @@ def atomic_write(path: str | Path, data: bytes | str | Callable[[str], Any]) -> 
 
 @dataclasses.dataclass(frozen=True)
 class RunFolder:
-    """The paths of a run folder for one framework and one model name (see the module docstring)."""
+    """The paths of a run folder for one framework and one model name (see the module docstring).
+
+    ``legacy``: the run's checkpoint is the old layout's ``checkpoint-<framework>/`` (:meth:`for_recipe` decides).
+    """
 
     out: Path
     framework: str
     name: str
+    legacy: bool = False
 
     @classmethod
     def for_recipe(cls, out: str | Path, framework: str, recipe: Recipe) -> RunFolder:
-        return cls(Path(out), framework, run_name(recipe))
+        """The run folder of ``recipe`` in ``out``; ``legacy`` when ``out`` holds this run's checkpoint in the old
+        layout only (:attr:`legacy_checkpoint` whose ``state.json`` names this run, no :attr:`checkpoint`)."""
+        folder = cls(Path(out), framework, run_name(recipe))
+        if not folder.checkpoint.exists() and _state_name(folder.legacy_checkpoint) == folder.name:
+            return dataclasses.replace(folder, legacy=True)
+        return folder
 
     @property
     def best(self) -> Path:
@@ -109,6 +126,12 @@ class RunFolder:
 
     @property
     def checkpoint(self) -> Path:
+        """The run's checkpoint folder: ``checkpoint-<name>-<framework>/`` (``legacy``: ``checkpoint-<framework>/``)."""
+        return self.legacy_checkpoint if self.legacy else self.out / f"checkpoint-{self.name}-{self.framework}"
+
+    @property
+    def legacy_checkpoint(self) -> Path:
+        """Where runs written before the checkpoint carried the run's name kept it: ``checkpoint-<framework>/``."""
         return self.out / f"checkpoint-{self.framework}"
 
     @property
@@ -116,19 +139,36 @@ class RunFolder:
         return self.checkpoint / "state.json"
 
     def check(self, resume: bool, force: bool) -> None:
-        """Refuse a folder that already has results unless ``resume`` or ``force``; ``resume`` needs a
-        ``state.json``. Creates the folder.
+        """Refuse a folder that already has results of this run (its best model or its checkpoint; other names'
+        files are other runs) unless ``resume`` or ``force``; ``resume`` needs a ``state.json``. Creates the folder.
 
         Raises:
             FileExistsError: results are there and neither ``--resume`` nor ``--force`` was given.
-            FileNotFoundError: ``--resume`` without ``checkpoint-<framework>/state.json``.
+            FileNotFoundError: ``--resume`` without ``checkpoint-<name>-<framework>/state.json``.
         """
         results = [p for p in (self.best_file, self.checkpoint) if p.exists()]
         if results and not (resume or force):
-            raise FileExistsError(f"{self.out} already holds {[str(p) for p in results]}: pass --resume or --force")
+            raise FileExistsError(
+                f"{self.out} already holds {[str(p) for p in results]} (the {self.name!r} run of {self.framework}): "
+                "pass --resume to continue it or --force to start it again"
+            )
         if resume and not self.state_file.exists():
-            raise FileNotFoundError(f"--resume: {self.state_file} does not exist")
+            other = _state_name(self.legacy_checkpoint)
+            held = f"; {self.legacy_checkpoint} holds the {other!r} run" if other not in (None, self.name) else ""
+            raise FileNotFoundError(
+                f"--resume: {self.state_file} does not exist{held}: leave out --resume to start the {self.name!r} run, "
+                "or give the --out, --framework and --model / --target of the run to continue"
+            )
         self.out.mkdir(parents=True, exist_ok=True)
+
+
+def _state_name(checkpoint: Path) -> str | None:
+    """The run name in ``checkpoint/state.json`` (``None``: no readable ``state.json`` there)."""
+    try:
+        name = json.loads((checkpoint / "state.json").read_text()).get("name")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return name if isinstance(name, str) else None
 
 
 def check_out(args: argparse.Namespace, recipe: Recipe, framework: str) -> RunFolder:

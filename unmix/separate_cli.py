@@ -6,8 +6,11 @@
     python -m umx_<fw> separate INPUT... --model MODEL [options]       # the same code, --framework fixed
 
 ``INPUT``: audio files, or folders (every audio file inside, recursively, sorted). ``MODEL``: a canonical file, a
-native file of the port, or an upstream file/folder converted in memory (:mod:`unmix.separate_models`).
-Stems go to ``OUTDIR/<model name>/<--filename>`` (default ``separated/<model>/<track>/<stem>.wav``).
+native file of the port, an upstream file/folder converted in memory, or what ``unmix-train`` writes: a run folder
+or a one-target file; ``--model`` repeated joins the Open-Unmix targets of several runs into one separator
+(:mod:`unmix.separate_models`, :mod:`unmix.targets`). Stems go to ``OUTDIR/<model name>/<--filename>`` (default
+``separated/<model>/<track>/<stem>.wav``; the model name is the file's stem or the folder's name, for several
+``--model`` their names joined by ``+``).
 
 Defaults are those of upstream's own commands: openunmix 1.3.0's ``umx`` for Open-Unmix (``--niter 1``,
 ``--wiener-win-len 300``, no residual, no soft mask; 32-bit float WAV, nothing clipped) and demucs 2.0.3's
@@ -45,7 +48,7 @@ from core_spec.audio import AudioError, check_amplitude
 from core_spec.frameworks import FRAMEWORKS, importable
 from unmix.audio_files import AudioFileError, StagedFiles, find_audio_files, read_audio_file, resample, write_audio_file
 from unmix.environments import rerun_in_nnabla
-from unmix.separate_models import LoadedModel, ModelError, load_model
+from unmix.separate_models import LoadedModel, ModelError, load_model, shown
 from unmix.stems import CLIP_MODES, DEFAULT_FILENAME, output_path, prevent_clip, select_stems, stem_names
 from unmix.umx_segments import AUTO, SegmentChoice, parse_segment, segment_plan
 
@@ -78,8 +81,11 @@ def build_parser(prog: str = "unmix-separate", framework: str | None = None) -> 
         "-m",
         "--model",
         required=True,
-        help="canonical .safetensors (+ .json), a native file of the port, or an upstream .pth/.th file or "
-        "openunmix model folder (converted in memory)",
+        action="append",
+        help="canonical .safetensors (+ .json), a native file of the port, an upstream .pth/.th file or openunmix "
+        "model folder (converted in memory), or what unmix-train wrote: a run folder or a one-target "
+        "<target>.safetensors. Repeat it to join the Open-Unmix targets of several runs into one separator "
+        "(--model run_vocals --model run_drums)",
     )
     if framework is None:
         parser.add_argument("--framework", required=True, choices=tuple(FRAMEWORKS))
@@ -173,7 +179,7 @@ def resolve_options(args: argparse.Namespace, model: LoadedModel) -> Options:
     given = [flag for key, flag in foreign.items() if getattr(args, key) is not None]
     if given:
         family = "Demucs" if model.kind == "umx" else "Open-Unmix"
-        raise ValueError(f"{', '.join(given)}: {family} option(s), but {args.model} is a {model.kind} model")
+        raise ValueError(f"{', '.join(given)}: {family} option(s), but {shown(args.model)} is a {model.kind} model")
     depth, clip_mode = OUTPUT_DEFAULTS[model.kind]
     if args.ext == "mp3":
         if args.depth is not None:

@@ -9,6 +9,14 @@
    ``demucs-e07c671f.th``, a demucs package): converted in memory by :func:`weights_convert.sources.read_upstream`,
    nothing written.
 
+What ``unmix-train`` writes is accepted too (:func:`resolve_models`): a folder holding canonical files (a run
+folder, tried between 1 and 2 when no ``<folder>.safetensors`` sits beside it): its one-target Open-Unmix networks
+(``vocals.safetensors``, ... with a ``UMXConfig``) joined into one separator by :mod:`unmix.targets`, else its one
+model file (``demucs.safetensors`` of a Demucs run); a one-target file (canonical or native); and several of these
+(``--model`` repeated: run folders, one-target files or folders of them), whose targets are joined in the order
+given. Like openunmix's ``umx``, a separator of one target refuses the Wiener filter's EM (``niter > 0``) unless
+the residual is added (:func:`check_em`).
+
 The port is imported here, lazily (``umx_<fw>``), and only its public entry points are used: ``from_canonical``
 (with ``device``/``dtype`` and, for Open-Unmix, the Wiener settings), ``Separator.separate`` and
 ``separate_track``. TensorFlow and NNabla place their work by a scope around the calls (``umx_tf.weights.
@@ -20,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
+import os
 import threading
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,8 +41,10 @@ from core_spec.canonical import canonical_paths, load_canonical
 from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
 from core_spec.frameworks import framework as framework_of
 from core_spec.reference.transforms import min_length
+from unmix.targets import TargetError, TargetFile, canonical_files, collect_targets, join_separator
 
-__all__ = ["LoadedModel", "ModelError", "load_model", "resolve_weights", "to_numpy"]
+__all__ = ["LoadedModel", "ModelError", "check_em", "load_model", "model_name", "resolve_models", "resolve_weights",
+           "shown", "to_numpy"]  # fmt: skip
 
 
 class ModelError(ValueError):
@@ -196,33 +207,155 @@ def resolve_weights(path: str | Path, port: Any | None = None) -> tuple[dict[str
     return converted.weights, converted.config, _model_name(path), "upstream"
 
 
+ModelPaths = str | os.PathLike | Sequence[str | os.PathLike]
+
+
+def _as_paths(paths: ModelPaths) -> list[Path]:
+    if isinstance(paths, (str, os.PathLike)):
+        return [Path(paths)]
+    return [Path(p) for p in paths]
+
+
+def shown(paths: ModelPaths) -> str:
+    """The ``--model`` options as given (``a --model b`` for several), for messages that start ``--model ``."""
+    return " --model ".join(str(p) for p in _as_paths(paths))
+
+
+def _stem_file_exists(path: Path) -> bool:
+    try:
+        return canonical_paths(path)[0].exists()
+    except ValueError:  # a name that makes no stem ('.')
+        return False
+
+
+def model_name(paths: ModelPaths) -> str:
+    """The name of the output folder (``separated/<name>/...``) for several ``--model``: each one's name (a
+    folder's name, a file's stem) joined by ``+`` (``run_vocals+run_drums``)."""
+    names = []
+    for path in _as_paths(paths):
+        if path.is_dir():
+            names.append(path.resolve().name)
+        else:
+            names.append(canonical_paths(path)[0].name[: -len(".safetensors")])
+    return "+".join(names)
+
+
+def _join(targets: list[TargetFile], where: str) -> tuple[dict[str, np.ndarray], UMXSeparatorConfig]:
+    try:
+        return join_separator(targets)
+    except TargetError as e:
+        raise ModelError(f"--model {where}: {e}") from None
+
+
+def _native_target_name(name: str) -> str:
+    """``vocals-jax`` -> ``vocals``: the target of a native one-target file (``<target>-<framework>``)."""
+    from core_spec.frameworks import FRAMEWORKS
+
+    for key in FRAMEWORKS:
+        if name.endswith(f"-{key}") and len(name) > len(key) + 1:
+            return name[: -len(key) - 1]
+    return name
+
+
+def _from_folder(folder: Path, found: list[tuple[Path, Any]]) -> tuple[dict[str, np.ndarray], Any, str, str]:
+    """A folder of canonical files: its one-target networks joined, else its one model."""
+    name = folder.resolve().name
+    if any(isinstance(config, UMXConfig) for _, config in found):
+        try:
+            targets = collect_targets([folder])
+        except TargetError as e:
+            raise ModelError(f"--model {folder}: {e}") from None
+        return (*_join(targets, str(folder)), name, "canonical")
+    if len(found) > 1:
+        held = ", ".join(f"{p.name} ({type(c).__name__})" for p, c in found)
+        raise ModelError(f"--model {folder}: holds several models ({held}); pass one of the files")
+    weights, config, _, origin = resolve_weights(found[0][0])
+    return weights, config, name, origin
+
+
+def resolve_models(paths: ModelPaths, port: Any | None = None) -> tuple[dict[str, np.ndarray], Any, str, str]:
+    """``(canonical weights, config, model name, origin)`` of what one or several ``--model`` name.
+
+    One path: a folder of canonical files (an ``unmix-train`` run folder; only when no ``<folder>.safetensors``
+    sits beside it): its one-target networks joined into a separator (:mod:`unmix.targets`), else its one model
+    (``demucs.safetensors``); otherwise :func:`resolve_weights`, a one-target network (canonical or native)
+    becoming a separator of that target. The name is the folder's name or the file's stem. Several paths: run
+    folders, one-target files or folders of them, joined in the order given (:func:`unmix.targets.collect_targets`);
+    the name is theirs joined by ``+`` (:func:`model_name`).
+
+    Raises:
+        ModelError: see :func:`resolve_weights`; for targets, a file that is not a target, the same target twice,
+            targets of different networks (each message names the files).
+    """
+    paths = _as_paths(paths)
+    if not paths:
+        raise ModelError("--model: no model given")
+    if len(paths) > 1:
+        try:
+            targets = collect_targets(paths)
+        except TargetError as e:
+            raise ModelError(f"--model {shown(paths)}: {e}") from None
+        return (*_join(targets, shown(paths)), model_name(paths), "canonical")
+    path = paths[0]
+    if path.is_dir() and not _stem_file_exists(path):
+        try:
+            found = canonical_files(path)
+        except TargetError as e:
+            raise ModelError(f"--model {path}: {e}") from None
+        if found:
+            return _from_folder(path, found)
+    weights, config, name, origin = resolve_weights(path, port)
+    if isinstance(config, UMXConfig):
+        target = name if origin == "canonical" else _native_target_name(name)
+        joined = _join([TargetFile(target, path, config, weights)], str(path))
+        return (*joined, name, origin)
+    return weights, config, name, origin
+
+
+def check_em(config: UMXSeparatorConfig, options: Mapping[str, Any], where: str) -> None:
+    """Refuse the Wiener filter's EM (``niter > 0``) on a separator of one target without the residual, as
+    openunmix's ``umx`` ("Cannot use EM if only one target is estimated"), before anything runs.
+
+    ``options``: the settings that replace the file's (``niter``, ``residual``); ``where``: the ``--model`` text.
+    """
+    wiener = config.separator.wiener
+    niter = options.get("niter", wiener.niter)
+    residual = options.get("residual", wiener.residual)
+    targets = tuple(config.separator.targets)
+    if len(targets) == 1 and niter > 0 and not residual:
+        raise ModelError(
+            f"--model {where}: one Open-Unmix target ({targets[0]!r}), and the Wiener filter's EM (--niter {niter}) "
+            f"needs two sources or more (openunmix's umx: 'Cannot use EM if only one target is estimated'); pass "
+            f"--residual (adds the stem 'residual' = mixture - {targets[0]}), or --niter 0 (no EM), or a second "
+            f"target (--model again: another run folder or <target>.safetensors)"
+        )
+
+
 def load_model(
-    path: str | Path,
+    path: ModelPaths,
     framework: str,
     device: str = "cpu",
     dtype: str = "float32",
     umx_options: Mapping[str, Any] | None = None,
 ) -> LoadedModel:
-    """Build the model ``path`` names in ``umx_<framework>`` on ``device`` in ``dtype``.
+    """Build the model ``path`` names (one path, or several whose Open-Unmix targets are joined: see
+    :func:`resolve_models`) in ``umx_<framework>`` on ``device`` in ``dtype``.
 
     Args:
         umx_options: Open-Unmix separator settings replacing the file's (``niter``, ``wiener_win_len``,
             ``softmask``, ``residual``).
 
     Raises:
-        ModelError: see :func:`resolve_weights`; a model that is not a separator (a single Open-Unmix target).
+        ModelError: see :func:`resolve_models`; EM on one target without the residual (:func:`check_em`).
     """
     port = _import_port(framework)
-    weights, config, name, origin = resolve_weights(path, port)
-    if isinstance(config, UMXConfig):
-        raise ModelError(
-            f"--model {path}: holds one Open-Unmix target network (UMXConfig), not a separator; convert the targets "
-            f"together (unmix-convert on the model folder) to get a separator file"
-        )
+    weights, config, name, origin = resolve_models(path, port)
     if not isinstance(config, (UMXSeparatorConfig, DemucsConfig)):
-        raise ModelError(f"--model {path}: holds a {type(config).__name__}, not a separation model")
+        raise ModelError(f"--model {shown(path)}: holds a {type(config).__name__}, not a separation model")
     kind = "umx" if isinstance(config, UMXSeparatorConfig) else "demucs"
     options = dict(umx_options or {}) if kind == "umx" else {}
+    if kind == "umx":
+        check_em(config, options, shown(path))
     loaded = LoadedModel(framework, kind, name, origin, config, (), 0, 0, device, dtype, None, port)
     try:
         with loaded.scope():

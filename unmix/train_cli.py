@@ -15,11 +15,15 @@ Run folder (``--out``), the same layout in every framework:
   ``umx_torch.save_native`` (a plain state dict with upstream's names, for ``OpenUnmix`` / ``Demucs``
   ``.load_state_dict``);
 - ``<name>-<framework>.<ext>``: the same in the framework's own format;
-- ``checkpoint-<framework>/``: the last epoch's weights, optimiser state and ``state.json`` (epoch, schedule,
-  early stopping, random generator, loss history), read back by ``--resume``.
+- ``checkpoint-<name>-<framework>/``: the last epoch's weights, optimiser state and ``state.json`` (epoch,
+  schedule, early stopping, random generator, loss history), read back by ``--resume``.
 
-The paths, the ``state.json`` content and the "folder has results: pass --resume or --force" check are
-:mod:`unmix.run_folder`'s, shared by the four ports.
+Every file carries the run's ``<name>``, so several targets train into one ``--out`` (as upstream's training
+folder holds one ``<target>.pth`` per target; the folder is then a separator for ``unmix-separate``): a target
+whose files are not there yet is a new run, and ``--resume`` / ``--force`` are needed only where the same name's
+best model or checkpoint is. The paths, the ``state.json`` content and the "this run has results: pass --resume or
+--force" check are :mod:`unmix.run_folder`'s, shared by the four ports (which also resumes a folder of the older
+layout, ``checkpoint-<framework>/``).
 
 Validation: every epoch ends with the validation loss on the ``valid`` tracks (``--valid-tracks N``: the first N),
 which drives the plateau schedule, early stopping and the choice of the best model. Training needs at least one
@@ -60,11 +64,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--framework", required=True, choices=FRAMEWORKS)
     parser.add_argument("--model", required=True, choices=("umx", "demucs"))
     parser.add_argument("--root", required=True, help="MUSDB18-style root (stems or WAV folders) or a track folder")
-    parser.add_argument("--out", required=True, help="run folder (created)")
+    parser.add_argument("--out", required=True, help="run folder (created; may hold the runs of other targets)")
     parser.add_argument("--preset", help="architecture preset (core_spec.configs; default umxhq / demucs)")
     parser.add_argument("--init", help="canonical weights to start from (.safetensors)")
-    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-<framework>/")
-    parser.add_argument("--force", action="store_true", help="allow writing into a run folder that has results")
+    parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-<name>-<framework>/")
+    parser.add_argument("--force", action="store_true", help="start again a run whose results are in --out")
     parser.add_argument("--max-steps", type=int, help="stop after this many optimiser steps (smoke tests)")
     parser.add_argument("--valid-tracks", type=int, help="use at most this many validation tracks (at least 1)")
     parser.add_argument("--devices", type=int, default=1, help="data-parallel replicas (see docs/training.md)")
@@ -107,7 +111,7 @@ def run_main(
 
     Args:
         args: the options of :func:`build_parser`.
-        framework: the port's name (the run folder's ``checkpoint-<framework>``, ``<name>-<framework>``).
+        framework: the port's name (the run folder's ``checkpoint-<name>-<framework>``, ``<name>-<framework>``).
         fit: trains with the recipe; returns at least ``{"epochs", "steps", "best_loss"}``.
         errors: the exceptions of ``prepare`` and the folder check that are reported as
             ``unmix-train: <error>`` on stderr with exit status 2 (default: a folder with results and neither

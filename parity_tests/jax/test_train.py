@@ -224,7 +224,7 @@ def umx_run(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory, device: s
 def test_umx_run_trains_and_reloads_everywhere(umx_run: Path, device: str) -> None:
     """umxhq on the tiny root: the training loss falls; the best model's canonical file, its msgpack twin and the
     checkpoint agree; it separates in the port's separator (vocals and the residual)."""
-    state = json.loads((umx_run / "checkpoint-jax" / "state.json").read_text())
+    state = json.loads((umx_run / "checkpoint-vocals-jax" / "state.json").read_text())
     train = [row["train"] for row in state["history"]]
     assert state["epoch"] == 3 and state["step"] == 6 and len(train) == 3
     assert train[-1] < train[0], train
@@ -271,14 +271,14 @@ def test_umx_resume_equals_straight_run(umx_run: Path, tiny_root: Path, tmp_path
     assert _train(tiny_root, out, *UMX_ARGS, "--epochs", "1", device=device) == 0
     assert _train(tiny_root, out, *UMX_ARGS, "--epochs", "1", device=device) == 2  # results present: refused
     assert _train(tiny_root, out, *UMX_ARGS, "--epochs", "3", "--resume", device=device) == 0
-    straight = json.loads((umx_run / "checkpoint-jax" / "state.json").read_text())
-    resumed = json.loads((out / "checkpoint-jax" / "state.json").read_text())
+    straight = json.loads((umx_run / "checkpoint-vocals-jax" / "state.json").read_text())
+    resumed = json.loads((out / "checkpoint-vocals-jax" / "state.json").read_text())
     assert [(r["train"], r["valid"], r["lr"]) for r in resumed["history"]] == [
         (r["train"], r["valid"], r["lr"]) for r in straight["history"]
     ]
     assert resumed["rng"] == straight["rng"] and resumed["stopper"] == straight["stopper"]
-    a, _ = load_native(umx_run / "checkpoint-jax" / "model")
-    b, _ = load_native(out / "checkpoint-jax" / "model")
+    a, _ = load_native(umx_run / "checkpoint-vocals-jax" / "model")
+    b, _ = load_native(out / "checkpoint-vocals-jax" / "model")
     for k, v in a.items():
         np.testing.assert_array_equal(b[k], v, err_msg=k)
 
@@ -293,7 +293,7 @@ def test_demucs_run(tiny_root: Path, tmp_path: Path, device: str) -> None:
     options = ["--model", "demucs", "--init", str(init), "--samples", "400", "--data-stride", "44100",
                "--batch-size", "2", "--remix-group-size", "2", "--epochs", "2", "--quiet"]  # fmt: skip
     assert _train(tiny_root, out, *options, device=device) == 0
-    state = json.loads((out / "checkpoint-jax" / "state.json").read_text())
+    state = json.loads((out / "checkpoint-demucs-jax" / "state.json").read_text())
     assert state["epoch"] == 2 and state["step"] == 4
     assert all(np.isfinite([row["train"], row["valid"]]).all() for row in state["history"])
     weights, config, _ = load_canonical(out / "demucs")

@@ -261,8 +261,8 @@ DEMUCS_SMOKE = ("--model", "demucs", "--preset", "demucs_unittest", "--batch-siz
                 "--data-stride", "11025", "--quiet")  # fmt: skip
 
 
-def _state(out: Path) -> dict:
-    return json.loads((out / train.CHECKPOINT_DIR / "state.json").read_text())
+def _state(out: Path, name: str) -> dict:
+    return json.loads((out / f"checkpoint-{name}-nnabla" / "state.json").read_text())
 
 
 def test_smoke_umx_loss_decreases_and_reloads(tiny_root, small_umx, tmp_path):
@@ -274,7 +274,7 @@ def test_smoke_umx_loss_decreases_and_reloads(tiny_root, small_umx, tmp_path):
 
     out = tmp_path / "run"
     assert train_nnabla.main(_args(tiny_root, out, *UMX_SMOKE, "--init", str(small_umx), "--epochs", "4")) == 0
-    history = _state(out)["history"]
+    history = _state(out, "vocals")["history"]
     assert len(history) == 4
     assert history[-1]["train"] < history[0]["train"]
     weights, config, provenance = load_canonical(out / "vocals")
@@ -302,14 +302,16 @@ def test_resume_is_exact(tiny_root, tmp_path):
     assert a.keys() == b.keys()
     for k in a:
         np.testing.assert_array_equal(a[k], b[k], err_msg=k)
-    assert [h["train"] for h in _state(straight)["history"]] == [h["train"] for h in _state(resumed)["history"]]
-    assert _state(resumed)["step"] == _state(straight)["step"]
+    assert [h["train"] for h in _state(straight, "demucs")["history"]] == [
+        h["train"] for h in _state(resumed, "demucs")["history"]
+    ]
+    assert _state(resumed, "demucs")["step"] == _state(straight, "demucs")["step"]
 
 
 def _checkpoint_params(out: Path) -> dict[str, np.ndarray]:
     scope: OrderedDict = OrderedDict()
     with nn.parameter_scope("", scope):
-        nn.load_parameters(str(out / train.CHECKPOINT_DIR / "params.h5"))
+        nn.load_parameters(str(out / "checkpoint-demucs-nnabla" / "params.h5"))
         return {k: v.d.copy() for k, v in nn.get_parameters(grad_only=False).items()}
 
 
@@ -322,9 +324,9 @@ def test_unmix_train_cli_runs_in_the_nnabla_environment(tiny_root, small_umx, tm
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    state = _state(out)
+    state = _state(out, "vocals")
     assert state["step"] == 2 and state["framework"] == "nnabla"
     for name in ("vocals.safetensors", "vocals.json", "vocals-nnabla.h5", "vocals-nnabla.json"):
         assert (out / name).exists(), name
     for name in ("params.h5", "solver.protobuf", "state.json"):
-        assert (out / train.CHECKPOINT_DIR / name).exists(), name
+        assert (out / "checkpoint-vocals-nnabla" / name).exists(), name

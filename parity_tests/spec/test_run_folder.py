@@ -31,10 +31,13 @@ def _args(out, **kwargs) -> argparse.Namespace:
 
 
 def test_layout():
+    """Every path carries the run's name (the target or ``demucs``): one folder holds several runs."""
     folder = RunFolder.for_recipe("run", "jax", UMXTrainConfig(target="drums"))
     assert folder.best.name == "drums" and folder.best_file.name == "drums.safetensors"
     assert folder.native.name == "drums-jax"
-    assert folder.checkpoint.name == "checkpoint-jax" and folder.state_file.parent == folder.checkpoint
+    assert folder.checkpoint.name == "checkpoint-drums-jax" and folder.state_file.parent == folder.checkpoint
+    assert not folder.legacy and folder.legacy_checkpoint.name == "checkpoint-jax"
+    assert RunFolder.for_recipe("run", "tf", DemucsTrainConfig()).checkpoint.name == "checkpoint-demucs-tf"
     assert run_name(DemucsTrainConfig()) == "demucs"
 
 
@@ -44,12 +47,54 @@ def test_check_out(tmp_path):
     folder = check_out(_args(out), recipe, "torch")  # creates the folder
     assert out.is_dir() and folder.framework == "torch"
     folder.best_file.write_bytes(b"")
-    with pytest.raises(FileExistsError, match="--resume or --force"):
+    with pytest.raises(FileExistsError, match="pass --resume to continue it or --force"):
         check_out(_args(out), recipe, "torch")
     check_out(_args(out, force=True), recipe, "torch")
-    with pytest.raises(FileNotFoundError, match=r"state\.json"):
+    with pytest.raises(FileNotFoundError, match=r"checkpoint-vocals-torch/state\.json does not exist"):
         check_out(_args(out, resume=True), recipe, "torch")
     check_out(_args(out), UMXTrainConfig(target="bass"), "torch")  # another target: no results of its own
+
+
+def test_targets_share_a_folder(tmp_path):
+    """A second target (or Demucs) in the folder of the first is a new run; only a run's own best model or
+    checkpoint are its results."""
+    out, vocals = tmp_path / "run", UMXTrainConfig(target="vocals")
+    folder = check_out(_args(out), vocals, "torch")
+    RunState.for_recipe(vocals).save(folder, np.random.default_rng(0))  # vocals' checkpoint, no best model yet
+    for other in (UMXTrainConfig(target="drums"), DemucsTrainConfig()):
+        assert check_out(_args(out), other, "torch").checkpoint != folder.checkpoint
+    check_out(_args(out), vocals, "jax")  # another framework: its own checkpoint (and no best model here yet)
+    with pytest.raises(FileExistsError, match="checkpoint-vocals-torch"):
+        check_out(_args(out), vocals, "torch")
+    check_out(_args(out, resume=True), vocals, "torch")
+    with pytest.raises(FileNotFoundError, match="checkpoint-drums-torch"):
+        check_out(_args(out, resume=True), UMXTrainConfig(target="drums"), "torch")
+
+
+def test_old_layout_resumes(tmp_path):
+    """A folder of the layout before the checkpoint carried the run's name (``checkpoint-<framework>/``): the run its
+    ``state.json`` names resumes from it and goes on writing there; other runs neither read it nor count it."""
+    vocals, drums = UMXTrainConfig(target="vocals", patience=3), UMXTrainConfig(target="drums")
+    old = RunFolder(tmp_path, "torch", "vocals", legacy=True)
+    assert old.checkpoint == tmp_path / "checkpoint-torch"
+    run, rng = RunState.for_recipe(vocals), np.random.default_rng(1)
+    run.end_epoch(1.0, 0.5, run.lr, 2, 0.1)
+    run.save(old, rng)
+
+    folder = check_out(_args(tmp_path, resume=True), vocals, "torch")
+    assert folder.legacy and folder.state_file == tmp_path / "checkpoint-torch" / "state.json"
+    again = RunState.for_recipe(vocals)
+    again.load(folder, np.random.default_rng(0))
+    assert again.epoch == 1 and again.history == run.history
+    with pytest.raises(FileExistsError, match="checkpoint-torch"):
+        check_out(_args(tmp_path), vocals, "torch")  # this run's results: not overwritten without --force
+    other = check_out(_args(tmp_path), drums, "torch")  # another target: a new run, the new layout
+    assert not other.legacy and other.checkpoint.name == "checkpoint-drums-torch"
+    with pytest.raises(FileNotFoundError, match="checkpoint-torch holds the 'vocals' run"):
+        check_out(_args(tmp_path, resume=True), drums, "torch")
+    assert not RunFolder.for_recipe(tmp_path, "jax", vocals).legacy  # another framework's old folder is not there
+    (tmp_path / "checkpoint-vocals-torch").mkdir()  # the new layout, where there is one, comes first
+    assert not RunFolder.for_recipe(tmp_path, "torch", vocals).legacy
 
 
 def test_state_round_trip(tmp_path):

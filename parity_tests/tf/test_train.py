@@ -229,7 +229,8 @@ def _train(root: Path, out: Path, *options: str) -> list[dict]:
     from unmix.train_tf import main
 
     assert main(_args(root, out, *options)) == 0
-    return json.loads((out / "checkpoint-tf" / "state.json").read_text())["history"]
+    name = "demucs" if "demucs" in options else "vocals"
+    return json.loads((out / f"checkpoint-{name}-tf" / "state.json").read_text())["history"]
 
 
 UMX_SMOKE = ("--model", "umx", "--batch-size", "2", "--seq-dur", "1.0", "--samples-per-track", "2", "--quiet")
@@ -284,7 +285,9 @@ def test_demucs_resume_is_exact_and_reloads(tiny_root, tmp_path):
     for a, b in zip(straight, resumed, strict=True):
         assert (a["train"], a["valid"], a["steps"]) == (b["train"], b["valid"], b["steps"])
     assert straight[-1]["train"] < straight[0]["train"]
-    final = {run: load_canonical(tmp_path / run / "checkpoint-tf" / "weights")[0] for run in ("straight", "resumed")}
+    final = {
+        run: load_canonical(tmp_path / run / "checkpoint-demucs-tf" / "weights")[0] for run in ("straight", "resumed")
+    }
     for name, value in final["straight"].items():
         np.testing.assert_array_equal(final["resumed"][name], value, err_msg=name)
     weights, config, _ = load_canonical(tmp_path / "straight" / "demucs")
@@ -298,7 +301,7 @@ def test_run_folder_is_not_overwritten(tiny_root, tmp_path):
     """A run folder holding results needs ``--resume`` or ``--force``."""
     from unmix.train_tf import main
 
-    (tmp_path / "checkpoint-tf").mkdir()
+    (tmp_path / "checkpoint-demucs-tf").mkdir()
     assert main(_args(tiny_root, tmp_path, *DEMUCS_SMOKE)) == 2
 
 

@@ -197,8 +197,8 @@ DEMUCS_SMOKE = ("--model", "demucs", "--preset", "demucs_unittest", "--batch-siz
                 "--samples", "22050", "--data-stride", "22050", "--quiet")  # fmt: skip
 
 
-def _history(out: Path) -> list[dict]:
-    return json.loads((out / "checkpoint-torch" / "state.json").read_text())["history"]
+def _history(out: Path, name: str) -> list[dict]:
+    return json.loads((out / f"checkpoint-{name}-torch" / "state.json").read_text())["history"]
 
 
 def test_smoke_umx_loss_decreases_and_reloads(tiny_root, tmp_path):
@@ -210,7 +210,7 @@ def test_smoke_umx_loss_decreases_and_reloads(tiny_root, tmp_path):
 
     out = tmp_path / "umx"
     assert main(_args(tiny_root, out, *UMX_SMOKE, "--epochs", "4", "--lr", "3e-3")) == 0
-    history = _history(out)
+    history = _history(out, "vocals")
     assert len(history) == 4 and all(h["steps"] == 2 for h in history)
     # the training loss falls; the validation loss (eval mode: BatchNorm's running statistics, a few momentum-0.1
     # updates old) is not a signal after 8 steps
@@ -247,12 +247,49 @@ def test_resume_is_exact(tiny_root, tmp_path):
     assert main(_args(tiny_root, resumed, *DEMUCS_SMOKE, "--epochs", "1")) == 2
     assert main(_args(tiny_root, tmp_path / "empty", *DEMUCS_SMOKE, "--resume")) == 2
     assert main(_args(tiny_root, resumed, *DEMUCS_SMOKE, "--epochs", "2", "--resume")) == 0
-    a = torch.load(straight / "checkpoint-torch" / "model.pth")
-    b = torch.load(resumed / "checkpoint-torch" / "model.pth")
+    a = torch.load(straight / "checkpoint-demucs-torch" / "model.pth")
+    b = torch.load(resumed / "checkpoint-demucs-torch" / "model.pth")
     for k in a:
         np.testing.assert_array_equal(a[k].numpy(), b[k].numpy(), err_msg=k)
-    assert [h["train"] for h in _history(straight)] == [h["train"] for h in _history(resumed)]
-    assert [h["valid"] for h in _history(straight)] == [h["valid"] for h in _history(resumed)]
+    assert [h["train"] for h in _history(straight, "demucs")] == [h["train"] for h in _history(resumed, "demucs")]
+    assert [h["valid"] for h in _history(straight, "demucs")] == [h["valid"] for h in _history(resumed, "demucs")]
+
+
+def test_targets_train_into_one_folder(tiny_root, tmp_path):
+    """``--target drums`` after ``--target vocals`` into the same ``--out`` (one step each, a small Open-Unmix from
+    ``--init``): a new run, no ``--force``; both targets' files and checkpoints stay side by side; the same target
+    again is refused without ``--resume`` / ``--force``; a checkpoint of the older layout (``checkpoint-torch/``)
+    still resumes, and the run goes on there."""
+    from core_spec.canonical import load_canonical, save_canonical
+    from core_spec.configs import UMXConfig
+    from core_spec.training import initial_weights
+    from unmix.train_torch import main
+
+    config = UMXConfig(nb_bins=257, nb_channels=2, hidden_size=16, nb_layers=2, max_bin=64)
+    init = tmp_path / "small"
+    save_canonical(init, initial_weights(config, 3), config)
+    out = tmp_path / "run"
+    options = (*UMX_SMOKE, "--init", str(init), "--valid-tracks", "1")
+    small = (*options, "--max-steps", "1")
+    assert main(_args(tiny_root, out, *small, "--target", "vocals")) == 0
+    vocals = (out / "vocals.safetensors").read_bytes()
+    assert main(_args(tiny_root, out, *small, "--target", "drums")) == 0  # no --force
+    assert (out / "vocals.safetensors").read_bytes() == vocals  # the first run's files are left alone
+    files = (".safetensors", ".json", "-torch.pth", "-torch.json")  # canonical and native best models
+    expected = {f"{t}{suffix}" for t in ("vocals", "drums") for suffix in files}
+    expected |= {"checkpoint-vocals-torch", "checkpoint-drums-torch"}
+    assert {p.name for p in out.iterdir()} == expected
+    for target in ("vocals", "drums"):
+        _, file_config, provenance = load_canonical(out / target)
+        assert file_config == config and provenance["recipe"]["target"] == target
+        state = json.loads((out / f"checkpoint-{target}-torch" / "state.json").read_text())
+        assert state["name"] == target and state["step"] == 1
+    assert main(_args(tiny_root, out, *small, "--target", "drums")) == 2  # its results: --resume or --force
+
+    (out / "checkpoint-drums-torch").rename(out / "checkpoint-torch")  # a run folder of the older layout
+    assert main(_args(tiny_root, out, *options, "--target", "drums", "--max-steps", "2", "--resume")) == 0
+    state = json.loads((out / "checkpoint-torch" / "state.json").read_text())
+    assert state["name"] == "drums" and state["step"] == 2 and not (out / "checkpoint-drums-torch").exists()
 
 
 def test_data_parallel_training_run(tiny_root, tmp_path):
@@ -263,7 +300,7 @@ def test_data_parallel_training_run(tiny_root, tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
     assert main(_args(tiny_root, one, *DEMUCS_SMOKE, "--max-steps", "2")) == 0
     assert main(_args(tiny_root, two, *DEMUCS_SMOKE, "--max-steps", "2", "--devices", "2")) == 0
-    (h1,), (h2,) = _history(one), _history(two)
+    (h1,), (h2,) = _history(one, "demucs"), _history(two, "demucs")
     assert h1["steps"] == h2["steps"] == 2
     for key in ("train", "valid"):
         check(np.asarray(h2[key]), np.asarray(h1[key]), "train.loss", "float32", "cpu", what=f"DDP {key} loss")

@@ -253,7 +253,7 @@ def test_training_writes_a_canonical_model(lab: Lab, model: str, framework: str)
     assert config == init_config
     assert provenance["framework"] == framework and provenance["step"] == STEPS, provenance
     assert list(out.glob(f"{name}-{framework}.*")), sorted(p.name for p in out.iterdir())
-    assert (out / f"checkpoint-{framework}" / "state.json").exists()
+    assert (out / f"checkpoint-{name}-{framework}" / "state.json").exists()
     assert weights.keys() == init.keys()
     assert all(np.all(np.isfinite(w)) for w in weights.values())
     moved = [k for k in weights if not np.array_equal(weights[k], init[k])]
