@@ -240,7 +240,9 @@ def _source_kind(path: Path) -> tuple[str, Path]:
         if isinstance(config, UMXConfig):
             return "targets", path
         models.append(p)
-    upstream = [p for p in path.iterdir() if p.suffix in (".pth", ".th") and not p.name.startswith(".")]
+    # a run folder's native twin of its model (demucs-torch.pth beside demucs.safetensors) is the same model
+    natives = tuple(f"{m.name[: -len(_CANONICAL)]}-" for m in models)
+    upstream = [p for p in path.iterdir() if p.suffix in (".pth", ".th") and not p.name.startswith((".", *natives))]
     if len(models) == 1 and not upstream:
         return "model", models[0]
     return "upstream", path
