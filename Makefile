@@ -1,5 +1,6 @@
 # unmix-ports: two environments, one suite.
-#   make setup   create .venv (Python 3.11) and .venv-nnabla (Python 3.10), install the project into both, provide ffmpeg
+#   make setup   create .venv (Python 3.11) and .venv-nnabla (Python 3.10), install the project into both, the
+#                demucs 4.1.0 oracle into .oracle-demucs4, provide ffmpeg
 #   make test    the whole suite in both environments (fails if either fails or the NNabla run executes no test)
 #   make demo    separate the stempeg example clip and print the SDR table
 #   make lint    ruff
@@ -17,6 +18,7 @@ VENV     := .venv
 NNVENV   := .venv-nnabla
 PY       := $(VENV)/bin/python
 NNPY     := $(NNVENV)/bin/python
+ORACLE4  := .oracle-demucs4
 PYTEST_ARGS ?=
 
 export TF_CPP_MIN_LOG_LEVEL := 2
@@ -32,9 +34,9 @@ find_python = $(firstword $(shell \
 .PHONY: help setup test test-main test-nnabla test-docs docs docs-serve demo lint fixtures ffmpeg clean gpu-check bench bench-quick
 
 help:
-	@sed -n '2,9p' Makefile
+	@sed -n '2,10p' Makefile
 
-setup: $(VENV)/.installed $(VENV)/.docs-installed $(NNVENV)/.installed ffmpeg
+setup: $(VENV)/.installed $(VENV)/.docs-installed $(ORACLE4)/.installed $(NNVENV)/.installed ffmpeg
 
 $(VENV)/.installed: requirements/main.txt requirements/oracles.txt pyproject.toml
 	@py=$(call find_python,3.11); \
@@ -50,6 +52,14 @@ $(VENV)/.installed: requirements/main.txt requirements/oracles.txt pyproject.tom
 # the documentation site's pins (requirements/docs.txt), on top of the main environment
 $(VENV)/.docs-installed: requirements/docs.txt $(VENV)/.installed
 	$(PY) -m pip install -q -r requirements/docs.txt $(QUIET_PIP)
+	@touch $@
+
+# The Demucs v4 oracle (demucs 4.1.0, the module 'demucs' like 2.0.3): a --target folder, not an environment,
+# put first on PYTHONPATH of a subprocess of .venv's Python by parity_tests/oracle4.py. Rebuilt from scratch
+# (pip --target does not replace what a folder holds).
+$(ORACLE4)/.installed: requirements/oracle4.txt $(VENV)/.installed
+	rm -rf $(ORACLE4)
+	$(PY) -m pip install -q --no-deps --target $(ORACLE4) -r requirements/oracle4.txt $(QUIET_PIP)
 	@touch $@
 
 $(NNVENV)/.installed: requirements/nnabla.txt pyproject.toml
@@ -142,4 +152,4 @@ gpu-check:
 	bash scripts/gpu_check.sh --device $(or $(DEVICE),gpu) $(if $(WHEELS),--wheels $(WHEELS)) --python $(or $(GPU_PYTHON),python3) $(or $(OUT),out/gpu-check)
 
 clean:
-	rm -rf $(VENV) $(NNVENV) out parity_tests/report site build/book
+	rm -rf $(VENV) $(NNVENV) $(ORACLE4) out parity_tests/report site build/book

@@ -4,7 +4,8 @@ Every port builds its models from these dataclasses, and every canonical weight 
 beside its arrays, so that a file is self-describing (the idea of demucs's ``capture_init``).
 
 Open-Unmix presets follow ``openunmix/__init__.py`` of openunmix 1.3.0; Demucs presets follow
-``demucs/pretrained.py`` of demucs 2.0.3 (branch ``v2``).
+``demucs/pretrained.py`` of demucs 2.0.3 (branch ``v2``); HTDemucs (v4) presets follow the kwargs of the released
+demucs 4.x checkpoints and the bag yamls of ``demucs/remote`` (``../shared/reference/htdemucs-notes.md`` §1.1, §3.3).
 """
 
 from __future__ import annotations
@@ -13,14 +14,18 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 import numpy as np
 
 __all__ = [
     "DEMUCS_PRESETS",
+    "HTDEMUCS_PRESETS",
     "UMX_PRESETS",
+    "BagConfig",
     "DemucsConfig",
+    "HTDemucsConfig",
     "STFTConfig",
     "SeparatorConfig",
     "UMXConfig",
@@ -33,6 +38,8 @@ __all__ = [
     "config_to_json",
     "constructor_kwargs",
     "demucs_preset",
+    "htdemucs_preset",
+    "segment_fraction",
     "umx_preset",
 ]
 
@@ -250,6 +257,230 @@ DEMUCS_PRESETS: dict[str, DemucsConfig] = {
 }
 
 
+def segment_fraction(value: Any) -> Fraction:
+    """A segment length in seconds as an exact :class:`~fractions.Fraction`.
+
+    Accepts a ``Fraction``, an int, a ``(numerator, denominator)`` pair (how configs store it, so that JSON round
+    trips), a string (``"39/5"``, ``"7.8"``) or a float (read through its shortest repr: ``7.8`` -> ``39/5``).
+    """
+    if isinstance(value, bool):
+        raise TypeError(f"a segment is a number of seconds, not {value!r}")
+    if isinstance(value, Fraction | int):
+        return Fraction(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"a segment must be finite, got {value}")
+        return Fraction(repr(value))
+    if isinstance(value, str):
+        return Fraction(value)
+    if isinstance(value, tuple | list) and len(value) == 2 and all(type(v) is int for v in value):
+        return Fraction(value[0], value[1])
+    raise TypeError(f"cannot read a segment from {value!r}: give a Fraction, int, (num, den), str or float")
+
+
+def _fraction_pair(value: Any) -> tuple[int, int]:
+    f = segment_fraction(value)
+    if f <= 0:
+        raise ValueError(f"a segment must be positive, got {f}")
+    return (f.numerator, f.denominator)
+
+
+@dataclass(frozen=True)
+class HTDemucsConfig:
+    """Constructor arguments of ``demucs.htdemucs.HTDemucs`` of demucs 4.1.0 (Hybrid Transformer Demucs, v4).
+
+    Every argument of the constructor, under its name, with the constructor's default (so that a checkpoint's
+    ``kwargs`` read with :func:`config_from_arguments` mean what they mean upstream: a missing key takes upstream's
+    default). The released models differ from these defaults (``dconv_mode`` 3, ``bottom_channels`` 512 for
+    ``htdemucs``, a 7.8-s segment): see :data:`HTDEMUCS_PRESETS`.
+
+    ``segment`` (seconds; upstream a ``fractions.Fraction``) is stored as an exact ``(numerator, denominator)``
+    pair so that JSON round trips; it accepts what :func:`segment_fraction` reads. :attr:`segment_fraction` gives
+    the ``Fraction`` back, and :func:`constructor_kwargs` passes it as one. ``multi_freqs`` and
+    ``t_cape_glob_loc_scale`` are tuples here, lists upstream.
+    """
+
+    sources: tuple[str, ...] = ("drums", "bass", "other", "vocals")
+    # channels
+    audio_channels: int = 2
+    channels: int = 48
+    channels_time: int | None = None
+    growth: float = 2
+    # STFT
+    nfft: int = 4096
+    wiener_iters: int = 0
+    end_iters: int = 0
+    wiener_residual: bool = False
+    cac: bool = True
+    # main structure
+    depth: int = 4
+    rewrite: bool = True
+    # frequency branch
+    multi_freqs: tuple[float, ...] | None = None
+    multi_freqs_depth: int = 3
+    freq_emb: float = 0.2
+    emb_scale: float = 10
+    emb_smooth: bool = True
+    # convolutions
+    kernel_size: int = 8
+    time_stride: int = 2
+    stride: int = 4
+    context: int = 1
+    context_enc: int = 0
+    # normalisation
+    norm_starts: int = 4
+    norm_groups: int = 4
+    # DConv residual branch
+    dconv_mode: int = 1
+    dconv_depth: int = 2
+    dconv_comp: float = 8
+    dconv_init: float = 1e-3
+    # before the transformer
+    bottom_channels: int = 0
+    # cross-transformer
+    t_layers: int = 5
+    t_emb: str = "sin"
+    t_hidden_scale: float = 4.0
+    t_heads: int = 8
+    t_dropout: float = 0.0
+    t_max_positions: int = 10000
+    t_norm_in: bool = True
+    t_norm_in_group: bool = False
+    t_group_norm: bool = False
+    t_norm_first: bool = True
+    t_norm_out: bool = True
+    t_max_period: float = 10000.0
+    t_weight_decay: float = 0.0
+    t_lr: float | None = None
+    t_layer_scale: bool = True
+    t_gelu: bool = True
+    t_weight_pos_embed: float = 1.0
+    t_sin_random_shift: int = 0
+    t_cape_mean_normalize: bool = True
+    t_cape_augment: bool = True
+    t_cape_glob_loc_scale: tuple[float, ...] = (5000.0, 1.0, 1.4)
+    t_sparse_self_attn: bool = False
+    t_sparse_cross_attn: bool = False
+    t_mask_type: str = "diag"
+    t_mask_random_seed: int = 42
+    t_sparse_attn_window: int = 500
+    t_global_window: int = 100
+    t_sparsity: float = 0.95
+    t_auto_sparsity: bool = False
+    t_cross_first: bool = False
+    # weight init (training only)
+    rescale: float = 0.1
+    # metadata
+    samplerate: int = 44100
+    segment: tuple[int, int] = (10, 1)
+    use_train_segment: bool = True
+
+    kind: str = field(default="htdemucs", init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sources", tuple(self.sources))
+        object.__setattr__(self, "segment", _fraction_pair(self.segment))
+        if self.multi_freqs is not None:
+            object.__setattr__(self, "multi_freqs", tuple(self.multi_freqs))
+        object.__setattr__(self, "t_cape_glob_loc_scale", tuple(self.t_cape_glob_loc_scale))
+        if not self.sources:
+            raise ValueError("an HTDemucs needs at least one source")
+        if self.dconv_mode not in (0, 1, 2, 3):
+            raise ValueError(f"dconv_mode must be 0, 1, 2 or 3 (bit 1: encoder, bit 2: decoder), got {self.dconv_mode}")
+        if self.t_emb not in ("sin", "cape", "scaled"):
+            raise ValueError(f"t_emb must be 'sin', 'cape' or 'scaled', got {self.t_emb!r}")
+
+    @property
+    def segment_fraction(self) -> Fraction:
+        """The training segment in seconds, exactly (upstream's ``model.segment``)."""
+        return Fraction(*self.segment)
+
+    @property
+    def segment_samples(self) -> int:
+        """``int(segment * samplerate)``: the length every forward runs at (343 980 for 39/5 s at 44.1 kHz)."""
+        return int(self.segment_fraction * self.samplerate)
+
+    @property
+    def hop_length(self) -> int:
+        """STFT hop: ``nfft // 4``."""
+        return self.nfft // 4
+
+    @property
+    def transformer_channels(self) -> int:
+        """Width of the cross-transformer: ``bottom_channels``, else the innermost encoder's channels."""
+        return self.bottom_channels or int(self.channels * self.growth ** (self.depth - 1))
+
+
+@dataclass(frozen=True)
+class BagConfig:
+    """A bag of models (``demucs.apply.BagOfModels`` of demucs 4.x, a ``demucs/remote/*.yaml``).
+
+    ``weights``: one row per model, one weight per source (``None``: all ones, upstream's default); each source's
+    estimate is the weighted mean of the models' estimates. ``segment``: the yaml's ``segment`` in seconds, stored
+    like :attr:`HTDemucsConfig.segment`, or ``None`` (the models' own). Every model has the same sources, sample
+    rate and audio channels.
+    """
+
+    models: tuple[HTDemucsConfig, ...]
+    weights: tuple[tuple[float, ...], ...] | None = None
+    segment: tuple[int, int] | None = None
+
+    kind: str = field(default="bag", init=False)
+
+    def __post_init__(self) -> None:
+        models = tuple(self.models)
+        object.__setattr__(self, "models", models)
+        if not models:
+            raise ValueError("a bag needs at least one model")
+        first = models[0]
+        for index, model in enumerate(models[1:], 1):
+            for name in ("sources", "samplerate", "audio_channels"):
+                if getattr(model, name) != getattr(first, name):
+                    raise ValueError(
+                        f"bag model {index} has {name}={getattr(model, name)!r}, model 0 {getattr(first, name)!r}"
+                    )
+        if self.weights is not None:
+            weights = tuple(tuple(float(w) for w in row) for row in self.weights)
+            if len(weights) != len(models) or any(len(row) != len(first.sources) for row in weights):
+                raise ValueError(
+                    f"bag weights must be {len(models)} rows of {len(first.sources)} (one per source), got "
+                    f"{[len(row) for row in weights]}"
+                )
+            object.__setattr__(self, "weights", weights)
+        if self.segment is not None:
+            object.__setattr__(self, "segment", _fraction_pair(self.segment))
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        return self.models[0].sources
+
+    @property
+    def samplerate(self) -> int:
+        return self.models[0].samplerate
+
+    def source_weights(self) -> tuple[tuple[float, ...], ...]:
+        """The weights, all ones where none are given."""
+        return self.weights or tuple((1.0,) * len(self.sources) for _ in self.models)
+
+
+HTDEMUCS_SOURCES_6 = ("drums", "bass", "other", "vocals", "guitar", "piano")
+
+# The released kwargs (notes §1.1): the conf's ``htdemucs`` section with the mmi grid's overrides (``dconv_mode``
+# 3, ``t_dropout`` 0.02, training only); ``bottom_channels`` 512 for htdemucs and its fine-tunes, 0 for 6s (a
+# 384-wide transformer); segment 39/5 s. A real checkpoint's kwargs are always read from the file.
+_HTDEMUCS_RELEASED = HTDemucsConfig(dconv_mode=3, bottom_channels=512, t_dropout=0.02, segment=(39, 5))
+
+HTDEMUCS_PRESETS: dict[str, HTDemucsConfig | BagConfig] = {
+    "htdemucs": _HTDEMUCS_RELEASED,
+    # four per-source fine-tunes of htdemucs (drums, bass, other, vocals), each contributing only its own stem
+    "htdemucs_ft": BagConfig(
+        models=(_HTDEMUCS_RELEASED,) * 4,
+        weights=tuple(tuple(float(i == j) for j in range(4)) for i in range(4)),
+    ),
+    "htdemucs_6s": dataclasses.replace(_HTDEMUCS_RELEASED, sources=HTDEMUCS_SOURCES_6, bottom_channels=0),
+}
+
+
 def umx_preset(name: str) -> UMXSeparatorConfig:
     try:
         return UMX_PRESETS[name]
@@ -264,16 +495,29 @@ def demucs_preset(name: str) -> DemucsConfig:
         raise KeyError(f"unknown Demucs preset {name!r}; known: {sorted(DEMUCS_PRESETS)}") from None
 
 
+def htdemucs_preset(name: str) -> HTDemucsConfig | BagConfig:
+    """An HTDemucs (v4) preset: a model config, or a :class:`BagConfig` for ``htdemucs_ft``."""
+    try:
+        return HTDEMUCS_PRESETS[name]
+    except KeyError:
+        raise KeyError(f"unknown HTDemucs preset {name!r}; known: {sorted(HTDEMUCS_PRESETS)}") from None
+
+
 # --- constructor arguments ---------------------------------------------------------------------------------
 
 
-def constructor_kwargs(config: UMXConfig | DemucsConfig) -> dict[str, Any]:
+def constructor_kwargs(config: UMXConfig | DemucsConfig | HTDemucsConfig) -> dict[str, Any]:
     """The model constructor's keyword arguments of ``config``: upstream's argument names and values.
 
-    ``OpenUnmix(**constructor_kwargs(umx_config))`` and ``Demucs(**constructor_kwargs(demucs_config))`` build the
-    model in every port and in upstream (``kind`` is not an argument).
+    ``OpenUnmix(**constructor_kwargs(umx_config))``, ``Demucs(**constructor_kwargs(demucs_config))`` and
+    ``HTDemucs(**constructor_kwargs(htdemucs_config))`` build the model in every port and in upstream (``kind`` is
+    not an argument). For HTDemucs the values are upstream's types: ``segment`` a ``Fraction``, sequences lists.
     """
-    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+    kwargs = {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.init}
+    if isinstance(config, HTDemucsConfig):
+        kwargs = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+        kwargs["segment"] = config.segment_fraction
+    return kwargs
 
 
 def config_from_arguments(cls: type, arguments: dict[str, Any]) -> Any:
@@ -292,6 +536,8 @@ _CLASSES = {
     "SeparatorConfig": SeparatorConfig,
     "UMXSeparatorConfig": UMXSeparatorConfig,
     "DemucsConfig": DemucsConfig,
+    "HTDemucsConfig": HTDemucsConfig,
+    "BagConfig": BagConfig,
 }
 
 
