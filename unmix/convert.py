@@ -28,10 +28,10 @@ from pathlib import Path
 from typing import Any
 
 from core_spec.canonical import canonical_paths, load_canonical, save_canonical
-from core_spec.configs import UMX_PRESETS, DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import UMX_PRESETS, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
 from core_spec.params import nb_parameters
 from weights_convert.errors import ConversionError, OutputExistsError
-from weights_convert.sources import Converted, SourceFile, preset_config, read_upstream, sha256_file
+from weights_convert.sources import Converted, SourceFile, hub_metadata, preset_config, read_upstream, sha256_file
 
 from . import export_upstream
 from .convert_targets import framework, save_native
@@ -89,13 +89,17 @@ class Report:
             out.append(f"config    {c.config_line}")
         elif c.preset:
             out.append(f"preset    {c.preset} (given; the file was checked against it)")
+        elif isinstance(c.config, HTDemucsConfig):  # a v4 file records its constructor arguments
+            matched = f"; they are preset {', '.join(c.matched_presets)}'s" if c.matched_presets else ""
+            out.append(f"preset    none given; config from the file's constructor arguments{matched}")
         elif c.matched_presets:
             out.append(f"preset    none given; the shapes match {', '.join(c.matched_presets)}")
         else:
             out.append("preset    none given; config inferred from the shapes")
         counts = ", ".join(f"{k} {v:,}" for k, v in self.parameters.items())
         extra = f"; total {self.total_parameters:,}" if len(self.parameters) > 1 else ""
-        out.append(f"values    {counts}{extra} (parameters and BatchNorm statistics, float32)")
+        what = "parameters" if isinstance(c.config, HTDemucsConfig) else "parameters and BatchNorm statistics"
+        out.append(f"values    {counts}{extra} ({what}, float32)")
         dtypes = ", ".join(f"{n} x {k}" for k, n in sorted(c.source_dtypes.items()))
         out.append(f"dtypes    source tensors: {dtypes}")
         for note in c.notes:
@@ -119,7 +123,14 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} B"
 
 
-def describe(config: UMXSeparatorConfig | DemucsConfig) -> str:
+def describe(config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig) -> str:
+    if isinstance(config, HTDemucsConfig):
+        return (
+            f"HTDemucs (v4), sources {', '.join(config.sources)}: channels {config.channels}, depth {config.depth}, "
+            f"nfft {config.nfft}, dconv_mode {config.dconv_mode}, bottom_channels {config.bottom_channels}, "
+            f"transformer {config.transformer_channels} wide x {config.t_layers} layers, segment "
+            f"{config.segment_fraction} s, {config.samplerate} Hz"
+        )
     if isinstance(config, UMXSeparatorConfig):
         m, s = config.model, config.separator
         lstm = f"{m.nb_layers} {'uni' if m.unidirectional else 'bi'}directional LSTM layers"
@@ -136,9 +147,11 @@ def describe(config: UMXSeparatorConfig | DemucsConfig) -> str:
     )
 
 
-def parameter_counts(config: UMXSeparatorConfig | DemucsConfig) -> dict[str, int]:
+def parameter_counts(config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig) -> dict[str, int]:
     if isinstance(config, UMXSeparatorConfig):
         return {t: nb_parameters(config.model) for t in config.separator.targets}
+    if isinstance(config, HTDemucsConfig):
+        return {"htdemucs": nb_parameters(config)}
     return {"demucs": nb_parameters(config)}
 
 
@@ -225,6 +238,8 @@ def _canonical_file(path: Path) -> Path | None:
 def _source_kind(path: Path) -> tuple[str, Path]:
     """``("targets", path)``, ``("model", canonical file)`` or ``("upstream", path)`` for a single source."""
     st_path = _canonical_file(path)
+    if st_path is not None and hub_metadata(st_path) is not None:  # demucs 4.1.0's hub layout: upstream
+        return "upstream", st_path
     if st_path is not None:
         return ("targets" if isinstance(read_config(st_path), UMXConfig) else "model"), st_path
     if not path.is_dir():

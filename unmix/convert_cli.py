@@ -7,6 +7,7 @@ Examples::
     unmix-convert path/to/open-unmix-model/ --out mymodel             # folder written by scripts/train.py
     unmix-convert demucs-e07c671f.th --out demucs --to torch          # also write the PyTorch state dict
     unmix-convert demucs_quantized-07afea75.th --model demucs_quantized   # needs torch + diffq + demucs
+    unmix-convert 955717e8-8726e21a.th -m htdemucs -o htdemucs          # demucs 4.x package (HTDemucs, v4)
     unmix-convert run_vocals run_drums -o mine                        # unmix-train targets -> one separator
     unmix-convert mine.safetensors --export openunmix -o mine_umx     # -> umx --model mine_umx (needs torch)
     unmix-convert run_demucs --export demucs -o models/mine.th        # -> demucs.separate --models models -n mine
@@ -22,7 +23,7 @@ import sys
 import warnings
 from collections.abc import Sequence
 
-from core_spec.configs import DEMUCS_PRESETS, UMX_PRESETS
+from core_spec.configs import DEMUCS_PRESETS, HTDEMUCS_PRESETS, UMX_PRESETS
 from unmix.convert import convert
 from unmix.convert_targets import FRAMEWORKS
 from unmix.export_upstream import FORMATS
@@ -36,11 +37,12 @@ def _list(text: str) -> list[str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    presets = sorted([*UMX_PRESETS, *DEMUCS_PRESETS, *PRESET_ALIASES])
+    presets = sorted([*UMX_PRESETS, *DEMUCS_PRESETS, *HTDEMUCS_PRESETS, *PRESET_ALIASES])
     parser = argparse.ArgumentParser(
         prog="unmix-convert",
         description=(
-            "Convert upstream Open-Unmix / Demucs v2 weights (a .pth/.th file or an openunmix model folder) to the "
+            "Convert upstream Open-Unmix / Demucs v2 / HTDemucs (v4) weights (a .pth/.th file, a demucs 4.1.0 hub "
+            "<sig>.safetensors or an openunmix model folder) to the "
             "canonical format (<out>.safetensors + <out>.json), without PyTorch; optionally also to a framework's "
             "own format. Loading never runs code from the file. Open-Unmix target networks in the canonical format "
             "(unmix-train run folders, <target>.safetensors files) are joined into one separator file. --export "

@@ -45,7 +45,14 @@ from typing import Any
 import numpy as np
 
 from core_spec.canonical import per_target
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, bandwidth_to_max_bin, constructor_kwargs
+from core_spec.configs import (
+    DemucsConfig,
+    HTDemucsConfig,
+    UMXConfig,
+    UMXSeparatorConfig,
+    bandwidth_to_max_bin,
+    constructor_kwargs,
+)
 from core_spec.files import atomic_write
 from weights_convert.errors import ConversionError, OutputExistsError
 
@@ -91,6 +98,8 @@ def describe_kind(config: Any) -> str:
         return "one Open-Unmix target network"
     if isinstance(config, DemucsConfig):
         return f"a Demucs v2 model (sources {', '.join(config.sources)})"
+    if isinstance(config, HTDemucsConfig):
+        return f"an HTDemucs (v4) model (sources {', '.join(config.sources)})"
     return f"a {type(config).__name__}"
 
 

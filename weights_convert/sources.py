@@ -14,6 +14,15 @@ Understood (each read with :mod:`weights_convert.torch_pickle`, no torch needed 
   ``demucs_unittest-09ebc15f.th``): ``Demucs.state_dict()``, float32 or float16 (upcast exactly).
 - **demucs package** (``demucs.utils.save_model``): ``{'klass': demucs.model.Demucs (recorded by name),
   'args', 'kwargs', 'state', 'training_args'}``; the config comes from ``args``/``kwargs``.
+- **demucs 4.x package of HTDemucs** (``demucs.states.serialize_model``, ``955717e8-8726e21a.th``,
+  ``5c90dfd2-34c22ccb.th``): ``{'klass': demucs.htdemucs.HTDemucs (recorded by name), 'args', 'kwargs' (with a
+  ``fractions.Fraction`` segment), 'state' (float16), 'training_args' (plain containers)}``; every constructor
+  argument maps to :class:`~core_spec.configs.HTDemucsConfig` (an argument it does not know is an error).
+- **4.1.0's hub layout** (``<sig>.safetensors`` of ``adefossez/HTDemucs``...): the state as tensors, ``klass``,
+  ``args`` and ``kwargs`` as JSON in the metadata, a Fraction as ``{"_type": "fraction", "numerator",
+  "denominator"}``. Read with ``safetensors`` (NumPy), no pickle.
+- Packages of the demucs 3.x/4.x models not ported yet (``demucs.hdemucs.HDemucs``, the v3
+  ``demucs.demucs.Demucs``) are refused naming the class.
 - **diffq-quantized state** (``demucs_quantized-07afea75.th``: ``{'compressed': zlib(torch.save(quantized
   state))}``, and packages whose ``state`` is such a dict): dequantized through diffq's own API when torch,
   diffq and demucs are importable (:func:`dequantize_demucs`), otherwise a :class:`ConversionError` says what to
@@ -30,6 +39,7 @@ missing, unexpected and mis-shaped key with both shapes).
 from __future__ import annotations
 
 import dataclasses
+import fractions
 import glob
 import hashlib
 import json
@@ -47,8 +57,11 @@ import numpy as np
 from core_spec.canonical import join_targets
 from core_spec.configs import (
     DEMUCS_PRESETS,
+    HTDEMUCS_PRESETS,
     UMX_PRESETS,
+    BagConfig,
     DemucsConfig,
+    HTDemucsConfig,
     SeparatorConfig,
     STFTConfig,
     UMXConfig,
@@ -64,6 +77,7 @@ __all__ = [
     "Converted",
     "SourceFile",
     "dequantize_demucs",
+    "htdemucs_config_from_call",
     "infer_demucs_config",
     "infer_umx_config",
     "preset_config",
@@ -77,6 +91,12 @@ PRESET_ALIASES = {"demucs_quantized": "demucs"}
 _DEMUCS_UNRECORDED = ("stride", "resample", "normalize", "samplerate", "segment_length", "rescale")
 _HASH_SUFFIX = re.compile(r"^(?P<target>.+?)[-_](?P<hash>[0-9a-f]{8})$")
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
+HTDEMUCS_CLASS = "demucs.htdemucs.HTDemucs"
+# Model classes of demucs 3.x/4.x packages that this project does not port yet.
+_NOT_SUPPORTED_YET = {
+    "demucs.hdemucs.HDemucs": "HDemucs (Hybrid Demucs, demucs v3)",
+    "demucs.demucs.Demucs": "the v3 time-domain Demucs of demucs 3.x/4.x (not the demucs 2.0.x demucs.model.Demucs)",
+}
 
 Progress = Callable[[int], Any]
 
@@ -106,7 +126,7 @@ class Converted:
     """An upstream model read back: canonical float32 weights, the config, where they came from."""
 
     weights: dict[str, np.ndarray]
-    config: UMXSeparatorConfig | DemucsConfig
+    config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig
     source: Path
     kind: str
     files: list[SourceFile]
@@ -144,15 +164,29 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
 # --- presets ---------------------------------------------------------------------------------------------------
 
 
-def preset_config(name: str) -> UMXSeparatorConfig | DemucsConfig:
-    """The config of a preset name (``umxhq``, ``umxse``, ``demucs``, ``demucs_unittest``, ``demucs_quantized``...)."""
+def preset_config(name: str) -> UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig:
+    """The config of a preset name (``umxhq``, ``umxse``, ``demucs``, ``demucs_unittest``, ``demucs_quantized``,
+    ``htdemucs``, ``htdemucs_6s``, ``htdemucs_ft`` (a bag)...)."""
     name = PRESET_ALIASES.get(name, name)
     if name in UMX_PRESETS:
         return UMX_PRESETS[name]
     if name in DEMUCS_PRESETS:
         return DEMUCS_PRESETS[name]
-    known = sorted([*UMX_PRESETS, *DEMUCS_PRESETS, *PRESET_ALIASES])
+    if name in HTDEMUCS_PRESETS:
+        return HTDEMUCS_PRESETS[name]
+    known = sorted([*UMX_PRESETS, *DEMUCS_PRESETS, *HTDEMUCS_PRESETS, *PRESET_ALIASES])
     raise ConversionError(f"unknown model preset {name!r}; known: {', '.join(known)}")
+
+
+def preset_kind(config: Any) -> str:
+    """How a preset's family is named in messages (``an Open-Unmix preset``...)."""
+    if isinstance(config, UMXSeparatorConfig):
+        return "an Open-Unmix preset"
+    if isinstance(config, DemucsConfig):
+        return "a Demucs preset (v2, demucs 2.0.x)"
+    if isinstance(config, BagConfig):
+        return f"a bag preset of {len(config.models)} HTDemucs models (demucs v4)"
+    return "an HTDemucs preset (demucs v4)"
 
 
 def _matching_presets(config: UMXConfig | DemucsConfig) -> list[str]:
@@ -424,7 +458,7 @@ def _umx_model_for(
     if preset is not None:
         config = preset_config(preset)
         if not isinstance(config, UMXSeparatorConfig):
-            raise ConversionError(f"--model {preset} is a Demucs preset, but {name} holds an Open-Unmix model")
+            raise ConversionError(f"--model {preset} is {preset_kind(config)}, but {name} holds an Open-Unmix model")
         model = config.model
     else:
         model = infer_umx_config(state, name)
@@ -603,7 +637,10 @@ def _demucs_preset(preset: str | None, name: str) -> DemucsConfig | None:
         return None
     config = preset_config(preset)
     if not isinstance(config, DemucsConfig):
-        raise ConversionError(f"--model {preset} is an Open-Unmix preset, but {name} holds a Demucs model")
+        raise ConversionError(
+            f"--model {preset} is {preset_kind(config)}, but {name} holds a demucs 2.0.x Demucs "
+            "(demucs.model.Demucs, v2); pass a Demucs v2 preset or none"
+        )
     return config
 
 
@@ -782,12 +819,20 @@ def _read_demucs(obj: dict[str, Any], info: SourceFile, preset: str | None) -> C
     notes: list[str] = []
     dtypes: dict[str, int] = {}
     name = info.path.name
+    if "klass" in obj and "state" in obj:
+        qualname = _klass_name(obj["klass"])
+        if qualname == HTDEMUCS_CLASS:
+            return _read_htdemucs(obj, info, preset, "demucs 4.x package (HTDemucs)")
+        if qualname in _NOT_SUPPORTED_YET:
+            raise ConversionError(
+                f"{name} is a demucs package of {qualname}, {_NOT_SUPPORTED_YET[qualname]}: not supported yet "
+                f"(this project reads demucs.model.Demucs (demucs 2.0.x) and {HTDEMUCS_CLASS} (v4) packages)"
+            )
     config = _demucs_preset(preset, name)
     state: Any = obj
     quantizer: dict[str, Any] | None = None
     if "klass" in obj and "state" in obj:
-        klass = obj["klass"]
-        qualname = klass.qualname if isinstance(klass, GlobalRef) else repr(klass)
+        qualname = _klass_name(obj["klass"])
         if qualname != "demucs.model.Demucs":
             raise ConversionError(
                 f"{name} is a demucs package of {qualname}: only demucs.model.Demucs (demucs 2.0.x, the v2 waveform "
@@ -823,6 +868,159 @@ def _read_demucs(obj: dict[str, Any], info: SourceFile, preset: str | None) -> C
     return Converted(weights, config, info.path, kind, [info], preset, matched, notes, dtypes)
 
 
+# --- HTDemucs (demucs v4) ---------------------------------------------------------------------------------------
+
+
+def _klass_name(klass: Any) -> str:
+    if isinstance(klass, GlobalRef):
+        return klass.qualname
+    if isinstance(klass, str):  # the hub layout records it as a string
+        return klass
+    return repr(klass)
+
+
+def _plain_argument(value: Any) -> bool:
+    """A constructor argument as ``capture_init`` records it: a number, string, None, Fraction or a flat list."""
+    scalar = (bool, int, float, str, fractions.Fraction, type(None))
+    if isinstance(value, (list, tuple)):
+        return all(isinstance(v, scalar) and v is not None for v in value)
+    return isinstance(value, scalar)
+
+
+def htdemucs_config_from_call(args: Any, kwargs: Any, name: str = "package") -> HTDemucsConfig:
+    """``HTDemucs(*args, **kwargs)`` as ``capture_init`` recorded it -> :class:`HTDemucsConfig`.
+
+    Every argument is mapped under its name (positional ones in the constructor's order); one that demucs 4.1.0's
+    ``HTDemucs`` does not take is an error naming it (upstream's ``load_model`` would drop it with a warning), and
+    so is a value that is not a plain number, string, ``Fraction`` or list.
+    """
+    if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
+        raise ConversionError(f"{name}: package 'args' must be a tuple and 'kwargs' a dict")
+    names = [f.name for f in dataclasses.fields(HTDemucsConfig) if f.init]
+    if len(args) > len(names):
+        raise ConversionError(f"{name}: {len(args)} positional constructor arguments, HTDemucs takes {len(names)}")
+    values = dict(zip(names, args))
+    unknown = [k for k in kwargs if k not in names]
+    if unknown:
+        shown = ", ".join(f"{k}={kwargs[k]!r}" if isinstance(k, str) else repr(k) for k in unknown)
+        raise ConversionError(
+            f"{name}: constructor argument(s) {shown} unknown to demucs 4.1.0's {HTDEMUCS_CLASS}: this file comes "
+            "from another version of demucs, which this converter does not know"
+        )
+    for key, value in kwargs.items():
+        if key in values:
+            raise ConversionError(f"{name}: constructor argument {key!r} given twice")
+        values[key] = value
+    bad = [f"{k}={v!r:.80}" for k, v in values.items() if not _plain_argument(v)]
+    if bad:
+        raise ConversionError(f"{name}: constructor argument(s) {', '.join(bad)} are not plain values")
+    if "sources" not in values:
+        raise ConversionError(f"{name}: the package records no 'sources'")
+    if not all(isinstance(s, str) for s in values["sources"] or ()) or isinstance(values["sources"], str):
+        raise ConversionError(f"{name}: 'sources' must be a list of names, got {values['sources']!r:.80}")
+    try:
+        return HTDemucsConfig(**values)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ConversionError(f"{name}: bad HTDemucs constructor arguments: {e}") from None
+
+
+def _htdemucs_preset(preset: str, config: HTDemucsConfig, name: str) -> None:
+    wanted = preset_config(preset)
+    if isinstance(wanted, BagConfig):
+        raise ConversionError(
+            f"--model {preset} is a bag of {len(wanted.models)} HTDemucs models, but {name} is one model (a "
+            f"{HTDEMUCS_CLASS} package): pass an HTDemucs model preset "
+            f"({', '.join(n for n, p in HTDEMUCS_PRESETS.items() if isinstance(p, HTDemucsConfig))}) or none"
+        )
+    if not isinstance(wanted, HTDemucsConfig):
+        raise ConversionError(
+            f"--model {preset} is {preset_kind(wanted)}, but {name} holds a {HTDEMUCS_CLASS} (Hybrid "
+            "Transformer Demucs, v4): pass an HTDemucs preset or none (the package records its constructor arguments)"
+        )
+    diffs = _config_differences(config, wanted)
+    if diffs:
+        raise ConversionError(f"{name}: the package's constructor arguments differ from --model {preset}: {diffs}")
+
+
+def _read_htdemucs(obj: Mapping[str, Any], info: SourceFile, preset: str | None, kind: str) -> Converted:
+    """An HTDemucs package (``{'klass', 'args', 'kwargs', 'state', ...}``, read from a ``.th`` or the hub layout)."""
+    name = info.path.name
+    notes: list[str] = []
+    dtypes: dict[str, int] = {}
+    config = htdemucs_config_from_call(obj.get("args", ()), obj.get("kwargs", {}), name)
+    if preset is not None:
+        _htdemucs_preset(preset, config, name)
+    state = obj["state"]
+    if isinstance(state, dict) and (state.get("__quantized") or "compressed" in state):
+        raise ConversionError(
+            f"{name}: the HTDemucs state is quantized (diffq): not supported yet; convert an unquantized release"
+        )
+    state = _as_state(state, name)
+    try:
+        checked = check_weights(state, config, name)
+    except NotImplementedError as e:
+        raise ConversionError(f"{name}: {e}") from None
+    weights = _to_float32(checked, notes, dtypes, name)
+    training_args = obj.get("training_args")
+    if training_args is not None:
+        notes.append(f"training_args ({type(training_args).__name__}) not used: only the model is converted")
+    matched = [n for n, p in HTDEMUCS_PRESETS.items() if p == config]
+    return Converted(weights, config, info.path, kind, [info], preset, matched, notes, dtypes)
+
+
+def _decode_hub_json(value: Any) -> Any:
+    """4.1.0's hub metadata JSON: ``{"_type": "fraction", "numerator", "denominator"}`` is a Fraction."""
+    if isinstance(value, dict):
+        if value.get("_type") == "fraction":
+            num, den = value.get("numerator"), value.get("denominator")
+            if type(num) is not int or type(den) is not int or den == 0:
+                raise ConversionError(f"malformed fraction in the metadata: {value!r:.80}")
+            return fractions.Fraction(num, den)
+        return {k: _decode_hub_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_decode_hub_json(v) for v in value]
+    return value
+
+
+def hub_metadata(path: Path) -> dict[str, str] | None:
+    """The metadata of a safetensors file when it is 4.1.0's hub layout (it names a ``klass``), else ``None``."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            metadata = f.metadata() or {}
+    except Exception:  # not a readable safetensors file: the caller says what it is
+        return None
+    return metadata if "klass" in metadata and "unmix_ports" not in metadata else None
+
+
+def _read_hub(path: Path, preset: str | None) -> Converted:
+    from core_spec.canonical import read_arrays
+
+    name = path.name
+    metadata = hub_metadata(path)
+    if metadata is None:
+        raise ConversionError(f"{name} is a safetensors file but not demucs 4.1.0's hub layout (no 'klass' metadata)")
+    if "structure" in metadata:
+        raise ConversionError(f"{name}: a nested (diffq-quantized) hub state: not supported yet")
+    try:
+        args = _decode_hub_json(json.loads(metadata.get("args", "[]")))
+        kwargs = _decode_hub_json(json.loads(metadata.get("kwargs", "{}")))
+    except json.JSONDecodeError as e:
+        raise ConversionError(f"{name}: the args/kwargs metadata is not JSON ({e})") from None
+    qualname = metadata["klass"]
+    if qualname != HTDEMUCS_CLASS:
+        what = _NOT_SUPPORTED_YET.get(qualname, "a class this converter does not know")
+        raise ConversionError(f"{name} is a demucs hub file of {qualname}, {what}: not supported yet")
+    try:
+        state = read_arrays(path)
+    except Exception as e:
+        raise CheckpointError(f"{name}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
+    info = SourceFile(path, sha256_file(path), "safetensors (demucs hub)", path.stat().st_size, "weights")
+    package = {"klass": qualname, "args": args, "kwargs": kwargs, "state": state}
+    return _read_htdemucs(package, info, preset, "demucs 4.1.0 hub safetensors (HTDemucs)")
+
+
 # --- entry point ------------------------------------------------------------------------------------------------
 
 
@@ -855,9 +1053,13 @@ def read_upstream(
     if not path.exists():
         raise ConversionError(f"{path} does not exist")
     if path.is_dir():
-        if model is not None and PRESET_ALIASES.get(model, model) in DEMUCS_PRESETS:
-            raise ConversionError(f"--model {model} is a Demucs preset, but {path} is a folder (an Open-Unmix model)")
+        if model is not None and not isinstance(preset_config(model), UMXSeparatorConfig):
+            raise ConversionError(
+                f"--model {model} is {preset_kind(preset_config(model))}, but {path} is a folder (an Open-Unmix model)"
+            )
         return _read_umx_folder(path, model, targets, progress)
+    if path.name.endswith(".safetensors") and hub_metadata(path) is not None:
+        return _read_hub(path, model)
     obj, info = _read(path, "weights", progress)
     name = path.name
     kind = "openunmix state dict"
