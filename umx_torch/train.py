@@ -408,6 +408,10 @@ def _ddp_grads_worker(
             **{f"grad/{k}": v for k, v in grads.items()},
             **{f"buffer/{k}": v for k, v in buffers.items()},
         )
+        # every replica past its last collective before any tears the group down: a rank that destroyed the gloo
+        # group while its peer was still finishing the gradient all-reduce aborted the peer ("terminate called
+        # without an active exception", SIGABRT: seen once in a CI run of parity_tests/torch/test_train.py)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

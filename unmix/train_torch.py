@@ -145,5 +145,6 @@ def _fit_worker(rank: int, world_size: int, store: str, args: argparse.Namespace
     init_process_group(rank, world_size, store, backend)
     try:
         fit(args, recipe, rank, world_size)
+        dist.barrier()  # every replica done before any tears the gloo group down (a peer mid-collective aborts)
     finally:
         dist.destroy_process_group()
