@@ -8,15 +8,20 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import numpy as np
+from scipy.special import erf
 
 __all__ = [
     "BATCH_NORM_EPS",
     "BATCH_NORM_MOMENTUM",
+    "NORM_EPS",
     "batch_norm",
     "batch_norm_train",
     "conv1d",
     "conv_transpose1d",
+    "gelu",
     "glu",
+    "group_norm",
+    "layer_norm",
     "linear",
     "lstm",
     "sigmoid",
@@ -25,6 +30,10 @@ __all__ = [
 BATCH_NORM_EPS = 1e-5  # torch.nn.BatchNorm1d default (Keras's default is 1e-3: ports must set it)
 # torch.nn.BatchNorm1d default: running = (1 - momentum) running + momentum batch (Keras/Flax "momentum" is 1 - this)
 BATCH_NORM_MOMENTUM = 0.1
+
+
+# torch.nn.GroupNorm / LayerNorm default eps (HTDemucs never changes it)
+NORM_EPS = 1e-5
 
 
 def _f64(a: np.ndarray) -> np.ndarray:
@@ -159,3 +168,40 @@ def conv_transpose1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride
     for k in range(kernel):
         y[:, :, k : k + (length - 1) * stride + 1 : stride] += contrib[..., k]
     return y + _f64(bias)[:, None]
+
+
+def gelu(x: np.ndarray) -> np.ndarray:
+    """Exact GELU, ``x * Phi(x) = x / 2 * (1 + erf(x / sqrt 2))`` (``torch.nn.functional.gelu``'s default; not the
+    tanh approximation, which ``jax.nn.gelu`` uses by default)."""
+    return 0.5 * x * (1.0 + erf(x / np.sqrt(2.0)))
+
+
+def layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float = NORM_EPS) -> np.ndarray:
+    """``torch.nn.LayerNorm(dim)`` over the last axis: biased variance, ``eps`` inside the square root.
+
+    Args:
+        x: ``(..., dim)``; weight, bias: ``(dim,)``.
+    """
+    mean = x.mean(axis=-1, keepdims=True)
+    var = ((x - mean) ** 2).mean(axis=-1, keepdims=True)
+    return (x - mean) / np.sqrt(var + eps) * _f64(weight) + _f64(bias)
+
+
+def group_norm(
+    x: np.ndarray, num_groups: int, weight: np.ndarray, bias: np.ndarray, eps: float = NORM_EPS
+) -> np.ndarray:
+    """``torch.nn.GroupNorm(num_groups, C)`` on channel-first ``x (B, C, *rest)``.
+
+    The statistics (mean, biased variance) are over each group's ``C / num_groups`` channels and every position of
+    ``rest``, per batch item; the affine ``weight`` / ``bias`` ``(C,)`` are per channel. ``num_groups=1`` normalises
+    each item over all its channels and positions (HTDemucs's DConv norms and the transformer's ``norm_out``).
+    """
+    b, c = x.shape[:2]
+    if c % num_groups:
+        raise ValueError(f"group_norm: {c} channels do not split into {num_groups} groups")
+    g = x.reshape(b, num_groups, -1)
+    mean = g.mean(axis=-1, keepdims=True)
+    var = ((g - mean) ** 2).mean(axis=-1, keepdims=True)
+    y = ((g - mean) / np.sqrt(var + eps)).reshape(x.shape)
+    affine = (c,) + (1,) * (x.ndim - 2)
+    return y * _f64(weight).reshape(affine) + _f64(bias).reshape(affine)
