@@ -11,7 +11,12 @@ Scales imitate PyTorch's initialisation and trained statistics:
 - BatchNorm: ``weight`` near 1, ``bias`` near 0, ``running_mean`` near 0, ``running_var`` positive in
   ``[0.5, 1.5]``;
 - UMX ``input_mean`` = minus a plausible magnitude mean, ``input_scale`` near 1, ``output_scale`` / ``output_mean``
-  near 1 (their init is ones).
+  near 1 (their init is ones);
+- HTDemucs: GroupNorm / LayerNorm ``weight`` near 1 and ``bias`` near 0; the LayerScale ``scale`` vectors (of the
+  DConv branches and the transformer's ``gamma_1`` / ``gamma_2``) uniform in ``[0.5, 1.5]``, far from their
+  1e-3 / 1e-4 initialisation, which would hide a wrong residual branch; the frequency embedding table normal with
+  std 1 / scale (the stored table is ``emb / scale``, so the forward sees unit-variance rows); attention and
+  feed-forward weights at PyTorch's default bound.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import zlib
 
 import numpy as np
 
-from .configs import DemucsConfig, UMXConfig
+from .configs import DemucsConfig, HTDemucsConfig, UMXConfig
 from .params import parameter_inventory
 
 __all__ = ["random_audio", "random_weights"]
@@ -30,28 +35,32 @@ def _rng(seed: int, name: str) -> np.random.Generator:
     return np.random.default_rng([seed, zlib.crc32(name.encode())])
 
 
-def _transposed_prefixes(config: UMXConfig | DemucsConfig) -> set[str]:
-    """Names (without ``.weight``) of the transposed convolutions: the last parametrised slot of each decoder."""
-    if not isinstance(config, DemucsConfig):
-        return set()
-    slot = 2 if config.rewrite else 0
-    return {f"decoder.{j}.{slot}" for j in range(config.depth)}
+def _bound(name: str, shapes: dict[str, tuple[int, ...]]) -> float:
+    """PyTorch's default init bound ``1 / sqrt(fan_in)`` for a weight or bias (a bias uses its weight's).
 
-
-def _bound(name: str, shapes: dict[str, tuple[int, ...]], transposed: set[str]) -> float:
-    """PyTorch's default init bound ``1 / sqrt(fan_in)`` for a weight or bias (a bias uses its weight's)."""
+    ``fan_in`` is ``prod(weight.shape[1:])`` for every layer kind: ``(out, in, *kernel)`` of a convolution or
+    linear layer, and also ``(in, out, *kernel)`` of a transposed convolution (PyTorch computes its fan from
+    dimension 1 as well); ``nn.MultiheadAttention``'s ``in_proj_weight`` is ``(3 d, d)``.
+    """
     prefix, leaf = name.rsplit(".", 1)
     if leaf.startswith(("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
         return 1.0 / np.sqrt(shapes[name][0] // 4)  # nn.LSTM: every tensor in +-1/sqrt(hidden_size)
-    weight = shapes[f"{prefix}.weight"]
-    if prefix in transposed:
-        fan_in = weight[1] * weight[2]  # ConvTranspose1d weight (in, out, k): fan_in is out * k
-    else:
-        fan_in = int(np.prod(weight[1:]))
-    return 1.0 / np.sqrt(fan_in)
+    weight = shapes[f"{prefix}.in_proj_weight"] if leaf.startswith("in_proj") else shapes[f"{prefix}.weight"]
+    return 1.0 / np.sqrt(int(np.prod(weight[1:])))
 
 
-def random_weights(config: UMXConfig | DemucsConfig, seed: int = 0) -> dict[str, np.ndarray]:
+def _is_norm(name: str, config: UMXConfig | DemucsConfig | HTDemucsConfig) -> bool:
+    """An HTDemucs GroupNorm / LayerNorm parameter (1-D ``weight`` / ``bias`` that is no conv or linear bias)."""
+    if not isinstance(config, HTDemucsConfig):
+        return False
+    prefix = name.rsplit(".", 1)[0]
+    last = prefix.rsplit(".", 1)[-1]
+    if last.startswith("norm"):  # norm1/2/3, norm_in(_t), norm_out
+        return True
+    return ".dconv.layers." in prefix and last in ("1", "4")  # the DConv GroupNorms (Sequential slots 1 and 4)
+
+
+def random_weights(config: UMXConfig | DemucsConfig | HTDemucsConfig, seed: int = 0) -> dict[str, np.ndarray]:
     """Seeded random float32 weights, one per inventory entry, in inventory order.
 
     Args:
@@ -63,7 +72,6 @@ def random_weights(config: UMXConfig | DemucsConfig, seed: int = 0) -> dict[str,
     """
     out: dict[str, np.ndarray] = {}
     shapes = dict(parameter_inventory(config))
-    transposed = _transposed_prefixes(config)
     for name, shape in shapes.items():
         rng = _rng(seed, name)
         leaf = name.rsplit(".", 1)[-1]
@@ -80,8 +88,14 @@ def random_weights(config: UMXConfig | DemucsConfig, seed: int = 0) -> dict[str,
             value = rng.uniform(0.8, 1.2, shape)
         elif is_bn and leaf == "bias":
             value = rng.normal(0.0, 0.1, shape)
+        elif leaf == "scale":  # HTDemucs LayerScale
+            value = rng.uniform(0.5, 1.5, shape)
+        elif _is_norm(name, config):
+            value = rng.uniform(0.8, 1.2, shape) if leaf == "weight" else rng.normal(0.0, 0.1, shape)
+        elif name == "freq_emb.embedding.weight":
+            value = rng.normal(0.0, 1.0 / config.emb_scale, shape)
         else:
-            bound = _bound(name, shapes, transposed)
+            bound = _bound(name, shapes)
             value = rng.uniform(-bound, bound, shape)
         out[name] = value.astype(np.float32)
     return out
