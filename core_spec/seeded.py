@@ -46,7 +46,8 @@ def _bound(name: str, shapes: dict[str, tuple[int, ...]]) -> float:
     if leaf.startswith(("weight_ih", "weight_hh", "bias_ih", "bias_hh")):
         return 1.0 / np.sqrt(shapes[name][0] // 4)  # nn.LSTM: every tensor in +-1/sqrt(hidden_size)
     weight = shapes[f"{prefix}.in_proj_weight"] if leaf.startswith("in_proj") else shapes[f"{prefix}.weight"]
-    return 1.0 / np.sqrt(int(np.prod(weight[1:])))
+    fan_in = int(np.prod(weight[1:]))
+    return 1.0 / np.sqrt(fan_in) if fan_in > 0 else 0.0  # PyTorch: a bias after zero inputs is initialised to 0
 
 
 def _is_norm(name: str, config: UMXConfig | DemucsConfig | HTDemucsConfig) -> bool:
