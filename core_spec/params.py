@@ -120,7 +120,7 @@ def _dconv(prefix: str, c: HTDemucsConfig, channels: int) -> Inventory:
     # Conv1d(H, 2C, 1), GroupNorm(1, 2C), GLU, LayerScale(C)], H = int(C / compress); no LSTM nor attention here.
     hidden = int(channels / c.dconv_comp)
     out: Inventory = []
-    for d in range(c.dconv_depth):
+    for d in range(abs(c.dconv_depth)):  # a negative depth: as many layers, without dilation
         layer = f"{prefix}.dconv.layers.{d}"
         out += _conv(f"{layer}.0", hidden, channels, (3,))
         out += _affine(f"{layer}.1", hidden)

@@ -122,6 +122,10 @@ _F64 = {
     # the 1-D sinusoidal embedding at 1344 positions (torch's and NumPy's float64 pow differ by an ulp, times the
     # position); the 2-D embedding, ScaledEmbedding and 1x1 channel samplers <= 3e-14
     "htdemucs.layer": Tolerance(rel=1e-12),
+    # the whole forward (every stage of the trace) and apply_model with split, shifts and bags, against demucs
+    # 4.1.0 run under torch.set_default_dtype(torch.float64) (parity_tests/fixtures_htdemucs.py)
+    "htdemucs.output": Tolerance(rel=1e-12),
+    "htdemucs.apply": Tolerance(rel=1e-12),
     # julius builds its kernels in float32 even for a float64 run (torch.arange(...).float()); the spec builds
     # them in float64. "resample.kernels": the kernels and the resampled signals, spec kernels vs julius's
     # (achieved 8.0e-8 / 1.3e-7); "demucs.own_kernels": forward and apply_model with the spec's own kernels vs
@@ -204,6 +208,16 @@ _F32 = {
     "demucs.layer": Tolerance(rel=1e-5),
     "demucs.output": Tolerance(rel=1e-5, snr_db=110.0),
     "demucs.apply": Tolerance(rel=1e-5, snr_db=110.0),
+    # HTDemucs in float32 vs the float64 reference: judged against upstream's own float32 error on the same input
+    # (demucs 4.1.0 float32 vs float64, parity_tests/fixtures_htdemucs.py). Upstream reaches, per stage: small
+    # traced models >= 117 dB (rel <= 1.5e-6; apply_model with split, shifts and bags 127-132 dB); the released
+    # shapes on a short input zero-padded to 7.8 s: every stage >= 88 dB (rel <= 8.4e-5, the time decoders), the
+    # output 87.5 dB (htdemucs) and 80.3 dB (htdemucs_6s). A float32 port must stay within 10 dB (k = 3.2) of
+    # upstream's SNR where upstream's output is at hand, and above 60 dB everywhere (the floor: upstream's worst is
+    # 20 dB above it). To tighten once the four ports are measured.
+    "htdemucs.layer": Tolerance(snr_db=60.0, snr_margin_db=10.0),
+    "htdemucs.output": Tolerance(snr_db=60.0, snr_margin_db=10.0),
+    "htdemucs.apply": Tolerance(snr_db=60.0, snr_margin_db=10.0),
     # One training step in float32 vs the float64 fixture. Upstream's own float32 run reaches (per tensor): loss
     # 1.5e-7, gradients rel <= 3.4e-6 (snr >= 111 dB), parameters after one / two Adam steps rel <= 4.3e-8 /
     # 6.8e-7, BatchNorm running statistics 1.7e-7; bounds at ~10x (grad: ~30x, the LSTMs' backward accumulates

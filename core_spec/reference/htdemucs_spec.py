@@ -180,7 +180,9 @@ def mask_cac(m: np.ndarray) -> np.ndarray:
     return pairs[:, :, :, 0] + 1j * pairs[:, :, :, 1]
 
 
-def normalise_input(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def normalise_input(
+    x: np.ndarray, stats: tuple[np.ndarray, np.ndarray] | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Standardise a branch's input per batch item, as HTDemucs's forward does.
 
     ``mean`` and ``std`` run over every axis but the first; ``std`` is the unbiased estimate (``N - 1``, torch's
@@ -188,6 +190,8 @@ def normalise_input(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
     Args:
         x: float ``(nb_samples, ...)``: the CaC spectrogram ``(B, 2C, F, T)`` or the mixture ``(B, C, L)``.
+        stats: ``(mean, std)`` to use instead of computing them (parity tests inject upstream's: torch's float64
+            ``std`` is not correctly rounded on long inputs, see :func:`core_spec.reference.htdemucs.htdemucs`).
 
     Returns:
         ``(normalised, mean, std)``: ``normalised`` shaped like ``x``; ``mean`` and ``std``
@@ -195,8 +199,12 @@ def normalise_input(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """
     x = np.asarray(x, dtype=np.float64)
     axes = tuple(range(1, x.ndim))
-    mean = np.mean(x, axis=axes, keepdims=True)
-    std = np.std(x, axis=axes, keepdims=True, ddof=1)
+    if stats is None:
+        mean = np.mean(x, axis=axes, keepdims=True)
+        std = np.std(x, axis=axes, keepdims=True, ddof=1)
+    else:
+        shape = (x.shape[0],) + (1,) * (x.ndim - 1)
+        mean, std = (np.asarray(s, dtype=np.float64).reshape(shape) for s in stats)
     return (x - mean) / (NORM_EPS + std), mean, std
 
 

@@ -17,7 +17,9 @@ __all__ = [
     "batch_norm",
     "batch_norm_train",
     "conv1d",
+    "conv2d",
     "conv_transpose1d",
+    "conv_transpose2d",
     "gelu",
     "glu",
     "group_norm",
@@ -130,20 +132,29 @@ def glu(x: np.ndarray, axis: int = 1) -> np.ndarray:
     return a * sigmoid(b)
 
 
-def conv1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int = 1) -> np.ndarray:
-    """Valid 1-D convolution (cross-correlation), ``torch.nn.Conv1d`` with padding 0.
+def conv1d(
+    x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride: int = 1, padding: int = 0, dilation: int = 1
+) -> np.ndarray:
+    """1-D convolution (cross-correlation), ``torch.nn.Conv1d`` with zero ``padding`` on both sides and
+    ``dilation``.
+
+    ``y[b, o, t] = bias[o] + sum_{i, k} weight[o, i, k] * xp[b, i, t * stride + k * dilation]``, ``xp`` the input
+    zero-padded by ``padding`` steps at each end.
 
     Args:
         x: ``(nb_samples, in_channels, length)``.
         weight: ``(out_channels, in_channels, kernel_size)``.
 
     Returns:
-        ``(nb_samples, out_channels, (length - kernel_size) // stride + 1)``.
+        ``(nb_samples, out_channels, (length + 2 padding - dilation (kernel_size - 1) - 1) // stride + 1)``.
     """
     weight = _f64(weight)
     kernel = weight.shape[-1]
-    nb_out = (x.shape[-1] - kernel) // stride + 1
-    idx = np.arange(nb_out)[:, None] * stride + np.arange(kernel)  # (nb_out, kernel)
+    if padding:
+        x = np.pad(x, ((0, 0), (0, 0), (padding, padding)))
+    span = dilation * (kernel - 1) + 1  # input steps one output sees
+    nb_out = (x.shape[-1] - span) // stride + 1
+    idx = np.arange(nb_out)[:, None] * stride + np.arange(kernel) * dilation  # (nb_out, kernel)
     patches = x[:, :, idx]  # (B, in, nb_out, kernel)
     return np.einsum("bitk,oik->bot", patches, weight) + _f64(bias)[:, None]
 
@@ -168,6 +179,80 @@ def conv_transpose1d(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, stride
     for k in range(kernel):
         y[:, :, k : k + (length - 1) * stride + 1 : stride] += contrib[..., k]
     return y + _f64(bias)[:, None]
+
+
+def _pair(value: int | tuple[int, int], name: str) -> tuple[int, int]:
+    """An ``int`` or a pair, as PyTorch's 2-D layers take ``stride`` / ``padding`` (height, width)."""
+    pair = (value, value) if isinstance(value, int | np.integer) else tuple(value)
+    if len(pair) != 2:
+        raise ValueError(f"{name} must be an int or a pair (height, width), got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def conv2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+) -> np.ndarray:
+    """2-D convolution (cross-correlation), ``torch.nn.Conv2d`` with zero ``padding`` (height, width) on both
+    sides of each axis.
+
+    ``y[b, o, h, v] = bias[o] + sum_{i, k, l} weight[o, i, k, l] * xp[b, i, h * sh + k, v * sw + l]``.
+
+    Args:
+        x: ``(nb_samples, in_channels, height, width)``.
+        weight: ``(out_channels, in_channels, kernel_h, kernel_w)``.
+        stride, padding: an int or a pair ``(height, width)``.
+
+    Returns:
+        ``(nb_samples, out_channels, (height + 2 ph - kernel_h) // sh + 1, (width + 2 pw - kernel_w) // sw + 1)``.
+    """
+    weight = _f64(weight)
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    kh, kw = weight.shape[-2:]
+    x = np.pad(x, ((0, 0), (0, 0), (ph, ph), (pw, pw)))
+    nb_h = (x.shape[-2] - kh) // sh + 1
+    nb_w = (x.shape[-1] - kw) // sw + 1
+    rows = np.arange(nb_h)[:, None] * sh + np.arange(kh)  # (nb_h, kernel_h)
+    cols = np.arange(nb_w)[:, None] * sw + np.arange(kw)  # (nb_w, kernel_w)
+    patches = x[:, :, rows[:, None, :, None], cols[None, :, None, :]]  # (B, in, nb_h, nb_w, kernel_h, kernel_w)
+    return np.einsum("bihwkl,oikl->bohw", patches, weight, optimize=True) + _f64(bias)[:, None, None]
+
+
+def conv_transpose2d(
+    x: np.ndarray,
+    weight: np.ndarray,
+    bias: np.ndarray,
+    stride: int | tuple[int, int] = 1,
+    padding: int | tuple[int, int] = 0,
+) -> np.ndarray:
+    """Transposed 2-D convolution, ``torch.nn.ConvTranspose2d`` (no output padding, no dilation).
+
+    Every input position ``(h, v)`` adds ``x[:, i, h, v] * weight[i, o, :, :]`` at output positions
+    ``(h * sh + k, v * sw + l)``; ``padding`` then removes ``ph`` rows / ``pw`` columns at each end.
+
+    Args:
+        x: ``(nb_samples, in_channels, height, width)``.
+        weight: ``(in_channels, out_channels, kernel_h, kernel_w)`` (PyTorch's transposed-convolution layout).
+        stride, padding: an int or a pair ``(height, width)``.
+
+    Returns:
+        ``(nb_samples, out_channels, (height - 1) sh + kernel_h - 2 ph, (width - 1) sw + kernel_w - 2 pw)``.
+    """
+    weight = _f64(weight)
+    (sh, sw), (ph, pw) = _pair(stride, "stride"), _pair(padding, "padding")
+    nb_samples, _, height, width = x.shape
+    kh, kw = weight.shape[-2:]
+    contrib = np.einsum("bihv,iokl->bohvkl", x, weight, optimize=True)  # (B, out, height, width, kh, kw)
+    full_h, full_w = (height - 1) * sh + kh, (width - 1) * sw + kw
+    y = np.zeros((nb_samples, weight.shape[1], full_h, full_w))
+    for k in range(kh):
+        for j in range(kw):
+            y[:, :, k : k + (height - 1) * sh + 1 : sh, j : j + (width - 1) * sw + 1 : sw] += contrib[..., k, j]
+    y = y[:, :, ph : full_h - ph, pw : full_w - pw]
+    return y + _f64(bias)[:, None, None]
 
 
 def gelu(x: np.ndarray) -> np.ndarray:
