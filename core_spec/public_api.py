@@ -358,18 +358,26 @@ MODULE_LAYERS: dict[str, int] = {
     "resample": 1,
     "filtering": 1,
     "weights": 1,
-    # the two models
-    "umx": 2,
-    "demucs": 2,
-    # what runs a model: the UMX separator, the Demucs chunked apply
-    "separator": 3,
-    "apply": 3,
+    "htdemucs_embed": 1,
+    # HTDemucs's building blocks made of the ones above (the spectrogram wrapper, the hybrid layers, the
+    # cross-transformer); a port that has HTDemucs has these modules (issues 25 and 26)
+    "htdemucs_spec": 2,
+    "htdemucs_layers": 2,
+    "htdemucs_transformer": 2,
+    # the models
+    "umx": 3,
+    "demucs": 3,
+    "htdemucs": 3,
+    # what runs a model: the UMX separator, the Demucs chunked apply (v2, and v4 with bags)
+    "separator": 4,
+    "apply": 4,
+    "htdemucs_apply": 4,
     # model construction from weights (imports the models and weights.py)
-    "build": 4,
+    "build": 5,
     # entry points
-    "train": 5,
-    "__main__": 5,
-    "__init__": 6,
+    "train": 6,
+    "__main__": 6,
+    "__init__": 7,
 }
 """Module -> layer inside a port package: a module imports (at module or function level; ``TYPE_CHECKING`` blocks
 excepted) only modules of a lower layer, so no import cycle is possible. Plan of issue 15, section 1.1, with its
