@@ -43,6 +43,7 @@ COMMANDS = {
     "chunk_snr": ("benchmarks.chunk_snr", "Open-Unmix separated in chunks against the whole track (SNR)"),
     "floors": ("benchmarks.floors", "what no port goes below: framework memory at import, the BLSTM step"),
     "versus_commit": ("benchmarks.versus_commit", "a port's Demucs apply_model at an earlier commit against now"),
+    "read": ("benchmarks.read", "the torch-free reader against torch.load: time and peak memory, Demucs-48, umxhq"),
 }
 """Subcommand -> (module with ``main(argv)``, what it measures)."""
 

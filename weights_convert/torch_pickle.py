@@ -20,6 +20,12 @@ explicit dtype for new dtypes), parameters as ``_rebuild_parameter(tensor, requi
 Several tensors may share one storage (views, slices, transposes): each becomes an independent NumPy array,
 cut from its storage with ``numpy.lib.stride_tricks.as_strided`` after a bounds check, then copied.
 
+Speed and memory: each storage's bytes are read once, straight into a buffer of their size
+(:mod:`weights_convert.torch_records`: one positioned read, the zip record's CRC-32 checked on that buffer); a
+tensor that is its storage's only tensor and covers it whole, contiguous (every tensor of a state dict) becomes that
+buffer, reshaped, with no further copy. A buffer is dropped as soon as its last tensor is made, so the peak is the
+arrays returned plus one storage. No mapping of the file and no open file outlive the call.
+
 Safety: the unpickler's ``find_class`` answers from an allow-list (:data:`ALLOWED_GLOBALS`, the storage types,
 the dtypes) with functions of this module, never with the real torch objects; a few classes that a Demucs
 package names (``demucs.model.Demucs``, ...) come back as :class:`GlobalRef` records that refuse to be called.
@@ -49,6 +55,7 @@ import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
 from .errors import CheckpointError, UnsafeCheckpointError
+from .torch_records import read_exact, zip_storage_reader
 
 __all__ = [
     "ALLOWED_GLOBALS",
@@ -515,7 +522,7 @@ class _Loader:
         self.legacy = legacy
         self.roots: dict[str, _Storage] = {}
         self.views: dict[str, _StorageView] = {}
-        self.read_bytes: Callable[[_Storage], bytes] = lambda s: b""
+        self.read_bytes: Callable[[_Storage], np.ndarray] = lambda s: np.empty(0, np.uint8)
         self.byteorder = "<"
         self._cache: dict[str, np.ndarray] = {}
         self._progress: Any = None
@@ -571,9 +578,9 @@ class _Loader:
         cached = self._cache.get(root.key)
         if cached is None:
             data = self.read_bytes(root)
-            if len(data) != root.nbytes:
-                raise CheckpointError(f"storage {root.key}: {len(data)} bytes, expected {root.nbytes}")
-            cached = self._cache[root.key] = np.frombuffer(data, dtype=np.uint8)
+            if data.dtype != np.uint8 or data.shape != (root.nbytes,):
+                raise CheckpointError(f"storage {root.key}: {data.nbytes} bytes, expected {root.nbytes}")
+            cached = self._cache[root.key] = data
             if self._progress is not None:
                 self._progress.update(root.nbytes)
         return cached
@@ -589,8 +596,11 @@ class _Loader:
         dtype = np.dtype(stored_t).newbyteorder(self.byteorder) if item_t > 1 else np.dtype(stored_t)
         usable = (stop - start) // item_t * item_t
         elements = raw[start : start + usable].view(dtype)
-        if math.prod(ref.size) == 0:
+        count = math.prod(ref.size)
+        if count == 0:
             out = np.zeros(ref.size, dtype=dtype.newbyteorder("="))
+        elif root.refs == 1 and dtype.isnative and _covers_whole(ref, count, item_t, start, raw.nbytes):
+            out = elements.reshape(ref.size)  # the storage's only tensor, all of it: the buffer itself, no copy
         else:
             strided = as_strided(
                 elements[ref.offset :],
@@ -609,6 +619,7 @@ class _Loader:
         return out
 
     def materialise(self, obj: Any, progress: Any = None) -> Any:
+        """``obj`` with every tensor record replaced by its NumPy array (shared sub-objects stay shared)."""
         self._progress = progress
         memo: dict[int, Any] = {}
 
@@ -647,6 +658,18 @@ class _Loader:
         return walk(obj)
 
 
+def _covers_whole(ref: _TensorRef, count: int, itemsize: int, view_start: int, storage_nbytes: int) -> bool:
+    """The tensor starts at its storage's first byte, ends at its last, and is C-contiguous (size-1 dims free)."""
+    if view_start + ref.offset * itemsize != 0 or count * itemsize != storage_nbytes:
+        return False
+    expected = 1
+    for n, s in zip(reversed(ref.size), reversed(ref.stride)):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
 def _read_zip(f: BinaryIO, name: str) -> tuple[_Loader, Any]:
     zf = zipfile.ZipFile(f)
     names = zf.namelist()
@@ -666,18 +689,8 @@ def _read_zip(f: BinaryIO, name: str) -> tuple[_Loader, Any]:
             raise CheckpointError(f"{name}: unknown byte order record {order[:20]!r}")
         loader.byteorder = "<" if order == b"little" else ">"
     obj = _Unpickler(io.BytesIO(zf.read(pkl[0])), loader).load()
-    known = set(names)
-
-    def read_bytes(root: _Storage) -> bytes:
-        record = f"{prefix}data/{root.key}"
-        if record not in known:
-            raise CheckpointError(f"{name}: storage record {record!r} is missing")
-        info = zf.getinfo(record)
-        if info.file_size != root.nbytes:
-            raise CheckpointError(f"{name}: record {record!r} holds {info.file_size} bytes, expected {root.nbytes}")
-        return zf.read(record)
-
-    loader.read_bytes = read_bytes
+    read_record = zip_storage_reader(zf, f, prefix, name)
+    loader.read_bytes = lambda root: read_record(root.key, root.nbytes)
     return loader, obj
 
 
@@ -718,11 +731,7 @@ def _read_legacy(f: BinaryIO, name: str, size: int) -> tuple[_Loader, Any]:
     if missing:
         raise CheckpointError(f"{name}: storages {missing[:5]} are used but not stored")
 
-    def read_bytes(root: _Storage) -> bytes:
-        f.seek(offsets[root.key])
-        return f.read(root.nbytes)
-
-    loader.read_bytes = read_bytes
+    loader.read_bytes = lambda root: read_exact(f, offsets[root.key], root.nbytes, name, f"storage {root.key}")
     return loader, obj
 
 
