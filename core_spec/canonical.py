@@ -7,11 +7,18 @@ STFT) and provenance (source file, its SHA-256). A copy of the JSON also sits in
 
 Layouts:
 
-- a Demucs model or a single UMX target (``UMXConfig``): names exactly as the upstream model's ``state_dict()``;
+- a Demucs model, an HTDemucs model or a single UMX target (``UMXConfig``): names exactly as the upstream model's
+  ``state_dict()``;
 - a UMX separator (``UMXSeparatorConfig``, several targets): one file, names prefixed as in upstream's
-  ``Separator.state_dict()``: ``target_models.<target>.<name>`` (e.g. ``target_models.vocals.fc1.weight``).
+  ``Separator.state_dict()``: ``target_models.<target>.<name>`` (e.g. ``target_models.vocals.fc1.weight``);
+- a bag of HTDemucs models (``BagConfig``, demucs 4.x ``BagOfModels``, e.g. ``htdemucs_ft``): one file, names as
+  upstream's ``BagOfModels.state_dict()``: ``models.<i>.<name>`` (e.g. ``models.3.encoder.0.conv.weight``); the
+  JSON config is the ``BagConfig`` (each model's ``HTDemucsConfig``, the per-source ``weights`` rows, the yaml's
+  ``segment``); :func:`per_model` gives each model's weights under its own names. A yaml of one model without
+  weights or segment (``htdemucs``, ``htdemucs_6s``) is written as that model, not as a bag of one.
 
-Both are checked against :func:`core_spec.params.parameter_inventory` on write and on read.
+All are checked against :func:`core_spec.params.parameter_inventory` on write and on read (a bag: every model's
+inventory under its ``models.<i>.`` prefix).
 """
 
 from __future__ import annotations
@@ -24,7 +31,15 @@ from typing import Any
 
 import numpy as np
 
-from .configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from .configs import (
+    BagConfig,
+    DemucsConfig,
+    HTDemucsConfig,
+    UMXConfig,
+    UMXSeparatorConfig,
+    config_from_json,
+    config_to_json,
+)
 from .files import atomic_write, default_file_mode, paired_paths, refuse_overwrite
 from .params import check_weights
 
@@ -37,6 +52,7 @@ __all__ = [
     "default_file_mode",
     "join_targets",
     "load_canonical",
+    "per_model",
     "per_target",
     "read_arrays",
     "save_canonical",
@@ -45,8 +61,10 @@ __all__ = [
 
 FORMAT = "unmix-ports/canonical/1"
 TARGET_PREFIX = "target_models."
+MODEL_PREFIX = "models."
 
-CanonicalModel = tuple[dict[str, np.ndarray], UMXConfig | UMXSeparatorConfig | DemucsConfig, dict[str, Any]]
+ModelConfig = UMXConfig | UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
+CanonicalModel = tuple[dict[str, np.ndarray], ModelConfig, dict[str, Any]]
 
 
 def canonical_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -90,9 +108,25 @@ def per_target(
     return split_targets(weights, targets)
 
 
+def per_model(weights: Mapping[str, Any], config: BagConfig, source: str = "bag weights") -> list[dict[str, Any]]:
+    """A bag's flat weights (``models.<i>.<name>``) as one dict per model (``{name: array}``, in bag order), each
+    checked against that model's inventory (:class:`core_spec.params.WeightsMismatchError`); a key without a
+    ``models.<i>.`` prefix of this bag is a ``KeyError``."""
+    out: list[dict[str, Any]] = [{} for _ in config.models]
+    for key, value in weights.items():
+        index, _, name = key[len(MODEL_PREFIX) :].partition(".") if key.startswith(MODEL_PREFIX) else ("", "", "")
+        if not index.isdigit() or int(index) >= len(out) or not name:
+            raise KeyError(f"{source}: key {key!r} lacks a '{MODEL_PREFIX}<i>.' prefix, i < {len(out)}")
+        out[int(index)][name] = value
+    return [
+        check_weights(w, m, f"{source} [model {i}]") for i, (w, m) in enumerate(zip(out, config.models, strict=True))
+    ]
+
+
 def check_canonical(weights: Mapping[str, Any], config: Any, source: str = "canonical weights") -> dict[str, Any]:
-    """Canonical weights checked against the inventory of ``config`` (every target of a separator); flat names
-    (``target_models.<t>.<name>`` for a separator). Raises :class:`core_spec.params.WeightsMismatchError`."""
+    """Canonical weights checked against the inventory of ``config`` (every target of a separator, every model of a
+    bag); flat names (``target_models.<t>.<name>`` for a separator, ``models.<i>.<name>`` for a bag). Raises
+    :class:`core_spec.params.WeightsMismatchError`."""
     if isinstance(config, UMXSeparatorConfig):
         nested = per_target(weights, config.separator.targets, source)
         checked = {t: check_weights(w, config.model, f"{source} [target {t}]") for t, w in nested.items()}
@@ -103,7 +137,7 @@ def check_canonical(weights: Mapping[str, Any], config: Any, source: str = "cano
 def save_canonical(
     path: str | os.PathLike,
     weights: Mapping[str, np.ndarray],
-    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
+    config: ModelConfig,
     provenance: Mapping[str, Any] | None = None,
     force: bool = False,
 ) -> tuple[Path, Path]:

@@ -3,7 +3,8 @@ or upstream's own layouts (``export``), all or nothing.
 
 Sources (:func:`read_source`):
 
-- one upstream file or openunmix model folder: :func:`weights_convert.sources.read_upstream`;
+- one upstream file or openunmix model folder, or a demucs 4.x bag (a ``remote/*.yaml``, or a folder holding one
+  yaml and the files its signatures name): :func:`weights_convert.sources.read_upstream`;
 - Open-Unmix target networks in the canonical format (an ``unmix-train`` run folder, a folder of one-target
   ``<target>.safetensors`` files, such files; one source or several): joined into one separator
   (:func:`unmix.targets.collect_targets`, :func:`unmix.targets.join_separator`);
@@ -28,9 +29,10 @@ from pathlib import Path
 from typing import Any
 
 from core_spec.canonical import canonical_paths, load_canonical, save_canonical
-from core_spec.configs import UMX_PRESETS, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import UMX_PRESETS, BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
 from core_spec.params import nb_parameters
 from weights_convert.errors import ConversionError, OutputExistsError
+from weights_convert.htdemucs_bags import BAG_SUFFIXES
 from weights_convert.sources import Converted, SourceFile, hub_metadata, preset_config, read_upstream, sha256_file
 
 from . import export_upstream
@@ -82,23 +84,25 @@ class Report:
         sources = getattr(c, "sources", None) or [c.source]
         out = [f"source    {', '.join(map(str, sources))}  ({c.kind})"]
         for f in c.files:
-            role = f"  ({f.role})" if f.role.startswith("target ") else ""
+            role = f"  ({f.role})" if f.role.startswith(("target ", "model ")) else ""
             out.append(f"  read    {f.path.name}  {f.format}  {_size(f.nbytes)}  sha256 {f.sha256}{role}")
         out.append(f"model     {describe(c.config)}")
         if getattr(c, "config_line", ""):
             out.append(f"config    {c.config_line}")
         elif c.preset:
             out.append(f"preset    {c.preset} (given; the file was checked against it)")
-        elif isinstance(c.config, HTDemucsConfig):  # a v4 file records its constructor arguments
+        elif isinstance(c.config, (HTDemucsConfig, BagConfig)):  # a v4 file records its constructor arguments
             matched = f"; they are preset {', '.join(c.matched_presets)}'s" if c.matched_presets else ""
-            out.append(f"preset    none given; config from the file's constructor arguments{matched}")
+            where = "the files'" if isinstance(c.config, BagConfig) else "the file's"
+            out.append(f"preset    none given; config from {where} constructor arguments{matched}")
         elif c.matched_presets:
             out.append(f"preset    none given; the shapes match {', '.join(c.matched_presets)}")
         else:
             out.append("preset    none given; config inferred from the shapes")
         counts = ", ".join(f"{k} {v:,}" for k, v in self.parameters.items())
         extra = f"; total {self.total_parameters:,}" if len(self.parameters) > 1 else ""
-        what = "parameters" if isinstance(c.config, HTDemucsConfig) else "parameters and BatchNorm statistics"
+        v4 = isinstance(c.config, (HTDemucsConfig, BagConfig))
+        what = "parameters" if v4 else "parameters and BatchNorm statistics"
         out.append(f"values    {counts}{extra} ({what}, float32)")
         dtypes = ", ".join(f"{n} x {k}" for k, n in sorted(c.source_dtypes.items()))
         out.append(f"dtypes    source tensors: {dtypes}")
@@ -123,7 +127,20 @@ def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 100_000 else f"{n:,} B"
 
 
-def describe(config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig) -> str:
+def describe(config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig) -> str:
+    if isinstance(config, BagConfig):
+        weights = (
+            "all ones"
+            if config.weights is None
+            else " ".join(f"[{' '.join(f'{w:g}' for w in r)}]" for r in config.weights)
+        )
+        segment = "the models' own" if config.segment is None else f"{config.segment[0]}/{config.segment[1]} s"
+        models = [describe(m) for m in dict.fromkeys(config.models)]
+        same = "the same network" if len(models) == 1 else f"{len(models)} different networks"
+        return (
+            f"bag of {len(config.models)} HTDemucs models ({same}): {'; '.join(models)}; per-source weights "
+            f"{weights}; segment {segment}"
+        )
     if isinstance(config, HTDemucsConfig):
         return (
             f"HTDemucs (v4), sources {', '.join(config.sources)}: channels {config.channels}, depth {config.depth}, "
@@ -147,7 +164,9 @@ def describe(config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig) -> str:
     )
 
 
-def parameter_counts(config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig) -> dict[str, int]:
+def parameter_counts(config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig) -> dict[str, int]:
+    if isinstance(config, BagConfig):
+        return {f"model {i}": nb_parameters(m) for i, m in enumerate(config.models)}
     if isinstance(config, UMXSeparatorConfig):
         return {t: nb_parameters(config.model) for t in config.separator.targets}
     if isinstance(config, HTDemucsConfig):
@@ -243,6 +262,8 @@ def _source_kind(path: Path) -> tuple[str, Path]:
     if st_path is not None:
         return ("targets" if isinstance(read_config(st_path), UMXConfig) else "model"), st_path
     if not path.is_dir():
+        return "upstream", path
+    if any(p.suffix in BAG_SUFFIXES and p.is_file() for p in path.iterdir()):  # a demucs bag and its files
         return "upstream", path
     models: list[Path] = []
     for p in sorted(path.iterdir()):

@@ -8,6 +8,8 @@ Examples::
     unmix-convert demucs-e07c671f.th --out demucs --to torch          # also write the PyTorch state dict
     unmix-convert demucs_quantized-07afea75.th --model demucs_quantized   # needs torch + diffq + demucs
     unmix-convert 955717e8-8726e21a.th -m htdemucs -o htdemucs          # demucs 4.x package (HTDemucs, v4)
+    unmix-convert models/htdemucs_ft.yaml -o htdemucs_ft              # demucs 4.x bag: the yaml and its <sig>-*.th
+    unmix-convert my_state_dict.pt -m htdemucs_6s -o mine             # bare HTDemucs state dict: name its preset
     unmix-convert run_vocals run_drums -o mine                        # unmix-train targets -> one separator
     unmix-convert mine.safetensors --export openunmix -o mine_umx     # -> umx --model mine_umx (needs torch)
     unmix-convert run_demucs --export demucs -o models/mine.th        # -> demucs.separate --models models -n mine
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="unmix-convert",
         description=(
             "Convert upstream Open-Unmix / Demucs v2 / HTDemucs (v4) weights (a .pth/.th file, a demucs 4.1.0 hub "
-            "<sig>.safetensors or an openunmix model folder) to the "
+            "<sig>.safetensors, a demucs bag .yaml (or a folder holding one) with the files it names, or an openunmix "
+            "model folder) to the "
             "canonical format (<out>.safetensors + <out>.json), without PyTorch; optionally also to a framework's "
             "own format. Loading never runs code from the file. Open-Unmix target networks in the canonical format "
             "(unmix-train run folders, <target>.safetensors files) are joined into one separator file. --export "
@@ -54,7 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "source",
         nargs="+",
         help=(
-            "upstream weight file (.pth, .th) or openunmix model folder; or canonical files: unmix-train run "
+            "upstream weight file (.pth, .th, .pt, hub .safetensors), demucs bag .yaml (or a folder holding one and "
+            "its files) or openunmix model folder; or canonical files: unmix-train run "
             "folder(s) or <target>.safetensors files (Open-Unmix targets, joined into one separator; several may "
             "be given), or one canonical file of a whole model"
         ),
@@ -77,7 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
         ),
     )
     parser.add_argument(
-        "-m", "--model", metavar="PRESET", help=f"use and check against this preset ({', '.join(presets)})"
+        "-m",
+        "--model",
+        metavar="PRESET",
+        help=(
+            f"use and check against this preset ({', '.join(presets)}); needed for a bare HTDemucs state dict whose "
+            "shapes fit more than one preset"
+        ),
     )
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing outputs")
     parser.add_argument(

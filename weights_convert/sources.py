@@ -14,13 +14,11 @@ Understood (each read with :mod:`weights_convert.torch_pickle`, no torch needed 
   ``demucs_unittest-09ebc15f.th``): ``Demucs.state_dict()``, float32 or float16 (upcast exactly).
 - **demucs package** (``demucs.utils.save_model``): ``{'klass': demucs.model.Demucs (recorded by name),
   'args', 'kwargs', 'state', 'training_args'}``; the config comes from ``args``/``kwargs``.
-- **demucs 4.x package of HTDemucs** (``demucs.states.serialize_model``, ``955717e8-8726e21a.th``,
-  ``5c90dfd2-34c22ccb.th``): ``{'klass': demucs.htdemucs.HTDemucs (recorded by name), 'args', 'kwargs' (with a
-  ``fractions.Fraction`` segment), 'state' (float16), 'training_args' (plain containers)}``; every constructor
-  argument maps to :class:`~core_spec.configs.HTDemucsConfig` (an argument it does not know is an error).
-- **4.1.0's hub layout** (``<sig>.safetensors`` of ``adefossez/HTDemucs``...): the state as tensors, ``klass``,
-  ``args`` and ``kwargs`` as JSON in the metadata, a Fraction as ``{"_type": "fraction", "numerator",
-  "denominator"}``. Read with ``safetensors`` (NumPy), no pickle.
+- **demucs 4.x HTDemucs files**: packages (``demucs.states.serialize_model``, ``955717e8-8726e21a.th``), 4.1.0's
+  hub ``<sig>.safetensors``, bare ``HTDemucs.state_dict()`` files (read with a preset):
+  :mod:`weights_convert.htdemucs_sources`.
+- **demucs 4.x bags** (a ``remote/*.yaml`` naming signatures, or a folder holding one yaml and its files):
+  :mod:`weights_convert.htdemucs_bags`.
 - Packages of the demucs 3.x/4.x models not ported yet (``demucs.hdemucs.HDemucs``, the v3
   ``demucs.demucs.Demucs``) are refused naming the class.
 - **diffq-quantized state** (``demucs_quantized-07afea75.th``: ``{'compressed': zlib(torch.save(quantized
@@ -39,16 +37,12 @@ missing, unexpected and mis-shaped key with both shapes).
 from __future__ import annotations
 
 import dataclasses
-import fractions
 import glob
-import hashlib
 import json
 import math
 import re
-import warnings
 import zlib
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -57,11 +51,8 @@ import numpy as np
 from core_spec.canonical import join_targets
 from core_spec.configs import (
     DEMUCS_PRESETS,
-    HTDEMUCS_PRESETS,
     UMX_PRESETS,
-    BagConfig,
     DemucsConfig,
-    HTDemucsConfig,
     SeparatorConfig,
     STFTConfig,
     UMXConfig,
@@ -69,8 +60,34 @@ from core_spec.configs import (
 )
 from core_spec.params import UMX_IGNORED_ON_LOAD, check_weights, is_ignored_on_load, parameter_inventory
 
-from .errors import CheckpointError, ConversionError, NonFiniteWeightsWarning
-from .torch_pickle import GlobalRef, Namespace, read_checkpoint
+from .errors import CheckpointError, ConversionError
+from .htdemucs_bags import BAG_SUFFIXES, find_bag_yaml, read_bag
+from .htdemucs_sources import (
+    htdemucs_config_from_call,
+    hub_metadata,
+    is_bare_htdemucs,
+    read_bare_htdemucs,
+    read_htdemucs,
+    read_hub,
+)
+from .reading import (
+    HTDEMUCS_CLASS,
+    NOT_SUPPORTED_YET,
+    PRESET_ALIASES,
+    Converted,
+    Progress,
+    SourceFile,
+    as_state,
+    config_differences,
+    keys_preview,
+    klass_name,
+    preset_config,
+    preset_kind,
+    read_file,
+    sha256_file,
+    to_float32,
+)
+from .torch_pickle import Namespace, read_checkpoint
 
 __all__ = [
     "PRESET_ALIASES",
@@ -78,115 +95,22 @@ __all__ = [
     "SourceFile",
     "dequantize_demucs",
     "htdemucs_config_from_call",
+    "hub_metadata",
     "infer_demucs_config",
     "infer_umx_config",
     "preset_config",
+    "preset_kind",
     "read_upstream",
     "sha256_file",
 ]
 
-# Names a user may pass to --model beyond the core_spec presets: the quantized release is the ``demucs`` network.
-PRESET_ALIASES = {"demucs_quantized": "demucs"}
 # Constructor arguments demucs 2.0.x does not record in a state dict: the defaults of ``demucs.model.Demucs``.
 _DEMUCS_UNRECORDED = ("stride", "resample", "normalize", "samplerate", "segment_length", "rescale")
 _HASH_SUFFIX = re.compile(r"^(?P<target>.+?)[-_](?P<hash>[0-9a-f]{8})$")
 _TARGET_NAME = re.compile(r"^[A-Za-z0-9_\-]+$")
-HTDEMUCS_CLASS = "demucs.htdemucs.HTDemucs"
-# Model classes of demucs 3.x/4.x packages that this project does not port yet.
-_NOT_SUPPORTED_YET = {
-    "demucs.hdemucs.HDemucs": "HDemucs (Hybrid Demucs, demucs v3)",
-    "demucs.demucs.Demucs": "the v3 time-domain Demucs of demucs 3.x/4.x (not the demucs 2.0.x demucs.model.Demucs)",
-}
-
-Progress = Callable[[int], Any]
-
-
-@dataclass
-class SourceFile:
-    """One file that was read: where, its SHA-256, its format, what it held."""
-
-    path: Path
-    sha256: str
-    format: str
-    nbytes: int
-    role: str
-
-    def as_dict(self, base: Path | None = None) -> dict[str, Any]:
-        return {
-            "path": self.path.name if base is None else str(self.path.relative_to(base)),
-            "sha256": self.sha256,
-            "format": self.format,
-            "bytes": self.nbytes,
-            "role": self.role,
-        }
-
-
-@dataclass
-class Converted:
-    """An upstream model read back: canonical float32 weights, the config, where they came from."""
-
-    weights: dict[str, np.ndarray]
-    config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig
-    source: Path
-    kind: str
-    files: list[SourceFile]
-    preset: str | None = None
-    matched_presets: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    source_dtypes: dict[str, int] = field(default_factory=dict)
-
-    def provenance(self) -> dict[str, Any]:
-        """What the canonical JSON records about the source: path, SHA-256, kind, preset, notes."""
-        base = self.source if self.source.is_dir() else None
-        out: dict[str, Any] = {
-            "source": self.source.name,
-            "source_kind": self.kind,
-            "files": [f.as_dict(base) for f in self.files],
-            "preset": self.preset,
-            "matched_presets": self.matched_presets,
-            "source_dtypes": self.source_dtypes,
-            "notes": self.notes,
-            "converter": "weights_convert (unmix-ports)",
-        }
-        if len(self.files) == 1:
-            out["sha256"] = self.files[0].sha256
-        return out
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 # --- presets ---------------------------------------------------------------------------------------------------
-
-
-def preset_config(name: str) -> UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig:
-    """The config of a preset name (``umxhq``, ``umxse``, ``demucs``, ``demucs_unittest``, ``demucs_quantized``,
-    ``htdemucs``, ``htdemucs_6s``, ``htdemucs_ft`` (a bag)...)."""
-    name = PRESET_ALIASES.get(name, name)
-    if name in UMX_PRESETS:
-        return UMX_PRESETS[name]
-    if name in DEMUCS_PRESETS:
-        return DEMUCS_PRESETS[name]
-    if name in HTDEMUCS_PRESETS:
-        return HTDEMUCS_PRESETS[name]
-    known = sorted([*UMX_PRESETS, *DEMUCS_PRESETS, *HTDEMUCS_PRESETS, *PRESET_ALIASES])
-    raise ConversionError(f"unknown model preset {name!r}; known: {', '.join(known)}")
-
-
-def preset_kind(config: Any) -> str:
-    """How a preset's family is named in messages (``an Open-Unmix preset``...)."""
-    if isinstance(config, UMXSeparatorConfig):
-        return "an Open-Unmix preset"
-    if isinstance(config, DemucsConfig):
-        return "a Demucs preset (v2, demucs 2.0.x)"
-    if isinstance(config, BagConfig):
-        return f"a bag preset of {len(config.models)} HTDemucs models (demucs v4)"
-    return "an HTDemucs preset (demucs v4)"
 
 
 def _matching_presets(config: UMXConfig | DemucsConfig) -> list[str]:
@@ -195,35 +119,7 @@ def _matching_presets(config: UMXConfig | DemucsConfig) -> list[str]:
     return [n for n, p in DEMUCS_PRESETS.items() if p == config]
 
 
-# --- reading and cleaning state dicts ---------------------------------------------------------------------------
-
-
-def _read(path: Path, role: str, progress: Progress | None) -> tuple[Any, SourceFile]:
-    checkpoint = read_checkpoint(path, progress=progress)
-    info = SourceFile(path, sha256_file(path), checkpoint.format, checkpoint.nbytes, role)
-    return checkpoint.obj, info
-
-
-def _as_state(obj: Any, name: str) -> dict[str, np.ndarray]:
-    """A state dict (str -> array), or a clear error saying what the object is instead."""
-    if not isinstance(obj, dict):
-        raise ConversionError(
-            f"{name} holds a {type(obj).__name__}, not a state dict (name -> tensor), a demucs package or a "
-            "quantized state"
-        )
-    bad = [k for k, v in obj.items() if not isinstance(k, str) or not isinstance(v, np.ndarray)]
-    if bad:
-        shown = ", ".join(f"{k!r} ({type(obj[k]).__name__})" for k in bad[:6])
-        raise ConversionError(
-            f"{name} is not a state dict: entries {shown}{' ...' if len(bad) > 6 else ''} are not tensors "
-            f"(keys: {_keys_preview(obj)})"
-        )
-    return obj
-
-
-def _keys_preview(obj: Mapping, n: int = 8) -> str:
-    keys = [str(k) for k in list(obj)[:n]]
-    return ", ".join(keys) + (", ..." if len(obj) > n else "")
+# --- cleaning state dicts --------------------------------------------------------------------------------------
 
 
 def _drop_ignored(state: Mapping[str, np.ndarray], notes: list[str], where: str) -> dict[str, np.ndarray]:
@@ -239,39 +135,6 @@ def _drop_ignored(state: Mapping[str, np.ndarray], notes: list[str], where: str)
     return {k: v for k, v in state.items() if not is_ignored_on_load(k)}
 
 
-def _to_float32(
-    weights: Mapping[str, np.ndarray], notes: list[str], dtypes: dict[str, int], where: str
-) -> dict[str, np.ndarray]:
-    """float16/bfloat16 -> float32 exactly; float64 rounded (noted); NaN/Inf counted and warned about."""
-    out: dict[str, np.ndarray] = {}
-    rounded: list[str] = []
-    for key, value in weights.items():
-        dtypes[value.dtype.name] = dtypes.get(value.dtype.name, 0) + 1
-        if value.dtype.kind not in "fiub":
-            raise ConversionError(f"{where}: {key} has dtype {value.dtype}, which cannot be a weight")
-        converted = value.astype(np.float32)
-        if value.dtype.itemsize > 4 or value.dtype.kind in "iu":
-            back = converted.astype(value.dtype)
-            same = (
-                np.array_equal(back, value, equal_nan=True) if value.dtype.kind == "f" else np.array_equal(back, value)
-            )
-            if not same:
-                rounded.append(key)
-        out[key] = converted
-    if rounded:
-        notes.append(f"{where}: {len(rounded)} float64/integer tensor(s) rounded to float32: {', '.join(rounded[:6])}")
-    bad = []
-    for key, value in out.items():
-        nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
-        if nan or inf:
-            bad.append(f"{key} ({nan} NaN, {inf} Inf)")
-    if bad:
-        message = f"{where}: non-finite weights, converted as they are: {'; '.join(bad)}"
-        warnings.warn(message, NonFiniteWeightsWarning, stacklevel=3)
-        notes.append(message)
-    return out
-
-
 # --- config inference -------------------------------------------------------------------------------------------
 
 
@@ -279,7 +142,7 @@ def _need(state: Mapping[str, np.ndarray], keys: list[str], what: str, name: str
     missing = [k for k in keys if k not in state]
     if missing:
         raise ConversionError(
-            f"{name}: cannot infer the {what} config: missing {', '.join(missing)} (keys: {_keys_preview(state)})"
+            f"{name}: cannot infer the {what} config: missing {', '.join(missing)} (keys: {keys_preview(state)})"
         )
 
 
@@ -371,11 +234,6 @@ def infer_demucs_config(
         lstm_layers=lstm_layers,
         context=context,
     )
-
-
-def _config_differences(a: Any, b: Any, fields: tuple[str, ...] | None = None) -> list[str]:
-    names = fields or tuple(f.name for f in dataclasses.fields(a) if f.init)
-    return [f"{n}: file {getattr(a, n)!r}, preset {getattr(b, n)!r}" for n in names if getattr(a, n) != getattr(b, n)]
 
 
 # --- Open-Unmix -------------------------------------------------------------------------------------------------
@@ -487,7 +345,7 @@ def _umx_from_states(
     for target, (state, where) in states.items():
         state = _drop_ignored(state, notes, where)
         models[target], weights = _umx_model_for(state, preset, where)
-        checked[target] = _to_float32(weights, notes, dtypes, where)
+        checked[target] = to_float32(weights, notes, dtypes, where)
     distinct = set(models.values())
     if len(distinct) > 1:
         lines = [f"{t}: {m}" for t, m in models.items()]
@@ -572,13 +430,13 @@ def _read_umx_folder(
             raise ConversionError(
                 f"{folder}: no weights for target {target!r} (expected {target}.pth or {target}-*.pth)"
             )
-        obj, info = _read(path, f"target {target}", progress)
+        obj, info = read_file(path, f"target {target}", progress)
         files.append(info)
         where = str(path.name)
         if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
             notes.append(f"{where}: read the 'state_dict' entry of a training checkpoint")
             obj = obj["state_dict"]
-        state = _as_state(obj, where)
+        state = as_state(obj, where)
         legacy_rate = _legacy_rate(state) or legacy_rate
         states[target] = (state, where)
     separator_json = None
@@ -608,7 +466,7 @@ def _read_umx_file(
     notes: list[str] = []
     dtypes: dict[str, int] = {}
     name = info.path.name
-    state = _as_state(obj, name)
+    state = as_state(obj, name)
     if any(k.startswith("target_models.") for k in state):
         per_target: dict[str, dict[str, np.ndarray]] = {}
         dropped = [k for k in state if not k.startswith("target_models.")]
@@ -820,19 +678,19 @@ def _read_demucs(obj: dict[str, Any], info: SourceFile, preset: str | None) -> C
     dtypes: dict[str, int] = {}
     name = info.path.name
     if "klass" in obj and "state" in obj:
-        qualname = _klass_name(obj["klass"])
+        qualname = klass_name(obj["klass"])
         if qualname == HTDEMUCS_CLASS:
-            return _read_htdemucs(obj, info, preset, "demucs 4.x package (HTDemucs)")
-        if qualname in _NOT_SUPPORTED_YET:
+            return read_htdemucs(obj, info, preset, "demucs 4.x package (HTDemucs)")
+        if qualname in NOT_SUPPORTED_YET:
             raise ConversionError(
-                f"{name} is a demucs package of {qualname}, {_NOT_SUPPORTED_YET[qualname]}: not supported yet "
+                f"{name} is a demucs package of {qualname}, {NOT_SUPPORTED_YET[qualname]}: not supported yet "
                 f"(this project reads demucs.model.Demucs (demucs 2.0.x) and {HTDEMUCS_CLASS} (v4) packages)"
             )
     config = _demucs_preset(preset, name)
     state: Any = obj
     quantizer: dict[str, Any] | None = None
     if "klass" in obj and "state" in obj:
-        qualname = _klass_name(obj["klass"])
+        qualname = klass_name(obj["klass"])
         if qualname != "demucs.model.Demucs":
             raise ConversionError(
                 f"{name} is a demucs package of {qualname}: only demucs.model.Demucs (demucs 2.0.x, the v2 waveform "
@@ -840,7 +698,7 @@ def _read_demucs(obj: dict[str, Any], info: SourceFile, preset: str | None) -> C
             )
         recorded = _demucs_config_from_call(obj.get("args", ()), obj.get("kwargs", {}), name, notes)
         if config is not None and config != recorded:
-            diffs = _config_differences(recorded, config)
+            diffs = config_differences(recorded, config)
             raise ConversionError(f"{name}: the package's constructor arguments differ from --model {preset}: {diffs}")
         config = recorded
         state = obj["state"]
@@ -862,163 +720,10 @@ def _read_demucs(obj: dict[str, Any], info: SourceFile, preset: str | None) -> C
         state = dequantize_demucs(quantized, config, method, name=name, **quantizer)
         notes.append(f"dequantized with {method} ({', '.join(f'{k}={v}' for k, v in quantizer.items())})")
         kind += " (diffq-quantized)" if method == "diffq" else " (uniformly quantized)"
-    state = _as_state(state, name)
+    state = as_state(state, name)
     config, checked, matched = _demucs_state(state, config, preset, name, notes)
-    weights = _to_float32(checked, notes, dtypes, name)
+    weights = to_float32(checked, notes, dtypes, name)
     return Converted(weights, config, info.path, kind, [info], preset, matched, notes, dtypes)
-
-
-# --- HTDemucs (demucs v4) ---------------------------------------------------------------------------------------
-
-
-def _klass_name(klass: Any) -> str:
-    if isinstance(klass, GlobalRef):
-        return klass.qualname
-    if isinstance(klass, str):  # the hub layout records it as a string
-        return klass
-    return repr(klass)
-
-
-def _plain_argument(value: Any) -> bool:
-    """A constructor argument as ``capture_init`` records it: a number, string, None, Fraction or a flat list."""
-    scalar = (bool, int, float, str, fractions.Fraction, type(None))
-    if isinstance(value, (list, tuple)):
-        return all(isinstance(v, scalar) and v is not None for v in value)
-    return isinstance(value, scalar)
-
-
-def htdemucs_config_from_call(args: Any, kwargs: Any, name: str = "package") -> HTDemucsConfig:
-    """``HTDemucs(*args, **kwargs)`` as ``capture_init`` recorded it -> :class:`HTDemucsConfig`.
-
-    Every argument is mapped under its name (positional ones in the constructor's order); one that demucs 4.1.0's
-    ``HTDemucs`` does not take is an error naming it (upstream's ``load_model`` would drop it with a warning), and
-    so is a value that is not a plain number, string, ``Fraction`` or list.
-    """
-    if not isinstance(args, (tuple, list)) or not isinstance(kwargs, dict):
-        raise ConversionError(f"{name}: package 'args' must be a tuple and 'kwargs' a dict")
-    names = [f.name for f in dataclasses.fields(HTDemucsConfig) if f.init]
-    if len(args) > len(names):
-        raise ConversionError(f"{name}: {len(args)} positional constructor arguments, HTDemucs takes {len(names)}")
-    values = dict(zip(names, args))
-    unknown = [k for k in kwargs if k not in names]
-    if unknown:
-        shown = ", ".join(f"{k}={kwargs[k]!r}" if isinstance(k, str) else repr(k) for k in unknown)
-        raise ConversionError(
-            f"{name}: constructor argument(s) {shown} unknown to demucs 4.1.0's {HTDEMUCS_CLASS}: this file comes "
-            "from another version of demucs, which this converter does not know"
-        )
-    for key, value in kwargs.items():
-        if key in values:
-            raise ConversionError(f"{name}: constructor argument {key!r} given twice")
-        values[key] = value
-    bad = [f"{k}={v!r:.80}" for k, v in values.items() if not _plain_argument(v)]
-    if bad:
-        raise ConversionError(f"{name}: constructor argument(s) {', '.join(bad)} are not plain values")
-    if "sources" not in values:
-        raise ConversionError(f"{name}: the package records no 'sources'")
-    if not all(isinstance(s, str) for s in values["sources"] or ()) or isinstance(values["sources"], str):
-        raise ConversionError(f"{name}: 'sources' must be a list of names, got {values['sources']!r:.80}")
-    try:
-        return HTDemucsConfig(**values)
-    except (TypeError, ValueError, ZeroDivisionError) as e:
-        raise ConversionError(f"{name}: bad HTDemucs constructor arguments: {e}") from None
-
-
-def _htdemucs_preset(preset: str, config: HTDemucsConfig, name: str) -> None:
-    wanted = preset_config(preset)
-    if isinstance(wanted, BagConfig):
-        raise ConversionError(
-            f"--model {preset} is a bag of {len(wanted.models)} HTDemucs models, but {name} is one model (a "
-            f"{HTDEMUCS_CLASS} package): pass an HTDemucs model preset "
-            f"({', '.join(n for n, p in HTDEMUCS_PRESETS.items() if isinstance(p, HTDemucsConfig))}) or none"
-        )
-    if not isinstance(wanted, HTDemucsConfig):
-        raise ConversionError(
-            f"--model {preset} is {preset_kind(wanted)}, but {name} holds a {HTDEMUCS_CLASS} (Hybrid "
-            "Transformer Demucs, v4): pass an HTDemucs preset or none (the package records its constructor arguments)"
-        )
-    diffs = _config_differences(config, wanted)
-    if diffs:
-        raise ConversionError(f"{name}: the package's constructor arguments differ from --model {preset}: {diffs}")
-
-
-def _read_htdemucs(obj: Mapping[str, Any], info: SourceFile, preset: str | None, kind: str) -> Converted:
-    """An HTDemucs package (``{'klass', 'args', 'kwargs', 'state', ...}``, read from a ``.th`` or the hub layout)."""
-    name = info.path.name
-    notes: list[str] = []
-    dtypes: dict[str, int] = {}
-    config = htdemucs_config_from_call(obj.get("args", ()), obj.get("kwargs", {}), name)
-    if preset is not None:
-        _htdemucs_preset(preset, config, name)
-    state = obj["state"]
-    if isinstance(state, dict) and (state.get("__quantized") or "compressed" in state):
-        raise ConversionError(
-            f"{name}: the HTDemucs state is quantized (diffq): not supported yet; convert an unquantized release"
-        )
-    state = _as_state(state, name)
-    try:
-        checked = check_weights(state, config, name)
-    except NotImplementedError as e:
-        raise ConversionError(f"{name}: {e}") from None
-    weights = _to_float32(checked, notes, dtypes, name)
-    training_args = obj.get("training_args")
-    if training_args is not None:
-        notes.append(f"training_args ({type(training_args).__name__}) not used: only the model is converted")
-    matched = [n for n, p in HTDEMUCS_PRESETS.items() if p == config]
-    return Converted(weights, config, info.path, kind, [info], preset, matched, notes, dtypes)
-
-
-def _decode_hub_json(value: Any) -> Any:
-    """4.1.0's hub metadata JSON: ``{"_type": "fraction", "numerator", "denominator"}`` is a Fraction."""
-    if isinstance(value, dict):
-        if value.get("_type") == "fraction":
-            num, den = value.get("numerator"), value.get("denominator")
-            if type(num) is not int or type(den) is not int or den == 0:
-                raise ConversionError(f"malformed fraction in the metadata: {value!r:.80}")
-            return fractions.Fraction(num, den)
-        return {k: _decode_hub_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_decode_hub_json(v) for v in value]
-    return value
-
-
-def hub_metadata(path: Path) -> dict[str, str] | None:
-    """The metadata of a safetensors file when it is 4.1.0's hub layout (it names a ``klass``), else ``None``."""
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="numpy") as f:
-            metadata = f.metadata() or {}
-    except Exception:  # not a readable safetensors file: the caller says what it is
-        return None
-    return metadata if "klass" in metadata and "unmix_ports" not in metadata else None
-
-
-def _read_hub(path: Path, preset: str | None) -> Converted:
-    from core_spec.canonical import read_arrays
-
-    name = path.name
-    metadata = hub_metadata(path)
-    if metadata is None:
-        raise ConversionError(f"{name} is a safetensors file but not demucs 4.1.0's hub layout (no 'klass' metadata)")
-    if "structure" in metadata:
-        raise ConversionError(f"{name}: a nested (diffq-quantized) hub state: not supported yet")
-    try:
-        args = _decode_hub_json(json.loads(metadata.get("args", "[]")))
-        kwargs = _decode_hub_json(json.loads(metadata.get("kwargs", "{}")))
-    except json.JSONDecodeError as e:
-        raise ConversionError(f"{name}: the args/kwargs metadata is not JSON ({e})") from None
-    qualname = metadata["klass"]
-    if qualname != HTDEMUCS_CLASS:
-        what = _NOT_SUPPORTED_YET.get(qualname, "a class this converter does not know")
-        raise ConversionError(f"{name} is a demucs hub file of {qualname}, {what}: not supported yet")
-    try:
-        state = read_arrays(path)
-    except Exception as e:
-        raise CheckpointError(f"{name}: corrupt or truncated safetensors file ({type(e).__name__}: {e})") from None
-    info = SourceFile(path, sha256_file(path), "safetensors (demucs hub)", path.stat().st_size, "weights")
-    package = {"klass": qualname, "args": args, "kwargs": kwargs, "state": state}
-    return _read_htdemucs(package, info, preset, "demucs 4.1.0 hub safetensors (HTDemucs)")
 
 
 # --- entry point ------------------------------------------------------------------------------------------------
@@ -1031,12 +736,14 @@ def read_upstream(
     target: str | None = None,
     progress: Progress | None = None,
 ) -> Converted:
-    """Read an upstream weight file or openunmix model folder into canonical weights and a config.
+    """Read an upstream weight file, openunmix model folder or demucs 4.x bag into canonical weights and a config.
 
     Args:
-        path: a ``.pth``/``.th`` file or an openunmix model folder.
-        model: a preset name (``umxhq``, ``umxse``, ``demucs``, ``demucs_unittest``, ...): the config to use
-            instead of inferring one; the file is checked against it.
+        path: a ``.pth``/``.th``/``.pt`` file, a demucs 4.1.0 hub ``<sig>.safetensors``, an openunmix model
+            folder, a demucs bag ``.yaml`` or a folder holding one (:func:`weights_convert.htdemucs_bags.read_bag`).
+        model: a preset name (``umxhq``, ``umxse``, ``demucs``, ``demucs_unittest``, ``htdemucs``, ...): the config
+            to use instead of inferring one (needed for a bare HTDemucs state dict whose shapes fit several
+            presets); the file is checked against it.
         targets: for a folder, the targets to read, in order (default: all found).
         target: for a single Open-Unmix file, its target name (default: from the file name, ``vocals-<hash>``
             -> ``vocals``).
@@ -1052,6 +759,10 @@ def read_upstream(
         preset_config(model)
     if not path.exists():
         raise ConversionError(f"{path} does not exist")
+    if path.is_dir() and find_bag_yaml(path) is not None:
+        return read_bag(path, model, progress)
+    if path.is_file() and path.suffix in BAG_SUFFIXES:
+        return read_bag(path, model, progress)
     if path.is_dir():
         if model is not None and not isinstance(preset_config(model), UMXSeparatorConfig):
             raise ConversionError(
@@ -1059,21 +770,24 @@ def read_upstream(
             )
         return _read_umx_folder(path, model, targets, progress)
     if path.name.endswith(".safetensors") and hub_metadata(path) is not None:
-        return _read_hub(path, model)
-    obj, info = _read(path, "weights", progress)
+        return read_hub(path, model)
+    obj, info = read_file(path, "weights", progress)
     name = path.name
     kind = "openunmix state dict"
     if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict) and "klass" not in obj:
         obj = obj["state_dict"]
         kind = "openunmix training checkpoint (state_dict entry)"
     if not isinstance(obj, dict):
-        _as_state(obj, name)  # raises with a description
+        as_state(obj, name)  # raises with a description
+    if is_bare_htdemucs(obj):
+        return read_bare_htdemucs(obj, info, model)
     is_demucs = ("klass" in obj and "state" in obj) or set(obj) == {"compressed"} or "encoder.0.0.weight" in obj
     if is_demucs:
         return _read_demucs(obj, info, model)
     if "fc1.weight" in obj or any(isinstance(k, str) and k.startswith("target_models.") for k in obj):
         return _read_umx_file(obj, info, model, target, kind)
-    _as_state(obj, name)
+    as_state(obj, name)
     raise ConversionError(
-        f"{name}: a state dict with keys {_keys_preview(obj)} is neither an Open-Unmix nor a Demucs v2 model"
+        f"{name}: a state dict with keys {keys_preview(obj)} is neither an Open-Unmix, a Demucs v2 nor an HTDemucs "
+        "model"
     )
