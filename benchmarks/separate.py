@@ -6,9 +6,15 @@ Workloads (``benchmarks.workloads``): music tiled from the stempeg clip to 30 s,
   ``--wiener-win-len 300``), 32-bit float WAV stems. Upstream: openunmix 1.3.0's ``umx`` on an openunmix model
   folder of the same weights. Ports: ``unmix-separate --segment-seconds none`` (the whole track, as upstream) and,
   for the longest track, ``--segment-seconds 30`` (chunks);
-- Demucs v2: channels 64 (the released size, seeded weights), ``--shifts 0 --overlap 0.25``, split into 40-s
-  segments, 16-bit WAV. Upstream: demucs 2.0.3's ``python -m demucs.separate`` on a ``demucs.utils.save_model``
-  package of the same weights.
+- Demucs v2: channels 64 (the released size) and 48 (``--demucs-channels``), seeded weights, ``--shifts 0
+  --overlap 0.25``, split into 40-s segments, 16-bit WAV. Upstream: demucs 2.0.3's ``python -m demucs.separate`` on
+  a ``demucs.utils.save_model`` package of the same weights.
+
+Cold and warm runs (``--warm N``): every command runs once with an empty cache folder of its own (``--cache-dir``:
+the cold first run, compiling everything) and then ``N`` more times with that folder populated (the warm runs: the
+compiled graphs read back); upstream's commands, which keep no cache, run as often. ``--upstream-model`` hands
+Demucs the upstream package instead of the canonical file (the conversion is then cached by the first run).
+Ratios are against upstream's run of the same index.
 
 Upstream's commands run through :mod:`benchmarks.upstream_cli` (local models, soundfile in torchaudio's place: its
 separation code unchanged). Every command runs in its own process, one at a time, with ``OMP_WAIT_POLICY=PASSIVE``
@@ -19,7 +25,8 @@ of the command's process tree (psutil, sampled every 20 ms; the NNabla command's
 (the machine is shared). Ratios are against upstream's command at the same length.
 
 Run: ``.venv/bin/python -m benchmarks separate [--lengths 30 180 600] [--models umx demucs]
-[--impls upstream torch tf jax nnabla] [--chunked-only] [--name NAME]``; writes
+[--impls upstream torch tf jax nnabla] [--chunked-only] [--warm N] [--demucs-channels 64 48] [--upstream-model]
+[--name NAME]``; writes
 ``benchmarks/results/<NAME>.json`` (default ``separate``); ``--table FILE...`` prints result files as the Markdown
 table of ``docs/separate.md``.
 """
@@ -29,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -79,12 +87,19 @@ def write_umx_models(work: Path) -> tuple[Path, Path]:
     return canonical, folder
 
 
-def write_demucs_models(work: Path) -> tuple[Path, Path]:
-    """The canonical file and ``models/demucs_bench.th`` (``demucs.utils.save_model``): the same weights."""
+def write_demucs_models(work: Path, channels: int = 64) -> tuple[Path, Path]:
+    """The canonical file and ``models/demucs_bench.th`` (``demucs.utils.save_model``): the same weights
+    (channels 64: under ``work``; other widths: under ``work/demucs<channels>``)."""
+    from dataclasses import replace
+
     from benchmarks.workloads import demucs_config, demucs_weights
     from core_spec.canonical import save_canonical
 
     cfg = demucs_config()
+    if channels != cfg.channels:
+        cfg = replace(cfg, channels=channels)
+        work = work / f"demucs{channels}"
+        work.mkdir(exist_ok=True)
     canonical = work / "demucs_bench.safetensors"
     if not canonical.exists():
         save_canonical(canonical, demucs_weights(cfg), cfg)
@@ -153,8 +168,8 @@ def upstream(kind: str, track: Path, model: Path, out: Path) -> list[str]:
 
 def markdown_table(paths: list[Path]) -> str:
     """The rows of result files as a Markdown table (time and memory, each with its ratio to upstream)."""
-    lines = ["| model | length | implementation | mode | wall s | x upstream | peak MiB | x upstream |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| model | length | implementation | mode | run | wall s | x upstream | peak MiB | x upstream |",
+             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for path in paths:
         for r in json.loads(Path(path).read_text())["rows"]:
             status = r.get("stopped", "") or ("" if r["returncode"] == 0 else f"failed (exit {r['returncode']})")
@@ -164,7 +179,8 @@ def markdown_table(paths: list[Path]) -> str:
             ratio_m = f"{r['memory_ratio']:.2f}" if "memory_ratio" in r else ""
             length = f"{r['length_s'] // 60} min" if r["length_s"] >= 60 else f"{r['length_s']} s"
             lines.append(
-                f"| {r['model']} | {length} | {r['impl']} | {r['mode']} | {wall} | {ratio_t} | {peak} | {ratio_m} |"
+                f"| {r['model']} | {length} | {r['impl']} | {r['mode']} | {r.get('run', '')} | {wall} | {ratio_t} | "
+                f"{peak} | {ratio_m} |"
             )
     return "\n".join(lines)
 
@@ -179,6 +195,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="stop a command after this many seconds")
     parser.add_argument("--name", default="separate", help="results file benchmarks/results/<name>.json")
     parser.add_argument("--chunked-only", action="store_true", help="Open-Unmix: only the chunked runs (no upstream)")
+    parser.add_argument("--warm", type=int, default=0, help="warm runs after each cold first run (default 0)")
+    parser.add_argument("--demucs-channels", type=int, nargs="+", default=[64], help="Demucs widths (default 64)")
+    parser.add_argument(
+        "--upstream-model", action="store_true", help="Demucs: the ports read the upstream package (cached conversion)"
+    )
     parser.add_argument(
         "--table", nargs="+", metavar="JSON", help="print result files as a Markdown table, run nothing"
     )
@@ -191,8 +212,14 @@ def main(argv: list[str] | None = None) -> int:
     tracks = write_tracks(work, args.lengths)
     rows: list[dict[str, Any]] = []
     load = [os.getloadavg()]
-    for kind in args.models:
-        canonical, upstream_model = write_umx_models(work) if kind == "umx" else write_demucs_models(work)
+    cases = [("umx", 0)] if "umx" in args.models else []
+    cases += [("demucs", c) for c in args.demucs_channels] if "demucs" in args.models else []
+    for kind, channels in cases:
+        if kind == "umx":
+            canonical, upstream_model = write_umx_models(work)
+        else:
+            canonical, upstream_model = write_demucs_models(work, channels)
+        model_label = kind if kind == "umx" else f"demucs{channels}"
         for seconds, track in tracks.items():
             runs: list[tuple[str, list[str], str]] = []
             for impl in args.impls:
@@ -208,25 +235,37 @@ def main(argv: list[str] | None = None) -> int:
                         chunked = ["--segment-seconds", str(CHUNK_SECONDS)]
                         runs.append((impl, ours(impl, track, canonical, out, chunked), f"{CHUNK_SECONDS}-s chunks"))
                 else:
-                    runs.append((impl, ours(impl, track, canonical, out, []), "split (40-s segments)"))
-            base: dict[str, Any] | None = None
-            for impl, command, mode in runs:
-                row = {"model": kind, "length_s": seconds, "impl": impl, "mode": mode, "load_before": os.getloadavg()}
-                row.update(measure(command, args.limit_mb, args.timeout))
-                if impl == "upstream":
-                    base = row
-                ok = base is not None and "stopped" not in base and base["returncode"] == 0 and row["returncode"] == 0
-                if ok and impl != "upstream":
-                    row["time_ratio"] = round(row["wall_s"] / base["wall_s"], 2)
-                    row["memory_ratio"] = round(row["peak_rss_mb"] / base["peak_rss_mb"], 2)
-                rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
-                if "error" in row:
-                    print(row["error"], file=sys.stderr)
-                load.append(os.getloadavg())
+                    model = upstream_model / "demucs_bench.th" if args.upstream_model else canonical
+                    runs.append((impl, ours(impl, track, model, out, []), "split (40-s segments)"))
+            for index in range(1 + args.warm):
+                run_name = "cold" if index == 0 else f"warm{index}"
+                base: dict[str, Any] | None = None
+                for impl, command, mode in runs:
+                    if impl != "upstream":
+                        cache = work / "cache" / f"{model_label}-{seconds}-{impl}-{mode.split()[0]}"
+                        if index == 0 and cache.exists():
+                            shutil.rmtree(cache)  # the cold run starts from an empty cache
+                        command = [*command, "--cache-dir", str(cache)]
+                    row = {"model": model_label, "length_s": seconds, "impl": impl, "mode": mode, "run": run_name,
+                           "load_before": os.getloadavg()}  # fmt: skip
+                    row.update(measure(command, args.limit_mb, args.timeout))
+                    if impl == "upstream":
+                        base = row
+                    ok = (base is not None and "stopped" not in base and base["returncode"] == 0
+                          and row["returncode"] == 0)  # fmt: skip
+                    if ok and impl != "upstream":
+                        row["time_ratio"] = round(row["wall_s"] / base["wall_s"], 2)
+                        row["memory_ratio"] = round(row["peak_rss_mb"] / base["peak_rss_mb"], 2)
+                    rows.append(row)
+                    print(json.dumps({k: v for k, v in row.items() if k != "error"}), flush=True)
+                    if "error" in row:
+                        print(row["error"], file=sys.stderr)
+                    load.append(os.getloadavg())
     meta = {
         "umx": "umxhq shapes, 4 targets, seeded; niter 1, wiener_win_len 300; float32 WAV out",
-        "demucs": "channels 64, seeded; shifts 0, overlap 0.25, split; int16 WAV out",
+        "demucs": f"channels {args.demucs_channels}, seeded; shifts 0, overlap 0.25, split; int16 WAV out"
+        + (" (ports read the upstream package)" if args.upstream_model else ""),
+        "runs": "cold: an empty cache; warmN: the cache populated by the runs before",
         "tracks": "stempeg clip's stems summed, tiled; 16-bit WAV in",
         "load_average_during_run": load,
         "limit_mb": args.limit_mb,

@@ -4,6 +4,8 @@
 - Every tolerance check (``core_spec.tolerances.check``) is recorded; at the end of the session the rows are
   written to ``parity_tests/report/parity-<env>-<worker>.json`` and ``scripts/parity_report.py`` prints them.
 - ``UNMIX_REQUIRE_TESTS=1`` makes a session that passed no test fail (the NNabla environment must run tests).
+- The commands' per-user cache (:mod:`unmix.caches`) is a fresh temporary folder for the session
+  (``UNMIX_PORTS_CACHE_DIR``, unless set), so tests never read nor fill the user's ``~/.cache/unmix-ports``.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +21,9 @@ import pytest
 from core_spec import tolerances
 
 REPORT_DIR = Path(__file__).resolve().parent / "report"
+
+# inherited by the commands the tests run (xdist workers inherit it from the controller)
+os.environ.setdefault("UNMIX_PORTS_CACHE_DIR", tempfile.mkdtemp(prefix="unmix-ports-cache-"))
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -2,8 +2,9 @@
 
 Segments with a triangular cross-fade, random shifts, padding with real neighbouring samples, with the chunk
 geometry of :mod:`core_spec.shapes` and shifts drawn from a seeded generator (``core_spec.reference.apply`` is the
-spec). The network is ``jax.jit``-compiled per chunk length: a track is zero-extended once (:class:`_Track`), so
-every padded chunk is one dynamic slice at a traced offset; the overlap-add updates its accumulators in place
+spec). The network is ``jax.jit``-compiled per chunk length (not per track length: a folder of tracks compiles
+each chunk length once): a track is zero-extended once (:class:`_Track`), so every padded chunk is one dynamic
+slice; the overlap-add updates its accumulators in place
 (donated buffers). The loops over segments and shifts stay in Python, as upstream.
 """
 
@@ -60,10 +61,16 @@ def _margin(model: Demucs, lengths: list[int]) -> int:
     return max(model.valid_length(n) - n for n in set(lengths))
 
 
-@partial(nnx.jit, static_argnames=("size",), graph_updates=False)
+@partial(nnx.jit, graph_updates=False)
+def _network(model: Demucs, window: jax.Array) -> jax.Array:
+    """The network on one padded chunk (compiled once per chunk shape, whatever the track's length)."""
+    return model(window)
+
+
 def _window_forward(model: Demucs, extended: jax.Array, start: jax.Array, size: int) -> jax.Array:
-    """The network on ``extended[..., start:start + size]`` (compiled once per ``size``)."""
-    return model(lax.dynamic_slice_in_dim(extended, start, size, axis=-1))
+    """The network on ``extended[..., start:start + size]``: the slice is cut before the compiled network, so
+    that tracks of different lengths share its compilation (and its persistent-cache entry) per chunk length."""
+    return _network(model, lax.dynamic_slice_in_dim(extended, start, size, axis=-1))
 
 
 def _apply_valid(model: Demucs, track: _Track, offset: int, length: int) -> jax.Array:

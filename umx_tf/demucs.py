@@ -310,5 +310,8 @@ class Demucs(TracedCall, keras.Model):
             jit_compile = not tf.config.list_logical_devices("GPU")
         fn = self._compiled.get(jit_compile)
         if fn is None:
-            fn = self._compiled[jit_compile] = tf.function(lambda mix: self(mix), jit_compile=jit_compile)
+            # no AutoGraph (as umx_tf.separator): plain Python control flow on static shapes only
+            fn = self._compiled[jit_compile] = tf.function(
+                lambda mix: self(mix), jit_compile=jit_compile, autograph=False
+            )
         return fn

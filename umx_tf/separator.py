@@ -85,7 +85,9 @@ class Separator(SeparatorSettings, keras.Model):
         self.target_models = dict(target_models)
         self.window = None if window is None else np.asarray(window, dtype=np.float64)
         self.jit_compile = _auto_jit(jit_compile)
-        self._separate = tf.function(self.call, jit_compile=self.jit_compile)
+        # no AutoGraph: the separation has no tensor-dependent Python control flow (a Python `if` on a tensor
+        # would fail to trace, not change the graph), and converting its source took 1.3 s of every first call
+        self._separate = tf.function(self.call, jit_compile=self.jit_compile, autograph=False)
         self.built = True
 
     @classmethod

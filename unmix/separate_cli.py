@@ -6,7 +6,8 @@
     python -m umx_<fw> separate INPUT... --model MODEL [options]       # the same code, --framework fixed
 
 ``INPUT``: audio files, or folders (every audio file inside, recursively, sorted). ``MODEL``: a canonical file, a
-native file of the port, an upstream file/folder converted in memory, or what ``unmix-train`` writes: a run folder
+native file of the port, an upstream file/folder (converted once, then read from the cache), or what
+``unmix-train`` writes: a run folder
 or a one-target file; ``--model`` repeated joins the Open-Unmix targets of several runs into one separator
 (:mod:`unmix.separate_models`, :mod:`unmix.targets`). Stems go to ``OUTDIR/<model name>/<--filename>`` (default
 ``separated/<model>/<track>/<stem>.wav``; the model name is the file's stem or the folder's name, for several
@@ -26,7 +27,11 @@ an interrupted run (Ctrl-C, SIGTERM) leaves no partial file. A bad file is repor
 status is 1 if any file failed (2 for a usage error, 130 when interrupted).
 
 ``--framework nnabla`` where NNabla is not importable re-runs the command in ``.venv-nnabla``
-(:func:`unmix.environments.rerun_in_nnabla`). See ``docs/separate.md``.
+(:func:`unmix.environments.rerun_in_nnabla`).
+
+Speed across runs (:mod:`unmix.caches`): JAX's and TensorFlow's compiled graphs and the canonical conversions of
+upstream files are kept in a per-user cache folder (``--cache-dir``; ``--no-cache`` for none); a batch loads the
+model once and compiles each input shape once. See ``docs/separate.md``.
 """
 
 from __future__ import annotations
@@ -47,6 +52,7 @@ import numpy as np
 from core_spec.audio import AudioError, check_amplitude
 from core_spec.frameworks import FRAMEWORKS, importable
 from unmix.audio_files import AudioFileError, StagedFiles, find_audio_files, read_audio_file, resample, write_audio_file
+from unmix.caches import CompileCache, cache_root, enable_compile_cache
 from unmix.environments import rerun_in_nnabla
 from unmix.separate_models import LoadedModel, ModelError, load_model, shown
 from unmix.stems import CLIP_MODES, DEFAULT_FILENAME, output_path, prevent_clip, select_stems, stem_names
@@ -83,7 +89,7 @@ def build_parser(prog: str = "unmix-separate", framework: str | None = None) -> 
         required=True,
         action="append",
         help="canonical .safetensors (+ .json), a native file of the port, an upstream .pth/.th file or openunmix "
-        "model folder (converted in memory), or what unmix-train wrote: a run folder or a one-target "
+        "model folder (converted, and the conversion cached), or what unmix-train wrote: a run folder or a one-target "
         "<target>.safetensors. Repeat it to join the Open-Unmix targets of several runs into one separator "
         "(--model run_vocals --model run_drums)",
     )
@@ -115,6 +121,14 @@ def build_parser(prog: str = "unmix-separate", framework: str | None = None) -> 
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32")
     parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars, no summary lines")
+    cache = parser.add_mutually_exclusive_group()
+    cache.add_argument(
+        "--cache-dir",
+        help="where compiled graphs (JAX, TensorFlow XLA) and conversions of upstream models are kept (default: "
+        "$UNMIX_PORTS_CACHE_DIR, else $XDG_CACHE_HOME/unmix-ports or ~/.cache/unmix-ports; the platform's "
+        "cache folder on macOS and Windows)",
+    )
+    cache.add_argument("--no-cache", action="store_true", help="read and write no cache (compile and convert anew)")
     umx = parser.add_argument_group("Open-Unmix (defaults of openunmix 1.3.0's umx)")
     umx.add_argument("--niter", type=int, help="EM iterations of the Wiener filter (default 1)")
     umx.add_argument("--wiener-win-len", type=_win_len, help="frames filtered together, or none (default 300)")
@@ -341,12 +355,33 @@ def run(args: argparse.Namespace, prog: str = "unmix-separate") -> int:
         error(f"no audio files in {', '.join(args.inputs)}")
         return 1
     umx_options = _umx_options(args)
+
+    def warn(message: str) -> None:
+        print(f"{prog}: warning: {message}", file=sys.stderr)
+
+    root = cache_root(args.cache_dir, args.no_cache)
+    compiled = enable_compile_cache(args.framework, root, warn)  # before the port compiles (TF reads it once)
     try:
-        model = load_model(args.model, args.framework, args.device, args.dtype, umx_options)
-        options = resolve_options(args, model)
-    except (ModelError, ValueError) as e:
-        error(str(e))
-        return 1
+        try:
+            with compiled.watch():
+                model = load_model(args.model, args.framework, args.device, args.dtype, umx_options, cache=root)
+            options = resolve_options(args, model)
+        except (ModelError, ValueError) as e:
+            error(str(e))
+            return 1
+        return _separate_all(args, prog, files, model, options, compiled)
+    finally:
+        compiled.close()
+
+
+def _separate_all(
+    args: argparse.Namespace, prog: str, files: list[Path], model: LoadedModel, options: Options, compiled: CompileCache
+) -> int:
+    """Separate ``files`` one after the other with one model (loaded and compiled once); the exit status."""
+
+    def error(message: str) -> None:
+        print(f"{prog}: error: {message}", file=sys.stderr)
+
     job = Separation(args, model, options)
     progress = _progress(args.quiet)
     failed: list[Path] = []
@@ -354,7 +389,8 @@ def run(args: argparse.Namespace, prog: str = "unmix-separate") -> int:
     with files_bar:
         for path in files:
             try:
-                line = job.track(path, progress)
+                with compiled.watch():
+                    line = job.track(path, progress)
             except (AudioError, AudioFileError, ModelError, ValueError, OSError) as e:
                 failed.append(path)
                 files_bar.clear()
@@ -362,7 +398,10 @@ def run(args: argparse.Namespace, prog: str = "unmix-separate") -> int:
             except Exception as e:  # the port failed on this track (out of memory, ...): report it, go on
                 failed.append(path)
                 files_bar.clear()
-                error(f"{path}: separation failed ({type(e).__name__}: {e})")
+                hint = ""
+                if compiled.folder is not None and str(compiled.folder) in str(e):
+                    hint = f" (in the compilation cache {compiled.folder}: remove it, or pass --no-cache)"
+                error(f"{path}: separation failed ({type(e).__name__}: {e}){hint}")
             else:
                 if not args.quiet:
                     files_bar.write(line, file=sys.stdout)

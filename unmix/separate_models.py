@@ -6,8 +6,9 @@
 2. a native file of the chosen port (``umx_<fw>.native_paths``: ``.pth`` / ``.weights.h5`` / ``.msgpack`` /
    ``.h5``, each with a ``.json`` carrying the port's format tag);
 3. an upstream file or folder that ``unmix-convert`` reads (``vocals-b62c91ce.pth``, an openunmix model folder,
-   ``demucs-e07c671f.th``, a demucs package): converted in memory by :func:`weights_convert.sources.read_upstream`,
-   nothing written.
+   ``demucs-e07c671f.th``, a demucs package): converted by :func:`weights_convert.sources.read_upstream`, and the
+   canonical result kept in the per-user cache by the file's SHA-256 (:func:`unmix.caches.cached_upstream`; not
+   with ``--no-cache``), so the next run reads a canonical file; nothing is written beside the source.
 
 What ``unmix-train`` writes is accepted too (:func:`resolve_models`): a folder holding canonical files (a run
 folder, tried between 1 and 2 when no ``<folder>.safetensors`` sits beside it): its one-target Open-Unmix networks
@@ -176,8 +177,13 @@ def _model_name(path: Path) -> str:
     return path.name if path.is_dir() else path.name.split(".", 1)[0]
 
 
-def resolve_weights(path: str | Path, port: Any | None = None) -> tuple[dict[str, np.ndarray], Any, str, str]:
+def resolve_weights(
+    path: str | Path, port: Any | None = None, cache: Path | None = None
+) -> tuple[dict[str, np.ndarray], Any, str, str]:
     """``(canonical weights, config, model name, origin)`` of what ``path`` names (see the module docstring).
+
+    ``cache``: the cache folder (:func:`unmix.caches.cache_root`; ``None``: none) where an upstream file's
+    conversion is kept, by its SHA-256 (:func:`unmix.caches.cached_upstream`): a second run reads a canonical file.
 
     Raises:
         ModelError: nothing usable at ``path`` (the message lists what was looked for), or the file cannot be read.
@@ -198,13 +204,14 @@ def resolve_weights(path: str | Path, port: Any | None = None) -> tuple[dict[str
             f"--model {path}: not found (looked for a canonical {st_path.name} + .json, a native file of the "
             f"chosen port, and an upstream .pth/.th file or openunmix model folder)"
         )
+    from unmix.caches import cached_upstream
     from weights_convert.sources import read_upstream
 
     try:
-        converted = read_upstream(path)
+        weights, config, _ = cached_upstream(path, cache, read_upstream)
     except (ValueError, OSError) as e:
         raise ModelError(f"--model {path}: not a model unmix-convert can read ({type(e).__name__}: {e})") from None
-    return converted.weights, converted.config, _model_name(path), "upstream"
+    return weights, config, _model_name(path), "upstream"
 
 
 ModelPaths = str | os.PathLike | Sequence[str | os.PathLike]
@@ -257,7 +264,9 @@ def _native_target_name(name: str) -> str:
     return name
 
 
-def _from_folder(folder: Path, found: list[tuple[Path, Any]]) -> tuple[dict[str, np.ndarray], Any, str, str]:
+def _from_folder(
+    folder: Path, found: list[tuple[Path, Any]], cache: Path | None = None
+) -> tuple[dict[str, np.ndarray], Any, str, str]:
     """A folder of canonical files: its one-target networks joined, else its one model."""
     name = folder.resolve().name
     if any(isinstance(config, UMXConfig) for _, config in found):
@@ -269,11 +278,13 @@ def _from_folder(folder: Path, found: list[tuple[Path, Any]]) -> tuple[dict[str,
     if len(found) > 1:
         held = ", ".join(f"{p.name} ({type(c).__name__})" for p, c in found)
         raise ModelError(f"--model {folder}: holds several models ({held}); pass one of the files")
-    weights, config, _, origin = resolve_weights(found[0][0])
+    weights, config, _, origin = resolve_weights(found[0][0], cache=cache)
     return weights, config, name, origin
 
 
-def resolve_models(paths: ModelPaths, port: Any | None = None) -> tuple[dict[str, np.ndarray], Any, str, str]:
+def resolve_models(
+    paths: ModelPaths, port: Any | None = None, cache: Path | None = None
+) -> tuple[dict[str, np.ndarray], Any, str, str]:
     """``(canonical weights, config, model name, origin)`` of what one or several ``--model`` name.
 
     One path: a folder of canonical files (an ``unmix-train`` run folder; only when no ``<folder>.safetensors``
@@ -281,7 +292,7 @@ def resolve_models(paths: ModelPaths, port: Any | None = None) -> tuple[dict[str
     (``demucs.safetensors``); otherwise :func:`resolve_weights`, a one-target network (canonical or native)
     becoming a separator of that target. The name is the folder's name or the file's stem. Several paths: run
     folders, one-target files or folders of them, joined in the order given (:func:`unmix.targets.collect_targets`);
-    the name is theirs joined by ``+`` (:func:`model_name`).
+    the name is theirs joined by ``+`` (:func:`model_name`). ``cache``: see :func:`resolve_weights`.
 
     Raises:
         ModelError: see :func:`resolve_weights`; for targets, a file that is not a target, the same target twice,
@@ -303,8 +314,8 @@ def resolve_models(paths: ModelPaths, port: Any | None = None) -> tuple[dict[str
         except TargetError as e:
             raise ModelError(f"--model {path}: {e}") from None
         if found:
-            return _from_folder(path, found)
-    weights, config, name, origin = resolve_weights(path, port)
+            return _from_folder(path, found, cache)
+    weights, config, name, origin = resolve_weights(path, port, cache)
     if isinstance(config, UMXConfig):
         target = name if origin == "canonical" else _native_target_name(name)
         joined = _join([TargetFile(target, path, config, weights)], str(path))
@@ -337,6 +348,7 @@ def load_model(
     device: str = "cpu",
     dtype: str = "float32",
     umx_options: Mapping[str, Any] | None = None,
+    cache: Path | None = None,
 ) -> LoadedModel:
     """Build the model ``path`` names (one path, or several whose Open-Unmix targets are joined: see
     :func:`resolve_models`) in ``umx_<framework>`` on ``device`` in ``dtype``.
@@ -344,12 +356,13 @@ def load_model(
     Args:
         umx_options: Open-Unmix separator settings replacing the file's (``niter``, ``wiener_win_len``,
             ``softmask``, ``residual``).
+        cache: the cache folder for conversions of upstream files (:func:`resolve_weights`); ``None``: none.
 
     Raises:
         ModelError: see :func:`resolve_models`; EM on one target without the residual (:func:`check_em`).
     """
     port = _import_port(framework)
-    weights, config, name, origin = resolve_models(path, port)
+    weights, config, name, origin = resolve_models(path, port, cache)
     if not isinstance(config, (UMXSeparatorConfig, DemucsConfig)):
         raise ModelError(f"--model {shown(path)}: holds a {type(config).__name__}, not a separation model")
     kind = "umx" if isinstance(config, UMXSeparatorConfig) else "demucs"
