@@ -12,6 +12,7 @@ import dataclasses
 import hashlib
 import warnings
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -113,11 +114,14 @@ class Converted:
         return out
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """SHA-256 of a file, read in blocks into one reused buffer (no new ``bytes`` per block)."""
     h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
+    buffer = bytearray(chunk)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buffer):
+            h.update(view[:n])
     return h.hexdigest()
 
 
@@ -154,8 +158,10 @@ def preset_kind(config: Any) -> str:
 
 def read_file(path: Path, role: str, progress: Progress | None) -> tuple[Any, SourceFile]:
     """The object a ``torch.save`` file holds (read torch-free) and the record of the read."""
-    checkpoint = read_checkpoint(path, progress=progress)
-    info = SourceFile(path, sha256_file(path), checkpoint.format, checkpoint.nbytes, role)
+    with ThreadPoolExecutor(max_workers=1) as pool:  # hashing releases the GIL: it overlaps the read
+        digest = pool.submit(sha256_file, path)
+        checkpoint = read_checkpoint(path, progress=progress)
+        info = SourceFile(path, digest.result(), checkpoint.format, checkpoint.nbytes, role)
     return checkpoint.obj, info
 
 
@@ -191,7 +197,7 @@ def to_float32(
         dtypes[value.dtype.name] = dtypes.get(value.dtype.name, 0) + 1
         if value.dtype.kind not in "fiub":
             raise ConversionError(f"{where}: {key} has dtype {value.dtype}, which cannot be a weight")
-        converted = value.astype(np.float32)
+        converted = value.astype(np.float32, copy=False)  # float32 tensors stay the reader's arrays
         if value.dtype.itemsize > 4 or value.dtype.kind in "iu":
             back = converted.astype(value.dtype)
             same = (
@@ -204,9 +210,10 @@ def to_float32(
         notes.append(f"{where}: {len(rounded)} float64/integer tensor(s) rounded to float32: {', '.join(rounded[:6])}")
     bad = []
     for key, value in out.items():
+        if np.isfinite(value).all():  # one pass in the common case; count only where something is wrong
+            continue
         nan, inf = int(np.isnan(value).sum()), int(np.isinf(value).sum())
-        if nan or inf:
-            bad.append(f"{key} ({nan} NaN, {inf} Inf)")
+        bad.append(f"{key} ({nan} NaN, {inf} Inf)")
     if bad:
         message = f"{where}: non-finite weights, converted as they are: {'; '.join(bad)}"
         warnings.warn(message, NonFiniteWeightsWarning, stacklevel=3)
