@@ -1,7 +1,8 @@
 """Models from weights: build the module a config describes and load canonical or native weights into it.
 
 The one module that imports both the models (:mod:`~umx_torch.umx`, :mod:`~umx_torch.demucs`,
-:mod:`~umx_torch.separator`) and :mod:`~umx_torch.weights`, so that neither depends on the other.
+:mod:`~umx_torch.separator`, :mod:`~umx_torch.htdemucs`, the bags of :mod:`~umx_torch.htdemucs_apply`) and
+:mod:`~umx_torch.weights`, so that neither depends on the other.
 """
 
 from __future__ import annotations
@@ -13,26 +14,33 @@ from typing import Any
 import torch
 
 from core_spec.canonical import load_canonical
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
 
 from ._device import torch_device, torch_dtype
 from .demucs import Demucs
+from .htdemucs import HTDemucs
+from .htdemucs_apply import BagOfModels
 from .separator import Separator
 from .umx import OpenUnmix
 from .weights import load_native, state_dict_from_canonical
 
 __all__ = ["from_canonical", "from_canonical_file", "load_module", "torch_device", "torch_dtype"]
 
+Model = OpenUnmix | Demucs | Separator | HTDemucs | BagOfModels
+Config = UMXConfig | UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
+
 
 def from_canonical(
-    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
+    config: Config,
     weights: Any | None = None,
     device: torch.device | str | None = None,
     dtype: torch.dtype | str = torch.float32,
     **separator_kwargs: Any,
-) -> OpenUnmix | Demucs | Separator:
+) -> Model:
     """Build the model of ``config`` (eval mode) and load canonical ``weights`` into it (``None``: PyTorch's
-    initialisation). ``separator_kwargs`` override a separator's Wiener settings (``niter``, ``residual``, ...).
+    initialisation). A :class:`BagConfig` gives a :class:`~umx_torch.htdemucs_apply.BagOfModels` (weights
+    ``models.<i>.<name>``, the canonical bag file's, or one mapping per model). ``separator_kwargs`` override a
+    separator's Wiener settings (``niter``, ``residual``, ...).
 
     ``device``: ``"cpu"``, ``"gpu"`` or a ``torch.device`` (:func:`torch_device`); ``dtype``: ``"float32"``,
     ``"float64"`` or a ``torch.dtype``."""
@@ -40,9 +48,13 @@ def from_canonical(
     if isinstance(config, UMXSeparatorConfig):
         return Separator.from_config(config, weights, device=device, dtype=dtype, **separator_kwargs)
     if isinstance(config, UMXConfig):
-        make: Callable[..., OpenUnmix | Demucs] = OpenUnmix.from_config
+        make: Callable[..., Model] = OpenUnmix.from_config
     elif isinstance(config, DemucsConfig):
         make = Demucs.from_config
+    elif isinstance(config, HTDemucsConfig):
+        make = HTDemucs.from_config
+    elif isinstance(config, BagConfig):
+        make = BagOfModels.from_config
     else:
         raise TypeError(f"no PyTorch model for {type(config).__name__}")
     if weights is None:
@@ -51,12 +63,12 @@ def from_canonical(
 
 
 def _materialize(
-    make: Callable[..., OpenUnmix | Demucs],
-    config: UMXConfig | DemucsConfig,
+    make: Callable[..., Model],
+    config: UMXConfig | DemucsConfig | HTDemucsConfig | BagConfig,
     weights: Any,
     device: torch.device,
     dtype: torch.dtype,
-) -> OpenUnmix | Demucs:
+) -> Model:
     """``make(config, None, dtype)`` holding canonical ``weights`` on ``device``, without an initialisation first.
 
     The module is built on the ``meta`` device (shapes only: nothing allocated, no random draws, no rescaling
@@ -78,7 +90,7 @@ def from_canonical_file(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str = torch.float32,
     **separator_kwargs: Any,
-) -> OpenUnmix | Demucs | Separator:
+) -> Model:
     """Build the model a canonical file (``<stem>.safetensors`` + ``<stem>.json``) describes and load its weights."""
     weights, config, _ = load_canonical(path)
     return from_canonical(config, weights, device, dtype, **separator_kwargs)
@@ -89,7 +101,7 @@ def load_module(
     device: torch.device | str | None = None,
     dtype: torch.dtype | str = torch.float32,
     **separator_kwargs: Any,
-) -> OpenUnmix | Demucs | Separator:
+) -> Model:
     """The model stored in a native file, ready to run (arguments as :func:`from_canonical`)."""
     weights, config = load_native(path)
     return from_canonical(config, weights, device, dtype, **separator_kwargs)

@@ -9,7 +9,9 @@ files carry beside the weights, and reads/writes the canonical files (:mod:`core
   ``*.num_batches_tracked`` counters are optional.
 - ``Separator``: keys ``target_models.<target>.<name>`` (upstream's ``Separator.state_dict()``); its
   ``sample_rate``, ``stft.window`` and ``istft.window`` buffers are dropped.
-- ``Demucs``: exactly the inventory.
+- ``Demucs``, ``HTDemucs``: exactly the inventory.
+- ``BagOfModels`` (HTDemucs bags): keys ``models.<i>.<name>`` (upstream's ``BagOfModels.state_dict()``, the
+  canonical bag file); :func:`load_weights` also takes one mapping per model, in bag order.
 
 Anything else missing, unexpected or mis-shaped raises :class:`core_spec.params.WeightsMismatchError`, which
 names every offending key with its expected and actual shape.
@@ -20,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,14 +31,18 @@ import torch
 from torch import Tensor, nn
 
 from core_spec.canonical import TARGET_PREFIX, check_canonical, load_canonical, per_target, save_canonical
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
 from core_spec.files import native_header, paired_paths, read_native_header, refuse_overwrite, write_pair
 from core_spec.params import UMX_IGNORED_ON_LOAD, WeightsMismatchError, check_weights
 
 if TYPE_CHECKING:
     from .demucs import Demucs
+    from .htdemucs import HTDemucs
+    from .htdemucs_apply import BagOfModels
     from .separator import Separator
     from .umx import OpenUnmix
+
+    Module = OpenUnmix | Demucs | Separator | HTDemucs | BagOfModels
 
 __all__ = [
     "FORMAT",
@@ -59,17 +65,23 @@ FORMAT = "unmix-ports/torch-state-dict/1"
 # buffers of upstream's Separator.state_dict() that hold no weights
 SEPARATOR_BUFFERS = ("sample_rate", "stft.window", "istft.window")
 
+# the prefix of a bag's model weights (``models.<i>.<name>``, upstream's BagOfModels.state_dict())
+MODEL_PREFIX = "models."
 
-def load_weights(module: OpenUnmix | Demucs | Separator, weights: Mapping[str, Any]) -> None:
+Config = UMXConfig | UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
+
+
+def load_weights(module: Module, weights: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> None:
     """Load canonical arrays (e.g. :func:`core_spec.seeded.random_weights`) into ``module``, in its dtype and
     on its device. For a separator, pass ``target_models.<target>.<name>`` keys or ``{target: weights}``
-    (exactly the separator's targets, :func:`core_spec.canonical.per_target`)."""
+    (exactly the separator's targets, :func:`core_spec.canonical.per_target`); for a bag, ``models.<i>.<name>``
+    keys or one mapping per model, in bag order."""
     ref = next(module.parameters())
     state = state_dict_from_canonical(weights, _model_config_of(module), ref.dtype, ref.device)
     module.load_state_dict(state)
 
 
-def to_canonical(module: OpenUnmix | Demucs | Separator) -> dict[str, np.ndarray]:
+def to_canonical(module: Module) -> dict[str, np.ndarray]:
     """``module``'s weights as canonical float32 arrays (upstream names)."""
     return canonical_from_state_dict(module.state_dict(), _model_config_of(module))
 
@@ -83,7 +95,7 @@ def native_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 def save_native(
     path: str | os.PathLike,
     weights: Mapping[str, Any],
-    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
+    config: Config,
     force: bool = False,
 ) -> list[Path]:
     """Write ``<stem>.pth``, a plain ``torch.save``'d state dict with upstream's names (float32; what
@@ -97,7 +109,7 @@ def save_native(
     return write_pair(pth, js, lambda tmp: torch.save(state, tmp), native_header(FORMAT, config), force=force)
 
 
-def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], UMXConfig | UMXSeparatorConfig | DemucsConfig]:
+def load_native(path: str | os.PathLike) -> tuple[dict[str, np.ndarray], Config]:
     """Read ``<stem>.pth`` + ``<stem>.json``: ``(canonical weights, config)``, checked against the inventory.
 
     The ``.pth`` is read with ``torch.load(weights_only=True)`` (no code from the file runs).
@@ -117,10 +129,10 @@ class LegacyKeysWarning(UserWarning):
     """A state dict carried keys of the 2019 Open-Unmix files; they were dropped."""
 
 
-def _model_config_of(obj: nn.Module) -> UMXConfig | UMXSeparatorConfig | DemucsConfig:
+def _model_config_of(obj: nn.Module) -> Config:
     config = getattr(obj, "config", None)
-    if not isinstance(config, (UMXConfig, UMXSeparatorConfig, DemucsConfig)):
-        raise TypeError(f"expected an OpenUnmix, Separator or Demucs, got {type(obj).__name__}")
+    if not isinstance(config, (UMXConfig, UMXSeparatorConfig, DemucsConfig, HTDemucsConfig, BagConfig)):
+        raise TypeError(f"expected an OpenUnmix, Separator, Demucs, HTDemucs or BagOfModels, got {type(obj).__name__}")
     return config
 
 
@@ -128,7 +140,7 @@ def _as_tensor(value: Any) -> Tensor:
     return value if isinstance(value, Tensor) else torch.from_numpy(np.ascontiguousarray(value))
 
 
-def _check_one(state: Mapping[str, Any], config: UMXConfig | DemucsConfig, source: str, strict: bool) -> dict:
+def _check_one(state: Mapping[str, Any], config: Config, source: str, strict: bool) -> dict:
     """Drop legacy keys (with a warning), check against the inventory, keep ``num_batches_tracked`` if present."""
     legacy = [k for k in state if k in UMX_IGNORED_ON_LOAD]
     if legacy and isinstance(config, UMXConfig):
@@ -144,14 +156,13 @@ def _check_one(state: Mapping[str, Any], config: UMXConfig | DemucsConfig, sourc
     return {k: _as_tensor(v) for k, v in {**checked, **counters}.items()}
 
 
-def prepare_state_dict(
-    module: OpenUnmix | Demucs | Separator, state_dict: Mapping[str, Any], strict: bool = True
-) -> dict[str, Tensor]:
+def prepare_state_dict(module: Module, state_dict: Mapping[str, Any], strict: bool = True) -> dict[str, Tensor]:
     """The state dict ``module`` should load: legacy keys dropped, checked against the module's config.
 
     Args:
-        module: an :class:`~umx_torch.umx.OpenUnmix`, :class:`~umx_torch.demucs.Demucs` or
-            :class:`~umx_torch.separator.Separator`.
+        module: an :class:`~umx_torch.umx.OpenUnmix`, :class:`~umx_torch.demucs.Demucs`,
+            :class:`~umx_torch.separator.Separator`, :class:`~umx_torch.htdemucs.HTDemucs` or
+            :class:`~umx_torch.htdemucs_apply.BagOfModels` (names ``models.<i>.<name>``).
         state_dict: name -> tensor or NumPy array (upstream names).
         strict: raise :class:`WeightsMismatchError` for anything missing, unexpected or mis-shaped.
 
@@ -176,8 +187,8 @@ def prepare_state_dict(
 
 
 def state_dict_from_canonical(
-    weights: Mapping[str, Any],
-    config: UMXConfig | UMXSeparatorConfig | DemucsConfig,
+    weights: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    config: Config,
     dtype: torch.dtype = torch.float32,
     device: torch.device | str | None = None,
     copy: bool = False,
@@ -186,15 +197,16 @@ def state_dict_from_canonical(
     (:func:`core_spec.canonical.check_canonical`).
 
     For a :class:`UMXSeparatorConfig` the names are ``target_models.<target>.<name>``; ``{target: weights}`` is
-    accepted too. Without ``copy`` a tensor may share the memory of its NumPy array (already float32 on the CPU).
+    accepted too. For a :class:`BagConfig` they are ``models.<i>.<name>``; one mapping per model is accepted too.
+    Without ``copy`` a tensor may share the memory of its NumPy array (already float32 on the CPU).
     """
+    if isinstance(config, BagConfig) and not isinstance(weights, Mapping):
+        weights = {f"{MODEL_PREFIX}{i}.{k}": v for i, w in enumerate(weights) for k, v in w.items()}
     checked = check_canonical(weights, config)
     return {k: _as_tensor(v).to(device=device, dtype=dtype, copy=copy) for k, v in checked.items()}
 
 
-def canonical_from_state_dict(
-    state_dict: Mapping[str, Tensor], config: UMXConfig | UMXSeparatorConfig | DemucsConfig
-) -> dict[str, np.ndarray]:
+def canonical_from_state_dict(state_dict: Mapping[str, Tensor], config: Config) -> dict[str, np.ndarray]:
     """A torch state dict -> canonical float32 arrays (``num_batches_tracked`` and legacy keys dropped)."""
     arrays = {
         k: v.detach().to("cpu", torch.float32).numpy() if isinstance(v, Tensor) else np.asarray(v, np.float32)
@@ -230,7 +242,7 @@ def _check_config(file_config: Any, model_config: Any, path: Any) -> None:
         raise ValueError(f"{path} was saved for another model config:\n  " + "\n  ".join(diffs))
 
 
-def load_canonical_into(module: OpenUnmix | Demucs | Separator, path: str | os.PathLike) -> dict[str, Any]:
+def load_canonical_into(module: Module, path: str | os.PathLike) -> dict[str, Any]:
     """Load a canonical file (``<stem>.safetensors`` + ``<stem>.json``) into ``module``; returns the provenance.
 
     The file's config must describe ``module`` (a clear error lists every differing field).
@@ -242,7 +254,7 @@ def load_canonical_into(module: OpenUnmix | Demucs | Separator, path: str | os.P
 
 
 def save_canonical_from(
-    module: OpenUnmix | Demucs | Separator,
+    module: Module,
     path: str | os.PathLike,
     provenance: Mapping[str, Any] | None = None,
     force: bool = False,
