@@ -13,6 +13,13 @@ machines below, so that the four training loops make the same decisions from the
   read, then ``Shift`` crops ``data_stride``), batch 64, augmentations ``Shift``, ``FlipSign``, ``FlipChannels``,
   ``Scale`` and ``Remix`` (groups of 4); no schedule, no early stopping (180 epochs, the best validation loss kept).
   Repitch (``soundstretch``) is not part of the recipe here.
+- HTDemucs (demucs 4.1.0, ``demucs/solver.py``, ``demucs/train.py``; the conf of the released models is not in the
+  wheel: GitHub's ``conf/config.yaml`` and ``grids/mmi.py``): Adam (lr 3e-4, betas (0.9, 0.999), no weight decay),
+  L1 per source (mean over channels and time, then over the batch), weighted by per-source ``weights`` (all 1);
+  batch 32; the network's input is the released segment, 7.8 s (mmi's 10-s items, Repitch's 12 % trim, then 1 s
+  for ``Shift``); the augmentations of Demucs v2 (``Shift`` of 1 s, ``FlipChannels``, ``FlipSign``, ``Scale``,
+  ``Remix`` in groups of 4, with probability 1); no schedule (360 epochs). Not reproduced: Repitch, the EMAs of the
+  weights, the transformer's dropout (a model setting, ``t_dropout``), ``max_batches`` (800 steps an epoch upstream).
 """
 
 from __future__ import annotations
@@ -30,8 +37,11 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DemucsTrainConfig",
+    "HTDemucsTrainConfig",
     "EarlyStopping",
+    "RECIPES",
     "ReduceLROnPlateau",
+    "Recipe",
     "UMXTrainConfig",
     "initial_weights",
     "input_scaler_weights",
@@ -89,11 +99,43 @@ class DemucsTrainConfig:
         return "demucs"
 
 
-def train_config_from_dict(model: str, values: dict[str, Any]) -> UMXTrainConfig | DemucsTrainConfig:
+@dataclass(frozen=True)
+class HTDemucsTrainConfig:
+    """HTDemucs (demucs 4.x) training settings (module docstring). The field names of
+    :class:`DemucsTrainConfig` where the meaning is the same, so that the Demucs data pipeline reads both
+    (``samples``: here the network's input itself, HTDemucs trains at any length; ``data_stride``: the items'
+    stride and what ``Shift`` crops, demucs 4's ``dset.shift``)."""
+
+    epochs: int = 360
+    batch_size: int = 32
+    lr: float = 3e-4
+    weight_decay: float = 0.0  # demucs 4's optim.weight_decay (coupled, torch.optim.Adam)
+    samples: int = 343980  # 7.8 s at 44.1 kHz: the released models' segment
+    data_stride: int = 44100  # dset.shift: 1 s
+    loss: str = "l1"  # "l1" or "mse" (optim.loss)
+    weights: tuple[float, ...] = ()  # per-source loss weights (args.weights); empty: 1 for every source
+    augment: bool = True  # FlipChannels, FlipSign, Scale, Remix (Shift always)
+    remix_group_size: int = 4
+    scale_min: float = 0.25
+    scale_max: float = 1.25
+    norm_wav: bool = True  # dset.normalize
+    seed: int = 42
+
+    @property
+    def model(self) -> str:
+        return "htdemucs"
+
+
+Recipe = UMXTrainConfig | DemucsTrainConfig | HTDemucsTrainConfig
+
+RECIPES: dict[str, type] = {"umx": UMXTrainConfig, "demucs": DemucsTrainConfig, "htdemucs": HTDemucsTrainConfig}
+
+
+def train_config_from_dict(model: str, values: dict[str, Any]) -> Recipe:
     """A recipe from ``{field: value}`` (e.g. parsed command-line options); unknown fields are an error."""
-    cls = {"umx": UMXTrainConfig, "demucs": DemucsTrainConfig}.get(model)
+    cls = RECIPES.get(model)
     if cls is None:
-        raise ValueError(f"unknown model {model!r}: expected 'umx' or 'demucs'")
+        raise ValueError(f"unknown model {model!r}: expected one of {sorted(RECIPES)}")
     known = {f.name for f in cls.__dataclass_fields__.values()}
     unknown = sorted(set(values) - known)
     if unknown:

@@ -1,12 +1,16 @@
-"""Training of Open-Unmix and Demucs v2 in PyTorch, with the upstream recipes of :mod:`core_spec.training`.
+"""Training of Open-Unmix, Demucs v2 and HTDemucs (demucs 4) in PyTorch, with the upstream recipes of
+:mod:`core_spec.training`.
 
 The pieces, in the order a reader meets them (the lesson of ``core_spec.public_api.LESSONS["train"]``):
 
 - the losses: :func:`spectrogram`, :func:`umx_loss` (MSE between the network's output and the target's magnitude,
   both from the ``center=False`` STFT of upstream's ``scripts/train.py``) and :func:`demucs_loss` (L1, or MSE,
-  between the estimates and the centre-trimmed sources, ``demucs/train.py``);
+  between the estimates and the centre-trimmed sources, ``demucs/train.py``), :func:`htdemucs_loss` (demucs 4's
+  ``solver``: L1 per source over (channels, time) then the batch, weighted by the recipe's per-source ``weights``;
+  the model in train mode runs at the input's length);
 - :func:`make_optimizer`: ``torch.optim.Adam(lr, weight_decay)``, i.e. *coupled* L2 (the decay is added to the
-  gradient before the moments), exactly upstream's optimiser;
+  gradient before the moments), exactly upstream's optimiser; for HTDemucs in demucs 4's two groups (the
+  cross-transformer with its own ``t_weight_decay`` / ``t_lr``, the rest with the recipe's);
 - :class:`Trainer`: the model, its optimiser and its replica group behind :class:`core_spec.epochs.EpochTrainer`
   (learning rate, one step, the epoch's mean loss over the replicas, validation, the best model, the checkpoint);
 - :func:`loss_and_grads`: one forward and backward pass in train mode, the gradients under their canonical
@@ -50,13 +54,22 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from core_spec import epochs
-from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
+from core_spec.configs import DemucsConfig, HTDemucsConfig, STFTConfig, UMXConfig
 from core_spec.epochs import Progress, RunFiles, RunRecord, TrainerBase, no_progress
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig, input_scaler_weights, shard_batch, train_stft
+from core_spec.training import (
+    DemucsTrainConfig,
+    HTDemucsTrainConfig,
+    UMXTrainConfig,
+    input_scaler_weights,
+    shard_batch,
+    train_stft,
+)
 
 from .apply import apply_model
 from .build import from_canonical
 from .demucs import center_trim
+from .htdemucs import HTDemucs
+from .htdemucs_apply import apply_model as apply_htdemucs
 from .layers import set_lstm_dropout
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
@@ -70,19 +83,21 @@ __all__ = [
     "data_parallel",
     "data_parallel_loss_and_grads",
     "demucs_loss",
+    "htdemucs_loss",
     "init_process_group",
     "load_checkpoint",
     "loss_and_grads",
     "make_optimizer",
     "set_statistics",
     "set_lstm_dropout",
+    "set_transformer_dropout",
     "spectrogram",
     "train_step",
     "train_stft",
     "umx_loss",
 ]
 
-Recipe = UMXTrainConfig | DemucsTrainConfig
+Recipe = UMXTrainConfig | DemucsTrainConfig | HTDemucsTrainConfig
 FRAMEWORK = "torch"
 
 # --- losses -----------------------------------------------------------------------------------------------------------
@@ -130,7 +145,20 @@ def demucs_loss(model: nn.Module, sources: Tensor, loss: str = "l1") -> Tensor:
 
 
 def make_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
-    """``torch.optim.Adam(model.parameters(), lr, weight_decay)``: upstream's optimiser (coupled L2 decay)."""
+    """``torch.optim.Adam(model.parameters(), lr, weight_decay)``: upstream's optimiser (coupled L2 decay).
+
+    HTDemucs: demucs 4's ``get_optimizer``: a first group of every parameter outside the cross-transformer (the
+    recipe's ``lr`` and ``weight_decay``), then the cross-transformer's (its ``make_optim_group``:
+    ``weight_decay = t_weight_decay``, ``lr = t_lr`` when set); betas (0.9, 0.999) in both.
+    """
+    model = _unwrap(model)
+    if isinstance(model, HTDemucs) and model.crosstransformer is not None:
+        inner = set(model.crosstransformer.parameters())
+        group = {"params": list(model.crosstransformer.parameters()), "weight_decay": model.config.t_weight_decay}
+        if model.config.t_lr is not None:
+            group["lr"] = model.config.t_lr
+        groups = [{"params": [p for p in model.parameters() if p not in inner]}, group]
+        return torch.optim.Adam(groups, lr=recipe.lr, weight_decay=recipe.weight_decay)
     return torch.optim.Adam(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
@@ -269,7 +297,9 @@ def _validate(
 ) -> float:
     """Mean loss over the validation tracks (batch 1, eval mode, no gradients). UMX: MSE of the magnitudes of whole
     tracks. Demucs: L1 of ``apply_model`` (no split, no shifts) on the track's mixture, normalised like its sources,
-    against the sources (demucs 2.0.3 ``validate_model``)."""
+    against the sources (demucs 2.0.3 ``validate_model``). HTDemucs: demucs 4's validation (``valid_apply``):
+    ``apply_model`` with the model's segment, ``overlap=0``, no shifts, on the normalised mixture, and the training
+    loss (per-source weights) against the sources."""
     model.eval()
     ref = next(model.parameters())
     total, count = 0.0, len(valid_set)
@@ -284,10 +314,22 @@ def _validate(
                 if valid_set.normalize:
                     mean, std = valid_set.track_statistics(index)
                     mix = (mix - np.float32(mean)) / np.float32(std)
-                estimates = apply_model(model, _tensor(mix, ref), shifts=0, split=False)
-                loss = F.l1_loss(estimates, sources) if recipe.loss == "l1" else F.mse_loss(estimates, sources)
+                if isinstance(recipe, HTDemucsTrainConfig):
+                    estimates = apply_htdemucs(model, _tensor(mix, ref), shifts=0, split=True, overlap=0.0)
+                    loss = _valid_htdemucs_loss(estimates, sources, recipe)
+                else:
+                    estimates = apply_model(model, _tensor(mix, ref), shifts=0, split=False)
+                    loss = F.l1_loss(estimates, sources) if recipe.loss == "l1" else F.mse_loss(estimates, sources)
             total += float(loss) / count
     return total
+
+
+def _valid_htdemucs_loss(estimates: Tensor, sources: Tensor, recipe: HTDemucsTrainConfig) -> Tensor:
+    """The training loss of one track: estimates and sources ``(S, C, T)`` as a batch of one."""
+    est, src = estimates.reshape(1, *sources.shape), sources[None]
+    dims = tuple(range(2, src.dim()))
+    diff = (est - src).abs() if recipe.loss == "l1" else (est - src) ** 2
+    return _weighted(diff.mean(dims).mean(0), recipe.weights)
 
 
 def _all_mean(value: float, world_size: int, device: torch.device) -> float:
@@ -330,6 +372,44 @@ def data_parallel(model: nn.Module, device: torch.device | None = None) -> nn.Mo
 # --- beyond the lesson: one step's pieces, data-parallel gradients ----------------------------------------------------
 
 
+def _weighted(per_source: Tensor, weights: Any) -> Tensor:
+    """``sum(loss * w) / sum(w)`` over the last axis (sources) and any before it; ``weights`` empty: all 1."""
+    w = torch.ones(per_source.shape[-1]) if weights is None or len(weights) == 0 else torch.tensor(list(weights))
+    if w.shape[0] != per_source.shape[-1]:
+        raise ValueError(f"{w.shape[0]} source weights for {per_source.shape[-1]} sources")
+    w = w.to(per_source)
+    return (per_source * w).sum() / w.sum()
+
+
+def htdemucs_loss(model: nn.Module, sources: Tensor, weights: Any = None, loss: str = "l1") -> Tensor:
+    """demucs 4's training loss on ``sources`` ``(B, S, C, T)``: the mixture is their sum, the estimates
+    ``(B, S, C, T)`` (the model's mode is kept: in train mode HTDemucs runs at ``T``).
+
+    ``l1``: ``|e - s|`` averaged over (channels, time), then over the batch, one value per source; ``mse``:
+    ``(e - s)^2`` averaged over (channels, time) only (upstream's MSE is summed over the batch); then
+    ``sum(loss * weights) / sum(weights)`` (``weights``: one per source, ``None`` or empty: all 1).
+    """
+    estimates = model(sources.sum(dim=1))
+    dims = tuple(range(2, sources.dim()))
+    if loss == "l1":
+        per = F.l1_loss(estimates, sources, reduction="none").mean(dims).mean(0)
+    elif loss == "mse":
+        per = F.mse_loss(estimates, sources, reduction="none").mean(dims)
+    else:
+        raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
+    return _weighted(per, weights)
+
+
+def set_transformer_dropout(model: nn.Module, p: float) -> None:
+    """Set HTDemucs's transformer dropout (``t_dropout``: every ``nn.Dropout`` and the attention's dropout) to
+    ``p``; the parity steps use 0 (no port draws torch's masks)."""
+    for module in _unwrap(model).modules():
+        if isinstance(module, nn.Dropout):
+            module.p = p
+        elif isinstance(module, nn.MultiheadAttention):
+            module.dropout = p
+
+
 def _tensor(value: Any, like: Tensor) -> Tensor:
     if isinstance(value, Tensor):
         return value.to(device=like.device, dtype=like.dtype)
@@ -348,13 +428,16 @@ def _unpack(batch: Any, recipe: Recipe, like: Tensor) -> tuple[Tensor, ...]:
 def compute_loss(
     model: nn.Module, batch: Any, recipe: Recipe, stft_config: STFTConfig | None = None, window: Tensor | None = None
 ) -> Tensor:
-    """The recipe's loss on one batch (see :func:`umx_loss`, :func:`demucs_loss`); the model's mode is kept."""
+    """The recipe's loss on one batch (see :func:`umx_loss`, :func:`demucs_loss`, :func:`htdemucs_loss`); the
+    model's mode is kept."""
     ref = next(_unwrap(model).parameters())
     if isinstance(recipe, UMXTrainConfig):
         x, y = _unpack(batch, recipe, ref)
         config = stft_config or train_stft(_unwrap(model).config, recipe.stft_center)
         return umx_loss(model, x, y, config, window)
     (sources,) = _unpack(batch, recipe, ref)
+    if isinstance(recipe, HTDemucsTrainConfig):
+        return htdemucs_loss(model, sources, recipe.weights, recipe.loss)
     return demucs_loss(model, sources, recipe.loss)
 
 
@@ -380,7 +463,7 @@ def _ddp_grads_worker(
     world_size: int,
     store: str,
     results: str,
-    config: UMXConfig | DemucsConfig,
+    config: UMXConfig | DemucsConfig | HTDemucsConfig,
     weights: dict[str, np.ndarray],
     batch: Any,
     recipe: Recipe,
@@ -417,7 +500,7 @@ def _ddp_grads_worker(
 
 
 def data_parallel_loss_and_grads(
-    config: UMXConfig | DemucsConfig,
+    config: UMXConfig | DemucsConfig | HTDemucsConfig,
     weights: Mapping[str, np.ndarray],
     batch: Any,
     recipe: Recipe,

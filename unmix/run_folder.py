@@ -52,8 +52,8 @@ Recipe = UMXTrainConfig | DemucsTrainConfig
 
 
 def run_name(recipe: Recipe) -> str:
-    """The file stem of a run's best model: the UMX target, or ``"demucs"``."""
-    return recipe.target if isinstance(recipe, UMXTrainConfig) else "demucs"
+    """The file stem of a run's best model: the UMX target, else the model (``"demucs"``, ``"htdemucs"``)."""
+    return recipe.target if isinstance(recipe, UMXTrainConfig) else recipe.model
 
 
 def jsonable(obj: Any) -> Any:

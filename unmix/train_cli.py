@@ -1,7 +1,9 @@
 """``unmix-train``: one command line for training in every framework.
 
-``unmix-train --framework torch|tf|jax|nnabla --model umx|demucs --root DATA --out RUN [options]`` parses the options
-here (the same for every framework), then hands them to ``unmix.train_<framework>.main``, which builds the port's
+``unmix-train --framework torch|tf|jax|nnabla --model umx|demucs|htdemucs --root DATA --out RUN [options]`` parses the
+options
+here (the same for every framework; ``--model htdemucs``: PyTorch only so far, :data:`HTDEMUCS_FRAMEWORKS`), then
+hands them to ``unmix.train_<framework>.main``, which builds the port's
 ``Trainer`` (``umx_<framework>.train``) and runs :func:`unmix.train_loop.run_epochs`. ``--framework nnabla`` from
 the main environment re-runs the command in ``.venv-nnabla`` (a subprocess; files are the only thing shared).
 
@@ -43,12 +45,20 @@ from typing import Any
 
 from core_spec.frameworks import FRAMEWORKS as _FRAMEWORKS
 from core_spec.frameworks import importable
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig, train_config_from_dict
+from core_spec.training import (
+    RECIPES,
+    DemucsTrainConfig,
+    HTDemucsTrainConfig,
+    Recipe,
+    UMXTrainConfig,
+    train_config_from_dict,
+)
 from unmix.environments import rerun_in_nnabla
 
-__all__ = ["FRAMEWORKS", "build_parser", "main", "recipe_from_args", "run_main"]
+__all__ = ["FRAMEWORKS", "HTDEMUCS_FRAMEWORKS", "build_parser", "main", "recipe_from_args", "run_main"]
 
 FRAMEWORKS = tuple(_FRAMEWORKS)
+HTDEMUCS_FRAMEWORKS = ("torch",)  # the ports whose Trainer takes an HTDemucs (demucs 4) recipe
 
 
 def _option(name: str) -> str:
@@ -58,14 +68,17 @@ def _option(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unmix-train",
-        description="Train Open-Unmix or Demucs v2 with the upstream recipe in PyTorch, TensorFlow, JAX or NNabla.",
+        description="Train Open-Unmix or Demucs v2 with the upstream recipe in PyTorch, TensorFlow, JAX or NNabla, "
+        "or HTDemucs (demucs 4) in PyTorch.",
         epilog="Recipe defaults are upstream's (core_spec/training.py); see docs/training.md.",
     )
     parser.add_argument("--framework", required=True, choices=FRAMEWORKS)
-    parser.add_argument("--model", required=True, choices=("umx", "demucs"))
+    parser.add_argument("--model", required=True, choices=tuple(RECIPES))
     parser.add_argument("--root", required=True, help="MUSDB18-style root (stems or WAV folders) or a track folder")
     parser.add_argument("--out", required=True, help="run folder (created; may hold the runs of other targets)")
-    parser.add_argument("--preset", help="architecture preset (core_spec.configs; default umxhq / demucs)")
+    parser.add_argument(
+        "--preset", help="architecture preset (core_spec.configs; default umxhq / demucs / htdemucs, or htdemucs_6s)"
+    )
     parser.add_argument("--init", help="canonical weights to start from (.safetensors)")
     parser.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint-<name>-<framework>/")
     parser.add_argument("--force", action="store_true", help="start again a run whose results are in --out")
@@ -74,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--devices", type=int, default=1, help="data-parallel replicas (see docs/training.md)")
     parser.add_argument("--device", default="cpu", help="cpu or gpu")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
-    for cls in (UMXTrainConfig, DemucsTrainConfig):
+    for cls in (UMXTrainConfig, DemucsTrainConfig, HTDemucsTrainConfig):
         group = parser.add_argument_group(f"{cls.__name__} (used with --model {cls().model})")
         for f in dataclasses.fields(cls):
             opt = _option(f.name)
@@ -86,15 +99,17 @@ def build_parser() -> argparse.ArgumentParser:
                 kwargs["metavar"] = "BOOL"
             elif isinstance(f.default, tuple):
                 kwargs["nargs"] = "*"
+                if "float" in str(f.type):
+                    kwargs["type"] = float
             else:
                 kwargs["type"] = type(f.default)
             group.add_argument(opt, **kwargs, help=f"default {f.default!r}")
     return parser
 
 
-def recipe_from_args(args: argparse.Namespace) -> UMXTrainConfig | DemucsTrainConfig:
+def recipe_from_args(args: argparse.Namespace) -> Recipe:
     """The recipe for ``args.model`` with the options that were given replacing upstream's defaults."""
-    cls = UMXTrainConfig if args.model == "umx" else DemucsTrainConfig
+    cls = RECIPES[args.model]
     given = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if getattr(args, f.name, None) is not None}
     return train_config_from_dict(args.model, given)
 
@@ -102,9 +117,9 @@ def recipe_from_args(args: argparse.Namespace) -> UMXTrainConfig | DemucsTrainCo
 def run_main(
     args: argparse.Namespace,
     framework: str,
-    fit: Callable[[UMXTrainConfig | DemucsTrainConfig], dict[str, Any]],
+    fit: Callable[[Recipe], dict[str, Any]],
     errors: tuple[type[BaseException], ...] = (FileExistsError, FileNotFoundError),
-    prepare: Callable[[UMXTrainConfig | DemucsTrainConfig], bool] | None = None,
+    prepare: Callable[[Recipe], bool] | None = None,
 ) -> int:
     """The tail of every framework's ``unmix.train_<fw>.main``: the recipe from ``args`` (:func:`recipe_from_args`), the
     run folder checked (:func:`unmix.run_folder.check_out`), ``fit(recipe)``, the closing log line.
@@ -140,6 +155,10 @@ def run_main(
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    if args.model == "htdemucs" and args.framework not in HTDEMUCS_FRAMEWORKS:
+        print(f"unmix-train: --model htdemucs trains in {', '.join(HTDEMUCS_FRAMEWORKS)} (not {args.framework} yet)",
+              file=sys.stderr)  # fmt: skip
+        return 2
     if args.framework == "nnabla":
         if not importable("nnabla"):  # not importable here: run in .venv-nnabla
             return rerun_in_nnabla("unmix.train_cli", argv)

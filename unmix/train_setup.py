@@ -12,9 +12,17 @@ from typing import Any
 import numpy as np
 
 from core_spec.canonical import load_canonical, split_targets
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, demucs_preset, umx_preset
+from core_spec.configs import (
+    DemucsConfig,
+    HTDemucsConfig,
+    UMXConfig,
+    UMXSeparatorConfig,
+    demucs_preset,
+    htdemucs_preset,
+    umx_preset,
+)
 from core_spec.shapes import valid_length
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig, shard_batch
+from core_spec.training import HTDemucsTrainConfig, Recipe, UMXTrainConfig, shard_batch
 
 from . import data
 
@@ -22,9 +30,10 @@ __all__ = ["epoch_batches", "make_datasets", "model_config"]
 
 
 def model_config(
-    args: argparse.Namespace, recipe: UMXTrainConfig | DemucsTrainConfig
-) -> tuple[UMXConfig | DemucsConfig, dict[str, np.ndarray] | None, float]:
-    """The architecture to train (``--preset``, default ``umxhq`` / ``demucs``, or the ``--init`` file's), the
+    args: argparse.Namespace, recipe: Recipe
+) -> tuple[UMXConfig | DemucsConfig | HTDemucsConfig, dict[str, np.ndarray] | None, float]:
+    """The architecture to train (``--preset``, default ``umxhq`` / ``demucs`` / ``htdemucs``, or the ``--init``
+    file's), the
     ``--init`` canonical weights (``None`` without; a separator file gives ``--target``'s network) and the sample
     rate."""
 
@@ -43,6 +52,13 @@ def model_config(
             else:
                 raise ValueError(f"--init {args.init}: holds a {type(file_config).__name__}, not an Open-Unmix model")
         return config, weights, float(rate)
+    if isinstance(recipe, HTDemucsTrainConfig):
+        ht_config = htdemucs_preset(args.preset or "htdemucs")
+        if args.init:
+            weights, ht_config, _ = load_canonical(args.init)
+            if not isinstance(ht_config, HTDemucsConfig):
+                raise ValueError(f"--init {args.init}: holds a {type(ht_config).__name__}, not an HTDemucs model")
+        return ht_config, weights, float(ht_config.samplerate)
     config = demucs_preset(args.preset or "demucs")
     if args.init:
         weights, config, _ = load_canonical(args.init)
@@ -53,16 +69,17 @@ def model_config(
 
 def make_datasets(
     args: argparse.Namespace,
-    recipe: UMXTrainConfig | DemucsTrainConfig,
-    config: UMXConfig | DemucsConfig,
+    recipe: Recipe,
+    config: UMXConfig | DemucsConfig | HTDemucsConfig,
     rate: float,
 ) -> tuple[Any, Any, list]:
     """``(train set, valid set, train tracks)`` from ``--root`` and ``--valid-tracks`` (:mod:`unmix.data`).
 
     UMX: :class:`~unmix.data.UMXDataset` over the four MUSDB sources (the model's channels and rate checked);
-    Demucs: :class:`~unmix.data.DemucsDataset` over the model's sources, excerpts of
-    ``valid_length(samples) + data_stride``. Validation needs at least one track: no validation track (an empty
-    ``valid`` subset or ``--valid-tracks 0``) is a :class:`~unmix.data.DataError`, in every framework
+    Demucs: :class:`~unmix.data.DemucsDataset` over the model's sources, excerpts of ``valid_length(samples) +
+    data_stride``; HTDemucs: the same with ``samples + data_stride`` (demucs 4's ``Wavset``: ``segment + shift`` seconds
+    every ``shift``; the network trains at any length). Validation needs at least one track: no validation track (an
+    empty ``valid`` subset or ``--valid-tracks 0``) is a :class:`~unmix.data.DataError`, in every framework
     (:mod:`unmix.train_cli`).
     """
 
@@ -85,7 +102,7 @@ def make_datasets(
         train_set = data.UMXDataset(train_tracks, recipe, recipe.seed, train=True, **kwargs)
         valid_set = data.UMXDataset(valid_tracks, recipe, recipe.seed, train=False, **kwargs)
     else:
-        length = valid_length(recipe.samples, config)
+        length = recipe.samples if isinstance(recipe, HTDemucsTrainConfig) else valid_length(recipe.samples, config)
         kwargs = {"sources": sources, "audio_channels": config.audio_channels, "sample_rate": rate}
         train_set = data.DemucsDataset(train_tracks, recipe, length, train=True, **kwargs)
         valid_set = data.DemucsDataset(valid_tracks, recipe, length, train=False, **kwargs)
@@ -94,7 +111,7 @@ def make_datasets(
 
 def epoch_batches(
     train_set: Any,
-    recipe: UMXTrainConfig | DemucsTrainConfig,
+    recipe: Recipe,
     rng: np.random.Generator,
     epoch: int,
     rank: int = 0,
@@ -104,9 +121,10 @@ def epoch_batches(
 
     Calls ``train_set.set_epoch(epoch)`` first (UMX: item ``i`` of epoch ``e`` draws from
     ``default_rng([seed, e, i])``, new excerpts every epoch). The order comes from ``rng``. UMX: ``(x, y)``
-    ``(B, C, T)`` each, replica ``rank`` reading only its share; Demucs: sources ``(B, S, C, T)``, the whole batch
-    augmented with ``rng`` (:func:`unmix.data.demucs_augment`; ``Remix`` groups as in one process), then
-    replica ``rank``'s share.
+    ``(B, C, T)`` each, replica ``rank`` reading only its share; Demucs and HTDemucs: sources ``(B, S, C, T)``, the
+    whole batch augmented with ``rng`` (:func:`unmix.data.demucs_augment`; ``Remix`` groups as in one process),
+    then replica ``rank``'s share. demucs 4's augmentations are v2's with its defaults (``Shift`` per source,
+    ``Remix`` and ``Scale`` with probability 1); it applies ``FlipChannels`` before ``FlipSign``, which commute.
     """
 
     if hasattr(train_set, "set_epoch"):

@@ -2,10 +2,11 @@
 PyTorch port's :class:`umx_torch.train.Trainer` under :func:`unmix.train_loop.run_epochs`.
 
 - :func:`fit`: one replica's run: the model (upstream's initialisation after ``torch.manual_seed(recipe.seed)``,
-  or ``--init``; UMX with upstream's LSTM dropout), the datasets (:func:`unmix.train_setup.make_datasets`), UMX's
-  input statistics (:func:`unmix.data.umx_statistics`, rank 0, fresh runs only), the optimiser or the ``--resume``
-  checkpoint, the DDP wrapper with several replicas, then the loop over
-  :func:`unmix.train_setup.epoch_batches`;
+  or ``--init``; UMX with upstream's LSTM dropout; HTDemucs with its config's transformer dropout ``t_dropout``,
+  trained at ``--samples`` samples whatever its ``segment``), the datasets
+  (:func:`unmix.train_setup.make_datasets`), UMX's input statistics (:func:`unmix.data.umx_statistics`, rank 0,
+  fresh runs only), the optimiser or the ``--resume`` checkpoint, the DDP wrapper with several replicas, then the
+  loop over :func:`unmix.train_setup.epoch_batches`;
 - :func:`main`: :func:`unmix.train_cli.run_main` around :func:`fit`; ``--devices N`` starts N processes with
   :func:`torch.multiprocessing.spawn` (``gloo`` on the CPU, ``nccl`` with ``--device gpu``; a file store in a
   temporary folder for the rendezvous; each process gets ``threads / N`` intra-op threads), rank 0 writes the files.
@@ -27,7 +28,7 @@ from torch import nn
 
 from core_spec.configs import STFTConfig, UMXConfig
 from core_spec.epochs import steps_per_epoch
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig, train_stft
+from core_spec.training import Recipe, UMXTrainConfig, train_stft
 from umx_torch.build import from_canonical
 from umx_torch.layers import set_lstm_dropout
 from umx_torch.train import (
@@ -46,8 +47,6 @@ from .train_loop import train_epochs
 from .train_setup import make_datasets, model_config
 
 __all__ = ["fit", "main"]
-
-Recipe = UMXTrainConfig | DemucsTrainConfig
 
 
 def fit(args: argparse.Namespace, recipe: Recipe, rank: int = 0, world_size: int = 1) -> dict[str, Any]:

@@ -121,8 +121,9 @@ def htdemucs(
     pos_2d: np.ndarray | None = None,
     pos_1d: np.ndarray | None = None,
     stats: Mapping[str, np.ndarray] | None = None,
+    training: bool = False,
 ) -> np.ndarray:
-    """Separate ``mix``: the forward of HTDemucs in eval mode.
+    """Separate ``mix``: the forward of HTDemucs in eval mode (``training=False``) or in training mode.
 
     Args:
         w: canonical weights (upstream state-dict names), any float dtype; computed in float64.
@@ -135,6 +136,10 @@ def htdemucs(
             (see :func:`~core_spec.reference.htdemucs_transformer.cross_transformer`).
         stats: the input statistics to use instead of computing them (module docstring): ``mean`` and ``std`` of
             the frequency branch's input, ``mean_t`` and ``std_t`` of the time branch's, one value per item.
+        training: upstream's ``model.train()`` forward: the network runs at the input's length ``L`` (upstream
+            sets its ``segment`` to ``L``: no padding, ``ispec`` at ``L``, any ``L``), not at the training segment.
+            Nothing else differs in this spec: the transformer's dropout (``t_dropout``) is not modelled (parity
+            steps run with it off) and ``sin_random_shift`` is 0 (the released models).
 
     Returns:
         ``(nb_samples, nb_sources, audio_channels, L)`` float64.
@@ -148,7 +153,7 @@ def htdemucs(
         raise NotImplementedError("HTDemucs with cac=False (magnitude masks and Wiener filtering) is not in the spec")
     keep = Recorder(trace, htdemucs_trace_keys(config))
     length = mix.shape[-1]
-    training_length = htdemucs_valid_length(config, length)
+    training_length = length if training else htdemucs_valid_length(config, length)
     mix = np.pad(mix, [(0, 0), (0, 0), (0, training_length - length)])
 
     z = spec(mix, nfft=config.nfft, hop=config.hop_length, window=window)  # (B, C, F, T) complex
