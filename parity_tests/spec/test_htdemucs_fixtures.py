@@ -1,10 +1,13 @@
 """The HTDemucs spec against demucs 4.1.0's committed fixtures (``parity_tests/fixtures_htdemucs.py``), every stage.
 
-NumPy only: runs in both environments. For every forward case and every trace key, the spec's float64 value is
-compared with upstream's float64 run (row ``htdemucs.layer``; the output ``htdemucs.output``), and upstream's own
-float32 run with the spec's float64 value under the float32 rows, which bound upstream's float32 error (the rows a
-float32 port is held to). ``apply_model`` cases (split, overlap, shifts replayed from upstream's draws, a segment
-argument, bags with one-hot and unit weights) likewise under ``htdemucs.apply``.
+NumPy only: runs in both environments. The released-shape cases (a minute of NumPy each) run in the main
+environment only, from ``parity_tests/upstream/test_htdemucs_released_fixtures.py``, with the functions here.
+
+For every forward case and every trace key, the spec's float64 value is compared with upstream's float64 run
+(row ``htdemucs.layer``; the output ``htdemucs.output``), and upstream's own float32 run with the spec's float64
+value under the float32 rows, which bound upstream's float32 error (the rows a float32 port is held to).
+``apply_model`` cases (split, overlap, shifts replayed from upstream's draws, a segment argument, bags with one-hot
+and unit weights) likewise under ``htdemucs.apply``.
 """
 
 from __future__ import annotations
@@ -50,27 +53,35 @@ def _forward(name: str) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray], d
     return {**(trace or {}), "output": out}, arrays, meta
 
 
-def _forward_keys() -> list[tuple[str, str]]:
-    return [
-        (name, key)
-        for name, case in FORWARD_CASES.items()
-        for key in (load(f"htdemucs_forward_{name}")[1]["trace_keys"] if case.traced else ["output"])
-    ]
+TRACED = [name for name, case in FORWARD_CASES.items() if case.traced]
+RELEASED = [name for name, case in FORWARD_CASES.items() if not case.traced]
 
 
-@pytest.mark.parametrize(("name", "key"), _forward_keys())
-def test_forward_stage_float64(name: str, key: str) -> None:
+def _forward_keys(names: list[str]) -> list[tuple[str, str]]:
+    return [(name, key) for name in names for key in load(f"htdemucs_forward_{name}")[1]["trace_keys"]]
+
+
+def check_forward_stage_float64(name: str, key: str) -> None:
     spec, arrays, _ = _forward(name)
     expected = arrays[f"trace.{key}.float64" if key != "output" else "output.float64"]
     check(spec[key], expected, _stage(key), "float64", what=f"{name} {key}")
 
 
-@pytest.mark.parametrize(("name", "key"), _forward_keys())
-def test_upstream_float32_stage_within_the_float32_row(name: str, key: str) -> None:
+def check_upstream_float32_stage(name: str, key: str) -> None:
     spec, arrays, _ = _forward(name)
     upstream = arrays[f"trace.{key}.float32" if key != "output" else "output.float32"]
     assert upstream.dtype == np.float32
     check(upstream, spec[key], _stage(key), "float32", what=f"upstream float32 {name} {key}")
+
+
+@pytest.mark.parametrize(("name", "key"), _forward_keys(TRACED))
+def test_forward_stage_float64(name: str, key: str) -> None:
+    check_forward_stage_float64(name, key)
+
+
+@pytest.mark.parametrize(("name", "key"), _forward_keys(TRACED))
+def test_upstream_float32_stage_within_the_float32_row(name: str, key: str) -> None:
+    check_upstream_float32_stage(name, key)
 
 
 def test_every_trace_key_is_in_the_traced_fixtures() -> None:
