@@ -1,8 +1,8 @@
 """Canonical weights <-> Flax NNX state, and the port's own weight file.
 
 The canonical names and layouts are upstream's PyTorch ones (:mod:`core_spec.canonical`). This module is the one
-place where they are mapped to the Flax state of :mod:`umx_jax.umx`, :mod:`umx_jax.demucs` and
-:mod:`umx_jax.separator`, by rule:
+place where they are mapped to the Flax state of :mod:`umx_jax.umx`, :mod:`umx_jax.demucs`,
+:mod:`umx_jax.separator`, :mod:`umx_jax.htdemucs` and the bags of :mod:`umx_jax.htdemucs_apply`, by rule:
 
 =================================================  ===============================================================
 canonical (PyTorch)                                Flax state (``nnx.state(module)`` path)
@@ -18,6 +18,16 @@ canonical (PyTorch)                                Flax state (``nnx.state(modul
 ``decoder.<j>.2`` (ConvTranspose1d ``(in, out, k)``)  ``decoder.<j>.conv_tr.kernel (k, in, out)`` (unflipped)
 ``lstm.linear.{weight, bias}`` (Demucs)            ``lstm.linear.{kernel, bias}``
 ``target_models.<t>.<name>`` (separator)           ``target_models.<t>.<path>``
+HTDemucs ``*.weight (out, in, *k)`` (Conv1d/2d)    ``*.kernel (*k, in, out)`` (axes moved)
+HTDemucs ``*.conv_tr.weight (in, out, K[, 1])``    ``*.conv_tr.kernel (K, in, out)`` (unflipped; frequency layers
+                                                   drop the width-1 axis)
+HTDemucs ``*.dconv.layers.<d>.<slot>.*``           ``*.dconv.layers.<d>.layers.<slot>.*`` (an ``nnx.Sequential``)
+HTDemucs norms ``*.weight (C,)``                   ``*.scale``
+HTDemucs ``*.in_proj_weight (3d, d)`` / ``_bias``  ``*.in_proj.kernel (d, 3d)`` (transpose) / ``*.in_proj.bias``
+HTDemucs ``linear1``, ``linear2``, ``out_proj``    ``*.kernel (in, out)`` (transpose)
+HTDemucs ``*.gamma_1.scale``, ``*.gamma_2.scale``  ``*.gamma_1``, ``*.gamma_2`` (the parameters themselves)
+HTDemucs ``freq_emb.embedding.weight``             ``freq_emb.embedding.embedding``
+``models.<i>.<name>`` (a bag of HTDemucs)          ``models.<i>.<path>``
 =================================================  ===============================================================
 
 Gate order stays PyTorch's ``i, f, g, o`` (the columns of the transposed matrices). Going back,
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +56,24 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx, serialization
 
-from core_spec.canonical import check_canonical, join_targets, per_target
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json, config_to_json
+from core_spec.canonical import MODEL_PREFIX, check_canonical, join_targets, per_model, per_target
+from core_spec.configs import (
+    BagConfig,
+    DemucsConfig,
+    HTDemucsConfig,
+    UMXConfig,
+    UMXSeparatorConfig,
+    config_from_json,
+    config_to_json,
+)
 from core_spec.files import native_header, paired_paths, write_pair
-from core_spec.params import WeightsMismatchError, check_weights, fold_lstm_bias, lstm_bias_halves
+from core_spec.params import (
+    WeightsMismatchError,
+    check_weights,
+    fold_lstm_bias,
+    lstm_bias_halves,
+    parameter_inventory,
+)
 
 from ._scope import canonical_dtype, default_device, dtype_scope
 
@@ -66,7 +91,7 @@ __all__ = [
 ]
 
 FORMAT = "unmix-ports/jax-nnx-msgpack/1"
-Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
+Config = UMXConfig | UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
 PureDict = dict[Any, Any]
 
 
@@ -133,6 +158,66 @@ def _demucs_state(w: Mapping[str, np.ndarray], c: DemucsConfig) -> PureDict:
     return state
 
 
+def _htdemucs_rule(name: str, ndim: int) -> tuple[tuple[str | int, ...], str]:
+    """Where an HTDemucs canonical name lives in the Flax state, and how its array changes: ``(path, kind)`` with
+    ``kind`` one of ``"conv"`` (``(out, in, *k) -> (*k, in, out)``), ``"conv_tr"`` (``(in, out, K[, 1]) ->
+    (K, in, out)``), ``"linear"`` (transpose) or ``"same"``; ``ndim`` is the canonical array's."""
+    parts: list[str] = name.split(".")
+    if ".dconv.layers." in name:  # upstream's Sequential slots are the nnx.Sequential's ``layers``
+        at = parts.index("dconv") + 3
+        parts.insert(at, "layers")
+    leaf, parent = parts[-1], parts[-2]
+    kind = "same"
+    if leaf in ("in_proj_weight", "in_proj_bias"):
+        parts[-1:] = ["in_proj", "kernel" if leaf == "in_proj_weight" else "bias"]
+        kind = "linear" if leaf == "in_proj_weight" else "same"
+    elif parent in ("gamma_1", "gamma_2") and leaf == "scale":
+        parts.pop()
+    elif name == "freq_emb.embedding.weight":
+        parts[-1] = "embedding"
+    elif leaf == "weight":
+        if parent == "conv_tr":
+            kind, parts[-1] = "conv_tr", "kernel"
+        elif ndim >= 3:
+            kind, parts[-1] = "conv", "kernel"
+        elif ndim == 2:
+            kind, parts[-1] = "linear", "kernel"
+        else:  # GroupNorm / LayerNorm
+            parts[-1] = "scale"
+    return tuple(int(p) if p.isdigit() else p for p in parts), kind
+
+
+def _nest(flat: Mapping[tuple[str | int, ...], np.ndarray]) -> PureDict:
+    """``{path: array}`` -> the nested pure dict ``nnx.replace_by_pure_dict`` takes."""
+    out: PureDict = {}
+    for path, value in flat.items():
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = value
+    return out
+
+
+def _htdemucs_state(w: Mapping[str, np.ndarray], c: HTDemucsConfig) -> PureDict:
+    flat = {}
+    for name, value in w.items():
+        value = np.asarray(value)
+        path, kind = _htdemucs_rule(name, value.ndim)
+        if kind == "conv":
+            value = value.transpose(*range(2, value.ndim), 1, 0)
+        elif kind == "conv_tr":
+            value = value.reshape(value.shape[:3]).transpose(2, 0, 1)
+        elif kind == "linear":
+            value = value.T
+        flat[path] = value
+    return _nest(flat)
+
+
+def _bag_state(weights: Mapping[str, Any], c: BagConfig) -> PureDict:
+    models = per_model(weights, c, "weights")
+    return {"models": {i: _htdemucs_state(w, m) for i, (w, m) in enumerate(zip(models, c.models, strict=True))}}
+
+
 # --- pure Flax state -> canonical ----------------------------------------------------------------------------
 
 
@@ -189,6 +274,31 @@ def _demucs_canonical(state: PureDict, c: DemucsConfig) -> dict[str, np.ndarray]
     return out
 
 
+def _htdemucs_canonical(state: PureDict, c: HTDemucsConfig) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for name, shape in parameter_inventory(c):
+        path, kind = _htdemucs_rule(name, len(shape))
+        value = state
+        for key in path:
+            value = value[key]
+        value = np.asarray(value)
+        if kind == "conv":
+            value = value.transpose(value.ndim - 1, value.ndim - 2, *range(value.ndim - 2))
+        elif kind == "conv_tr":
+            value = value.transpose(1, 2, 0).reshape(shape)
+        elif kind == "linear":
+            value = value.T
+        out[name] = value
+    return out
+
+
+def _bag_canonical(state: PureDict, c: BagConfig) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for i, model in enumerate(c.models):
+        out.update({f"{MODEL_PREFIX}{i}.{k}": v for k, v in _htdemucs_canonical(state["models"][i], model).items()})
+    return out
+
+
 # --- modules -----------------------------------------------------------------------------------------------
 
 
@@ -197,11 +307,12 @@ def _pure(module: nnx.Module) -> PureDict:
     return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
 
 
-_CONFIGS = (UMXConfig, UMXSeparatorConfig, DemucsConfig)
+_CONFIGS = (UMXConfig, UMXSeparatorConfig, DemucsConfig, HTDemucsConfig, BagConfig)
 
 
 def _config_of(module: nnx.Module) -> Config:
-    """The module's config (what the mapping dispatches on): an ``OpenUnmix``, ``Separator`` or ``Demucs``."""
+    """The module's config (what the mapping dispatches on): an ``OpenUnmix``, ``Separator``, ``Demucs``,
+    ``HTDemucs`` or a bag of them."""
     config = getattr(module, "config", None)
     if not isinstance(config, _CONFIGS):
         raise TypeError(f"no canonical weights for {type(module).__name__}")
@@ -210,7 +321,8 @@ def _config_of(module: nnx.Module) -> Config:
 
 def load_weights(module: nnx.Module, weights: Mapping[str, Any]) -> None:
     """Replace ``module``'s parameters (in place, in its dtype and on its devices) by canonical ``weights``
-    (an ``OpenUnmix``, a ``Separator``: ``{target: {name: array}}`` or ``target_models.<t>.<name>``, a ``Demucs``)."""
+    (an ``OpenUnmix``, a ``Separator``: ``{target: {name: array}}`` or ``target_models.<t>.<name>``, a ``Demucs``,
+    an ``HTDemucs``, a bag of them: ``models.<i>.<name>``)."""
     config = _config_of(module)
     if isinstance(config, UMXSeparatorConfig):
         for target, w in per_target(weights, config.separator.targets).items():
@@ -331,6 +443,10 @@ def state_from_canonical(config: Config, weights: Mapping[str, Any]) -> PureDict
         return _umx_state(check_weights(weights, config), config)
     if isinstance(config, DemucsConfig):
         return _demucs_state(check_weights(weights, config), config)
+    if isinstance(config, HTDemucsConfig):
+        return _htdemucs_state(check_weights(weights, config), config)
+    if isinstance(config, BagConfig):
+        return _bag_state(weights, config)
     raise TypeError(f"no Flax model for {type(config).__name__}")
 
 
@@ -344,12 +460,16 @@ def canonical_from_state(config: Config, state: PureDict) -> dict[str, np.ndarra
         return check_weights(_umx_canonical(state), config)
     if isinstance(config, DemucsConfig):
         return check_weights(_demucs_canonical(state, config), config)
+    if isinstance(config, HTDemucsConfig):
+        return check_weights(_htdemucs_canonical(state, config), config)
+    if isinstance(config, BagConfig):
+        return check_weights(_bag_canonical(state, config), config)
     raise TypeError(f"no Flax model for {type(config).__name__}")
 
 
 def materialize(
     make: Callable[[], nnx.Module],
-    config: UMXConfig | DemucsConfig,
+    config: UMXConfig | DemucsConfig | HTDemucsConfig | BagConfig,
     weights: Mapping[str, Any],
     dtype: Any = jnp.float32,
     device: Any = None,
@@ -363,8 +483,33 @@ def materialize(
     dtype = canonical_dtype(dtype)
     leaves, treedef = jax.tree.flatten(state_from_canonical(config, weights))
     with dtype_scope(dtype), default_device(device):
-        graphdef, params = nnx.split(nnx.eval_shape(make))
+        graphdef, params = _abstract(make)
         for i in range(len(leaves)):  # each NumPy leaf freed once it is on the device, not all at the end
             leaves[i] = jnp.asarray(leaves[i], dtype)
         nnx.replace_by_pure_dict(params, jax.tree.unflatten(treedef, leaves))
         return nnx.merge(graphdef, params)
+
+
+_ABSTRACT: dict[Any, tuple[Any, Any]] = {}  # a few abstract models by their constructor call (see _abstract)
+
+
+def _abstract(make: Callable[[], nnx.Module]) -> tuple[Any, Any]:
+    """``nnx.split(nnx.eval_shape(make))``, the abstract state a fresh copy (it is filled in place). Cached when
+    ``make`` is a ``functools.partial`` of hashable arguments (``Cls.from_config(config, dtype=...)``): tracing a
+    constructor abstractly costs seconds for HTDemucs (Flax's counter of random draws), and a bag often holds
+    several models of one config."""
+    key = None
+    if isinstance(make, partial):
+        key = (make.func, make.args, tuple(sorted(make.keywords.items())), jax.config.jax_enable_x64)
+        try:
+            hash(key)
+        except TypeError:
+            key = None
+    if key is None:
+        return nnx.split(nnx.eval_shape(make))
+    if key not in _ABSTRACT:
+        if len(_ABSTRACT) >= 8:
+            _ABSTRACT.pop(next(iter(_ABSTRACT)))
+        _ABSTRACT[key] = nnx.split(nnx.eval_shape(make))
+    graphdef, params = _ABSTRACT[key]
+    return graphdef, jax.tree.map(lambda leaf: leaf, params)
