@@ -2,6 +2,7 @@
 
     python -m benchmarks.upstream_cli umx INPUT --model FOLDER --targets vocals drums bass other --outdir OUT ...
     python -m benchmarks.upstream_cli demucs INPUT -n NAME --models FOLDER -o OUT ...
+    PYTHONPATH=.oracle-demucs4:. python -m benchmarks.upstream_cli demucs4 INPUT -n NAME --repo FOLDER -o OUT ...
 
 ``umx`` is ``openunmix.cli.separate`` (openunmix 1.3.0's console script) and ``demucs`` is ``demucs.separate.main``
 (``python -m demucs.separate`` of demucs 2.0.3), called unchanged with these arguments. Two things are supplied
@@ -14,6 +15,18 @@ around them, neither of which touches the separation:
   ``soundfile``, as torchaudio's own soundfile backend does: it reads and writes the files, nothing else.
   (demucs reads its input with ffmpeg itself.) Its ``torch.load`` of the package needs ``weights_only=False``:
   ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1`` is set before torch is imported.
+
+``demucs4`` is demucs 4.1.0's ``demucs`` console script (``demucs.separate.main``), called unchanged; it must run
+with the oracle folder ``.oracle-demucs4`` first on ``PYTHONPATH`` (demucs 4.1.0 is the module ``demucs`` too: the
+command checks the version it imported). Models come from ``--repo FOLDER`` (packages ``<sig>-<checksum>.th`` and bag
+yamls, upstream's ``LocalRepo``), so nothing is downloaded. Its audio modules import two packages the oracle folder
+does not hold; each is replaced around the command, neither touching the separation:
+
+- ``sphn`` (its reader): ``sphn.read(path)`` -> ``(float32 (channels, samples), rate)`` by ``soundfile``;
+- ``lameenc`` (its MP3 encoder, imported at the top of ``demucs.audio``): a module whose ``Encoder`` refuses to
+  run, so ``--mp3`` fails clearly instead of writing anything.
+
+WAV output is 4.1.0's own writer (``demucs.audio.encode_wav``).
 """
 
 from __future__ import annotations
@@ -23,7 +36,7 @@ import sys
 import types
 from typing import Any
 
-__all__ = ["install_torchaudio", "main"]
+__all__ = ["install_demucs4_stand_ins", "install_torchaudio", "main"]
 
 
 def install_torchaudio() -> None:
@@ -55,6 +68,29 @@ def install_torchaudio() -> None:
     sys.modules["torchaudio"] = module
 
 
+def install_demucs4_stand_ins() -> None:
+    """Register ``sphn`` (``read`` by soundfile) and ``lameenc`` (refusing) for demucs 4.1.0's command."""
+    import numpy as np
+    import soundfile as sf
+
+    sphn = types.ModuleType("sphn")
+
+    def read(path: Any, **_: Any) -> tuple[np.ndarray, int]:
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)
+        return np.ascontiguousarray(data.T), int(rate)
+
+    sphn.read = read
+    lameenc = types.ModuleType("lameenc")
+
+    class Encoder:
+        def __init__(self) -> None:
+            raise RuntimeError("benchmarks.upstream_cli: no MP3 encoder here (lameenc is not installed)")
+
+    lameenc.Encoder = Encoder
+    sys.modules.setdefault("sphn", sphn)
+    sys.modules.setdefault("lameenc", lameenc)
+
+
 def main(argv: list[str]) -> int:
     os.environ.setdefault("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
     install_torchaudio()
@@ -69,8 +105,20 @@ def main(argv: list[str]) -> int:
 
         sys.argv = ["demucs.separate", *rest]
         demucs_main()
+    elif command == "demucs4":
+        install_demucs4_stand_ins()
+        import demucs
+
+        if demucs.__version__ != "4.1.0":
+            print(f"demucs4: imported demucs {demucs.__version__} from {demucs.__file__}; put .oracle-demucs4 first "
+                  "on PYTHONPATH", file=sys.stderr)  # fmt: skip
+            return 2
+        from demucs.separate import main as demucs4_main
+
+        sys.argv = ["demucs", *rest]
+        demucs4_main()
     else:
-        print(f"unknown command {command!r}: umx or demucs", file=sys.stderr)
+        print(f"unknown command {command!r}: umx, demucs or demucs4", file=sys.stderr)
         return 2
     return 0
 

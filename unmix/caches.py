@@ -402,10 +402,18 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _is_bag_yaml(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in (".yaml", ".yml")
+
+
 def _source_files(path: Path) -> list[Path]:
-    """The files an upstream model consists of: the file, or every file directly in the folder (sorted)."""
+    """The files an upstream model consists of: the file; every file directly in the folder (sorted); for a demucs
+    bag yaml, the yaml and every file beside it (the members it names are among them)."""
     if path.is_dir():
         return sorted(p for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    if _is_bag_yaml(path):
+        siblings = (p for p in path.parent.iterdir() if p.is_file() and p != path and not p.name.startswith("."))
+        return [path, *sorted(siblings)]
     return [path]
 
 
@@ -429,10 +437,11 @@ def _known_sha256(path: Path, known: Path) -> str:
 
 
 def conversion_key(path: Path, folder: Path) -> str:
-    """SHA-256 over the upstream file(s) at ``path``: each file's name (a folder's) and SHA-256."""
+    """SHA-256 over the upstream file(s) at ``path``: each file's name (a folder's, a bag yaml's) and SHA-256."""
     h = hashlib.sha256()
+    named = path.is_dir() or _is_bag_yaml(path)
     for file in _source_files(path):
-        name = file.name if path.is_dir() else ""
+        name = file.name if named else ""
         h.update(f"{name}\0{_known_sha256(file, folder / 'known')}\n".encode())
     return h.hexdigest()
 

@@ -1,4 +1,4 @@
-"""``unmix-separate``: separate audio files into stems with Open-Unmix or Demucs v2, in any of the four ports.
+"""``unmix-separate``: separate audio files into stems with Open-Unmix, Demucs v2 or HTDemucs (v4), in the ports.
 
 ::
 
@@ -14,11 +14,15 @@ or a one-target file; ``--model`` repeated joins the Open-Unmix targets of sever
 ``--model`` their names joined by ``+``).
 
 Defaults are those of upstream's own commands: openunmix 1.3.0's ``umx`` for Open-Unmix (``--niter 1``,
-``--wiener-win-len 300``, no residual, no soft mask; 32-bit float WAV, nothing clipped) and demucs 2.0.3's
-``python -m demucs.separate`` for Demucs (``--shifts 0``, ``--overlap 0.25``, split into the model's segments;
-16-bit WAV, each stem rescaled by ``max(1.01 * peak, 1)``). Differences: shifts are drawn from ``--seed`` (upstream's
-are unseeded); digital silence gives silent stems (upstream's Demucs gives NaN); ``--device`` defaults to ``cpu``
-(upstream takes CUDA when it sees it).
+``--wiener-win-len 300``, no residual, no soft mask; 32-bit float WAV, nothing clipped), demucs 2.0.3's
+``python -m demucs.separate`` for Demucs v2 (``--shifts 0``, ``--overlap 0.25``, split into the model's segments;
+16-bit WAV, each stem rescaled by ``max(1.01 * peak, 1)``) and demucs 4.1.0's ``demucs`` for HTDemucs (``htdemucs``,
+``htdemucs_6s``, the ``htdemucs_ft`` bag: ``--shifts 1``, ``--overlap 0.25``, split into the training segment,
+``--segment`` at most that segment, ``--two-stems`` with ``--other-method add``; 16-bit WAV rescaled as v2; the
+track normalised by its mean and ``std + 1e-8`` as demucs 4.1.0's ``Separator``). Differences: shifts are drawn from
+``--seed`` (upstream's are unseeded); digital silence gives silent stems (upstream's Demucs v2 gives NaN);
+``--device`` defaults to ``cpu`` (upstream takes CUDA when it sees it); 16-bit samples are rounded (demucs
+truncates).
 
 Every track is read, checked (missing, unreadable, empty or too short, NaN/Inf, more than two channels,
 non-representable amplitudes: a clear error naming the file), resampled to the model's rate if needed, separated,
@@ -50,20 +54,34 @@ from typing import Any
 import numpy as np
 
 from core_spec.audio import AudioError, check_amplitude
+from core_spec.configs import segment_fraction
 from core_spec.frameworks import FRAMEWORKS, importable
 from unmix.audio_files import AudioFileError, StagedFiles, find_audio_files, read_audio_file, resample, write_audio_file
 from unmix.caches import CompileCache, cache_root, enable_compile_cache
 from unmix.environments import rerun_in_nnabla
 from unmix.separate_models import LoadedModel, ModelError, load_model, shown
-from unmix.stems import CLIP_MODES, DEFAULT_FILENAME, output_path, prevent_clip, select_stems, stem_names
+from unmix.stems import (
+    CLIP_MODES,
+    DEFAULT_FILENAME,
+    OTHER_METHODS,
+    output_path,
+    prevent_clip,
+    select_stems,
+    stem_names,
+)
 from unmix.umx_segments import AUTO, SegmentChoice, parse_segment, segment_plan
 
-__all__ = ["UMX_DEFAULTS", "DEMUCS_DEFAULTS", "build_parser", "main", "port_main"]
+__all__ = ["UMX_DEFAULTS", "DEMUCS_DEFAULTS", "HTDEMUCS_DEFAULTS", "build_parser", "main", "port_main"]
 
-# upstream's command-line defaults (openunmix 1.3.0 cli.py; demucs 2.0.3 separate.py)
+# upstream's command-line defaults (openunmix 1.3.0 cli.py; demucs 2.0.3 separate.py; demucs 4.1.0 separate.py)
 UMX_DEFAULTS: dict[str, Any] = {"niter": 1, "wiener_win_len": 300, "softmask": False, "residual": None}
 DEMUCS_DEFAULTS: dict[str, Any] = {"shifts": 0, "overlap": 0.25, "split": True, "segment": None, "seed": 0}
-OUTPUT_DEFAULTS = {"umx": ("float32", "none"), "demucs": ("int16", "rescale")}  # (depth, clip mode)
+HTDEMUCS_DEFAULTS: dict[str, Any] = {"shifts": 1, "overlap": 0.25, "split": True, "segment": None, "seed": 0}
+# (depth, clip mode)
+OUTPUT_DEFAULTS = {"umx": ("float32", "none"), "demucs": ("int16", "rescale"), "htdemucs": ("int16", "rescale")}
+CLAMP_BOUND = {"umx": 1.0, "demucs": 1.0, "htdemucs": 0.99}  # demucs 4.1.0's clamp mode: [-0.99, 0.99]
+# demucs 4.1.0 separate.py, word for word
+TOO_LONG = "Cannot use a Transformer model with a longer segment than it was trained for. Maximum segment is: {}"
 
 
 def _stem_list(text: str) -> list[str]:
@@ -78,8 +96,10 @@ def build_parser(prog: str = "unmix-separate", framework: str | None = None) -> 
     """The parser; ``framework`` fixes ``--framework`` (``python -m umx_<fw> separate``)."""
     parser = argparse.ArgumentParser(
         prog=prog,
-        description="Separate audio files into stems with Open-Unmix or Demucs v2 in PyTorch, TensorFlow, JAX or "
-        "NNabla. Defaults are upstream's: openunmix 1.3.0's umx and demucs 2.0.3's demucs.separate.",
+        description="Separate audio files into stems with Open-Unmix, Demucs v2 or HTDemucs (demucs v4: htdemucs, "
+        "htdemucs_6s, the htdemucs_ft bag) in PyTorch, TensorFlow, JAX or NNabla (HTDemucs: the ports that have "
+        "it). Defaults are upstream's: openunmix 1.3.0's umx for Open-Unmix, demucs 2.0.3's demucs.separate for "
+        "Demucs v2, demucs 4.1.0's demucs for HTDemucs.",
         epilog="See docs/separate.md.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")
@@ -88,8 +108,9 @@ def build_parser(prog: str = "unmix-separate", framework: str | None = None) -> 
         "--model",
         required=True,
         action="append",
-        help="canonical .safetensors (+ .json), a native file of the port, an upstream .pth/.th file or openunmix "
-        "model folder (converted, and the conversion cached), or what unmix-train wrote: a run folder or a one-target "
+        help="canonical .safetensors (+ .json; an HTDemucs or a canonical bag too), a native file of the port, an "
+        "upstream .pth/.th file, openunmix model folder, demucs 4 package, hub .safetensors, bag .yaml or bag folder "
+        "(converted, and the conversion cached), or what unmix-train wrote: a run folder or a one-target "
         "<target>.safetensors. Repeat it to join the Open-Unmix targets of several runs into one separator "
         "(--model run_vocals --model run_drums)",
     )
@@ -109,12 +130,21 @@ def build_parser(prog: str = "unmix-separate", framework: str | None = None) -> 
     parser.add_argument(
         "--clip-mode",
         choices=CLIP_MODES,
-        help="rescale: each stem / max(1.01 peak, 1); clamp: to [-1, 1]; none. Default: Open-Unmix none and "
-        "--float32 (as umx); Demucs rescale and --int16 (as demucs.separate)",
+        help="rescale: each stem / max(1.01 peak, 1); clamp: to [-1, 1] (HTDemucs: [-0.99, 0.99] as demucs 4.1.0); "
+        "none. Default: Open-Unmix none and --float32 (as umx); Demucs v2 and HTDemucs rescale and --int16 (as "
+        "demucs)",
     )
     which = parser.add_mutually_exclusive_group()
     which.add_argument("--stems", type=_stem_list, help="write only these stems (comma-separated)")
-    which.add_argument("--two-stems", metavar="STEM", help="write STEM and no_STEM (the sum of the others)")
+    which.add_argument(
+        "--two-stems", metavar="STEM", help="write STEM and, by --other-method, no_STEM (the sum of the others)"
+    )
+    parser.add_argument(
+        "--other-method",
+        choices=OTHER_METHODS,
+        help="with --two-stems, as demucs 4.1.0: add (default): no_STEM = the sum of the other stems; minus: "
+        "minus_STEM = the mixture - STEM; none: STEM alone",
+    )
     parser.add_argument("--start", type=float, default=0.0, help="start of the excerpt in seconds (as umx)")
     parser.add_argument("--duration", type=float, help="length of the excerpt in seconds (default: to the end)")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite existing stems")
@@ -143,12 +173,31 @@ def build_parser(prog: str = "unmix-separate", framework: str | None = None) -> 
         f"'{AUTO}' (default): the whole track unless it would not fit in memory (see docs/separate.md)",
     )
     umx.add_argument("--segment-overlap", type=float, help="seconds shared by chunks (default 2, at most 1/4 chunk)")
-    dmx = parser.add_argument_group("Demucs (defaults of demucs 2.0.3's demucs.separate)")
-    dmx.add_argument("--shifts", type=int, help="random shifts to average (default 0)")
-    dmx.add_argument("--seed", type=int, help="seed of the shifts (default 0; upstream's are unseeded)")
+    dmx = parser.add_argument_group(
+        "Demucs v2 and HTDemucs (defaults: v2 models as demucs 2.0.3's demucs.separate, HTDemucs (v4) models as "
+        "demucs 4.1.0's demucs)"
+    )
+    dmx.add_argument("--shifts", type=int, help="random shifts to average (default: v2 0, HTDemucs 1)")
+    dmx.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the shifts (ours, default 0: a run is reproducible; upstream's shifts, v2 and v4, are "
+        "unseeded draws of Python's random)",
+    )
     dmx.add_argument("--overlap", type=float, help="overlap of the split segments (default 0.25)")
-    dmx.add_argument("--segment", type=float, help="split segment in seconds (default: the model's, 40 s released)")
-    dmx.add_argument("--no-split", dest="split", action="store_const", const=False, help="the whole track at once")
+    dmx.add_argument(
+        "--segment",
+        type=float,
+        help="split segment in seconds (default: the model's: v2 40 s released; HTDemucs its 7.8-s training "
+        "segment, which is also the most it accepts, for a bag the smallest of its models')",
+    )
+    dmx.add_argument(
+        "--no-split",
+        dest="split",
+        action="store_const",
+        const=False,
+        help="the whole track at once (HTDemucs: only tracks no longer than its segment, as upstream)",
+    )
     return parser
 
 
@@ -160,8 +209,9 @@ class Options:
     clip_mode: str
     names: list[str]  # the stems to write
     renamed: dict[str, str]  # source name -> stem name (the residual's --residual NAME)
-    demucs: dict[str, Any]
+    demucs: dict[str, Any]  # Demucs v2 / HTDemucs: the keyword arguments of the port's separate_track
     segment: SegmentChoice
+    other_method: str = "add"  # --two-stems: add, minus or none
 
 
 UMX_FLAGS = {"niter": "--niter", "wiener_win_len": "--wiener-win-len", "softmask": "--softmask",
@@ -194,6 +244,9 @@ def resolve_options(args: argparse.Namespace, model: LoadedModel) -> Options:
     if given:
         family = "Demucs" if model.kind == "umx" else "Open-Unmix"
         raise ValueError(f"{', '.join(given)}: {family} option(s), but {shown(args.model)} is a {model.kind} model")
+    if args.other_method is not None and args.two_stems is None:
+        raise ValueError(f"--other-method {args.other_method}: applies to --two-stems only")
+    other_method = args.other_method or "add"
     depth, clip_mode = OUTPUT_DEFAULTS[model.kind]
     if args.ext == "mp3":
         if args.depth is not None:
@@ -207,8 +260,10 @@ def resolve_options(args: argparse.Namespace, model: LoadedModel) -> Options:
         raise ValueError("--float32: FLAC holds integer samples only; use --int16 or --int24 (or --ext wav)")
     renamed = {"residual": args.residual} if model.kind == "umx" and args.residual else {}
     sources = [renamed.get(s, s) for s in model.sources]
-    names = stem_names(sources, args.stems, args.two_stems)
+    names = stem_names(sources, args.stems, args.two_stems, other_method)
     demucs: dict[str, Any] = {}
+    if model.kind == "htdemucs":
+        demucs = _htdemucs_options(args, model)
     if model.kind == "demucs":
         d = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in DEMUCS_DEFAULTS.items()}
         if not 0 <= d["overlap"] < 1:
@@ -218,7 +273,34 @@ def resolve_options(args: argparse.Namespace, model: LoadedModel) -> Options:
                   "rng": d["seed"]}  # fmt: skip
     segment_choice = SegmentChoice(args.segment_seconds if args.segment_seconds is not None else AUTO,
                                    args.segment_overlap)  # fmt: skip
-    return Options(depth, args.clip_mode or clip_mode, names, renamed, demucs, segment_choice)
+    return Options(depth, args.clip_mode or clip_mode, names, renamed, demucs, segment_choice, other_method)
+
+
+def _htdemucs_options(args: argparse.Namespace, model: LoadedModel) -> dict[str, Any]:
+    """The keyword arguments of the port's ``htdemucs_apply.separate_track``, demucs 4.1.0's defaults where
+    nothing was given (:data:`HTDEMUCS_DEFAULTS`).
+
+    Raises:
+        ValueError: ``--segment`` longer than the model's training segment (upstream's message), not positive, or
+            with ``--no-split`` (exclusive in demucs 4.1.0's command); ``--overlap`` outside ``[0, 1)``; negative
+            ``--shifts``.
+    """
+    d = {k: (getattr(args, k) if getattr(args, k) is not None else v) for k, v in HTDEMUCS_DEFAULTS.items()}
+    if not 0 <= d["overlap"] < 1:
+        raise ValueError(f"--overlap must lie in [0, 1), got {d['overlap']}")
+    if d["shifts"] < 0:
+        raise ValueError(f"--shifts must be 0 or more, got {d['shifts']}")
+    segment = d["segment"]
+    if segment is not None:
+        if not d["split"]:
+            raise ValueError("--segment and --no-split exclude each other (as in demucs 4.1.0's command)")
+        if not segment > 0:
+            raise ValueError(f"--segment must be positive, got {segment:g}")
+        assert model.max_segment is not None
+        if segment_fraction(segment) > model.max_segment:
+            raise ValueError(TOO_LONG.format(float(model.max_segment)))
+    return {"shifts": d["shifts"], "split": d["split"], "overlap": d["overlap"], "segment": segment,
+            "rng": d["seed"]}  # fmt: skip
 
 
 # --- one track -------------------------------------------------------------------------------------------------
@@ -281,7 +363,12 @@ class Separation:
         model, opts = self.model, self.options
         plan = segment_plan(opts.segment, model, audio.shape[-1]) if model.kind == "umx" else None
         if plan is None:
-            estimates = model.separate(audio, opts.demucs)
+            try:
+                estimates = model.separate(audio, opts.demucs)
+            except ValueError as e:
+                if model.kind != "htdemucs" or opts.demucs["split"]:
+                    raise
+                raise ValueError(_no_split_too_long(model, audio.shape[-1], opts.demucs["shifts"], e)) from None
             bar.update(bar.total - bar.n)
             return estimates, ""
         from unmix.chunks import separate_in_chunks
@@ -313,9 +400,9 @@ class Separation:
             note += chunked
             encoding = (args.ext, opts.depth, args.mp3_bitrate)
             sources = [opts.renamed.get(s, s) for s in model.sources]
-            stems = select_stems(estimates, sources, args.stems, args.two_stems)
+            stems = select_stems(estimates, sources, args.stems, args.two_stems, opts.other_method, audio)
             for stem, dest in outputs.items():
-                data = prevent_clip(stems[stem], opts.clip_mode)
+                data = prevent_clip(stems[stem], opts.clip_mode, CLAMP_BOUND[model.kind])
                 staged.write(dest, lambda tmp, d=data: write_audio_file(tmp, d, model.rate, *encoding))
             written = staged.commit()
         for dest in written:
@@ -326,6 +413,18 @@ class Separation:
             f"{path}: {duration:.1f} s of audio{note} in {wall:.1f} s (real-time factor {wall / duration:.2f}) "
             f"-> {folder}"
         )
+
+
+def _no_split_too_long(model: LoadedModel, length: int, shifts: int, error: Exception) -> str:
+    """The message for ``--no-split`` on an HTDemucs track longer than its segment (the port refused the window)."""
+    assert model.max_segment is not None
+    limit = int(model.max_segment * model.rate)
+    shifted = " plus up to 0.5 s of random shift" if shifts else ""
+    return (
+        f"--no-split: the track ({length} samples{shifted}) is longer than the model's training segment ({limit} "
+        f"samples, {float(model.max_segment):g} s), the most an HTDemucs runs at once (demucs 4.1.0 fails too: "
+        f"'Given length ... is longer than training length ...'); leave out --no-split ({error})"
+    )
 
 
 # --- the command -------------------------------------------------------------------------------------------------

@@ -6,9 +6,17 @@
 2. a native file of the chosen port (``umx_<fw>.native_paths``: ``.pth`` / ``.weights.h5`` / ``.msgpack`` /
    ``.h5``, each with a ``.json`` carrying the port's format tag);
 3. an upstream file or folder that ``unmix-convert`` reads (``vocals-b62c91ce.pth``, an openunmix model folder,
-   ``demucs-e07c671f.th``, a demucs package): converted by :func:`weights_convert.sources.read_upstream`, and the
-   canonical result kept in the per-user cache by the file's SHA-256 (:func:`unmix.caches.cached_upstream`; not
-   with ``--no-cache``), so the next run reads a canonical file; nothing is written beside the source.
+   ``demucs-e07c671f.th``, a demucs package; demucs 4.x: an HTDemucs package ``955717e8-8726e21a.th``, a hub file
+   ``<sig>.safetensors`` (tried when the file is not a canonical one), a bag yaml or a folder holding one):
+   converted by :func:`weights_convert.sources.read_upstream`, and the canonical result kept in the per-user cache
+   by the file's SHA-256 (:func:`unmix.caches.cached_upstream`; not with ``--no-cache``), so the next run reads a
+   canonical file; nothing is written beside the source (a bag yaml's key covers the files beside it, where its
+   members are).
+
+Model kinds (:attr:`LoadedModel.kind`): ``"umx"`` (an Open-Unmix separator), ``"demucs"`` (Demucs v2) and
+``"htdemucs"`` (HTDemucs of demucs 4.x: one model, ``htdemucs`` / ``htdemucs_6s``, or a bag, ``htdemucs_ft``),
+separated by the port's ``htdemucs_apply.separate_track`` (demucs 4.1.0's ``Separator.separate_tensor``); a port
+without that module says that HTDemucs is not available in it yet.
 
 What ``unmix-train`` writes is accepted too (:func:`resolve_models`): a folder holding canonical files (a run
 folder, tried between 1 and 2 when no ``<folder>.safetensors`` sits beside it): its one-target Open-Unmix networks
@@ -19,9 +27,10 @@ given. Like openunmix's ``umx``, a separator of one target refuses the Wiener fi
 the residual is added (:func:`check_em`).
 
 The port is imported here, lazily (``umx_<fw>``), and only its public entry points are used: ``from_canonical``
-(with ``device``/``dtype`` and, for Open-Unmix, the Wiener settings), ``Separator.separate`` and
-``separate_track``. TensorFlow and NNabla place their work by a scope around the calls (``umx_tf.weights.
-device_scope``, ``umx_nnabla.on_device``); PyTorch and JAX by the device the model was built on.
+(with ``device``/``dtype`` and, for Open-Unmix, the Wiener settings), ``Separator.separate``, ``separate_track``
+and, for HTDemucs, ``umx_<fw>.htdemucs_apply.separate_track``. TensorFlow and NNabla place their work by a scope
+around the calls (``umx_tf.weights.device_scope``, ``umx_nnabla.on_device``); PyTorch and JAX by the device the
+model was built on.
 """
 
 from __future__ import annotations
@@ -33,19 +42,21 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from core_spec.canonical import canonical_paths, load_canonical
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
 from core_spec.frameworks import framework as framework_of
+from core_spec.reference.htdemucs_apply import bag_models
 from core_spec.reference.transforms import min_length
 from unmix.targets import TargetError, TargetFile, canonical_files, collect_targets, join_separator
 
-__all__ = ["LoadedModel", "ModelError", "check_em", "load_model", "model_name", "resolve_models", "resolve_weights",
-           "shown", "to_numpy"]  # fmt: skip
+__all__ = ["LoadedModel", "ModelError", "check_em", "htdemucs_max_segment", "load_model", "model_name",
+           "resolve_models", "resolve_weights", "shown", "to_numpy"]  # fmt: skip
 
 
 class ModelError(ValueError):
@@ -57,14 +68,16 @@ class LoadedModel:
     """A model built in a port, with what the command needs to know about it.
 
     ``sources``: output names in order (UMX: the targets, then ``"residual"`` if enabled; Demucs: its sources).
-    ``min_samples``: the shortest track it separates.
+    ``min_samples``: the shortest track it separates. ``max_segment``: HTDemucs only, the longest ``--segment``
+    (seconds): the training segment, for a bag the smallest of its HTDemucs models' (``max_allowed_segment``).
+    ``apply``: HTDemucs only, the port's ``htdemucs_apply`` module.
     """
 
     framework: str
-    kind: str  # "umx" or "demucs"
+    kind: str  # "umx", "demucs" or "htdemucs"
     name: str
     origin: str  # "canonical", "native" or "upstream"
-    config: UMXSeparatorConfig | DemucsConfig
+    config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
     sources: tuple[str, ...]
     rate: int
     min_samples: int
@@ -72,6 +85,8 @@ class LoadedModel:
     dtype: str
     model: Any = field(repr=False)
     port: Any = field(repr=False)
+    max_segment: Fraction | None = None
+    apply: Any = field(default=None, repr=False)
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -87,8 +102,13 @@ class LoadedModel:
 
     def separate(self, audio: np.ndarray, demucs: Mapping[str, Any] | None = None) -> np.ndarray:
         """Separate one track ``(nb_channels, nb_timesteps)`` at :attr:`rate`: ``(nb_sources, 2, nb_timesteps)``
-        float32 (Open-Unmix: ``Separator.separate``; Demucs: ``separate_track`` with ``demucs`` options)."""
+        (Open-Unmix: ``Separator.separate``; Demucs: ``separate_track`` with ``demucs`` options; HTDemucs: the
+        port's ``htdemucs_apply.separate_track`` with ``demucs`` options). Float32, except HTDemucs, which returns
+        the stems in the model's dtype (float64 with ``--dtype float64``)."""
         batch = np.asarray(audio, dtype=np.float32)[None]  # 3-D: no guessing of the layout
+        if self.kind == "htdemucs":
+            with self.scope():
+                return to_numpy(self.apply.separate_track(self.model, batch[0], **dict(demucs or {})))
 
         def run() -> Any:
             with self.scope():
@@ -192,7 +212,13 @@ def resolve_weights(
     st_path, _ = canonical_paths(path)
     try:
         if st_path.exists():
-            weights, config, _ = load_canonical(st_path)
+            try:
+                weights, config, _ = load_canonical(st_path)
+            except (ValueError, KeyError, OSError) as e:
+                hub = _hub_file(st_path, cache)  # demucs 4.1.0's hub layout is a .safetensors too
+                if hub is None:
+                    raise e from None
+                return hub
             return weights, config, st_path.name[: -len(".safetensors")], "canonical"
         if port is not None and _native_format(port, path):
             weights, config = port.load_native(path)
@@ -202,15 +228,31 @@ def resolve_weights(
     if not path.exists():
         raise ModelError(
             f"--model {path}: not found (looked for a canonical {st_path.name} + .json, a native file of the "
-            f"chosen port, and an upstream .pth/.th file or openunmix model folder)"
+            f"chosen port, and an upstream .pth/.th file, openunmix model folder or demucs 4 bag yaml/folder)"
         )
+    try:
+        weights, config = _convert_upstream(path, cache)
+    except (ValueError, OSError) as e:
+        raise ModelError(f"--model {path}: not a model unmix-convert can read ({type(e).__name__}: {e})") from None
+    return weights, config, _model_name(path), "upstream"
+
+
+def _convert_upstream(path: Path, cache: Path | None) -> tuple[dict[str, np.ndarray], Any]:
+    """An upstream file or folder converted, through the cache (see the module docstring)."""
     from unmix.caches import cached_upstream
     from weights_convert.sources import read_upstream
 
+    weights, config, _ = cached_upstream(path, cache, read_upstream)
+    return weights, config
+
+
+def _hub_file(path: Path, cache: Path | None) -> tuple[dict[str, np.ndarray], Any, str, str] | None:
+    """A ``.safetensors`` that is not a canonical file, read as demucs 4.1.0's hub layout; ``None`` if it is not
+    one either."""
     try:
-        weights, config, _ = cached_upstream(path, cache, read_upstream)
-    except (ValueError, OSError) as e:
-        raise ModelError(f"--model {path}: not a model unmix-convert can read ({type(e).__name__}: {e})") from None
+        weights, config = _convert_upstream(path, cache)
+    except (ValueError, OSError):
+        return None
     return weights, config, _model_name(path), "upstream"
 
 
@@ -363,13 +405,18 @@ def load_model(
     """
     port = _import_port(framework)
     weights, config, name, origin = resolve_models(path, port, cache)
-    if not isinstance(config, (UMXSeparatorConfig, DemucsConfig)):
+    if not isinstance(config, (UMXSeparatorConfig, DemucsConfig, HTDemucsConfig, BagConfig)):
         raise ModelError(f"--model {shown(path)}: holds a {type(config).__name__}, not a separation model")
-    kind = "umx" if isinstance(config, UMXSeparatorConfig) else "demucs"
+    if isinstance(config, UMXSeparatorConfig):
+        kind = "umx"
+    else:
+        kind = "demucs" if isinstance(config, DemucsConfig) else "htdemucs"
     options = dict(umx_options or {}) if kind == "umx" else {}
     if kind == "umx":
         check_em(config, options, shown(path))
     loaded = LoadedModel(framework, kind, name, origin, config, (), 0, 0, device, dtype, None, port)
+    if kind == "htdemucs":
+        loaded.apply = _htdemucs_apply(framework, shown(path))
     try:
         with loaded.scope():
             loaded.model = port.from_canonical(config, weights, device=device, dtype=dtype, **options)
@@ -383,4 +430,35 @@ def load_model(
         loaded.sources = tuple(config.sources)
         loaded.rate = int(config.samplerate)
         loaded.min_samples = 2  # the normalisation's unbiased standard deviation needs two samples
+    if kind == "htdemucs":
+        loaded.max_segment = htdemucs_max_segment(config)
     return loaded
+
+
+def htdemucs_max_segment(config: HTDemucsConfig | BagConfig) -> Fraction:
+    """The longest segment (seconds) demucs 4.1.0's command accepts for this model: its training segment; for a
+    bag, the smallest segment of its models as they run (a bag's own ``segment`` replacing the longer ones:
+    ``BagOfModels.max_allowed_segment``)."""
+    models, _ = bag_models(config)
+    return min(m.segment_fraction for m in models)
+
+
+def _htdemucs_apply(framework: str, where: str) -> Any:
+    """The port's ``htdemucs_apply`` module (``separate_track`` for HTDemucs and bags).
+
+    Raises:
+        ModelError: the port has no HTDemucs yet.
+    """
+    fw = framework_of(framework)
+    try:
+        module = importlib.import_module(f"{fw.package}.htdemucs_apply")
+    except ModuleNotFoundError as e:
+        if e.name != f"{fw.package}.htdemucs_apply":
+            raise
+        module = None
+    if module is None or not hasattr(module, "separate_track"):
+        raise ModelError(
+            f"--model {where} is an HTDemucs (demucs 4) model: HTDemucs is not available in {fw.label} yet "
+            f"(--framework torch has it)"
+        )
+    return module

@@ -290,3 +290,16 @@ def test_cache_folders_are_keyed(tmp_path, monkeypatch) -> None:
     folder = caches.compile_folder(tmp_path, "jax").name
     assert caches.host_key() in folder and caches.code_key("core_spec", "umx_jax") in folder
     assert caches.code_key("core_spec", "umx_jax") != caches.code_key("core_spec", "umx_tf")
+
+
+def test_a_bag_yaml_key_covers_its_member_files(tmp_path: Path) -> None:
+    """A yaml names member files beside it: changing one of them must change the conversion key (no stale bag)."""
+    from unmix.caches import conversion_key
+
+    (tmp_path / "bag.yaml").write_text("models: ['aaaa1111']\n")
+    member = tmp_path / "aaaa1111.th"
+    member.write_bytes(b"one")
+    known = tmp_path / "cache"
+    before = conversion_key(tmp_path / "bag.yaml", known)
+    member.write_bytes(b"two")
+    assert conversion_key(tmp_path / "bag.yaml", known) != before
