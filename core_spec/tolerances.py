@@ -121,11 +121,16 @@ _F64 = {
     # HTDemucs spec vs demucs 4.1.0 in float64 (parity_tests/upstream/test_htdemucs_*_oracle.py): achieved <= 2.3e-13,
     # the 1-D sinusoidal embedding at 1344 positions (torch's and NumPy's float64 pow differ by an ulp, times the
     # position); the 2-D embedding, ScaledEmbedding and 1x1 channel samplers <= 3e-14
-    "htdemucs.layer": Tolerance(rel=1e-12),
-    # the whole forward (every stage of the trace) and apply_model with split, shifts and bags, against demucs
-    # 4.1.0 run under torch.set_default_dtype(torch.float64) (parity_tests/fixtures_htdemucs.py)
-    "htdemucs.output": Tolerance(rel=1e-12),
-    "htdemucs.apply": Tolerance(rel=1e-12),
+    # Also every stage of the whole forward and apply_model with split, shifts and bags (parity_tests/
+    # fixtures_htdemucs.py, unmix-parity), against demucs 4.1.0 run under torch.set_default_dtype(torch.float64).
+    # Achieved on the fixtures: small traced models <= 1.5e-14 per stage, the released htdemucs / htdemucs_6s
+    # outputs 3.0e-13 / 6.4e-13 (upstream's input statistics injected), apply_model <= 2.9e-14. At the released
+    # shapes on real music (unmix-parity, 1 s of the stempeg clip) float64 rounding reaches 1.3e-12 (upstream) and
+    # 1.4e-12 (umx_torch) at decoder.2 and 7.8e-13 in apply_model: 1e-12 does not hold in general at the released
+    # size, so the rows are 1e-11 (7x above the worst seen).
+    "htdemucs.layer": Tolerance(rel=1e-11),
+    "htdemucs.output": Tolerance(rel=1e-11),
+    "htdemucs.apply": Tolerance(rel=1e-11),
     # julius builds its kernels in float32 even for a float64 run (torch.arange(...).float()); the spec builds
     # them in float64. "resample.kernels": the kernels and the resampled signals, spec kernels vs julius's
     # (achieved 8.0e-8 / 1.3e-7); "demucs.own_kernels": forward and apply_model with the spec's own kernels vs

@@ -5,11 +5,13 @@ Examples::
     unmix-parity umxhq.safetensors                             # the stempeg example clip, every port, float32
     unmix-parity path/to/open-unmix-model/ --audio song.flac --seconds 10 --report out/parity
     unmix-parity demucs-e07c671f.th --frameworks torch,jax --device gpu --dtype float32,float64
+    unmix-parity 955717e8-8726e21a.th --seconds 10 --dtype float32,float64    # HTDemucs (demucs 4.1.0 beside)
 
-MODEL is anything ``unmix-convert`` reads (an upstream ``.pth``/``.th`` file or openunmix model folder, a canonical
-``.safetensors`` + ``.json``, a port's native file). The float64 NumPy reference runs first; then upstream itself
-(openunmix / demucs with PyTorch, where importable) and every selected port, each stage on the reference's input
-of that stage (``unmix.parity.stages``). Every comparison is judged by ``core_spec/tolerances.py``; the float32
+MODEL is anything ``unmix-convert`` reads (an upstream ``.pth``/``.th`` file or openunmix model folder, a demucs 4
+package, bag ``.yaml`` or folder, a canonical ``.safetensors`` + ``.json``, a port's native file). The float64 NumPy
+reference runs first; then upstream itself (openunmix / demucs 2.0.3 with PyTorch, where importable; demucs 4.1.0
+in its own process for HTDemucs) and every selected port, each stage on the reference's input of that stage
+(``unmix.parity.stages``). Every comparison is judged by ``core_spec/tolerances.py``; the float32
 ``wiener`` and ``separator`` stages against upstream's own float32 error on the same input.
 
 Exit status: 0 when every stage of every selected implementation is within tolerance, 1 when one is not or an
@@ -33,7 +35,7 @@ from unmix.convert import describe
 from unmix.parity.model import ModelError, load_model
 from unmix.parity.report import FILES, Report, format_table, write_report
 from unmix.parity.runner import Result, available_here, run, scale_weight
-from unmix.parity.stages import Config, judge_all, stage_order
+from unmix.parity.stages import Config, judge_all, stage_order, with_upstream_stats
 
 __all__ = ["build_parser", "main"]
 
@@ -69,6 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--dtype", type=_list, default=["float32"], metavar="DT[,DT]", help="float32 (default) and/or float64"
     )
     parser.add_argument("--no-upstream", action="store_true", help="do not run upstream openunmix/demucs")
+    parser.add_argument(
+        "--shifts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="HTDemucs: random shifts of apply_model, drawn by numpy's default_rng(0), upstream replaying the same "
+        "offsets (default 0: deterministic)",
+    )
     parser.add_argument("--report", type=Path, metavar="DIR", help=f"write {', '.join(FILES)} into DIR")
     parser.add_argument("-f", "--force", action="store_true", help="overwrite report files in DIR")
     parser.add_argument("-q", "--quiet", action="store_true", help="print only failures")
@@ -80,9 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
 def _read_audio(args: argparse.Namespace, config: Config) -> tuple[np.ndarray, dict[str, Any]]:
     """``(1, 2, L)`` float64 at the model's rate, and a description of it."""
     from core_spec.audio import prepare_audio
-    from core_spec.configs import UMXSeparatorConfig
+    from core_spec.configs import BagConfig, HTDemucsConfig, UMXSeparatorConfig
 
     rate = config.separator.sample_rate if isinstance(config, UMXSeparatorConfig) else config.samplerate
+    channels = 2
+    if isinstance(config, (HTDemucsConfig, BagConfig)):
+        channels = (config.models[0] if isinstance(config, BagConfig) else config).audio_channels
     if args.audio is None:
         from unmix.parity.clip import read_example_stems
 
@@ -97,7 +110,7 @@ def _read_audio(args: argparse.Namespace, config: Config) -> tuple[np.ndarray, d
 
         audio, file_rate = read_audio_file(args.audio, args.start, args.seconds)
         source = str(args.audio)
-    batch = prepare_audio(audio, file_rate, rate, nb_channels=2, resample=True, dtype=np.float64)
+    batch = prepare_audio(audio, file_rate, rate, nb_channels=channels, resample=True, dtype=np.float64)
     info = {"source": source, "rate": int(rate), "file_rate": int(file_rate), "channels": int(audio.shape[0])}
     info["seconds"] = batch.shape[-1] / rate
     info["start"] = args.start
@@ -133,22 +146,31 @@ def _capture_all(
 ) -> list[Result]:
     """The reference (first), then upstream (where importable) and every selected port, in every dtype."""
     start = time.perf_counter()
-    (reference,) = run("reference", model.config, model.weights, audio, ["float64"], "cpu")
+    (reference,) = run("reference", model.config, model.weights, audio, ["float64"], "cpu", shifts=args.shifts)
     reference.seconds = time.perf_counter() - start
     if reference.captures is None:
         return [reference]
     say(f"reference float64: {reference.seconds:.1f} s")
     names = list(args.frameworks)
-    if not args.no_upstream and available_here("upstream"):
+    ht = _is_htdemucs(model.config)
+    if not args.no_upstream and available_here("upstream", model.config):
         names.insert(0, "upstream")
+    elif not args.no_upstream and ht:
+        say(
+            "upstream  demucs 4.1.0 not installed (.oracle-demucs4, make setup) or torch missing: the float32 "
+            "htdemucs stages are judged by their absolute floor only"
+        )
     elif not args.no_upstream:
         say(
             "upstream  not importable here (torch, openunmix, demucs, julius): the float32 wiener and separator "
             "stages are judged by their absolute floor only"
         )
+    inputs = None if ht else reference.captures  # the HTDemucs stages take no stage inputs from the reference
     results = [reference]
     for name in names:
-        for result in run(name, model.config, weights_of[name], audio, args.dtype, args.device, reference.captures):
+        for result in run(
+            name, model.config, weights_of[name], audio, args.dtype, args.device, inputs, shifts=args.shifts
+        ):
             results.append(result)
             why = result.error or result.note or ""
             status = f"{result.seconds:.1f} s" if result.captures is not None else f"not run: {why.splitlines()[0]}"
@@ -156,10 +178,24 @@ def _capture_all(
     return results
 
 
+def _is_htdemucs(config: Config) -> bool:
+    from core_spec.configs import BagConfig, HTDemucsConfig
+
+    return isinstance(config, (HTDemucsConfig, BagConfig))
+
+
 def _judge(
-    args: argparse.Namespace, model: Any, results: list[Result], audio_info: dict[str, Any], argv: Any
+    args: argparse.Namespace,
+    model: Any,
+    results: list[Result],
+    audio: np.ndarray,
+    audio_info: dict[str, Any],
+    argv: Any,
+    say: Any = print,
 ) -> Report:
-    """Every capture against the reference's; the float32 ratio rows against upstream's capture in that dtype."""
+    """Every capture against the reference's; the float32 ratio rows against upstream's capture in that dtype.
+    HTDemucs: upstream float64 against the reference given upstream's input statistics
+    (:func:`unmix.parity.stages.with_upstream_stats`)."""
     reference = results[0]
     upstream_by_dtype = {r.dtype: r.captures for r in results if r.implementation == "upstream" and r.captures}
     rows = []
@@ -168,9 +204,12 @@ def _judge(
             continue
         upstream = upstream_by_dtype.get(result.dtype) if result.implementation != "upstream" else None
         config, device = model.config, args.device
-        rows += judge_all(
-            result.implementation, result.dtype, device, config, result.captures, reference.captures, upstream
-        )
+        expected = reference.captures
+        if result.implementation == "upstream" and result.dtype == "float64" and _is_htdemucs(config):
+            start = time.perf_counter()
+            expected = with_upstream_stats(config, model.weights, audio, result.captures, args.shifts)
+            say(f"reference float64 given upstream's input statistics: {time.perf_counter() - start:.1f} s")
+        rows += judge_all(result.implementation, result.dtype, device, config, result.captures, expected, upstream)
     runs = [dataclasses.asdict(dataclasses.replace(r, captures=None)) for r in results]
     for r in runs:
         del r["captures"]
@@ -216,6 +255,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     bad = [d for d in args.dtype if d not in DTYPES]
     if bad or not args.dtype:
         parser.error(f"--dtype: {', '.join(bad) or '(none given)'}; choose float32 and/or float64")
+    if args.shifts < 0:
+        parser.error("--shifts must be >= 0")
     if args.seconds is not None and args.seconds <= 0:
         parser.error("--seconds must be > 0")
     perturb = _perturbation(args.perturb_weight, parser)
@@ -235,6 +276,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ModelError, ValueError, OSError) as e:
         print(f"unmix-parity: error: {e}", file=sys.stderr)
         return 1
+    if args.shifts and not _is_htdemucs(model.config):
+        parser.error("--shifts: only HTDemucs models (demucs 4) take random shifts here")
     say(f"model     {model.path} ({model.origin}): {describe(model.config)}")
     say(f"audio     {audio_info['source']}: {audio_info['seconds']:.2f} s at {audio_info['rate']} Hz")
 
@@ -254,7 +297,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if results[0].captures is None:
         print(f"unmix-parity: error: the reference failed: {results[0].error}", file=sys.stderr)
         return 1
-    report = _judge(args, model, results, audio_info, argv)
+    report = _judge(args, model, results, audio, audio_info, argv, say)
     if not args.quiet:
         print()
         print(format_table(report.rows, report.stages))

@@ -4,7 +4,8 @@ in memory (nothing is written).
 In order: a canonical file (``<stem>.safetensors`` + ``.json``); a native file of a port (its ``.json`` carries
 the port's format tag: ``.pth``, ``.weights.h5``, ``.msgpack`` of a port importable here, read by that port's
 ``load_native``; NNabla's ``.h5`` read in ``.venv-nnabla`` when NNabla is not importable here); an upstream file
-or folder (``weights_convert.sources.read_upstream``). The reading itself is
+or folder (``weights_convert.sources.read_upstream``: demucs 2 packages, demucs 4 packages, bags as a
+``remote/*.yaml`` or a folder holding one, bare HTDemucs state dicts). The reading itself is
 ``unmix.separate_models.resolve_weights``, shared with ``unmix-separate``. NumPy only (a port is imported
 only to read its own native file).
 """
@@ -24,7 +25,7 @@ import numpy as np
 
 from core_spec import frameworks
 from core_spec.canonical import canonical_paths, load_canonical
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
 from unmix import environments
 from unmix.separate_models import ModelError, resolve_weights
 
@@ -38,7 +39,7 @@ class Model:
     """Canonical weights and the config of a separation model, and where they came from."""
 
     weights: dict[str, np.ndarray]
-    config: UMXSeparatorConfig | DemucsConfig
+    config: UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
     name: str
     origin: str  # canonical, native (<framework>) or upstream
     path: str
@@ -114,6 +115,6 @@ def load_model(path: str | Path) -> Model:
             f"{path}: holds one Open-Unmix target network, not a separator; convert the targets together "
             "(unmix-convert on the model folder) to get a separator file"
         )
-    if not isinstance(config, (UMXSeparatorConfig, DemucsConfig)):
+    if not isinstance(config, (UMXSeparatorConfig, DemucsConfig, HTDemucsConfig, BagConfig)):
         raise ModelError(f"{path}: holds a {type(config).__name__}, not a separation model")
     return Model(dict(weights), config, name, origin, str(path))

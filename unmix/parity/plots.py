@@ -79,11 +79,14 @@ def _spectrogram_db(x: np.ndarray, n_fft: int, n_hop: int) -> np.ndarray:
 
 Captures = Mapping[tuple[str, str], Mapping[str, np.ndarray]]
 
+# the stages whose rows are separated stems -> their captured key
+_STEM_KEYS = {"separator": "separator", "demucs.apply": "apply", "htdemucs.apply": "htdemucs_apply"}
+
 
 def difference_spectrogram(report: Any, captures: Captures, path: Path) -> Path | None:
     """For the stem with the lowest SNR: its reference spectrogram and the spectrogram of its difference; ``path``
     written (``None`` if no stem was compared)."""
-    stems = [r for r in report.rows if r.stage in ("separator", "demucs.apply") and not math.isnan(r.snr_db)]
+    stems = [r for r in report.rows if r.stage in _STEM_KEYS and not math.isnan(r.snr_db)]
     if not stems:
         return None
     worst = min(stems, key=lambda r: r.snr_db)
@@ -91,7 +94,7 @@ def difference_spectrogram(report: Any, captures: Captures, path: Path) -> Path 
     sources = sources_of(config)
     source = worst.key.split(" ", 1)[1]
     index = sources.index(source)
-    key = "separator" if worst.stage == "separator" else "apply"
+    key = _STEM_KEYS[worst.stage]
     reference = captures[("reference", "float64")][key]
     actual = captures[(worst.implementation, worst.dtype)][key]
     ref_stem = reference[0, index] if key == "separator" else reference[index]

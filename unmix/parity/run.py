@@ -30,7 +30,8 @@ def main(argv: list[str] | None = None) -> int:
         audio = f["audio"]
         inputs = {k[3:]: f[k] for k in f.files if k.startswith("in|")}
     weights, config, _ = load_canonical(meta["weights"])
-    results = run_here(meta["implementation"], config, weights, audio, meta["dtypes"], meta["device"], inputs or None)
+    args = (meta["implementation"], config, weights, audio, meta["dtypes"], meta["device"], inputs or None)
+    results = run_here(*args, meta.get("shifts", 0))
     write_results(result, results)
     return 0
 

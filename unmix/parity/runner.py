@@ -25,7 +25,7 @@ from core_spec.canonical import save_canonical
 from unmix import environments
 from unmix.parity.adapters import DeviceUnavailable
 from unmix.parity.adapters import load as load_adapter
-from unmix.parity.stages import Config, capture
+from unmix.parity.stages import Config, StageUnavailable, capture
 
 __all__ = [
     "PACKAGES",
@@ -79,13 +79,20 @@ def versions_of(name: str) -> dict[str, str]:
     return out
 
 
-def available_here(name: str) -> bool:
-    """Whether implementation ``name`` can be imported in this process (``upstream``: torch, openunmix, demucs)."""
+def available_here(name: str, config: Config | None = None) -> bool:
+    """Whether implementation ``name`` can be imported in this process (``upstream``: torch, openunmix, demucs;
+    for an HTDemucs ``config``: torch and the demucs 4.1.0 oracle folder, :mod:`unmix.parity.oracle4`)."""
     import importlib.util
+
+    from core_spec.configs import BagConfig, HTDemucsConfig
 
     if name == "reference":
         return True
     if name == "upstream":
+        if isinstance(config, (HTDemucsConfig, BagConfig)):
+            from unmix.parity.oracle4 import oracle4_available
+
+            return oracle4_available() and importlib.util.find_spec("openunmix") is not None
         return all(importlib.util.find_spec(m) is not None for m in ("torch", "openunmix", "demucs", "julius"))
     return frameworks.importable(name)
 
@@ -111,8 +118,10 @@ def run_here(
     dtypes: Sequence[str],
     device: str,
     inputs: Mapping[str, Array] | None,
+    shifts: int = 0,
 ) -> list[Result]:
-    """Capture ``name`` in every dtype it has among ``dtypes`` (this process)."""
+    """Capture ``name`` in every dtype it has among ``dtypes`` (this process); an implementation without the
+    model (HTDemucs in TensorFlow and NNabla) gets a ``note``, not an ``error``."""
     try:
         port = load_adapter(name, device)
     except (ImportError, DeviceUnavailable) as e:
@@ -124,7 +133,10 @@ def run_here(
             continue
         start = time.perf_counter()
         try:
-            out = capture(port, config, weights, audio, dtype, inputs)
+            out = capture(port, config, weights, audio, dtype, inputs, shifts)
+        except StageUnavailable as e:
+            results.append(Result(name, dtype, None, note=f"not available yet: {e}"))
+            continue
         except Exception as e:  # an implementation that crashes is a finding, reported like a failed stage
             results.append(Result(name, dtype, None, error=f"{type(e).__name__}: {e}\n{traceback.format_exc()}"))
             continue
@@ -139,6 +151,7 @@ def _run_in_nnabla_env(
     dtypes: Sequence[str],
     device: str,
     inputs: Mapping[str, Array] | None,
+    shifts: int = 0,
 ) -> list[Result]:
     try:
         python = environments.nnabla_python()
@@ -148,6 +161,7 @@ def _run_in_nnabla_env(
         folder = Path(tmp)
         st_path, _ = save_canonical(folder / "model", dict(weights), config)
         meta = {"implementation": "nnabla", "dtypes": list(dtypes), "device": device, "weights": str(st_path)}
+        meta["shifts"] = shifts
         arrays = {"audio": audio, **{f"in|{k}": v for k, v in (inputs or {}).items()}}
         np.savez(folder / "request.npz", meta=json.dumps(meta), **arrays)
         cmd = [str(python), "-m", "unmix.parity.run", str(folder / "request.npz"), str(folder / "result.npz")]
@@ -166,11 +180,13 @@ def run(
     dtypes: Sequence[str],
     device: str,
     inputs: Mapping[str, Array] | None = None,
+    shifts: int = 0,
 ) -> list[Result]:
-    """Capture implementation ``name`` (here, or NNabla in its environment) in each of ``dtypes``."""
+    """Capture implementation ``name`` (here, or NNabla in its environment) in each of ``dtypes``; ``shifts``:
+    HTDemucs ``apply_model``'s seeded random shifts."""
     if name == "nnabla" and not available_here("nnabla"):
-        return _run_in_nnabla_env(config, weights, audio, dtypes, device, inputs)
-    return run_here(name, config, weights, audio, dtypes, device, inputs)
+        return _run_in_nnabla_env(config, weights, audio, dtypes, device, inputs, shifts)
+    return run_here(name, config, weights, audio, dtypes, device, inputs, shifts)
 
 
 def write_results(path: Path, results: Sequence[Result]) -> None:

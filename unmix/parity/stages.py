@@ -22,6 +22,17 @@ std, in float64):
   forward of the first segment (zero-padded to ``valid_length``);
 - ``apply`` ``(S, C, L)``: ``apply_model`` with ``split=True`` (overlap 0.25, transition power 1, no shifts).
 
+HTDemucs (``HTDemucsConfig``, or a bag: ``BagConfig``), input the track normalised as demucs 4.1.0's separation
+(``(wav - mean) / (std + 1e-8)`` of the mono mixture, unbiased std, in float64):
+
+- ``htdemucs.<key>`` for every key of ``core_spec.reference.htdemucs.htdemucs_trace_keys`` (``htdemucs.output``
+  the network's output): the forward of the first segment (at most the training segment; the network zero-pads
+  it on the right to that length). A bag: ``htdemucs.models.<i>.<key>`` for every member, each at the segment it
+  runs at in the bag;
+- ``htdemucs_apply`` ``(S, C, L)``: demucs 4's ``apply_model`` on the model or the bag (split, overlap 0.25,
+  transition power 1, the model's segment, ``shifts`` random shifts drawn by ``default_rng(0)``, none by default).
+  Implementations without HTDemucs (TensorFlow, NNabla: issue 26) raise :class:`StageUnavailable`.
+
 :func:`judge_all` turns captures into rows: the separated stems per source, every other key as a whole, each
 judged by its row of ``core_spec.tolerances`` (the float32 ``wiener`` and ``separator`` rows against upstream's
 own float32 error on the same input when upstream ran). NumPy only.
@@ -36,9 +47,11 @@ from typing import Any
 
 import numpy as np
 
-from core_spec.canonical import split_targets
-from core_spec.configs import DemucsConfig, UMXSeparatorConfig, WienerConfig
+from core_spec.canonical import per_model, split_targets
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXSeparatorConfig, WienerConfig
 from core_spec.reference.demucs import demucs_trace_keys
+from core_spec.reference.htdemucs import htdemucs_trace_keys
+from core_spec.reference.htdemucs_apply import SEPARATE_EPS, bag_models
 from core_spec.reference.separator import target_names
 from core_spec.reference.umx import UMX_TRACE_KEYS
 from core_spec.shapes import valid_length
@@ -47,19 +60,31 @@ from unmix.parity.adapters import Port
 
 __all__ = [
     "APPLY",
+    "HT_APPLY",
+    "HT_STATS",
     "Row",
+    "StageUnavailable",
     "capture",
     "judge_all",
     "normalise_track",
+    "normalise_track_v4",
     "row_of",
     "sources_of",
     "stage_order",
+    "with_upstream_stats",
 ]
 
 Array = np.ndarray
-Config = UMXSeparatorConfig | DemucsConfig
+Config = UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
 
 APPLY = dict(split=True, overlap=0.25, transition_power=1.0)  # demucs/separate.py's defaults
+HT_APPLY = dict(split=True, overlap=0.25, transition_power=1.0, segment=None)  # demucs 4.1.0's defaults
+HT_STATS = ("mean", "std", "mean_t", "std_t")
+SHIFTS_SEED = 0  # the shifts' generator: numpy.random.default_rng(SHIFTS_SEED), upstream replays its draws
+
+
+class StageUnavailable(NotImplementedError):
+    """The implementation has no such model yet (HTDemucs in TensorFlow and NNabla): not a failure."""
 
 
 def _complex_dtype(dtype: str) -> type:
@@ -90,6 +115,15 @@ def normalise_track(mix: Array) -> Array:
     if not std > 0:
         raise ValueError("the track is silent (constant mono mixture): Demucs's normalisation divides by zero")
     return (mix - ref.mean()) / std
+
+
+def normalise_track_v4(mix: Array) -> tuple[Array, float, float]:
+    """``((mix - mean) / (std + 1e-8), mean, std + 1e-8)`` of the mono mixture (unbiased std), as demucs 4.1.0's
+    ``Separator.separate_tensor``; float64 ``(C, L)``."""
+    mix = np.asarray(mix, dtype=np.float64)
+    ref = mix.mean(axis=0)
+    std = (float(ref.std(ddof=1)) if ref.size > 1 else math.nan) + SEPARATE_EPS
+    return (mix - ref.mean()) / std, float(ref.mean()), std
 
 
 def _umx_capture(
@@ -162,6 +196,80 @@ def _demucs_capture(
     return out
 
 
+Member = tuple[str, HTDemucsConfig, dict[str, Array]]
+
+
+def _ht_members(config: HTDemucsConfig | BagConfig, weights: Mapping[str, Array]) -> list[Member]:
+    """``(key prefix, config as it runs, weights)`` of every network: the model itself, or each member of a bag."""
+    if isinstance(config, HTDemucsConfig):
+        return [("htdemucs.", config, dict(weights))]
+    running, _ = bag_models(config)
+    return [(f"htdemucs.models.{i}.", m, w) for i, (m, w) in enumerate(zip(running, per_model(weights, config)))]
+
+
+def _first_segment(wav: Array, config: HTDemucsConfig) -> Array:
+    """``(1, C, n)``: the first ``n = min(L, training segment)`` samples (all of them without the segment rule)."""
+    n = min(wav.shape[-1], config.segment_samples) if config.use_train_segment else wav.shape[-1]
+    return wav[None, :, :n]
+
+
+def _htdemucs_capture(
+    port: Port,
+    config: HTDemucsConfig | BagConfig,
+    weights: Mapping[str, Array],
+    audio: Array,
+    dtype: str,
+    shifts: int,
+    stats: Mapping[str, Array] | None = None,
+) -> dict[str, Array]:
+    """The HTDemucs stages (module docstring); ``stats``: a previous capture's ``stats:*`` arrays (upstream's input
+    statistics), injected into every forward and network call (the reference only)."""
+    if port.htdemucs is None or port.htdemucs_apply is None:
+        raise StageUnavailable(f"{port.name} has no HTDemucs yet")
+    wav, _, _ = normalise_track_v4(audio[0])  # (C, L)
+    out: dict[str, Array] = {}
+    members = _ht_members(config, weights)
+    for index, (prefix, model, w) in enumerate(members):
+        given = None if stats is None else {k: stats[f"stats:forward.{index}.{k}"] for k in HT_STATS}
+        y, trace = port.htdemucs(w, model, _first_segment(wav, model).astype(dtype), dtype, port.device, stats=given)
+        keys = [k for k in htdemucs_trace_keys(model) if k != "output"]
+        missing = [k for k in keys if k not in trace]
+        if missing:
+            raise RuntimeError(f"{port.name}: the HTDemucs trace lacks {missing}")
+        out.update({prefix + k: np.asarray(trace[k]) for k in keys})
+        out[prefix + "output"] = np.asarray(y)
+        out.update({f"stats:forward.{index}.{k}": np.asarray(trace[f"stats.{k}"]) for k in HT_STATS
+                    if f"stats.{k}" in trace})  # fmt: skip
+    calls = None
+    if stats is not None:
+        nb_calls = len({k.split(".")[1] for k in stats if k.startswith("stats:apply.")})
+        calls = [{k: stats[f"stats:apply.{c}.{k}"] for k in HT_STATS} for c in range(nb_calls)]
+    stems, recorded = port.htdemucs_apply(
+        [w for _, _, w in members], config, wav.astype(dtype), shifts, **HT_APPLY, seed=SHIFTS_SEED, dtype=dtype,
+        device=port.device, stats=calls,
+    )  # fmt: skip
+    out["htdemucs_apply"] = np.asarray(stems)
+    for c, call in enumerate(recorded or []):
+        out.update({f"stats:apply.{c}.{k}": np.asarray(v) for k, v in call.items()})
+    return out
+
+
+def with_upstream_stats(
+    config: HTDemucsConfig | BagConfig,
+    weights: Mapping[str, Array],
+    audio: Array,
+    upstream: Mapping[str, Array],
+    shifts: int = 0,
+) -> dict[str, Array]:
+    """The reference's HTDemucs capture given upstream's input statistics (``upstream``: upstream's float64
+    capture, with its ``stats:*``): what upstream float64 is judged against. torch's float64 ``std`` is not
+    correctly rounded on long inputs (1.3e-11 relative at the released 7.8-s length, 1e-9 in the output); given
+    the same statistics the spec and upstream agree to the float64 rows (``core_spec/reference/htdemucs.py``)."""
+    from unmix.parity.adapters import load
+
+    return _htdemucs_capture(load("reference"), config, weights, audio, "float64", shifts, stats=upstream)
+
+
 def capture(
     port: Port,
     config: Config,
@@ -169,6 +277,7 @@ def capture(
     audio: Array,
     dtype: str,
     inputs: Mapping[str, Array] | None = None,
+    shifts: int = 0,
 ) -> dict[str, Array]:
     """Run every stage of ``port`` in ``dtype``; the outputs by key (module docstring).
 
@@ -178,19 +287,25 @@ def capture(
         audio: ``(1, 2, L)`` float64 at the model's rate.
         inputs: the reference's capture: each UMX stage's input is taken from it (``None``: from this run's own
             outputs, which is how the reference itself runs).
+        shifts: HTDemucs ``apply_model``'s random shifts (seeded; 0: none).
+
+    Raises:
+        StageUnavailable: an HTDemucs model and an implementation without HTDemucs.
     """
     if isinstance(config, UMXSeparatorConfig):
         return _umx_capture(port, config, weights, audio, dtype, inputs)
     if isinstance(config, DemucsConfig):
         return _demucs_capture(port, config, weights, audio, dtype)
+    if isinstance(config, (HTDemucsConfig, BagConfig)):
+        return _htdemucs_capture(port, config, weights, audio, dtype, shifts)
     raise TypeError(f"unmix-parity verifies UMX separators and Demucs models, not {type(config).__name__}")
 
 
 # --- judging --------------------------------------------------------------------------------------------------
 
-_STAGE_OF_PREFIX = {"umx": "umx.layer", "demucs": "demucs.layer"}
+_STAGE_OF_PREFIX = {"umx": "umx.layer", "demucs": "demucs.layer", "htdemucs": "htdemucs.layer"}
 _WHOLE = {"stft": "stft", "magnitude": "magnitude", "wiener": "wiener", "istft": "istft"}
-_PER_SOURCE = {"separator": "separator", "apply": "demucs.apply"}
+_PER_SOURCE = {"separator": "separator", "apply": "demucs.apply", "htdemucs_apply": "htdemucs.apply"}
 # rows of stages whose float32 error on real music differs from the fixtures' (core_spec.tolerances); float64
 # outputs are judged by the fixtures' rows
 _MUSIC_ROWS = {"separator": "separator.music"}
@@ -201,7 +316,9 @@ def row_of(key: str, implementation: str, dtype: str) -> str:
 
     Upstream in float64 differs from the reference by what it builds in float32 even then: the STFT window
     (``torch.hann_window``, row ``window``) and julius's resampling kernels (rows ``resample.kernels`` and
-    ``demucs.own_kernels``).
+    ``demucs.own_kernels``). HTDemucs has neither (demucs 4.1.0 in float64 builds its window in float64): its
+    upstream float64 stages are judged by the float64 rows against the reference given upstream's input statistics
+    (:func:`with_upstream_stats`).
     """
     row = _stage_of(key)
     if implementation == "upstream" and dtype == "float64":
@@ -218,6 +335,8 @@ def stage_order(config: Config) -> tuple[str, ...]:
     """The stages (table rows) of ``config``'s chain, in order."""
     if isinstance(config, UMXSeparatorConfig):
         return ("stft", "magnitude", "umx.layer", "umx.output", "wiener", "istft", "separator")
+    if isinstance(config, (HTDemucsConfig, BagConfig)):
+        return ("htdemucs.layer", "htdemucs.output", "htdemucs.apply")
     return ("demucs.layer", "demucs.output", "demucs.apply")
 
 
@@ -260,9 +379,9 @@ def _pieces(key: str, value: Array, sources: tuple[str, ...]) -> list[tuple[str,
     head = key.split(".", 1)[0]
     if head == "separator":
         return [(f"separator {s}", value[:, i]) for i, s in enumerate(sources)]
-    if head == "apply":
+    if head in ("apply", "htdemucs_apply"):
         return [(f"stems {s}", value[i]) for i, s in enumerate(sources)]
-    if head in ("umx", "demucs"):
+    if head in ("umx", "demucs", "htdemucs"):
         return [(key.split(".", 1)[1].replace(".", " ", 1) if head == "umx" else key.split(".", 1)[1], value)]
     return [(key, value)]
 

@@ -36,6 +36,8 @@ STAGE_FUNCTIONS = (
     "resample",
     "demucs",
     "apply_model",
+    "htdemucs",
+    "htdemucs_apply",
 )
 
 
@@ -61,8 +63,19 @@ class Port:
       the keys of ``core_spec.reference.demucs.demucs_trace_keys(config)``, in the order the forward recorded them
     - ``apply_model(weights, config, mix (C, L), split, overlap, transition_power, segment_length, dtype,
       device) -> (S, C, L)``
+    - ``htdemucs(weights, config, mix (B, C, L), dtype, device, stats=None) -> (output (B, S, C, L), trace dict)``:
+      an HTDemucs (``HTDemucsConfig``) forward; the trace holds the keys of
+      ``core_spec.reference.htdemucs.htdemucs_trace_keys(config)`` in the spec's layouts; ``stats``: the input
+      statistics to use (``mean``, ``std``, ``mean_t``, ``std_t``, ``(B,)`` each; upstream cannot take them and
+      returns its own in the trace as ``stats.<name>``)
+    - ``htdemucs_apply(weights_per_model, config, mix (C, L), shifts, split, overlap, transition_power, segment,
+      seed, dtype, device, stats=None) -> (stems (S, C, L), per-call statistics or None)``: demucs 4's
+      ``apply_model`` on an ``HTDemucsConfig`` or a ``BagConfig`` (one weights mapping per model), the shifts drawn
+      by ``numpy.random.default_rng(seed)`` as the spec draws them; ``stats``: the input statistics of every
+      network call in order (the reference injects them; upstream returns its own instead of ``None``)
 
-    A stage may be ``None`` only while the implementation does not have it; callers fail (never skip) naming it.
+    A stage may be ``None`` only while the implementation does not have it; callers fail (never skip) naming it,
+    except the HTDemucs stages of a port that has no HTDemucs yet (reported as not available, not as a failure).
 
     ``fft_signs_differ``: the implementation's FFT gives the rounding-level imaginary parts of bins that lie on the
     real axis in exact arithmetic other signs than NumPy's (the spec's FFT). Upstream's atan2 (the default
@@ -84,6 +97,8 @@ class Port:
     resample: Callable[..., Array] | None = None
     demucs: Callable[..., tuple[Array, dict[str, Array]]] | None = None
     apply_model: Callable[..., Array] | None = None
+    htdemucs: Callable[..., tuple[Array, dict[str, Array]]] | None = None
+    htdemucs_apply: Callable[..., tuple[Array, Any]] | None = None
 
 
 def port_of(name: str, namespace: dict[str, Any], **fields: Any) -> Port:

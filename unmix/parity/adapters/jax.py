@@ -16,7 +16,7 @@ import numpy as np
 from flax import nnx
 
 import umx_jax
-from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
 from umx_jax import apply_model as jax_apply_model
 from umx_jax import filtering, from_canonical, resample, transforms
 from umx_jax._scope import as_device, dtype_scope
@@ -128,6 +128,39 @@ def _apply_model(weights, config: DemucsConfig, mix: np.ndarray, split, overlap,
             segment_length=segment_length,
         )
         return _np(out)
+
+
+try:  # HTDemucs in the JAX port (issue 25)
+    from umx_jax import htdemucs as ht_model
+    from umx_jax import htdemucs_apply as ht_apply
+except ImportError:  # a port without it: the HTDemucs stages are "not available yet"
+    ht_model = ht_apply = None
+
+
+def _htdemucs_stage(weights, config: HTDemucsConfig, mix: np.ndarray, dtype: str, device: str, stats=None):
+    with run_in(dtype, device):
+        model = from_canonical(config, weights, dtype=dtype, device=device)
+        given = None if stats is None else {k: np.asarray(v, dtype) for k, v in stats.items()}
+        out, trace = ht_model.forward(model, mix, stats=given, traced=True)
+        return _np(out), {k: _np(v) for k, v in trace.items()}
+
+
+def _htdemucs_apply_stage(weights, config: HTDemucsConfig | BagConfig, mix: np.ndarray, shifts, split, overlap,
+                          transition_power, segment, seed, dtype: str, device: str, stats=None):  # fmt: skip
+    if stats is not None:
+        raise ValueError("the JAX port computes its own input statistics")
+    with run_in(dtype, device):
+        if isinstance(config, BagConfig):
+            flat = {f"models.{i}.{k}": v for i, w in enumerate(weights) for k, v in w.items()}
+            model = from_canonical(config, flat, dtype=dtype, device=device)
+        else:
+            model = from_canonical(config, weights[0], dtype=dtype, device=device)
+        out = ht_apply.apply_model(model, mix, shifts, split, overlap, transition_power, segment, seed, PRECISION)
+        return _np(out), None
+
+
+if ht_model is not None:
+    _htdemucs, _htdemucs_apply = _htdemucs_stage, _htdemucs_apply_stage
 
 
 def check_device(device: str) -> None:

@@ -9,8 +9,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
 from umx_torch import Demucs, OpenUnmix, Separator, apply_model, load_weights, resample_frac, wiener
+from umx_torch import htdemucs_apply as ht_apply
+from umx_torch.htdemucs import HTDemucs
 from umx_torch.transforms import complex_norm, istft, stft
 from unmix.parity.adapters import DeviceUnavailable, Port, port_of
 
@@ -115,6 +117,34 @@ def _apply_model(weights, config: DemucsConfig, mix, split, overlap, transition_
         segment_length=segment_length,
     )
     return np_of(out)
+
+
+def _htdemucs_model(weights, config: HTDemucsConfig, dtype, device) -> HTDemucs:
+    model = HTDemucs.from_config(config, torch_device(device), TORCH_DTYPES[dtype])
+    model.load_state_dict({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in weights.items()})
+    return model
+
+
+@torch.no_grad()
+def _htdemucs(weights, config: HTDemucsConfig, mix, dtype, device, stats=None):
+    model = _htdemucs_model(weights, config, dtype, device)
+    trace: dict[str, torch.Tensor] = {}
+    given = None if stats is None else {k: _t(np.asarray(v), dtype, device) for k, v in stats.items()}
+    out = model(_t(mix, dtype, device), trace=trace, stats=given)
+    return np_of(out), {k: np_of(v) for k, v in trace.items()}
+
+
+def _htdemucs_apply(weights, config: HTDemucsConfig | BagConfig, mix, shifts, split, overlap, transition_power,
+                    segment, seed, dtype, device, stats=None):  # fmt: skip
+    if stats is not None:
+        raise ValueError("the torch port computes its own input statistics")
+    if isinstance(config, BagConfig):
+        models = [_htdemucs_model(w, m, dtype, device) for w, m in zip(weights, config.models, strict=True)]
+        model: HTDemucs | ht_apply.BagOfModels = ht_apply.BagOfModels(models, config.weights, config.segment).eval()
+    else:
+        model = _htdemucs_model(weights[0], config, dtype, device)
+    out = ht_apply.apply_model(model, _t(mix, dtype, device), shifts, split, overlap, transition_power, segment, seed)
+    return np_of(out), None
 
 
 def port(device: str = "cpu") -> Port:

@@ -1,5 +1,6 @@
 """The upstream oracles (openunmix 1.3.0, demucs 2.0.3, run by PyTorch) built from canonical weights, and as a
-:class:`~unmix.parity.adapters.Port`: upstream's own code, stage by stage, on NumPy arrays.
+:class:`~unmix.parity.adapters.Port`: upstream's own code, stage by stage, on NumPy arrays. Its HTDemucs stages
+run demucs 4.1.0 in its own process (:mod:`unmix.parity.adapters.upstream4`).
 
 openunmix imports torchaudio at package import but never uses it for the model, the filter or the transforms;
 no torchaudio build works beside torch 2.13, so an empty ``torchaudio`` module is inserted first.
@@ -28,6 +29,8 @@ import torch
 from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
 from unmix.parity.adapters import Port, port_of
 from unmix.parity.adapters.torch import TORCH_DTYPES, np_of, torch_device
+from unmix.parity.adapters.upstream4 import htdemucs as _htdemucs  # noqa: F401 (a stage, found by port_of)
+from unmix.parity.adapters.upstream4 import htdemucs_apply as _htdemucs_apply  # noqa: F401 (the same)
 
 __all__ = [
     "default_dtype",
