@@ -9,6 +9,12 @@
 ``%% spec shapes.valid_length``         a spec object's code alone (a dotted path below ``core_spec``)
 ``%% source umx_tf/layers.py GLU``      any definition of any file (a function, class, ``Class.method`` or
                                         constant), titled with its file and lines
+``%% ports SPEC torch=A jax=B,C``       the spec object ``SPEC`` (as for ``spec``), then one tab per port with
+                                        the definitions named ``PORT=NAME[,NAME...]`` (``PORT``: ``torch``,
+                                        ``tensorflow``, ``jax`` or ``nnabla``; a name as for ``source``, or a
+                                        ``builtin:`` layer) in the port's module of the spec's module name
+                                        (``reference.htdemucs_spec.spec``: ``umx_jax/htdemucs_spec.py``); a
+                                        port without that module says so, a port that has it must be named
 ``%% shared demucs``                    the neutral names of ``SHARED[module]``: where each is defined, which
                                         port modules import it
 ``%% constants weights``                ``PORT_CONSTANTS[module]``: each port's own value, one tab per port
@@ -111,6 +117,8 @@ class Expander:
         parity: the parity section's Markdown (:mod:`book.parity`), called on demand.
         problems: every missing name met so far, one line each.
         shown: port -> the names of that port whose definition (or import of a shared name) a page shows.
+        quoted: ``(file, top-level name)`` of every definition of a port file that ``ports`` or ``source``
+            shows (a method counts for its class).
     """
 
     sources: Sources
@@ -119,6 +127,7 @@ class Expander:
     parity: Callable[[], str] | None = None
     problems: list[str] = field(default_factory=list)
     shown: dict[str, set[str]] = field(default_factory=lambda: {p: set() for p in PORTS})
+    quoted: set[tuple[str, str]] = field(default_factory=set)
 
     def expand(self, markdown: str, page: str) -> str:
         """``markdown`` of page ``page`` (path under ``book/pages``) with every directive replaced."""
@@ -253,7 +262,57 @@ class Expander:
         port = path.split("/", 1)[0]
         if port in PORTS:
             self._show(port, target)
+            self.quoted.add((path, target.split(".", 1)[0]))
         return code_block(got, target)
+
+    def _ports(self, page: str, spec: str, *targets: str) -> str:
+        line = f"book/pages/{page}: '%% ports {' '.join((spec, *targets))}'"
+        module = spec.rpartition(".")[0].rpartition(".")[2]
+        if not module:
+            raise MissingTarget(f"{line}: {spec!r} is not a dotted path below core_spec")
+        by_key = {key: port for port, key in PORTS.items()}
+        given: dict[str, list[str]] = {}
+        for arg in targets:
+            key, _, names = arg.partition("=")
+            if key not in by_key or not names or by_key[key] in given:
+                raise MissingTarget(
+                    f"{line}: {arg!r} is not PORT=NAME[,NAME...] with PORT one of {', '.join(by_key)}, once each"
+                )
+            given[by_key[key]] = names.split(",")
+        items = []
+        for port in PORTS:
+            path = port_file(port, module)
+            if port not in given:
+                if self.sources.text(path) is not None:
+                    body = self._missing(
+                        MissingTarget(f"{line}: {path} exists, so the page must name its version ({PORTS[port]}=NAME)")
+                    )
+                else:
+                    body = admonition(
+                        "info",
+                        f"{PORT_LABELS[port]}: not yet",
+                        f"The {PORT_LABELS[port]} port has no `{module}` module yet (`{path}`).",
+                    )
+                items.append((PORT_LABELS[port], body))
+                continue
+            blocks = []
+            for target in given[port]:
+                if target.startswith(BUILTIN):
+                    try:
+                        blocks.append(self._builtin(port, target[len(BUILTIN) :]))
+                    except KeyError as e:  # no documentation address for the layer (book.catalog.BUILTIN_DOCS)
+                        blocks.append(self._missing(MissingTarget(f"{line}: {e.args[0]}")))
+                    continue
+                try:
+                    got = self.sources.snippet(path, target, f" (quoted on book/pages/{page})")
+                except MissingTarget as e:
+                    blocks.append(self._missing(e))
+                    continue
+                self._show(port, target)
+                self.quoted.add((path, target.split(".", 1)[0]))
+                blocks.append(code_block(got, target))
+            items.append((PORT_LABELS[port], "\n".join(blocks)))
+        return self._spec(page, spec) + "\n" + tabs(items)
 
     def _shared(self, page: str, module: str) -> str:
         if module not in SHARED:

@@ -11,7 +11,9 @@ only the ``bias_hh`` ones, and both (a variable equal to the sum of the first tw
 The numbering needs exact integers in float32 (below 2**24), so it runs on a *twin* of each model: the same
 structure (layers, directions, depth, rewrite, GLU, names), small sizes. A second load of the real config (zeros)
 gives the real variable shapes, and the twin's relations are scaled to them (a slice's bounds solved from the real
-shapes, then checked). The tables list every tensor of ``umxhq`` (one target) and Demucs v2 (``demucs``).
+shapes, then checked). The tables list every tensor of ``umxhq`` (one target), Demucs v2 (``demucs``) and HTDemucs
+(``htdemucs``). A port that does not have a model's module yet (:data:`MODULES`; HTDemucs in TensorFlow and NNabla)
+is recorded as such, not probed.
 
 Which environment: ``.venv`` runs torch, TensorFlow and JAX; NNabla lives in ``.venv-nnabla``
 (:mod:`core_spec.frameworks`). Each port is probed in a subprocess of its own environment
@@ -37,24 +39,38 @@ from typing import Any
 
 import numpy as np
 
-from core_spec.configs import DemucsConfig, UMXConfig, demucs_preset, umx_preset
+from core_spec.configs import DemucsConfig, HTDemucsConfig, UMXConfig, demucs_preset, htdemucs_preset, umx_preset
 from core_spec.params import parameter_inventory
 
 from . import ROOT
 
-__all__ = ["MODELS", "MappingError", "probe", "tables", "twin"]
+__all__ = ["MODELS", "MODULES", "MappingError", "has_model", "probe", "tables", "twin"]
 
-MODELS: dict[str, Callable[[], UMXConfig | DemucsConfig]] = {
+Config = UMXConfig | DemucsConfig | HTDemucsConfig
+
+
+def _htdemucs() -> HTDemucsConfig:
+    config = htdemucs_preset("htdemucs")
+    assert isinstance(config, HTDemucsConfig)
+    return config
+
+
+MODELS: dict[str, Callable[[], Config]] = {
     "umxhq": lambda: umx_preset("umxhq").model,
     "demucs": lambda: demucs_preset("demucs"),
+    "htdemucs": _htdemucs,
 }
 """The models of the tables: ``umxhq`` (one target's network; a separator prefixes every name with
-``target_models.<target>.``) and Demucs v2."""
+``target_models.<target>.``), Demucs v2 and HTDemucs as released (a bag prefixes every name with
+``models.<i>.``)."""
+
+MODULES: dict[str, str] = {"umxhq": "umx", "demucs": "demucs", "htdemucs": "htdemucs"}
+"""The port module that defines each model: a port without it does not have the model (yet)."""
 
 CACHE = Path("build") / "book"
 """Where the probes' JSON is kept, relative to the repository root (``build/`` is ignored by git)."""
 
-VERSION = 1  # of the JSON written by probe(); part of the cache key
+VERSION = 2  # of the JSON written by probe(); part of the cache key
 
 
 class MappingError(RuntimeError):
@@ -64,16 +80,34 @@ class MappingError(RuntimeError):
 _PARTS = ("main", "hh", "both")
 
 
-def twin(config: UMXConfig | DemucsConfig, which: int = 1) -> UMXConfig | DemucsConfig:
+def twin(config: Config, which: int = 1) -> Config:
     """The same network with small sizes (``which`` 1 or 2: two different ones): every parameter name of ``config``
     and every structural choice kept, sizes distinct from each other and from the structural constants (4 gates,
-    2 directions, kernel 8, context 3) so that no two axes are confused."""
+    2 directions, kernel 8, context 3) so that no two axes are confused.
+
+    HTDemucs keeps its depth, layers, sources, STFT size (so the frequency embedding's 512 rows) and heads; its
+    channels (16 or 24: multiples of ``norm_groups``, and at least 2 DConv channels, ``channels / dconv_comp``: an
+    axis of length 1 would hide a permutation) and transformer width (40 or 56, when ``bottom_channels`` is set:
+    multiples of the 8 heads) shrink."""
     nb_bins, hidden, max_bin, channels = {1: (11, 10, 7, 3), 2: (13, 14, 9, 5)}[which]
     if isinstance(config, UMXConfig):
         return dataclasses.replace(
             config, nb_bins=nb_bins, hidden_size=hidden, max_bin=None if config.max_bin is None else max_bin
         )
+    if isinstance(config, HTDemucsConfig):
+        channels, bottom = {1: (16, 40), 2: (24, 56)}[which]
+        return dataclasses.replace(
+            config,
+            channels=channels,
+            channels_time=None if config.channels_time is None else channels + 4,
+            bottom_channels=bottom if config.bottom_channels else 0,
+        )
     return dataclasses.replace(config, channels=channels)
+
+
+def has_model(root: Path, port: str, model: str) -> bool:
+    """Whether ``port`` (a folder under ``root``) has the module of ``model`` (:data:`MODULES`)."""
+    return (Path(root) / port / f"{MODULES[model]}.py").is_file()
 
 
 # --- in the port's environment ------------------------------------------------------------------------------------
@@ -118,7 +152,7 @@ def _numbered(inventory: Sequence[tuple[str, tuple[int, ...]]], part: str) -> di
     return out
 
 
-def _build(port: str, config: UMXConfig | DemucsConfig, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+def _build(port: str, config: Config, weights: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     package = importlib.import_module(port)
     if port == "umx_tf":  # Keras numbers its auto-named layers per session: start each build from the same names
         import keras
@@ -333,24 +367,32 @@ def _transform(rel: dict[str, Any], block: list[int], ndim: int) -> str:
     return "; ".join(steps) if steps else "same layout"
 
 
-Build = Callable[[str, UMXConfig | DemucsConfig, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
+Build = Callable[[str, Config, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]]
 
 
-def probe(port: str, build: Build = _build) -> dict[str, Any]:
+def probe(port: str, build: Build = _build, has: Callable[[str, str], bool] | None = None) -> dict[str, Any]:
     """The mapping tables of ``port`` (run where ``port`` is importable), JSON-ready: per model, one row per
     canonical tensor (name, shape, and every framework variable it goes to: name, shape, the slice it fills, the
-    transform) and the framework variables no canonical tensor feeds.
+    transform) and the framework variables no canonical tensor feeds; a model the port does not have is
+    ``{"absent": why}``.
 
     ``build(port, config, canonical weights)`` returns the framework's variables of the model it builds (by default
-    the port's ``from_canonical``; a test passes a NumPy stand-in with known rules).
+    the port's ``from_canonical``; a test passes a NumPy stand-in with known rules). ``has(port, model)`` says
+    whether the port has the model (by default :func:`has_model` in this checkout for the port's own ``build``,
+    every model for a stand-in).
     """
 
-    def shapes(config: UMXConfig | DemucsConfig) -> dict[str, tuple[int, ...]]:
+    def shapes(config: Config) -> dict[str, tuple[int, ...]]:
         weights = {n: np.zeros(s, np.float32) for n, s in parameter_inventory(config)}
         return {k: tuple(np.shape(v)) for k, v in build(port, config, weights).items()}
 
+    if has is None:  # the port's own loader: its modules in this checkout; a stand-in has every model
+        has = (lambda port, model: has_model(ROOT, port, model)) if build is _build else (lambda port, model: True)
     out: dict[str, Any] = {"version": VERSION, "port": port, "models": {}}
     for model, make in MODELS.items():
+        if not has(port, model):
+            out["models"][model] = {"absent": f"{port} has no {MODULES[model]} module yet ({port}/{MODULES[model]}.py)"}
+            continue
         config = make()
         one, two = twin(config, 1), twin(config, 2)
         inv1, inv2, inv = parameter_inventory(one), parameter_inventory(two), parameter_inventory(config)

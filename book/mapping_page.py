@@ -8,7 +8,7 @@ from typing import Any
 from core_spec.public_api import PORTS
 
 from .catalog import PORT_LABELS
-from .render import escape_cell, placeholder, table, tabs
+from .render import admonition, escape_cell, placeholder, table, tabs
 
 __all__ = ["markdown"]
 
@@ -19,6 +19,13 @@ _INTRO = {
         "separator prefix."
     ),
     "demucs": "Demucs v2 as released (`core_spec.configs.demucs_preset('demucs')`, demucs 2.0.3).",
+    "htdemucs": (
+        "HTDemucs as released (`core_spec.configs.htdemucs_preset('htdemucs')`, demucs 4.1.0: four sources, "
+        "`bottom_channels` 512). `htdemucs_6s` has the same names except the four channel samplers (its "
+        "`bottom_channels` is 0: the transformer is 384 wide), and its outermost decoders give six sources; a bag "
+        "(`htdemucs_ft`) prefixes every canonical name with `models.<i>.`, every framework name with the port's "
+        "`models.<i>.`."
+    ),
 }
 
 
@@ -27,7 +34,13 @@ def _shape(shape: Any) -> str:
 
 
 def port_table(data: Mapping[str, Any], port: str) -> str:
-    """One port's table of one model (``data``: ``probe(port)["models"][model]``)."""
+    """One port's table of one model (``data``: ``probe(port)["models"][model]``); a note for a model the port
+    does not have yet."""
+    if "absent" in data:
+        label = PORT_LABELS[port]
+        return admonition(
+            "info", f"{label}: not yet", f"The {label} port does not have this model yet: {data['absent']}."
+        )
     rows = []
     for row in data["rows"]:
         first = True

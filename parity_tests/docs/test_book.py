@@ -72,6 +72,9 @@ def test_mapping_table_lists_the_inventory(tables: tuple[dict, dict], port: str,
     found, errors = tables
     assert port not in errors, errors.get(port)
     data = found[port]["models"][model]
+    if "absent" in data:  # a port without the model's module (HTDemucs in TensorFlow and NNabla, issue 26)
+        assert not mapping.has_model(ROOT, port, model), data["absent"]
+        return
     inventory = parameter_inventory(mapping.MODELS[model]())
     assert [(r["canonical"], tuple(r["shape"])) for r in data["rows"]] == [(n, tuple(s)) for n, s in inventory]
     filled: dict[str, float] = {}
