@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from .configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
+    from .configs import DemucsConfig, HTDemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
 
 __all__ = [
     "DemucsTrainConfig",
@@ -242,7 +243,7 @@ def train_stft(config: UMXConfig, center: bool = False) -> STFTConfig:
 
 
 def initial_weights(
-    config: UMXConfig | DemucsConfig,
+    config: UMXConfig | DemucsConfig | HTDemucsConfig,
     seed: int = 42,
     input_mean: np.ndarray | None = None,
     input_scale: np.ndarray | None = None,
@@ -253,12 +254,15 @@ def initial_weights(
     stream per name); BatchNorm ``weight = 1``, ``bias = 0``, running mean 0 and variance 1; UMX ``output_scale``
     and ``output_mean`` 1, ``input_mean = -mean`` and ``input_scale = 1 / scale`` of the dataset statistics
     (``(nb_bins,)``, cropped to ``max_bin``; 0 and 1 without); Demucs: ``rescale_module(reference=rescale)``, every
-    convolution divided by ``sqrt(std(weight) / rescale)`` (unbiased std; biases too).
+    convolution divided by ``sqrt(std(weight) / rescale)`` (unbiased std; biases too). HTDemucs:
+    :func:`_htdemucs_init`. The draws are NumPy's, not torch's: the same distributions, other numbers.
     """
-    from .configs import UMXConfig
+    from .configs import HTDemucsConfig, UMXConfig
     from .seeded import random_weights
 
     weights = random_weights(config, seed)
+    if isinstance(config, HTDemucsConfig):
+        return _htdemucs_init(weights, config, seed)
     if isinstance(config, UMXConfig):
         n = config.crop_bins
         for name, value in list(weights.items()):
@@ -277,12 +281,73 @@ def initial_weights(
         convs = {
             n.rsplit(".", 1)[0] for n in weights if n.startswith(("encoder.", "decoder.")) and n.endswith(".weight")
         }
-        for prefix in sorted(convs):
-            w = weights[f"{prefix}.weight"].astype(np.float64)
-            factor = math.sqrt(float(np.std(w, ddof=1)) / config.rescale)
-            weights[f"{prefix}.weight"] = (w / factor).astype(np.float32)
-            weights[f"{prefix}.bias"] = (weights[f"{prefix}.bias"].astype(np.float64) / factor).astype(np.float32)
+        _rescale(weights, sorted(convs), config.rescale)
     return weights
+
+
+def _rescale(weights: dict[str, np.ndarray], convs: list[str], reference: float) -> None:
+    """demucs' ``rescale_conv`` on each convolution prefix, in place: weight and bias divided by
+    ``sqrt(std(weight) / reference)`` (unbiased std of the weight)."""
+    for prefix in convs:
+        w = weights[f"{prefix}.weight"].astype(np.float64)
+        factor = math.sqrt(float(np.std(w, ddof=1)) / reference)
+        weights[f"{prefix}.weight"] = (w / factor).astype(np.float32)
+        if f"{prefix}.bias" in weights:
+            weights[f"{prefix}.bias"] = (weights[f"{prefix}.bias"].astype(np.float64) / factor).astype(np.float32)
+
+
+HTDEMUCS_UNETS = ("encoder.", "decoder.", "tencoder.", "tdecoder.")  # the modules rescale_module reaches
+
+
+def _htdemucs_init(weights: dict[str, np.ndarray], config: HTDemucsConfig, seed: int) -> dict[str, np.ndarray]:
+    """demucs 4.1.0's ``HTDemucs.__init__`` initialisation on :func:`core_spec.seeded.random_weights`'s draws
+    (PyTorch's default for every convolution and linear layer), in upstream's order:
+
+    - every GroupNorm / LayerNorm (DConv's, the transformer's ``norm*``) ``weight = 1``, ``bias = 0``;
+    - LayerScales: DConv's ``scale = dconv_init`` (1e-3), the transformer's ``gamma_1`` / ``gamma_2``
+      ``scale = 1e-4`` (``init_values``, which HTDemucs never passes);
+    - ``nn.MultiheadAttention``'s ``_reset_parameters``: ``in_proj_weight`` Xavier-uniform
+      (``+-sqrt(6 / (d + 3 d))``), ``in_proj_bias`` and ``out_proj.bias`` 0;
+    - ``freq_emb`` (``ScaledEmbedding``): ``N(0, 1)`` rows, with ``emb_smooth`` their cumulative sum over the
+      frequencies divided by ``sqrt(1 .. F)``, then divided by ``emb_scale``;
+    - ``rescale_module(reference=rescale)`` over the four U-Nets' convolutions (``encoder``, ``decoder``,
+      ``tencoder``, ``tdecoder``: conv, rewrite, ``conv_tr`` and DConv's): upstream calls it before building the
+      1x1 channel samplers and the transformer, which keep PyTorch's default.
+    """
+    from .seeded import _is_norm
+
+    for name, value in list(weights.items()):
+        leaf = name.rsplit(".", 1)[-1]
+        if _is_norm(name, config):
+            weights[name] = np.full_like(value, 1.0 if leaf == "weight" else 0.0)
+        elif leaf == "scale":  # LayerScale
+            init = 1e-4 if name.startswith("crosstransformer.") else config.dconv_init
+            weights[name] = np.full_like(value, init)
+        elif leaf == "in_proj_weight":
+            bound = math.sqrt(6.0 / (value.shape[0] + value.shape[1]))
+            rng = np.random.default_rng([seed, 1, _name_key(name)])
+            weights[name] = rng.uniform(-bound, bound, value.shape).astype(np.float32)
+        elif leaf == "in_proj_bias" or name.endswith("out_proj.bias"):
+            weights[name] = np.zeros_like(value)
+    if "freq_emb.embedding.weight" in weights:
+        shape = weights["freq_emb.embedding.weight"].shape
+        emb = np.random.default_rng([seed, 2, _name_key("freq_emb.embedding.weight")]).standard_normal(shape)
+        if config.emb_smooth:
+            emb = np.cumsum(emb, axis=0) / np.sqrt(np.arange(1, shape[0] + 1))[:, None]
+        weights["freq_emb.embedding.weight"] = (emb / config.emb_scale).astype(np.float32)
+    if config.rescale:
+        convs = [
+            n[: -len(".weight")]
+            for n, v in weights.items()
+            if n.startswith(HTDEMUCS_UNETS) and n.endswith(".weight") and v.ndim >= 3
+        ]
+        _rescale(weights, convs, config.rescale)
+    return weights
+
+
+def _name_key(name: str) -> int:
+    """A stable integer of a parameter name (a seed component: ``crc32``, as :mod:`core_spec.seeded`)."""
+    return zlib.crc32(name.encode())
 
 
 def shard_batch(batch: Any, rank: int, world_size: int) -> Any:

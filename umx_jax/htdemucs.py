@@ -26,7 +26,10 @@ spec does; torch's float64 ``std`` is 1.3e-11 off the exact value at the release
 upstream's (``stats``), as they may inject its STFT ``window``. The training-segment rule
 (:func:`core_spec.reference.htdemucs.htdemucs_valid_length`): with ``use_train_segment`` the network runs at
 exactly ``config.segment_samples`` samples (shorter inputs zero-padded on the right, the output cropped back);
-longer inputs are an error.
+longer inputs are an error. The training-mode forward (``training=True``, upstream's ``model.train()``; what
+:mod:`umx_jax.train` differentiates) runs the network at the input's own length instead: no padding, ``ispec`` at
+``L``, any ``L`` (:func:`core_spec.reference.htdemucs.htdemucs` with ``training=True``; HTDemucs has no dropout
+here and no batch statistics, so nothing else changes).
 
 float64 needs ``jax.enable_x64`` (``with umx_jax.dtype_scope("float64"):``); :func:`forward` is the compiled call.
 """
@@ -144,6 +147,7 @@ class HTDemucs(nnx.Module):
         *,
         window: jax.Array | np.ndarray | None = None,
         stats: Mapping[str, Any] | None = None,
+        training: bool = False,
     ) -> jax.Array:
         """Separate ``mix``.
 
@@ -154,6 +158,7 @@ class HTDemucs(nnx.Module):
             window: the STFT window ``(nfft,)``; ``None`` is the periodic Hann window in the model's dtype.
             stats: the input statistics to use instead of computing them: ``mean`` / ``std`` of the frequency
                 branch's input and ``mean_t`` / ``std_t`` of the time branch's, ``(nb_samples,)`` each.
+            training: the training-mode forward: the network at ``L`` itself, whatever the training segment.
 
         Returns:
             ``(nb_samples, nb_sources, audio_channels, L)``.
@@ -163,7 +168,7 @@ class HTDemucs(nnx.Module):
             raise ValueError(f"HTDemucs expects (nb_samples, {self.audio_channels}, nb_timesteps), got {mix.shape}")
         keep = Recorder(trace, htdemucs_trace_keys(config), convert=_channels_first)
         length = mix.shape[-1]
-        training_length = self.valid_length(length)
+        training_length = length if training else self.valid_length(length)
         mix = jnp.pad(mix, ((0, 0), (0, 0), (0, training_length - length)))
 
         z = spec(mix, nfft=config.nfft, hop=config.hop_length, window=window)  # (B, C, F, T) complex

@@ -1,12 +1,17 @@
-"""Training of Open-Unmix and Demucs v2 in JAX / Flax NNX, with the upstream recipes of :mod:`core_spec.training`.
+"""Training of Open-Unmix, Demucs v2 and HTDemucs (demucs 4) in JAX / Flax NNX, with the upstream recipes of
+:mod:`core_spec.training`.
 
 The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]``):
 
 - the losses: :func:`spectrogram`, :func:`umx_loss` (MSE between the network's output and the target's magnitude,
   both from the ``center=False`` STFT of upstream's ``scripts/train.py``) and :func:`demucs_loss` (L1, or MSE,
-  between the estimates and the centre-trimmed sources, ``demucs/train.py``);
+  between the estimates and the centre-trimmed sources, ``demucs/train.py``), :func:`htdemucs_loss` (demucs 4's
+  ``solver``: L1 per source over (channels, time) then the batch, weighted by the recipe's per-source ``weights``;
+  the network in training mode, at the batch's length: ``HTDemucs(..., training=True)``);
 - :func:`make_optimizer`: ``torch.optim.Adam(lr, weight_decay)`` in optax (:func:`torch_adam`), wrapped in
-  ``optax.inject_hyperparams`` so that the plateau schedule changes the learning rate without recompiling;
+  ``optax.inject_hyperparams`` so that the plateau schedule changes the learning rate without recompiling; for
+  HTDemucs demucs 4's two groups (``optax.multi_transform`` over :func:`optimizer_groups`: the cross-transformer
+  with its ``t_weight_decay`` / ``t_lr``, every other parameter with the recipe's ``lr`` / ``weight_decay``);
 - :class:`Trainer`: the arrays of a run (parameters, statistics, optimiser state) and its ``jax.jit``-compiled
   step; the :class:`core_spec.epochs.EpochTrainer` of the loop. **Data parallelism** (``devices``): a one-axis
   ``jax.sharding.Mesh``; the batch is sharded over its leading axis (``NamedSharding(mesh, P("batch"))``),
@@ -34,8 +39,10 @@ plateau schedule and early stopping, the best model (canonical and msgpack) and 
 
 Precision: float32 by default; float64 runs (``dtype=np.float64``) enter ``jax.enable_x64`` around every call
 (:func:`umx_jax.dtype_scope`), as the separators do. Shapes: UMX batches are waveforms ``x`` (mixture) and ``y``
-(target), ``(nb_samples, nb_channels, nb_timesteps)``; Demucs batches are sources
-``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, already augmented.
+(target), ``(nb_samples, nb_channels, nb_timesteps)``; Demucs and HTDemucs batches are sources
+``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, already augmented. HTDemucs trains without the
+transformer's dropout (``t_dropout``: not in this port; 0 in the released ``htdemucs`` config, 0.02 in demucs 4's
+mmi grid) and is validated as demucs 4 validates (``apply_model`` at the model's segment, no overlap, no shifts).
 """
 
 from __future__ import annotations
@@ -55,16 +62,18 @@ from flax import nnx, serialization
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig
+from core_spec.configs import DemucsConfig, HTDemucsConfig, STFTConfig, UMXConfig
 from core_spec.epochs import Progress, RunFiles, RunRecord, TrainerBase, no_progress, save_best
 from core_spec.files import atomic_write
 from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig, initial_weights, train_stft
+from core_spec.training import DemucsTrainConfig, HTDemucsTrainConfig, UMXTrainConfig, initial_weights, train_stft
 
 from ._scope import canonical_dtype, dtype_scope
 from .apply import apply_model
 from .build import from_canonical
 from .demucs import Demucs, center_trim
+from .htdemucs import HTDemucs
+from .htdemucs_apply import apply_model as apply_htdemucs
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
 from .weights import canonical_from_state, save_native, state_from_canonical, to_canonical
@@ -76,16 +85,19 @@ __all__ = [
     "Trainer",
     "demucs_loss",
     "ensure_devices",
+    "htdemucs_loss",
     "initial_weights",
     "loss_and_grads",
     "make_optimizer",
+    "optimizer_groups",
     "spectrogram",
     "torch_adam",
     "train_stft",
     "umx_loss",
 ]
 
-Recipe = UMXTrainConfig | DemucsTrainConfig
+Recipe = UMXTrainConfig | DemucsTrainConfig | HTDemucsTrainConfig
+Model = OpenUnmix | Demucs | HTDemucs
 Arrays = dict[str, jax.Array]
 FRAMEWORK = "jax"
 BN_BUFFERS = ("running_mean", "running_var")
@@ -139,10 +151,36 @@ def demucs_loss(model: Demucs, sources: jax.Array, loss: str = "l1") -> jax.Arra
 # --- the optimiser -----------------------------------------------------------------------------------------------
 
 
-def make_optimizer(recipe: Recipe) -> optax.GradientTransformation:
+def _grouped(config: Any) -> bool:
+    """Whether ``config`` trains in demucs 4's two groups: an HTDemucs with a transformer."""
+    return isinstance(config, HTDemucsConfig) and config.t_layers > 0
+
+
+def make_optimizer(recipe: Recipe, config: Any = None) -> optax.GradientTransformation:
     """The recipe's Adam (:func:`torch_adam`) with ``learning_rate`` and ``weight_decay`` as injected
-    hyper-parameters (``opt_state.hyperparams``): the plateau schedule sets the learning rate between steps."""
-    return optax.inject_hyperparams(torch_adam)(learning_rate=recipe.lr, weight_decay=recipe.weight_decay)
+    hyper-parameters (``opt_state.hyperparams``): the plateau schedule sets the learning rate between steps.
+
+    HTDemucs with a transformer (``config``): demucs 4's ``get_optimizer``, two of them under
+    ``optax.multi_transform`` (:func:`optimizer_groups`): ``"main"`` with the recipe's ``lr`` and ``weight_decay``,
+    ``"transformer"`` with ``t_lr`` (the recipe's ``lr`` when ``None``) and ``t_weight_decay``; both coupled,
+    betas (0.9, 0.999) as ``torch.optim.Adam``.
+    """
+    adam = optax.inject_hyperparams(torch_adam)
+    if not _grouped(config):
+        return adam(learning_rate=recipe.lr, weight_decay=recipe.weight_decay)
+    t_lr = recipe.lr if config.t_lr is None else config.t_lr
+    groups = {
+        "main": adam(learning_rate=recipe.lr, weight_decay=recipe.weight_decay),
+        "transformer": adam(learning_rate=t_lr, weight_decay=config.t_weight_decay),
+    }
+    return optax.multi_transform(groups, optimizer_groups)
+
+
+def _hyperparams(opt_state: Any) -> dict[str, dict[str, Any]]:
+    """The injected hyper-parameters of each group (``{"main": ...}`` for a single optimiser)."""
+    if hasattr(opt_state, "inner_states"):  # optax.multi_transform
+        return {k: v.inner_state.hyperparams for k, v in opt_state.inner_states.items()}
+    return {"main": opt_state.hyperparams}
 
 
 # --- the trainer ---------------------------------------------------------------------------------------------------
@@ -174,14 +212,23 @@ class _StepSpec:
     loss: str
     dropout: bool
     replicated: NamedSharding | None  # data parallel: the outputs are constrained to be replicated
+    weights: tuple[float, ...] = ()  # HTDemucs: per-source loss weights
+    groups: bool = False  # HTDemucs: demucs 4's two optimiser groups (_ADAM_GROUPS)
 
 
 def _batch_loss(
-    spec: _StepSpec, model: nnx.Module, batch: tuple[jax.Array, ...], window: Any, key: jax.Array | None
+    spec: _StepSpec,
+    model: nnx.Module,
+    batch: tuple[jax.Array, ...],
+    window: Any,
+    key: jax.Array | None,
+    train: bool = True,
 ) -> jax.Array:
     if spec.layout.kind == "umx":
         x, y = batch
         return umx_loss(model, x, y, spec.stft, window, key)
+    if spec.layout.kind == "htdemucs":
+        return htdemucs_loss(model, batch[0], spec.weights, spec.loss, window, training=train)
     return demucs_loss(model, batch[0], spec.loss)
 
 
@@ -221,14 +268,14 @@ def _train_step(
 ) -> tuple[Any, ...]:
     """One optimiser step: ``(params, stats, opt_state, loss[, grads])``; the old arrays are donated."""
     loss, grads, stats = _grads(spec, params, stats, batch, window, key)
-    updates, opt_state = _ADAM.update(grads, opt_state, params)
+    updates, opt_state = (_ADAM_GROUPS if spec.groups else _ADAM).update(grads, opt_state, params)
     out = (optax.apply_updates(params, updates), stats, opt_state, loss)
     return _replicated(spec, out + ((grads,) if with_grads else ()))
 
 
 @partial(jax.jit, static_argnums=0)
 def _eval_loss(spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.Array, ...], window: Any) -> Any:
-    return _batch_loss(spec, spec.layout.merge(params, stats, train=False), batch, window, None)
+    return _batch_loss(spec, spec.layout.merge(params, stats, train=False), batch, window, None, train=False)
 
 
 class Trainer(TrainerBase):
@@ -237,11 +284,12 @@ class Trainer(TrainerBase):
     ``save_best``, ``save_checkpoint``; ``--resume``: :meth:`load_checkpoint`).
 
     Args:
-        config: ``UMXConfig`` or ``DemucsConfig``.
+        config: ``UMXConfig``, ``DemucsConfig`` or ``HTDemucsConfig``.
         weights: canonical weights to start from (every inventory entry, BatchNorm statistics included).
-        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        recipe: :class:`~core_spec.training.UMXTrainConfig`, :class:`~core_spec.training.DemucsTrainConfig` or
+            :class:`~core_spec.training.HTDemucsTrainConfig` (the config's kind).
         stft: UMX: the training STFT (default :func:`train_stft` with ``recipe.stft_center``).
-        window: UMX: STFT window ``(n_fft,)`` (default: the periodic Hann window in ``dtype``).
+        window: UMX, HTDemucs: STFT window (default: the periodic Hann window in ``dtype``).
         dtype: float32 or float64.
         devices: ``None``: JAX's default device; a count or a list of devices: data-parallel over them (the
             batch size must divide by their number).
@@ -256,7 +304,7 @@ class Trainer(TrainerBase):
 
     def __init__(
         self,
-        config: UMXConfig | DemucsConfig,
+        config: UMXConfig | DemucsConfig | HTDemucsConfig,
         weights: Mapping[str, Any],
         recipe: Recipe,
         *,
@@ -273,7 +321,8 @@ class Trainer(TrainerBase):
         self.precision = precision
         self.recipe = recipe
         self.config = config
-        if isinstance(config, UMXConfig) != isinstance(recipe, UMXTrainConfig):
+        kinds = {UMXConfig: UMXTrainConfig, DemucsConfig: DemucsTrainConfig, HTDemucsConfig: HTDemucsTrainConfig}
+        if not isinstance(recipe, kinds.get(type(config), ())):
             raise TypeError(f"recipe {type(recipe).__name__} does not train a {type(config).__name__}")
         self.devices = _as_devices(devices)
         self.mesh = Mesh(np.asarray(self.devices), ("batch",)) if self.devices and len(self.devices) > 1 else None
@@ -283,7 +332,7 @@ class Trainer(TrainerBase):
                 model.set_resample_kernels(dict(resample_kernels))
             self.layout = ModelLayout.of(model)
             params, stats = self.layout.from_canonical(weights, self.dtype)
-            self.optimizer = make_optimizer(recipe)
+            self.optimizer = make_optimizer(recipe, config)
             opt_state = self.optimizer.init(params)
         self.stft = stft or (train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None)
         self.window = None if window is None else np.asarray(window, self.dtype)
@@ -296,10 +345,12 @@ class Trainer(TrainerBase):
             loss=getattr(recipe, "loss", "mse"),
             dropout=bool(dropout) and isinstance(config, UMXConfig),
             replicated=None if self.mesh is None else NamedSharding(self.mesh, P()),
+            weights=tuple(float(w) for w in getattr(recipe, "weights", ())),
+            groups=_grouped(config),
         )
 
     @classmethod
-    def from_module(cls, model: OpenUnmix | Demucs, recipe: Recipe, **kwargs: Any) -> Trainer:
+    def from_module(cls, model: Model, recipe: Recipe, **kwargs: Any) -> Trainer:
         """A trainer starting from a module's weights and dtype (LSTM biases: folded into ``bias_ih``)."""
         kwargs.setdefault("dtype", model.dtype)
         if isinstance(model, Demucs) and model.resample_kernels:
@@ -385,13 +436,23 @@ class Trainer(TrainerBase):
 
     @property
     def learning_rate(self) -> float:
-        return float(self.opt_state.hyperparams["learning_rate"])
+        """The learning rate of the (first, ``"main"``) group."""
+        return float(_hyperparams(self.opt_state)["main"]["learning_rate"])
+
+    @property
+    def learning_rates(self) -> dict[str, float]:
+        """The learning rate of each optimiser group (``{"main"}``, HTDemucs ``{"main", "transformer"}``)."""
+        return {k: float(h["learning_rate"]) for k, h in _hyperparams(self.opt_state).items()}
 
     def set_learning_rate(self, lr: float) -> None:
-        """The learning rate of the next steps (an injected hyper-parameter: no recompilation)."""
+        """The learning rate of the next steps (an injected hyper-parameter: no recompilation). HTDemucs: the
+        transformer's group keeps its own ``t_lr`` when the config sets one (upstream never changes it), else
+        follows ``lr``."""
+        t_lr = getattr(self.config, "t_lr", None)
         with dtype_scope(self.dtype, self.precision):
-            current = self.opt_state.hyperparams["learning_rate"]
-            self.opt_state.hyperparams["learning_rate"] = self._place(np.asarray(lr, current.dtype))
+            for group, hyper in _hyperparams(self.opt_state).items():
+                value = t_lr if group == "transformer" and t_lr is not None else lr
+                hyper["learning_rate"] = self._place(np.asarray(value, hyper["learning_rate"].dtype))
 
     def evaluate(self, valid_set: Any, progress: Progress = no_progress) -> float:
         """Mean loss over the validation tracks (:func:`_validate`; each track through ``progress``)."""
@@ -415,7 +476,7 @@ class Trainer(TrainerBase):
         with dtype_scope(self.dtype, self.precision):
             return self.layout.to_canonical(self.params, self.batch_stats)
 
-    def module(self) -> OpenUnmix | Demucs:
+    def module(self) -> Model:
         """An eval-mode module holding the current weights, on one device (for validation and separation)."""
         with dtype_scope(self.dtype, self.precision):
             host = jax.device_get((self.params, self.batch_stats))
@@ -453,7 +514,7 @@ class Trainer(TrainerBase):
 
 
 def loss_and_grads(
-    model: OpenUnmix | Demucs,
+    model: Model,
     batch: Any,
     recipe: Recipe,
     stft_config: STFTConfig | None = None,
@@ -464,10 +525,11 @@ def loss_and_grads(
     running statistics updated in ``model``; no dropout).
 
     Args:
-        model: :class:`~umx_jax.umx.OpenUnmix` or :class:`~umx_jax.demucs.Demucs` (float32 or float64).
-        batch: UMX: ``{"x", "y"}`` or ``(x, y)``, waveforms ``(B, C, T)``; Demucs: ``{"sources"}`` or the array
-            ``(B, S, C, T)``. Cast to the model's dtype.
-        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        model: :class:`~umx_jax.umx.OpenUnmix`, :class:`~umx_jax.demucs.Demucs` or
+            :class:`~umx_jax.htdemucs.HTDemucs` (float32 or float64).
+        batch: UMX: ``{"x", "y"}`` or ``(x, y)``, waveforms ``(B, C, T)``; Demucs, HTDemucs: ``{"sources"}`` or the
+            array ``(B, S, C, T)``. Cast to the model's dtype.
+        recipe: the model's recipe (:mod:`core_spec.training`).
         stft_config: UMX: the STFT (default :func:`train_stft`).
         window: UMX: the STFT window (default: the periodic Hann window in the model's dtype).
         precision: ``jax.default_matmul_precision`` (``"highest"``: no TF32 on GPUs).
@@ -485,20 +547,68 @@ def loss_and_grads(
     return loss, grads
 
 
+# --- beyond the lesson: HTDemucs's loss and optimiser groups ---------------------------------------------------------
+
+
+def htdemucs_loss(
+    model: HTDemucs,
+    sources: jax.Array,
+    weights: Sequence[float] = (),
+    loss: str = "l1",
+    window: Any = None,
+    training: bool = True,
+) -> jax.Array:
+    """demucs 4's training loss on ``sources`` ``(B, S, C, T)``: the mixture is their sum, the estimates
+    ``(B, S, C, T)`` (``training``: the network at ``T``, upstream's train mode; else the eval forward, at the
+    model's segment).
+
+    ``l1``: ``|e - s|`` averaged over (channels, time), then over the batch, one value per source; ``mse``:
+    ``(e - s)^2`` averaged over (channels, time) only (upstream's MSE is summed over the batch); then
+    ``sum(loss * weights) / sum(weights)`` (``weights``: one per source, empty: all 1). ``window``: the STFT window
+    ``(nfft,)`` (``None``: the periodic Hann window in the model's dtype).
+    """
+    estimates = model(jnp.sum(sources, axis=1), window=window, training=training)
+    axes = tuple(range(2, sources.ndim))
+    if loss == "l1":
+        per = jnp.mean(jnp.mean(jnp.abs(estimates - sources), axis=axes), axis=0)  # (S,)
+    elif loss == "mse":
+        per = jnp.mean(jnp.square(estimates - sources), axis=axes)  # (B, S)
+    else:
+        raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
+    nb_sources = sources.shape[1]
+    if weights and len(weights) != nb_sources:
+        raise ValueError(f"{len(weights)} source weights for {nb_sources} sources")
+    w = jnp.asarray(weights if weights else (1.0,) * nb_sources, per.dtype)
+    return jnp.sum(per * w) / jnp.sum(w)
+
+
+_TRANSFORMER_PREFIX = "crosstransformer."  # HTDemucs: the parameters of demucs 4's second optimiser group
+
+
+def optimizer_groups(params: Mapping[str, Any]) -> dict[str, str]:
+    """The optimiser group of each trainable name (the labels of ``optax.multi_transform``): ``"transformer"`` for
+    the cross-transformer's (``crosstransformer.*``, demucs 4's ``make_optim_group``), ``"main"`` for the rest."""
+    return {k: "transformer" if k.startswith(_TRANSFORMER_PREFIX) else "main" for k in params}
+
+
 # --- validation and checkpoints (the trainer's) --------------------------------------------------------------------
 
 
 def _validate(trainer: Trainer, valid_set: Any, progress: Progress) -> float:
     """Mean loss over the validation tracks (batch 1, eval mode): UMX: MSE of magnitudes of whole tracks; Demucs:
-    L1 (or MSE) of ``apply_model`` (no split, no shifts) on the linear mixture, as demucs' ``validate_model``."""
+    L1 (or MSE) of ``apply_model`` (no split, no shifts) on the linear mixture, as demucs' ``validate_model``;
+    HTDemucs: demucs 4's ``valid_apply``: ``apply_model`` at the model's segment, ``overlap=0``, no shifts, on the
+    track's mixture normalised like its sources, and the training loss (per-source weights) against the sources."""
     recipe = trainer.recipe
     count = len(valid_set)
     total = 0.0
-    module = trainer.module() if isinstance(recipe, DemucsTrainConfig) else None
+    module = trainer.module() if not isinstance(recipe, UMXTrainConfig) else None
     for index in progress(range(count), count, "valid"):
         if isinstance(recipe, UMXTrainConfig):
             x, y = valid_set[index]
             loss = trainer.batch_loss((np.asarray(x)[None], np.asarray(y)[None]))
+        elif isinstance(recipe, HTDemucsTrainConfig):
+            loss = _valid_htdemucs(trainer, module, valid_set, index)
         else:
             sources = np.asarray(valid_set[index], trainer.dtype)  # (S, C, T)
             with dtype_scope(trainer.dtype):
@@ -507,6 +617,25 @@ def _validate(trainer: Trainer, valid_set: Any, progress: Progress) -> float:
             loss = float(np.mean(np.abs(error)) if recipe.loss == "l1" else np.mean(np.square(error)))
         total += loss / count
     return total
+
+
+def _valid_htdemucs(trainer: Trainer, module: HTDemucs, valid_set: Any, index: int) -> float:
+    """One track's validation loss (:func:`_validate`): sources ``(S, C, T)`` as a batch of one."""
+    sources = np.asarray(valid_set[index], trainer.dtype)  # (S, C, T), normalised
+    mix = np.asarray(valid_set.mixture(index), np.float64)  # (C, T)
+    if valid_set.normalize:
+        mean, std = valid_set.track_statistics(index)
+        mix = (mix - mean) / std
+    with dtype_scope(trainer.dtype):
+        estimates = np.asarray(
+            apply_htdemucs(module, mix.astype(trainer.dtype), shifts=0, split=True, overlap=0.0,
+                           precision=trainer.precision)
+        )  # fmt: skip
+    diff = (estimates - sources)[None]  # (1, S, C, T)
+    per = np.mean(np.abs(diff) if trainer.recipe.loss == "l1" else np.square(diff), axis=(2, 3))  # (1, S)
+    weights = np.asarray(trainer.recipe.weights or (1.0,) * sources.shape[0], np.float64)
+    per = per.mean(axis=0) if trainer.recipe.loss == "l1" else per
+    return float(np.sum(per * weights) / np.sum(weights))
 
 
 def _save_checkpoint(trainer: Trainer, folder: RunFiles, run: RunRecord, rng: np.random.Generator) -> None:
@@ -562,18 +691,18 @@ class ModelLayout:
     """
 
     @classmethod
-    def of(cls, model: OpenUnmix | Demucs) -> ModelLayout:
+    def of(cls, model: Model) -> ModelLayout:
         """The shared layout of ``model``'s kind, config, dtype and resampling kernels (made on first use)."""
         key = (type(model).__name__, model.config, np.dtype(model.dtype).name, getattr(model, "_resample_kernels", ()))
         if key not in _LAYOUTS:
             _LAYOUTS[key] = cls(model)
         return _LAYOUTS[key]
 
-    def __init__(self, model: OpenUnmix | Demucs):
-        if not isinstance(model, (OpenUnmix, Demucs)):
-            raise TypeError(f"no training for {type(model).__name__}: expected OpenUnmix or Demucs")
-        self.config: UMXConfig | DemucsConfig = model.config
-        self.kind = "umx" if isinstance(model, OpenUnmix) else "demucs"
+    def __init__(self, model: Model):
+        if not isinstance(model, (OpenUnmix, Demucs, HTDemucs)):
+            raise TypeError(f"no training for {type(model).__name__}: expected OpenUnmix, Demucs or HTDemucs")
+        self.config: UMXConfig | DemucsConfig | HTDemucsConfig = model.config
+        self.kind = {OpenUnmix: "umx", Demucs: "demucs", HTDemucs: "htdemucs"}[type(model)]
         self.dtype = np.dtype(model.dtype)
         view = {"raise_if_not_found": False}
         self.graphdef_train = nnx.split(nnx.view(model, use_running_average=False, **view))[0]
@@ -722,5 +851,7 @@ def torch_adam(
 
 
 # update() reads the learning rate and the weight decay from the optimiser state (inject_hyperparams), so one
-# transformation serves every recipe
+# transformation serves every recipe, and one two-group transformation every HTDemucs (each group's state holds its
+# own hyper-parameters)
 _ADAM = make_optimizer(UMXTrainConfig())
+_ADAM_GROUPS = optax.multi_transform({"main": _ADAM, "transformer": _ADAM}, optimizer_groups)

@@ -3,9 +3,11 @@
 :func:`fit` builds the run from the options of :func:`unmix.train_cli.build_parser`: the run folder and its state
 (:mod:`unmix.run_folder`), the devices (``--devices N``: data parallelism inside this one process, over N devices of
 ``--device``; on the CPU, N host devices, :func:`umx_jax.train.ensure_devices`), the architecture and starting
-weights (``--preset``, ``--init``; otherwise upstream's initialisation, and for Open-Unmix the input statistics of
-the training tracks), the data sets (:mod:`unmix.train_setup`), the trainer (``--resume``: its checkpoint), and
-hands them to :func:`unmix.train_loop.run_epochs`. :func:`main` is :func:`unmix.train_cli.run_main` around it.
+weights (``--preset``, ``--init``; otherwise upstream's initialisation, :func:`core_spec.training.initial_weights`,
+and for Open-Unmix the input statistics of the training tracks; HTDemucs trains at ``--samples`` samples whatever
+its segment, without the transformer's dropout), the data sets (:mod:`unmix.train_setup`), the trainer
+(``--resume``: its checkpoint), and hands them to :func:`unmix.train_loop.run_epochs`. :func:`main` is
+:func:`unmix.train_cli.run_main` around it.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import numpy as np
 
 from core_spec.configs import UMXConfig
 from core_spec.epochs import steps_per_epoch
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig, initial_weights, train_stft
+from core_spec.training import DemucsTrainConfig, HTDemucsTrainConfig, UMXTrainConfig, initial_weights, train_stft
 from umx_jax.train import FRAMEWORK, Trainer, ensure_devices
 
 from . import data
@@ -29,7 +31,7 @@ from .train_setup import make_datasets, model_config
 
 __all__ = ["fit", "main"]
 
-Recipe = UMXTrainConfig | DemucsTrainConfig
+Recipe = UMXTrainConfig | DemucsTrainConfig | HTDemucsTrainConfig
 
 
 def fit(
