@@ -17,14 +17,14 @@ from collections.abc import Sequence
 import numpy as np
 
 from core_spec.canonical import join_targets
-from core_spec.configs import DemucsConfig, UMXSeparatorConfig, umx_preset
+from core_spec.configs import DemucsConfig, HTDemucsConfig, UMXSeparatorConfig, umx_preset
 from core_spec.seeded import random_weights
 from core_spec.tolerances import RECORDED
 from unmix.parity.clip import read_example_stems
 from unmix.parity.runner import Result, run
 from unmix.parity.stages import Row, judge_all
 
-Config = UMXSeparatorConfig | DemucsConfig
+Config = UMXSeparatorConfig | DemucsConfig | HTDemucsConfig
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,12 +68,19 @@ EXCERPTS = (
 DEMUCS = DemucsConfig(channels=8, segment_length=44100)
 
 
+# HTDemucs at its released structure (nfft 4096: 2048 bins down to 8 rows, depth 4, DConv in encoder and decoder
+# with dconv_comp 8, the 1x1 samplers, 5 transformer layers of 8 heads) with 16 channels instead of 48, a 64-wide
+# transformer instead of 512, and a 1-s segment instead of 7.8 s (the float64 reference at the released size takes
+# a minute a segment on two cores), so that every excerpt is split into overlapping chunks
+HTDEMUCS = HTDemucsConfig(channels=16, nfft=4096, bottom_channels=64, dconv_mode=3, segment=(1, 1))
+
+
 @dataclasses.dataclass(frozen=True)
 class Case:
     """One model (seeded weights) on one excerpt."""
 
-    model: str  # "umxhq" or "demucs"
-    seeds: tuple[int, ...]  # umxhq: one per target, in the preset's target order; demucs: one
+    model: str  # "umxhq", "demucs" or "htdemucs"
+    seeds: tuple[int, ...]  # umxhq: one per target, in the preset's target order; demucs, htdemucs: one
     excerpt: Excerpt
 
     @property
@@ -88,7 +95,8 @@ class Case:
                 raise ValueError(f"{self.id}: {len(targets)} seeds needed, one per target")
             per = {t: random_weights(config.model, seed=s) for t, s in zip(targets, self.seeds)}
             return config, join_targets(per)
-        return DEMUCS, random_weights(DEMUCS, seed=self.seeds[0])
+        config = HTDEMUCS if self.model == "htdemucs" else DEMUCS
+        return config, random_weights(config, seed=self.seeds[0])
 
 
 def _umx_seeds(seed: int) -> tuple[int, ...]:
@@ -101,10 +109,13 @@ UMX_CASES = (
     *(Case("umxhq", _umx_seeds(100 + 4 * k), EXCERPTS[k % len(EXCERPTS)]) for k in range(8)),
 )
 DEMUCS_CASES = tuple(Case("demucs", (200 + k,), EXCERPTS[k % len(EXCERPTS)]) for k in range(4))
+HTDEMUCS_CASES = tuple(Case("htdemucs", (300 + k,), EXCERPTS[k % len(EXCERPTS)]) for k in range(3))
 
 # every port in every dtype it has; NNabla runs in .venv-nnabla (unmix.parity.runner)
 PORT_DTYPES = {"torch": ("float32", "float64"), "tf": ("float32", "float64"), "jax": ("float32", "float64"),
                "nnabla": ("float32",)}  # fmt: skip
+# the ports that have HTDemucs (TensorFlow and NNabla: issue 26)
+HTDEMUCS_PORTS = ("torch", "jax")
 
 
 @dataclasses.dataclass
