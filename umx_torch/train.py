@@ -191,8 +191,12 @@ class Trainer(TrainerBase):
         self.rank, self.world_size, self.device = rank, world_size, device
 
     def set_learning_rate(self, lr: float) -> None:
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+        """The learning rate of the next steps. HTDemucs: the transformer's group (the second) keeps its own
+        ``t_lr`` when the config sets one (upstream never changes it), else follows ``lr``."""
+        t_lr = getattr(_unwrap(self.model), "config", None)
+        t_lr = getattr(t_lr, "t_lr", None)
+        for index, group in enumerate(self.optimizer.param_groups):
+            group["lr"] = t_lr if index == 1 and t_lr is not None else lr
 
     def step(self, batch: Any) -> float:
         """One optimiser step on this replica's shard (DDP averages the gradients): :func:`train_step`."""

@@ -154,3 +154,21 @@ def test_htdemucs_is_refused_where_no_trainer_takes_it(tiny_root, tmp_path, caps
     argv = ["--framework", "tf", "--model", "htdemucs", "--root", str(tiny_root), "--out", str(tmp_path / "x")]
     assert main(argv) == 2
     assert "--model htdemucs trains in torch" in capsys.readouterr().err
+
+
+def test_the_transformer_keeps_its_own_learning_rate(case) -> None:
+    """demucs 4 never changes the transformer group's ``t_lr``; the epoch loop's learning rate is the other group's."""
+    import dataclasses
+
+    from umx_torch.train import Trainer
+
+    config = dataclasses.replace(case.config, t_lr=1e-5)
+    model = HTDemucs.from_config(config, torch_device("cpu"), TORCH_DTYPES["float64"])
+    trainer = Trainer(model, model, make_optimizer(model, case.recipe), case.recipe, None)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [case.recipe.lr, 1e-5]
+    trainer.set_learning_rate(1e-3)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-3, 1e-5]
+    plain = HTDemucs.from_config(case.config, torch_device("cpu"), TORCH_DTYPES["float64"])
+    trainer = Trainer(plain, plain, make_optimizer(plain, case.recipe), case.recipe, None)
+    trainer.set_learning_rate(1e-3)
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [1e-3, 1e-3]
