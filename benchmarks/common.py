@@ -8,7 +8,9 @@ processes it starts, and the JSON result files.
   :func:`child_env`: the environment of a process the benchmarks start (this checkout first on ``PYTHONPATH``).
 - :func:`machine_info`: what the results record about the machine.
 - :func:`write_result`: ``benchmarks/results/<name>.json`` with the machine description and one row per
-  measurement (the subcommands ``separate``, ``resample``, ``chunk_snr``).
+  measurement (the subcommands ``separate``, ``resample``, ``chunk_snr``);
+- :class:`NotAvailable`: raised by an implementation for a workload it does not have yet (its row says so; it is
+  neither a measurement nor a failure).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 __all__ = [
     "MEMORY_ENV",
+    "NotAvailable",
     "RESULTS_DIR",
     "TIMING_ENV",
     "current_rss_mb",
@@ -37,6 +40,11 @@ __all__ = [
     "release_free_memory",
     "write_result",
 ]
+
+
+class NotAvailable(Exception):
+    """The implementation does not have this workload yet (e.g. a port's HTDemucs trainer): the point's row records
+    the message as ``unavailable``, with no figures, and the run does not count it as failed."""
 
 
 def _status_kb(field: str) -> float | None:

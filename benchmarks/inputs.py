@@ -5,8 +5,10 @@ same NumPy).
 Folder layout (``folder`` is a temporary directory of the driver)::
 
     audio/umx_<seconds>.npy      (2, seconds * 44100) float32: the stempeg example's stems summed, tiled
-    audio/demucs_<seconds>.npy   the same, normalised as demucs's separate.py does
-    weights/<key>.npz            canonical weights ("<target>/<name>" keys for a separator)
+    audio/demucs_<seconds>.npy   the same, normalised as demucs's separate.py does (also htdemucs_*, with
+                                 demucs 4's 1e-8 added to the standard deviation)
+    weights/<key>.npz            canonical weights ("<target>/<name>" keys for a separator, "models.<i>.<name>"
+                                 for a bag); key: the kind (UMX, Demucs v2) or kind_model (HTDemucs)
     batches/<point>.npz          a training point's seeded batch
     outputs/<point>.npy          upstream's output of an inference point (written by its worker)
     outputs/<point>.json         upstream's first training loss (written by its worker)
@@ -22,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from benchmarks import models
-from benchmarks.plan import RATE, Point, Sizes
+from benchmarks.plan import Point, Sizes
 
 __all__ = ["Files", "files", "load_weights", "prepare", "read_reference", "write_reference"]
 
@@ -38,7 +40,7 @@ class Files:
             key = f"train_{point.model}"
         else:
             self.input = folder / "audio" / f"{point.model}_{point.seconds:g}.npy"
-            key = point.kind
+            key = f"{point.kind}_{point.model}" if point.htdemucs else point.kind
         self.weights = folder / "weights" / f"{key}.npz"
         self.output = folder / "outputs" / f"{point.name}.npy"
         self.loss = folder / "outputs" / f"{point.name}.json"
@@ -75,12 +77,14 @@ def prepare(folder: str | Path, points: Iterable[Point], sizes: Sizes) -> None:
     """Write the audio, weights and batches of ``points`` into ``folder`` (main environment: decodes the stem
     file with stempeg)."""
     from benchmarks.workloads import music, normalised
+    from core_spec.reference.htdemucs_apply import SEPARATE_EPS
 
     points = list(points)
     for sub in ("audio", "weights", "batches", "outputs"):
         (Path(folder) / sub).mkdir(parents=True, exist_ok=True)
     lengths = [p.seconds for p in points if p.kind != "train"]
     track = music(max(lengths)) if lengths else None  # music(s) is its first s seconds: decoded once
+    eps = {"demucs": 0.0, "htdemucs": SEPARATE_EPS, "htdemucs_ft": SEPARATE_EPS}
     for point in points:
         f = files(folder, point)
         cfg = models.config(point, sizes)
@@ -91,8 +95,8 @@ def prepare(folder: str | Path, points: Iterable[Point], sizes: Sizes) -> None:
         if point.kind == "train":
             np.savez(f.input, **models.train_batch(point, cfg))
         else:
-            audio = np.ascontiguousarray(track[:, : int(point.seconds * RATE)])
-            np.save(f.input, normalised(audio) if point.model == "demucs" else audio)
+            audio = np.ascontiguousarray(track[:, : point.nb_timesteps])
+            np.save(f.input, normalised(audio, eps[point.model]) if point.model in eps else audio)
 
 
 def write_reference(f: Files, output: Any) -> None:

@@ -5,9 +5,12 @@ JSON: ``{"name", "created", "plan", "settings", "implementations", "rows", "swee
 (point, implementation): the worker's measurements (:mod:`benchmarks.worker`) and the point's description, plus
 ``rtf`` (min wall time / seconds of audio: below 1 is faster than real time; training: the batch's audio),
 ``ratio_vs_upstream`` (min wall time / upstream's in the same run; ``ratio_median_vs_upstream`` for the medians),
-``peak_rss_ratio_vs_upstream`` and ``peak_delta_ratio_vs_upstream``. ``sweeps``: per model and implementation, the
-time per second of audio and the peak memory at each length, and whether time grows linearly (every length's
-time per second within :data:`LINEAR_TOLERANCE` of the shortest's) and memory no faster than the length.
+``peak_rss_ratio_vs_upstream`` and ``peak_delta_ratio_vs_upstream`` (HTDemucs points: against upstream's demucs
+4.1.0 worker, whose versions are under ``implementations.upstream.variants.upstream4``); a row with
+``unavailable`` (a workload the implementation does not have yet) has no figures. ``sweeps``: per model and
+implementation, the time per second of audio and the peak memory at each length, and whether time grows linearly
+(every length's time per second within :data:`LINEAR_TOLERANCE` of the shortest's) and memory no faster than the
+length.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.impls import IMPLS, THREADS, XLA_FLAGS, common_env
+from benchmarks.impls import THREADS, XLA_FLAGS, common_env, impl_spec
 from benchmarks.plan import Plan, Point
 from core_spec.files import atomic_write
 
@@ -51,11 +54,19 @@ def _finite(value: Any) -> Any:
     return value
 
 
+SWEEP_TITLES = {"umx": "UMX separator, niter 1", "demucs": "Demucs apply_model", "htdemucs": "HTDemucs apply_model"}
+
+
+def _measured(row: Mapping[str, Any]) -> bool:
+    """A row with figures (not failed, not unavailable)."""
+    return "wall_s_min" in row and "error" not in row
+
+
 def _ratios(rows: list[dict[str, Any]]) -> None:
-    upstream = {r["point"]: r for r in rows if r["impl"] == "upstream" and "error" not in r}
+    upstream = {r["point"]: r for r in rows if r["impl"] == "upstream" and _measured(r)}
     for r in rows:
         up = upstream.get(r["point"])
-        if r["impl"] == "upstream" or up is None or "error" in r:
+        if r["impl"] == "upstream" or up is None or not _measured(r):
             continue
         r["ratio_vs_upstream"] = r["wall_s_min"] / up["wall_s_min"]
         r["ratio_median_vs_upstream"] = r["wall_s_median"] / up["wall_s_median"]
@@ -69,7 +80,7 @@ def _sweep(plan: Plan, model: str, rows: list[dict[str, Any]], impls: Sequence[s
     out: dict[str, Any] = {"points": list(names), "implementations": {}}
     for impl in impls:
         measured = sorted(
-            (r for r in rows if r["impl"] == impl and r["point"] in names and "error" not in r),
+            (r for r in rows if r["impl"] == impl and r["point"] in names and _measured(r)),
             key=lambda r: r["seconds"],
         )
         if len(measured) < 2:
@@ -108,9 +119,14 @@ def build(plan: Plan, points: Sequence[Point], results: Sequence[Mapping[str, An
     rows: list[dict[str, Any]] = []
     implementations: dict[str, Any] = {}
     for result in results:
-        impl = result["impl"]
-        entry = implementations.setdefault(impl, IMPLS[impl].to_dict())
-        entry.update({k: result[k] for k in ("python", "versions", "error") if k in result})
+        spec = impl_spec(result["impl"])  # a worker key: upstream4 is upstream's demucs 4.1.0 variant
+        entry = implementations.setdefault(spec.key, impl_spec(spec.key).to_dict())
+        target = (
+            entry
+            if result["impl"] == spec.key
+            else entry.setdefault("variants", {}).setdefault(result["impl"], spec.to_dict())
+        )
+        target.update({k: result[k] for k in ("python", "versions", "error") if k in result})
         entry["processes"] = entry.get("processes", 0) + 1
         entry["process_s"] = entry.get("process_s", 0.0) + result.get("job_s", 0.0)
         for row in result["rows"]:
@@ -140,7 +156,7 @@ def build(plan: Plan, points: Sequence[Point], results: Sequence[Mapping[str, An
         "worker_env": common_env(meta["threads"]),
         "xla_flags": XLA_FLAGS if meta["threads"] == THREADS else None,
         "thread_settings": {
-            "upstream": "torch.set_num_threads",
+            "upstream": "torch.set_num_threads (demucs 2.0.3 / openunmix; HTDemucs: demucs 4.1.0, its own process)",
             "torch": "torch.set_num_threads",
             "tf": "tf.config.threading intra-op and inter-op",
             "jax": "XLA_FLAGS",
@@ -221,6 +237,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
         if "error" in r:
             lines.append(f"| {name} | {_label(r['impl'], doc)} | failed: {r['error'].splitlines()[0][:80]} |||||||||")
             continue
+        if "unavailable" in r:
+            lines.append(f"| {name} | {_label(r['impl'], doc)} | not available: {r['unavailable'][:80]} |||||||||")
+            continue
         memory = f"{r['peak_rss_mb']:.0f} (+{r['peak_delta_mb']:.0f})"
         lines.append(
             f"| {name} | {_label(r['impl'], doc)} | {r['wall_s_min']:.3f} | {r['wall_s_median']:.3f} "
@@ -234,7 +253,7 @@ def markdown(doc: Mapping[str, Any]) -> str:
             continue
         seconds = sorted({s for v in impls.values() for s in v["seconds"]})
         head = " | ".join(f"{s:g} s" for s in seconds)
-        title = "UMX separator, niter 1" if model == "umx" else "Demucs apply_model"
+        title = SWEEP_TITLES.get(model, model)
         lines += [
             f"### {title}: seconds per second of audio; peak MiB (+call)",
             "",
@@ -259,6 +278,9 @@ def markdown(doc: Mapping[str, Any]) -> str:
     lines += ["## Settings", "", doc["settings"]["protocol"], ""]
     for info in doc["implementations"].values():
         versions = ", ".join(f"{k} {v}" for k, v in info.get("versions", {}).items())
+        for variant in info.get("variants", {}).values():
+            more = ", ".join(f"{k} {v}" for k, v in variant.get("versions", {}).items())
+            versions += f"{'; ' if versions else ''}{variant['label']}: {more}"
         processes = f"; {info.get('processes', 0)} process(es), {info.get('process_s', 0.0):.0f} s in all"
         lines.append(f"- {info['label']}: Python {info.get('python', '?')}, {versions}{processes}")
     return "\n".join(lines) + "\n"
@@ -276,11 +298,14 @@ def chart(doc: Mapping[str, Any], path: str | Path) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    rows = [r for r in doc["rows"] if "error" not in r]
+    rows = [r for r in doc["rows"] if _measured(r)]
     main = [n for n in doc["plan"]["main"] if any(r["point"] == n for r in rows)]
     impls = list(dict.fromkeys(r["impl"] for r in rows))
     ports = [i for i in impls if i != "upstream"]
-    fig, axes = plt.subplots(2, 2, figsize=(15, 9))
+    columns = max(2, len(doc["sweeps"]))  # the bottom row: one panel per sweep
+    fig, axes = plt.subplots(2, columns, figsize=(15, 9), squeeze=False)
+    for ax in axes[0, 2:]:
+        ax.set_visible(False)
 
     def bars(ax: Any, keys: Sequence[str], value: Any, names: Sequence[str]) -> None:
         width = 0.8 / max(len(keys), 1)
@@ -311,7 +336,7 @@ def chart(doc: Mapping[str, Any], path: str | Path) -> None:
         ax.minorticks_off()
         ax.set_xlabel("seconds of audio")
         ax.set_ylabel("seconds per second of audio")
-        ax.set_title(f"length sweep: {'UMX separator niter 1' if model == 'umx' else 'Demucs apply_model'}")
+        ax.set_title(f"length sweep: {SWEEP_TITLES.get(model, model)}")
         if sweep["implementations"]:
             ax.legend(fontsize=8)
         else:

@@ -7,9 +7,19 @@ upstream first (its output is the reference of the SNR column), then the ports, 
 implementations alike. NNabla's processes run in ``.venv-nnabla`` (:func:`unmix.environments.nnabla_python`).
 ``--quick`` runs the quick plan (seconds-long inputs, small models) with one process per implementation for all
 its points (peaks then not from a fresh process: the JSON says so); it keeps the command working and measures
-nothing worth quoting. Exit status 1 when a point failed (its row carries the error; the files are written).
+nothing worth quoting. Exit status 1 when a point failed (its row carries the error; the files are written); a
+workload an implementation does not have yet is a row marked ``unavailable``, not a failure.
 
-Usage: ``python -m benchmarks [--quick] [--impls ...] [--points NAME|main|sweep ...] [--out DIR] [--list]``.
+HTDemucs points (``--points htdemucs``; with ``--quick`` only when asked for) run upstream as demucs 4.1.0 in its
+own worker (:data:`benchmarks.impls.UPSTREAM4`, the oracle folder first on ``PYTHONPATH``), and only the
+implementations that have HTDemucs (:data:`benchmarks.plan.HTDEMUCS_IMPLS`). The whole HTDemucs measurement::
+
+    .venv/bin/python -m benchmarks --points htdemucs --out benchmarks/results/htdemucs
+    .venv/bin/python -m benchmarks separate --models htdemucs --lengths 30 --impls upstream torch jax \
+        --name separate_htdemucs
+
+Usage: ``python -m benchmarks [--quick] [--impls ...] [--points NAME|main|sweep|htdemucs ...] [--out DIR]
+[--list]``.
 
 The measurements that do not fit a point (whole processes, other code, other questions) are subcommands,
 ``python -m benchmarks COMMAND [options]`` (:data:`COMMANDS`; ``COMMAND --help`` for each).
@@ -21,6 +31,7 @@ import argparse
 import dataclasses
 import importlib
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -32,7 +43,7 @@ from typing import Any
 
 from benchmarks import inputs, report
 from benchmarks.common import RESULTS_DIR, ROOT, child_env, machine_info
-from benchmarks.impls import DEFAULT_IMPLS, IMPLS, THREADS, common_env
+from benchmarks.impls import DEFAULT_IMPLS, IMPLS, THREADS, common_env, impl_spec, worker_key
 from benchmarks.plan import Plan, Point, plan
 
 __all__ = ["COMMANDS", "main"]
@@ -65,6 +76,8 @@ def _select(p: Plan, names: Sequence[str] | None) -> list[Point]:
             wanted.update(p.main)
         elif name == "sweep":
             wanted.update(n for sweep in p.sweeps.values() for n in sweep)
+        elif name == "htdemucs":
+            wanted.update(pt.name for pt in p.points if pt.htdemucs)
         else:
             p.point(name)  # KeyError naming the known points
             wanted.add(name)
@@ -72,21 +85,26 @@ def _select(p: Plan, names: Sequence[str] | None) -> list[Point]:
 
 
 def _jobs(points: list[Point], impls: list[str], grouped: bool, long: bool) -> list[tuple[str, list[Point]]]:
-    """``[(impl, points)]`` in run order: per point upstream first, then the ports (``grouped``: per impl)."""
+    """``[(worker key, points)]`` in run order: per point upstream first, then the ports (``grouped``: per worker
+    key, upstream's two variants first); an implementation runs only the points it has (:meth:`Point.runs`)."""
 
     def runs(impl: str, point: Point) -> bool:
-        return long or impl not in point.long_for
+        return point.runs(impl) and (long or impl not in point.long_for)
 
     if grouped:
-        return [(impl, [pt for pt in points if runs(impl, pt)]) for impl in impls]
-    return [(impl, [pt]) for pt in points for impl in impls if runs(impl, pt)]
+        keys = list(dict.fromkeys(worker_key(impl, pt.htdemucs) for impl in impls for pt in points))
+        jobs = [(k, [pt for pt in points for i in impls if worker_key(i, pt.htdemucs) == k and runs(i, pt)])
+                for k in keys]  # fmt: skip
+        return [(k, pts) for k, pts in jobs if pts]
+    return [(worker_key(impl, pt.htdemucs), [pt]) for pt in points for impl in impls if runs(impl, pt)]
 
 
 def _run_job(
     impl: str, points: list[Point], p: Plan, folder: Path, threads: int, timeout_s: float, index: int
 ) -> dict[str, Any]:
-    """One worker process; its result (rows with an ``error`` where the process itself failed)."""
-    spec = IMPLS[impl]
+    """One worker process (``impl``: a worker key); its result (rows with an ``error`` where the process itself
+    failed)."""
+    spec = impl_spec(impl)
     job_path, result_path, log_path = (folder / f"job-{index}.{ext}" for ext in ("json", "result.json", "log"))
     job = {
         "impl": impl,
@@ -99,6 +117,10 @@ def _run_job(
     }
     job_path.write_text(json.dumps(job))
     env = child_env({**common_env(threads), **spec.env_vars})
+    if spec.oracle4:  # demucs 4.1.0 before demucs 2.0.3 (both are the module demucs)
+        from unmix.parity.oracle4 import oracle4_dir
+
+        env["PYTHONPATH"] = os.pathsep.join([str(oracle4_dir()), env["PYTHONPATH"]])
     failure = None
     try:
         python = _python(spec.env)
@@ -121,13 +143,16 @@ def _run_job(
     done = {row["point"] for row in result["rows"]}
     for pt in points:
         if pt.name not in done:
-            result["rows"].append({"point": pt.name, "impl": impl, "error": failure or "no result"})
+            result["rows"].append({"point": pt.name, "impl": spec.key, "error": failure or "no result"})
     return result
 
 
 def _print_row(row: dict[str, Any]) -> None:
     if "error" in row:
         print(f"  {row['point']:<22} {row['impl']:<9} FAILED: {row['error'].splitlines()[0][:160]}", flush=True)
+        return
+    if "unavailable" in row:
+        print(f"  {row['point']:<22} {row['impl']:<9} not available: {row['unavailable'][:160]}", flush=True)
         return
     compile_note = f", compile {row['compile_s']:.1f} s" if "compile_s" in row else ""
     print(
@@ -166,7 +191,9 @@ def main(argv: list[str] | None = None) -> int:
         default=list(DEFAULT_IMPLS),
         help="implementations (upstream is always run first when listed)",
     )
-    parser.add_argument("--points", nargs="+", metavar="NAME", help="points to run: names, 'main' or 'sweep'")
+    parser.add_argument(
+        "--points", nargs="+", metavar="NAME", help="points to run: names, 'main', 'sweep' or 'htdemucs'"
+    )
     parser.add_argument(
         "--long", action="store_true", help="also the long points (Demucs 300 s; NNabla: Demucs 60 s, UMX 300 s)"
     )
@@ -190,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
     args = parser.parse_args(argv)
 
-    p = plan(args.quick)
+    p = plan(args.quick, args.points)
     if args.max_timed_s is not None:
         p = dataclasses.replace(p, max_timed_s=args.max_timed_s)
     try:
@@ -207,7 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = _jobs(points, impls, grouped, args.long)
     if args.list:
         for pt in points:
-            runs = [i for i in impls if args.long or i not in pt.long_for]
+            runs = [i for i in impls if pt.runs(i) and (args.long or i not in pt.long_for)]
             print(
                 f"{pt.name:<22} {pt.kind:<9} {pt.audio_seconds:>6g} s audio, repeats <= {pt.repeats}: {' '.join(runs)}"
             )
@@ -239,9 +266,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.jobs == 1:
             results = [run(job) for job in todo]
         else:  # upstream first (its outputs are the references), then the ports side by side
-            results = [run(job) for job in todo if job[1] == "upstream"]
+            first = [job for job in todo if impl_spec(job[1]).key == "upstream"]
+            results = [run(job) for job in first]
             with ThreadPoolExecutor(args.jobs) as pool:
-                results += list(pool.map(run, [job for job in todo if job[1] != "upstream"]))
+                results += list(pool.map(run, [job for job in todo if job not in first]))
     meta = {
         "quick": args.quick,
         "process_per_point": not grouped,

@@ -15,7 +15,10 @@ rows are written to ``result`` (JSON). Per point (:func:`measure`):
 5. the first call's output against upstream's (upstream's worker writes it; it runs first): SNR in dB (float64
    sums over the whole output), or for a training step the relative difference of the first loss.
 
-A failing point is recorded with its error and the next one runs.
+A failing point is recorded with its error and the next one runs; a workload the implementation does not have
+(:class:`benchmarks.common.NotAvailable` from its build) is recorded as ``unavailable``. ``impl`` in the job is a
+worker key (:func:`benchmarks.impls.impl_spec`: ``upstream4`` is upstream's demucs 4.1.0 variant); the rows carry
+the implementation's key (``upstream``).
 """
 
 from __future__ import annotations
@@ -36,8 +39,8 @@ from typing import Any
 import numpy as np
 
 from benchmarks import inputs, models
-from benchmarks.common import measure_peak_rss
-from benchmarks.impls import IMPLS, Impl
+from benchmarks.common import NotAvailable, measure_peak_rss
+from benchmarks.impls import Impl, impl_spec
 from benchmarks.plan import Point, Sizes
 
 __all__ = ["main", "measure", "snr_db", "timed_calls"]
@@ -171,6 +174,8 @@ def measure(module: Any, impl: Impl, point: Point, sizes: Sizes, folder: str, ma
         if impl.compiles:
             row["compile_s"] = row["first_call_s"] - row["wall_s_median"]
         row.update(_compare(out, point, f, reference=impl.key == "upstream"))
+    except NotAvailable as e:
+        row["unavailable"] = str(e)
     except Exception as e:
         row["error"] = f"{type(e).__name__}: {e}"
         row["traceback"] = traceback.format_exc()[-4000:]
@@ -181,9 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     started, started_cpu = time.perf_counter(), time.process_time()
     job = json.loads(Path(argv[0]).read_text())
-    impl = IMPLS[job["impl"]]
+    impl = impl_spec(job["impl"])
     sizes = Sizes(**job["sizes"])
-    result: dict[str, Any] = {"impl": impl.key, "python": sys.version.split()[0], "rows": []}
+    result: dict[str, Any] = {"impl": job["impl"], "python": sys.version.split()[0], "rows": []}
     try:
         module = importlib.import_module(impl.module)
         module.configure(job["threads"], impl.options)
@@ -193,7 +198,7 @@ def main(argv: list[str] | None = None) -> int:
         result["traceback"] = traceback.format_exc()[-4000:]
         module = None
     for data in job["points"]:
-        point = Point(**{**data, "long_for": tuple(data["long_for"])})
+        point = Point(**data)
         if module is None:
             result["rows"].append({"point": point.name, "impl": impl.key, "error": result["error"]})
             continue

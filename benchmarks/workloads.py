@@ -58,7 +58,8 @@ def demucs_weights(cfg: Any) -> dict[str, np.ndarray]:
     return random_weights(cfg, seed=0)
 
 
-def normalised(wav: np.ndarray) -> np.ndarray:
-    """demucs's ``separate.py`` normalisation: by the mono mixture's mean and (unbiased) standard deviation."""
+def normalised(wav: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """demucs's ``separate.py`` normalisation: by the mono mixture's mean and (unbiased) standard deviation plus
+    ``eps`` (demucs 2.0.3: 0; demucs 4's separation: 1e-8)."""
     ref = wav.mean(0)
-    return ((wav - ref.mean()) / ref.std(ddof=1)).astype(np.float32)
+    return ((wav - ref.mean()) / (ref.std(ddof=1) + eps)).astype(np.float32)

@@ -5,7 +5,13 @@ Every implementation module (``benchmarks/impls/<module>.py``) has the same func
 ``versions()``, ``separator(cfg, weights, audio, options)`` and ``apply(cfg, weights, mix, options)`` (each
 returns the timed call, which returns the output as a NumPy array), ``train(cfg, recipe, weights, batch,
 options)`` (returns the timed training step, which returns the loss, and the parameter count). They use the
-ports' public API only. Stdlib only here: the driver imports this in either environment.
+ports' public API only; a workload an implementation does not have yet raises
+:class:`benchmarks.common.NotAvailable`. Stdlib only here: the driver imports this in either environment.
+
+Upstream has two worker variants: demucs 2.0.3 / openunmix (:data:`IMPLS` ``["upstream"]``) and, for the HTDemucs
+points, demucs 4.1.0 (:data:`UPSTREAM4`, worker key ``upstream4``), which is the module ``demucs`` too and so runs
+in its own process with the oracle folder first on ``PYTHONPATH``. Both write rows under ``upstream`` (the
+reference of the ratios); :func:`worker_key` picks the variant of a point.
 """
 
 from __future__ import annotations
@@ -13,7 +19,17 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DEFAULT_IMPLS", "IMPLS", "THREADS", "XLA_FLAGS", "Impl", "common_env"]
+__all__ = [
+    "DEFAULT_IMPLS",
+    "IMPLS",
+    "THREADS",
+    "UPSTREAM4",
+    "XLA_FLAGS",
+    "Impl",
+    "common_env",
+    "impl_spec",
+    "worker_key",
+]
 
 THREADS = 2
 """Intra-op threads of every implementation (torch ``set_num_threads``, TF intra/inter-op, XLA, OpenMP/BLAS)."""
@@ -34,6 +50,7 @@ class Impl:
             measured on the second call.
         options: keyword options for the module's calls (e.g. ``jit_compile``).
         env_vars: extra environment variables of its worker process.
+        oracle4: its worker runs with the demucs 4.1.0 oracle folder first on ``PYTHONPATH``.
     """
 
     key: str
@@ -43,6 +60,7 @@ class Impl:
     compiles: bool = False
     options: dict[str, Any] = field(default_factory=dict)
     env_vars: dict[str, str] = field(default_factory=dict)
+    oracle4: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -52,6 +70,7 @@ class Impl:
             "compiles": self.compiles,
             "options": dict(self.options),
             "env_vars": dict(self.env_vars),
+            "oracle4": self.oracle4,
         }
 
 
@@ -72,6 +91,21 @@ IMPLS: dict[str, Impl] = {
 }
 
 DEFAULT_IMPLS = ("upstream", "torch", "tf", "jax", "nnabla")
+
+UPSTREAM4 = Impl("upstream", "benchmarks.impls.upstream4", "upstream (demucs 4.1.0)", oracle4=True)
+"""Upstream of the HTDemucs points: demucs 4.1.0 in its own worker process (worker key ``upstream4``)."""
+
+_VARIANTS = {"upstream4": UPSTREAM4}
+
+
+def impl_spec(key: str) -> Impl:
+    """The implementation of a worker key: a key of :data:`IMPLS`, or ``upstream4`` (:data:`UPSTREAM4`)."""
+    return _VARIANTS[key] if key in _VARIANTS else IMPLS[key]
+
+
+def worker_key(impl: str, htdemucs: bool) -> str:
+    """The worker that runs ``impl`` on a point: ``upstream4`` for upstream on an HTDemucs point, else ``impl``."""
+    return "upstream4" if impl == "upstream" and htdemucs else impl
 
 
 def common_env(threads: int = THREADS) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """The PyTorch port as the benchmark calls it, through its public API: ``umx_torch.from_canonical``,
 ``Separator.separate``, ``apply_model``; training: ``umx_torch.train.make_optimizer`` and ``train_step`` (the
-timed functions)."""
+timed functions). HTDemucs (an ``HTDemucsConfig`` or a ``BagConfig``): ``umx_torch.htdemucs_apply.apply_model``
+(``shifts=0``, split, overlap 0.25) and the same training functions (demucs 4's loss and two-group Adam)."""
 
 from __future__ import annotations
 
@@ -35,11 +36,15 @@ def separator(cfg: Any, weights: Any, audio: np.ndarray, options: Mapping[str, A
 def apply(cfg: Any, weights: Any, mix: np.ndarray, options: Mapping[str, Any]) -> Callable[[], np.ndarray]:
     import torch
 
+    from core_spec.configs import DemucsConfig
     from umx_torch import apply_model, from_canonical
+    from umx_torch.htdemucs_apply import apply_model as apply_v4
 
     model = from_canonical(cfg, weights)
     x = torch.from_numpy(mix)
-    return lambda: apply_model(model, x, shifts=0, split=True).numpy()
+    if isinstance(cfg, DemucsConfig):
+        return lambda: apply_model(model, x, shifts=0, split=True).numpy()
+    return lambda: apply_v4(model, x, shifts=0, split=True, overlap=0.25).numpy()
 
 
 def train(
