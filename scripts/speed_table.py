@@ -71,7 +71,8 @@ def table(doc: Mapping[str, Any]) -> str:
             entries.append(f"{doc['implementations'][impl]['label']} {growth:.2f}{mark}")
         if entries:
             seconds = sweep["implementations"][next(iter(sweep["implementations"]))]["seconds"]
-            title = "UMX separator niter 1" if model == "umx" else "Demucs `apply_model`"
+            titles = {"umx": "UMX separator niter 1", "htdemucs": "HTDemucs `apply_model`"}
+            title = titles.get(model, "Demucs `apply_model`")
             sweep_parts.append(f"{title}, {seconds[-1]:g} s vs {seconds[0]:g} s: " + ", ".join(entries))
     meta = doc["meta"]
     machine = meta["machine_start"]
