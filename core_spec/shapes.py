@@ -5,7 +5,9 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any, Protocol
 
 import numpy as np
@@ -13,6 +15,8 @@ import numpy as np
 from .configs import DemucsConfig
 
 __all__ = [
+    "htdemucs_apply_segment",
+    "htdemucs_chunk_target",
     "ChunkWindow",
     "ShiftDraws",
     "WienerChunks",
@@ -218,3 +222,37 @@ def wiener_chunks(nb_frames: int, wiener_win_len: int | None) -> WienerChunks:
     if wiener_win_len is not None and wiener_win_len < 1:
         raise ValueError(f"wiener_win_len must be >= 1 or None, got {wiener_win_len}")
     return WienerChunks(nb_frames, min(wiener_win_len or nb_frames, nb_frames) or 1)
+
+
+def htdemucs_apply_segment(segment: Any, training_segments: Sequence[Fraction | None]) -> Fraction | None:
+    """demucs 4's ``apply_model(segment=...)`` as an exact :class:`~fractions.Fraction` (``None``: the models' own).
+
+    ``training_segments``: each model's training segment in seconds, ``None`` for a model without the
+    training-segment rule. A segment longer than a model's is a ``ValueError`` (a transformer cannot run longer than
+    it was trained for).
+    """
+    from .configs import segment_fraction
+
+    if segment is None:
+        return None
+    seg = segment_fraction(segment)
+    for index, trained in enumerate(training_segments):
+        if trained is not None and seg > trained:
+            raise ValueError(
+                f"segment {float(seg):g} s is longer than model {index}'s training segment {float(trained):g} s "
+                "(a transformer cannot run longer than it was trained for)"
+            )
+    return seg
+
+
+def htdemucs_chunk_target(
+    length: int, samplerate: int, segment: Fraction | None, training_segment: Fraction | None
+) -> int:
+    """The length demucs 4's ``apply_model`` pads a chunk of ``length`` samples to before the network: ``int(segment
+    * samplerate)`` when a segment is given, else the training length (``training_segment``; ``None`` for a model
+    without the training-segment rule: the chunk's own length)."""
+    if segment is not None:
+        return int(segment * samplerate)
+    if training_segment is not None:
+        return int(training_segment * samplerate)
+    return length

@@ -157,12 +157,8 @@ class _Run:
 def _apply_valid(run: _Run, chunk: _Chunk) -> jax.Array:
     """Pad the chunk to the network's length (real neighbours first), run it, centre-trim to the chunk."""
     config = run.model.config
-    if run.segment is not None:
-        target = int(run.segment * config.samplerate)
-    elif config.use_train_segment:
-        target = config.segment_samples
-    else:
-        target = chunk.length
+    trained = config.segment_fraction if config.use_train_segment else None
+    target = shapes.htdemucs_chunk_target(chunk.length, config.samplerate, run.segment, trained)
     out, _ = forward(run.model, chunk.padded(target))
     start, stop = shapes.center_trim_bounds(out.shape[-1], chunk.length)
     return out[..., start:stop]
@@ -255,14 +251,8 @@ def apply_model(
     check_transition_power(transition_power)
     models, source_weights = _models_and_weights(model_or_bag)
     unbatched = check_track(np.shape(mix), models[0].audio_channels)
-    seg = None if segment is None else segment_fraction(segment)
-    for index, model in enumerate(models):
-        config = model.config
-        if seg is not None and config.use_train_segment and seg > config.segment_fraction:
-            raise ValueError(
-                f"segment {float(seg):g} s is longer than model {index}'s training segment "
-                f"{float(config.segment_fraction):g} s (a transformer cannot run longer than it was trained for)"
-            )
+    trained = [m.config.segment_fraction if m.config.use_train_segment else None for m in models]
+    seg = shapes.htdemucs_apply_segment(segment, trained)
     dtype = models[0].dtype
     draws = shift_draws(rng)
     with dtype_scope(dtype, precision):

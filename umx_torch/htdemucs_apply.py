@@ -74,12 +74,8 @@ class _Run:
 def _apply_valid(run: _Run, chunk: _Chunk) -> Tensor:
     """Case 3: pad to the network's length (real neighbours first), run it, centre-trim to the chunk."""
     model = run.model
-    if run.segment is not None:
-        target = int(run.segment * model.samplerate)
-    elif model.use_train_segment:
-        target = model.valid_length(0)  # the training length
-    else:
-        target = chunk.length
+    trained = segment_fraction(model.segment) if model.use_train_segment else None
+    target = shapes.htdemucs_chunk_target(chunk.length, model.samplerate, run.segment, trained)
     out = model(chunk.padded(target))
     start, stop = shapes.center_trim_bounds(out.shape[-1], chunk.length)
     return out[..., start:stop]
@@ -154,13 +150,9 @@ def apply_model(
         mix = to_tensor(mix, first.dtype, first.device)
     unbatched = shapes.check_track(tuple(mix.shape), models[0].audio_channels)
     track = mix[None] if unbatched else mix
-    seg = None if segment is None else segment_fraction(segment)
-    for index, sub in enumerate(models):
-        if seg is not None and sub.use_train_segment and seg > sub.segment:
-            raise ValueError(
-                f"segment {float(seg):g} s is longer than model {index}'s training segment {float(sub.segment):g} s "
-                "(a transformer cannot run longer than it was trained for)"
-            )
+    seg = shapes.htdemucs_apply_segment(
+        segment, [segment_fraction(m.segment) if m.use_train_segment else None for m in models]
+    )
     draws = shapes.shift_draws(rng)
     nb_sources = len(models[0].sources)
     rows = torch.ones(len(models), nb_sources) if weights is None else torch.tensor(weights, dtype=torch.float64)

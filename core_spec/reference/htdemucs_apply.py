@@ -41,13 +41,15 @@ from fractions import Fraction
 
 import numpy as np
 
-from ..configs import BagConfig, HTDemucsConfig, segment_fraction
+from ..configs import BagConfig, HTDemucsConfig
 from ..shapes import (
     ShiftDraws,
     center_trim,
     check_track,
     check_transition_power,
     chunk_window,
+    htdemucs_apply_segment,
+    htdemucs_chunk_target,
     max_shift,
     segment_offsets,
     shift_draws,
@@ -102,12 +104,8 @@ class _Run:
 def _apply_valid(run: _Run, chunk: _Chunk) -> np.ndarray:
     """Case 3: pad to the network's length (real neighbours first), run it, centre-trim to the chunk."""
     config = run.config
-    if run.segment is not None:
-        target = int(run.segment * config.samplerate)
-    elif config.use_train_segment:
-        target = config.segment_samples
-    else:
-        target = chunk.length
+    trained = config.segment_fraction if config.use_train_segment else None
+    target = htdemucs_chunk_target(chunk.length, config.samplerate, run.segment, trained)
     out = htdemucs(run.weights, config, chunk.padded(target), window=run.window)
     return center_trim(out, chunk.length)
 
@@ -205,13 +203,7 @@ def apply_model(
     per_model = [weights] if isinstance(config, HTDemucsConfig) else list(weights)
     if len(per_model) != len(models):
         raise ValueError(f"a bag of {len(models)} models needs {len(models)} weight mappings, got {len(per_model)}")
-    seg = None if segment is None else segment_fraction(segment)
-    for index, model in enumerate(models):
-        if seg is not None and model.use_train_segment and seg > model.segment_fraction:
-            raise ValueError(
-                f"segment {float(seg):g} s is longer than model {index}'s training segment "
-                f"{float(model.segment_fraction):g} s (a transformer cannot run longer than it was trained for)"
-            )
+    seg = htdemucs_apply_segment(segment, [m.segment_fraction if m.use_train_segment else None for m in models])
     draws = shift_draws(rng)
     estimates = np.zeros((mix.shape[0], len(models[0].sources), *mix.shape[1:]))
     totals = np.zeros(len(models[0].sources))
