@@ -9,8 +9,12 @@ tokens ``(B, C, Fr, T1) -> (B, T1*Fr, C)`` (time-major) and the time tokens ``(B
 branch attends to the other's tokens as they were before the layer. Every layer is pre-norm with LayerScale
 (``gamma_1``, ``gamma_2``), an exact-GELU feed-forward, and ``norm_out``: GroupNorm(1) over tokens x channels
 (:class:`TokenGroupNorm`). The attention is :class:`torch.nn.MultiheadAttention` (``batch_first=True``: its packed
-``in_proj_weight`` / ``in_proj_bias`` and ``out_proj`` are upstream's names; in eval without gradients the
-self-attention takes torch's fused path, as upstream's does).
+``in_proj_weight`` / ``in_proj_bias`` and ``out_proj`` are upstream's names). The modules hold the weights; the
+computation is :func:`_attention`: the projections, then :func:`torch.nn.functional.scaled_dot_product_attention`,
+whose CPU kernel is flash attention (the ``heads x Tq x Tk`` scores are never held at once: 8 x 2688 x 2688 floats
+are 231 MB in float32). Upstream's self-attention in eval takes ``nn.MultiheadAttention``'s fused path instead,
+which on the CPU multiplies out the whole score matrix; the result is the same function (float32 rounding
+differs, within the float32 rows).
 
 Only the released settings are implemented: :func:`core_spec.reference.htdemucs_transformer.check_transformer_config`
 refuses any other.
@@ -55,6 +59,27 @@ class TokenGroupNorm(nn.GroupNorm):
         return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
+def _attention(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> Tensor:
+    """``mha(query, key, key)`` (``batch_first``, no mask) through flash attention: ``query (B, Tq, C)``,
+    ``key (B, Tk, C)`` (keys and values) -> ``(B, Tq, C)``. The packed ``in_proj_weight`` ``(3C, C)`` holds the
+    query, key and value projections stacked; head ``h`` is channels ``h C/H : (h + 1) C/H`` of each. Self-attention
+    (``key is query``) projects all three in one product. Attention dropout: training only."""
+    b, tq, c = query.shape
+    heads = mha.num_heads
+    w, bias = mha.in_proj_weight, mha.in_proj_bias
+
+    def split(x: Tensor, parts: int) -> tuple[Tensor, ...]:  # (B, T, parts * C) -> parts x (B, H, T, C / H)
+        return x.unflatten(-1, (parts, heads, c // heads)).permute(2, 0, 3, 1, 4).unbind(0)
+
+    if key is query:
+        q, k, v = split(F.linear(query, w, bias), 3)
+    else:
+        (q,) = split(F.linear(query, w[:c], bias[:c]), 1)
+        k, v = split(F.linear(key, w[c:], bias[c:]), 2)
+    out = F.scaled_dot_product_attention(q, k, v, dropout_p=mha.dropout if mha.training else 0.0)
+    return mha.out_proj(out.transpose(1, 2).reshape(b, tq, c))
+
+
 def _feed_forward(layer: SelfAttentionLayer | CrossAttentionLayer, x: Tensor) -> Tensor:
     """``linear2(gelu(linear1(x)))`` (dropouts: training only)."""
     return layer.dropout2(layer.linear2(layer.dropout(F.gelu(layer.linear1(x)))))
@@ -81,7 +106,7 @@ class SelfAttentionLayer(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Tokens ``(B, T, C)`` -> ``(B, T, C)``."""
         h = self.norm1(x)
-        x = x + self.gamma_1(self.dropout1(self.self_attn(h, h, h, need_weights=False)[0]))
+        x = x + self.gamma_1(self.dropout1(_attention(self.self_attn, h, h)))
         x = x + self.gamma_2(_feed_forward(self, self.norm2(x)))
         return self.norm_out(x)
 
@@ -109,7 +134,7 @@ class CrossAttentionLayer(nn.Module):
     def forward(self, q: Tensor, k: Tensor) -> Tensor:
         """Tokens ``q (B, Tq, C)`` attending to ``k (B, Tk, C)`` -> ``(B, Tq, C)``."""
         kn = self.norm2(k)
-        attn = self.cross_attn(self.norm1(q), kn, kn, need_weights=False)[0]
+        attn = _attention(self.cross_attn, self.norm1(q), kn)
         x = q + self.gamma_1(self.dropout1(attn))
         x = x + self.gamma_2(_feed_forward(self, self.norm3(x)))
         return self.norm_out(x)
