@@ -1,8 +1,9 @@
 """Model construction: the Keras model a config describes, with canonical weights loaded (from memory, a canonical
 file or the port's native ``.weights.h5`` file).
 
-The one module that knows every model class (:mod:`umx_tf.umx`, :mod:`umx_tf.demucs`, :mod:`umx_tf.separator`)
-and the weight mapping (:mod:`umx_tf.weights`); it dispatches on the config's type.
+The one module that knows every model class (:mod:`umx_tf.umx`, :mod:`umx_tf.demucs`, :mod:`umx_tf.separator`,
+:mod:`umx_tf.htdemucs` and the bags of :mod:`umx_tf.htdemucs_apply`) and the weight mapping (:mod:`umx_tf.weights`);
+it dispatches on the config's type.
 """
 
 from __future__ import annotations
@@ -14,11 +15,13 @@ from typing import Any
 import tensorflow as tf
 
 from core_spec.canonical import load_canonical
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
 from core_spec.devices import dtype_name
 
 from ._device import device_scope
 from .demucs import Demucs
+from .htdemucs import HTDemucs
+from .htdemucs_apply import BagOfModels
 from .layers import skip_init
 from .separator import Separator
 from .umx import OpenUnmix
@@ -26,8 +29,8 @@ from .weights import load_weights, native_config
 
 __all__ = ["from_canonical", "from_canonical_file", "load_module"]
 
-Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
-Model = OpenUnmix | Separator | Demucs
+Config = UMXConfig | UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
+Model = OpenUnmix | Separator | Demucs | HTDemucs | BagOfModels
 
 
 def from_canonical(
@@ -37,7 +40,9 @@ def from_canonical(
 
     Args:
         config: a :class:`UMXConfig` (-> :class:`~umx_tf.umx.OpenUnmix`), :class:`UMXSeparatorConfig`
-            (-> :class:`~umx_tf.separator.Separator`) or :class:`DemucsConfig` (-> :class:`~umx_tf.demucs.Demucs`).
+            (-> :class:`~umx_tf.separator.Separator`), :class:`DemucsConfig` (-> :class:`~umx_tf.demucs.Demucs`),
+            :class:`HTDemucsConfig` (-> :class:`~umx_tf.htdemucs.HTDemucs`) or :class:`BagConfig`
+            (-> :class:`~umx_tf.htdemucs_apply.BagOfModels`; weights ``models.<i>.<name>``).
         weights: canonical arrays (``None``: Keras's initialisers).
         dtype: ``"float32"`` or ``"float64"``.
         device: ``None``, ``"cpu"`` or ``"gpu"`` (:func:`umx_tf.weights.tf_device`): the variables are created
@@ -55,6 +60,10 @@ def from_canonical(
                 model = OpenUnmix.from_config(config, dtype=dtype)
             elif isinstance(config, DemucsConfig):
                 model = Demucs.from_config(config, dtype=dtype)
+            elif isinstance(config, HTDemucsConfig):
+                model = HTDemucs.from_config(config, dtype=dtype)
+            elif isinstance(config, BagConfig):
+                model = BagOfModels.from_config(config, dtype=dtype)
             else:
                 raise TypeError(f"no TensorFlow model for {type(config).__name__}")
         if weights is not None:

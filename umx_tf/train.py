@@ -1,6 +1,7 @@
-"""Training of Open-Unmix and Demucs v2 with the upstream recipes, in TensorFlow: ``tf.GradientTape`` gradients of
-the Keras 3 models of :mod:`umx_tf.umx` / :mod:`umx_tf.demucs`, a train step compiled with ``tf.function``
-(optionally XLA): the ``Trainer`` that ``unmix-train --framework tf`` (:mod:`unmix.train_tf`) steps.
+"""Training of Open-Unmix, Demucs v2 and HTDemucs (demucs 4) with the upstream recipes, in TensorFlow:
+``tf.GradientTape`` gradients of the Keras 3 models of :mod:`umx_tf.umx` / :mod:`umx_tf.demucs` /
+:mod:`umx_tf.htdemucs`, a train step compiled with ``tf.function`` (optionally XLA): the ``Trainer`` that
+``unmix-train --framework tf`` (:mod:`unmix.train_tf`) steps.
 
 The pieces, top to bottom (the lesson of ``core_spec.public_api.LESSONS["train"]``, then the TensorFlow extras):
 
@@ -9,7 +10,9 @@ The pieces, top to bottom (the lesson of ``core_spec.public_api.LESSONS["train"]
   the un-centred training STFT (``center=False``) and the model in training mode (BatchNorm on batch statistics,
   LSTM dropout 0.4 between layers); Demucs v2: ``mean|model(mix) - center_trim(sources)|`` with ``mix =
   sources.sum(1)``.
-- :func:`make_optimizer`: :class:`Adam` over :class:`Parameters`, at the recipe's rate and weight decay.
+- :func:`make_optimizer`: :class:`Adam` over :class:`Parameters`, at the recipe's rate and weight decay; HTDemucs
+  with a transformer: demucs 4's two groups (:class:`GroupedAdam`: the cross-transformer's parameters at ``t_lr`` /
+  ``t_weight_decay``, the others at the recipe's).
 - :class:`Trainer`: model + parameters + optimiser + the compiled step (:class:`core_spec.epochs.EpochTrainer`), on
   one device or replicated over several by ``tf.distribute.MirroredStrategy`` (each replica differentiates its
   shard of the batch; the gradients are averaged, which for an equal split is the full batch's gradient, since
@@ -21,17 +24,21 @@ model and the :class:`Trainer`, and :func:`unmix.train_loop.run_epochs` steps it
 model (canonical and Keras formats) and ``checkpoint-<name>-tf/``, and reads the checkpoint back
 (:meth:`Trainer.load_checkpoint`).
 
-Extras: :func:`default_stft`, :func:`set_statistics`, :func:`lstm_dropout`, :func:`make_strategy` and
+Extras: :func:`htdemucs_loss` (demucs 4's loss: L1 per source, weighted, the network in training mode at the batch's
+length), :func:`optimizer_groups`, :func:`default_stft`, :func:`set_statistics`, :func:`lstm_dropout`,
+:func:`make_strategy` and
 
 - :class:`Parameters`: the trainable variables under their canonical (upstream state-dict) names. Keras's LSTM has
   one bias where PyTorch has ``bias_ih`` and ``bias_hh``; both receive the folded bias's gradient, but torch's Adam
   keeps separate moments and a separate weight decay for each, so they are held here as two variables whose sum is
   written to the Keras bias after every update.
 - :class:`Adam`: ``torch.optim.Adam`` exactly, with its *coupled* L2 weight decay (``g + wd * p`` enters the
-  moments). Keras's ``weight_decay`` argument is decoupled (AdamW) and is not used.
+  moments). Keras's ``weight_decay`` argument is decoupled (AdamW) and is not used. :class:`GroupedAdam`: two of them
+  over disjoint parameter groups.
 
 Shapes: UMX batches are waveforms ``x`` (mixture) and ``y`` (target) ``(nb_samples, nb_channels, nb_timesteps)``;
-Demucs batches are ``sources`` ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``.
+Demucs and HTDemucs batches are ``sources`` ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``. HTDemucs
+trains without the transformer's dropout (``t_dropout``: not in this port; 0 in the released ``htdemucs`` config).
 """
 
 from __future__ import annotations
@@ -45,13 +52,14 @@ import numpy as np
 import tensorflow as tf
 
 from core_spec import epochs
-from core_spec.configs import STFTConfig, UMXConfig
+from core_spec.configs import HTDemucsConfig, STFTConfig, UMXConfig
 from core_spec.epochs import Progress, RunFiles, RunRecord, TrainerBase, no_progress
 from core_spec.params import lstm_bias_halves
 from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig, input_scaler_weights, train_stft
+from core_spec.training import DemucsTrainConfig, HTDemucsTrainConfig, UMXTrainConfig, input_scaler_weights, train_stft
 
 from .demucs import Demucs, center_trim
+from .htdemucs import HTDemucs
 from .transforms import complex_norm, stft
 from .umx import OpenUnmix
 from .weights import entries, load_weights, save_native
@@ -59,22 +67,25 @@ from .weights import entries, load_weights, save_native
 __all__ = [
     "FRAMEWORK",
     "Adam",
+    "GroupedAdam",
     "Parameters",
     "Trainer",
     "default_stft",
     "demucs_loss",
+    "htdemucs_loss",
     "loss_and_grads",
     "lstm_dropout",
     "make_optimizer",
     "make_strategy",
+    "optimizer_groups",
     "set_statistics",
     "spectrogram",
     "umx_loss",
 ]
 
 FRAMEWORK = "tf"
-Recipe = UMXTrainConfig | DemucsTrainConfig
-Model = OpenUnmix | Demucs
+Recipe = UMXTrainConfig | DemucsTrainConfig | HTDemucsTrainConfig
+Model = OpenUnmix | Demucs | HTDemucs
 
 
 # --- the lesson: losses, optimiser, trainer, one step -----------------------------------------------------------------
@@ -123,10 +134,24 @@ def demucs_loss(model: Demucs, sources: tf.Tensor, loss: str = "l1") -> tf.Tenso
     raise ValueError(f"unknown Demucs loss {loss!r}: expected 'l1' or 'mse'")
 
 
-def make_optimizer(params: Parameters, recipe: Recipe) -> Adam:
+def make_optimizer(params: Parameters, recipe: Recipe) -> Adam | GroupedAdam:
     """The recipe's optimiser over the canonical parameters: :class:`Adam` (``torch.optim.Adam``, coupled weight
-    decay) at ``recipe.lr``, with ``recipe.weight_decay``."""
-    return Adam(params.values, recipe.lr, weight_decay=recipe.weight_decay)
+    decay) at ``recipe.lr``, with ``recipe.weight_decay``.
+
+    HTDemucs with a transformer: demucs 4's ``get_optimizer``, a :class:`GroupedAdam` of two (:func:`optimizer_groups`):
+    ``"main"`` with the recipe's ``lr`` and ``weight_decay``, ``"transformer"`` with the config's ``t_lr`` (the
+    recipe's ``lr`` when ``None``) and ``t_weight_decay``."""
+    config = params.model.config
+    if not (isinstance(config, HTDemucsConfig) and config.t_layers > 0):
+        return Adam(params.values, recipe.lr, weight_decay=recipe.weight_decay)
+    labels = optimizer_groups(params.names)
+    index = {g: [i for i, label in enumerate(labels) if label == g] for g in ("main", "transformer")}
+    t_lr = recipe.lr if config.t_lr is None else config.t_lr
+    groups = {
+        "main": Adam([params.values[i] for i in index["main"]], recipe.lr, weight_decay=recipe.weight_decay),
+        "transformer": Adam([params.values[i] for i in index["transformer"]], t_lr, weight_decay=config.t_weight_decay),
+    }
+    return GroupedAdam(groups, index, fixed={"transformer"} if config.t_lr is not None else set())
 
 
 class Trainer(TrainerBase):
@@ -139,7 +164,8 @@ class Trainer(TrainerBase):
 
     Args:
         model: the network, weights loaded.
-        recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
+        recipe: :class:`~core_spec.training.UMXTrainConfig`, :class:`~core_spec.training.DemucsTrainConfig` or
+            :class:`~core_spec.training.HTDemucsTrainConfig`.
         fft: UMX training STFT (:func:`default_stft` if ``None``).
         weights: canonical weights the model was loaded from (for the two LSTM biases, :class:`Parameters`).
         strategy: a ``tf.distribute`` strategy (``None``: the default device).
@@ -170,12 +196,14 @@ class Trainer(TrainerBase):
         self._valid = tf.function(self._valid_loss, reduce_retracing=True)
         self._grads = tf.function(self._reduced_loss_and_grads, reduce_retracing=True)
 
-    # the loss of one batch: UMX (x, y), Demucs sources
+    # the loss of one batch: UMX (x, y), Demucs and HTDemucs sources
     def loss(self, batch: Sequence[tf.Tensor], training: bool = True) -> tf.Tensor:
         if self.is_umx:
             x, y = batch
             return umx_loss(self.model, x, y, self.fft, training=training)
         (sources,) = batch
+        if isinstance(self.model, HTDemucs):
+            return htdemucs_loss(self.model, sources, self.recipe.weights, self.recipe.loss, training=training)
         return demucs_loss(self.model, sources, self.recipe.loss)
 
     def loss_and_grads(self, batch: Sequence[tf.Tensor]) -> tuple[tf.Tensor, list[tf.Tensor]]:
@@ -237,7 +265,16 @@ class Trainer(TrainerBase):
 
     # the epoch loop's calls (unmix.train_loop.run_epochs)
     def set_learning_rate(self, lr: float) -> None:
+        """The learning rate of the next steps (a variable: no retracing). HTDemucs: both groups, except the
+        transformer's when the config fixes ``t_lr``."""
         self.optimizer.set_lr(lr)
+
+    @property
+    def learning_rates(self) -> dict[str, float]:
+        """The learning rate of each optimiser group (``{"main"}``, HTDemucs ``{"main", "transformer"}``)."""
+        if isinstance(self.optimizer, GroupedAdam):
+            return {name: float(opt.lr.numpy()) for name, opt in self.optimizer.groups.items()}
+        return {"main": float(self.optimizer.lr.numpy())}
 
     def step(self, batch: Any) -> float:
         """One optimiser step on a batch: UMX ``(x, y)``, Demucs ``sources`` (one array) or ``(sources,)``; NumPy
@@ -283,9 +320,10 @@ def loss_and_grads(
     """The loss and every trainable parameter's gradient of one training step, under canonical names.
 
     Args:
-        model: :class:`~umx_tf.umx.OpenUnmix` or :class:`~umx_tf.demucs.Demucs` (any dtype), weights loaded.
-        batch: UMX ``{"x", "y"}`` or ``(x, y)`` waveforms ``(B, C, T)``; Demucs ``{"sources"}`` or ``sources``
-            ``(B, S, C, T)``.
+        model: :class:`~umx_tf.umx.OpenUnmix`, :class:`~umx_tf.demucs.Demucs` or :class:`~umx_tf.htdemucs.HTDemucs`
+            (any dtype), weights loaded.
+        batch: UMX ``{"x", "y"}`` or ``(x, y)`` waveforms ``(B, C, T)``; Demucs, HTDemucs ``{"sources"}`` or
+            ``sources`` ``(B, S, C, T)``.
         recipe: the training recipe (loss kind for Demucs, STFT centring for UMX).
         fft: UMX's training STFT (:func:`default_stft` if ``None``).
         weights: the canonical weights the model was loaded from (names both LSTM-bias halves' gradients).
@@ -348,6 +386,8 @@ def _validate(trainer: Trainer, valid_set: Any, progress: Progress = no_progress
         if trainer.is_umx:
             x, y = valid_set[index]
             loss = trainer._valid(*trainer._tensors((x[None], y[None]), split=False))
+        elif isinstance(model, HTDemucs):
+            loss = _valid_htdemucs(trainer, valid_set, index)
         else:
             sources = tf.convert_to_tensor(valid_set[index], model.compute_dtype)  # (S, C, T)
             estimates = apply_model(model, tf.reduce_sum(sources, axis=0), shifts=0, split=False, jit_compile=False)
@@ -357,7 +397,63 @@ def _validate(trainer: Trainer, valid_set: Any, progress: Progress = no_progress
     return total
 
 
+def _valid_htdemucs(trainer: Trainer, valid_set: Any, index: int) -> float:
+    """One track's HTDemucs validation loss (demucs 4's ``valid_apply``): ``apply_model`` at the model's segment,
+    ``overlap=0``, no shifts, on the track's mixture normalised like its sources, and the training loss (per-source
+    weights) against the sources ``(S, C, T)``, a batch of one."""
+    from .htdemucs_apply import apply_model
+
+    dtype = np.dtype(trainer.model.compute_dtype)
+    sources = np.asarray(valid_set[index], dtype)  # (S, C, T), normalised
+    mix = np.asarray(valid_set.mixture(index), np.float64)  # (C, T)
+    if valid_set.normalize:
+        mean, std = valid_set.track_statistics(index)
+        mix = (mix - mean) / std
+    estimates = np.asarray(apply_model(trainer.model, mix.astype(dtype), shifts=0, split=True, overlap=0.0))
+    diff = (estimates - sources)[None]  # (1, S, C, T)
+    per = np.mean(np.abs(diff) if trainer.recipe.loss == "l1" else np.square(diff), axis=(2, 3))  # (1, S)
+    weights = np.asarray(trainer.recipe.weights or (1.0,) * sources.shape[0], np.float64)
+    per = per.mean(axis=0) if trainer.recipe.loss == "l1" else per
+    return float(np.sum(per * weights) / np.sum(weights))
+
+
 # --- TensorFlow extras: the training STFT, input statistics, the dropout switch, canonical parameters, Adam, replicas -
+
+
+def htdemucs_loss(
+    model: HTDemucs, sources: tf.Tensor, weights: Sequence[float] = (), loss: str = "l1", training: bool = True
+) -> tf.Tensor:
+    """demucs 4's training loss on ``sources`` ``(B, S, C, T)``: the mixture is their sum, the estimates
+    ``(B, S, C, T)`` (``training``: the network at ``T``, upstream's train mode; else the eval forward, at the
+    model's segment).
+
+    ``l1``: ``|e - s|`` averaged over (channels, time), then over the batch, one value per source; ``mse``:
+    ``(e - s)^2`` averaged over (channels, time) only (upstream's MSE is summed over the batch); then
+    ``sum(loss * weights) / sum(weights)`` (``weights``: one per source, empty: all 1).
+    """
+    sources = tf.cast(sources, model.compute_dtype)
+    estimates = model(tf.reduce_sum(sources, axis=1), training=training)
+    axes = list(range(2, sources.shape.rank))
+    if loss == "l1":
+        per = tf.reduce_mean(tf.reduce_mean(tf.abs(estimates - sources), axis=axes), axis=0)  # (S,)
+    elif loss == "mse":
+        per = tf.reduce_mean(tf.square(estimates - sources), axis=axes)  # (B, S)
+    else:
+        raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
+    nb_sources = sources.shape[1]
+    if weights and len(weights) != nb_sources:
+        raise ValueError(f"{len(weights)} source weights for {nb_sources} sources")
+    w = tf.constant(weights if weights else (1.0,) * nb_sources, per.dtype)
+    return tf.reduce_sum(per * w) / tf.reduce_sum(w)
+
+
+_TRANSFORMER_PREFIX = "crosstransformer."  # HTDemucs: the parameters of demucs 4's second optimiser group
+
+
+def optimizer_groups(names: Sequence[str]) -> list[str]:
+    """The optimiser group of each canonical name: ``"transformer"`` for the cross-transformer's
+    (``crosstransformer.*``, demucs 4's ``make_optim_group``), ``"main"`` for the rest."""
+    return ["transformer" if n.startswith(_TRANSFORMER_PREFIX) else "main" for n in names]
 
 
 def default_stft(config: UMXConfig, recipe: UMXTrainConfig | None = None) -> STFTConfig:
@@ -415,7 +511,8 @@ class Parameters:
         self.values: list[tf.Variable] = []
         self.sources: list[keras.Variable] = []
         self._index: list[int] = []  # names[i]'s gradient is that of sources[_index[i]]
-        self._layout: list[Callable[[np.ndarray], np.ndarray]] = []
+        self._layout: list[Callable[[np.ndarray], np.ndarray]] = []  # Keras -> canonical
+        self._to_keras: list[Callable[[np.ndarray], np.ndarray]] = []  # canonical -> Keras
         self._folds: list[tuple[keras.Variable, int, int]] = []
         for entry in entries(model):
             if not entry.variable.trainable:
@@ -423,7 +520,7 @@ class Parameters:
             source = len(self.sources)
             self.sources.append(entry.variable)
             if len(entry.names) == 1:
-                self._add(entry.names[0], entry.variable.value, source, entry.to_keras)
+                self._add(entry.names[0], entry.variable.value, source, entry)
                 continue
             folded = np.asarray(entry.variable.numpy())
             ih, hh = folded, np.zeros_like(folded)
@@ -432,14 +529,15 @@ class Parameters:
             first = len(self.values)
             for name, value in zip(entry.names, (ih, hh)):
                 var = tf.Variable(value, trainable=False, name=name.replace(".", "/"))
-                self._add(name, var, source, entry.to_keras)
+                self._add(name, var, source, entry)
             self._folds.append((entry.variable, first, first + 1))
 
-    def _add(self, name: str, value: tf.Variable, source: int, layout: Callable[[np.ndarray], np.ndarray]) -> None:
+    def _add(self, name: str, value: tf.Variable, source: int, entry: Any) -> None:
         self.names.append(name)
         self.values.append(value)
         self._index.append(source)
-        self._layout.append(layout)
+        self._layout.append(entry.to_canonical)
+        self._to_keras.append(entry.to_keras)
 
     def per_name(self, grads: Sequence[tf.Tensor]) -> list[tf.Tensor]:
         """Gradients of :attr:`sources` -> one per name (a folded bias's gradient goes to both its halves)."""
@@ -461,13 +559,13 @@ class Parameters:
         for entry in entries(self.model):
             for name in entry.names:
                 value = own[name] if name in own else np.asarray(entry.variable.numpy())
-                out[name] = np.ascontiguousarray(entry.to_keras(value))
+                out[name] = np.ascontiguousarray(entry.to_canonical(value))
         return out
 
     def load(self, weights: Mapping[str, Any]) -> None:
         """Assign canonical ``weights`` to the model and to the LSTM-bias halves."""
         load_weights(self.model, weights)
-        for name, value, layout in zip(self.names, self.values, self._layout):
+        for name, value, layout in zip(self.names, self.values, self._to_keras):
             if name in weights and ("bias_ih_" in name or "bias_hh_" in name):  # the two halves of a Keras bias
                 value.assign(layout(np.asarray(weights[name], np.float64)).astype(value.dtype.as_numpy_dtype))
 
@@ -541,6 +639,54 @@ class Adam:
         for name, m, v in zip(names, self.m, self.v):
             m.assign(np.asarray(state[f"m.{name}"]).astype(m.dtype.as_numpy_dtype))
             v.assign(np.asarray(state[f"v.{name}"]).astype(v.dtype.as_numpy_dtype))
+
+
+class GroupedAdam:
+    """:class:`Adam` per parameter group (demucs 4's two groups for HTDemucs), one interface for the trainer.
+
+    Args:
+        groups: ``{group: Adam}`` over the group's parameters.
+        index: ``{group: [i, ...]}``, the positions of each group's parameters among all of them.
+        fixed: groups whose learning rate :meth:`set_lr` leaves alone (the transformer's when ``t_lr`` is set).
+    """
+
+    def __init__(self, groups: Mapping[str, Adam], index: Mapping[str, Sequence[int]], fixed: set[str] | None = None):
+        self.groups = dict(groups)
+        self.index = {k: list(v) for k, v in index.items()}
+        self.fixed = set(fixed or ())
+        self.step = self.groups["main"].step
+
+    @property
+    def lr(self) -> tf.Variable:
+        return self.groups["main"].lr
+
+    def set_lr(self, lr: float) -> None:
+        for name, opt in self.groups.items():
+            if name not in self.fixed:
+                opt.set_lr(lr)
+
+    def apply(self, grads: Sequence[tf.Tensor]) -> None:
+        for name, opt in self.groups.items():
+            opt.apply([grads[i] for i in self.index[name]])
+
+    def state(self, names: Sequence[str]) -> dict[str, np.ndarray]:
+        """:meth:`Adam.state` of every group: the moments under their names, ``step`` / ``lr`` of the main group,
+        ``<key>.<group>`` of the others."""
+        out: dict[str, np.ndarray] = {}
+        for group, opt in self.groups.items():
+            state = opt.state([names[i] for i in self.index[group]])
+            for key in ("step", "lr"):
+                value = state.pop(key)
+                out[key if group == "main" else f"{key}.{group}"] = value
+            out.update(state)
+        return out
+
+    def load_state(self, state: Mapping[str, np.ndarray], names: Sequence[str]) -> None:
+        for group, opt in self.groups.items():
+            own = dict(state)
+            if group != "main":
+                own["step"], own["lr"] = state[f"step.{group}"], state[f"lr.{group}"]
+            opt.load_state(own, [names[i] for i in self.index[group]])
 
 
 def make_strategy(devices: int, device: str = "cpu") -> tf.distribute.Strategy | None:

@@ -19,6 +19,17 @@ canonical (PyTorch)                                 Keras variable
                                                     (``Conv1DTranspose``; transpose ``(2, 1, 0)``, no flip)
 ``lstm.lstm.*``, ``lstm.linear.*`` (Demucs)         ``lstm.lstm[k]...``, ``lstm.linear.{kernel, bias}``
 ``target_models.<t>.<name>`` (separator)            ``target_models[t]`` and the rules above
+HTDemucs ``*.weight (out, in, k)`` (Conv1d)         ``*.kernel (k, in, out)`` (:class:`~umx_tf.htdemucs_layers.Conv`)
+HTDemucs ``*.weight (out, in, kh, kw)`` (Conv2d)    ``*.kernel (kh, kw, in, out)`` (axes ``(2, 3, 1, 0)``)
+HTDemucs ``*.conv_tr.weight (in, out, K[, 1])``     ``*.conv_tr.kernel (K[, 1], out, in)`` (no flip)
+HTDemucs ``*.dconv.layers.<d>.{0,1,3,4,6}``         ``dconv.layers[d].{conv, norm, conv_out, norm_out, layer_scale}``
+HTDemucs norms ``*.weight``, ``*.bias``             ``*.gamma``, ``*.beta``
+HTDemucs ``*.in_proj_weight (3d, d)`` / ``_bias``   ``*.in_proj_kernel (d, 3d)`` (transpose) / ``*.in_proj_bias``
+HTDemucs ``linear1``, ``linear2``, ``out_proj``     ``*.kernel (in, out)`` (transpose)
+HTDemucs ``channel_*sampler*.weight (out, in, 1)``  ``*.kernel (1, in, out)``
+HTDemucs ``*.gamma_1.scale``, ``*.gamma_2.scale``   ``*.gamma_1``, ``*.gamma_2`` (transformer layers' weights)
+HTDemucs ``freq_emb.embedding.weight``              ``freq_emb.embeddings``
+``models.<i>.<name>`` (a bag of HTDemucs)          ``models[i]`` and the HTDemucs rules
 ==================================================  ==============================================================
 
 Keras's gate order ``i, f, c, o`` is PyTorch's ``i, f, g, o``, so LSTM matrices are only transposed. Keras's
@@ -51,8 +62,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from core_spec.canonical import check_canonical
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json
+from core_spec.canonical import MODEL_PREFIX, check_canonical
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig, config_from_json
 from core_spec.files import native_header, paired_paths, read_native_header, refuse_overwrite, write_pair
 from core_spec.params import WeightsMismatchError, fold_lstm_bias, lstm_bias_halves
 
@@ -60,10 +71,12 @@ from ._device import device_scope, tf_device
 
 if TYPE_CHECKING:
     from .demucs import Demucs
+    from .htdemucs import HTDemucs
+    from .htdemucs_apply import BagOfModels
     from .separator import Separator
     from .umx import OpenUnmix
 
-    Model = OpenUnmix | Separator | Demucs
+    Model = OpenUnmix | Separator | Demucs | HTDemucs | BagOfModels
 
 __all__ = [
     "FORMAT",
@@ -81,12 +94,14 @@ __all__ = [
 
 FORMAT = "unmix-ports/keras-weights-h5/1"
 SUFFIX = ".weights.h5"
-Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
+Config = UMXConfig | UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
 
 
 # canonical <-> Keras layouts as axis permutations, each its own inverse
 _T = (1, 0)  # torch (out, in) <-> Keras (in, out)
 _CONV = (2, 1, 0)  # torch (out, in, k) <-> Keras (k, in, out); transposed (in, out, k) <-> (k, out, in): no flip
+_CONV2D = (2, 3, 1, 0)  # torch (out, in, kh, kw) -> Keras (kh, kw, in, out); transposed (in, out, ..) -> (.., out, in)
+_CONV2D_BACK = (3, 2, 0, 1)  # its inverse
 _SAME = None
 
 
@@ -95,17 +110,25 @@ class _Entry:
     """One Keras variable and the canonical array(s) it holds.
 
     ``names`` is one canonical name, or ``(bias_ih, bias_hh)`` for a folded LSTM bias. ``perm`` permutes the axes of
-    the canonical layout into Keras's and back (every permutation here is an involution; ``None``: the same layout).
+    the canonical layout into Keras's (``None``: the same layout); ``back`` is its inverse where it is not an
+    involution (the 4-D kernels of HTDemucs).
     """
 
     names: tuple[str, ...]
     variable: keras.Variable
     perm: tuple[int, ...] | None
+    back: tuple[int, ...] | None = None
 
     def to_keras(self, a: Any) -> np.ndarray:
-        """A canonical array in Keras's layout, or a Keras-layout array in the canonical one (NumPy, contiguous)."""
+        """A canonical array in Keras's layout (NumPy, contiguous)."""
         a = np.asarray(a)
         return a if self.perm is None else np.ascontiguousarray(a.transpose(self.perm))
+
+    def to_canonical(self, a: Any) -> np.ndarray:
+        """A Keras-layout array in the canonical layout (NumPy, contiguous)."""
+        a = np.asarray(a)
+        perm = self.back or self.perm
+        return a if perm is None else np.ascontiguousarray(a.transpose(perm))
 
     def assign(self, a: np.ndarray) -> None:
         """Assign a canonical array (in the variable's dtype) to the variable, permuted by TensorFlow (its
@@ -157,6 +180,81 @@ def _demucs_entries(model: Demucs) -> Iterator[_Entry]:
         yield _Entry(("lstm.linear.bias",), model.lstm.linear.bias, _SAME)
 
 
+def _kernel_entries(prefix: str, layer: Any) -> Iterator[_Entry]:
+    """A convolution (``Conv`` / ``ConvTranspose`` / ``Conv1x1``, 1-D or 2-D) of HTDemucs: ``weight``, ``bias``."""
+    if len(layer.kernel.shape) == 4:
+        yield _Entry((f"{prefix}.weight",), layer.kernel, _CONV2D, _CONV2D_BACK)
+    else:
+        yield _Entry((f"{prefix}.weight",), layer.kernel, _CONV)
+    yield _Entry((f"{prefix}.bias",), layer.bias, _SAME)
+
+
+def _norm_entries(prefix: str, layer: Any) -> Iterator[_Entry]:
+    yield _Entry((f"{prefix}.weight",), layer.gamma, _SAME)
+    yield _Entry((f"{prefix}.bias",), layer.beta, _SAME)
+
+
+def _dense_entries(prefix: str, layer: keras.layers.Dense) -> Iterator[_Entry]:
+    yield _Entry((f"{prefix}.weight",), layer.kernel, _T)
+    yield _Entry((f"{prefix}.bias",), layer.bias, _SAME)
+
+
+def _hlayer_entries(prefix: str, layer: Any) -> Iterator[_Entry]:
+    """An ``HEncLayer`` / ``HDecLayer``: its convolutions, norms and DConv (upstream's slots 0, 1, 3, 4, 6)."""
+    for name in ("conv", "conv_tr", "rewrite"):
+        sub = getattr(layer, name, None)
+        if sub is not None:
+            yield from _kernel_entries(f"{prefix}.{name}", sub)
+    for name in ("norm1", "norm2"):
+        if getattr(layer, name) is not None:
+            yield from _norm_entries(f"{prefix}.{name}", getattr(layer, name))
+    if layer.dconv is not None:
+        for d, block in enumerate(layer.dconv.layers):
+            p = f"{prefix}.dconv.layers.{d}"
+            yield from _kernel_entries(f"{p}.0", block.conv)
+            yield from _norm_entries(f"{p}.1", block.norm)
+            yield from _kernel_entries(f"{p}.3", block.conv_out)
+            yield from _norm_entries(f"{p}.4", block.norm_out)
+            yield _Entry((f"{p}.6.scale",), block.layer_scale.scale, _SAME)
+
+
+def _attention_entries(prefix: str, attn: Any) -> Iterator[_Entry]:
+    yield _Entry((f"{prefix}.in_proj_weight",), attn.in_proj_kernel, _T)
+    yield _Entry((f"{prefix}.in_proj_bias",), attn.in_proj_bias, _SAME)
+    yield from _dense_entries(f"{prefix}.out_proj", attn.out_proj)
+
+
+def _transformer_layer_entries(prefix: str, layer: Any) -> Iterator[_Entry]:
+    for name in ("self_attn", "cross_attn"):
+        if hasattr(layer, name):
+            yield from _attention_entries(f"{prefix}.{name}", getattr(layer, name))
+    yield from _dense_entries(f"{prefix}.linear1", layer.linear1)
+    yield from _dense_entries(f"{prefix}.linear2", layer.linear2)
+    for name in ("norm1", "norm2", "norm3", "norm_out"):
+        if hasattr(layer, name):
+            yield from _norm_entries(f"{prefix}.{name}", getattr(layer, name))
+    yield _Entry((f"{prefix}.gamma_1.scale",), layer.gamma_1, _SAME)
+    yield _Entry((f"{prefix}.gamma_2.scale",), layer.gamma_2, _SAME)
+
+
+def _htdemucs_entries(model: HTDemucs, prefix: str = "") -> Iterator[_Entry]:
+    for group in ("encoder", "decoder", "tencoder", "tdecoder"):
+        for index, layer in enumerate(getattr(model, group)):
+            yield from _hlayer_entries(f"{prefix}{group}.{index}", layer)
+    if model.freq_emb is not None:
+        yield _Entry((f"{prefix}freq_emb.embedding.weight",), model.freq_emb.embeddings, _SAME)
+    for name in ("channel_upsampler", "channel_downsampler", "channel_upsampler_t", "channel_downsampler_t"):
+        if getattr(model, name) is not None:
+            yield from _kernel_entries(f"{prefix}{name}", getattr(model, name))
+    ct = model.crosstransformer
+    if ct is not None:
+        yield from _norm_entries(f"{prefix}crosstransformer.norm_in", ct.norm_in)
+        yield from _norm_entries(f"{prefix}crosstransformer.norm_in_t", ct.norm_in_t)
+        for branch in ("layers", "layers_t"):
+            for index, layer in enumerate(getattr(ct, branch)):
+                yield from _transformer_layer_entries(f"{prefix}crosstransformer.{branch}.{index}", layer)
+
+
 def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
     """Assign canonical arrays (e.g. :func:`core_spec.seeded.random_weights`) to ``model``'s variables, in its
     dtype. For a separator, pass ``target_models.<target>.<name>`` keys or ``{target: weights}``.
@@ -179,7 +277,7 @@ def to_canonical(model: Model) -> dict[str, np.ndarray]:
     ``bias_ih``, with ``bias_hh = 0``)."""
     out: dict[str, np.ndarray] = {}
     for entry in entries(model):
-        value = entry.to_keras(np.asarray(entry.variable.numpy())).astype(np.float32)
+        value = entry.to_canonical(np.asarray(entry.variable.numpy())).astype(np.float32)
         out[entry.names[0]] = np.ascontiguousarray(value)
         if len(entry.names) == 2:
             out[entry.names[1]] = np.zeros_like(value)
@@ -225,7 +323,13 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Con
     return write_pair(h5_path, json_path, write, header, force=force, suffix=SUFFIX)  # Keras checks the suffix
 
 
-_KERAS_CLASSES = {UMXConfig: "OpenUnmix", UMXSeparatorConfig: "Separator", DemucsConfig: "Demucs"}
+_KERAS_CLASSES = {
+    UMXConfig: "OpenUnmix",
+    UMXSeparatorConfig: "Separator",
+    DemucsConfig: "Demucs",
+    HTDemucsConfig: "HTDemucs",
+    BagConfig: "BagOfModels",
+}
 
 
 def _keras_model(config: Config, weights: Mapping[str, Any] | None = None) -> Model:
@@ -283,7 +387,14 @@ def entries(model: Model) -> list[_Entry]:
         return list(_umx_entries(model))
     if isinstance(config, DemucsConfig):
         return list(_demucs_entries(model))
-    raise TypeError(f"expected an OpenUnmix, Separator or Demucs, got {type(model).__name__}")
+    if isinstance(config, HTDemucsConfig):
+        return list(_htdemucs_entries(model))
+    if isinstance(config, BagConfig):
+        out = []
+        for index, sub in enumerate(model.models):
+            out += list(_htdemucs_entries(sub, f"{MODEL_PREFIX}{index}."))
+        return out
+    raise TypeError(f"expected an OpenUnmix, Separator, Demucs, HTDemucs or bag, got {type(model).__name__}")
 
 
 def native_config(path: str | os.PathLike) -> tuple[Path, Config]:
