@@ -90,10 +90,38 @@ class MultiheadAttention(nnx.Module):
             return jnp.transpose(y.reshape(y.shape[0], y.shape[1], self.num_heads, hd), (0, 2, 1, 3))
 
         q, k, v = heads(query, 0), heads(key, 1), heads(value, 2)
-        scores = (q @ jnp.swapaxes(k, -1, -2)) / jnp.sqrt(jnp.asarray(hd, q.dtype))  # (B, H, Tq, Tk)
-        out = jax.nn.softmax(scores, axis=-1) @ v  # (B, H, Tq, hd)
+        out = _attend(q, k, v)  # (B, H, Tq, hd)
         out = jnp.transpose(out, (0, 2, 1, 3)).reshape(query.shape)
         return self.out_proj(out)
+
+
+_SCORES_PER_BLOCK = 1 << 22  # 16 MiB of float32 scores: a block of query rows that stays in the cache
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+    """``softmax(q k^T / sqrt(hd)) v`` per head: ``q (B, H, Tq, hd)``, ``k`` / ``v (B, H, Tk, hd)`` ->
+    ``(B, H, Tq, hd)``.
+
+    The softmax runs along each query's row, so the rows can go in blocks: ``jax.lax.map`` over blocks of at most
+    ``_SCORES_PER_BLOCK`` scores (``B H rows Tk``), one after the other, instead of the whole ``B x H x Tq x Tk``
+    matrix at once (8 x 2688 x 2688 floats are 231 MB in float32, and XLA keeps the exponentials beside them). Every
+    row is computed exactly as without blocks; the rows of the last block past ``Tq`` are zeros, dropped.
+    """
+    b, h, tq, hd = q.shape
+    kt = jnp.swapaxes(k, -1, -2)
+    scale = jnp.sqrt(jnp.asarray(hd, q.dtype))
+
+    def rows(qb: jax.Array) -> jax.Array:  # (B, H, r, hd) -> (B, H, r, hd)
+        return jax.nn.softmax((qb @ kt) / scale, axis=-1) @ v
+
+    nb = -(-b * h * tq * k.shape[2] // _SCORES_PER_BLOCK)
+    if nb <= 1:
+        return rows(q)
+    size = -(-tq // nb)
+    q = jnp.pad(q, ((0, 0), (0, 0), (0, nb * size - tq), (0, 0)))
+    blocks = jnp.moveaxis(q.reshape(b, h, nb, size, hd), 2, 0)  # (nb, B, H, size, hd)
+    out = jax.lax.map(rows, blocks)
+    return jnp.moveaxis(out, 0, 2).reshape(b, h, nb * size, hd)[:, :, :tq]
 
 
 class _Layer(nnx.Module):
