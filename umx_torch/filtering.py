@@ -192,7 +192,8 @@ def initial_estimate(
             y = torch.cat([y, (mix - y.sum(dim=-4)).unsqueeze(-4)], dim=-4)
         return y, mix
     # inference: write every estimate once into its place
-    lead = torch.broadcast_shapes(v.shape[:-4], mix.shape[:-3])
+    # NumPy's broadcast_shapes, not torch's: the first call of torch's imports sympy and torch.fx (0.5 s or more)
+    lead = np.broadcast_shapes(tuple(v.shape[:-4]), tuple(mix.shape[:-3]))
     y = torch.empty(lead + (nb_targets + int(residual),) + mix.shape[-3:], dtype=mix.dtype, device=mix.device)
     targets = y.narrow(-4, 0, nb_targets)
     if angle is None:
