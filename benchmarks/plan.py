@@ -19,7 +19,7 @@ and for NNabla (single-threaded kernels) the Demucs 60 s and UMX 300 s points as
 60 s, 20 minutes at 300 s).
 
 HTDemucs (demucs v4; ``--points htdemucs`` selects them): upstream is demucs 4.1.0, run in its own worker process
-(:data:`benchmarks.impls.UPSTREAM4`), and the ports are torch and JAX (TF and NNabla have no HTDemucs yet). Seeded
+(:data:`benchmarks.impls.UPSTREAM4`), and the ports are those of :data:`HTDEMUCS_IMPLS`. Seeded
 weights at the released ``htdemucs`` shapes (:func:`core_spec.configs.htdemucs_preset`: 42 M parameters a model):
 
 - ``htdemucs_7.8s`` / ``htdemucs_60s``: v4 ``apply_model(shifts=0, split=True, overlap=0.25)`` on the normalised
@@ -53,7 +53,7 @@ __all__ = ["FULL", "HTDEMUCS_IMPLS", "QUICK", "QUICK_HTDEMUCS", "Plan", "Point",
 
 RATE = 44100
 
-HTDEMUCS_IMPLS = ("upstream", "torch", "jax")
+HTDEMUCS_IMPLS = ("upstream", "torch", "tf", "jax")
 """The implementations with HTDemucs (upstream: demucs 4.1.0)."""
 
 

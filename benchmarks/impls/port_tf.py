@@ -1,10 +1,10 @@
 """The TensorFlow port as the benchmark calls it, through its public API: ``umx_tf.from_canonical``,
-``Separator.separate`` (one ``tf.function``), ``apply_model``; training: ``umx_tf.train.Trainer.step`` (the timed
-call).
+``Separator.separate`` (one ``tf.function``), ``apply_model`` (HTDemucs: ``umx_tf.htdemucs_apply.apply_model``,
+shifts 0, overlap 0.25); training: ``umx_tf.train.Trainer.step`` (the timed call).
 
-Options: ``jit_compile`` for inference (``None``: the port's default, XLA on a CPU; ``False``: the plain
-``tf.function`` graph, implementation ``tf_graph``); ``train_jit_compile`` (default ``False``, the trainer's
-default; ``True``: implementation ``tf_xla``).
+Options: ``jit_compile`` for inference (``None``: the port's default: XLA on a CPU for UMX and Demucs v2, the
+plain graph for HTDemucs, where XLA measured slower; ``False``: the plain ``tf.function`` graph, implementation
+``tf_graph``); ``train_jit_compile`` (default ``False``, the trainer's default; ``True``: implementation ``tf_xla``).
 """
 
 from __future__ import annotations
@@ -42,12 +42,16 @@ def separator(cfg: Any, weights: Any, audio: np.ndarray, options: Mapping[str, A
 def apply(cfg: Any, weights: Any, mix: np.ndarray, options: Mapping[str, Any]) -> Callable[[], np.ndarray]:
     import tensorflow as tf
 
+    from core_spec.configs import DemucsConfig
     from umx_tf import apply_model, from_canonical
+    from umx_tf.htdemucs_apply import apply_model as apply_v4
 
     model = from_canonical(cfg, weights)
     x = tf.constant(mix)
     jit = options.get("jit_compile")
-    return lambda: apply_model(model, x, shifts=0, split=True, jit_compile=jit).numpy()
+    if isinstance(cfg, DemucsConfig):
+        return lambda: apply_model(model, x, shifts=0, split=True, jit_compile=jit).numpy()
+    return lambda: apply_v4(model, x, shifts=0, split=True, overlap=0.25, jit_compile=jit).numpy()
 
 
 def train(
