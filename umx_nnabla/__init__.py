@@ -1,4 +1,4 @@
-"""NNabla port of Open-Unmix and Demucs v2, from the framework-neutral spec in ``core_spec``.
+"""NNabla port of Open-Unmix, Demucs v2 and HTDemucs (demucs 4), from the framework-neutral spec in ``core_spec``.
 
 It lives in its own environment (``.venv-nnabla``: NNabla 1.39 has wheels for Python <= 3.10 only, with NumPy
 ~1.26) and never imports torch, TensorFlow or JAX.
@@ -12,7 +12,10 @@ the ``lstm`` parametric function and its unrolled graph, ``glu``; the rest is NN
 ``wiener_graph`` graph), :mod:`~umx_nnabla.weights` (canonical weights <-> NNabla parameters, ``.h5`` files),
 :mod:`~umx_nnabla.umx` (``OpenUnmix``), :mod:`~umx_nnabla.demucs` (``Demucs``), :mod:`~umx_nnabla.separator`
 (``Separator``, ``filter_chunks``, ``filter_and_invert``), :mod:`~umx_nnabla.apply` (``apply_model``,
-``separate_track``), :mod:`~umx_nnabla.build` (``from_canonical``, ``from_canonical_file``, ``load_module``),
+``separate_track``), the HTDemucs modules (:mod:`~umx_nnabla.htdemucs_spec`, :mod:`~umx_nnabla.htdemucs_embed`,
+:mod:`~umx_nnabla.htdemucs_layers`, :mod:`~umx_nnabla.htdemucs_transformer`, :mod:`~umx_nnabla.htdemucs`
+(``HTDemucs``), :mod:`~umx_nnabla.htdemucs_apply` (``BagOfModels`` and demucs 4's ``apply_model``,
+``separate_track``)), :mod:`~umx_nnabla.build` (``from_canonical``, ``from_canonical_file``, ``load_module``),
 :mod:`~umx_nnabla.train` (the ``Trainer`` that ``unmix-train --framework nnabla`` steps).
 
 Models build ``nn.Variable`` graphs with parametric functions under their own parameter scope (an ``OrderedDict``
@@ -33,6 +36,8 @@ from .filtering import (
     wiener_graph,
     wiener_planar,
 )
+from .htdemucs import HTDemucs
+from .htdemucs_apply import BagOfModels
 from .layers import lstm
 from .resample import resample_frac
 from .separator import Separator, filter_and_invert, filter_chunks
@@ -42,8 +47,10 @@ from .weights import FORMAT, WeightsMismatchError, load_native, load_weights, na
 
 __all__ = [
     "DTYPES",
+    "BagOfModels",
     "FORMAT",
     "Demucs",
+    "HTDemucs",
     "OpenUnmix",
     "Separator",
     "WeightsMismatchError",

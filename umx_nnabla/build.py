@@ -11,16 +11,18 @@ from collections.abc import Mapping
 from typing import Any
 
 from core_spec.canonical import load_canonical
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
 
 from .demucs import Demucs
+from .htdemucs import HTDemucs
+from .htdemucs_apply import BagOfModels
 from .separator import Separator
 from .umx import OpenUnmix
 from .weights import Config, check_device_dtype, load_native, load_weights
 
 __all__ = ["from_canonical", "from_canonical_file", "load_module"]
 
-Model = OpenUnmix | Demucs | Separator
+Model = OpenUnmix | Demucs | Separator | HTDemucs | BagOfModels
 
 
 def from_canonical(
@@ -31,8 +33,9 @@ def from_canonical(
     dtype: Any = "float32",
     **kwargs: Any,
 ) -> Model:
-    """Build the model of ``config`` (:class:`OpenUnmix`, :class:`Demucs` or :class:`Separator`) and load
-    ``weights`` into it. ``kwargs`` go to the constructor (``lstm_impl``; separator overrides such as ``niter``).
+    """Build the model of ``config`` (:class:`OpenUnmix`, :class:`Demucs`, :class:`Separator`, :class:`HTDemucs`
+    or, for a :class:`~core_spec.configs.BagConfig`, :class:`BagOfModels`) and load ``weights`` into it.
+    ``kwargs`` go to the constructor (``lstm_impl``; separator overrides such as ``niter``).
 
     ``device``: ``"cpu"`` or ``"gpu"``; NNabla keeps parameters as arrays and runs a graph in the context current
     when it is called, so run the model inside :func:`umx_nnabla.on_device` of the same device. ``dtype``:
@@ -44,6 +47,10 @@ def from_canonical(
         model: Model = OpenUnmix.from_config(config, **kwargs)
     elif isinstance(config, DemucsConfig):
         model = Demucs.from_config(config, **kwargs)
+    elif isinstance(config, HTDemucsConfig):
+        model = HTDemucs.from_config(config, **kwargs)
+    elif isinstance(config, BagConfig):
+        model = BagOfModels.from_config(config, **kwargs)
     else:
         raise TypeError(f"no NNabla model for {type(config).__name__}")
     if weights is not None:

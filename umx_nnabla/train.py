@@ -1,15 +1,20 @@
-"""Training of Open-Unmix and Demucs v2 in NNabla, with the upstream recipes of :mod:`core_spec.training`.
+"""Training of Open-Unmix, Demucs v2 and HTDemucs (demucs 4) in NNabla, with the upstream recipes of
+:mod:`core_spec.training`.
 
 The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]``), then NNabla's own:
 
 - :func:`spectrogram` and the losses as graphs: :class:`UMXStep` (MSE between the network's output and the
   target's magnitude; both magnitudes come from the ``center=False`` STFT of upstream's ``scripts/train.py``,
   computed with the port's NumPy FFT: no gradient flows into the STFT) and :class:`DemucsStep` (L1, or MSE, between
-  the estimates and the centre-trimmed sources, ``demucs/train.py``). Each builds one ``nn.Variable`` graph per
+  the estimates and the centre-trimmed sources, ``demucs/train.py``) and :class:`HTDemucsStep` (demucs 4's loss,
+  :func:`htdemucs_loss`: L1 per source averaged over channels, time and batch, weighted; the network in training
+  mode at the batch's length, its frequency branch inverted in the graph). Each builds one ``nn.Variable`` graph per
   batch shape, the model in training mode (:meth:`umx_nnabla.umx.OpenUnmix.__call__` ``train=True``: BatchNorm on
   batch statistics with torch's running-statistics update, LSTM dropout, the two upstream LSTM biases as
   parameters), and runs ``loss.forward()`` / ``loss.backward()``;
-- :func:`make_optimizer` (:class:`TorchAdam`, below) and :class:`Trainer`, the port's
+- :func:`make_optimizer` (:class:`TorchAdam`, below; for HTDemucs demucs 4's two groups, :func:`optimizer_groups`:
+  the cross-transformer with its ``t_weight_decay`` / ``t_lr``, the rest with the recipe's) and :class:`Trainer`, the
+  port's
   :class:`core_spec.epochs.EpochTrainer` (step, learning rate, per-epoch dropout seed, validation, files);
 - :func:`loss_and_grads`: one forward and backward pass, the gradients under their canonical (upstream state-dict)
   names; the gradient-parity tests call it;
@@ -66,6 +71,7 @@ from core_spec.params import fold_lstm_bias
 from core_spec.reference.train import ADAM_BETAS, ADAM_EPS
 from core_spec.training import (
     DemucsTrainConfig,
+    HTDemucsTrainConfig,
     UMXTrainConfig,
     initial_weights,
     input_scaler_weights,
@@ -75,6 +81,7 @@ from core_spec.training import (
 
 from ._context import device_context
 from .demucs import Demucs
+from .htdemucs import HTDemucs, network_inputs, training_graph
 from .transforms import stft
 from .umx import OpenUnmix
 from .weights import canonical_from_parameters, save_native, to_canonical
@@ -84,6 +91,8 @@ __all__ = [
     "Communicator",
     "DataParallelUnavailable",
     "DemucsStep",
+    "GroupedTorchAdam",
+    "HTDemucsStep",
     "Recipe",
     "TorchAdam",
     "Trainer",
@@ -91,12 +100,14 @@ __all__ = [
     "batch_shape",
     "canonical_grads",
     "data_parallel_loss_and_grads",
+    "htdemucs_loss",
     "initial_weights",
     "is_trainable",
     "load_checkpoint",
     "loss_and_grads",
     "make_optimizer",
     "make_step",
+    "optimizer_groups",
     "save_checkpoint",
     "set_statistics",
     "spectrogram",
@@ -106,8 +117,8 @@ __all__ = [
 ]
 
 
-Recipe = UMXTrainConfig | DemucsTrainConfig
-Model = OpenUnmix | Demucs
+Recipe = UMXTrainConfig | DemucsTrainConfig | HTDemucsTrainConfig
+Model = OpenUnmix | Demucs | HTDemucs
 FRAMEWORK = "nnabla"
 
 
@@ -132,6 +143,26 @@ def _unpack(batch: Any, recipe: Recipe) -> tuple[np.ndarray, ...]:
         return np.asarray(x, np.float32), np.asarray(y, np.float32)
     sources = batch["sources"] if isinstance(batch, Mapping) else batch
     return (np.asarray(sources, np.float32),)
+
+
+def htdemucs_loss(estimates: nn.Variable, sources: nn.Variable, weights: Any = None, loss: str = "l1") -> nn.Variable:
+    """demucs 4's training loss as a graph on ``estimates`` and ``sources`` ``(B, S, C, T)``
+    (:func:`core_spec.reference.train.htdemucs_loss`): ``l1``: ``|e - s|`` averaged over (channels, time), then over
+    the batch, one value per source; ``mse``: ``(e - s)^2`` averaged over (channels, time) only (upstream's MSE is
+    summed over the batch); then ``sum(loss * w) / sum(w)`` with the per-source ``weights`` (empty: all 1)."""
+    nb_sources = sources.shape[1]
+    w = np.ones(nb_sources) if weights is None or len(weights) == 0 else np.asarray(weights, np.float64)
+    if w.shape != (nb_sources,):
+        raise ValueError(f"{len(w)} source weights for {nb_sources} sources")
+    if loss == "l1":
+        per = F.mean(F.absolute_error(estimates, sources), axis=(0, 2, 3))  # (S,)
+        w_var = (w / w.sum()).astype(np.float32)
+    elif loss == "mse":
+        per = F.mean(F.squared_error(estimates, sources), axis=(2, 3))  # (B, S)
+        w_var = np.broadcast_to(w / w.sum(), per.shape).astype(np.float32)
+    else:
+        raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
+    return F.sum(per * nn.Variable.from_numpy_array(np.ascontiguousarray(w_var)))
 
 
 class UMXStep:
@@ -207,9 +238,62 @@ class DemucsStep:
         return float(loss.d)
 
 
+class HTDemucsStep:
+    """The training graph of HTDemucs: :func:`htdemucs_loss` of the network in training mode
+    (:func:`umx_nnabla.htdemucs.training_graph`: at the batch's length, no padding) on the mixture
+    ``sum(sources)``, built once per batch shape. The spectrogram and the input statistics are NumPy (no gradient
+    flows into the input)."""
+
+    def __init__(self, model: HTDemucs, recipe: HTDemucsTrainConfig):
+        self.model, self.weights, self.loss = model, tuple(recipe.weights), recipe.loss
+        self._graphs: dict[tuple[int, ...], tuple[dict[str, nn.Variable], nn.Variable, nn.Variable]] = {}
+
+    def graph(self, shape: tuple[int, ...]) -> tuple[dict[str, nn.Variable], nn.Variable, nn.Variable]:
+        """``(inputs, target, loss)`` for sources of ``shape`` ``(B, S, C, T)``."""
+        shape = tuple(int(n) for n in shape)
+        if shape not in self._graphs:
+            batch, _, _, length = shape
+            inputs, estimates = training_graph(self.model, batch, length)
+            target = nn.Variable(estimates.shape)
+            loss = htdemucs_loss(estimates, target, self.weights, self.loss)
+            loss.persistent = True
+            self._graphs[shape] = (inputs, target, loss)
+        return self._graphs[shape]
+
+    def __call__(self, batch: Any, recipe: HTDemucsTrainConfig) -> float:
+        (sources,) = _unpack(batch, recipe)
+        inputs, target, loss = self.graph(sources.shape)
+        arrays = network_inputs(self.model, sources.sum(axis=1))
+        for name, var in inputs.items():
+            var.d = arrays[name]
+        target.d = sources
+        loss.forward(clear_no_need_grad=True)
+        loss.backward(clear_buffer=True)
+        return float(loss.d)
+
+
+_TRANSFORMER_PREFIX = "crosstransformer/"
+
+
+def optimizer_groups(params: Mapping[str, Any]) -> dict[str, str]:
+    """The optimiser group of each trainable NNabla name: ``"transformer"`` for the cross-transformer's
+    (``crosstransformer/...``, demucs 4's ``make_optim_group``), ``"main"`` for the rest."""
+    return {k: "transformer" if k.startswith(_TRANSFORMER_PREFIX) else "main" for k in params}
+
+
 def make_optimizer(model: Model, recipe: Recipe) -> TorchAdam:
-    """Upstream's optimiser for the model's :func:`trainable_parameters`: ``Adam(lr, weight_decay)`` as torch."""
-    return TorchAdam(trainable_parameters(model), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    """Upstream's optimiser for the model's :func:`trainable_parameters`: ``Adam(lr, weight_decay)`` as torch.
+
+    HTDemucs: demucs 4's ``get_optimizer``: one group of every parameter outside the cross-transformer (the recipe's
+    ``lr`` and ``weight_decay``), one of the cross-transformer's (``weight_decay = t_weight_decay``, ``lr = t_lr``
+    when set): a :class:`GroupedTorchAdam`."""
+    params = trainable_parameters(model)
+    if isinstance(model, HTDemucs):
+        c = model.config
+        groups = optimizer_groups(params)
+        hyper = {"main": (None, recipe.weight_decay), "transformer": (c.t_lr, c.t_weight_decay)}
+        return GroupedTorchAdam(params, groups, hyper, lr=recipe.lr)
+    return TorchAdam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
 
 
 class Trainer(TrainerBase):
@@ -319,7 +403,7 @@ def batch_shape(step: UMXStep | DemucsStep, batch: Any, recipe: Recipe) -> tuple
     sources' ``(B, S, C, T)`` (Demucs). Building that graph first creates the LSTMs' ``bias_ih`` / ``bias_hh``, which
     :func:`trainable_parameters` then finds."""
     arrays = _unpack(batch, recipe)
-    if isinstance(step, DemucsStep):
+    if isinstance(step, DemucsStep | HTDemucsStep):
         return arrays[0].shape
     c = step.stft_config
     b, channels, length = arrays[0].shape
@@ -401,6 +485,8 @@ def _validate(
             Y = spectrogram(np.asarray(y)[None], stft_config, mono)
             error = model.infer(X).astype(np.float64) - Y
             loss = float(np.mean(error * error))
+        elif isinstance(recipe, HTDemucsTrainConfig):
+            loss = _valid_htdemucs(model, valid_set, index, recipe)
         else:
             sources = np.asarray(valid_set[index], np.float32)  # (S, C, T)
             estimates = apply_model(model, sources.sum(axis=0), shifts=0, split=False).astype(np.float64)
@@ -408,6 +494,23 @@ def _validate(
             loss = float(np.mean(np.abs(error)) if recipe.loss == "l1" else np.mean(error * error))
         total += loss / count
     return total
+
+
+def _valid_htdemucs(model: HTDemucs, valid_set: Any, index: int, recipe: HTDemucsTrainConfig) -> float:
+    """demucs 4's validation of one track (``valid_apply``): ``apply_model`` at the model's segment, ``overlap=0``,
+    no shifts, on the track's mixture normalised like its sources, and the training loss (per-source weights)
+    against the sources (:func:`core_spec.reference.train.htdemucs_loss`)."""
+    from core_spec.reference.train import htdemucs_loss as reference_loss
+
+    from .htdemucs_apply import apply_model as apply_htdemucs
+
+    sources = np.asarray(valid_set[index], np.float32)  # (S, C, T), normalised
+    mix = np.asarray(valid_set.mixture(index), np.float32) if hasattr(valid_set, "mixture") else sources.sum(axis=0)
+    if getattr(valid_set, "normalize", False):
+        mean, std = valid_set.track_statistics(index)
+        mix = (mix - np.float32(mean)) / np.float32(std)
+    estimates = apply_htdemucs(model, mix, shifts=0, split=True, overlap=0.0)
+    return reference_loss(estimates[None], sources[None], recipe.weights, recipe.loss)
 
 
 # --- NNabla extras: the trained parameters and the LSTM's two biases --------------------------------------------------
@@ -563,10 +666,69 @@ class TorchAdam:
         self.t = ts.pop()
 
 
+class GroupedTorchAdam(TorchAdam):
+    """``torch.optim.Adam`` with parameter groups (demucs 4's two): each parameter steps with its group's learning
+    rate and coupled weight decay; the moments live in one ``S.Adam`` (one solver-state file), as
+    :class:`TorchAdam`.
+
+    Args:
+        params: ``{name: nn.Variable}``.
+        groups: ``{name: group}`` for every parameter.
+        hyper: ``{group: (lr, weight_decay)}``; an ``lr`` of ``None`` follows the optimiser's ``lr`` (and
+            :meth:`set_learning_rate`), a number stays (upstream's ``t_lr``).
+        lr: the learning rate of the groups without their own.
+    """
+
+    def __init__(
+        self,
+        params: Mapping[str, nn.Variable],
+        groups: Mapping[str, str],
+        hyper: Mapping[str, tuple[float | None, float]],
+        lr: float = 1e-3,
+        betas: tuple[float, float] = ADAM_BETAS,
+        eps: float = ADAM_EPS,
+    ):
+        super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=0.0)
+        missing = sorted(set(self.params) - set(groups))
+        if missing:
+            raise ValueError(f"GroupedTorchAdam: no group for {missing}")
+        self.groups = {k: groups[k] for k in self.params}
+        self.hyper = {g: (None if h[0] is None else float(h[0]), float(h[1])) for g, h in hyper.items()}
+
+    @property
+    def learning_rates(self) -> dict[str, float]:
+        """The learning rate of each group."""
+        return {g: self.lr if lr is None else lr for g, (lr, _) in self.hyper.items()}
+
+    def step(self) -> None:
+        """One update; each group's coupled decay ``g += wd w`` (float32, as ``solver.weight_decay``) first."""
+        self.t += 1
+        beta1, beta2 = self.betas
+        bias_correction2_sqrt = math.sqrt(1.0 - beta2**self.t)
+        states = self.solver.get_states()
+        rates = self.learning_rates
+        for name, param in self.params.items():
+            group = self.groups[name]
+            decay = self.hyper[group][1]
+            step_size = rates[group] / (1.0 - beta1**self.t)
+            state = states[name].pstate
+            m, v = state["mean"].data.cast(np.float32), state["var"].data.cast(np.float32)
+            g, w = param.g, param.d
+            if decay:
+                g += np.float32(decay) * w
+            m += (1.0 - beta1) * (g - m)
+            v *= beta2
+            v += (1.0 - beta2) * (g * g)
+            denom = np.sqrt(v) / bias_correction2_sqrt + self.eps
+            w -= step_size * (m / denom)
+
+
 def make_step(model: Model, recipe: Recipe, stft_config: STFTConfig | None = None, lstm_dropout: float | None = None):
-    """The loss graph of ``recipe`` for ``model`` (:class:`UMXStep` or :class:`DemucsStep`)."""
+    """The loss graph of ``recipe`` for ``model`` (:class:`UMXStep`, :class:`DemucsStep` or :class:`HTDemucsStep`)."""
     if isinstance(recipe, UMXTrainConfig):
         return UMXStep(model, stft_config or train_stft(model.config, recipe.stft_center), lstm_dropout)
+    if isinstance(recipe, HTDemucsTrainConfig):
+        return HTDemucsStep(model, recipe)
     return DemucsStep(model, recipe.loss)
 
 

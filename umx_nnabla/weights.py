@@ -24,6 +24,11 @@ canonical (PyTorch)                                 NNabla parameter
 ``lstm.lstm.*`` (Demucs)                            ``lstm/lstm/lstm/*`` as above
 ``lstm.linear.{weight (C, 2C), bias}``              ``lstm/linear/affine/{W (2C, C), b}``
 ``target_models.<t>.<name>`` (UMX separator)        ``<t>/<NNabla name>``
+HTDemucs: every ``<path>.<leaf>``                    ``<path with / for .>/<leaf>``, upstream's layout unchanged
+                                                    (:mod:`umx_nnabla.htdemucs`: ``F.convolution`` /
+                                                    ``F.deconvolution`` take PyTorch's kernel layouts, ``F.affine``
+                                                    reads a Linear's weight transposed in the graph)
+``models.<i>.<name>`` (HTDemucs bag)                 ``models/<i>/<name as above>``
 ==================================================  ==============================================================
 
 Going back (:func:`canonical_from_parameters`), a folded LSTM bias is split into the kept upstream pair when they
@@ -52,25 +57,34 @@ import nnabla as nn
 import numpy as np
 
 from core_spec.canonical import join_targets, per_target
-from core_spec.configs import DemucsConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig, UMXSeparatorConfig
 from core_spec.devices import device_name, dtype_name
 from core_spec.files import native_header, paired_paths, read_native_header, refuse_overwrite, write_pair
-from core_spec.params import WeightsMismatchError, check_weights, fold_lstm_bias, lstm_bias_halves
+from core_spec.params import (
+    WeightsMismatchError,
+    check_weights,
+    fold_lstm_bias,
+    lstm_bias_halves,
+    parameter_inventory,
+)
 
 from ._context import device_context
 
 if TYPE_CHECKING:  # the models are only annotations here: this module imports no model (no import cycle)
     from .demucs import Demucs
+    from .htdemucs import HTDemucs
+    from .htdemucs_apply import BagOfModels
     from .separator import Separator
     from .umx import OpenUnmix
 
-    Model = OpenUnmix | Demucs | Separator
+    Model = OpenUnmix | Demucs | Separator | HTDemucs | BagOfModels
 
 __all__ = [
     "FORMAT",
     "WeightsMismatchError",
     "canonical_from_parameters",
     "check_device_dtype",
+    "htdemucs_parameter_name",
     "load_native",
     "load_weights",
     "native_paths",
@@ -81,7 +95,7 @@ __all__ = [
 
 
 FORMAT = "unmix-ports/nnabla-h5/1"
-Config = UMXConfig | UMXSeparatorConfig | DemucsConfig
+Config = UMXConfig | UMXSeparatorConfig | DemucsConfig | HTDemucsConfig | BagConfig
 
 
 # need_grad of each NNabla parameter: everything upstream trains, but not the BatchNorm statistics and the kept
@@ -108,8 +122,9 @@ def _set_parameters(root: OrderedDict, params: Mapping[str, np.ndarray]) -> None
 
 
 def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
-    """Load canonical weights into ``model`` (an :class:`~umx_nnabla.umx.OpenUnmix`, :class:`~umx_nnabla.demucs.Demucs`
-    or :class:`~umx_nnabla.separator.Separator`, told apart by the type of ``model.config``), replacing its
+    """Load canonical weights into ``model`` (an :class:`~umx_nnabla.umx.OpenUnmix`, :class:`~umx_nnabla.demucs.Demucs`,
+    :class:`~umx_nnabla.separator.Separator`, :class:`~umx_nnabla.htdemucs.HTDemucs` or
+    :class:`~umx_nnabla.htdemucs_apply.BagOfModels`, told apart by the type of ``model.config``), replacing its
     parameters; raises :class:`WeightsMismatchError` for anything missing, unexpected or mis-shaped."""
     config = _config_of(model)
     params = parameters_from_canonical(weights, config)
@@ -117,6 +132,11 @@ def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
         _set_parameters(model.params, params)
         for target in model.target_models.values():
             target.graphs.clear()
+    elif isinstance(config, BagConfig):
+        _set_parameters(model.params, params)
+        for member in model.models:
+            member.graphs.clear()
+        return
     else:
         with model.parameter_scope() as scope:
             _set_parameters(scope, params)
@@ -188,8 +208,16 @@ def parameters_from_canonical(weights: Mapping[str, Any], config: Config) -> Ord
                 out[f"{target}/{k}"] = v
         return out
     checked = {k: _float32(v) for k, v in check_weights(weights, config, "canonical weights").items()}
+    if isinstance(config, HTDemucsConfig | BagConfig):
+        return OrderedDict((htdemucs_parameter_name(k), v) for k, v in checked.items())
     mapped = _umx_to_nnabla(checked, config) if isinstance(config, UMXConfig) else _demucs_to_nnabla(checked, config)
     return OrderedDict((k, _float32(v)) for k, v in mapped.items())
+
+
+def htdemucs_parameter_name(canonical: str) -> str:
+    """HTDemucs (and bags of it): the NNabla parameter of a canonical name, its dots written as scopes
+    (``encoder.0.conv.weight`` -> ``encoder/0/conv/weight``); the layout is upstream's."""
+    return canonical.replace(".", "/")
 
 
 def _lstm_to_nnabla(w: Mapping[str, np.ndarray], prefix: str, layers: int, directions: int) -> dict[str, np.ndarray]:
@@ -283,7 +311,10 @@ def canonical_from_parameters(params: Mapping[str, np.ndarray], config: Config) 
     p = {k: np.asarray(v) for k, v in params.items()}
     out: dict[str, np.ndarray] = {}
     try:
-        if isinstance(config, UMXConfig):
+        if isinstance(config, HTDemucsConfig | BagConfig):
+            for name, _ in parameter_inventory(config):
+                out[name] = p[htdemucs_parameter_name(name)]
+        elif isinstance(config, UMXConfig):
             out.update({k: p[k] for k in ("input_mean", "input_scale", "output_scale", "output_mean")})
             for index in (1, 2, 3):
                 out[f"fc{index}.weight"] = p[f"fc{index}/affine/W"].T
