@@ -115,10 +115,14 @@ class ScaledEmbedding(nn.Module):
 
     def __init__(self, num_embeddings: int, embedding_dim: int, scale: float = 10.0, smooth: bool = False) -> None:
         super().__init__()
-        self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         self.scale = scale
-        if self.embedding.weight.is_meta:  # built to receive weights: nothing to initialise
+        if torch.empty(()).is_meta:  # built to receive weights (a meta device scope): nothing to initialise
+            # and no reset_parameters: normal_ on the meta device imports torch._dynamo and sympy (0.5 s, 70 MB)
+            self.embedding = nn.Embedding(
+                num_embeddings, embedding_dim, _weight=torch.empty(num_embeddings, embedding_dim)
+            )
             return
+        self.embedding = nn.Embedding(num_embeddings, embedding_dim)
         with torch.no_grad():
             weight = self.embedding.weight
             if smooth:
