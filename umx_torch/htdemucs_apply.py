@@ -33,7 +33,7 @@ from ._device import to_tensor
 from .htdemucs import HTDemucs
 from .weights import prepare_state_dict
 
-__all__ = ["BagOfModels", "apply_model", "separate_track"]
+__all__ = ["SEPARATE_EPS", "BagOfModels", "apply_model", "bag_models", "separate_track"]
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def _apply_split(run: _Run, chunk: _Chunk) -> Tensor:
         n = chunk_out.shape[-1]
         out[..., offset : offset + n] += weight[:n] * chunk_out
         sum_weight[offset : offset + n] += weight[:n]
-    return out / sum_weight
+    return out.div_(sum_weight)  # in place: a track-sized array less at the peak
 
 
 def _apply_one(run: _Run, mix: Tensor, shifts: int, split: bool) -> Tensor:
@@ -111,93 +111,7 @@ def _apply_one(run: _Run, mix: Tensor, shifts: int, split: bool) -> Tensor:
     for _ in range(shifts):
         offset = int(run.rng.integers(0, shift + 1))  # upstream: random.randint(0, max_shift), unseeded
         out += inner(run, _Chunk(padded, offset, length + shift - offset))[..., shift - offset :]
-    return out / shifts
-
-
-def apply_model(
-    model: HTDemucs | BagOfModels,
-    mix: Tensor | np.ndarray,
-    shifts: int = 1,
-    split: bool = True,
-    overlap: float = 0.25,
-    transition_power: float = 1.0,
-    segment: float | Fraction | str | tuple[int, int] | None = None,
-    rng: ShiftDraws | int | None = None,
-) -> Tensor:
-    """Separate a (normalised) track with ``demucs.apply.apply_model`` semantics of demucs 4.1.0 (module docstring).
-
-    Args:
-        model: an :class:`~umx_torch.htdemucs.HTDemucs` or a :class:`BagOfModels` (eval mode).
-        mix: ``(audio_channels, nb_timesteps)`` or ``(nb_samples, audio_channels, nb_timesteps)``; a NumPy array is
-            moved to the model's dtype and device.
-        shifts: random shifts to average (0: none; upstream's default is 1).
-        split: process the track in segments with overlap-add.
-        overlap: fraction of a segment shared with the next one.
-        transition_power: exponent of the triangular cross-fade (>= 1).
-        segment: seconds per segment; ``None``: each model's own (7.8 s). Longer than a model's training segment
-            is an error.
-        rng: a ``numpy.random.Generator`` or seed (0 if None) for the shifts, or anything whose
-            ``integers(0, max_shift + 1)`` replays upstream's draws.
-
-    Returns:
-        ``(nb_sources, audio_channels, nb_timesteps)`` or ``(nb_samples, nb_sources, audio_channels,
-        nb_timesteps)``, in the track's dtype.
-    """
-    shapes.check_transition_power(transition_power)
-    models, weights = (model.models, model.weights) if isinstance(model, BagOfModels) else ([model], None)
-    first = next(models[0].parameters())
-    if not isinstance(mix, Tensor):
-        mix = to_tensor(mix, first.dtype, first.device)
-    unbatched = shapes.check_track(tuple(mix.shape), models[0].audio_channels)
-    track = mix[None] if unbatched else mix
-    seg = shapes.htdemucs_apply_segment(
-        segment, [segment_fraction(m.segment) if m.use_train_segment else None for m in models]
-    )
-    draws = shapes.shift_draws(rng)
-    nb_sources = len(models[0].sources)
-    rows = torch.ones(len(models), nb_sources) if weights is None else torch.tensor(weights, dtype=torch.float64)
-    rows = rows.to(device=track.device, dtype=track.dtype)
-    estimates = track.new_zeros((track.shape[0], nb_sources, *track.shape[1:]))
-    with torch.no_grad():
-        for sub, row in zip(models, rows, strict=True):
-            run = _Run(sub, draws, seg, overlap, transition_power)
-            estimates += _apply_one(run, track, shifts, split) * row[None, :, None, None]
-    estimates /= rows.sum(dim=0)[None, :, None, None]
-    return estimates[0] if unbatched else estimates
-
-
-def separate_track(
-    model: HTDemucs | BagOfModels,
-    wav: Tensor | np.ndarray,
-    shifts: int = 1,
-    split: bool = True,
-    overlap: float = 0.25,
-    transition_power: float = 1.0,
-    segment: float | Fraction | str | tuple[int, int] | None = None,
-    rng: ShiftDraws | int | None = None,
-) -> Tensor:
-    """Separate a whole track as demucs 4.1.0's ``Separator.separate_tensor`` (and so its command) does:
-
-    ``ref = wav.mean(0)``; ``wav = (wav - ref.mean()) / (ref.std() + 1e-8)`` (unbiased std, two passes);
-    :func:`apply_model`; ``sources * (ref.std() + 1e-8) + ref.mean()``.
-
-    Args:
-        wav: ``(audio_channels, nb_timesteps)`` at the model's sample rate (a NumPy array is moved to the model's
-            dtype and device).
-        the others: as :func:`apply_model`.
-
-    Returns:
-        ``(nb_sources, audio_channels, nb_timesteps)``.
-    """
-    first = next(model.parameters())
-    if not isinstance(wav, Tensor):
-        wav = to_tensor(wav, first.dtype, first.device)
-    ref = wav.mean(dim=0)
-    mean = ref.mean()
-    var = (ref - mean).square().sum() / (ref.numel() - 1) if ref.numel() > 1 else ref.new_tensor(float("nan"))
-    std = var.sqrt() + SEPARATE_EPS
-    out = apply_model(model, (wav - mean) / std, shifts, split, overlap, transition_power, segment, rng)
-    return out * std + mean
+    return out.div_(shifts)
 
 
 class BagOfModels(nn.Module):
@@ -252,3 +166,92 @@ class BagOfModels(nn.Module):
     def forward(self, mix: Tensor) -> Tensor:
         """Not a network: use :func:`apply_model` (upstream's ``BagOfModels.forward`` raises too)."""
         raise NotImplementedError("call umx_torch.htdemucs_apply.apply_model on a bag")
+
+
+def apply_model(
+    model: HTDemucs | BagOfModels,
+    mix: Tensor | np.ndarray,
+    shifts: int = 1,
+    split: bool = True,
+    overlap: float = 0.25,
+    transition_power: float = 1.0,
+    segment: float | Fraction | str | tuple[int, int] | None = None,
+    rng: ShiftDraws | int | None = None,
+) -> Tensor:
+    """Separate a (normalised) track with ``demucs.apply.apply_model`` semantics of demucs 4.1.0 (module docstring).
+
+    Args:
+        model: an :class:`~umx_torch.htdemucs.HTDemucs` or a :class:`BagOfModels` (eval mode).
+        mix: ``(audio_channels, nb_timesteps)`` or ``(nb_samples, audio_channels, nb_timesteps)``; a NumPy array is
+            moved to the model's dtype and device.
+        shifts: random shifts to average (0: none; upstream's default is 1).
+        split: process the track in segments with overlap-add.
+        overlap: fraction of a segment shared with the next one.
+        transition_power: exponent of the triangular cross-fade (>= 1).
+        segment: seconds per segment; ``None``: each model's own (7.8 s). Longer than a model's training segment
+            is an error.
+        rng: a ``numpy.random.Generator`` or seed (0 if None) for the shifts, or anything whose
+            ``integers(0, max_shift + 1)`` replays upstream's draws.
+
+    Returns:
+        ``(nb_sources, audio_channels, nb_timesteps)`` or ``(nb_samples, nb_sources, audio_channels,
+        nb_timesteps)``, in the track's dtype.
+    """
+    shapes.check_transition_power(transition_power)
+    models, weights = (model.models, model.weights) if isinstance(model, BagOfModels) else ([model], None)
+    first = next(models[0].parameters())
+    if not isinstance(mix, Tensor):
+        mix = to_tensor(mix, first.dtype, first.device)
+    unbatched = shapes.check_track(tuple(mix.shape), models[0].audio_channels)
+    track = mix[None] if unbatched else mix
+    seg = shapes.htdemucs_apply_segment(
+        segment, [segment_fraction(m.segment) if m.use_train_segment else None for m in models]
+    )
+    draws = shapes.shift_draws(rng)
+    nb_sources = len(models[0].sources)
+    rows = torch.ones(len(models), nb_sources) if weights is None else torch.tensor(weights, dtype=torch.float64)
+    rows = rows.to(device=track.device, dtype=track.dtype)
+    with torch.no_grad():
+        if weights is None:  # one model: its estimate as it is (x * 1 / 1 is x), no track-sized accumulator
+            estimates = _apply_one(_Run(models[0], draws, seg, overlap, transition_power), track, shifts, split)
+        else:
+            estimates = track.new_zeros((track.shape[0], nb_sources, *track.shape[1:]))
+            for sub, row in zip(models, rows, strict=True):
+                run = _Run(sub, draws, seg, overlap, transition_power)
+                estimates.addcmul_(_apply_one(run, track, shifts, split), row[None, :, None, None])
+            estimates /= rows.sum(dim=0)[None, :, None, None]
+    return estimates[0] if unbatched else estimates
+
+
+def separate_track(
+    model: HTDemucs | BagOfModels,
+    wav: Tensor | np.ndarray,
+    shifts: int = 1,
+    split: bool = True,
+    overlap: float = 0.25,
+    transition_power: float = 1.0,
+    segment: float | Fraction | str | tuple[int, int] | None = None,
+    rng: ShiftDraws | int | None = None,
+) -> Tensor:
+    """Separate a whole track as demucs 4.1.0's ``Separator.separate_tensor`` (and so its command) does:
+
+    ``ref = wav.mean(0)``; ``wav = (wav - ref.mean()) / (ref.std() + 1e-8)`` (unbiased std, two passes);
+    :func:`apply_model`; ``sources * (ref.std() + 1e-8) + ref.mean()``.
+
+    Args:
+        wav: ``(audio_channels, nb_timesteps)`` at the model's sample rate (a NumPy array is moved to the model's
+            dtype and device).
+        the others: as :func:`apply_model`.
+
+    Returns:
+        ``(nb_sources, audio_channels, nb_timesteps)``.
+    """
+    first = next(model.parameters())
+    if not isinstance(wav, Tensor):
+        wav = to_tensor(wav, first.dtype, first.device)
+    ref = wav.mean(dim=0)
+    mean = ref.mean()
+    var = (ref - mean).square().sum() / (ref.numel() - 1) if ref.numel() > 1 else ref.new_tensor(float("nan"))
+    std = var.sqrt() + SEPARATE_EPS
+    out = apply_model(model, (wav - mean) / std, shifts, split, overlap, transition_power, segment, rng)
+    return out * std + mean
