@@ -60,6 +60,11 @@ COMPONENTS: tuple[Component, ...] = (
     Component("valid-length.md", "Demucs forward and valid_length", ("demucs",)),
     Component("resample.md", "The resampler", ("resample",)),
     Component("apply-model.md", "apply_model", ("apply_model",)),
+    Component("htdemucs.md", "HTDemucs (Demucs v4): the model", ("htdemucs",)),
+    Component("htdemucs-spec.md", "HTDemucs: the spectrogram", ("htdemucs.spec",)),
+    Component("htdemucs-layers.md", "HTDemucs: encoder and decoder layers", ("htdemucs.layers",)),
+    Component("htdemucs-transformer.md", "HTDemucs: the cross-transformer", ("htdemucs.transformer",)),
+    Component("htdemucs-apply.md", "HTDemucs on whole tracks", ("htdemucs.apply",)),
     Component("weights.md", "Weights layout", ("weights",)),
     Component("train.md", "The training step", ("train",)),
 )

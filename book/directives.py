@@ -14,7 +14,10 @@
                                         ``tensorflow``, ``jax`` or ``nnabla``; a name as for ``source``, or a
                                         ``builtin:`` layer) in the port's module of the spec's module name
                                         (``reference.htdemucs_spec.spec``: ``umx_jax/htdemucs_spec.py``); a
-                                        port without that module says so, a port that has it must be named
+                                        port without that module says so, a port that has it must be named.
+                                        When ``SPEC`` is the spec object of a lesson of that module, the line
+                                        places the lesson (as ``lesson`` does) and each tab must show the
+                                        lesson's target (or its class)
 ``%% shared demucs``                    the neutral names of ``SHARED[module]``: where each is defined, which
                                         port modules import it
 ``%% constants weights``                ``PORT_CONSTANTS[module]``: each port's own value, one tab per port
@@ -172,6 +175,7 @@ class Expander:
             return got
         assert got is not None
         self._show(port, target)
+        self.quoted.add((port_file(port, module), target.split(".", 1)[0]))
         return code_block(got, target)
 
     def _builtin(self, port: str, layer: str) -> str:
@@ -279,6 +283,7 @@ class Expander:
                     f"{line}: {arg!r} is not PORT=NAME[,NAME...] with PORT one of {', '.join(by_key)}, once each"
                 )
             given[by_key[key]] = names.split(",")
+        found = _ports_lesson(spec, module)
         items = []
         for port in PORTS:
             path = port_file(port, module)
@@ -296,12 +301,15 @@ class Expander:
                 items.append((PORT_LABELS[port], body))
                 continue
             blocks = []
+            before = len(self.problems)
             for target in given[port]:
                 if target.startswith(BUILTIN):
                     try:
                         blocks.append(self._builtin(port, target[len(BUILTIN) :]))
                     except KeyError as e:  # no documentation address for the layer (book.catalog.BUILTIN_DOCS)
                         blocks.append(self._missing(MissingTarget(f"{line}: {e.args[0]}")))
+                        continue
+                    self._show(port, target.rsplit(".", 1)[-1])  # the layer, by the name a port re-exports it
                     continue
                 try:
                     got = self.sources.snippet(path, target, f" (quoted on book/pages/{page})")
@@ -311,8 +319,19 @@ class Expander:
                 self._show(port, target)
                 self.quoted.add((path, target.split(".", 1)[0]))
                 blocks.append(code_block(got, target))
+            lesson_target = found[1].ports[port] if found is not None else None
+            if lesson_target and len(self.problems) == before and not _shows(given[port], lesson_target):
+                blocks.append(
+                    self._missing(
+                        MissingTarget(
+                            f"{line}: the {PORTS[port]} tab must show {lesson_target}, the target of lesson "
+                            f"{found[0]} (core_spec.public_api.LESSONS[{module!r}])"
+                        )
+                    )
+                )
             items.append((PORT_LABELS[port], "\n".join(blocks)))
-        return self._spec(page, spec) + "\n" + tabs(items)
+        head = f'<span id="{anchor(found[0])}"></span>\n\n' if found is not None else ""
+        return head + self._spec(page, spec) + "\n" + tabs(items)
 
     def _shared(self, page: str, module: str) -> str:
         if module not in SHARED:
@@ -377,14 +396,34 @@ class Expander:
         return self.parity()
 
 
+def _ports_lesson(spec: str, module: str) -> tuple[str, Lesson] | None:
+    """The lesson (its key and row) of module ``module`` whose spec object is ``spec``, if there is one: a
+    ``%% ports`` line on that spec object places it."""
+    for key, (mod, _, lesson) in lessons().items():
+        if mod == module and lesson.spec == spec:
+            return key, lesson
+    return None
+
+
+def _shows(names: list[str], target: str) -> bool:
+    """Whether a ``%% ports`` tab naming ``names`` shows ``target`` (itself, or the class of a ``Class.method``)."""
+    return target in names or (target.split(".", 1)[0] in names and not target.startswith(BUILTIN))
+
+
 def placement_problems(pages: dict[str, str]) -> list[str]:
     """Every lesson must appear on the page that hosts its ``Lesson.page`` (``pages``: file under ``book/pages`` ->
-    its Markdown); every ``Lesson.page`` needs a host page."""
+    its Markdown), by a ``%% lesson`` line or a ``%% ports`` line on its spec object; every ``Lesson.page`` needs a
+    host page."""
     placed: dict[str, set[str]] = {}
     for file, text in pages.items():
         for name, args in directives(text):
             if name == "lesson" and args:
                 placed.setdefault(args[0], set()).add(file)
+            elif name == "ports" and args:
+                module = args[0].rpartition(".")[0].rpartition(".")[2]
+                found = _ports_lesson(args[0], module)
+                if found is not None:
+                    placed.setdefault(found[0], set()).add(file)
     problems = []
     for key, (module, row, lesson) in lessons().items():
         component = component_of(lesson.page)

@@ -12,8 +12,7 @@ The numbering needs exact integers in float32 (below 2**24), so it runs on a *tw
 structure (layers, directions, depth, rewrite, GLU, names), small sizes. A second load of the real config (zeros)
 gives the real variable shapes, and the twin's relations are scaled to them (a slice's bounds solved from the real
 shapes, then checked). The tables list every tensor of ``umxhq`` (one target), Demucs v2 (``demucs``) and HTDemucs
-(``htdemucs``). A port that does not have a model's module yet (:data:`MODULES`; HTDemucs in TensorFlow and NNabla)
-is recorded as such, not probed.
+(``htdemucs``). A port that does not have a model's module (:data:`MODULES`) is recorded as such, not probed.
 
 Which environment: ``.venv`` runs torch, TensorFlow and JAX; NNabla lives in ``.venv-nnabla``
 (:mod:`core_spec.frameworks`). Each port is probed in a subprocess of its own environment
@@ -113,12 +112,58 @@ def has_model(root: Path, port: str, model: str) -> bool:
 # --- in the port's environment ------------------------------------------------------------------------------------
 
 
+def _keras_attributes(model: Any) -> dict[int, str]:
+    """``id(variable) -> a.b.0.kernel``: where each Keras variable of ``model`` is reached through the public
+    attributes of its layers (and the lists and dicts that hold layers; a private ``_kernel`` holding a variable
+    is read as ``kernel``), first path found."""
+    import keras
+
+    found: dict[int, str] = {}
+    seen: set[int] = set()
+
+    def walk(obj: Any, path: str) -> None:
+        if isinstance(obj, keras.Variable):
+            found.setdefault(id(obj), path)
+            return
+        if id(obj) in seen:
+            return
+        if isinstance(obj, keras.layers.Layer):
+            seen.add(id(obj))
+            for name, value in vars(obj).items():
+                if name.startswith("_") and isinstance(value, keras.Variable):
+                    name = name.lstrip("_")  # Dense's kernel is the property over _kernel
+                elif name.startswith("_"):
+                    continue
+                walk(value, f"{path}.{name}" if path else name)
+        elif isinstance(obj, list | tuple):
+            seen.add(id(obj))
+            for index, value in enumerate(obj):
+                walk(value, f"{path}.{index}")
+        elif isinstance(obj, Mapping):
+            seen.add(id(obj))
+            for key, value in obj.items():
+                walk(value, f"{path}.{key}")
+
+    walk(model, "")
+    return found
+
+
 def _variables(port: str, model: Any) -> dict[str, np.ndarray]:
-    """The framework's own variables of ``model``, by the framework's name for them."""
+    """The framework's own variables of ``model``, by the framework's name for them. Keras's ``Variable.path`` is
+    that name unless two variables share it (HTDemucs's sublayers are named as upstream's modules, ``conv``,
+    ``rewrite``, in every layer); then every variable of the model is named by its attribute path instead
+    (``encoder.0.conv.kernel``: ``model.encoder[0].conv.kernel``)."""
     if port == "umx_torch":
         return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
     if port == "umx_tf":
-        return {v.path: np.asarray(v.numpy()) for v in model.weights}
+        paths = [v.path for v in model.weights]
+        if len(set(paths)) == len(paths):
+            return {v.path: np.asarray(v.numpy()) for v in model.weights}
+        names = _keras_attributes(model)
+        missing = [v.path for v in model.weights if id(v) not in names]
+        if missing or len({names[id(v)] for v in model.weights}) != len(paths):
+            raise MappingError(f"Keras variables without a unique attribute path: {missing[:5]}")
+        return {names[id(v)]: np.asarray(v.numpy()) for v in model.weights}
     if port == "umx_jax":
         from flax import nnx
 

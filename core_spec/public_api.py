@@ -59,6 +59,36 @@ PUBLIC_NAMES: dict[str, tuple[str, ...]] = {
     ),
     "separator": ("Separator", "filter_and_invert", "filter_chunks"),
     "apply": ("apply_model", "separate_track"),
+    "htdemucs_spec": (
+        "NORM_EPS",
+        "denormalise_output",
+        "ispec",
+        "magnitude",
+        "mask_cac",
+        "normalise_input",
+        "pad1d",
+        "spec",
+        "spec_padding",
+    ),
+    "htdemucs_embed": (
+        "ScaledEmbedding",
+        "channel_conv1x1",
+        "create_2d_sin_embedding",
+        "create_sin_embedding",
+        "scaled_embedding",
+    ),
+    "htdemucs_layers": ("DConv", "HDecLayer", "HEncLayer", "LayerScale"),
+    "htdemucs_transformer": (
+        "TRACE_PREFIX",
+        "CrossAttentionLayer",
+        "CrossTransformerEncoder",
+        "MultiheadAttention",
+        "SelfAttentionLayer",
+        "check_transformer_config",
+        "transformer_trace_keys",
+    ),
+    "htdemucs": ("HTDemucs", "forward", "htdemucs_trace_keys", "htdemucs_valid_length"),
+    "htdemucs_apply": ("SEPARATE_EPS", "BagOfModels", "apply_model", "bag_models", "separate_track"),
     "weights": (
         "FORMAT",
         "WeightsMismatchError",
@@ -222,6 +252,69 @@ LESSONS: dict[str, tuple[Lesson, ...]] = {
         Lesson("reference.apply.apply_model", _all("apply_model"), "apply_model"),
         Lesson("reference.apply.separate_track", _all("separate_track"), "apply_model"),
     ),
+    # HTDemucs (demucs 4.x, issues 25 and 26): one module per concept, as the spec's core_spec/reference/htdemucs*.py
+    "htdemucs_spec": (
+        Lesson("reference.htdemucs_spec.pad1d", _all("pad1d"), "htdemucs.spec"),
+        Lesson("reference.htdemucs_spec.spec", _all("spec"), "htdemucs.spec"),
+        Lesson("reference.htdemucs_spec.ispec", _all("ispec"), "htdemucs.spec"),
+        Lesson("reference.htdemucs_spec.magnitude", _all("magnitude"), "htdemucs.spec"),
+        Lesson("reference.htdemucs_spec.mask_cac", _all("mask_cac"), "htdemucs.spec"),
+        Lesson("reference.htdemucs_spec.normalise_input", _all("normalise_input"), "htdemucs.spec"),
+        Lesson("reference.htdemucs_spec.denormalise_output", _all("denormalise_output"), "htdemucs.spec"),
+    ),
+    "htdemucs_embed": (
+        Lesson("reference.htdemucs_embed.create_sin_embedding", _all("create_sin_embedding"), "htdemucs.transformer"),
+        Lesson(
+            "reference.htdemucs_embed.create_2d_sin_embedding", _all("create_2d_sin_embedding"), "htdemucs.transformer"
+        ),
+        Lesson("reference.htdemucs_embed.scaled_embedding", _all("scaled_embedding"), "htdemucs.layers"),
+        Lesson("reference.htdemucs_embed.channel_conv1x1", _all("channel_conv1x1"), "htdemucs.layers"),
+    ),
+    "htdemucs_layers": (
+        Lesson("reference.htdemucs_layers.layer_scale", _all("LayerScale"), "htdemucs.layers"),
+        Lesson("reference.htdemucs_layers.dconv", _all("DConv"), "htdemucs.layers"),
+        Lesson("reference.htdemucs_layers._dconv_rows", _all("_dconv_rows"), "htdemucs.layers"),
+        Lesson("reference.htdemucs_layers.henc_layer", _all("HEncLayer"), "htdemucs.layers"),
+        Lesson("reference.htdemucs_layers.hdec_layer", _all("HDecLayer"), "htdemucs.layers"),
+    ),
+    "htdemucs_transformer": (
+        Lesson(
+            "reference.htdemucs_transformer.multihead_attention",
+            _ports("_attention", "MultiheadAttention", "MultiheadAttention", "MultiheadAttention"),
+            "htdemucs.transformer",
+        ),
+        Lesson(
+            "reference.htdemucs_transformer._feed_forward",
+            _ports("_feed_forward", "_Layer._feed_forward", "_Layer._feed_forward", "_feed_forward"),
+            "htdemucs.transformer",
+        ),
+        Lesson(
+            "reference.htdemucs_transformer.self_attention_layer", _all("SelfAttentionLayer"), "htdemucs.transformer"
+        ),
+        Lesson(
+            "reference.htdemucs_transformer.cross_attention_layer", _all("CrossAttentionLayer"), "htdemucs.transformer"
+        ),
+        Lesson(
+            "reference.htdemucs_transformer.cross_transformer", _all("CrossTransformerEncoder"), "htdemucs.transformer"
+        ),
+    ),
+    "htdemucs": (
+        Lesson("reference.htdemucs.htdemucs_valid_length", _all("HTDemucs.valid_length"), "htdemucs"),
+        Lesson(
+            "reference.htdemucs.htdemucs",
+            _ports("HTDemucs.forward", "HTDemucs.call", "HTDemucs.__call__", "HTDemucs.__call__"),
+            "htdemucs",
+        ),
+    ),
+    "htdemucs_apply": (
+        Lesson("reference.htdemucs_apply._Chunk", _all("_Chunk"), "htdemucs.apply"),
+        Lesson("reference.htdemucs_apply._apply_valid", _all("_apply_valid"), "htdemucs.apply"),
+        Lesson("reference.htdemucs_apply._apply_split", _all("_apply_split"), "htdemucs.apply"),
+        Lesson("reference.htdemucs_apply._apply_one", _all("_apply_one"), "htdemucs.apply"),
+        Lesson("reference.htdemucs_apply.bag_models", _all("BagOfModels"), "htdemucs.apply"),
+        Lesson("reference.htdemucs_apply.apply_model", _all("apply_model"), "htdemucs.apply"),
+        Lesson("reference.htdemucs_apply.separate_track", _all("separate_track"), "htdemucs.apply"),
+    ),
     "weights": (
         Lesson(None, _all("load_weights"), "weights"),
         Lesson(None, _all("to_canonical"), "weights"),
@@ -300,6 +393,35 @@ SHARED: dict[str, tuple[str, ...]] = {
         "shapes.max_shift",
         "shapes.is_silent",
     ),
+    "htdemucs_spec": ("reference.htdemucs_spec.NORM_EPS", "reference.htdemucs_spec.spec_padding"),
+    "htdemucs_layers": ("reference.htdemucs_layers.DCONV_KERNEL", "reference.htdemucs_layers.HLayer"),
+    "htdemucs_transformer": (
+        "reference.htdemucs_transformer.TRACE_PREFIX",
+        "reference.htdemucs_transformer.check_transformer_config",
+        "reference.htdemucs_transformer.transformer_trace_keys",
+        "configs.HTDemucsConfig",
+        "trace.Recorder",
+    ),
+    "htdemucs": (
+        "reference.htdemucs.htdemucs_trace_keys",
+        "reference.htdemucs.htdemucs_valid_length",
+        "reference.htdemucs_layers.encoder_layers",
+        "reference.htdemucs_layers.decoder_layers",
+        "configs.HTDemucsConfig",
+        "trace.Recorder",
+    ),
+    "htdemucs_apply": (
+        "reference.htdemucs_apply.SEPARATE_EPS",
+        "reference.htdemucs_apply.bag_models",
+        "configs.BagConfig",
+        "configs.segment_fraction",
+        "shapes.ShiftDraws",
+        "shapes.shift_draws",
+        "shapes.check_track",
+        "shapes.check_transition_power",
+        "shapes.htdemucs_apply_segment",
+        "shapes.htdemucs_chunk_target",
+    ),
     "weights": (
         "params.WeightsMismatchError",
         "params.fold_lstm_bias",
@@ -340,6 +462,12 @@ MODULES: tuple[str, ...] = (
     "filtering",
     "separator",
     "apply",
+    "htdemucs_spec",
+    "htdemucs_embed",
+    "htdemucs_layers",
+    "htdemucs_transformer",
+    "htdemucs",
+    "htdemucs_apply",
     "weights",
     "build",
     "train",

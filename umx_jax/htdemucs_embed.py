@@ -7,7 +7,8 @@ The spec is :mod:`core_spec.reference.htdemucs_embed` (its docstring has the for
 - :func:`create_2d_sin_embedding`: the frequency tokens' 2-D embedding, here **channels-last**
   ``(1, height, width, d_model)`` (the spec's ``(1, d_model, height, width)`` moved), interleaved sin / cos of the
   width position in the first half of the channels, of the height position in the second;
-- :class:`ScaledEmbedding`: ``freq_emb``, rows ``0 .. nb_freqs-1`` of the stored table times ``scale``;
+- :func:`scaled_embedding` / :class:`ScaledEmbedding`: ``freq_emb``, rows ``0 .. nb_freqs-1`` of the stored table
+  times ``scale``;
 - :func:`channel_conv1x1`: ``channel_upsampler`` / ``channel_downsampler`` (and ``_t``), a 1x1 ``Conv1d`` as an
   ``nnx.Conv`` on channels-last tokens.
 
@@ -26,7 +27,14 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-__all__ = ["ScaledEmbedding", "channel_conv1x1", "create_2d_sin_embedding", "create_sin_embedding", "torch_uniform"]
+__all__ = [
+    "ScaledEmbedding",
+    "channel_conv1x1",
+    "create_2d_sin_embedding",
+    "create_sin_embedding",
+    "scaled_embedding",
+    "torch_uniform",
+]
 
 # PyTorch's default init of a Linear / Conv weight (kaiming uniform, a = sqrt 5): uniform in +-1/sqrt(fan_in)
 torch_uniform = nnx.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
@@ -70,24 +78,21 @@ def create_2d_sin_embedding(
     return jnp.concatenate([pe_w, pe_h], axis=-1)[None]
 
 
-class ScaledEmbedding(nnx.Module):
-    """``ScaledEmbedding`` of demucs 4.x, the frequency embedding ``freq_emb``.
+def scaled_embedding(weight: jax.Array, scale: float, nb_freqs: int) -> jax.Array:
+    """``ScaledEmbedding``'s forward on the frequency indices ``0 .. nb_freqs-1``: ``weight[:nb_freqs] * scale``.
 
-    State: ``embedding.embedding (num_embeddings, dim)``, upstream's stored table (``embedding.weight``), which
-    upstream keeps divided by ``scale``; the forward multiplies it back.
+    Args:
+        weight: the stored table ``(num_embeddings, dim)``.
+
+    Returns:
+        ``(nb_freqs, dim)``.
+
+    Raises:
+        ValueError: ``nb_freqs`` out of ``[0, num_embeddings]``.
     """
-
-    def __init__(self, num_embeddings: int, dim: int, scale: float = 10.0, *, dtype: Any, rngs: nnx.Rngs):
-        self.scale = float(scale)
-        init = nnx.initializers.normal(1.0 / self.scale)  # upstream: N(0, 1), smoothed, then / scale
-        self.embedding = nnx.Embed(num_embeddings, dim, dtype=dtype, param_dtype=dtype, embedding_init=init, rngs=rngs)
-
-    def __call__(self, nb_freqs: int) -> jax.Array:
-        """The rows ``0 .. nb_freqs - 1`` times ``scale``: ``(nb_freqs, dim)``."""
-        table = self.embedding.embedding[...]
-        if not 0 <= nb_freqs <= table.shape[0]:
-            raise ValueError(f"ScaledEmbedding: {nb_freqs} rows asked of a table of {table.shape[0]}")
-        return table[:nb_freqs] * self.scale
+    if not 0 <= nb_freqs <= weight.shape[0]:
+        raise ValueError(f"scaled_embedding: {nb_freqs} rows asked of a table of {weight.shape[0]}")
+    return weight[:nb_freqs] * scale
 
 
 def channel_conv1x1(chin: int, chout: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.Conv:
@@ -104,3 +109,20 @@ def channel_conv1x1(chin: int, chout: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx
         kernel_init=torch_uniform,
         rngs=rngs,
     )
+
+
+class ScaledEmbedding(nnx.Module):
+    """``ScaledEmbedding`` of demucs 4.x, the frequency embedding ``freq_emb``.
+
+    State: ``embedding.embedding (num_embeddings, dim)``, upstream's stored table (``embedding.weight``), which
+    upstream keeps divided by ``scale``; the forward multiplies it back.
+    """
+
+    def __init__(self, num_embeddings: int, dim: int, scale: float = 10.0, *, dtype: Any, rngs: nnx.Rngs):
+        self.scale = float(scale)
+        init = nnx.initializers.normal(1.0 / self.scale)  # upstream: N(0, 1), smoothed, then / scale
+        self.embedding = nnx.Embed(num_embeddings, dim, dtype=dtype, param_dtype=dtype, embedding_init=init, rngs=rngs)
+
+    def __call__(self, nb_freqs: int) -> jax.Array:
+        """The rows ``0 .. nb_freqs - 1`` times ``scale``: ``(nb_freqs, dim)``."""
+        return scaled_embedding(self.embedding.embedding[...], self.scale, nb_freqs)

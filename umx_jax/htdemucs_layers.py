@@ -42,26 +42,6 @@ from .layers import ConvTranspose1d, glu, torch_conv_init
 __all__ = ["DConv", "HDecLayer", "HEncLayer", "LayerScale", "gelu", "group_norm"]
 
 
-def gelu(x: jax.Array) -> jax.Array:
-    """Exact GELU, ``x Phi(x)`` (erf), as ``torch.nn.functional.gelu``."""
-    return jax.nn.gelu(x, approximate=False)
-
-
-def group_norm(channels: int, groups: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.GroupNorm:
-    """``torch.nn.GroupNorm(groups, channels)`` on channels-last input: statistics per item over every axis but
-    the batch, per group of ``channels / groups`` contiguous channels; biased variance, computed in two passes;
-    eps 1e-5. State: ``scale``, ``bias`` ``(channels,)`` (upstream's ``weight``, ``bias``)."""
-    return nnx.GroupNorm(
-        channels,
-        num_groups=groups,
-        epsilon=NORM_EPS,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=dtype,
-        rngs=rngs,
-    )
-
-
 def _conv(
     chin: int,
     chout: int,
@@ -274,3 +254,23 @@ class HDecLayer(nnx.Module):
         if not self.last:
             z = gelu(z)
         return z, y
+
+
+def gelu(x: jax.Array) -> jax.Array:
+    """Exact GELU, ``x Phi(x)`` (erf), as ``torch.nn.functional.gelu``."""
+    return jax.nn.gelu(x, approximate=False)
+
+
+def group_norm(channels: int, groups: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.GroupNorm:
+    """``torch.nn.GroupNorm(groups, channels)`` on channels-last input: statistics per item over every axis but
+    the batch, per group of ``channels / groups`` contiguous channels; biased variance, computed in two passes;
+    eps 1e-5. State: ``scale``, ``bias`` ``(channels,)`` (upstream's ``weight``, ``bias``)."""
+    return nnx.GroupNorm(
+        channels,
+        num_groups=groups,
+        epsilon=NORM_EPS,
+        use_fast_variance=False,
+        dtype=dtype,
+        param_dtype=dtype,
+        rngs=rngs,
+    )

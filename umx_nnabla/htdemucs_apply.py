@@ -33,84 +33,6 @@ from .htdemucs import HTDemucs, forward
 __all__ = ["SEPARATE_EPS", "BagOfModels", "apply_model", "bag_models", "separate_track"]
 
 
-class BagOfModels:
-    """A bag of HTDemucs models (``demucs.apply.BagOfModels``): each source's estimate is the weighted mean of the
-    models' estimates.
-
-    Args:
-        models: the models (same sources, sample rate and audio channels), in the bag's order. Their parameters
-            move into the bag's dictionary under ``models/<i>`` (upstream's ``models.<i>.<name>``); the models keep
-            using them there.
-        weights: one row per model, one weight per source (``None``: all ones).
-        segment: the bag's segment in seconds (a yaml's ``segment``), or ``None``. As 4.1.0, it replaces the segment
-            of every model whose own is not shorter, which changes the length those models run at.
-    """
-
-    def __init__(
-        self,
-        models: Sequence[HTDemucs],
-        weights: Sequence[Sequence[float]] | None = None,
-        segment: tuple[int, int] | Fraction | float | None = None,
-    ):
-        if not models:
-            raise ValueError("a bag needs at least one model")
-        first = models[0]
-        for model in models[1:]:
-            if (model.sources, model.samplerate, model.audio_channels) != (
-                first.sources,
-                first.samplerate,
-                first.audio_channels,
-            ):
-                raise ValueError("every model of a bag must have the same sources, sample rate and audio channels")
-        rows = None if weights is None else tuple(tuple(float(w) for w in row) for row in weights)
-        if rows is not None and (len(rows) != len(models) or any(len(r) != len(first.sources) for r in rows)):
-            raise ValueError(f"bag weights must be {len(models)} rows of {len(first.sources)}, got {rows}")
-        seg = None if segment is None else segment_fraction(segment)
-        self._config = BagConfig(
-            models=tuple(m.config for m in models),
-            weights=rows,
-            segment=None if seg is None else (seg.numerator, seg.denominator),
-        )
-        running, self.source_weights = bag_models(self._config)
-        self.params: OrderedDict = OrderedDict()
-        for i, (model, config) in enumerate(zip(models, running, strict=True)):
-            model.set_segment(config.segment)
-            own = model.get_parameters(grad_only=False) if _has_parameters(model) else OrderedDict()
-            with nn.parameter_scope(f"models/{i}", self.params):
-                for name, var in own.items():
-                    nn.parameter.set_parameter(name, var)
-            model.params, model.scope = self.params, f"models/{i}"
-            model.graphs.clear()
-        self.models = list(models)
-        self.sources = first.sources
-        self.samplerate = first.samplerate
-        self.audio_channels = first.audio_channels
-
-    @classmethod
-    def from_config(cls, config: BagConfig) -> BagOfModels:
-        """A bag of randomly initialised models with the configs of ``config``."""
-        return cls([HTDemucs.from_config(m) for m in config.models], config.weights, config.segment)
-
-    @property
-    def config(self) -> BagConfig:
-        """The :class:`core_spec.configs.BagConfig` of this bag (each model's own config, the bag's segment)."""
-        return self._config
-
-    @property
-    def dtype(self) -> np.dtype:
-        return np.dtype(np.float32)
-
-    def parameter_scope(self) -> AbstractContextManager:
-        return nn.parameter_scope("", self.params)
-
-    def get_parameters(self, grad_only: bool = False) -> OrderedDict:
-        """``{models/<i>/<name>: Variable}`` of every model (created first where a model has none yet)."""
-        for model in self.models:
-            model.get_parameters(grad_only=False)
-        with self.parameter_scope():
-            return nn.get_parameters(grad_only=grad_only)
-
-
 def _has_parameters(model: HTDemucs) -> bool:
     with model.parameter_scope():
         return bool(nn.get_parameters(grad_only=False))
@@ -189,6 +111,84 @@ def _apply_one(run: _Run, mix: np.ndarray, shifts: int, split: bool) -> np.ndarr
         offset = int(run.rng.integers(0, shift + 1))  # upstream: random.randint(0, max_shift), unseeded
         out += inner(run, _Chunk(padded, offset, length + shift - offset))[..., shift - offset :]
     return out / np.float32(shifts)
+
+
+class BagOfModels:
+    """A bag of HTDemucs models (``demucs.apply.BagOfModels``): each source's estimate is the weighted mean of the
+    models' estimates.
+
+    Args:
+        models: the models (same sources, sample rate and audio channels), in the bag's order. Their parameters
+            move into the bag's dictionary under ``models/<i>`` (upstream's ``models.<i>.<name>``); the models keep
+            using them there.
+        weights: one row per model, one weight per source (``None``: all ones).
+        segment: the bag's segment in seconds (a yaml's ``segment``), or ``None``. As 4.1.0, it replaces the segment
+            of every model whose own is not shorter, which changes the length those models run at.
+    """
+
+    def __init__(
+        self,
+        models: Sequence[HTDemucs],
+        weights: Sequence[Sequence[float]] | None = None,
+        segment: tuple[int, int] | Fraction | float | None = None,
+    ):
+        if not models:
+            raise ValueError("a bag needs at least one model")
+        first = models[0]
+        for model in models[1:]:
+            if (model.sources, model.samplerate, model.audio_channels) != (
+                first.sources,
+                first.samplerate,
+                first.audio_channels,
+            ):
+                raise ValueError("every model of a bag must have the same sources, sample rate and audio channels")
+        rows = None if weights is None else tuple(tuple(float(w) for w in row) for row in weights)
+        if rows is not None and (len(rows) != len(models) or any(len(r) != len(first.sources) for r in rows)):
+            raise ValueError(f"bag weights must be {len(models)} rows of {len(first.sources)}, got {rows}")
+        seg = None if segment is None else segment_fraction(segment)
+        self._config = BagConfig(
+            models=tuple(m.config for m in models),
+            weights=rows,
+            segment=None if seg is None else (seg.numerator, seg.denominator),
+        )
+        running, self.source_weights = bag_models(self._config)
+        self.params: OrderedDict = OrderedDict()
+        for i, (model, config) in enumerate(zip(models, running, strict=True)):
+            model.set_segment(config.segment)
+            own = model.get_parameters(grad_only=False) if _has_parameters(model) else OrderedDict()
+            with nn.parameter_scope(f"models/{i}", self.params):
+                for name, var in own.items():
+                    nn.parameter.set_parameter(name, var)
+            model.params, model.scope = self.params, f"models/{i}"
+            model.graphs.clear()
+        self.models = list(models)
+        self.sources = first.sources
+        self.samplerate = first.samplerate
+        self.audio_channels = first.audio_channels
+
+    @classmethod
+    def from_config(cls, config: BagConfig) -> BagOfModels:
+        """A bag of randomly initialised models with the configs of ``config``."""
+        return cls([HTDemucs.from_config(m) for m in config.models], config.weights, config.segment)
+
+    @property
+    def config(self) -> BagConfig:
+        """The :class:`core_spec.configs.BagConfig` of this bag (each model's own config, the bag's segment)."""
+        return self._config
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.float32)
+
+    def parameter_scope(self) -> AbstractContextManager:
+        return nn.parameter_scope("", self.params)
+
+    def get_parameters(self, grad_only: bool = False) -> OrderedDict:
+        """``{models/<i>/<name>: Variable}`` of every model (created first where a model has none yet)."""
+        for model in self.models:
+            model.get_parameters(grad_only=False)
+        with self.parameter_scope():
+            return nn.get_parameters(grad_only=grad_only)
 
 
 def _models_and_weights(model_or_bag: HTDemucs | BagOfModels) -> tuple[list[HTDemucs], list[tuple[float, ...]]]:

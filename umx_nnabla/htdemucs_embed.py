@@ -38,13 +38,6 @@ __all__ = [
 ]
 
 
-def torch_uniform(fan_in: int) -> UniformInitializer:
-    """PyTorch's default init of a Linear / Conv weight and bias (kaiming uniform, ``a = sqrt 5``): uniform in
-    ``+-1 / sqrt(fan_in)``."""
-    bound = 1.0 / np.sqrt(fan_in)
-    return UniformInitializer((-bound, bound))
-
-
 def _parameter(name: str, shape: tuple[int, ...], init: object) -> nn.Variable:
     var = nn.parameter.get_parameter_or_create(name, shape, init, True)
     if tuple(var.shape) != tuple(shape):
@@ -100,3 +93,10 @@ class ScaledEmbedding:
             init = NormalInitializer(1.0 / self.scale)  # upstream: N(0, 1) (smoothed), then / scale
             weight = _parameter("weight", (self.num_embeddings, self.dim), init)
         return scaled_embedding(weight, self.scale, nb_freqs)
+
+
+def torch_uniform(fan_in: int) -> UniformInitializer:
+    """PyTorch's default init of a Linear / Conv weight and bias (kaiming uniform, ``a = sqrt 5``): uniform in
+    ``+-1 / sqrt(fan_in)``."""
+    bound = 1.0 / np.sqrt(fan_in)
+    return UniformInitializer((-bound, bound))

@@ -53,18 +53,6 @@ def _glu(x: nn.Variable) -> nn.Variable:
     return product(a, F.sigmoid(b))
 
 
-def group_norm(x: nn.Variable, groups: int, name: str) -> nn.Variable:
-    """``torch.nn.GroupNorm(groups, C)`` named ``name`` on ``x (B, C, ...)``: statistics per item and group of
-    ``C / groups`` contiguous channels over every other axis, biased variance, eps 1e-5 (:func:`standardise`);
-    per-channel affine. Parameters ``name/weight``, ``name/bias`` ``(C,)``."""
-    channels = x.shape[1]
-    with nn.parameter_scope(name):
-        weight = parameter("weight", (channels,), ConstantInitializer(1.0))
-        bias = parameter("bias", (channels,), ConstantInitializer(0.0))
-    grouped = reshape(x, (x.shape[0], groups, -1))
-    return channel_affine(reshape(standardise(grouped, (2,)), tuple(x.shape)), weight, bias)
-
-
 def _conv(x: nn.Variable, chout: int, kernel: tuple[int, ...], name: str, **kwargs: object) -> nn.Variable:
     """``torch.nn.Conv{1,2}d(x.shape[1], chout, kernel)`` named ``name``: ``name/weight (chout, chin, *kernel)``."""
     chin = x.shape[1]
@@ -260,3 +248,15 @@ class HDecLayer:
         if not layer.last:
             z = gelu(z)
         return z, y
+
+
+def group_norm(x: nn.Variable, groups: int, name: str) -> nn.Variable:
+    """``torch.nn.GroupNorm(groups, C)`` named ``name`` on ``x (B, C, ...)``: statistics per item and group of
+    ``C / groups`` contiguous channels over every other axis, biased variance, eps 1e-5 (:func:`standardise`);
+    per-channel affine. Parameters ``name/weight``, ``name/bias`` ``(C,)``."""
+    channels = x.shape[1]
+    with nn.parameter_scope(name):
+        weight = parameter("weight", (channels,), ConstantInitializer(1.0))
+        bias = parameter("bias", (channels,), ConstantInitializer(0.0))
+    grouped = reshape(x, (x.shape[0], groups, -1))
+    return channel_affine(reshape(standardise(grouped, (2,)), tuple(x.shape)), weight, bias)

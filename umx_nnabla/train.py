@@ -145,26 +145,6 @@ def _unpack(batch: Any, recipe: Recipe) -> tuple[np.ndarray, ...]:
     return (np.asarray(sources, np.float32),)
 
 
-def htdemucs_loss(estimates: nn.Variable, sources: nn.Variable, weights: Any = None, loss: str = "l1") -> nn.Variable:
-    """demucs 4's training loss as a graph on ``estimates`` and ``sources`` ``(B, S, C, T)``
-    (:func:`core_spec.reference.train.htdemucs_loss`): ``l1``: ``|e - s|`` averaged over (channels, time), then over
-    the batch, one value per source; ``mse``: ``(e - s)^2`` averaged over (channels, time) only (upstream's MSE is
-    summed over the batch); then ``sum(loss * w) / sum(w)`` with the per-source ``weights`` (empty: all 1)."""
-    nb_sources = sources.shape[1]
-    w = np.ones(nb_sources) if weights is None or len(weights) == 0 else np.asarray(weights, np.float64)
-    if w.shape != (nb_sources,):
-        raise ValueError(f"{len(w)} source weights for {nb_sources} sources")
-    if loss == "l1":
-        per = F.mean(F.absolute_error(estimates, sources), axis=(0, 2, 3))  # (S,)
-        w_var = (w / w.sum()).astype(np.float32)
-    elif loss == "mse":
-        per = F.mean(F.squared_error(estimates, sources), axis=(2, 3))  # (B, S)
-        w_var = np.broadcast_to(w / w.sum(), per.shape).astype(np.float32)
-    else:
-        raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
-    return F.sum(per * nn.Variable.from_numpy_array(np.ascontiguousarray(w_var)))
-
-
 class UMXStep:
     """The training graph of Open-Unmix: ``mean((model(|STFT(x)|) - |STFT(y)|)^2)``, built once per batch shape.
 
@@ -236,49 +216,6 @@ class DemucsStep:
         loss.forward(clear_no_need_grad=True)
         loss.backward(clear_buffer=True)
         return float(loss.d)
-
-
-class HTDemucsStep:
-    """The training graph of HTDemucs: :func:`htdemucs_loss` of the network in training mode
-    (:func:`umx_nnabla.htdemucs.training_graph`: at the batch's length, no padding) on the mixture
-    ``sum(sources)``, built once per batch shape. The spectrogram and the input statistics are NumPy (no gradient
-    flows into the input)."""
-
-    def __init__(self, model: HTDemucs, recipe: HTDemucsTrainConfig):
-        self.model, self.weights, self.loss = model, tuple(recipe.weights), recipe.loss
-        self._graphs: dict[tuple[int, ...], tuple[dict[str, nn.Variable], nn.Variable, nn.Variable]] = {}
-
-    def graph(self, shape: tuple[int, ...]) -> tuple[dict[str, nn.Variable], nn.Variable, nn.Variable]:
-        """``(inputs, target, loss)`` for sources of ``shape`` ``(B, S, C, T)``."""
-        shape = tuple(int(n) for n in shape)
-        if shape not in self._graphs:
-            batch, _, _, length = shape
-            inputs, estimates = training_graph(self.model, batch, length)
-            target = nn.Variable(estimates.shape)
-            loss = htdemucs_loss(estimates, target, self.weights, self.loss)
-            loss.persistent = True
-            self._graphs[shape] = (inputs, target, loss)
-        return self._graphs[shape]
-
-    def __call__(self, batch: Any, recipe: HTDemucsTrainConfig) -> float:
-        (sources,) = _unpack(batch, recipe)
-        inputs, target, loss = self.graph(sources.shape)
-        arrays = network_inputs(self.model, sources.sum(axis=1))
-        for name, var in inputs.items():
-            var.d = arrays[name]
-        target.d = sources
-        loss.forward(clear_no_need_grad=True)
-        loss.backward(clear_buffer=True)
-        return float(loss.d)
-
-
-_TRANSFORMER_PREFIX = "crosstransformer/"
-
-
-def optimizer_groups(params: Mapping[str, Any]) -> dict[str, str]:
-    """The optimiser group of each trainable NNabla name: ``"transformer"`` for the cross-transformer's
-    (``crosstransformer/...``, demucs 4's ``make_optim_group``), ``"main"`` for the rest."""
-    return {k: "transformer" if k.startswith(_TRANSFORMER_PREFIX) else "main" for k in params}
 
 
 def make_optimizer(model: Model, recipe: Recipe) -> TorchAdam:
@@ -391,6 +328,69 @@ def loss_and_grads(
     _zero_grads(model)
     loss = step(batch, recipe)
     return loss, canonical_grads(model, {k: v.g.copy() for k, v in params.items()})
+
+
+def htdemucs_loss(estimates: nn.Variable, sources: nn.Variable, weights: Any = None, loss: str = "l1") -> nn.Variable:
+    """demucs 4's training loss as a graph on ``estimates`` and ``sources`` ``(B, S, C, T)``
+    (:func:`core_spec.reference.train.htdemucs_loss`): ``l1``: ``|e - s|`` averaged over (channels, time), then over
+    the batch, one value per source; ``mse``: ``(e - s)^2`` averaged over (channels, time) only (upstream's MSE is
+    summed over the batch); then ``sum(loss * w) / sum(w)`` with the per-source ``weights`` (empty: all 1)."""
+    nb_sources = sources.shape[1]
+    w = np.ones(nb_sources) if weights is None or len(weights) == 0 else np.asarray(weights, np.float64)
+    if w.shape != (nb_sources,):
+        raise ValueError(f"{len(w)} source weights for {nb_sources} sources")
+    if loss == "l1":
+        per = F.mean(F.absolute_error(estimates, sources), axis=(0, 2, 3))  # (S,)
+        w_var = (w / w.sum()).astype(np.float32)
+    elif loss == "mse":
+        per = F.mean(F.squared_error(estimates, sources), axis=(2, 3))  # (B, S)
+        w_var = np.broadcast_to(w / w.sum(), per.shape).astype(np.float32)
+    else:
+        raise ValueError(f"unknown loss {loss!r}: expected 'l1' or 'mse'")
+    return F.sum(per * nn.Variable.from_numpy_array(np.ascontiguousarray(w_var)))
+
+
+class HTDemucsStep:
+    """The training graph of HTDemucs: :func:`htdemucs_loss` of the network in training mode
+    (:func:`umx_nnabla.htdemucs.training_graph`: at the batch's length, no padding) on the mixture
+    ``sum(sources)``, built once per batch shape. The spectrogram and the input statistics are NumPy (no gradient
+    flows into the input)."""
+
+    def __init__(self, model: HTDemucs, recipe: HTDemucsTrainConfig):
+        self.model, self.weights, self.loss = model, tuple(recipe.weights), recipe.loss
+        self._graphs: dict[tuple[int, ...], tuple[dict[str, nn.Variable], nn.Variable, nn.Variable]] = {}
+
+    def graph(self, shape: tuple[int, ...]) -> tuple[dict[str, nn.Variable], nn.Variable, nn.Variable]:
+        """``(inputs, target, loss)`` for sources of ``shape`` ``(B, S, C, T)``."""
+        shape = tuple(int(n) for n in shape)
+        if shape not in self._graphs:
+            batch, _, _, length = shape
+            inputs, estimates = training_graph(self.model, batch, length)
+            target = nn.Variable(estimates.shape)
+            loss = htdemucs_loss(estimates, target, self.weights, self.loss)
+            loss.persistent = True
+            self._graphs[shape] = (inputs, target, loss)
+        return self._graphs[shape]
+
+    def __call__(self, batch: Any, recipe: HTDemucsTrainConfig) -> float:
+        (sources,) = _unpack(batch, recipe)
+        inputs, target, loss = self.graph(sources.shape)
+        arrays = network_inputs(self.model, sources.sum(axis=1))
+        for name, var in inputs.items():
+            var.d = arrays[name]
+        target.d = sources
+        loss.forward(clear_no_need_grad=True)
+        loss.backward(clear_buffer=True)
+        return float(loss.d)
+
+
+_TRANSFORMER_PREFIX = "crosstransformer/"
+
+
+def optimizer_groups(params: Mapping[str, Any]) -> dict[str, str]:
+    """The optimiser group of each trainable NNabla name: ``"transformer"`` for the cross-transformer's
+    (``crosstransformer/...``, demucs 4's ``make_optim_group``), ``"main"`` for the rest."""
+    return {k: "transformer" if k.startswith(_TRANSFORMER_PREFIX) else "main" for k in params}
 
 
 def _zero_grads(model: Model) -> None:

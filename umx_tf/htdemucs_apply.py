@@ -35,70 +35,6 @@ from .htdemucs import HTDemucs, forward
 __all__ = ["SEPARATE_EPS", "BagOfModels", "apply_model", "bag_models", "separate_track"]
 
 
-@keras.saving.register_keras_serializable(package="umx_tf")
-class BagOfModels(keras.Model):
-    """A bag of HTDemucs models (``demucs.apply.BagOfModels``): each source's estimate is the weighted mean of the
-    models' estimates.
-
-    Args:
-        models: the models (same sources, sample rate and audio channels), in the bag's order.
-        weights: one row per model, one weight per source (``None``: all ones).
-        segment: the bag's segment in seconds (a yaml's ``segment``), or ``None``. As 4.1.0, it replaces the segment
-            of every model whose own is not shorter, which changes the length those models run at.
-
-    Weights: ``models[i]`` (upstream's ``BagOfModels.state_dict()`` names ``models.<i>.<name>``).
-    """
-
-    def __init__(
-        self,
-        models: Sequence[HTDemucs],
-        weights: Sequence[Sequence[float]] | None = None,
-        segment: tuple[int, int] | Fraction | float | None = None,
-        **kwargs: Any,
-    ):
-        super().__init__(**kwargs)
-        if not models:
-            raise ValueError("a bag needs at least one model")
-        first = models[0]
-        for model in models[1:]:
-            if (model.sources, model.samplerate, model.audio_channels) != (
-                first.sources,
-                first.samplerate,
-                first.audio_channels,
-            ):
-                raise ValueError("every model of a bag must have the same sources, sample rate and audio channels")
-        rows = None if weights is None else tuple(tuple(float(w) for w in row) for row in weights)
-        if rows is not None and (len(rows) != len(models) or any(len(r) != len(first.sources) for r in rows)):
-            raise ValueError(f"bag weights must be {len(models)} rows of {len(first.sources)}, got {rows}")
-        seg = None if segment is None else segment_fraction(segment)
-        self._config = BagConfig(
-            models=tuple(m.config for m in models),
-            weights=rows,
-            segment=None if seg is None else (seg.numerator, seg.denominator),
-        )
-        running, self.source_weights = bag_models(self._config)
-        for model, config in zip(models, running, strict=True):
-            model.set_segment(config.segment)
-        self.models = list(models)
-        self.sources = first.sources
-        self.samplerate = first.samplerate
-        self.audio_channels = first.audio_channels
-        self.built = True
-
-    @classmethod
-    def from_config(cls, config: BagConfig | dict, custom_objects: Any = None, dtype: Any = None) -> BagOfModels:
-        """A bag of randomly initialised models with the configs of ``config``."""
-        if not isinstance(config, BagConfig):
-            raise TypeError("a BagOfModels is built from a core_spec.configs.BagConfig")
-        models = [HTDemucs.from_config(m, dtype=dtype) for m in config.models]
-        return cls(models, config.weights, config.segment, dtype=dtype)
-
-    @property
-    def config(self) -> BagConfig:
-        """The :class:`core_spec.configs.BagConfig` of this bag (each model's own config, the bag's segment)."""
-        return self._config
-
-
 @dataclass(frozen=True)
 class _Chunk:
     """``TensorChunk``: the samples ``[offset, offset + length)`` of ``tensor (B, C, total)``; a chunk of a chunk
@@ -176,6 +112,70 @@ def _apply_one(run: _Run, mix: tf.Tensor, shifts: int, split: bool) -> tf.Tensor
         out = shifted if out is None else out + shifted
     assert out is not None
     return out / shifts
+
+
+@keras.saving.register_keras_serializable(package="umx_tf")
+class BagOfModels(keras.Model):
+    """A bag of HTDemucs models (``demucs.apply.BagOfModels``): each source's estimate is the weighted mean of the
+    models' estimates.
+
+    Args:
+        models: the models (same sources, sample rate and audio channels), in the bag's order.
+        weights: one row per model, one weight per source (``None``: all ones).
+        segment: the bag's segment in seconds (a yaml's ``segment``), or ``None``. As 4.1.0, it replaces the segment
+            of every model whose own is not shorter, which changes the length those models run at.
+
+    Weights: ``models[i]`` (upstream's ``BagOfModels.state_dict()`` names ``models.<i>.<name>``).
+    """
+
+    def __init__(
+        self,
+        models: Sequence[HTDemucs],
+        weights: Sequence[Sequence[float]] | None = None,
+        segment: tuple[int, int] | Fraction | float | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__(**kwargs)
+        if not models:
+            raise ValueError("a bag needs at least one model")
+        first = models[0]
+        for model in models[1:]:
+            if (model.sources, model.samplerate, model.audio_channels) != (
+                first.sources,
+                first.samplerate,
+                first.audio_channels,
+            ):
+                raise ValueError("every model of a bag must have the same sources, sample rate and audio channels")
+        rows = None if weights is None else tuple(tuple(float(w) for w in row) for row in weights)
+        if rows is not None and (len(rows) != len(models) or any(len(r) != len(first.sources) for r in rows)):
+            raise ValueError(f"bag weights must be {len(models)} rows of {len(first.sources)}, got {rows}")
+        seg = None if segment is None else segment_fraction(segment)
+        self._config = BagConfig(
+            models=tuple(m.config for m in models),
+            weights=rows,
+            segment=None if seg is None else (seg.numerator, seg.denominator),
+        )
+        running, self.source_weights = bag_models(self._config)
+        for model, config in zip(models, running, strict=True):
+            model.set_segment(config.segment)
+        self.models = list(models)
+        self.sources = first.sources
+        self.samplerate = first.samplerate
+        self.audio_channels = first.audio_channels
+        self.built = True
+
+    @classmethod
+    def from_config(cls, config: BagConfig | dict, custom_objects: Any = None, dtype: Any = None) -> BagOfModels:
+        """A bag of randomly initialised models with the configs of ``config``."""
+        if not isinstance(config, BagConfig):
+            raise TypeError("a BagOfModels is built from a core_spec.configs.BagConfig")
+        models = [HTDemucs.from_config(m, dtype=dtype) for m in config.models]
+        return cls(models, config.weights, config.segment, dtype=dtype)
+
+    @property
+    def config(self) -> BagConfig:
+        """The :class:`core_spec.configs.BagConfig` of this bag (each model's own config, the bag's segment)."""
+        return self._config
 
 
 def _models_and_weights(model_or_bag: HTDemucs | BagOfModels) -> tuple[list[HTDemucs], list[tuple[float, ...]]]:

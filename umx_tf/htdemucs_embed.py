@@ -8,7 +8,8 @@ The spec is :mod:`core_spec.reference.htdemucs_embed` (its docstring has the for
 - :func:`create_2d_sin_embedding`: the frequency tokens' 2-D embedding, here **channels-last**
   ``(1, height, width, d_model)`` (the spec's ``(1, d_model, height, width)`` moved), interleaved sin / cos of the
   width position in the first half of the channels, of the height position in the second;
-- :class:`ScaledEmbedding`: ``freq_emb``, rows ``0 .. nb_freqs-1`` of the stored table times ``scale``;
+- :func:`scaled_embedding` / :class:`ScaledEmbedding`: ``freq_emb``, rows ``0 .. nb_freqs-1`` of the stored table
+  times ``scale``;
 - :func:`channel_conv1x1`: ``channel_upsampler`` / ``channel_downsampler`` (and ``_t``), a 1x1 ``Conv1d`` on
   channels-last tokens of any rank (:class:`Conv1x1`, kernel ``(1, chin, chout)`` as Keras's ``Conv1D``).
 
@@ -25,7 +26,14 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-__all__ = ["Conv1x1", "ScaledEmbedding", "channel_conv1x1", "create_2d_sin_embedding", "create_sin_embedding"]
+__all__ = [
+    "Conv1x1",
+    "ScaledEmbedding",
+    "channel_conv1x1",
+    "create_2d_sin_embedding",
+    "create_sin_embedding",
+    "scaled_embedding",
+]
 
 
 def create_sin_embedding(
@@ -66,6 +74,29 @@ def create_2d_sin_embedding(
     return tf.concat([pe_w, pe_h], axis=-1)[None]
 
 
+def scaled_embedding(weight: Any, scale: float, nb_freqs: int) -> tf.Tensor:
+    """``ScaledEmbedding``'s forward on the frequency indices ``0 .. nb_freqs-1``: ``weight[:nb_freqs] * scale``.
+
+    Args:
+        weight: the stored table ``(num_embeddings, dim)`` (a variable or a tensor).
+
+    Returns:
+        ``(nb_freqs, dim)``.
+
+    Raises:
+        ValueError: ``nb_freqs`` out of ``[0, num_embeddings]``.
+    """
+    rows = weight.shape[0]
+    if not 0 <= nb_freqs <= rows:
+        raise ValueError(f"scaled_embedding: {nb_freqs} rows asked of a table of {rows}")
+    return tf.convert_to_tensor(weight)[:nb_freqs] * scale
+
+
+def channel_conv1x1(chin: int, chout: int, *, dtype: Any = None, name: str | None = None) -> Conv1x1:
+    """``channel_upsampler`` / ``channel_downsampler`` (and ``_t``): a :class:`Conv1x1` ``chin -> chout``."""
+    return Conv1x1(chin, chout, dtype=dtype, name=name)
+
+
 class ScaledEmbedding(keras.layers.Layer):
     """``ScaledEmbedding`` of demucs 4.x, the frequency embedding ``freq_emb``.
 
@@ -82,15 +113,7 @@ class ScaledEmbedding(keras.layers.Layer):
 
     def call(self, nb_freqs: int) -> tf.Tensor:
         """The rows ``0 .. nb_freqs - 1`` times ``scale``: ``(nb_freqs, dim)``."""
-        rows = self.embeddings.shape[0]
-        if not 0 <= nb_freqs <= rows:
-            raise ValueError(f"ScaledEmbedding: {nb_freqs} rows asked of a table of {rows}")
-        return tf.convert_to_tensor(self.embeddings)[:nb_freqs] * self.scale
-
-
-def channel_conv1x1(chin: int, chout: int, *, dtype: Any = None, name: str | None = None) -> Conv1x1:
-    """``channel_upsampler`` / ``channel_downsampler`` (and ``_t``): a :class:`Conv1x1` ``chin -> chout``."""
-    return Conv1x1(chin, chout, dtype=dtype, name=name)
+        return scaled_embedding(self.embeddings, self.scale, nb_freqs)
 
 
 class Conv1x1(keras.layers.Layer):

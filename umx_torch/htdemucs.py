@@ -44,7 +44,7 @@ from .htdemucs_spec import denormalise_output, ispec, magnitude, mask_cac, norma
 from .htdemucs_transformer import CrossTransformerEncoder
 from .weights import prepare_state_dict
 
-__all__ = ["HTDemucs", "htdemucs_trace_keys", "rescale_module"]
+__all__ = ["HTDemucs", "forward", "htdemucs_trace_keys", "htdemucs_valid_length", "rescale_module"]
 
 STATS_KEYS = ("mean", "std", "mean_t", "std_t")
 
@@ -217,6 +217,20 @@ class HTDemucs(nn.Module):
         wave = keep("ispec", ispec(mask_cac(x), run_length, self.nfft, self.hop_length, window))
         xt = denormalise_output(xt.view(B, S, -1, run_length), mean_t, std_t)
         return keep("output", (xt + wave)[..., :length])
+
+
+def forward(
+    model: HTDemucs,
+    mix: Tensor,
+    window: Tensor | None = None,
+    stats: Mapping[str, Any] | None = None,
+    traced: bool = False,
+) -> tuple[Tensor, dict[str, Tensor]]:
+    """The forward as every port's ``forward`` calls it: ``(output, trace)``, the trace empty unless ``traced``
+    (arguments as :meth:`HTDemucs.forward`; the model's mode and autograd as the caller set them)."""
+    trace: dict[str, Tensor] | None = {} if traced else None
+    out = model(mix, trace, stats=stats, window=window)
+    return out, trace or {}
 
 
 def rescale_module(module: nn.Module, reference: float) -> None:

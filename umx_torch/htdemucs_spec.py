@@ -26,7 +26,17 @@ from core_spec.reference.htdemucs_spec import NORM_EPS, spec_padding
 
 from .transforms import istft, stft
 
-__all__ = ["denormalise_output", "ispec", "magnitude", "mask_cac", "normalise_input", "pad1d", "spec"]
+__all__ = [
+    "NORM_EPS",
+    "denormalise_output",
+    "ispec",
+    "magnitude",
+    "mask_cac",
+    "normalise_input",
+    "pad1d",
+    "spec",
+    "spec_padding",
+]
 
 
 def pad1d(x: Tensor, pad_left: int, pad_right: int) -> Tensor:

@@ -8,7 +8,8 @@ tokens ``(B, C, Fr, T1) -> (B, T1*Fr, C)`` (time-major) and the time tokens ``(B
 ``MyTransformerEncoderLayer``), cross-attention layers at odd ones (:class:`CrossAttentionLayer`) in which each
 branch attends to the other's tokens as they were before the layer. Every layer is pre-norm with LayerScale
 (``gamma_1``, ``gamma_2``), an exact-GELU feed-forward, and ``norm_out``: GroupNorm(1) over tokens x channels
-(:class:`TokenGroupNorm`). The attention is :class:`torch.nn.MultiheadAttention` (``batch_first=True``: its packed
+(:class:`TokenGroupNorm`). The attention is :class:`torch.nn.MultiheadAttention`, exported here under that name
+as the other ports export their own (``batch_first=True``: its packed
 ``in_proj_weight`` / ``in_proj_bias`` and ``out_proj`` are upstream's names). The modules hold the weights; the
 computation is :func:`_attention`: the projections, then :func:`torch.nn.functional.scaled_dot_product_attention`,
 whose CPU kernel is flash attention (the ``heads x Tq x Tk`` scores are never held at once: 8 x 2688 x 2688 floats
@@ -25,41 +26,31 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn import MultiheadAttention
 
 from core_spec.configs import HTDemucsConfig
-from core_spec.reference.htdemucs_transformer import TRACE_PREFIX, check_transformer_config
+from core_spec.reference.htdemucs_transformer import TRACE_PREFIX, check_transformer_config, transformer_trace_keys
 from core_spec.trace import Recorder
 
 from .htdemucs_embed import create_2d_sin_embedding, create_sin_embedding
 
-__all__ = ["CrossAttentionLayer", "CrossTransformerEncoder", "LayerScale", "SelfAttentionLayer", "TokenGroupNorm"]
+__all__ = [
+    "TRACE_PREFIX",
+    "CrossAttentionLayer",
+    "CrossTransformerEncoder",
+    "LayerScale",
+    "MultiheadAttention",
+    "SelfAttentionLayer",
+    "TokenGroupNorm",
+    "check_transformer_config",
+    "transformer_trace_keys",
+]
 
 LAYER_NORM_EPS = 1e-5
 LAYER_SCALE_INIT = 1e-4  # upstream's init_values (training only)
 
 
-class LayerScale(nn.Module):
-    """``LayerScale`` on channels-last tokens ``(B, T, C)``: ``scale * x``; the state dict holds ``scale``
-    ``(C,)``."""
-
-    def __init__(self, channels: int, init: float = LAYER_SCALE_INIT) -> None:
-        super().__init__()
-        self.scale = nn.Parameter(torch.full((channels,), float(init)))
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.scale * x
-
-
-class TokenGroupNorm(nn.GroupNorm):
-    """``norm_out`` (upstream's ``MyGroupNorm``): a GroupNorm of tokens ``(B, T, C)``, the statistics of each group
-    over all its tokens and channels, the affine per channel."""
-
-    def forward(self, x: Tensor) -> Tensor:
-        """``(B, T, C)`` -> ``(B, T, C)``."""
-        return super().forward(x.transpose(1, 2)).transpose(1, 2)
-
-
-def _attention(mha: nn.MultiheadAttention, query: Tensor, key: Tensor) -> Tensor:
+def _attention(mha: MultiheadAttention, query: Tensor, key: Tensor) -> Tensor:
     """``mha(query, key, key)`` (``batch_first``, no mask) through flash attention: ``query (B, Tq, C)``,
     ``key (B, Tk, C)`` (keys and values) -> ``(B, Tq, C)``. The packed ``in_proj_weight`` ``(3C, C)`` holds the
     query, key and value projections stacked; head ``h`` is channels ``h C/H : (h + 1) C/H`` of each. Self-attention
@@ -91,7 +82,7 @@ class SelfAttentionLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.self_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.self_attn = MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(dim, hidden)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(hidden, dim)
@@ -118,7 +109,7 @@ class CrossAttentionLayer(nn.Module):
 
     def __init__(self, dim: int, heads: int, hidden: int, dropout: float = 0.0) -> None:
         super().__init__()
-        self.cross_attn = nn.MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
+        self.cross_attn = MultiheadAttention(dim, heads, dropout=dropout, batch_first=True)
         self.linear1 = nn.Linear(dim, hidden)
         self.dropout = nn.Dropout(dropout)
         self.linear2 = nn.Linear(hidden, dim)
@@ -192,6 +183,27 @@ class CrossTransformerEncoder(nn.Module):
                 keep(f"{TRACE_PREFIX}layers_t.{index}", xt)
         x = x.reshape(B, T1, Fr, C).permute(0, 3, 2, 1)
         return x, xt.transpose(1, 2)
+
+
+class LayerScale(nn.Module):
+    """``LayerScale`` on channels-last tokens ``(B, T, C)``: ``scale * x``; the state dict holds ``scale``
+    ``(C,)``."""
+
+    def __init__(self, channels: int, init: float = LAYER_SCALE_INIT) -> None:
+        super().__init__()
+        self.scale = nn.Parameter(torch.full((channels,), float(init)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.scale * x
+
+
+class TokenGroupNorm(nn.GroupNorm):
+    """``norm_out`` (upstream's ``MyGroupNorm``): a GroupNorm of tokens ``(B, T, C)``, the statistics of each group
+    over all its tokens and channels, the affine per channel."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``(B, T, C)`` -> ``(B, T, C)``."""
+        return super().forward(x.transpose(1, 2)).transpose(1, 2)
 
 
 def _tokens(x: Tensor) -> Tensor:

@@ -119,8 +119,9 @@ def test_ports_refuses_malformed_arguments(scratch: Path, arguments: str) -> Non
 
 def test_ports_shows_several_definitions_and_builtin_layers() -> None:
     line = (
-        "%% ports reference.htdemucs_transformer.multihead_attention torch=builtin:torch.nn.MultiheadAttention "
-        "jax=MultiheadAttention,_group_norm_1"
+        "%% ports reference.htdemucs_transformer.multihead_attention "
+        "torch=_attention,builtin:torch.nn.MultiheadAttention tensorflow=MultiheadAttention "
+        "jax=MultiheadAttention,_group_norm_1 nnabla=MultiheadAttention"
     )
     expander, text = _expand(ROOT, line)
     assert expander.problems == []
