@@ -97,9 +97,9 @@ def build_parser(prog: str = "unmix-separate", framework: str | None = None) -> 
     parser = argparse.ArgumentParser(
         prog=prog,
         description="Separate audio files into stems with Open-Unmix, Demucs v2 or HTDemucs (demucs v4: htdemucs, "
-        "htdemucs_6s, the htdemucs_ft bag) in PyTorch, TensorFlow, JAX or NNabla (HTDemucs: the ports that have "
-        "it). Defaults are upstream's: openunmix 1.3.0's umx for Open-Unmix, demucs 2.0.3's demucs.separate for "
-        "Demucs v2, demucs 4.1.0's demucs for HTDemucs.",
+        "htdemucs_6s, the htdemucs_ft bag) in PyTorch, TensorFlow, JAX or NNabla. Defaults are upstream's: "
+        "openunmix 1.3.0's umx for Open-Unmix, demucs 2.0.3's demucs.separate for Demucs v2, demucs 4.1.0's demucs "
+        "for HTDemucs.",
         epilog="See docs/separate.md.",
     )
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files or folders (searched recursively)")

@@ -55,8 +55,12 @@ from core_spec.reference.htdemucs_apply import bag_models
 from core_spec.reference.transforms import min_length
 from unmix.targets import TargetError, TargetFile, canonical_files, collect_targets, join_separator
 
-__all__ = ["LoadedModel", "ModelError", "check_em", "htdemucs_max_segment", "load_model", "model_name",
-           "resolve_models", "resolve_weights", "shown", "to_numpy"]  # fmt: skip
+__all__ = ["HTDEMUCS_PORTS", "LoadedModel", "ModelError", "check_em", "htdemucs_max_segment", "load_model",
+           "model_name", "resolve_models", "resolve_weights", "shown", "to_numpy"]  # fmt: skip
+
+
+# the ports with an htdemucs_apply module (named by the message that refuses HTDemucs elsewhere)
+HTDEMUCS_PORTS = ("torch", "tf", "jax", "nnabla")
 
 
 class ModelError(ValueError):
@@ -457,8 +461,9 @@ def _htdemucs_apply(framework: str, where: str) -> Any:
             raise
         module = None
     if module is None or not hasattr(module, "separate_track"):
+        others = ", ".join(k for k in HTDEMUCS_PORTS if k != framework)
         raise ModelError(
             f"--model {where} is an HTDemucs (demucs 4) model: HTDemucs is not available in {fw.label} yet "
-            f"(--framework torch has it)"
+            f"(--framework {others} runs it)"
         )
     return module

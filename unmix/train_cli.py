@@ -2,7 +2,7 @@
 
 ``unmix-train --framework torch|tf|jax|nnabla --model umx|demucs|htdemucs --root DATA --out RUN [options]`` parses the
 options
-here (the same for every framework; ``--model htdemucs``: PyTorch and JAX so far, :data:`HTDEMUCS_FRAMEWORKS`), then
+here (the same for every framework; ``--model htdemucs``: the ports of :data:`HTDEMUCS_FRAMEWORKS`, all four), then
 hands them to ``unmix.train_<framework>.main``, which builds the port's
 ``Trainer`` (``umx_<framework>.train``) and runs :func:`unmix.train_loop.run_epochs`. ``--framework nnabla`` from
 the main environment re-runs the command in ``.venv-nnabla`` (a subprocess; files are the only thing shared).
@@ -58,7 +58,7 @@ from unmix.environments import rerun_in_nnabla
 __all__ = ["FRAMEWORKS", "HTDEMUCS_FRAMEWORKS", "build_parser", "main", "recipe_from_args", "run_main"]
 
 FRAMEWORKS = tuple(_FRAMEWORKS)
-HTDEMUCS_FRAMEWORKS = ("torch", "jax")  # the ports whose Trainer takes an HTDemucs (demucs 4) recipe
+HTDEMUCS_FRAMEWORKS = ("torch", "tf", "jax", "nnabla")  # the ports whose Trainer takes an HTDemucs (demucs 4) recipe
 
 
 def _option(name: str) -> str:
@@ -68,8 +68,8 @@ def _option(name: str) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="unmix-train",
-        description="Train Open-Unmix or Demucs v2 with the upstream recipe in PyTorch, TensorFlow, JAX or NNabla, "
-        "or HTDemucs (demucs 4) in PyTorch or JAX.",
+        description="Train Open-Unmix, Demucs v2 or HTDemucs (demucs 4) with the upstream recipe in PyTorch, "
+        "TensorFlow, JAX or NNabla.",
         epilog="Recipe defaults are upstream's (core_spec/training.py); see docs/training.md.",
     )
     parser.add_argument("--framework", required=True, choices=FRAMEWORKS)

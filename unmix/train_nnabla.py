@@ -9,7 +9,10 @@ process per GPU, which needs ``nnabla-ext-cuda`` and ``mpirun -n N``; on the CPU
 upstream's initialisation seeded by the recipe), the data (:func:`unmix.train_setup.make_datasets`), UMX's input
 statistics, the training graph (built once on a first batch, which creates the LSTMs' ``bias_ih`` / ``bias_hh``),
 the optimiser, ``--resume``'s checkpoint, rank 0's weights broadcast to every replica; then
-:func:`unmix.train_loop.run_epochs` runs the epochs.
+:func:`unmix.train_loop.run_epochs` runs the epochs. HTDemucs (``--model htdemucs``) trains at ``--samples``
+samples whatever its segment, with demucs 4's two Adam groups and its ``valid_apply`` validation (the port's
+:class:`umx_nnabla.train.HTDemucsStep`, :func:`umx_nnabla.train.make_optimizer`), without the transformer's dropout
+(not in the port's training graph yet).
 
 NNabla lives in ``.venv-nnabla``: :func:`unmix.train_cli.main` reruns itself there, and this module imports NNabla
 and the port only when a run starts, so it imports anywhere.
@@ -22,9 +25,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from core_spec.configs import STFTConfig, UMXConfig
+from core_spec.configs import HTDemucsConfig, STFTConfig, UMXConfig
 from core_spec.epochs import steps_per_epoch
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig, initial_weights, shard_batch, train_stft
+from core_spec.training import (
+    DemucsTrainConfig,
+    HTDemucsTrainConfig,
+    UMXTrainConfig,
+    initial_weights,
+    shard_batch,
+    train_stft,
+)
 
 from . import data
 from .run_folder import RunFolder, RunState, log
@@ -33,21 +43,29 @@ from .train_loop import train_epochs
 from .train_setup import make_datasets, model_config
 
 if TYPE_CHECKING:
-    from umx_nnabla import Demucs, OpenUnmix
+    from umx_nnabla import Demucs, HTDemucs, OpenUnmix
     from umx_nnabla.train import Communicator
 
 __all__ = ["fit", "main"]
 
-Recipe = UMXTrainConfig | DemucsTrainConfig
+Recipe = UMXTrainConfig | DemucsTrainConfig | HTDemucsTrainConfig
 
 
-def _build_model(args: argparse.Namespace, recipe: Recipe) -> tuple[OpenUnmix | Demucs, STFTConfig | None, float, bool]:
+def _build_model(
+    args: argparse.Namespace, recipe: Recipe
+) -> tuple[OpenUnmix | Demucs | HTDemucs, STFTConfig | None, float, bool]:
     """The model to train (``--init``'s weights, else :func:`core_spec.training.initial_weights` seeded by
     ``recipe.seed``), its training STFT (UMX), its sample rate, and whether its weights came from a file."""
-    from umx_nnabla import Demucs, OpenUnmix, load_weights
+    from umx_nnabla import Demucs, HTDemucs, OpenUnmix, load_weights
 
     config, weights, rate = model_config(args, recipe)
-    model = OpenUnmix.from_config(config) if isinstance(config, UMXConfig) else Demucs.from_config(config)
+    model: OpenUnmix | Demucs | HTDemucs
+    if isinstance(config, UMXConfig):
+        model = OpenUnmix.from_config(config)
+    elif isinstance(config, HTDemucsConfig):
+        model = HTDemucs.from_config(config)
+    else:
+        model = Demucs.from_config(config)
     stft_config = train_stft(config, recipe.stft_center) if isinstance(config, UMXConfig) else None
     from_file = weights is not None
     load_weights(model, weights if from_file else initial_weights(config, recipe.seed))

@@ -7,6 +7,11 @@ recipe's seed, or ``--init``), the data sets (:func:`unmix.train_setup.make_data
 (fresh runs), the ``Trainer`` (inside the strategy's scope), reads ``--resume``'s checkpoint back, then runs
 :func:`unmix.train_loop.run_epochs` on the batches of :func:`unmix.train_setup.epoch_batches`.
 
+HTDemucs (``--model htdemucs``): a fresh model starts from upstream's initialisation drawn with seeded NumPy
+(:func:`core_spec.training.initial_weights`, as the JAX run: Keras's initialisers are not upstream's), trains at
+``--samples`` samples whatever its segment, demucs 4's two Adam groups (the port's :class:`umx_tf.train.Trainer`),
+validation by demucs 4's ``valid_apply``; without the transformer's dropout (``t_dropout``: not in the port).
+
 TensorFlow is first imported through :mod:`umx_tf` (its start-up log lines filtered,
 :func:`core_spec.frameworks.quiet_import`); this module imports it again only inside its functions.
 """
@@ -22,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from core_spec.epochs import steps_per_epoch
-from core_spec.training import DemucsTrainConfig, UMXTrainConfig
+from core_spec.training import DemucsTrainConfig, HTDemucsTrainConfig, UMXTrainConfig, initial_weights
 from umx_tf.build import from_canonical
 from umx_tf.train import FRAMEWORK, Trainer, default_stft, make_strategy, set_statistics
 
@@ -36,11 +41,12 @@ if TYPE_CHECKING:
     import tensorflow as tf
 
     from umx_tf.demucs import Demucs
+    from umx_tf.htdemucs import HTDemucs
     from umx_tf.umx import OpenUnmix
 
 __all__ = ["fit", "main"]
 
-Recipe = UMXTrainConfig | DemucsTrainConfig
+Recipe = UMXTrainConfig | DemucsTrainConfig | HTDemucsTrainConfig
 
 
 def _default_jit() -> bool:
@@ -51,12 +57,15 @@ def _default_jit() -> bool:
 
 def _build_model(
     args: argparse.Namespace, recipe: Recipe
-) -> tuple[OpenUnmix | Demucs, dict[str, np.ndarray] | None, float]:
-    """The model to train (Keras's initialisers, seeded by ``recipe.seed``, or ``--init``), the canonical weights it
-    was loaded from (``None`` when fresh) and its sample rate."""
+) -> tuple[OpenUnmix | Demucs | HTDemucs, dict[str, np.ndarray] | None, float]:
+    """The model to train (Keras's initialisers, seeded by ``recipe.seed``; HTDemucs upstream's initialisation,
+    :func:`core_spec.training.initial_weights`; or ``--init``), the canonical weights it was loaded from (``None``
+    when Keras's initialisers drew them) and its sample rate."""
     import keras
 
     config, weights, rate = model_config(args, recipe)
+    if weights is None and isinstance(recipe, HTDemucsTrainConfig):
+        weights = initial_weights(config, recipe.seed)
     keras.utils.set_random_seed(recipe.seed)
     return from_canonical(config, weights), weights, rate
 

@@ -9,11 +9,16 @@
   transformer decayed too) does not; the groups' learning rates (``t_lr``); the solver state round trip;
 - the training graph's pieces: :func:`~umx_nnabla.train.htdemucs_loss` against the spec's loss;
 - the :class:`~umx_nnabla.train.Trainer` the epoch loop steps: a step, demucs 4's validation against the spec, the
-  best model's files and a checkpoint that resumes exactly.
+  best model's files and a checkpoint that resumes exactly;
+- ``unmix-train --framework nnabla --model htdemucs`` on the tiny MUSDB root: one epoch of the fixture's small
+  HTDemucs from ``--init`` (upstream's initialisation, :func:`~core_spec.training.initial_weights`) writes a run
+  folder whose best model loads in the port (canonical and ``.h5`` alike) and separates with ``apply_model``; a
+  fresh run starts from :func:`~core_spec.training.initial_weights` at the recipe's seed.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 from pathlib import Path
@@ -22,12 +27,14 @@ import nnabla as nn
 import numpy as np
 import pytest
 
-from core_spec.canonical import load_canonical
+from core_spec.canonical import load_canonical, save_canonical
 from core_spec.reference import htdemucs_apply as ref_apply
 from core_spec.reference.train import htdemucs_loss as reference_loss
 from core_spec.seeded import random_audio
 from core_spec.tolerances import check, judge
+from core_spec.training import initial_weights
 from parity_tests.fixtures_htdemucs_train import (
+    CASE,
     HTDemucsTrainCase,
     check_grads,
     check_loss,
@@ -228,3 +235,76 @@ def test_trainer_steps_validates_and_saves(case, tmp_path):
     after, resumed_after = to_canonical(trainer.model), to_canonical(resumed.model)
     for name, value in after.items():
         np.testing.assert_array_equal(resumed_after[name], value, err_msg=name)
+
+
+# --- unmix-train --framework nnabla --model htdemucs on the tiny MUSDB root ------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    tiny = pytest.importorskip("parity_tests.tiny_musdb")
+    pytest.importorskip("unmix.data")
+    return tiny.make_tiny_musdb(tmp_path_factory.mktemp("tiny_musdb"))
+
+
+def _args(root: Path, out: Path, *options: str) -> argparse.Namespace:
+    from unmix.train_cli import build_parser
+
+    return build_parser().parse_args(["--framework", "nnabla", "--root", str(root), "--out", str(out), *options])
+
+
+def test_one_epoch_writes_a_run_that_separates(tiny_root, tmp_path, capsys):
+    """One epoch of the fixture's small HTDemucs (upstream's initialisation, saved as a canonical file for
+    ``--init``), excerpts of its segment with demucs 4's augmentations: the run folder holds the best model
+    (canonical and ``.h5``), which loads in the port and separates a track with ``apply_model``."""
+    from umx_nnabla.build import from_canonical_file, load_module
+    from umx_nnabla.htdemucs_apply import apply_model
+    from unmix.train_cli import main as cli_main
+    from unmix.train_nnabla import main
+
+    config = CASE.config
+    init = tmp_path / "init"
+    save_canonical(init, initial_weights(config, seed=0), config)
+    out = tmp_path / "run"
+    segment = str(config.segment_samples)
+    options = ("--model", "htdemucs", "--init", str(init), "--batch-size", "2", "--remix-group-size", "2",
+               "--samples", segment, "--data-stride", "22050", "--epochs", "1", "--quiet")  # fmt: skip
+    assert main(_args(tiny_root, out, *options)) == 0
+    state = json.loads((out / "checkpoint-htdemucs-nnabla" / "state.json").read_text())
+    (epoch,) = state["history"]
+    assert epoch["steps"] >= 1 and np.isfinite(epoch["train"]) and np.isfinite(epoch["valid"])
+    assert state["recipe"]["weights"] == [] and state["recipe"]["samples"] == config.segment_samples
+
+    weights, file_config, provenance = load_canonical(out / "htdemucs.safetensors")
+    assert file_config == config and provenance["framework"] == "nnabla"
+    assert any(not np.array_equal(weights[k], v) for k, v in load_canonical(init)[0].items())  # it trained
+    with run_on("cpu"):
+        model, native = from_canonical_file(out / "htdemucs.safetensors"), load_module(out / "htdemucs-nnabla")
+        assert isinstance(model, HTDemucs) and isinstance(native, HTDemucs)
+        track = (0.1 * np.random.default_rng(0).standard_normal((2, 5000))).astype(np.float32)
+        stems = apply_model(model, track, shifts=0)
+        np.testing.assert_array_equal(stems, apply_model(native, track, shifts=0))
+    assert stems.shape == (len(config.sources), 2, 5000) and np.all(np.isfinite(stems))
+
+    # the command line takes --framework nnabla for htdemucs (a run with results: refused without --resume / --force)
+    argv = ["--framework", "nnabla", "--model", "htdemucs", "--root", str(tiny_root), "--out", str(out), "--quiet"]
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "trains in" not in err, err
+
+
+def test_fresh_run_starts_from_upstreams_initialisation(tmp_path, monkeypatch):
+    """Without ``--init``, the model's weights are :func:`~core_spec.training.initial_weights` at the recipe's
+    seed, here at the fixture's small config in place of the released preset."""
+    import unmix.train_nnabla as train_nnabla
+    from unmix.train_cli import recipe_from_args
+
+    args = _args(tmp_path, tmp_path / "run", "--model", "htdemucs", "--seed", "3")
+    recipe = recipe_from_args(args)
+    monkeypatch.setattr(train_nnabla, "model_config", lambda a, r: (CASE.config, None, float(CASE.config.samplerate)))
+    model, _, _, from_file = train_nnabla._build_model(args, recipe)
+    assert isinstance(model, HTDemucs) and not from_file
+    got = to_canonical(model)
+    for name, value in initial_weights(CASE.config, 3).items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)

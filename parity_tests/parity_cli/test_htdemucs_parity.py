@@ -1,8 +1,9 @@
 """``unmix-parity`` on HTDemucs: a seeded canonical file at small shapes (every released structure: DConv in encoder
 and decoder, the 1x1 samplers, 5 transformer layers) on 0.2 s of the stempeg clip; every stage of the reference,
-upstream demucs 4.1.0 (its own process) and the torch port, float32 and float64, within the table's rows; TF and
-NNabla reported as not available (issue 26), not as failures; a bag's members and its apply stage; a degraded or
-corrupted port output fails its rows; upstream's injected input statistics reach every network call."""
+upstream demucs 4.1.0 (its own process), the torch and TensorFlow ports in float32 and float64 and the NNabla port
+(its own environment) in float32, within the table's rows (NNabla's float64 noted as not run, not failed); a bag's
+members and its apply stage; a degraded or corrupted port output fails its rows; upstream's injected input
+statistics reach every network call."""
 
 from __future__ import annotations
 
@@ -42,7 +43,7 @@ def _report(folder: Path) -> dict:
     return json.loads((folder / "parity.json").read_text())
 
 
-def test_every_stage_reference_upstream_torch(small_file: Path, tmp_path: Path) -> None:
+def test_every_stage_reference_upstream_and_ports(small_file: Path, tmp_path: Path) -> None:
     out = run_unmix_parity(
         str(small_file), "--seconds", SECONDS, "--frameworks", "torch,tf,nnabla", "--dtype", "float32,float64",
         "--report", str(tmp_path),
@@ -51,19 +52,22 @@ def test_every_stage_reference_upstream_torch(small_file: Path, tmp_path: Path) 
     report = _report(tmp_path)
     assert report["ok"] is True and report["stages"] == list(stage_order(SMALL))
     keys = {(r["implementation"], r["dtype"], r["key"]) for r in report["rows"]}
-    for implementation in ("upstream", "torch"):
-        for dtype in ("float32", "float64"):
-            for key in htdemucs_trace_keys(SMALL):  # every stage of the spec's trace, and every stem
-                assert (implementation, dtype, key) in keys, (implementation, dtype, key)
-            for source in SMALL.sources:
-                assert (implementation, dtype, f"stems {source}") in keys
+    ran = [("upstream", dt) for dt in ("float32", "float64")] + [("torch", "float32"), ("torch", "float64"),
+                                                                 ("tf", "float32"), ("tf", "float64"),
+                                                                 ("nnabla", "float32")]  # fmt: skip
+    for implementation, dtype in ran:
+        for key in htdemucs_trace_keys(SMALL):  # every stage of the spec's trace, and every stem
+            assert (implementation, dtype, key) in keys, (implementation, dtype, key)
+        for source in SMALL.sources:
+            assert (implementation, dtype, f"stems {source}") in keys
     assert all(r["ok"] for r in report["rows"])
-    ported32 = [r for r in report["rows"] if r["implementation"] == "torch" and r["dtype"] == "float32"]
-    assert ported32 and all(r["snr_bound_db"] is not None for r in ported32)  # judged against upstream's own error
+    for name in ("torch", "tf", "nnabla"):
+        ported32 = [r for r in report["rows"] if r["implementation"] == name and r["dtype"] == "float32"]
+        assert ported32 and all(r["snr_bound_db"] is not None for r in ported32)  # against upstream's own error
     notes = {(r["implementation"], r["dtype"]): r for r in report["runs"]}
-    for name in ("tf", "nnabla"):  # no HTDemucs there yet: noted, not failed
-        assert notes[(name, "float32")]["error"] is None, notes[(name, "float32")]
-        assert "not available yet" in notes[(name, "float32")]["note"]
+    # NNabla has no float64: noted, not failed
+    assert notes[("nnabla", "float64")]["error"] is None, notes[("nnabla", "float64")]
+    assert "has no float64" in notes[("nnabla", "float64")]["note"]
     assert "given upstream's input statistics" in out.stdout and "verdict   pass" in out.stdout
 
 

@@ -135,11 +135,11 @@ def test_defaults_int16_rescaled(models: Models, tmp_path: Path, capsys) -> None
     check(read_stems(folder, SOURCES), expected, "data.pcm16", "float32", what="defaults, int16 rescaled")
 
 
-def _float64_in_process(path: Path, argv: list[str]) -> tuple[LoadedModel, Options]:
+def _float64_in_process(path: Path, argv: list[str], framework: str = "torch") -> tuple[LoadedModel, Options]:
     """The command's own model path with ``--dtype float64``: the loaded model and the resolved options."""
-    args = build_parser().parse_args(["x.wav", "--model", str(path), "--framework", "torch", "--dtype", "float64",
+    args = build_parser().parse_args(["x.wav", "--model", str(path), "--framework", framework, "--dtype", "float64",
                                       *argv])  # fmt: skip
-    model = load_model(args.model, "torch", "cpu", "float64", cache=None)
+    model = load_model(args.model, framework, "cpu", "float64", cache=None)
     options = resolve_options(args, model)
     return model, options
 
@@ -224,14 +224,26 @@ def test_six_stems(models: Models, tmp_path: Path, capsys) -> None:
     check(got, spec(models, "six", shifts=0), "htdemucs.apply", "float32", what="six stems")
 
 
-def test_umx_options_refused_and_framework_without_htdemucs(models: Models, tmp_path: Path, capsys) -> None:
-    """Open-Unmix options are refused for HTDemucs; a port without HTDemucs says so (nothing written)."""
+def test_umx_options_refused_and_framework_without_htdemucs(
+    models: Models, tmp_path: Path, capsys, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Open-Unmix options are refused for HTDemucs; a port without HTDemucs says so (nothing written): here the
+    torch port with its ``htdemucs_apply`` module made unimportable."""
     code, _, err = run([models.clip, "--model", models.small, "--framework", "torch", "--niter", "2", "-o", tmp_path],
                        capsys)  # fmt: skip
     assert code == 1 and "--niter: Open-Unmix option(s)" in err and "htdemucs model" in err, err
-    pytest.importorskip("tensorflow")
-    code, _, err = run([models.clip, "--model", models.small, "--framework", "tf", "-o", tmp_path], capsys)
-    assert code == 1 and "HTDemucs is not available in TensorFlow yet" in err, err
+    import unmix.separate_models as separate_models
+
+    real_import = separate_models.importlib.import_module
+
+    def without_htdemucs(name: str, *args: Any) -> Any:
+        if name == "umx_torch.htdemucs_apply":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return real_import(name, *args)
+
+    monkeypatch.setattr(separate_models.importlib, "import_module", without_htdemucs)
+    code, _, err = run([models.clip, "--model", models.small, "--framework", "torch", "-o", tmp_path], capsys)
+    assert code == 1 and "HTDemucs is not available in PyTorch yet" in err, err
     assert files_under(tmp_path) == []
 
 
@@ -372,3 +384,23 @@ def test_jax_port(models: Models, tmp_path: Path, capsys) -> None:
     assert code == 0, err
     got = read_stems(tmp_path / "small" / "clip", SOURCES)
     check(got, spec(models, "small", shifts=0), "htdemucs.apply", "float32", what="unmix-separate --framework jax")
+
+
+def test_tf_port(models: Models, tmp_path: Path, capsys) -> None:
+    """``--framework tf`` runs the same command through ``umx_tf.htdemucs_apply``: demucs 4.1.0's defaults (one
+    seeded shift), float32 stems against the spec; and ``--dtype float64`` on the canonical bag (two members of
+    different segments, per-source weights, one shift) through the command's own model path, at the float64 row
+    (skipped where TensorFlow is missing)."""
+    pytest.importorskip("tensorflow")
+    code, _, err = run([models.clip, "--model", models.small, "--framework", "tf", *FLOAT, "-o", tmp_path, "-q",
+                        "--no-cache"], capsys)  # fmt: skip
+    assert code == 0, err
+    got = read_stems(tmp_path / "small" / "clip", SOURCES)
+    expected = spec(models, "small", shifts=1, rng=0)
+    check(got, expected, "htdemucs.apply", "float32", what="unmix-separate --framework tf")
+    model, options = _float64_in_process(models.bag, ["--shifts", "1", "--seed", "3", "--segment", "0.04"], "tf")
+    assert model.kind == "htdemucs" and model.framework == "tf"
+    got = model.separate(models.audio, options.demucs)
+    assert got.dtype == np.float64
+    expected = spec(models, "bag", shifts=1, rng=3, segment=0.04)
+    check(got, expected, "htdemucs.apply", "float64", what="float64 bag, --framework tf")

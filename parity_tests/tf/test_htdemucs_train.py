@@ -5,18 +5,28 @@
   batch's length), every gradient, the parameters after one and two Adam steps in demucs 4's two groups;
 - the optimiser alone on upstream's own float64 gradients: the two groups match, one group misses;
 - the groups' learning rates (a config's ``t_lr`` keeps the transformer's); the optimiser state survives a
-  checkpoint's arrays.
+  checkpoint's arrays;
+- ``unmix-train --framework tf --model htdemucs`` on the tiny MUSDB root: one epoch of the fixture's small HTDemucs
+  from ``--init`` (upstream's initialisation, :func:`~core_spec.training.initial_weights`) writes a run folder whose
+  best model loads in the port (canonical and Keras file alike) and separates with ``apply_model``; a fresh run
+  starts from :func:`~core_spec.training.initial_weights` at the recipe's seed.
 """
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
+from core_spec.canonical import load_canonical, save_canonical
 from core_spec.tolerances import judge
+from core_spec.training import initial_weights
 from parity_tests.fixtures_htdemucs_train import (
+    CASE,
     HTDemucsTrainCase,
     check_grads,
     check_loss,
@@ -118,3 +128,83 @@ def test_learning_rates_of_the_groups(case):
     assert trainer.learning_rates == pytest.approx({"main": 3e-4, "transformer": 5e-5})
     trainer.set_learning_rate(1e-3)
     assert trainer.learning_rates == pytest.approx({"main": 1e-3, "transformer": 5e-5})
+
+
+# --- unmix-train --framework tf --model htdemucs on the tiny MUSDB root ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from parity_tests.tiny_musdb import make_tiny_musdb
+
+    return make_tiny_musdb(tmp_path_factory.mktemp("tiny") / "musdb")
+
+
+def _args(root: Path, out: Path, device: str, *options: str) -> argparse.Namespace:
+    from unmix.train_cli import build_parser
+
+    argv = ["--framework", "tf", "--root", str(root), "--out", str(out), "--device", device, *options]
+    return build_parser().parse_args(argv)
+
+
+def test_one_epoch_writes_a_run_that_separates(tiny_root, tmp_path, device, capsys):
+    """One epoch of the fixture's small HTDemucs (upstream's initialisation, saved as a canonical file for
+    ``--init``), excerpts of its segment with demucs 4's augmentations: the run folder holds the best model
+    (canonical and ``.weights.h5``), which loads in the port and separates a track with ``apply_model``."""
+    from umx_tf.build import from_canonical_file, load_module
+    from umx_tf.htdemucs import HTDemucs
+    from umx_tf.htdemucs_apply import apply_model
+    from unmix.train_cli import main as cli_main
+    from unmix.train_tf import main
+
+    config = CASE.config
+    init = tmp_path / "init"
+    save_canonical(init, initial_weights(config, seed=0), config)
+    out = tmp_path / "run"
+    segment = str(config.segment_samples)
+    options = ("--model", "htdemucs", "--init", str(init), "--batch-size", "2", "--remix-group-size", "2",
+               "--samples", segment, "--data-stride", "22050", "--epochs", "1", "--quiet")  # fmt: skip
+    assert main(_args(tiny_root, out, device, *options)) == 0
+    state = json.loads((out / "checkpoint-htdemucs-tf" / "state.json").read_text())
+    (epoch,) = state["history"]
+    assert epoch["steps"] >= 1 and np.isfinite(epoch["train"]) and np.isfinite(epoch["valid"])
+    assert state["recipe"]["weights"] == [] and state["recipe"]["samples"] == config.segment_samples
+
+    weights, file_config, provenance = load_canonical(out / "htdemucs.safetensors")
+    assert file_config == config and provenance["framework"] == "tf"
+    assert any(not np.array_equal(weights[k], v) for k, v in load_canonical(init)[0].items())  # it trained
+    device_name = None if device == "cpu" else "gpu"
+    with on_device(device):
+        model = from_canonical_file(out / "htdemucs.safetensors", device=device_name)
+        native = load_module(out / "htdemucs-tf", device=device_name)
+        assert isinstance(model, HTDemucs) and isinstance(native, HTDemucs)
+        track = (0.1 * np.random.default_rng(0).standard_normal((2, 5000))).astype(np.float32)
+        stems = np.asarray(apply_model(model, track, shifts=0))
+        np.testing.assert_array_equal(stems, np.asarray(apply_model(native, track, shifts=0)))
+    assert stems.shape == (len(config.sources), 2, 5000) and np.all(np.isfinite(stems))
+
+    # the command line takes --framework tf for htdemucs (a run with results: refused without --resume / --force)
+    argv = ["--framework", "tf", "--model", "htdemucs", "--root", str(tiny_root), "--out", str(out), "--quiet"]
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "--resume" in err and "trains in" not in err, err
+
+
+def test_fresh_run_starts_from_upstreams_initialisation(tmp_path, monkeypatch):
+    """Without ``--init``, the model's weights are :func:`~core_spec.training.initial_weights` at the recipe's
+    seed (upstream's initialisation; Keras's initialisers are other distributions), here at the fixture's small
+    config in place of the released preset."""
+    import unmix.train_tf as train_tf
+    from umx_tf.weights import to_canonical
+    from unmix.train_cli import recipe_from_args
+
+    args = _args(tmp_path, tmp_path / "run", "cpu", "--model", "htdemucs", "--seed", "3")
+    recipe = recipe_from_args(args)
+    monkeypatch.setattr(train_tf, "model_config", lambda a, r: (CASE.config, None, float(CASE.config.samplerate)))
+    model, weights, _ = train_tf._build_model(args, recipe)
+    expected = initial_weights(CASE.config, 3)
+    assert weights is not None and sorted(weights) == sorted(expected)
+    got = to_canonical(model)
+    for name, value in expected.items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)

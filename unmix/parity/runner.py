@@ -121,7 +121,7 @@ def run_here(
     shifts: int = 0,
 ) -> list[Result]:
     """Capture ``name`` in every dtype it has among ``dtypes`` (this process); an implementation without the
-    model (HTDemucs in TensorFlow and NNabla) gets a ``note``, not an ``error``."""
+    model (an adapter without the HTDemucs stages) gets a ``note``, not an ``error``."""
     try:
         port = load_adapter(name, device)
     except (ImportError, DeviceUnavailable) as e:

@@ -31,7 +31,8 @@ HTDemucs (``HTDemucsConfig``, or a bag: ``BagConfig``), input the track normalis
   runs at in the bag;
 - ``htdemucs_apply`` ``(S, C, L)``: demucs 4's ``apply_model`` on the model or the bag (split, overlap 0.25,
   transition power 1, the model's segment, ``shifts`` random shifts drawn by ``default_rng(0)``, none by default).
-  Implementations without HTDemucs (TensorFlow, NNabla: issue 26) raise :class:`StageUnavailable`.
+  An implementation without HTDemucs stages (all four ports have them since issue 26) raises
+  :class:`StageUnavailable`.
 
 :func:`judge_all` turns captures into rows: the separated stems per source, every other key as a whole, each
 judged by its row of ``core_spec.tolerances`` (the float32 ``wiener`` and ``separator`` rows against upstream's
@@ -84,7 +85,7 @@ SHIFTS_SEED = 0  # the shifts' generator: numpy.random.default_rng(SHIFTS_SEED),
 
 
 class StageUnavailable(NotImplementedError):
-    """The implementation has no such model yet (HTDemucs in TensorFlow and NNabla): not a failure."""
+    """The implementation has no such model yet (an adapter without the HTDemucs stages): not a failure."""
 
 
 def _complex_dtype(dtype: str) -> type:

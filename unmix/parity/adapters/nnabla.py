@@ -4,7 +4,9 @@ NNabla's CPU extension has no float64 kernels (``umx_nnabla._context``), so the 
 function takes and returns NumPy arrays and runs the port's own code: the NumPy-FFT transforms, ``complex_norm`` /
 the networks / the resampler as NNabla graphs, the NumPy Wiener filter, the whole separator and ``apply_model``
 (the port's defaults; the other implementations, ``F.stft`` / ``F.istft`` graphs, ``F.lstm`` and the Wiener
-graph, are compared in ``parity_tests/nnabla/test_graph_impls.py``).
+graph, are compared in ``parity_tests/nnabla/test_graph_impls.py``). HTDemucs (``umx_nnabla.htdemucs``,
+``umx_nnabla.htdemucs_apply``): the traced forward (NumPy spectrograms around the network's graph) and demucs 4's
+``apply_model`` on the model or its bag, the shifts drawn by ``numpy.random.default_rng(seed)``.
 """
 
 from __future__ import annotations
@@ -16,8 +18,10 @@ import nnabla as nn
 import numpy as np
 
 import umx_nnabla
-from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
 from umx_nnabla import filtering, from_canonical, transforms
+from umx_nnabla import htdemucs as ht_model
+from umx_nnabla import htdemucs_apply as ht_apply
 from unmix.parity.adapters import DeviceUnavailable, Port, port_of
 
 __all__ = ["check_device", "port", "run_on", "trace_arrays"]
@@ -111,6 +115,27 @@ def _apply_model(weights, config: DemucsConfig, mix: np.ndarray, split, overlap,
         return umx_nnabla.apply_model(
             model, mix, split=split, overlap=overlap, transition_power=transition_power, segment_length=segment_length
         )
+
+
+def _htdemucs(weights, config: HTDemucsConfig, mix: np.ndarray, dtype: str, device: str, stats=None):
+    with run_on(device):
+        model = from_canonical(config, weights, device=device, dtype=dtype)
+        given = None if stats is None else {k: np.asarray(v, dtype) for k, v in stats.items()}
+        out, trace = ht_model.forward(model, mix, stats=given, traced=True)
+        return out, {k: v for k, v in trace.items() if k != "output"}
+
+
+def _htdemucs_apply(weights, config: HTDemucsConfig | BagConfig, mix: np.ndarray, shifts, split, overlap,
+                    transition_power, segment, seed, dtype: str, device: str, stats=None):  # fmt: skip
+    if stats is not None:
+        raise ValueError("the NNabla port computes its own input statistics")
+    with run_on(device):
+        if isinstance(config, BagConfig):
+            flat = {f"models.{i}.{k}": v for i, w in enumerate(weights) for k, v in w.items()}
+            model = from_canonical(config, flat, device=device, dtype=dtype)
+        else:
+            model = from_canonical(config, weights[0], device=device, dtype=dtype)
+        return ht_apply.apply_model(model, mix, shifts, split, overlap, transition_power, segment, seed), None
 
 
 def port(device: str = "cpu") -> Port:

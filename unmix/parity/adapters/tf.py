@@ -2,7 +2,9 @@
 
 Every function takes and returns NumPy arrays. The networks and the separator run their ``tf.function``\\ s eagerly
 (:func:`eagerly`: no tracing, no XLA), so each stage is the port's arithmetic op by op; the compiled graphs are
-checked end to end by ``parity_tests/tf/test_end_to_end.py``. ``gpu`` is the first GPU with TF32 off.
+checked end to end by ``parity_tests/tf/test_end_to_end.py`` (HTDemucs: ``parity_tests/tf/test_htdemucs.py``).
+HTDemucs (``umx_tf.htdemucs``, ``umx_tf.htdemucs_apply``): the traced forward and demucs 4's ``apply_model`` on the
+model or its bag, the shifts drawn by ``numpy.random.default_rng(seed)``. ``gpu`` is the first GPU with TF32 off.
 """
 
 from __future__ import annotations
@@ -15,7 +17,9 @@ import numpy as np
 import tensorflow as tf
 
 import umx_tf
-from core_spec.configs import DemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
+from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, STFTConfig, UMXConfig, UMXSeparatorConfig
+from umx_tf import htdemucs as ht_model
+from umx_tf import htdemucs_apply as ht_apply
 from unmix.parity.adapters import DeviceUnavailable, Port, port_of
 
 __all__ = ["eagerly", "np_of", "on_device", "port"]
@@ -113,6 +117,30 @@ def _apply_model(weights, config: DemucsConfig, mix: np.ndarray, dtype: str, dev
         model = umx_tf.from_canonical(config, weights, dtype=dtype)
         with eagerly():
             return np_of(umx_tf.apply_model(model, mix, **kwargs))
+
+
+def _htdemucs(weights, config: HTDemucsConfig, mix: np.ndarray, dtype: str, device: str, stats=None):
+    with on_device(device):
+        model = umx_tf.from_canonical(config, weights, dtype=dtype)
+        given = None if stats is None else {k: np.asarray(v, dtype) for k, v in stats.items()}
+        with eagerly():
+            out, trace = ht_model.forward(model, mix, stats=given, traced=True)
+        return np_of(out), {k: np_of(v) for k, v in trace.items()}
+
+
+def _htdemucs_apply(weights, config: HTDemucsConfig | BagConfig, mix: np.ndarray, shifts, split, overlap,
+                    transition_power, segment, seed, dtype: str, device: str, stats=None):  # fmt: skip
+    if stats is not None:
+        raise ValueError("the TensorFlow port computes its own input statistics")
+    with on_device(device):
+        if isinstance(config, BagConfig):
+            flat = {f"models.{i}.{k}": v for i, w in enumerate(weights) for k, v in w.items()}
+            model = umx_tf.from_canonical(config, flat, dtype=dtype)
+        else:
+            model = umx_tf.from_canonical(config, weights[0], dtype=dtype)
+        with eagerly():
+            out = ht_apply.apply_model(model, mix, shifts, split, overlap, transition_power, segment, seed)
+        return np_of(out), None
 
 
 def port(device: str = "cpu") -> Port:
