@@ -53,7 +53,7 @@ __all__ = ["FULL", "HTDEMUCS_IMPLS", "QUICK", "QUICK_HTDEMUCS", "Plan", "Point",
 
 RATE = 44100
 
-HTDEMUCS_IMPLS = ("upstream", "torch", "tf", "jax")
+HTDEMUCS_IMPLS = ("upstream", "torch", "tf", "jax", "nnabla")
 """The implementations with HTDemucs (upstream: demucs 4.1.0)."""
 
 
@@ -178,16 +178,23 @@ def train(model: str, batch: int, seconds: float, repeats: int) -> Point:
     return Point(f"{model}_train_step", "train", model, seconds, batch=batch, repeats=repeats, label=label)
 
 
+_LONG_NNABLA_HT = {
+    "long_for": ("nnabla",),
+    "long_reason": "NNabla's single-threaded kernels take about 20 s a 7.8-s segment of the released HTDemucs",
+}
+
+
 def htdemucs_apply(seconds: float, repeats: int, bag: bool = False) -> Point:
     model = "htdemucs_ft" if bag else "htdemucs"
     what = "HTDemucs ft bag of 4" if bag else "HTDemucs"
+    long = {} if seconds <= 7.8 and not bag else _LONG_NNABLA_HT  # NNabla: one segment by default
     return Point(f"{model}_{seconds:g}s", "apply", model, float(seconds), repeats=repeats, impls=HTDEMUCS_IMPLS,
-                 label=f"{what} apply_model, {seconds:g} s")  # fmt: skip
+                 label=f"{what} apply_model, {seconds:g} s", **long)  # fmt: skip
 
 
 def htdemucs_train(batch: int, seconds: float, repeats: int) -> Point:
     return Point("htdemucs_train_step", "train", "htdemucs", float(seconds), batch=batch, repeats=repeats,
-                 impls=HTDEMUCS_IMPLS, label="HTDemucs training step")  # fmt: skip
+                 impls=HTDEMUCS_IMPLS, label="HTDemucs training step", **_LONG_NNABLA_HT)  # fmt: skip
 
 
 _ALL = ("upstream", "torch", "tf", "tf_graph", "tf_xla", "jax", "nnabla")

@@ -34,10 +34,14 @@ def separator(cfg: Any, weights: Any, audio: np.ndarray, options: Mapping[str, A
 
 
 def apply(cfg: Any, weights: Any, mix: np.ndarray, options: Mapping[str, Any]) -> Callable[[], np.ndarray]:
+    from core_spec.configs import DemucsConfig
     from umx_nnabla import apply_model, from_canonical
+    from umx_nnabla.htdemucs_apply import apply_model as apply_v4
 
     model = from_canonical(cfg, weights)
-    return lambda: np.asarray(apply_model(model, mix, shifts=0, split=True))
+    if isinstance(cfg, DemucsConfig):
+        return lambda: np.asarray(apply_model(model, mix, shifts=0, split=True))
+    return lambda: np.asarray(apply_v4(model, mix, shifts=0, split=True, overlap=0.25))
 
 
 def _graph_shape(step: Any, arrays: tuple[np.ndarray, ...]) -> tuple[int, ...]:
