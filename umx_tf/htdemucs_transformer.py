@@ -96,10 +96,38 @@ class MultiheadAttention(keras.layers.Layer):
             return tf.transpose(y, [0, 2, 1, 3])
 
         q, k, v = heads(query, 0), heads(key, 1), heads(value, 2)
-        scores = tf.matmul(q, k, transpose_b=True) / tf.sqrt(tf.cast(hd, q.dtype))  # (B, H, Tq, Tk)
-        out = tf.matmul(tf.nn.softmax(scores, axis=-1), v)  # (B, H, Tq, hd)
+        out = _attend(q, k, v)  # (B, H, Tq, hd)
         out = tf.reshape(tf.transpose(out, [0, 2, 1, 3]), tf.shape(query))
         return self.out_proj(out)
+
+
+_SCORES_PER_BLOCK = 1 << 22  # 16 MiB of float32 scores: a block of query rows that stays in the cache
+
+
+def _attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
+    """``softmax(q k^T / sqrt(hd)) v`` per head: ``q (B, H, Tq, hd)``, ``k`` / ``v (B, H, Tk, hd)`` ->
+    ``(B, H, Tq, hd)``.
+
+    The softmax runs along each query's row, so the rows can go in blocks: ``tf.map_fn`` (one block after the other)
+    over blocks of at most ``_SCORES_PER_BLOCK`` scores (``B H rows Tk``), instead of the whole ``B x H x Tq x Tk``
+    matrix at once (8 x 2688 x 2688 floats are 231 MB in float32). Every row is computed exactly as without blocks;
+    the rows of the last block past ``Tq`` are zeros, dropped.
+    """
+    _, h, tq, hd = q.shape
+    scale = tf.sqrt(tf.cast(hd, q.dtype))
+
+    def rows(qb: tf.Tensor) -> tf.Tensor:  # (B, H, r, hd) -> (B, H, r, hd)
+        return tf.matmul(tf.nn.softmax(tf.matmul(qb, k, transpose_b=True) / scale, axis=-1), v)
+
+    nb = -(-(q.shape[0] or 1) * h * tq * k.shape[2] // _SCORES_PER_BLOCK)
+    if nb <= 1:
+        return rows(q)
+    size = -(-tq // nb)
+    b = tf.shape(q)[0]
+    q = tf.pad(q, [[0, 0], [0, 0], [0, nb * size - tq], [0, 0]])
+    blocks = tf.transpose(tf.reshape(q, [b, h, nb, size, hd]), [2, 0, 1, 3, 4])  # (nb, B, H, size, hd)
+    out = tf.map_fn(rows, blocks, parallel_iterations=1)
+    return tf.reshape(tf.transpose(out, [1, 2, 0, 3, 4]), [b, h, nb * size, hd])[:, :, :tq]
 
 
 class _Layer(keras.layers.Layer):
