@@ -26,7 +26,7 @@ import numpy as np
 import tensorflow as tf
 
 from core_spec import shapes
-from core_spec.configs import BagConfig, segment_fraction
+from core_spec.configs import BagConfig
 from core_spec.reference.htdemucs_apply import SEPARATE_EPS, bag_models
 from core_spec.shapes import ShiftDraws, check_track, check_transition_power, shift_draws
 
@@ -136,32 +136,16 @@ class BagOfModels(keras.Model):
         **kwargs: Any,
     ):
         super().__init__(**kwargs)
-        if not models:
-            raise ValueError("a bag needs at least one model")
-        first = models[0]
-        for model in models[1:]:
-            if (model.sources, model.samplerate, model.audio_channels) != (
-                first.sources,
-                first.samplerate,
-                first.audio_channels,
-            ):
-                raise ValueError("every model of a bag must have the same sources, sample rate and audio channels")
-        rows = None if weights is None else tuple(tuple(float(w) for w in row) for row in weights)
-        if rows is not None and (len(rows) != len(models) or any(len(r) != len(first.sources) for r in rows)):
-            raise ValueError(f"bag weights must be {len(models)} rows of {len(first.sources)}, got {rows}")
-        seg = None if segment is None else segment_fraction(segment)
-        self._config = BagConfig(
-            models=tuple(m.config for m in models),
-            weights=rows,
-            segment=None if seg is None else (seg.numerator, seg.denominator),
-        )
+        # BagConfig checks the models (one set of sources, rate and channels) and the weights' shape, and reads
+        # the segment (seconds, a Fraction or a pair)
+        self._config = BagConfig(models=tuple(m.config for m in models), weights=weights, segment=segment)
         running, self.source_weights = bag_models(self._config)
         for model, config in zip(models, running, strict=True):
             model.set_segment(config.segment)
         self.models = list(models)
-        self.sources = first.sources
-        self.samplerate = first.samplerate
-        self.audio_channels = first.audio_channels
+        self.sources = self._config.sources
+        self.samplerate = self._config.samplerate
+        self.audio_channels = models[0].audio_channels
         self.built = True
 
     @classmethod
