@@ -115,7 +115,7 @@ HTDEMUCS_CASES = tuple(Case("htdemucs", (300 + k,), EXCERPTS[k % len(EXCERPTS)])
 PORT_DTYPES = {"torch": ("float32", "float64"), "tf": ("float32", "float64"), "jax": ("float32", "float64"),
                "nnabla": ("float32",)}  # fmt: skip
 # the ports that have HTDemucs (TensorFlow and NNabla: issue 26)
-HTDEMUCS_PORTS = ("torch", "jax")
+HTDEMUCS_PORTS = ("torch", "tf", "jax", "nnabla")
 
 
 @dataclasses.dataclass

@@ -1,7 +1,7 @@
 """The parity sweep at HTDemucs's structure (``parity_tests.sweep.cases.HTDEMUCS``: 16 channels, a 64-wide
 transformer, 1-s segments): 3 seeds on three excerpts of real music (one mono), every stage of the spec's trace, the
-output and apply_model per stem, for upstream demucs 4.1.0 (float32: the ratio rows' baseline) and the ports that
-have HTDemucs (torch, JAX) in float32 and float64."""
+output and apply_model per stem, for upstream demucs 4.1.0 (float32: the ratio rows' baseline) and every port
+(torch, TF, JAX in float32 and float64; NNabla in float32)."""
 
 from __future__ import annotations
 
