@@ -30,6 +30,7 @@ formula). The norms' statistics are :func:`umx_nnabla.layers.standardise`'s (tre
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import nnabla as nn
@@ -53,14 +54,47 @@ def _glu(x: nn.Variable) -> nn.Variable:
     return product(a, F.sigmoid(b))
 
 
-def _conv(x: nn.Variable, chout: int, kernel: tuple[int, ...], name: str, **kwargs: object) -> nn.Variable:
-    """``torch.nn.Conv{1,2}d(x.shape[1], chout, kernel)`` named ``name``: ``name/weight (chout, chin, *kernel)``."""
+def _conv(
+    x: nn.Variable,
+    chout: int,
+    kernel: tuple[int, ...],
+    name: str,
+    stride: tuple[int, ...] | None = None,
+    pad: tuple[int, ...] | None = None,
+    dilation: tuple[int, ...] | None = None,
+) -> nn.Variable:
+    """``torch.nn.Conv{1,2}d(x.shape[1], chout, kernel, stride, pad, dilation)`` named ``name``: ``name/weight
+    (chout, chin, *kernel)``.
+
+    A kernel of several taps runs as one 1x1 convolution per tap (the strided slice of the padded input that tap
+    reads), the taps summed pairwise, the bias added with the last. NNabla's CPU convolution accumulates over
+    channels x taps in one float32 pass: a kernel of 3 over 96 channels came out at 130.3 dB against float64 where
+    torch's is at 137.5 (a kernel of 1: 134.9 against 135.1), and the time branch's encoders lost 7-10 dB a layer
+    more than torch's at the released shapes."""
+    n = len(kernel)
+    stride, pad, dilation = stride or (1,) * n, pad or (0,) * n, dilation or (1,) * n
     chin = x.shape[1]
     fan_in = chin * math.prod(kernel)
     with nn.parameter_scope(name):
         w = parameter("weight", (chout, chin, *kernel), torch_uniform(fan_in))
         b = parameter("bias", (chout,), torch_uniform(fan_in))
-    return F.convolution(x, w, b, **kwargs)
+    if math.prod(kernel) == 1:
+        return F.convolution(x, w, b, pad=pad, stride=stride, dilation=dilation)
+    if any(pad):
+        x = F.pad(x, tuple(p for p in pad for _ in (0, 1)))
+    spatial = x.shape[2:]
+    out = [(size - d * (k - 1) - 1) // s + 1 for size, k, s, d in zip(spatial, kernel, stride, dilation, strict=True)]
+    taps = list(itertools.product(*(range(k) for k in kernel)))
+    parts = []
+    for i, tap in enumerate(taps):
+        start = [t * d for t, d in zip(tap, dilation, strict=True)]
+        stop = [a + (o - 1) * s + 1 for a, o, s in zip(start, out, stride, strict=True)]
+        rows = F.slice(x, (0, 0, *start), (x.shape[0], chin, *stop), (1, 1, *stride))
+        w_tap = F.slice(w, (0, 0, *tap), (chout, chin, *(t + 1 for t in tap)))
+        parts.append(F.convolution(rows, w_tap, b if i == len(taps) - 1 else None))
+    while len(parts) > 1:  # pairwise: every output a sum of log2(taps) levels
+        parts = [parts[j] + parts[j + 1] if j + 1 < len(parts) else parts[j] for j in range(0, len(parts), 2)]
+    return parts[0]
 
 
 def _conv_tr(x: nn.Variable, chout: int, kernel: tuple[int, ...], stride: tuple[int, ...], name: str) -> nn.Variable:
