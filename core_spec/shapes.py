@@ -17,6 +17,7 @@ from .configs import DemucsConfig
 __all__ = [
     "htdemucs_apply_segment",
     "htdemucs_chunk_target",
+    "attention_query_blocks",
     "ChunkWindow",
     "ShiftDraws",
     "WienerChunks",
@@ -256,3 +257,15 @@ def htdemucs_chunk_target(
     if training_segment is not None:
         return int(training_segment * samplerate)
     return length
+
+
+SCORES_PER_BLOCK = 1 << 22  # 16 MiB of float32 scores: a block of query rows that stays in the cache
+
+
+def attention_query_blocks(batch: int, heads: int, queries: int, keys: int) -> tuple[int, int]:
+    """``(blocks, rows)``: how the ports that run attention in blocks of query rows (JAX, TensorFlow) split
+    ``queries`` so that a block holds at most :data:`SCORES_PER_BLOCK` scores (``batch x heads x rows x keys``), the
+    rows spread evenly (the last block padded to ``rows`` with zero queries). ``blocks == 1``: one product, no split.
+    At the released HTDemucs shapes (8 heads, 2688 frequency tokens) 14 blocks of 192 rows."""
+    blocks = max(1, -(-batch * heads * queries * keys // SCORES_PER_BLOCK))
+    return blocks, -(-queries // blocks)

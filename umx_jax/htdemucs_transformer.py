@@ -32,6 +32,7 @@ from flax import nnx
 from core_spec.configs import HTDemucsConfig
 from core_spec.reference.htdemucs_transformer import TRACE_PREFIX, check_transformer_config, transformer_trace_keys
 from core_spec.reference.layers import NORM_EPS
+from core_spec.shapes import attention_query_blocks
 from core_spec.trace import Recorder
 
 from .htdemucs_embed import create_2d_sin_embedding, create_sin_embedding, torch_uniform
@@ -95,17 +96,15 @@ class MultiheadAttention(nnx.Module):
         return self.out_proj(out)
 
 
-_SCORES_PER_BLOCK = 1 << 22  # 16 MiB of float32 scores: a block of query rows that stays in the cache
-
-
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """``softmax(q k^T / sqrt(hd)) v`` per head: ``q (B, H, Tq, hd)``, ``k`` / ``v (B, H, Tk, hd)`` ->
     ``(B, H, Tq, hd)``.
 
-    The softmax runs along each query's row, so the rows can go in blocks: ``jax.lax.map`` over blocks of at most
-    ``_SCORES_PER_BLOCK`` scores (``B H rows Tk``), one after the other, instead of the whole ``B x H x Tq x Tk``
-    matrix at once (8 x 2688 x 2688 floats are 231 MB in float32, and XLA keeps the exponentials beside them). Every
-    row is computed exactly as without blocks; the rows of the last block past ``Tq`` are zeros, dropped.
+    The softmax runs along each query's row, so the rows can go in blocks: ``jax.lax.map`` over blocks of query
+    rows, one after the other (:func:`core_spec.shapes.attention_query_blocks`: at most 2^22 scores a block),
+    instead of the whole ``B x H x Tq x Tk`` matrix at once (8 x 2688 x 2688 floats are 231 MB in float32, and XLA
+    keeps the exponentials beside them). Every row is computed exactly as without blocks; the rows of the last block
+    past ``Tq`` are zeros, dropped.
     """
     b, h, tq, hd = q.shape
     kt = jnp.swapaxes(k, -1, -2)
@@ -114,10 +113,9 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     def rows(qb: jax.Array) -> jax.Array:  # (B, H, r, hd) -> (B, H, r, hd)
         return jax.nn.softmax((qb @ kt) / scale, axis=-1) @ v
 
-    nb = -(-b * h * tq * k.shape[2] // _SCORES_PER_BLOCK)
-    if nb <= 1:
+    nb, size = attention_query_blocks(b, h, tq, k.shape[2])
+    if nb == 1:
         return rows(q)
-    size = -(-tq // nb)
     q = jnp.pad(q, ((0, 0), (0, 0), (0, nb * size - tq), (0, 0)))
     blocks = jnp.moveaxis(q.reshape(b, h, nb, size, hd), 2, 0)  # (nb, B, H, size, hd)
     out = jax.lax.map(rows, blocks)

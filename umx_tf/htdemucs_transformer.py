@@ -32,6 +32,7 @@ import tensorflow as tf
 from core_spec.configs import HTDemucsConfig
 from core_spec.reference.htdemucs_transformer import TRACE_PREFIX, check_transformer_config, transformer_trace_keys
 from core_spec.reference.layers import NORM_EPS
+from core_spec.shapes import attention_query_blocks
 from core_spec.trace import Recorder
 
 from .htdemucs_embed import create_2d_sin_embedding, create_sin_embedding
@@ -101,17 +102,14 @@ class MultiheadAttention(keras.layers.Layer):
         return self.out_proj(out)
 
 
-_SCORES_PER_BLOCK = 1 << 22  # 16 MiB of float32 scores: a block of query rows that stays in the cache
-
-
 def _attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
     """``softmax(q k^T / sqrt(hd)) v`` per head: ``q (B, H, Tq, hd)``, ``k`` / ``v (B, H, Tk, hd)`` ->
     ``(B, H, Tq, hd)``.
 
-    The softmax runs along each query's row, so the rows can go in blocks: ``tf.map_fn`` (one block after the other)
-    over blocks of at most ``_SCORES_PER_BLOCK`` scores (``B H rows Tk``), instead of the whole ``B x H x Tq x Tk``
-    matrix at once (8 x 2688 x 2688 floats are 231 MB in float32). Every row is computed exactly as without blocks;
-    the rows of the last block past ``Tq`` are zeros, dropped.
+    The softmax runs along each query's row, so the rows can go in blocks: ``tf.map_fn`` over blocks of query rows,
+    one after the other (:func:`core_spec.shapes.attention_query_blocks`: at most 2^22 scores a block), instead of
+    the whole ``B x H x Tq x Tk`` matrix at once (8 x 2688 x 2688 floats are 231 MB in float32). Every row is
+    computed exactly as without blocks; the rows of the last block past ``Tq`` are zeros, dropped.
     """
     _, h, tq, hd = q.shape
     scale = tf.sqrt(tf.cast(hd, q.dtype))
@@ -119,10 +117,9 @@ def _attend(q: tf.Tensor, k: tf.Tensor, v: tf.Tensor) -> tf.Tensor:
     def rows(qb: tf.Tensor) -> tf.Tensor:  # (B, H, r, hd) -> (B, H, r, hd)
         return tf.matmul(tf.nn.softmax(tf.matmul(qb, k, transpose_b=True) / scale, axis=-1), v)
 
-    nb = -(-(q.shape[0] or 1) * h * tq * k.shape[2] // _SCORES_PER_BLOCK)
-    if nb <= 1:
+    nb, size = attention_query_blocks(q.shape[0] or 1, h, tq, k.shape[2])
+    if nb == 1:
         return rows(q)
-    size = -(-tq // nb)
     b = tf.shape(q)[0]
     q = tf.pad(q, [[0, 0], [0, 0], [0, nb * size - tq], [0, 0]])
     blocks = tf.transpose(tf.reshape(q, [b, h, nb, size, hd]), [2, 0, 1, 3, 4])  # (nb, B, H, size, hd)
