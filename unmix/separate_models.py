@@ -53,6 +53,7 @@ from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig
 from core_spec.frameworks import framework as framework_of
 from core_spec.reference.htdemucs_apply import bag_models
 from core_spec.reference.transforms import min_length
+from unmix.lean_import import without_optional
 from unmix.targets import TargetError, TargetFile, canonical_files, collect_targets, join_separator
 
 __all__ = ["HTDEMUCS_PORTS", "LoadedModel", "ModelError", "check_em", "htdemucs_max_segment", "load_model",
@@ -175,8 +176,10 @@ def to_numpy(x: Any) -> np.ndarray:
 
 def _import_port(key: str) -> Any:
     fw = framework_of(key)
+    lean = without_optional() if key == "tf" else contextlib.nullcontext()  # TF's unused imports: unmix.lean_import
     try:
-        return importlib.import_module(fw.package)
+        with lean:
+            return importlib.import_module(fw.package)
     except ModuleNotFoundError as e:
         raise ModelError(
             f"--framework {key}: the {fw.label} port needs {e.name!r}, which is not installed here ({fw.install})"
