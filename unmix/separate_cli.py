@@ -59,6 +59,7 @@ from core_spec.frameworks import FRAMEWORKS, importable
 from unmix.audio_files import AudioFileError, StagedFiles, find_audio_files, read_audio_file, resample, write_audio_file
 from unmix.caches import CompileCache, cache_root, enable_compile_cache
 from unmix.environments import rerun_in_nnabla
+from unmix.heap import trim_after_jax_compilations
 from unmix.separate_models import LoadedModel, ModelError, load_model, shown
 from unmix.stems import (
     CLIP_MODES,
@@ -460,6 +461,8 @@ def run(args: argparse.Namespace, prog: str = "unmix-separate") -> int:
 
     root = cache_root(args.cache_dir, args.no_cache)
     compiled = enable_compile_cache(args.framework, root, warn)  # before the port compiles (TF reads it once)
+    if args.framework == "jax":
+        trim_after_jax_compilations()  # the compiler's freed heap back to the OS (unmix.heap)
     try:
         try:
             with compiled.watch():
