@@ -15,7 +15,7 @@ Workloads (``benchmarks.workloads``): music tiled from the stempeg clip to 30 s,
   both commands on the same work). Upstream: demucs 4.1.0's ``demucs`` command (``python -m
   benchmarks.upstream_cli demucs4``, with ``.oracle-demucs4`` first on ``PYTHONPATH``) on a ``--repo`` folder
   holding the same weights as a package demucs 4.1.0 itself wrote (``serialize_model`` + ``save_with_checksum``).
-  Ports: torch and JAX (TF and NNabla have no HTDemucs yet).
+  Ports: torch, TF, JAX and NNabla (NNabla float32 only).
 
 Cold and warm runs (``--warm N``): every command runs once with an empty cache folder of its own (``--cache-dir``:
 the cold first run, compiling everything) and then ``N`` more times with that folder populated (the warm runs: the

@@ -131,7 +131,7 @@ class HTDemucs:
             return nn.get_parameters(grad_only=grad_only)
 
     def __call__(
-        self, x: nn.Variable, xt: nn.Variable, trace: dict[str, nn.Variable] | None = None
+        self, x: nn.Variable, xt: nn.Variable, trace: dict[str, nn.Variable] | None = None, dropout: float = 0.0
     ) -> tuple[nn.Variable, nn.Variable]:
         """Build the network (the part of the forward between the normalisations) on its two inputs.
 
@@ -140,6 +140,8 @@ class HTDemucs:
             xt: the normalised mixture ``(B, C, L_t)``.
             trace: filled with the graph's intermediates of
                 :func:`~core_spec.reference.htdemucs.htdemucs_trace_keys` (made persistent), in the spec's layouts.
+            dropout: the cross-transformer's dropout rate (training graphs, :func:`training_graph`; 0, every eval
+                graph: none).
 
         Returns:
             ``(x, xt)``: the frequency branch ``(B, S 2C, F, T)`` and the time branch ``(B, S C, L_t)``, before
@@ -166,7 +168,7 @@ class HTDemucs:
                     up = channel_conv1x1(reshape(x, (b, x.shape[1], -1)), c.bottom_channels, "channel_upsampler")
                     x = reshape(keep("channel_upsampler", up), (b, -1, nb_freqs, t1))
                     xt = keep("channel_upsampler_t", channel_conv1x1(xt, c.bottom_channels, "channel_upsampler_t"))
-                x, xt = self.crosstransformer(x, xt, keep)
+                x, xt = self.crosstransformer(x, xt, keep, dropout)
                 x = keep("crosstransformer.x", x)
                 xt = keep("crosstransformer.xt", xt)
                 if c.bottom_channels:
@@ -219,15 +221,17 @@ def network_inputs(
     return {"x": x, "xt": xt, "mean": mean, "std": std, "mean_t": mean_t, "std_t": std_t, "magnitude": mag}
 
 
-def training_graph(model: HTDemucs, nb_samples: int, length: int) -> tuple[dict[str, nn.Variable], nn.Variable]:
+def training_graph(
+    model: HTDemucs, nb_samples: int, length: int, dropout: float = 0.0
+) -> tuple[dict[str, nn.Variable], nn.Variable]:
     """The training-mode forward as one differentiable graph (the network at ``length`` itself, as upstream's
     ``model.train()``): ``(inputs, estimates)`` with ``inputs`` the Variables of :func:`network_inputs`' arrays
     (``x``, ``xt``, ``mean``, ``std``, ``mean_t``, ``std_t``) and ``estimates (B, S, C, length)``.
 
     The norms' statistics carry their gradient (:func:`umx_nnabla.layers.differentiable_statistics`), the
     frequency branch is de-normalised and inverted in the graph (:func:`umx_nnabla.htdemucs_spec.ispec_graph`, the
-    periodic Hann window). The transformer's dropout (``t_dropout``) is not applied (gradient parity runs without
-    it).
+    periodic Hann window). ``dropout``: the cross-transformer's dropout rate (the trainer passes the config's
+    ``t_dropout``; 0, the default, builds no dropout node: the gradient-parity graph).
     """
     c = model.config
     x_shape, xt_shape = _branch_shapes(c, nb_samples, length)
@@ -240,7 +244,7 @@ def training_graph(model: HTDemucs, nb_samples: int, length: int) -> tuple[dict[
         "std_t": nn.Variable((nb_samples, 1, 1)),
     }
     with differentiable_statistics():
-        x, xt = model(inputs["x"], inputs["xt"])
+        x, xt = model(inputs["x"], inputs["xt"], dropout=dropout)
     nb_sources, channels = len(c.sources), c.audio_channels
     # de-normalise (the stats broadcast over sources and the rest), then the inverse spectrogram per source
     x = reshape(x, (nb_samples, nb_sources * 2 * channels, -1))

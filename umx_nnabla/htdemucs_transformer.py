@@ -1,4 +1,4 @@
-"""The cross-transformer of HTDemucs (demucs 4.x ``CrossTransformerEncoder``) as NNabla graphs, eval mode.
+"""The cross-transformer of HTDemucs (demucs 4.x ``CrossTransformerEncoder``) as NNabla graphs.
 
 The spec is :mod:`core_spec.reference.htdemucs_transformer` (its docstring has the recipe). In short: the frequency
 branch's ``(B, C, Fr, T1)`` becomes ``T1 Fr`` tokens **time-major** and the time branch's ``(B, C, T2)`` ``T2``
@@ -15,6 +15,14 @@ one group over tokens x channels::
 key and value projections stacked ``[q; k; v]``, head ``h`` is channels ``h hd : (h + 1) hd`` of each; the scores
 of all heads are one ``F.batch_matmul`` over ``(B H, Tq, Tk)`` (float32: 8 x 2688 x 2688 values, 231 MB, for the
 frequency self-attention of a released model).
+
+Dropout (``config.t_dropout``, upstream's ``dropout``; 0.02 in the released configs) is built into a graph only when
+a rate above 0 is given (the training graph, :func:`umx_nnabla.htdemucs.training_graph`; the eval graphs take 0 and
+hold no dropout node), at the torch port's and upstream's four places in every layer: on the attention weights
+(after the softmax, before they weigh the values: ``nn.MultiheadAttention``'s ``dropout``), on the attention branch
+before ``gamma_1`` (``dropout1``), between the GELU and ``linear2`` (``dropout``) and after ``linear2``
+(``dropout2``). ``F.dropout`` zeroes with probability ``p`` and scales the kept values by ``1 / (1 - p)``; its masks
+come from NNabla's global generator at every forward (``nn.seed``: the trainer reseeds it per epoch).
 
 Parameters keep upstream's names and layouts (``.`` written ``/``): ``layers/0/self_attn/in_proj_weight (3d, d)``,
 ``layers/0/linear1/weight (hidden, d)`` (``F.affine`` reads it transposed), LayerNorms' ``weight`` / ``bias`` ``(d,)``,
@@ -93,8 +101,14 @@ def _layer_scale(x: nn.Variable, name: str) -> nn.Variable:
     return _affine_last(x, scale, None)
 
 
+def _dropout(x: nn.Variable, p: float) -> nn.Variable:
+    """``F.dropout(x, p)`` (zeroes with probability ``p``, scales the rest by ``1 / (1 - p)``); ``x`` itself, no
+    node, for ``p == 0``."""
+    return F.dropout(x, p=p) if p > 0 else x
+
+
 class MultiheadAttention:
-    """``torch.nn.MultiheadAttention(dim, num_heads, batch_first=True)`` named ``name``, eval mode, no mask.
+    """``torch.nn.MultiheadAttention(dim, num_heads, batch_first=True)`` named ``name``, no mask.
 
     Parameters: ``name/in_proj_weight (3 dim, dim)``, ``name/in_proj_bias (3 dim,)``, ``name/out_proj/weight``,
     ``name/out_proj/bias``.
@@ -107,9 +121,10 @@ class MultiheadAttention:
         self.num_heads = num_heads
         self.name = name
 
-    def __call__(self, query: nn.Variable, key: nn.Variable, value: nn.Variable) -> nn.Variable:
+    def __call__(self, query: nn.Variable, key: nn.Variable, value: nn.Variable, dropout: float = 0.0) -> nn.Variable:
         """``query (B, Tq, d)``, ``key`` / ``value (B, Tk, d)`` -> ``(B, Tq, d)``: per head
-        ``softmax(q k^T / sqrt(hd)) v``, heads concatenated in channel order, then ``out_proj``."""
+        ``softmax(q k^T / sqrt(hd)) v``, heads concatenated in channel order, then ``out_proj``; ``dropout``: the
+        attention weights' dropout (training graphs; 0: none)."""
         d, h = self.dim, self.num_heads
         hd = d // h
         with nn.parameter_scope(self.name):
@@ -127,14 +142,16 @@ class MultiheadAttention:
 
             q, k, v = heads(query, 0), heads(key, 1), heads(value, 2)
             scores = F.batch_matmul(q * (1.0 / math.sqrt(hd)), k, transpose_b=True)  # (B H, Tq, Tk), q scaled first
-            out = F.batch_matmul(F.softmax(scores, axis=2), v)  # (B H, Tq, hd)
+            out = F.batch_matmul(_dropout(F.softmax(scores, axis=2), dropout), v)  # (B H, Tq, hd)
             bsz, tq = query.shape[0], query.shape[1]
             out = reshape(F.transpose(reshape(out, (bsz, h, tq, hd)), (0, 2, 1, 3)), (bsz, tq, d))
             return _linear(out, d, "out_proj")
 
 
-def _feed_forward(x: nn.Variable, hidden: int) -> nn.Variable:
-    return _linear(gelu(_linear(x, hidden, "linear1")), x.shape[-1], "linear2")
+def _feed_forward(x: nn.Variable, hidden: int, dropout: float = 0.0) -> nn.Variable:
+    """``dropout2(linear2(dropout(gelu(linear1(x)))))`` (both dropouts at ``dropout``; 0: none)."""
+    h = _dropout(gelu(_linear(x, hidden, "linear1")), dropout)
+    return _dropout(_linear(h, x.shape[-1], "linear2"), dropout)
 
 
 class SelfAttentionLayer:
@@ -148,11 +165,13 @@ class SelfAttentionLayer:
         self.heads = config.t_heads
         self.name = name
 
-    def __call__(self, x: nn.Variable) -> nn.Variable:
+    def __call__(self, x: nn.Variable, dropout: float = 0.0) -> nn.Variable:
+        """``x (B, T, C)`` -> ``(B, T, C)``; ``dropout``: the layer's four dropouts (module docstring; 0: none)."""
         with nn.parameter_scope(self.name):
             h = _layer_norm(x, "norm1")
-            x = x + _layer_scale(MultiheadAttention(self.dim, self.heads, "self_attn")(h, h, h), "gamma_1")
-            x = x + _layer_scale(_feed_forward(_layer_norm(x, "norm2"), self.hidden), "gamma_2")
+            attn = MultiheadAttention(self.dim, self.heads, "self_attn")(h, h, h, dropout)
+            x = x + _layer_scale(_dropout(attn, dropout), "gamma_1")
+            x = x + _layer_scale(_feed_forward(_layer_norm(x, "norm2"), self.hidden, dropout), "gamma_2")
             return _group_norm_1(x, "norm_out")
 
 
@@ -166,13 +185,14 @@ class CrossAttentionLayer:
         self.heads = config.t_heads
         self.name = name
 
-    def __call__(self, q: nn.Variable, k: nn.Variable) -> nn.Variable:
-        """``q (B, Tq, C)``, ``k (B, Tk, C)`` -> ``(B, Tq, C)``."""
+    def __call__(self, q: nn.Variable, k: nn.Variable, dropout: float = 0.0) -> nn.Variable:
+        """``q (B, Tq, C)``, ``k (B, Tk, C)`` -> ``(B, Tq, C)``; ``dropout``: the layer's four dropouts (module
+        docstring; 0: none)."""
         with nn.parameter_scope(self.name):
             kn = _layer_norm(k, "norm2")
-            attn = MultiheadAttention(self.dim, self.heads, "cross_attn")(_layer_norm(q, "norm1"), kn, kn)
-            x = q + _layer_scale(attn, "gamma_1")
-            x = x + _layer_scale(_feed_forward(_layer_norm(x, "norm3"), self.hidden), "gamma_2")
+            attn = MultiheadAttention(self.dim, self.heads, "cross_attn")(_layer_norm(q, "norm1"), kn, kn, dropout)
+            x = q + _layer_scale(_dropout(attn, dropout), "gamma_1")
+            x = x + _layer_scale(_feed_forward(_layer_norm(x, "norm3"), self.hidden, dropout), "gamma_2")
             return _group_norm_1(x, "norm_out")
 
 
@@ -197,7 +217,7 @@ class CrossTransformerEncoder:
         self.layers_t = [make(i, "layers_t") for i in range(config.t_layers)]
 
     def __call__(
-        self, x: nn.Variable, xt: nn.Variable, keep: Recorder | None = None
+        self, x: nn.Variable, xt: nn.Variable, keep: Recorder | None = None, dropout: float = 0.0
     ) -> tuple[nn.Variable, nn.Variable]:
         """The two branches through the transformer.
 
@@ -205,6 +225,7 @@ class CrossTransformerEncoder:
             x: the frequency branch ``(B, C, Fr, T1)``; xt: the time branch ``(B, C, T2)``.
             keep: records every layer's output tokens ``(B, tokens, C)`` under
                 :func:`~core_spec.reference.htdemucs_transformer.transformer_trace_keys`.
+            dropout: every layer's dropouts (training graphs: ``config.t_dropout``; 0, the default: none).
 
         Returns:
             ``(x, xt)`` shaped as given.
@@ -226,9 +247,9 @@ class CrossTransformerEncoder:
             )
             for i, (layer, layer_t) in enumerate(zip(self.layers, self.layers_t, strict=True)):
                 if i % 2 == 0:
-                    x_new, xt = layer(x), layer_t(xt)
+                    x_new, xt = layer(x, dropout=dropout), layer_t(xt, dropout=dropout)
                 else:  # both branches read the other's tokens from before this layer
-                    x_new, xt = layer(x, xt), layer_t(xt, x)
+                    x_new, xt = layer(x, xt, dropout=dropout), layer_t(xt, x, dropout=dropout)
                 x = x_new
                 if keep is not None:
                     x = keep(f"{TRACE_PREFIX}layers.{i}", x)

@@ -8,10 +8,11 @@ The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]`
   computed with the port's NumPy FFT: no gradient flows into the STFT) and :class:`DemucsStep` (L1, or MSE, between
   the estimates and the centre-trimmed sources, ``demucs/train.py``) and :class:`HTDemucsStep` (demucs 4's loss,
   :func:`htdemucs_loss`: L1 per source averaged over channels, time and batch, weighted; the network in training
-  mode at the batch's length, its frequency branch inverted in the graph). Each builds one ``nn.Variable`` graph per
-  batch shape, the model in training mode (:meth:`umx_nnabla.umx.OpenUnmix.__call__` ``train=True``: BatchNorm on
-  batch statistics with torch's running-statistics update, LSTM dropout, the two upstream LSTM biases as
-  parameters), and runs ``loss.forward()`` / ``loss.backward()``;
+  mode at the batch's length, its frequency branch inverted in the graph, the cross-transformer's dropout at the
+  config's ``t_dropout``). Each builds one ``nn.Variable`` graph per batch shape, the model in training mode
+  (:meth:`umx_nnabla.umx.OpenUnmix.__call__` ``train=True``: BatchNorm on batch statistics with torch's
+  running-statistics update, LSTM dropout, the two upstream LSTM biases as parameters), and runs ``loss.forward()``
+  / ``loss.backward()``;
 - :func:`make_optimizer` (:class:`TorchAdam`, below; for HTDemucs demucs 4's two groups, :func:`optimizer_groups`:
   the cross-transformer with its ``t_weight_decay`` / ``t_lr``, the rest with the recipe's) and :class:`Trainer`, the
   port's
@@ -44,6 +45,15 @@ The pieces, in the order of the lesson (``core_spec.public_api.LESSONS["train"]`
 
 float32 only (NNabla's CPU extension has no float64 kernels, :mod:`umx_nnabla._context`): the gradient-parity
 tests compare with upstream's float64 fixtures at the float32 tolerances.
+
+Dropout, as upstream trains: UMX's LSTM dropout between layers (``lstm_dropout``: ``None`` upstream's 0.4, 0 off);
+HTDemucs's cross-transformer dropout at the config's ``t_dropout`` (0.02 in the released ``htdemucs`` /
+``htdemucs_ft`` / ``htdemucs_6s`` configs; ``t_dropout``: ``None`` the config's, 0 off) in every transformer layer on
+the attention weights, on the attention branch (``dropout1``), inside the feed-forward (``dropout``) and after it
+(``dropout2``) (:mod:`umx_nnabla.htdemucs_transformer`). The gradient-parity steps run with 0 (no port draws torch's
+masks); validation and every apply path build eval graphs without dropout. The masks come from NNabla's global
+generator, which :meth:`Trainer.start_epoch` reseeds from the recipe's seed and the epoch: a run is reproducible
+and ``--resume`` continues exactly.
 
 Shapes: UMX batches are waveforms ``x`` (mixture) and ``y`` (target), ``(nb_samples, nb_channels, nb_timesteps)``;
 Demucs batches are sources ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, already augmented.
@@ -241,7 +251,8 @@ class Trainer(TrainerBase):
         model: the network (:class:`~umx_nnabla.umx.OpenUnmix` or :class:`~umx_nnabla.demucs.Demucs`).
         step: its training graph (:func:`make_step`).
         optimizer: :func:`make_optimizer`'s :class:`TorchAdam` on the model's :func:`trainable_parameters`.
-        recipe: the training recipe (its seed reseeds NNabla's dropout generator every epoch).
+        recipe: the training recipe (its seed reseeds NNabla's dropout generator every epoch: UMX's LSTM dropout,
+            HTDemucs's transformer dropouts, as ``step`` builds them).
         stft_config: UMX: the training STFT (validation magnitudes); Demucs: ``None``.
         comm: the communicator of a data-parallel run (``None``: one process).
         rank: this replica.
@@ -304,6 +315,7 @@ def loss_and_grads(
     recipe: Recipe,
     stft_config: STFTConfig | None = None,
     lstm_dropout: float | None = None,
+    t_dropout: float | None = None,
 ) -> tuple[float, dict[str, np.ndarray]]:
     """One training forward and backward pass (builds the graph: for a loop, keep a :func:`make_step`).
 
@@ -318,11 +330,12 @@ def loss_and_grads(
         recipe: :class:`~core_spec.training.UMXTrainConfig` or :class:`~core_spec.training.DemucsTrainConfig`.
         stft_config: UMX: the STFT (default :func:`train_stft`).
         lstm_dropout: UMX: the LSTM dropout (0 for parity: no two frameworks draw the same masks).
+        t_dropout: HTDemucs: the transformer's dropout (``None``: the config's ``t_dropout``; 0 for parity).
 
     Returns:
         ``(loss, {canonical parameter name: gradient})``, float32 NumPy arrays.
     """
-    step = make_step(model, recipe, stft_config, lstm_dropout)
+    step = make_step(model, recipe, stft_config, lstm_dropout, t_dropout)
     step.graph(batch_shape(step, batch, recipe))  # creates bias_ih / bias_hh if the model lacks them
     params = trainable_parameters(model)
     _zero_grads(model)
@@ -352,12 +365,19 @@ def htdemucs_loss(estimates: nn.Variable, sources: nn.Variable, weights: Any = N
 
 class HTDemucsStep:
     """The training graph of HTDemucs: :func:`htdemucs_loss` of the network in training mode
-    (:func:`umx_nnabla.htdemucs.training_graph`: at the batch's length, no padding) on the mixture
-    ``sum(sources)``, built once per batch shape. The spectrogram and the input statistics are NumPy (no gradient
-    flows into the input)."""
+    (:func:`umx_nnabla.htdemucs.training_graph`: at the batch's length, no padding, the cross-transformer's dropout)
+    on the mixture ``sum(sources)``, built once per batch shape. The spectrogram and the input statistics are NumPy
+    (no gradient flows into the input).
 
-    def __init__(self, model: HTDemucs, recipe: HTDemucsTrainConfig):
+    Args:
+        model: the network.
+        recipe: the training recipe (loss, source weights).
+        t_dropout: the transformer's dropout rate (``None``: the config's ``t_dropout``; 0 for gradient parity).
+    """
+
+    def __init__(self, model: HTDemucs, recipe: HTDemucsTrainConfig, t_dropout: float | None = None):
         self.model, self.weights, self.loss = model, tuple(recipe.weights), recipe.loss
+        self.t_dropout = float(model.config.t_dropout if t_dropout is None else t_dropout)
         self._graphs: dict[tuple[int, ...], tuple[dict[str, nn.Variable], nn.Variable, nn.Variable]] = {}
 
     def graph(self, shape: tuple[int, ...]) -> tuple[dict[str, nn.Variable], nn.Variable, nn.Variable]:
@@ -365,7 +385,7 @@ class HTDemucsStep:
         shape = tuple(int(n) for n in shape)
         if shape not in self._graphs:
             batch, _, _, length = shape
-            inputs, estimates = training_graph(self.model, batch, length)
+            inputs, estimates = training_graph(self.model, batch, length, self.t_dropout)
             target = nn.Variable(estimates.shape)
             loss = htdemucs_loss(estimates, target, self.weights, self.loss)
             loss.persistent = True
@@ -723,12 +743,19 @@ class GroupedTorchAdam(TorchAdam):
             w -= step_size * (m / denom)
 
 
-def make_step(model: Model, recipe: Recipe, stft_config: STFTConfig | None = None, lstm_dropout: float | None = None):
-    """The loss graph of ``recipe`` for ``model`` (:class:`UMXStep`, :class:`DemucsStep` or :class:`HTDemucsStep`)."""
+def make_step(
+    model: Model,
+    recipe: Recipe,
+    stft_config: STFTConfig | None = None,
+    lstm_dropout: float | None = None,
+    t_dropout: float | None = None,
+):
+    """The loss graph of ``recipe`` for ``model`` (:class:`UMXStep`, :class:`DemucsStep` or :class:`HTDemucsStep`);
+    ``lstm_dropout`` / ``t_dropout``: UMX's / HTDemucs's dropout (``None``: the model's; 0: off)."""
     if isinstance(recipe, UMXTrainConfig):
         return UMXStep(model, stft_config or train_stft(model.config, recipe.stft_center), lstm_dropout)
     if isinstance(recipe, HTDemucsTrainConfig):
-        return HTDemucsStep(model, recipe)
+        return HTDemucsStep(model, recipe, t_dropout)
     return DemucsStep(model, recipe.loss)
 
 
@@ -809,6 +836,7 @@ def data_parallel_loss_and_grads(
     replicas: int = 2,
     stft_config: STFTConfig | None = None,
     lstm_dropout: float | None = None,
+    t_dropout: float | None = None,
 ) -> tuple[list[float], dict[str, np.ndarray]]:
     """The arithmetic of one data-parallel step, run replica after replica in this process: each replica's
     contiguous shard of ``batch`` forward and backward on the same weights, the gradients averaged (what
@@ -824,7 +852,8 @@ def data_parallel_loss_and_grads(
     for rank in range(replicas):
         for k, v in running.items():
             v.d = start[k]
-        loss, grads = loss_and_grads(model, shard_batch(batch, rank, replicas), recipe, stft_config, lstm_dropout)
+        shard = shard_batch(batch, rank, replicas)
+        loss, grads = loss_and_grads(model, shard, recipe, stft_config, lstm_dropout, t_dropout)
         losses.append(loss)
         total = grads if total is None else {k: total[k] + g for k, g in grads.items()}
         if rank == 0:

@@ -27,7 +27,8 @@ upstream's (``stats``), as they may inject its STFT ``window``. The training-seg
 (:func:`core_spec.reference.htdemucs.htdemucs_valid_length`): with ``use_train_segment`` the network runs at
 exactly ``config.segment_samples`` samples (shorter inputs zero-padded on the right, the output cropped back);
 longer inputs are an error. The training-mode forward (``training=True``, upstream's ``model.train()``) runs the
-network at the input's own length instead: no padding, ``ispec`` at ``L``, any ``L``.
+network at the input's own length instead: no padding, ``ispec`` at ``L``, any ``L``; and with the transformer's
+dropout (``t_dropout``), which the eval forward never applies.
 
 Lengths are static (known when traced). :func:`forward` is the compiled call (``tf.function``, no AutoGraph: the
 Python control flow runs once per trace; XLA on request, :meth:`HTDemucs.compiled_call` has the measured choice).
@@ -177,7 +178,8 @@ class HTDemucs(TracedCall, keras.Model):
             window: the STFT window ``(nfft,)``; ``None`` is the periodic Hann window in the model's dtype.
             stats: the input statistics to use instead of computing them: ``mean`` / ``std`` of the frequency
                 branch's input and ``mean_t`` / ``std_t`` of the time branch's, ``(nb_samples,)`` each.
-            training: the training-mode forward: the network at ``L`` itself, whatever the training segment.
+            training: the training-mode forward: the network at ``L`` itself, whatever the training segment, and the
+                cross-transformer's dropout at ``t_dropout`` (:mod:`umx_tf.htdemucs_transformer`).
 
         Returns:
             ``(nb_samples, nb_sources, audio_channels, L)``.
@@ -215,7 +217,7 @@ class HTDemucs(TracedCall, keras.Model):
             if self.channel_upsampler is not None:
                 x = keep("channel_upsampler", self.channel_upsampler(x), convert=_as_sequence)
                 xt = keep("channel_upsampler_t", self.channel_upsampler_t(xt))
-            x, xt = self.crosstransformer.call(x, xt, keep)
+            x, xt = self.crosstransformer.call(x, xt, keep, training=training)
             keep("crosstransformer.x", x)
             keep("crosstransformer.xt", xt)
             if self.channel_downsampler is not None:

@@ -26,7 +26,7 @@ model (canonical and Keras formats) and ``checkpoint-<name>-tf/``, and reads the
 
 Extras: :func:`htdemucs_loss` (demucs 4's loss: L1 per source, weighted, the network in training mode at the batch's
 length), :func:`optimizer_groups`, :func:`default_stft`, :func:`set_statistics`, :func:`lstm_dropout`,
-:func:`make_strategy` and
+:func:`transformer_dropout`, :func:`make_strategy` and
 
 - :class:`Parameters`: the trainable variables under their canonical (upstream state-dict) names. Keras's LSTM has
   one bias where PyTorch has ``bias_ih`` and ``bias_hh``; both receive the folded bias's gradient, but torch's Adam
@@ -37,8 +37,16 @@ length), :func:`optimizer_groups`, :func:`default_stft`, :func:`set_statistics`,
   over disjoint parameter groups.
 
 Shapes: UMX batches are waveforms ``x`` (mixture) and ``y`` (target) ``(nb_samples, nb_channels, nb_timesteps)``;
-Demucs and HTDemucs batches are ``sources`` ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``. HTDemucs
-trains without the transformer's dropout (``t_dropout``: not in this port; 0 in the released ``htdemucs`` config).
+Demucs and HTDemucs batches are ``sources`` ``(nb_samples, nb_sources, audio_channels, nb_timesteps)``.
+
+Dropout: the :class:`Trainer`'s step applies the recipes' dropouts (``dropout=True``, the default; ``False`` for the
+gradient-parity steps, which no port can run with torch's masks): UMX's LSTM dropout between layers, and HTDemucs's
+cross-transformer dropout at the config's ``t_dropout`` (0.02 in the released ``htdemucs`` / ``htdemucs_ft`` /
+``htdemucs_6s`` configs), in every transformer layer on the attention weights, on the attention branch
+(``dropout1``), inside the feed-forward (``dropout``) and after it (``dropout2``), as upstream
+(:mod:`umx_tf.htdemucs_transformer`). Validation and every apply path run the eval forward, without dropout. The
+masks come from Keras seed generators seeded when the model is built (``keras.utils.set_random_seed`` first), so a
+run is reproducible; their states are saved in the checkpoint and read back, so a resumed run draws on.
 """
 
 from __future__ import annotations
@@ -80,6 +88,7 @@ __all__ = [
     "optimizer_groups",
     "set_statistics",
     "spectrogram",
+    "transformer_dropout",
     "umx_loss",
 ]
 
@@ -170,7 +179,8 @@ class Trainer(TrainerBase):
         weights: canonical weights the model was loaded from (for the two LSTM biases, :class:`Parameters`).
         strategy: a ``tf.distribute`` strategy (``None``: the default device).
         jit_compile: XLA-compile the step (single device only).
-        dropout: UMX's LSTM dropout in the step (the recipe: on).
+        dropout: the recipe's dropouts in the step (on): UMX's LSTM dropout, HTDemucs's transformer dropout at the
+            config's ``t_dropout`` (:func:`transformer_dropout`); ``False``: a deterministic step (gradient parity).
     """
 
     def __init__(
@@ -256,7 +266,7 @@ class Trainer(TrainerBase):
     def grads(self, *batch: Any) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and canonical gradients of a batch as :meth:`step` sees them (replicated: averaged over the
         replicas), without an update."""
-        with lstm_dropout(self.model, self.dropout):
+        with lstm_dropout(self.model, self.dropout), transformer_dropout(self.model, self.dropout):
             loss, grads = self._grads(*self._tensors(batch))
         return float(loss), self.params.canonical([g.numpy() for g in grads])
 
@@ -280,7 +290,7 @@ class Trainer(TrainerBase):
         """One optimiser step on a batch: UMX ``(x, y)``, Demucs ``sources`` (one array) or ``(sources,)``; NumPy
         or tensors; split evenly over the replicas."""
         batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-        with lstm_dropout(self.model, self.dropout):
+        with lstm_dropout(self.model, self.dropout), transformer_dropout(self.model, self.dropout):
             loss = self._step(*self._tensors(batch))
         return float(loss)
 
@@ -327,7 +337,7 @@ def loss_and_grads(
         recipe: the training recipe (loss kind for Demucs, STFT centring for UMX).
         fft: UMX's training STFT (:func:`default_stft` if ``None``).
         weights: the canonical weights the model was loaded from (names both LSTM-bias halves' gradients).
-        dropout: UMX's LSTM dropout (off: a deterministic step).
+        dropout: UMX's LSTM dropout, HTDemucs's transformer dropout (off: a deterministic step).
 
     Returns:
         ``(loss, {canonical name: gradient})`` in the model's dtype, canonical layouts; a folded LSTM bias's
@@ -337,13 +347,14 @@ def loss_and_grads(
     trainer = Trainer(model, recipe, fft=fft, weights=weights, dropout=dropout)
     dtype = model.compute_dtype
     tensors = tuple(tf.convert_to_tensor(np.asarray(b), dtype) for b in _as_batch(model, batch))
-    with lstm_dropout(model, dropout):
+    with lstm_dropout(model, dropout), transformer_dropout(model, dropout):
         loss, grads = trainer.loss_and_grads(tensors)
     return float(loss), trainer.params.canonical([g.numpy() for g in grads])
 
 
 def _seed_states(model: Model) -> list[keras.Variable]:
-    """The states of the model's random generators (UMX's dropout), saved so that a resumed run draws on."""
+    """The states of the model's random generators (UMX's LSTM dropout, HTDemucs's transformer dropouts), in the
+    model's layer order, saved so that a resumed run draws on."""
     return [layer.seed_generator.state for layer in model._flatten_layers() if hasattr(layer, "seed_generator")]
 
 
@@ -489,6 +500,27 @@ def lstm_dropout(model: Model, enabled: bool) -> Iterator[None]:
         yield
     finally:
         layer.rate = rate
+
+
+@contextlib.contextmanager
+def transformer_dropout(model: Model, enabled: bool) -> Iterator[None]:
+    """Switch HTDemucs's cross-transformer dropout off (``enabled=False``: every dropout of
+    :mod:`umx_tf.htdemucs_transformer` at rate 0) for a deterministic step (the gradient-parity tests, as
+    :func:`lstm_dropout`); on, each acts at the config's ``t_dropout``. Effective for calls traced inside the
+    block; a no-op for other models."""
+    transformer = getattr(model, "crosstransformer", None)
+    if transformer is None or enabled:
+        yield
+        return
+    layers = [layer for layer in transformer._flatten_layers() if hasattr(layer, "seed_generator")]
+    rates = [layer.rate for layer in layers]
+    for layer in layers:
+        layer.rate = 0.0
+    try:
+        yield
+    finally:
+        for layer, rate in zip(layers, rates, strict=True):
+            layer.rate = rate
 
 
 class Parameters:

@@ -11,8 +11,8 @@ statistics, the training graph (built once on a first batch, which creates the L
 the optimiser, ``--resume``'s checkpoint, rank 0's weights broadcast to every replica; then
 :func:`unmix.train_loop.run_epochs` runs the epochs. HTDemucs (``--model htdemucs``) trains at ``--samples``
 samples whatever its segment, with demucs 4's two Adam groups and its ``valid_apply`` validation (the port's
-:class:`umx_nnabla.train.HTDemucsStep`, :func:`umx_nnabla.train.make_optimizer`), without the transformer's dropout
-(not in the port's training graph yet).
+:class:`umx_nnabla.train.HTDemucsStep`, :func:`umx_nnabla.train.make_optimizer`), with the transformer's dropout
+at the config's ``t_dropout``, as upstream.
 
 NNabla lives in ``.venv-nnabla``: :func:`unmix.train_cli.main` reruns itself there, and this module imports NNabla
 and the port only when a run starts, so it imports anywhere.

@@ -10,7 +10,7 @@ recipe's seed, or ``--init``), the data sets (:func:`unmix.train_setup.make_data
 HTDemucs (``--model htdemucs``): a fresh model starts from upstream's initialisation drawn with seeded NumPy
 (:func:`core_spec.training.initial_weights`, as the JAX run: Keras's initialisers are not upstream's), trains at
 ``--samples`` samples whatever its segment, demucs 4's two Adam groups (the port's :class:`umx_tf.train.Trainer`),
-validation by demucs 4's ``valid_apply``; without the transformer's dropout (``t_dropout``: not in the port).
+validation by demucs 4's ``valid_apply``; the transformer's dropout at the config's ``t_dropout``, as upstream.
 
 TensorFlow is first imported through :mod:`umx_tf` (its start-up log lines filtered,
 :func:`core_spec.frameworks.quiet_import`); this module imports it again only inside its functions.
