@@ -194,7 +194,7 @@ def _lstm_step(recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor, z: tf.Te
     return o * tf.tanh(c), c, tf.concat([i, f, g, o], axis=-1)
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)  # tf.scan: no Python control flow to convert
 def _recurrence(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor) -> tuple[tf.Tensor, ...]:
     """Forward for inference: ``(hidden states (T, B, H), last h, last c)``."""
 
@@ -206,7 +206,7 @@ def _recurrence(projected: tf.Tensor, recurrent_kernel: tf.Tensor, h: tf.Tensor,
     return hs, hs[-1], cs[-1]
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)  # tf.scan: no Python control flow to convert
 def _recurrence_saved(
     projected: tf.Tensor, recurrent_kernel: tf.Tensor, h: tf.Tensor, c: tf.Tensor
 ) -> tuple[tf.Tensor, ...]:
@@ -219,7 +219,7 @@ def _recurrence_saved(
     return tf.scan(step, projected, initializer=(h, c, gates))
 
 
-@tf.function(jit_compile=True)
+@tf.function(jit_compile=True, autograph=False)  # tf.scan: no Python control flow to convert
 def _recurrence_backward(
     dhs: tf.Tensor,
     dh_last: tf.Tensor,
