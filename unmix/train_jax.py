@@ -24,6 +24,7 @@ from core_spec.training import DemucsTrainConfig, HTDemucsTrainConfig, UMXTrainC
 from umx_jax.train import FRAMEWORK, Trainer, ensure_devices
 
 from . import data
+from .heap import trim_after_jax_compilations
 from .run_folder import RunFolder, RunState, log
 from .train_cli import run_main
 from .train_loop import train_epochs
@@ -43,6 +44,7 @@ def fit(
     Returns ``{"epochs", "steps", "best_loss", "history"}``.
     """
     quiet = bool(args.quiet)
+    trim_after_jax_compilations()  # the compiler's freed heap back to the OS (unmix.heap)
     folder = RunFolder.for_recipe(args.out, FRAMEWORK, recipe)
     platform = "gpu" if args.device in ("gpu", "cuda") else args.device
     devices = ensure_devices(max(1, args.devices), platform)
