@@ -28,8 +28,10 @@ upstream's (``stats``), as they may inject its STFT ``window``. The training-seg
 exactly ``config.segment_samples`` samples (shorter inputs zero-padded on the right, the output cropped back);
 longer inputs are an error. The training-mode forward (``training=True``, upstream's ``model.train()``; what
 :mod:`umx_jax.train` differentiates) runs the network at the input's own length instead: no padding, ``ispec`` at
-``L``, any ``L`` (:func:`core_spec.reference.htdemucs.htdemucs` with ``training=True``; HTDemucs has no dropout
-here and no batch statistics, so nothing else changes).
+``L``, any ``L`` (:func:`core_spec.reference.htdemucs.htdemucs` with ``training=True``), with the
+cross-transformer's dropout when a ``dropout_key`` is given (HTDemucs has no batch statistics); the transformer
+computes its attention scores all at once instead of in blocks of query rows, the same values, since the backward
+pass keeps them all anyway.
 
 float64 needs ``jax.enable_x64`` (``with umx_jax.dtype_scope("float64"):``); :func:`forward` is the compiled call.
 """
@@ -148,6 +150,7 @@ class HTDemucs(nnx.Module):
         window: jax.Array | np.ndarray | None = None,
         stats: Mapping[str, Any] | None = None,
         training: bool = False,
+        dropout_key: jax.Array | None = None,
     ) -> jax.Array:
         """Separate ``mix``.
 
@@ -158,7 +161,10 @@ class HTDemucs(nnx.Module):
             window: the STFT window ``(nfft,)``; ``None`` is the periodic Hann window in the model's dtype.
             stats: the input statistics to use instead of computing them: ``mean`` / ``std`` of the frequency
                 branch's input and ``mean_t`` / ``std_t`` of the time branch's, ``(nb_samples,)`` each.
-            training: the training-mode forward: the network at ``L`` itself, whatever the training segment.
+            training: the training-mode forward: the network at ``L`` itself, whatever the training segment
+                (and the attention unblocked: :class:`~umx_jax.htdemucs_transformer.CrossTransformerEncoder`).
+            dropout_key: with ``training``, the key of the cross-transformer's dropouts at ``config.t_dropout``
+                (:mod:`umx_jax.htdemucs_transformer`); ``None``: none (the gradient-parity steps).
 
         Returns:
             ``(nb_samples, nb_sources, audio_channels, L)``.
@@ -193,7 +199,7 @@ class HTDemucs(nnx.Module):
             if self.channel_upsampler is not None:
                 x = keep("channel_upsampler", self.channel_upsampler(x), convert=_as_sequence)
                 xt = keep("channel_upsampler_t", self.channel_upsampler_t(xt))
-            x, xt = self.crosstransformer(x, xt, keep)
+            x, xt = self.crosstransformer(x, xt, keep, training=training, dropout_key=dropout_key)
             keep("crosstransformer.x", x)
             keep("crosstransformer.xt", xt)
             if self.channel_downsampler is not None:

@@ -114,6 +114,18 @@ def _overlap_add(
     return out, lax.dynamic_update_slice_in_dim(sum_weight, total, offset, axis=-1)
 
 
+@partial(jax.jit, donate_argnums=(0,))
+def _divide(out: jax.Array, sum_weight: jax.Array) -> jax.Array:
+    """``out / sum_weight``, in place (``out`` donated: the track-long accumulators are not copied)."""
+    return out / sum_weight
+
+
+@partial(jax.jit, donate_argnums=(0,))
+def _accumulate(estimates: jax.Array, estimate: jax.Array, row: jax.Array) -> jax.Array:
+    """``estimates + estimate * row[:, None, None]`` (per-source weights ``row (S,)``), in place."""
+    return estimates + estimate * row[:, None, None]
+
+
 def _apply_split(run: _Run, chunk: _Chunk) -> jax.Array:
     """Overlap-add of :func:`_apply_valid` on segments of the chunk (full triangle, ``transition_power``)."""
     model = run.model
@@ -128,7 +140,7 @@ def _apply_split(run: _Run, chunk: _Chunk) -> jax.Array:
     for offset in offsets:
         chunk_out = _apply_valid(run, chunk.sub(offset, segment_length))
         out, sum_weight = _overlap_add(out, sum_weight, chunk_out, weight, jnp.asarray(offset))
-    return out / sum_weight
+    return _divide(out, sum_weight)
 
 
 def _apply_one(run: _Run, mix: jax.Array, shifts: int, split: bool) -> jax.Array:
@@ -247,9 +259,9 @@ def apply_model(
         for model, row in zip(models, source_weights, strict=True):
             run = _Run(model, draws, seg, overlap, transition_power)
             row_arr = np.asarray(row, dtype=np.float64)
-            estimates = estimates + _apply_one(run, track, shifts, split) * jnp.asarray(row_arr, dtype)[:, None, None]
+            estimates = _accumulate(estimates, _apply_one(run, track, shifts, split), jnp.asarray(row_arr, dtype))
             totals += row_arr
-        estimates = estimates / jnp.asarray(totals, dtype)[:, None, None]
+        estimates = _divide(estimates, jnp.asarray(totals, dtype)[:, None, None])
         return estimates[0] if unbatched else estimates
 
 

@@ -1,4 +1,4 @@
-"""The cross-transformer of HTDemucs (demucs 4.x ``CrossTransformerEncoder``) as Flax NNX modules, eval mode.
+"""The cross-transformer of HTDemucs (demucs 4.x ``CrossTransformerEncoder``) as Flax NNX modules.
 
 The spec is :mod:`core_spec.reference.htdemucs_transformer` (its docstring has the recipe). In short: the frequency
 branch's ``(B, Fr, T1, C)`` becomes ``T1 Fr`` tokens **time-major** and the time branch's ``(B, T2, C)`` ``T2``
@@ -13,6 +13,14 @@ one group over tokens x channels::
 ``ff = linear2(gelu(linear1(.)))`` with exact GELU. :class:`MultiheadAttention` is
 ``torch.nn.MultiheadAttention(d, heads, batch_first=True)``: the packed ``in_proj`` holds the query, key and value
 projections stacked ``[q; k; v]``, head ``h`` is channels ``h hd : (h + 1) hd`` of each.
+
+Dropout (``config.t_dropout``, upstream's ``dropout``; 0.02 in the released configs) acts in the training forward
+only, when a ``dropout_key`` is given, at the torch port's and upstream's four places in every layer: on the
+attention weights (after the softmax, before they weigh the values: ``nn.MultiheadAttention``'s ``dropout``),
+``dropout1`` on the attention branch before ``gamma_1``, ``dropout`` between the GELU and ``linear2`` and
+``dropout2`` after ``linear2``. Masks are drawn with ``jax.random.bernoulli`` from keys split off ``dropout_key``
+(one per layer and branch, four per layer: :func:`_site_keys`), kept values scaled by ``1 / (1 - rate)``. Without
+a key (every eval, apply and separation path) no dropout is traced.
 
 Flax state vs upstream's names (the mapping is :mod:`umx_jax.weights`): ``self_attn.in_proj.{kernel, bias}`` is
 ``self_attn.in_proj_{weight, bias}`` (kernel transposed), ``*.kernel`` of the linears are the transposed
@@ -66,6 +74,31 @@ def _group_norm_1(dim: int, *, dtype: Any, rngs: nnx.Rngs) -> nnx.GroupNorm:
     )
 
 
+Dropout = tuple[float, jax.Array] | None
+"""``(rate, key)`` of one dropout site, or ``None``: no dropout."""
+
+
+def _dropout(x: jax.Array, dropout: Dropout) -> jax.Array:
+    """``x`` with each element zeroed with probability ``rate`` and the others scaled by ``1 / (1 - rate)``
+    (``torch.nn.functional.dropout`` in training), the mask from ``jax.random.bernoulli(key)``; ``x`` itself for
+    ``None`` or a rate of 0."""
+    if dropout is None or dropout[0] == 0:
+        return x
+    rate, key = dropout
+    kept = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(kept, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+
+
+def _site_keys(dropout: Dropout) -> tuple[Dropout, Dropout, Dropout, Dropout]:
+    """One layer's four sites (attention weights, ``dropout1``, ``dropout``, ``dropout2``), each with its own key
+    split off the layer's."""
+    if dropout is None or dropout[0] == 0:
+        return None, None, None, None
+    rate, key = dropout
+    a, b, c, d = jax.random.split(key, 4)
+    return (rate, a), (rate, b), (rate, c), (rate, d)
+
+
 class MultiheadAttention(nnx.Module):
     """``torch.nn.MultiheadAttention(dim, num_heads, batch_first=True)`` in eval mode, no mask.
 
@@ -79,9 +112,13 @@ class MultiheadAttention(nnx.Module):
         self.in_proj = _linear(dim, 3 * dim, dtype=dtype, rngs=rngs)
         self.out_proj = _linear(dim, dim, dtype=dtype, rngs=rngs)
 
-    def __call__(self, query: jax.Array, key: jax.Array, value: jax.Array) -> jax.Array:
+    def __call__(
+        self, query: jax.Array, key: jax.Array, value: jax.Array, *, blocks: bool = True, dropout: Dropout = None
+    ) -> jax.Array:
         """``query (B, Tq, d)``, ``key`` / ``value (B, Tk, d)`` -> ``(B, Tq, d)``: per head
-        ``softmax(q k^T / sqrt(hd)) v``, heads concatenated in channel order, then ``out_proj``."""
+        ``softmax(q k^T / sqrt(hd)) v``, heads concatenated in channel order, then ``out_proj``. ``blocks``: the
+        scores in blocks of query rows (:func:`_attend`); ``False``: all at once. ``dropout``: ``(rate, key)`` of
+        the attention weights' dropout (training), ``None``: none."""
         d = query.shape[-1]
         hd = d // self.num_heads
         w, b = self.in_proj.kernel[...], self.in_proj.bias[...]
@@ -91,39 +128,58 @@ class MultiheadAttention(nnx.Module):
             return jnp.transpose(y.reshape(y.shape[0], y.shape[1], self.num_heads, hd), (0, 2, 1, 3))
 
         q, k, v = heads(query, 0), heads(key, 1), heads(value, 2)
-        out = _attend(q, k, v)  # (B, H, Tq, hd)
+        out = _attend(q, k, v, blocks, dropout)  # (B, H, Tq, hd)
         out = jnp.transpose(out, (0, 2, 1, 3)).reshape(query.shape)
         return self.out_proj(out)
 
 
-def _attend(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, blocks: bool = True, dropout: Dropout = None) -> jax.Array:
     """``softmax(q k^T / sqrt(hd)) v`` per head: ``q (B, H, Tq, hd)``, ``k`` / ``v (B, H, Tk, hd)`` ->
-    ``(B, H, Tq, hd)``.
+    ``(B, H, Tq, hd)``; ``dropout``: the weights ``softmax(.)`` through :func:`_dropout` (in blocks: each block
+    with its own key, split off the given one): the mask applied to ``e``, which the row normaliser then scales,
+    is the mask on the weights.
+
+    The softmax is applied after the product with ``v``: ``(e v) / sum(e)`` with ``e = exp(s - max(s))`` per row
+    (``jax.nn.softmax``'s ``e``), the same value as ``(e / sum(e)) v`` up to round-off, without a pass over the
+    ``Tq x Tk`` probabilities to divide them, and with a backward pass that needs no row sums over ``Tq x Tk``
+    products (the normaliser's gradient is a row sum over ``Tq x hd``).
 
     The softmax runs along each query's row, so the rows can go in blocks: ``jax.lax.map`` over blocks of query
     rows, one after the other (:func:`core_spec.shapes.attention_query_blocks`: at most 2^22 scores a block),
     instead of the whole ``B x H x Tq x Tk`` matrix at once (8 x 2688 x 2688 floats are 231 MB in float32, and XLA
     keeps the exponentials beside them). Every row is computed exactly as without blocks; the rows of the last block
     past ``Tq`` are zeros, dropped.
+
+    ``blocks=False`` (the training forward) computes every row at once: under ``jax.grad`` the blocks save nothing,
+    since the backward pass keeps every block's exponentials anyway (stacked by ``jax.lax.map``, a zero-filled
+    buffer and a copy per block more), and each row is the same either way.
     """
     b, h, tq, hd = q.shape
     kt = jnp.swapaxes(k, -1, -2)
     scale = jnp.sqrt(jnp.asarray(hd, q.dtype))
 
-    def rows(qb: jax.Array) -> jax.Array:  # (B, H, r, hd) -> (B, H, r, hd)
-        return jax.nn.softmax((qb @ kt) / scale, axis=-1) @ v
+    def rows(qb: jax.Array, key: jax.Array | None = None) -> jax.Array:  # (B, H, r, hd) -> (B, H, r, hd)
+        scores = (qb @ kt) / scale
+        e = jnp.exp(scores - jax.lax.stop_gradient(jnp.max(scores, axis=-1, keepdims=True)))
+        dropped = e if key is None else _dropout(e, (rate, key))  # the weights' dropout: a mask on e, row-scaled
+        return (dropped @ v) / jnp.sum(e, axis=-1, keepdims=True)
 
-    nb, size = attention_query_blocks(b, h, tq, k.shape[2])
+    rate, key = dropout if dropout is not None and dropout[0] > 0 else (0.0, None)
+    nb, size = attention_query_blocks(b, h, tq, k.shape[2]) if blocks else (1, tq)
     if nb == 1:
-        return rows(q)
+        return rows(q, key)
     q = jnp.pad(q, ((0, 0), (0, 0), (0, nb * size - tq), (0, 0)))
-    blocks = jnp.moveaxis(q.reshape(b, h, nb, size, hd), 2, 0)  # (nb, B, H, size, hd)
-    out = jax.lax.map(rows, blocks)
+    stacked = jnp.moveaxis(q.reshape(b, h, nb, size, hd), 2, 0)  # (nb, B, H, size, hd)
+    if key is None:
+        out = jax.lax.map(rows, stacked)
+    else:
+        out = jax.lax.map(lambda a: rows(*a), (stacked, jax.random.split(key, nb)))
     return jnp.moveaxis(out, 0, 2).reshape(b, h, nb * size, hd)[:, :, :tq]
 
 
 class _Layer(nnx.Module):
-    """What both layer kinds share: the feed-forward, ``norm_out`` and the two LayerScales."""
+    """What both layer kinds share: the feed-forward, ``norm_out`` and the two LayerScales (and three of the four
+    dropout sites: ``dropout1`` after the attention, ``dropout`` and ``dropout2`` in the feed-forward)."""
 
     def __init__(self, dim: int, config: HTDemucsConfig, *, dtype: Any, rngs: nnx.Rngs):
         hidden = int(dim * config.t_hidden_scale)
@@ -133,8 +189,10 @@ class _Layer(nnx.Module):
         self.gamma_1 = nnx.Param(jnp.full((dim,), 1e-4, dtype))  # LayerScale (upstream's init 1e-4)
         self.gamma_2 = nnx.Param(jnp.full((dim,), 1e-4, dtype))
 
-    def _feed_forward(self, x: jax.Array) -> jax.Array:
-        return self.linear2(jax.nn.gelu(self.linear1(x), approximate=False))
+    def _feed_forward(self, x: jax.Array, dropout: Dropout = None, dropout2: Dropout = None) -> jax.Array:
+        """``dropout2(linear2(dropout(gelu(linear1(x)))))`` (the dropouts: ``None``, none)."""
+        h = _dropout(jax.nn.gelu(self.linear1(x), approximate=False), dropout)
+        return _dropout(self.linear2(h), dropout2)
 
 
 class SelfAttentionLayer(_Layer):
@@ -149,10 +207,13 @@ class SelfAttentionLayer(_Layer):
         self.norm1 = _layer_norm(dim, dtype=dtype, rngs=rngs)
         self.norm2 = _layer_norm(dim, dtype=dtype, rngs=rngs)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, *, blocks: bool = True, dropout: Dropout = None) -> jax.Array:
+        """``x (B, T, C)`` -> ``(B, T, C)``; ``blocks``: :class:`MultiheadAttention`'s; ``dropout``: ``(rate, key)``
+        of the layer's four dropouts (:func:`_site_keys`), ``None``: none."""
+        attn_w, drop1, drop, drop2 = _site_keys(dropout)
         h = self.norm1(x)
-        x = x + self.gamma_1[...] * self.self_attn(h, h, h)
-        x = x + self.gamma_2[...] * self._feed_forward(self.norm2(x))
+        x = x + self.gamma_1[...] * _dropout(self.self_attn(h, h, h, blocks=blocks, dropout=attn_w), drop1)
+        x = x + self.gamma_2[...] * self._feed_forward(self.norm2(x), drop, drop2)
         return self.norm_out(x)
 
 
@@ -171,11 +232,14 @@ class CrossAttentionLayer(_Layer):
         self.norm2 = _layer_norm(dim, dtype=dtype, rngs=rngs)
         self.norm3 = _layer_norm(dim, dtype=dtype, rngs=rngs)
 
-    def __call__(self, q: jax.Array, k: jax.Array) -> jax.Array:
-        """``q (B, Tq, C)``, ``k (B, Tk, C)`` -> ``(B, Tq, C)``."""
+    def __call__(self, q: jax.Array, k: jax.Array, *, blocks: bool = True, dropout: Dropout = None) -> jax.Array:
+        """``q (B, Tq, C)``, ``k (B, Tk, C)`` -> ``(B, Tq, C)``; ``blocks``, ``dropout``: as
+        :meth:`SelfAttentionLayer.__call__`."""
+        attn_w, drop1, drop, drop2 = _site_keys(dropout)
         kn = self.norm2(k)
-        x = q + self.gamma_1[...] * self.cross_attn(self.norm1(q), kn, kn)
-        x = x + self.gamma_2[...] * self._feed_forward(self.norm3(x))
+        attn = self.cross_attn(self.norm1(q), kn, kn, blocks=blocks, dropout=attn_w)
+        x = q + self.gamma_1[...] * _dropout(attn, drop1)
+        x = x + self.gamma_2[...] * self._feed_forward(self.norm3(x), drop, drop2)
         return self.norm_out(x)
 
 
@@ -190,6 +254,7 @@ class CrossTransformerEncoder(nnx.Module):
         check_transformer_config(config)
         dim = config.transformer_channels
         self.weight_pos_embed = float(config.t_weight_pos_embed)
+        self.dropout_rate = float(config.t_dropout)
         self.max_period = float(config.t_max_period)
         self.norm_in = _layer_norm(dim, dtype=dtype, rngs=rngs)
         self.norm_in_t = _layer_norm(dim, dtype=dtype, rngs=rngs)
@@ -201,7 +266,15 @@ class CrossTransformerEncoder(nnx.Module):
         self.layers = nnx.List([make(i) for i in range(config.t_layers)])
         self.layers_t = nnx.List([make(i) for i in range(config.t_layers)])
 
-    def __call__(self, x: jax.Array, xt: jax.Array, keep: Recorder | None = None) -> tuple[jax.Array, jax.Array]:
+    def __call__(
+        self,
+        x: jax.Array,
+        xt: jax.Array,
+        keep: Recorder | None = None,
+        *,
+        training: bool = False,
+        dropout_key: jax.Array | None = None,
+    ) -> tuple[jax.Array, jax.Array]:
         """The two branches through the transformer.
 
         Args:
@@ -209,6 +282,9 @@ class CrossTransformerEncoder(nnx.Module):
             keep: records every layer's output tokens ``(B, tokens, C)`` under
                 :func:`~core_spec.reference.htdemucs_transformer.transformer_trace_keys` (as they are: upstream's
                 layout).
+            training: the training forward: the attention scores all at once (:func:`_attend`), not in blocks.
+            dropout_key: with ``training``, the key of the dropouts at ``config.t_dropout`` (module docstring; one
+                key split off it per layer and branch); ``None``: no dropout.
 
         Returns:
             ``(x, xt)`` shaped as given.
@@ -222,11 +298,15 @@ class CrossTransformerEncoder(nnx.Module):
 
         x = self.norm_in(tokens(x)) + self.weight_pos_embed * tokens(pos_2d)
         xt = self.norm_in_t(xt) + self.weight_pos_embed * jnp.transpose(pos_1d, (1, 0, 2))
+        drop = training and dropout_key is not None and self.dropout_rate > 0
+        keys = jax.random.split(dropout_key, 2 * len(self.layers)) if drop else None
         for i, (layer, layer_t) in enumerate(zip(self.layers, self.layers_t, strict=True)):
+            blocks = not training
+            d, d_t = ((self.dropout_rate, keys[2 * i]), (self.dropout_rate, keys[2 * i + 1])) if drop else (None, None)
             if i % 2 == 0:
-                x_new, xt = layer(x), layer_t(xt)
+                x_new, xt = layer(x, blocks=blocks, dropout=d), layer_t(xt, blocks=blocks, dropout=d_t)
             else:  # both branches read the other's tokens from before this layer
-                x_new, xt = layer(x, xt), layer_t(xt, x)
+                x_new, xt = layer(x, xt, blocks=blocks, dropout=d), layer_t(xt, x, blocks=blocks, dropout=d_t)
             x = x_new
             if keep is not None:
                 keep(f"{TRACE_PREFIX}layers.{i}", x, convert=_as_is)

@@ -40,9 +40,10 @@ plateau schedule and early stopping, the best model (canonical and msgpack) and 
 Precision: float32 by default; float64 runs (``dtype=np.float64``) enter ``jax.enable_x64`` around every call
 (:func:`umx_jax.dtype_scope`), as the separators do. Shapes: UMX batches are waveforms ``x`` (mixture) and ``y``
 (target), ``(nb_samples, nb_channels, nb_timesteps)``; Demucs and HTDemucs batches are sources
-``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, already augmented. HTDemucs trains without the
-transformer's dropout (``t_dropout``: not in this port; 0 in the released ``htdemucs`` config, 0.02 in demucs 4's
-mmi grid) and is validated as demucs 4 validates (``apply_model`` at the model's segment, no overlap, no shifts).
+``(nb_samples, nb_sources, audio_channels, nb_timesteps)``, already augmented. HTDemucs trains with the
+cross-transformer's dropout at the config's ``t_dropout`` (0.02 in the released configs; upstream's four places in
+every layer, :mod:`umx_jax.htdemucs_transformer`; ``dropout=False`` for the parity steps) and is
+validated as demucs 4 validates (``apply_model`` at the model's segment, no overlap, no shifts).
 """
 
 from __future__ import annotations
@@ -50,7 +51,6 @@ from __future__ import annotations
 import dataclasses
 import os
 from collections.abc import Mapping, Sequence
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -228,7 +228,7 @@ def _batch_loss(
         x, y = batch
         return umx_loss(model, x, y, spec.stft, window, key)
     if spec.layout.kind == "htdemucs":
-        return htdemucs_loss(model, batch[0], spec.weights, spec.loss, window, training=train)
+        return htdemucs_loss(model, batch[0], spec.weights, spec.loss, window, training=train, dropout_key=key)
     return demucs_loss(model, batch[0], spec.loss)
 
 
@@ -250,13 +250,11 @@ def _replicated(spec: _StepSpec, tree: Any) -> Any:
     return tree if spec.replicated is None else jax.lax.with_sharding_constraint(tree, spec.replicated)
 
 
-@partial(jax.jit, static_argnums=0)
-def _grads_step(spec: _StepSpec, params: Arrays, stats: Arrays, batch: Any, window: Any, key: jax.Array) -> Any:
+def _grads_step_fn(spec: _StepSpec, params: Arrays, stats: Arrays, batch: Any, window: Any, key: jax.Array) -> Any:
     return _replicated(spec, _grads(spec, params, stats, batch, window, key))
 
 
-@partial(jax.jit, static_argnums=(0, 1), donate_argnums=(2, 3, 4))
-def _train_step(
+def _train_step_fn(
     spec: _StepSpec,
     with_grads: bool,
     params: Arrays,
@@ -273,9 +271,25 @@ def _train_step(
     return _replicated(spec, out + ((grads,) if with_grads else ()))
 
 
-@partial(jax.jit, static_argnums=0)
-def _eval_loss(spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.Array, ...], window: Any) -> Any:
+def _eval_loss_fn(spec: _StepSpec, params: Arrays, stats: Arrays, batch: tuple[jax.Array, ...], window: Any) -> Any:
     return _batch_loss(spec, spec.layout.merge(params, stats, train=False), batch, window, None, train=False)
+
+
+_HTDEMUCS_XLA_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
+"""XLA options of HTDemucs's compiled steps: no YNNPACK library fusions on XLA:CPU (jaxlib 0.10 hands dots,
+convolutions and reductions to YNNPACK by default). Its reductions are slow on the backward pass's shapes (a
+row-sum of ``(8, 192, 2688)`` softmax products: 40 ms against 2 ms in XLA's own loops; the bias gradients'
+column sums): the HTDemucs training step takes 11 s with them and 7 s without, on 2 cores. No effect on other
+platforms, no fast-math: the same operations, in XLA's own kernels."""
+
+_grads_step = jax.jit(_grads_step_fn, static_argnums=0)
+_train_step = jax.jit(_train_step_fn, static_argnums=(0, 1), donate_argnums=(2, 3, 4))
+_eval_loss = jax.jit(_eval_loss_fn, static_argnums=0)
+_htdemucs_grads_step = jax.jit(_grads_step_fn, static_argnums=0, compiler_options=_HTDEMUCS_XLA_OPTIONS)
+_htdemucs_train_step = jax.jit(
+    _train_step_fn, static_argnums=(0, 1), donate_argnums=(2, 3, 4), compiler_options=_HTDEMUCS_XLA_OPTIONS
+)
+_htdemucs_eval_loss = jax.jit(_eval_loss_fn, static_argnums=0, compiler_options=_HTDEMUCS_XLA_OPTIONS)
 
 
 class Trainer(TrainerBase):
@@ -293,7 +307,8 @@ class Trainer(TrainerBase):
         dtype: float32 or float64.
         devices: ``None``: JAX's default device; a count or a list of devices: data-parallel over them (the
             batch size must divide by their number).
-        dropout: UMX: the LSTM's training dropout (upstream's 0.4); ``False`` for the parity tests.
+        dropout: the training dropouts: UMX's LSTM dropout (upstream's 0.4), HTDemucs's cross-transformer dropout
+            (the config's ``t_dropout``); ``False`` for the parity tests.
         seed: of the dropout masks (``jax.random``; a step's key is ``fold_in(key(seed), step)``).
         resample_kernels: Demucs: ``{"up", "down"}`` filters to use instead of the spec's (parity with julius).
         precision: ``jax.default_matmul_precision`` of the steps (``"highest"``: no TF32 on GPUs, as the parity
@@ -343,11 +358,15 @@ class Trainer(TrainerBase):
             layout=self.layout,
             stft=self.stft,
             loss=getattr(recipe, "loss", "mse"),
-            dropout=bool(dropout) and isinstance(config, UMXConfig),
+            dropout=bool(dropout) and (isinstance(config, UMXConfig) or getattr(config, "t_dropout", 0) > 0),
             replicated=None if self.mesh is None else NamedSharding(self.mesh, P()),
             weights=tuple(float(w) for w in getattr(recipe, "weights", ())),
             groups=_grouped(config),
         )
+        htdemucs = isinstance(config, HTDemucsConfig)
+        self._grads_step = _htdemucs_grads_step if htdemucs else _grads_step
+        self._train_step = _htdemucs_train_step if htdemucs else _train_step
+        self._eval_loss = _htdemucs_eval_loss if htdemucs else _eval_loss
 
     @classmethod
     def from_module(cls, model: Model, recipe: Recipe, **kwargs: Any) -> Trainer:
@@ -403,7 +422,7 @@ class Trainer(TrainerBase):
         Returns ``(loss, {canonical name: gradient})`` (NumPy, the trainer's dtype)."""
         with dtype_scope(self.dtype, self.precision):
             placed = self._place_batch(self._unpack(batch))
-            loss, grads, self.batch_stats = _grads_step(
+            loss, grads, self.batch_stats = self._grads_step(
                 self.spec, self.params, self.batch_stats, placed, self._window(), self._key()
             )
             return float(loss), self.layout.grads_to_canonical(grads)
@@ -412,7 +431,7 @@ class Trainer(TrainerBase):
         """One optimiser step on ``batch`` (see :meth:`_unpack`); returns the batch's loss (before the update)."""
         with dtype_scope(self.dtype, self.precision):
             placed = self._place_batch(self._unpack(batch))
-            self.params, self.batch_stats, self.opt_state, loss = _train_step(
+            self.params, self.batch_stats, self.opt_state, loss = self._train_step(
                 self.spec, False, self.params, self.batch_stats, self.opt_state, placed, self._window(), self._key()
             )
             self.step_count += 1
@@ -422,7 +441,7 @@ class Trainer(TrainerBase):
         """:meth:`step`, also returning the step's gradients by canonical name (as :meth:`loss_and_grads`)."""
         with dtype_scope(self.dtype, self.precision):
             placed = self._place_batch(self._unpack(batch))
-            self.params, self.batch_stats, self.opt_state, loss, grads = _train_step(
+            self.params, self.batch_stats, self.opt_state, loss, grads = self._train_step(
                 self.spec, True, self.params, self.batch_stats, self.opt_state, placed, self._window(), self._key()
             )
             self.step_count += 1
@@ -432,7 +451,7 @@ class Trainer(TrainerBase):
         """The loss of one batch in eval mode (BatchNorm on its running statistics, no dropout), no gradients."""
         with dtype_scope(self.dtype, self.precision):
             placed = self._place_batch(self._unpack(batch), shard=False)  # validation items need not split
-            return float(_eval_loss(self.spec, self.params, self.batch_stats, placed, self._window()))
+            return float(self._eval_loss(self.spec, self.params, self.batch_stats, placed, self._window()))
 
     @property
     def learning_rate(self) -> float:
@@ -557,17 +576,19 @@ def htdemucs_loss(
     loss: str = "l1",
     window: Any = None,
     training: bool = True,
+    dropout_key: jax.Array | None = None,
 ) -> jax.Array:
     """demucs 4's training loss on ``sources`` ``(B, S, C, T)``: the mixture is their sum, the estimates
-    ``(B, S, C, T)`` (``training``: the network at ``T``, upstream's train mode; else the eval forward, at the
-    model's segment).
+    ``(B, S, C, T)`` (``training``: the network at ``T``, upstream's train mode, with the cross-transformer's
+    dropout when ``dropout_key`` is given; else the eval forward, at the model's segment).
 
     ``l1``: ``|e - s|`` averaged over (channels, time), then over the batch, one value per source; ``mse``:
     ``(e - s)^2`` averaged over (channels, time) only (upstream's MSE is summed over the batch); then
     ``sum(loss * weights) / sum(weights)`` (``weights``: one per source, empty: all 1). ``window``: the STFT window
     ``(nfft,)`` (``None``: the periodic Hann window in the model's dtype).
     """
-    estimates = model(jnp.sum(sources, axis=1), window=window, training=training)
+    key = dropout_key if training else None
+    estimates = model(jnp.sum(sources, axis=1), window=window, training=training, dropout_key=key)
     axes = tuple(range(2, sources.ndim))
     if loss == "l1":
         per = jnp.mean(jnp.mean(jnp.abs(estimates - sources), axis=axes), axis=0)  # (S,)

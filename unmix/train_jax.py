@@ -5,9 +5,9 @@
 ``--device``; on the CPU, N host devices, :func:`umx_jax.train.ensure_devices`), the architecture and starting
 weights (``--preset``, ``--init``; otherwise upstream's initialisation, :func:`core_spec.training.initial_weights`,
 and for Open-Unmix the input statistics of the training tracks; HTDemucs trains at ``--samples`` samples whatever
-its segment, without the transformer's dropout), the data sets (:mod:`unmix.train_setup`), the trainer
-(``--resume``: its checkpoint), and hands them to :func:`unmix.train_loop.run_epochs`. :func:`main` is
-:func:`unmix.train_cli.run_main` around it.
+its segment, with the transformer's dropout at the config's ``t_dropout``), the data sets
+(:mod:`unmix.train_setup`), the trainer (``--resume``: its checkpoint), and hands them to
+:func:`unmix.train_loop.run_epochs`. :func:`main` is :func:`unmix.train_cli.run_main` around it.
 """
 
 from __future__ import annotations
