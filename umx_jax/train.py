@@ -408,8 +408,8 @@ class Trainer(TrainerBase):
         return (np.asarray(batch["sources"] if isinstance(batch, Mapping) else batch),)
 
     def _key(self) -> jax.Array:
-        """The dropout key of the next step: ``fold_in(key(seed), step_count)``."""
-        return jax.random.fold_in(jax.random.key(self.seed), self.step_count)
+        """The dropout key of the next step: ``fold_in(key(seed), step_count)`` (:data:`DROPOUT_PRNG`)."""
+        return jax.random.fold_in(jax.random.key(self.seed, impl=DROPOUT_PRNG), self.step_count)
 
     def _window(self) -> jax.Array | None:
         return None if self.window is None else jnp.asarray(self.window)
@@ -602,6 +602,12 @@ def htdemucs_loss(
     w = jnp.asarray(weights if weights else (1.0,) * nb_sources, per.dtype)
     return jnp.sum(per * w) / jnp.sum(w)
 
+
+DROPOUT_PRNG = "rbg"
+"""The PRNG of the dropout masks: ``rbg`` (XLA's ``RngBitGenerator`` for the bits, threefry only to split and fold
+keys). JAX's default threefry computes every random bit in XLA's own arithmetic: HTDemucs's attention-weight masks
+alone are 8 x 2688 x 2688 draws per frequency self-attention layer, and with threefry the training step took 9.9 s
+against upstream's 9.2 (the step without dropout: 6.7-6.9 s); with ``rbg`` 9.5 s against 9.4."""
 
 _TRANSFORMER_PREFIX = "crosstransformer."  # HTDemucs: the parameters of demucs 4's second optimiser group
 
