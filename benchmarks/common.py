@@ -85,13 +85,11 @@ def _reset_peak() -> bool:
 
 
 def release_free_memory() -> None:
-    """Return freed heap memory to the OS (glibc ``malloc_trim``), so that a later peak is not hidden by reuse."""
-    try:
-        import ctypes
+    """Return freed heap memory to the OS (:func:`unmix.heap.release_free_heap`: glibc ``malloc_trim``), so that a
+    later peak is not hidden by reuse."""
+    from unmix.heap import release_free_heap
 
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    release_free_heap()
 
 
 def measure_peak_rss(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[Any, dict[str, float]]:

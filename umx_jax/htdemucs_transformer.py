@@ -44,6 +44,7 @@ from core_spec.shapes import attention_query_blocks
 from core_spec.trace import Recorder
 
 from .htdemucs_embed import create_2d_sin_embedding, create_sin_embedding, torch_uniform
+from .layers import dropout as inverted_dropout
 
 __all__ = [
     "TRACE_PREFIX",
@@ -78,15 +79,9 @@ Dropout = tuple[float, jax.Array] | None
 """``(rate, key)`` of one dropout site, or ``None``: no dropout."""
 
 
-def _dropout(x: jax.Array, dropout: Dropout) -> jax.Array:
-    """``x`` with each element zeroed with probability ``rate`` and the others scaled by ``1 / (1 - rate)``
-    (``torch.nn.functional.dropout`` in training), the mask from ``jax.random.bernoulli(key)``; ``x`` itself for
-    ``None`` or a rate of 0."""
-    if dropout is None or dropout[0] == 0:
-        return x
-    rate, key = dropout
-    kept = jax.random.bernoulli(key, 1.0 - rate, x.shape)
-    return jnp.where(kept, x / jnp.asarray(1.0 - rate, x.dtype), jnp.zeros((), x.dtype))
+def _dropout(x: jax.Array, site: Dropout) -> jax.Array:
+    """:func:`umx_jax.layers.dropout` at one site's ``(rate, key)``; ``x`` itself for ``None``."""
+    return x if site is None else inverted_dropout(x, *site)
 
 
 def _site_keys(dropout: Dropout) -> tuple[Dropout, Dropout, Dropout, Dropout]:

@@ -45,6 +45,7 @@ __all__ = [
     "conv1d",
     "conv_transpose1d",
     "dense",
+    "dropout",
     "glu",
     "lstm_recurrence",
     "torch_conv_init",
@@ -142,9 +143,8 @@ class LSTM(nnx.Module):
         rate ``dropout`` on the outputs of every layer but the last (PyTorch's training mode)."""
         for index, layer in enumerate(self.layers):
             x = layer(x)
-            if dropout_key is not None and self.dropout > 0.0 and index < self.num_layers - 1:
-                keep = jax.random.bernoulli(jax.random.fold_in(dropout_key, index), 1.0 - self.dropout, x.shape)
-                x = jnp.where(keep, x / (1.0 - self.dropout), jnp.zeros((), x.dtype))
+            if dropout_key is not None and index < self.num_layers - 1:
+                x = dropout(x, self.dropout, jax.random.fold_in(dropout_key, index))
         return x
 
 
@@ -345,3 +345,13 @@ class ConvTranspose1d(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         """``(B, L, in)`` -> ``(B, (L - 1) * stride + kernel_size, out)``."""
         return conv_transpose1d(x, self.kernel[...], self.stride) + self.bias[...]
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
+    """Inverted dropout (``torch.nn.functional.dropout`` in training): each element of ``x`` zeroed with probability
+    ``rate``, the others scaled by ``1 / (1 - rate)``, the mask ``jax.random.bernoulli(key)``; ``x`` itself for a
+    rate of 0. The LSTM's between layers and HTDemucs's cross-transformer use it."""
+    if rate == 0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
