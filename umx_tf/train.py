@@ -25,8 +25,8 @@ model (canonical and Keras formats) and ``checkpoint-<name>-tf/``, and reads the
 (:meth:`Trainer.load_checkpoint`).
 
 Extras: :func:`htdemucs_loss` (demucs 4's loss: L1 per source, weighted, the network in training mode at the batch's
-length), :func:`optimizer_groups`, :func:`default_stft`, :func:`set_statistics`, :func:`lstm_dropout`,
-:func:`transformer_dropout`, :func:`make_strategy` and
+length), :func:`optimizer_groups`, :func:`default_stft`, :func:`set_statistics`, :func:`dropouts`,
+:func:`make_strategy` and
 
 - :class:`Parameters`: the trainable variables under their canonical (upstream state-dict) names. Keras's LSTM has
   one bias where PyTorch has ``bias_ih`` and ``bias_hh``; both receive the folded bias's gradient, but torch's Adam
@@ -80,15 +80,14 @@ __all__ = [
     "Trainer",
     "default_stft",
     "demucs_loss",
+    "dropouts",
     "htdemucs_loss",
     "loss_and_grads",
-    "lstm_dropout",
     "make_optimizer",
     "make_strategy",
     "optimizer_groups",
     "set_statistics",
     "spectrogram",
-    "transformer_dropout",
     "umx_loss",
 ]
 
@@ -180,7 +179,7 @@ class Trainer(TrainerBase):
         strategy: a ``tf.distribute`` strategy (``None``: the default device).
         jit_compile: XLA-compile the step (single device only).
         dropout: the recipe's dropouts in the step (on): UMX's LSTM dropout, HTDemucs's transformer dropout at the
-            config's ``t_dropout`` (:func:`transformer_dropout`); ``False``: a deterministic step (gradient parity).
+            config's ``t_dropout`` (:func:`dropouts`); ``False``: a deterministic step (gradient parity).
     """
 
     def __init__(
@@ -266,7 +265,7 @@ class Trainer(TrainerBase):
     def grads(self, *batch: Any) -> tuple[float, dict[str, np.ndarray]]:
         """Loss and canonical gradients of a batch as :meth:`step` sees them (replicated: averaged over the
         replicas), without an update."""
-        with lstm_dropout(self.model, self.dropout), transformer_dropout(self.model, self.dropout):
+        with dropouts(self.model, self.dropout):
             loss, grads = self._grads(*self._tensors(batch))
         return float(loss), self.params.canonical([g.numpy() for g in grads])
 
@@ -290,7 +289,7 @@ class Trainer(TrainerBase):
         """One optimiser step on a batch: UMX ``(x, y)``, Demucs ``sources`` (one array) or ``(sources,)``; NumPy
         or tensors; split evenly over the replicas."""
         batch = tuple(batch) if isinstance(batch, (tuple, list)) else (batch,)
-        with lstm_dropout(self.model, self.dropout), transformer_dropout(self.model, self.dropout):
+        with dropouts(self.model, self.dropout):
             loss = self._step(*self._tensors(batch))
         return float(loss)
 
@@ -347,7 +346,7 @@ def loss_and_grads(
     trainer = Trainer(model, recipe, fft=fft, weights=weights, dropout=dropout)
     dtype = model.compute_dtype
     tensors = tuple(tf.convert_to_tensor(np.asarray(b), dtype) for b in _as_batch(model, batch))
-    with lstm_dropout(model, dropout), transformer_dropout(model, dropout):
+    with dropouts(model, dropout):
         loss, grads = trainer.loss_and_grads(tensors)
     return float(loss), trainer.params.canonical([g.numpy() for g in grads])
 
@@ -488,31 +487,14 @@ def set_statistics(model: OpenUnmix, mean: np.ndarray, scale: np.ndarray) -> Non
 
 
 @contextlib.contextmanager
-def lstm_dropout(model: Model, enabled: bool) -> Iterator[None]:
-    """Switch UMX's between-layer LSTM dropout off (``enabled=False``) for a deterministic step (the parity tests:
-    no port can reproduce torch's masks). Effective for calls traced inside the block."""
-    layer = getattr(model, "lstm_dropout", None)
-    if layer is None or enabled:
-        yield
-        return
-    rate, layer.rate = layer.rate, 0.0
-    try:
-        yield
-    finally:
-        layer.rate = rate
-
-
-@contextlib.contextmanager
-def transformer_dropout(model: Model, enabled: bool) -> Iterator[None]:
-    """Switch HTDemucs's cross-transformer dropout off (``enabled=False``: every dropout of
-    :mod:`umx_tf.htdemucs_transformer` at rate 0) for a deterministic step (the gradient-parity tests, as
-    :func:`lstm_dropout`); on, each acts at the config's ``t_dropout``. Effective for calls traced inside the
-    block; a no-op for other models."""
-    transformer = getattr(model, "crosstransformer", None)
-    if transformer is None or enabled:
-        yield
-        return
-    layers = [layer for layer in transformer._flatten_layers() if hasattr(layer, "seed_generator")]
+def dropouts(model: Model, enabled: bool) -> Iterator[None]:
+    """Switch every training dropout of ``model`` off (``enabled=False``: each at rate 0) for a deterministic step
+    (the gradient-parity tests: no port can reproduce torch's masks): UMX's between-layer LSTM dropout, HTDemucs's
+    cross-transformer dropouts (:mod:`umx_tf.htdemucs_transformer`); on, each acts at its model's rate. Effective
+    for calls traced inside the block; a no-op for a model without dropout."""
+    layers = (
+        [] if enabled else [x for x in model._flatten_layers() if hasattr(x, "seed_generator") and hasattr(x, "rate")]
+    )
     rates = [layer.rate for layer in layers]
     for layer in layers:
         layer.rate = 0.0
