@@ -502,6 +502,8 @@ MODULE_LAYERS: dict[str, int] = {
     "htdemucs_apply": 4,
     # model construction from weights (imports the models and weights.py)
     "build": 5,
+    # a separator's compiled graph kept between processes (TensorFlow: StableHLO run by XlaCallModule)
+    "exported": 5,
     # entry points
     "train": 6,
     "__main__": 6,

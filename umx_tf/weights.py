@@ -83,6 +83,7 @@ __all__ = [
     "WeightsMismatchError",
     "device_scope",
     "entries",
+    "keras_value",
     "load_native",
     "load_weights",
     "native_config",
@@ -129,11 +130,6 @@ class _Entry:
         a = np.asarray(a)
         perm = self.back or self.perm
         return a if perm is None else np.ascontiguousarray(a.transpose(perm))
-
-    def assign(self, a: np.ndarray) -> None:
-        """Assign a canonical array (in the variable's dtype) to the variable, permuted by TensorFlow (its
-        transpose is about 5x faster than NumPy's copy for Demucs's 128-MiB LSTM matrices: 0.09 against 0.51 s)."""
-        self.variable.assign(a if self.perm is None else tf.transpose(a, self.perm))
 
 
 def _lstm_entries(prefix: str, stack: list[keras.layers.Layer]) -> Iterator[_Entry]:
@@ -264,12 +260,7 @@ def load_weights(model: Model, weights: Mapping[str, Any]) -> None:
     """
     checked = check_canonical(weights, model.config)
     for entry in entries(model):
-        dtype = np.dtype(entry.variable.dtype)
-        if len(entry.names) == 2:  # folded LSTM bias, summed in float64 (exact for float32 inputs)
-            value = fold_lstm_bias(*(checked[name] for name in entry.names), np.float64).astype(dtype)
-        else:  # in the variable's dtype before the layout change: no float64 copy of a float32 model's weights
-            value = np.asarray(checked[entry.names[0]], dtype)
-        entry.assign(value)
+        entry.variable.assign(keras_value(entry.names, entry.perm, checked, np.dtype(entry.variable.dtype)))
 
 
 def to_canonical(model: Model) -> dict[str, np.ndarray]:
@@ -395,6 +386,19 @@ def entries(model: Model) -> list[_Entry]:
             out += list(_htdemucs_entries(sub, f"{MODEL_PREFIX}{index}."))
         return out
     raise TypeError(f"expected an OpenUnmix, Separator, Demucs, HTDemucs or bag, got {type(model).__name__}")
+
+
+def keras_value(names: tuple[str, ...], perm: tuple[int, ...] | None, checked: Mapping[str, Any], dtype: Any) -> Any:
+    """The value of the Keras variable that holds canonical ``names`` of ``checked`` weights, in ``dtype`` and
+    Keras's layout (``perm``, :class:`_Entry`): what :func:`load_weights` assigns, and what
+    :mod:`umx_tf.exported` passes to an exported graph. NumPy, or a ``tf.Tensor`` where the axes are permuted
+    (TensorFlow's transpose is about 5x faster than NumPy's copy for Demucs's 128-MiB LSTM matrices: 0.09
+    against 0.51 s)."""
+    if len(names) == 2:  # folded LSTM bias, summed in float64 (exact for float32 inputs)
+        value = fold_lstm_bias(*(checked[name] for name in names), np.float64).astype(dtype)
+    else:  # in the variable's dtype before the layout change: no float64 copy of a float32 model's weights
+        value = np.asarray(checked[names[0]], dtype)
+    return value if perm is None else tf.transpose(value, perm)
 
 
 def native_config(path: str | os.PathLike) -> tuple[Path, Config]:

@@ -161,6 +161,14 @@ class CompileCache:
     notes: list[str] = field(default_factory=list)
     restore: Callable[[], object] | None = None  # puts back the process's previous setting (JAX)
 
+    def exported_graphs(self, warn: Warn) -> dict[str, Any]:
+        """``load_model``'s arguments for TensorFlow's exported graphs (:mod:`unmix.exported_graphs`): their folder
+        beside XLA's entries, written unless the cache is read-only; none without a TF cache."""
+        if self.framework != "tf" or self.folder is None:
+            return {}
+        writable = not any(note.startswith("read-only") for note in self.notes)
+        return {"exported": self.folder / "exported", "exported_writable": writable, "warn": warn}
+
     def close(self) -> None:
         """Give the process back its previous JAX cache setting (a command run inside a larger program)."""
         if self.restore is not None:

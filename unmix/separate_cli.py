@@ -466,7 +466,8 @@ def run(args: argparse.Namespace, prog: str = "unmix-separate") -> int:
     try:
         try:
             with compiled.watch():
-                model = load_model(args.model, args.framework, args.device, args.dtype, umx_options, cache=root)
+                model = load_model(args.model, args.framework, args.device, args.dtype, umx_options, cache=root,
+                                   **compiled.exported_graphs(warn))  # fmt: skip
             options = resolve_options(args, model)
         except (ModelError, ValueError) as e:
             error(str(e))

@@ -36,6 +36,7 @@ model was built on.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import json
 import os
@@ -57,7 +58,7 @@ from unmix.lean_import import without_optional
 from unmix.targets import TargetError, TargetFile, canonical_files, collect_targets, join_separator
 
 __all__ = ["HTDEMUCS_PORTS", "LoadedModel", "ModelError", "check_em", "htdemucs_max_segment", "load_model",
-           "model_name", "resolve_models", "resolve_weights", "shown", "to_numpy"]  # fmt: skip
+           "model_name", "resolve_models", "resolve_weights", "shown", "to_numpy", "with_wiener_options"]  # fmt: skip
 
 
 # the ports with an htdemucs_apply module (named by the message that refuses HTDemucs elsewhere)
@@ -92,6 +93,16 @@ class LoadedModel:
     port: Any = field(repr=False)
     max_segment: Fraction | None = None
     apply: Any = field(default=None, repr=False)
+    exported: Any = field(default=None, repr=False)  # TF Open-Unmix: unmix.exported_graphs.ExportedGraphs
+    weights: Mapping[str, Any] | None = field(default=None, repr=False)  # kept for the exported graphs only
+    build: Callable[[], Any] | None = field(default=None, repr=False)  # builds `model` when it is first needed
+
+    def built(self) -> Any:
+        """The port's model, built now if it was deferred (TensorFlow's exported graphs need none)."""
+        if self.model is None and self.build is not None:
+            with self.scope():
+                self.model = self.build()
+        return self.model
 
     @contextlib.contextmanager
     def scope(self) -> Iterator[None]:
@@ -117,8 +128,10 @@ class LoadedModel:
 
         def run() -> Any:
             with self.scope():
+                if self.kind == "umx" and self.exported is not None:
+                    return self.exported.separate(batch, self.weights)
                 if self.kind == "umx":
-                    return self.model.separate(batch)
+                    return self.built().separate(batch)
                 return self.port.separate_track(self.model, batch, **dict(demucs or {}))
 
         if self.framework != "nnabla":
@@ -398,14 +411,20 @@ def load_model(
     dtype: str = "float32",
     umx_options: Mapping[str, Any] | None = None,
     cache: Path | None = None,
+    exported: Path | None = None,
+    exported_writable: bool = True,
+    warn: Callable[[str], None] | None = None,
 ) -> LoadedModel:
     """Build the model ``path`` names (one path, or several whose Open-Unmix targets are joined: see
     :func:`resolve_models`) in ``umx_<framework>`` on ``device`` in ``dtype``.
 
     Args:
         umx_options: Open-Unmix separator settings replacing the file's (``niter``, ``wiener_win_len``,
-            ``softmask``, ``residual``).
+            ``softmask``, ``residual``); :attr:`LoadedModel.config` has them applied.
         cache: the cache folder for conversions of upstream files (:func:`resolve_weights`); ``None``: none.
+        exported: TensorFlow, an Open-Unmix separator on the CPU: the folder of exported graphs
+            (:mod:`unmix.exported_graphs`), with ``exported_writable`` and ``warn`` for its entries; the Keras
+            model is then built only if a shape has no entry yet. ``None``: the Keras model, built here.
 
     Raises:
         ModelError: see :func:`resolve_models`; EM on one target without the residual (:func:`check_em`).
@@ -421,16 +440,30 @@ def load_model(
     options = dict(umx_options or {}) if kind == "umx" else {}
     if kind == "umx":
         check_em(config, options, shown(path))
+    if kind == "umx":
+        config = with_wiener_options(config, options)
     loaded = LoadedModel(framework, kind, name, origin, config, (), 0, 0, device, dtype, None, port)
     if kind == "htdemucs":
         loaded.apply = _htdemucs_apply(framework, shown(path))
-    try:
+
+    def build() -> Any:
+        try:
+            return port.from_canonical(config, weights, device=device, dtype=dtype, **options)
+        except (RuntimeError, ValueError) as e:  # no such device here, a dtype the port lacks
+            raise ModelError(f"--framework {framework}: {e}") from None
+
+    if exported is not None and kind == "umx" and framework == "tf" and _tf_compiles_on_cpu(device, dtype):
+        from unmix.exported_graphs import ExportedGraphs
+
+        loaded.weights, loaded.build = weights, build
+        loaded.exported = ExportedGraphs(exported, config, dtype, loaded.built, exported_writable,
+                                         warn or (lambda message: None))  # fmt: skip
+    else:
         with loaded.scope():
-            loaded.model = port.from_canonical(config, weights, device=device, dtype=dtype, **options)
-    except (RuntimeError, ValueError) as e:  # no such device here, a dtype the port lacks
-        raise ModelError(f"--framework {framework}: {e}") from None
+            loaded.model = build()
     if kind == "umx":
-        loaded.sources = tuple(loaded.model.target_names)
+        sep = config.separator
+        loaded.sources = tuple(sep.targets) + (("residual",) if sep.wiener.residual else ())
         loaded.rate = int(config.separator.sample_rate)
         loaded.min_samples = min_length(config.separator.stft.n_fft, config.separator.stft.center)
     else:
@@ -440,6 +473,22 @@ def load_model(
     if kind == "htdemucs":
         loaded.max_segment = htdemucs_max_segment(config)
     return loaded
+
+
+def with_wiener_options(config: UMXSeparatorConfig, options: Mapping[str, Any]) -> UMXSeparatorConfig:
+    """``config`` with the command's Wiener settings (``niter``, ``wiener_win_len``, ``softmask``, ``residual``)
+    in place of the file's: the config of the separator the port builds with them."""
+    if not options:
+        return config
+    wiener = dataclasses.replace(config.separator.wiener, **options)
+    return dataclasses.replace(config, separator=dataclasses.replace(config.separator, wiener=wiener))
+
+
+def _tf_compiles_on_cpu(device: str, dtype: str) -> bool:
+    """Whether a TF separator built here would be XLA-compiled on the CPU (no GPU visible: ``umx_tf.separator``)."""
+    import tensorflow as tf
+
+    return device == "cpu" and dtype in ("float32", "float64") and not tf.config.list_logical_devices("GPU")
 
 
 def htdemucs_max_segment(config: HTDemucsConfig | BagConfig) -> Fraction:

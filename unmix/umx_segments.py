@@ -117,7 +117,7 @@ def segment_plan(choice: SegmentChoice, model: Any, nb_timesteps: int) -> tuple[
     requested, overlap = round(float(seconds) * model.rate), round(overlap_s * model.rate)
     if overlap < 0 or overlap > requested // 2:
         raise ValueError(f"--segment-overlap {overlap_s:g} s must lie in [0, --segment-seconds / 2]")
-    settings = model.model.wiener_config
+    settings = model.config.separator.wiener  # the command's Wiener options applied (load_model)
     segment = aligned_segment(requested, overlap, model.config.separator.stft.n_hop, settings.wiener_win_len,
                               settings.niter)  # fmt: skip
     if segment < model.min_samples:

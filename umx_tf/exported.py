@@ -1,0 +1,190 @@
+"""A separator's compiled graph kept as StableHLO: a later process runs it without building the Keras model,
+tracing it or lowering it to XLA again.
+
+TensorFlow keys its XLA cache by a traced function, so every process that separates with a :class:`Separator`
+builds the Keras model (0.45 s for umxhq), traces :meth:`Separator.call` (0.45 s) and lowers the traced graph to
+XLA (0.8 s with the compiled code cached on disk) before it separates anything. :func:`export_separator` takes the
+graph of one input shape at the StableHLO stage (``experimental_get_compiler_ir``: TensorFlow's own lowering of
+the same function); :class:`ExportedSeparator` runs it with TensorFlow's ``XlaCallModule`` operation (the one that
+runs jax2tf's graphs), XLA-compiled, the weights passed as arguments. The compiled program is the one the Keras
+path compiles, so the stems are equal bit for bit (``parity_tests/tf/test_exported.py``).
+
+The graph's parameters are the separator's variables in the order the trace captured them; the export records,
+for each, the canonical name(s) and the axis permutation :mod:`umx_tf.weights` applies
+(:func:`umx_tf.weights.keras_value`), so that :meth:`ExportedSeparator.weight_tensors` builds the same values
+from canonical weights with no Keras model.
+
+The bytes (:meth:`ExportedSeparator.to_bytes`): a header line, a JSON description (shapes, dtypes, arguments, the
+SHA-256 of the module) and the StableHLO bytecode; :meth:`ExportedSeparator.from_bytes` refuses anything else.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import tensorflow as tf
+
+from core_spec.canonical import check_canonical
+from core_spec.configs import UMXSeparatorConfig
+
+from .separator import Separator
+from .weights import entries, keras_value
+
+__all__ = ["EXPORT_FORMAT", "ExportedArgument", "ExportedSeparator", "export_separator"]
+
+EXPORT_FORMAT = "unmix-ports tf-stablehlo 1"
+"""The header line of :meth:`ExportedSeparator.to_bytes`."""
+
+_CALL_MODULE_VERSION = 9  # XlaCallModule's serialisation version (the module is StableHLO bytecode)
+
+
+@dataclass(frozen=True)
+class ExportedArgument:
+    """One parameter of the graph after the audio: a variable of the separator.
+
+    ``names``: its canonical name (two for a folded LSTM bias); ``perm``: the axes of the canonical array in the
+    variable's layout (``None``: the same); ``shape``, ``dtype``: the variable's.
+    """
+
+    names: tuple[str, ...]
+    perm: tuple[int, ...] | None
+    shape: tuple[int, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class ExportedSeparator:
+    """:meth:`Separator.call` on one input shape, as StableHLO.
+
+    Attributes:
+        module: the StableHLO bytecode (``stablehlo_serialized``).
+        arguments: the parameters after the audio, in order.
+        input_shape, input_dtype: the audio ``(nb_samples, nb_channels, nb_timesteps)`` it takes.
+        output_shape, output_dtype: the estimates ``(nb_samples, nb_sources, 2, nb_timesteps)`` it returns.
+    """
+
+    module: bytes
+    arguments: tuple[ExportedArgument, ...]
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    output_shape: tuple[int, ...]
+    output_dtype: str
+
+    def weight_tensors(self, weights: Mapping[str, Any], config: UMXSeparatorConfig) -> list[tf.Tensor]:
+        """The parameters from canonical ``weights`` of ``config`` (``target_models.<t>.<name>`` or
+        ``{target: weights}``), as :func:`umx_tf.weights.load_weights` would assign them.
+
+        Raises:
+            WeightsMismatchError: a missing, unexpected or mis-shaped key.
+            ValueError: a value whose shape is not the graph's.
+        """
+        checked = check_canonical(weights, config)
+        out = []
+        for arg in self.arguments:
+            value = tf.convert_to_tensor(keras_value(arg.names, arg.perm, checked, np.dtype(arg.dtype)))
+            if tuple(value.shape) != arg.shape:
+                raise ValueError(f"{arg.names[0]}: the graph takes {arg.shape}, the weights give {tuple(value.shape)}")
+            out.append(value)
+        return out
+
+    def __call__(self, audio: Any, weights: Sequence[tf.Tensor]) -> tf.Tensor:
+        """Separate ``audio`` (:attr:`input_shape`) with :meth:`weight_tensors`' ``weights``: the estimates."""
+        audio = tf.convert_to_tensor(audio, self.input_dtype)
+        if tuple(audio.shape) != self.input_shape:
+            raise ValueError(f"the exported graph takes audio of shape {self.input_shape}, got {tuple(audio.shape)}")
+        return self._run(audio, *weights)
+
+    @property
+    def _run(self) -> Any:
+        run = self.__dict__.get("_compiled")
+        if run is None:
+            module, out_shape, out_dtype = self.module, self.output_shape, tf.as_dtype(self.output_dtype)
+
+            def call(audio: tf.Tensor, *weights: tf.Tensor) -> tf.Tensor:
+                from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
+                (out,) = gen_xla_ops.xla_call_module(
+                    [audio, *weights], version=_CALL_MODULE_VERSION, module=module, Sout=[out_shape],
+                    Tout=[out_dtype], platforms=["CPU"],
+                )  # fmt: skip
+                return out
+
+            run = tf.function(call, jit_compile=True, autograph=False)
+            object.__setattr__(self, "_compiled", run)  # frozen: the compiled function is a cache, not state
+        return run
+
+    def to_bytes(self) -> bytes:
+        """The header line, the JSON description and the module (see the module docstring)."""
+        meta = {
+            "input_shape": self.input_shape,
+            "input_dtype": self.input_dtype,
+            "output_shape": self.output_shape,
+            "output_dtype": self.output_dtype,
+            "arguments": [[list(a.names), a.perm, a.shape, a.dtype] for a in self.arguments],
+            "module_sha256": hashlib.sha256(self.module).hexdigest(),
+            "module_bytes": len(self.module),
+        }
+        return b"\n".join([EXPORT_FORMAT.encode(), json.dumps(meta).encode(), self.module])
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ExportedSeparator:
+        """Read :meth:`to_bytes`' output.
+
+        Raises:
+            ValueError: another format, a damaged description, or a module whose length or SHA-256 is not the
+                recorded one (a truncated or overwritten file).
+        """
+        header, sep, rest = data.partition(b"\n")
+        if header != EXPORT_FORMAT.encode() or not sep:
+            raise ValueError(f"not an exported separator (expected the header {EXPORT_FORMAT!r})")
+        text, sep, module = rest.partition(b"\n")
+        try:
+            meta = json.loads(text)
+            arguments = tuple(
+                ExportedArgument(tuple(n), None if p is None else tuple(p), tuple(s), str(d))
+                for n, p, s, d in meta["arguments"]
+            )
+            recorded, size = meta["module_sha256"], meta["module_bytes"]
+            shapes = [tuple(int(v) for v in meta[k]) for k in ("input_shape", "output_shape")]
+            dtypes = [str(tf.as_dtype(meta[k]).name) for k in ("input_dtype", "output_dtype")]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"a damaged exported separator description: {e}") from None
+        if len(module) != size or hashlib.sha256(module).hexdigest() != recorded:
+            raise ValueError(f"the exported module is damaged: {len(module)} bytes, or not the recorded SHA-256")
+        return cls(module, arguments, shapes[0], dtypes[0], shapes[1], dtypes[1])
+
+
+def export_separator(separator: Separator, input_shape: Sequence[int]) -> ExportedSeparator:
+    """The graph of ``separator.separate`` on audio of ``input_shape`` ``(nb_samples, nb_channels, nb_timesteps)``,
+    traced (if it was not) and lowered by TensorFlow to StableHLO.
+
+    Raises:
+        ValueError: the separator is not XLA-compiled (``jit_compile=False``: a GPU), or its graph captures a
+            value that is not one of its weights.
+    """
+    if not separator.jit_compile:
+        raise ValueError("only an XLA-compiled separator (jit_compile=True, the CPU) can be exported")
+    spec = tf.TensorSpec(tuple(int(n) for n in input_shape), separator.compute_dtype)
+    function = separator._separate.get_concrete_function(spec)
+    by_handle = {}
+    for entry in entries(separator):
+        variable = getattr(entry.variable, "value", entry.variable)  # the tf.Variable behind a Keras variable
+        by_handle[id(variable.handle)] = entry
+    arguments = []
+    for captured in function.captured_inputs:
+        entry = by_handle.get(id(captured))
+        if entry is None:
+            raise ValueError(f"the separator's graph captures a value that is not one of its weights: {captured!r}")
+        arguments.append(
+            ExportedArgument(entry.names, entry.perm, tuple(entry.variable.shape), np.dtype(entry.variable.dtype).name)
+        )
+    module = separator._separate.experimental_get_compiler_ir(spec)(stage="stablehlo_serialized")
+    output = function.structured_outputs
+    return ExportedSeparator(
+        module, tuple(arguments), tuple(spec.shape), spec.dtype.name, tuple(output.shape), output.dtype.name
+    )
