@@ -93,30 +93,22 @@ class ExportedSeparator:
         return out
 
     def __call__(self, audio: Any, weights: Sequence[tf.Tensor]) -> tf.Tensor:
-        """Separate ``audio`` (:attr:`input_shape`) with :meth:`weight_tensors`' ``weights``: the estimates."""
+        """Separate ``audio`` (:attr:`input_shape`) with :meth:`weight_tensors`' ``weights``: the estimates.
+
+        The one ``XlaCallModule`` operation runs eagerly: TensorFlow compiles it with XLA on demand, and its
+        persistent cache keys it by the operation and its shapes, not by a traced function's process-wide id, so
+        any later process finds the compiled code (a ``tf.function`` around it would be found only by a process
+        that traced the same functions before it)."""
+        from tensorflow.compiler.tf2xla.ops import gen_xla_ops
+
         audio = tf.convert_to_tensor(audio, self.input_dtype)
         if tuple(audio.shape) != self.input_shape:
             raise ValueError(f"the exported graph takes audio of shape {self.input_shape}, got {tuple(audio.shape)}")
-        return self._run(audio, *weights)
-
-    @property
-    def _run(self) -> Any:
-        run = self.__dict__.get("_compiled")
-        if run is None:
-            module, out_shape, out_dtype = self.module, self.output_shape, tf.as_dtype(self.output_dtype)
-
-            def call(audio: tf.Tensor, *weights: tf.Tensor) -> tf.Tensor:
-                from tensorflow.compiler.tf2xla.ops import gen_xla_ops
-
-                (out,) = gen_xla_ops.xla_call_module(
-                    [audio, *weights], version=_CALL_MODULE_VERSION, module=module, Sout=[out_shape],
-                    Tout=[out_dtype], platforms=["CPU"],
-                )  # fmt: skip
-                return out
-
-            run = tf.function(call, jit_compile=True, autograph=False)
-            object.__setattr__(self, "_compiled", run)  # frozen: the compiled function is a cache, not state
-        return run
+        (out,) = gen_xla_ops.xla_call_module(
+            [audio, *weights], version=_CALL_MODULE_VERSION, module=self.module, Sout=[self.output_shape],
+            Tout=[tf.as_dtype(self.output_dtype)], platforms=["CPU"],
+        )  # fmt: skip
+        return out
 
     def to_bytes(self) -> bytes:
         """The header line, the JSON description and the module (see the module docstring)."""
