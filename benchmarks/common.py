@@ -32,12 +32,15 @@ __all__ = [
     "MEMORY_ENV",
     "NotAvailable",
     "RESULTS_DIR",
+    "OMP_WAIT_POLICIES",
     "TIMING_ENV",
     "current_rss_mb",
     "machine_info",
     "measure_peak_rss",
     "child_env",
     "release_free_memory",
+    "omp_wait",
+    "set_omp_wait",
     "write_result",
 ]
 
@@ -130,10 +133,27 @@ def measure_peak_rss(fn: Callable[[], Any], interval_s: float = 0.002) -> tuple[
 # threshold at 1 MiB makes the resident peak follow the live tensors, and the same for every implementation.
 MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": str(1 << 20), "MALLOC_ARENA_MAX": "2"}
 
-# OpenMP threads that wait for work spin by default; on a machine whose cores other processes also use, a spinning
-# thread holds a core the thread it waits for needs, and single calls then stall for seconds. Waiting passively
-# costs nothing measurable on an idle machine and keeps timings meaningful on a shared one.
-TIMING_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
+# The OpenMP wait policy of every measured process (``--omp-wait``). "default": none set, the environment users
+# run in (libgomp's threads spin a while before they sleep). "passive": OMP_WAIT_POLICY=PASSIVE, for a machine whose
+# cores other processes also use (a spinning thread there holds a core the thread it waits for needs, and single
+# calls stall for seconds). Passive waiting is not free on a quiet machine: every parallel region then wakes
+# sleeping threads, which slows PyTorch's many small LSTM steps (upstream's `umx` on a 30-s track: 3.7 s by
+# default, 5.5-5.7 s passive) and not TensorFlow's or JAX's own thread pools, so it flatters the ports that do not
+# use OpenMP against upstream. Quote figures with the policy they were measured under (the result files record it).
+OMP_WAIT_POLICIES = {"default": {}, "passive": {"OMP_WAIT_POLICY": "PASSIVE"}}
+TIMING_ENV: dict[str, str] = {}
+
+
+def set_omp_wait(policy: str) -> None:
+    """Make :data:`TIMING_ENV` (the measured processes' extra environment) that of ``policy``
+    (:data:`OMP_WAIT_POLICIES`); call before starting them."""
+    TIMING_ENV.clear()
+    TIMING_ENV.update(OMP_WAIT_POLICIES[policy])
+
+
+def omp_wait() -> str:
+    """The policy :data:`TIMING_ENV` holds now."""
+    return next(name for name, env in OMP_WAIT_POLICIES.items() if env == TIMING_ENV)
 
 
 def child_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:

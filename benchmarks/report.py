@@ -215,7 +215,8 @@ def markdown(doc: Mapping[str, Any]) -> str:
         f"`python -m benchmarks{' --quick' if doc['quick'] else ''}`, {doc['created']}, commit {commit}; "
         f"{start.get('cpu', start.get('processor'))}, {start.get('cpu_count')} cores, load average {load}; "
         f"{meta['total_s'] / 60:.1f} min in all. float32 on the CPU, {doc['settings']['threads']} threads for every "
-        "implementation (NNabla's kernels are single-threaded).",
+        "implementation (NNabla's kernels are single-threaded); OpenMP wait policy "
+        f"{meta.get('omp_wait', 'passive (before --omp-wait)')}.",
         "",
     ]
     if doc["quick"]:

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import inputs, report
-from benchmarks.common import RESULTS_DIR, ROOT, child_env, machine_info
+from benchmarks.common import OMP_WAIT_POLICIES, RESULTS_DIR, ROOT, child_env, machine_info, omp_wait, set_omp_wait
 from benchmarks.impls import DEFAULT_IMPLS, IMPLS, THREADS, common_env, impl_spec, worker_key
 from benchmarks.plan import Plan, Point, plan
 
@@ -203,6 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="results folder (default benchmarks/results, --quick: benchmarks/results/quick)",
     )
+    parser.add_argument("--omp-wait", choices=sorted(OMP_WAIT_POLICIES), default="default",
+                        help="OpenMP wait policy of every worker (default: none set, as users run them)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=THREADS, help=f"threads of every implementation ({THREADS})")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per worker process (full 3600, quick 600)")
     parser.add_argument("--grouped", action="store_true", help="one process per implementation (default with --quick)")
@@ -216,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--list", action="store_true", help="print the plan and exit")
     args = parser.parse_args(argv)
+    set_omp_wait(args.omp_wait)
 
     p = plan(args.quick, args.points)
     if args.max_timed_s is not None:
@@ -275,6 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         "process_per_point": not grouped,
         "jobs": args.jobs,
         "threads": args.threads,
+        "omp_wait": omp_wait(),
         "impls": impls,
         "long": args.long,
         "points": [pt.name for pt in points],

@@ -24,9 +24,11 @@ Demucs the upstream package instead of the canonical file (the conversion is the
 Ratios are against upstream's run of the same index.
 
 Upstream's commands run through :mod:`benchmarks.upstream_cli` (local models, soundfile in torchaudio's place: its
-separation code unchanged). Every command runs in its own process, one at a time, with ``OMP_WAIT_POLICY=PASSIVE``
-and the machine's threads (the ports' and upstream's defaults). Measured from this process: wall time from start to
-exit (interpreter start, model load, reading, separation, writing: what a user waits for) and peak resident memory
+separation code unchanged). Every command runs in its own process, one at a time, in the environment users run in
+(``--omp-wait passive``: ``OMP_WAIT_POLICY=PASSIVE``, for a shared machine;
+:data:`benchmarks.common.OMP_WAIT_POLICIES` says why figures must name it) and with the machine's threads (the
+ports' and upstream's defaults). Measured from this process: wall time from start to exit (interpreter start,
+model load, reading, separation, writing: what a user waits for) and peak resident memory
 of the command's process tree (psutil, sampled every 20 ms; the NNabla command's tree includes the
 ``.venv-nnabla`` interpreter it starts). A command whose tree passes ``--limit-mb`` is stopped and recorded as such
 (the machine is shared). Ratios are against upstream's command at the same length.
@@ -53,7 +55,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import ROOT, TIMING_ENV, child_env, write_result
+from benchmarks.common import OMP_WAIT_POLICIES, ROOT, TIMING_ENV, child_env, omp_wait, set_omp_wait, write_result
 from benchmarks.plan import HTDEMUCS_IMPLS
 
 IMPLS = ("upstream", "torch", "tf", "jax", "nnabla")
@@ -266,6 +268,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--timeout", type=float, default=3600, help="stop a command after this many seconds")
     parser.add_argument("--name", default="separate", help="results file benchmarks/results/<name>.json")
     parser.add_argument("--chunked-only", action="store_true", help="Open-Unmix: only the chunked runs (no upstream)")
+    parser.add_argument("--omp-wait", choices=sorted(OMP_WAIT_POLICIES), default="default",
+                        help="OpenMP wait policy of every command (default: none set, as users run them)")  # fmt: skip
     parser.add_argument("--warm", type=int, default=0, help="warm runs after each cold first run (default 0)")
     parser.add_argument("--demucs-channels", type=int, nargs="+", default=[64], help="Demucs widths (default 64)")
     parser.add_argument(
@@ -277,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         "--table", nargs="+", metavar="JSON", help="print result files as a Markdown table, run nothing"
     )
     args = parser.parse_args(argv)
+    set_omp_wait(args.omp_wait)
     if args.table:
         print(markdown_table([Path(p) for p in args.table]))
         return 0
@@ -355,6 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "tracks": "stempeg clip's stems summed, tiled; 16-bit WAV in",
         "load_average_during_run": load,
         "limit_mb": args.limit_mb,
+        "omp_wait": omp_wait(),
     }
     print(f"wrote {write_result(args.name, rows, meta)}")
     return 0

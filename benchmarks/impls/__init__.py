@@ -109,8 +109,8 @@ def worker_key(impl: str, htdemucs: bool) -> str:
 
 
 def common_env(threads: int = THREADS) -> dict[str, str]:
-    """The environment every worker starts with: the same thread counts, OpenMP waiting passively (a spinning
-    thread on a shared machine stalls the one it waits for), and glibc's allocator set up for the memory
+    """The environment every worker starts with: the same thread counts, the run's OpenMP wait policy
+    (:data:`benchmarks.common.TIMING_ENV`, ``--omp-wait``), and glibc's allocator set up for the memory
     measurement (``benchmarks.common.MEMORY_ENV``; the worker switches it for the timed calls)."""
     from benchmarks.common import MEMORY_ENV, TIMING_ENV
 
