@@ -100,8 +100,7 @@ class LoadedModel:
     def built(self) -> Any:
         """The port's model, built now if it was deferred (TensorFlow's exported graphs need none)."""
         if self.model is None and self.build is not None:
-            with self.scope():
-                self.model = self.build()
+            self.model = self.build()
         return self.model
 
     @contextlib.contextmanager
@@ -448,7 +447,8 @@ def load_model(
 
     def build() -> Any:
         try:
-            return port.from_canonical(config, weights, device=device, dtype=dtype, **options)
+            with loaded.scope():  # TF and NNabla: entering it fails for a device they lack
+                return port.from_canonical(config, weights, device=device, dtype=dtype, **options)
         except (RuntimeError, ValueError) as e:  # no such device here, a dtype the port lacks
             raise ModelError(f"--framework {framework}: {e}") from None
 
@@ -459,8 +459,7 @@ def load_model(
         loaded.exported = ExportedGraphs(exported, config, dtype, loaded.built, exported_writable,
                                          warn or (lambda message: None))  # fmt: skip
     else:
-        with loaded.scope():
-            loaded.model = build()
+        loaded.model = build()
     if kind == "umx":
         sep = config.separator
         loaded.sources = tuple(sep.targets) + (("residual",) if sep.wiener.residual else ())
