@@ -32,10 +32,10 @@ import tensorflow as tf
 from core_spec.canonical import check_canonical
 from core_spec.configs import UMXSeparatorConfig
 
-from .separator import Separator
+from .separator import Separator, _auto_jit
 from .weights import entries, keras_value
 
-__all__ = ["EXPORT_FORMAT", "ExportedArgument", "ExportedSeparator", "export_separator"]
+__all__ = ["EXPORT_FORMAT", "ExportedArgument", "ExportedSeparator", "export_separator", "exportable"]
 
 EXPORT_FORMAT = "unmix-ports tf-stablehlo 1"
 """The header line of :meth:`ExportedSeparator.to_bytes`."""
@@ -180,3 +180,9 @@ def export_separator(separator: Separator, input_shape: Sequence[int]) -> Export
     return ExportedSeparator(
         module, tuple(arguments), tuple(spec.shape), spec.dtype.name, tuple(output.shape), output.dtype.name
     )
+
+
+def exportable(device: str) -> bool:
+    """Whether a separator built on ``device`` (``"cpu"``/``"gpu"``) by default is XLA-compiled, so that
+    :func:`export_separator` takes it: the CPU with no GPU visible (:class:`Separator`'s ``jit_compile=None``)."""
+    return device == "cpu" and _auto_jit(None)

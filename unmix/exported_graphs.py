@@ -80,14 +80,12 @@ class ExportedGraphs:
         return graph(batch, self._arguments(graph, weights))
 
     def _arguments(self, graph: Any, weights: dict[str, Any]) -> list[Any]:
-        """The graph's weight tensors, each converted once per command (graphs of other shapes share them)."""
+        """The graph's weight tensors, converted once per command: the graphs of other lengths take the same
+        variables, found by their canonical names."""
         if not self._tensors:
-            for arg, tensor in zip(graph.arguments, graph.weight_tensors(weights, self.config), strict=True):
-                self._tensors[arg.names] = tensor
-        try:
-            return [self._tensors[arg.names] for arg in graph.arguments]
-        except KeyError:  # another graph's parameters (cannot happen for one config): convert them for it
-            return graph.weight_tensors(weights, self.config)
+            tensors = graph.weight_tensors(weights, self.config)
+            self._tensors = {arg.names: tensor for arg, tensor in zip(graph.arguments, tensors, strict=True)}
+        return [self._tensors[arg.names] for arg in graph.arguments]
 
     def _path(self, shape: tuple[int, ...]) -> Path:
         return self.folder / f"{self.key(shape)}{SUFFIX}"

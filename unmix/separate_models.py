@@ -452,7 +452,7 @@ def load_model(
         except (RuntimeError, ValueError) as e:  # no such device here, a dtype the port lacks
             raise ModelError(f"--framework {framework}: {e}") from None
 
-    if exported is not None and kind == "umx" and framework == "tf" and _tf_compiles_on_cpu(device, dtype):
+    if exported is not None and kind == "umx" and framework == "tf" and _tf_exportable(device):
         from unmix.exported_graphs import ExportedGraphs
 
         loaded.weights, loaded.build = weights, build
@@ -483,11 +483,11 @@ def with_wiener_options(config: UMXSeparatorConfig, options: Mapping[str, Any]) 
     return dataclasses.replace(config, separator=dataclasses.replace(config.separator, wiener=wiener))
 
 
-def _tf_compiles_on_cpu(device: str, dtype: str) -> bool:
-    """Whether a TF separator built here would be XLA-compiled on the CPU (no GPU visible: ``umx_tf.separator``)."""
-    import tensorflow as tf
+def _tf_exportable(device: str) -> bool:
+    """Whether the TF separator built on ``device`` can be exported (:func:`umx_tf.exported.exportable`)."""
+    from umx_tf.exported import exportable
 
-    return device == "cpu" and dtype in ("float32", "float64") and not tf.config.list_logical_devices("GPU")
+    return exportable(device)
 
 
 def htdemucs_max_segment(config: HTDemucsConfig | BagConfig) -> Fraction:
