@@ -7,10 +7,14 @@
   NNabla's ``.h5``. A user may name either file or the stem.
 - :func:`write_pair` / :func:`read_native_header`: the JSON side of a port's native file (``{"format", "config"}``
   plus what the port adds), never overwriting without ``force``.
+- :func:`pack_exported` / :func:`unpack_exported`: a compiled graph kept between processes (TensorFlow's and
+  JAX's ``exported`` modules): a header line, a JSON description and the serialised module, whose length and
+  SHA-256 the description records, so a truncated or overwritten file is refused.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -24,9 +28,11 @@ __all__ = [
     "atomic_write",
     "default_file_mode",
     "native_header",
+    "pack_exported",
     "paired_paths",
     "read_native_header",
     "refuse_overwrite",
+    "unpack_exported",
     "write_pair",
 ]
 
@@ -121,3 +127,31 @@ def read_native_header(json_path: Path, fmt: str, what: str = "native weights") 
     if header.get("format") != fmt:
         raise ValueError(f"{json_path}: format {header.get('format')!r}, expected {fmt!r}")
     return header, config_from_json(json.dumps(header["config"]))
+
+
+def pack_exported(header: str, meta: Mapping[str, Any], module: bytes) -> bytes:
+    """``header``, the JSON ``meta`` with the module's SHA-256 and length added, and ``module``: one line each,
+    the module last (it may hold any byte)."""
+    meta = {**meta, "module_sha256": hashlib.sha256(module).hexdigest(), "module_bytes": len(module)}
+    return b"\n".join([header.encode(), json.dumps(meta).encode(), module])
+
+
+def unpack_exported(header: str, data: bytes, what: str = "exported separator") -> tuple[dict[str, Any], bytes]:
+    """``(meta, module)`` of :func:`pack_exported`'s bytes.
+
+    Raises:
+        ValueError: another header, a description that is not JSON, or a module whose length or SHA-256 is not
+            the recorded one (a truncated or overwritten file).
+    """
+    first, sep, rest = data.partition(b"\n")
+    if first != header.encode() or not sep:
+        raise ValueError(f"not an {what} (expected the header {header!r})")
+    text, _, module = rest.partition(b"\n")
+    try:
+        meta = json.loads(text)
+        recorded, size = meta["module_sha256"], meta["module_bytes"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"a damaged {what} description: {e}") from None
+    if len(module) != size or hashlib.sha256(module).hexdigest() != recorded:
+        raise ValueError(f"the exported module is damaged: {len(module)} bytes, or not the recorded SHA-256")
+    return meta, module

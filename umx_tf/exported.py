@@ -20,8 +20,6 @@ SHA-256 of the module) and the StableHLO bytecode; :meth:`ExportedSeparator.from
 
 from __future__ import annotations
 
-import hashlib
-import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -31,6 +29,7 @@ import tensorflow as tf
 
 from core_spec.canonical import check_canonical
 from core_spec.configs import UMXSeparatorConfig
+from core_spec.files import pack_exported, unpack_exported
 
 from .separator import Separator, _auto_jit
 from .weights import entries, keras_value
@@ -111,17 +110,15 @@ class ExportedSeparator:
         return out
 
     def to_bytes(self) -> bytes:
-        """The header line, the JSON description and the module (see the module docstring)."""
+        """The header line, the JSON description and the module (:func:`core_spec.files.pack_exported`)."""
         meta = {
             "input_shape": self.input_shape,
             "input_dtype": self.input_dtype,
             "output_shape": self.output_shape,
             "output_dtype": self.output_dtype,
             "arguments": [[list(a.names), a.perm, a.shape, a.dtype] for a in self.arguments],
-            "module_sha256": hashlib.sha256(self.module).hexdigest(),
-            "module_bytes": len(self.module),
         }
-        return b"\n".join([EXPORT_FORMAT.encode(), json.dumps(meta).encode(), self.module])
+        return pack_exported(EXPORT_FORMAT, meta, self.module)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ExportedSeparator:
@@ -131,23 +128,16 @@ class ExportedSeparator:
             ValueError: another format, a damaged description, or a module whose length or SHA-256 is not the
                 recorded one (a truncated or overwritten file).
         """
-        header, sep, rest = data.partition(b"\n")
-        if header != EXPORT_FORMAT.encode() or not sep:
-            raise ValueError(f"not an exported separator (expected the header {EXPORT_FORMAT!r})")
-        text, sep, module = rest.partition(b"\n")
+        meta, module = unpack_exported(EXPORT_FORMAT, data)
         try:
-            meta = json.loads(text)
             arguments = tuple(
                 ExportedArgument(tuple(n), None if p is None else tuple(p), tuple(s), str(d))
                 for n, p, s, d in meta["arguments"]
             )
-            recorded, size = meta["module_sha256"], meta["module_bytes"]
             shapes = [tuple(int(v) for v in meta[k]) for k in ("input_shape", "output_shape")]
             dtypes = [str(tf.as_dtype(meta[k]).name) for k in ("input_dtype", "output_dtype")]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"a damaged exported separator description: {e}") from None
-        if len(module) != size or hashlib.sha256(module).hexdigest() != recorded:
-            raise ValueError(f"the exported module is damaged: {len(module)} bytes, or not the recorded SHA-256")
         return cls(module, arguments, shapes[0], dtypes[0], shapes[1], dtypes[1])
 
 

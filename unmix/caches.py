@@ -162,9 +162,9 @@ class CompileCache:
     restore: Callable[[], object] | None = None  # puts back the process's previous setting (JAX)
 
     def exported_graphs(self, warn: Warn) -> dict[str, Any]:
-        """``load_model``'s arguments for TensorFlow's exported graphs (:mod:`unmix.exported_graphs`): their folder
-        beside XLA's entries, written unless the cache is read-only; none without a TF cache."""
-        if self.framework != "tf" or self.folder is None:
+        """``load_model``'s arguments for TensorFlow's and JAX's exported graphs (:mod:`unmix.exported_graphs`):
+        their folder beside the compiler's entries, written unless the cache is read-only; none without a cache."""
+        if self.framework not in ("tf", "jax") or self.folder is None:
             return {}
         writable = not any(note.startswith("read-only") for note in self.notes)
         return {"exported": self.folder / "exported", "exported_writable": writable, "warn": warn}

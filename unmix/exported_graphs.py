@@ -1,13 +1,14 @@
-"""TensorFlow's Open-Unmix separations from exported graphs kept in the compilation cache (:mod:`umx_tf.exported`).
+"""TensorFlow's and JAX's Open-Unmix separations from exported graphs kept in the compilation cache
+(:mod:`umx_tf.exported`, :mod:`umx_jax.exported`).
 
-A TF command pays, in every process, the Keras model's construction, the separator's tracing and the lowering of
-the traced graph to XLA before it separates anything (``docs/separate.md``, "What a command pays before it
-separates"). With the cache on, the first run of a shape exports the separator's graph (StableHLO) to
-``<compile folder>/exported/<key>.stablehlo``; a later run reads it, passes the canonical weights straight to it
-and never builds the Keras model. The key hashes what shapes the graph: the export format, the separator's config
-(the command's ``--niter``, ``--wiener-win-len``, ``--softmask``, ``--residual`` applied), the dtype and the input
-shape; the folder name already holds TensorFlow's version, the project's code and the CPU
-(:func:`unmix.caches.compile_folder`).
+A TF or JAX command pays, in every process, the model's construction (Keras layers, Flax modules), the
+separator's tracing and (TF) the lowering of the traced graph to XLA before it separates anything
+(``docs/separate.md``, "What a command pays before it separates"). With the cache on, the first run of a shape
+exports the separator's graph (StableHLO) to ``<compile folder>/exported/<key>.stablehlo``; a later run reads it,
+passes the canonical weights straight to it and never builds the model. The key hashes what shapes the graph: the
+port's export format, the separator's config (the command's ``--niter``, ``--wiener-win-len``, ``--softmask``,
+``--residual`` applied), the dtype and the input shape; the folder name already holds the framework's version,
+the project's code and the CPU (:func:`unmix.caches.compile_folder`).
 
 Safety, as the other caches (``parity_tests/separate/test_caches.py``): an entry that cannot be read or is
 damaged is exported again and replaced, with one warning; one that cannot be written (a read-only folder, a full
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import importlib
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -29,25 +31,36 @@ import numpy as np
 from core_spec.configs import UMXSeparatorConfig, config_to_json
 from core_spec.files import atomic_write
 
-__all__ = ["ExportedGraphs", "SUFFIX"]
+__all__ = ["EXPORTING_PORTS", "ExportedGraphs", "SUFFIX", "exportable"]
 
 SUFFIX = ".stablehlo"
+EXPORTING_PORTS = ("tf", "jax")
+"""The ports with an ``exported`` module (``umx_<fw>.exported``)."""
+
+
+def exportable(framework: str, device: str) -> bool:
+    """Whether ``framework``'s Open-Unmix separator on ``device`` is exported (the port's ``exportable``)."""
+    if framework not in EXPORTING_PORTS:
+        return False
+    return bool(importlib.import_module(f"umx_{framework}.exported").exportable(device))
 
 
 class ExportedGraphs:
     """The exported separator graphs of one command: one per input shape, read from or written to ``folder``.
 
     Args:
+        framework: ``"tf"`` or ``"jax"`` (:data:`EXPORTING_PORTS`): the port whose ``exported`` module runs them.
         folder: ``<compile folder>/exported``.
         config: the separator's config with the command's Wiener options applied.
         dtype: ``"float32"`` or ``"float64"``.
-        build: builds the Keras separator (called at most once, only when a shape has no entry yet).
+        build: builds the port's separator (called at most once, only when a shape has no entry yet).
         writable: write new entries (``False``: a read-only cache, already reported).
         warn: one line to the user.
     """
 
     def __init__(
         self,
+        framework: str,
         folder: Path,
         config: UMXSeparatorConfig,
         dtype: str,
@@ -55,18 +68,17 @@ class ExportedGraphs:
         writable: bool,
         warn: Callable[[str], None],
     ):
+        self.port = importlib.import_module(f"umx_{framework}.exported")
         self.folder, self.config, self.dtype = folder, config, dtype
         self._build, self.writable, self.warn = build, writable, warn
         self._graphs: dict[tuple[int, ...], Any] = {}
-        self._tensors: dict[tuple[str, ...], Any] = {}
+        self._tensors: dict[Any, Any] = {}
         self._warned = False
 
     def key(self, shape: tuple[int, ...]) -> str:
         """The entry's name for audio of ``shape``: the SHA-256 of what shapes the graph."""
-        from umx_tf.exported import EXPORT_FORMAT
-
         text = json.dumps(
-            {"format": EXPORT_FORMAT, "config": config_to_json(self.config), "dtype": self.dtype, "shape": shape},
+            {"format": self.port.EXPORT_FORMAT, "config": config_to_json(self.config), "dtype": self.dtype, "shape": shape},
             sort_keys=True,
         )
         return hashlib.sha256(text.encode()).hexdigest()[:32]
@@ -81,18 +93,16 @@ class ExportedGraphs:
 
     def _arguments(self, graph: Any, weights: dict[str, Any]) -> list[Any]:
         """The graph's weight tensors, converted once per command: the graphs of other lengths take the same
-        variables, found by their canonical names."""
+        parameters, found by their description (canonical names in TF, state paths in JAX)."""
         if not self._tensors:
             tensors = graph.weight_tensors(weights, self.config)
-            self._tensors = {arg.names: tensor for arg, tensor in zip(graph.arguments, tensors, strict=True)}
-        return [self._tensors[arg.names] for arg in graph.arguments]
+            self._tensors = dict(zip(graph.arguments, tensors, strict=True))
+        return [self._tensors[arg] for arg in graph.arguments]
 
     def _path(self, shape: tuple[int, ...]) -> Path:
         return self.folder / f"{self.key(shape)}{SUFFIX}"
 
     def _read(self, shape: tuple[int, ...]) -> Any:
-        from umx_tf.exported import ExportedSeparator
-
         path = self._path(shape)
         try:
             data = path.read_bytes()
@@ -102,7 +112,7 @@ class ExportedGraphs:
             self._warn_once(f"the exported graph {path} cannot be read ({e}): exported again")
             return None
         try:
-            graph = ExportedSeparator.from_bytes(data)
+            graph = self.port.ExportedSeparator.from_bytes(data)
         except ValueError as e:
             self._warn_once(f"the exported graph {path} is damaged ({e}): exported again")
             if self.writable:
@@ -115,9 +125,7 @@ class ExportedGraphs:
         return graph
 
     def _export(self, shape: tuple[int, ...]) -> Any:
-        from umx_tf.exported import export_separator
-
-        graph = export_separator(self._build(), shape)
+        graph = self.port.export_separator(self._build(), shape)
         if self.writable:
             path = self._path(shape)
             try:

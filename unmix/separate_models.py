@@ -54,6 +54,7 @@ from core_spec.configs import BagConfig, DemucsConfig, HTDemucsConfig, UMXConfig
 from core_spec.frameworks import framework as framework_of
 from core_spec.reference.htdemucs_apply import bag_models
 from core_spec.reference.transforms import min_length
+from unmix.exported_graphs import ExportedGraphs, exportable
 from unmix.lean_import import without_optional
 from unmix.targets import TargetError, TargetFile, canonical_files, collect_targets, join_separator
 
@@ -93,12 +94,12 @@ class LoadedModel:
     port: Any = field(repr=False)
     max_segment: Fraction | None = None
     apply: Any = field(default=None, repr=False)
-    exported: Any = field(default=None, repr=False)  # TF Open-Unmix: unmix.exported_graphs.ExportedGraphs
+    exported: Any = field(default=None, repr=False)  # TF/JAX Open-Unmix: unmix.exported_graphs.ExportedGraphs
     weights: Mapping[str, Any] | None = field(default=None, repr=False)  # kept for the exported graphs only
     build: Callable[[], Any] | None = field(default=None, repr=False)  # builds `model` when it is first needed
 
     def built(self) -> Any:
-        """The port's model, built now if it was deferred (TensorFlow's exported graphs need none)."""
+        """The port's model, built now if it was deferred (TensorFlow's and JAX's exported graphs need none)."""
         if self.model is None and self.build is not None:
             self.model = self.build()
         return self.model
@@ -421,9 +422,9 @@ def load_model(
         umx_options: Open-Unmix separator settings replacing the file's (``niter``, ``wiener_win_len``,
             ``softmask``, ``residual``); :attr:`LoadedModel.config` has them applied.
         cache: the cache folder for conversions of upstream files (:func:`resolve_weights`); ``None``: none.
-        exported: TensorFlow, an Open-Unmix separator on the CPU: the folder of exported graphs
-            (:mod:`unmix.exported_graphs`), with ``exported_writable`` and ``warn`` for its entries; the Keras
-            model is then built only if a shape has no entry yet. ``None``: the Keras model, built here.
+        exported: TensorFlow and JAX, an Open-Unmix separator on the CPU: the folder of exported graphs
+            (:mod:`unmix.exported_graphs`), with ``exported_writable`` and ``warn`` for its entries; the port's
+            separator is then built only if a shape has no entry yet. ``None``: the separator, built here.
 
     Raises:
         ModelError: see :func:`resolve_models`; EM on one target without the residual (:func:`check_em`).
@@ -452,11 +453,9 @@ def load_model(
         except (RuntimeError, ValueError) as e:  # no such device here, a dtype the port lacks
             raise ModelError(f"--framework {framework}: {e}") from None
 
-    if exported is not None and kind == "umx" and framework == "tf" and _tf_exportable(device):
-        from unmix.exported_graphs import ExportedGraphs
-
+    if exported is not None and kind == "umx" and exportable(framework, device):
         loaded.weights, loaded.build = weights, build
-        loaded.exported = ExportedGraphs(exported, config, dtype, loaded.built, exported_writable,
+        loaded.exported = ExportedGraphs(framework, exported, config, dtype, loaded.built, exported_writable,
                                          warn or (lambda message: None))  # fmt: skip
     else:
         loaded.model = build()
@@ -481,13 +480,6 @@ def with_wiener_options(config: UMXSeparatorConfig, options: Mapping[str, Any]) 
         return config
     wiener = dataclasses.replace(config.separator.wiener, **options)
     return dataclasses.replace(config, separator=dataclasses.replace(config.separator, wiener=wiener))
-
-
-def _tf_exportable(device: str) -> bool:
-    """Whether the TF separator built on ``device`` can be exported (:func:`umx_tf.exported.exportable`)."""
-    from umx_tf.exported import exportable
-
-    return exportable(device)
 
 
 def htdemucs_max_segment(config: HTDemucsConfig | BagConfig) -> Fraction:

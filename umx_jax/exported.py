@@ -1,0 +1,187 @@
+"""A separator's compiled graph kept as StableHLO (``jax.export``): a later process runs it without building the
+Flax modules or tracing the separation again.
+
+Every process that separates with a :class:`~umx_jax.separator.Separator` builds its NNX modules from the weights
+(0.25 s for umxhq) and traces :meth:`Separator.forward <umx_jax.separator.Separator.forward>` (0.4 s) before
+JAX's persistent cache can hand it the compiled code. :func:`export_separator` exports the separation of one input
+shape with ``jax.export`` (JAX's own serialisation of a lowered function: StableHLO with a compatibility
+guarantee), the separator's state passed as arguments; :class:`ExportedSeparator` calls it
+(``jax.export.Exported.call`` under ``jax.jit``), so a later process only deserialises it and finds its compiled
+code in the persistent cache by the module's hash. The program is the one the separator compiles, so the stems are
+equal bit for bit (``parity_tests/jax/test_exported.py``).
+
+The graph's parameters are the leaves of the separator's NNX state in ``jax.tree`` order; the export records each
+one's path in that state (``("target_models", "vocals", "lstm", "layers", 0, "kernel_ih")``), the path of the
+same array in :func:`umx_jax.weights.state_from_canonical`'s pure state, so that
+:meth:`ExportedSeparator.weight_tensors` builds them from canonical weights with no module.
+
+The bytes (:meth:`ExportedSeparator.to_bytes`): a header line, a JSON description (shapes, dtypes, argument paths,
+the SHA-256 of the module) and ``jax.export``'s serialisation (:func:`core_spec.files.pack_exported`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+
+from core_spec.configs import UMXSeparatorConfig
+from core_spec.files import pack_exported, unpack_exported
+
+from ._scope import canonical_dtype, dtype_scope
+from .separator import Separator, Window
+from .weights import state_from_canonical
+
+__all__ = ["EXPORT_FORMAT", "ExportedSeparator", "export_separator", "exportable"]
+
+EXPORT_FORMAT = "unmix-ports jax-export 1"
+"""The header line of :meth:`ExportedSeparator.to_bytes`."""
+
+Path = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class ExportedSeparator:
+    """:meth:`Separator.forward` on one input shape, exported.
+
+    Attributes:
+        module: ``jax.export.Exported.serialize()`` of the separation (the audio, then the state's leaves).
+        arguments: the state path of each parameter after the audio, in order.
+        input_shape, input_dtype: the audio ``(nb_samples, nb_channels, nb_timesteps)`` it takes.
+        output_shape, output_dtype: the estimates ``(nb_samples, nb_sources, 2, nb_timesteps)`` it returns.
+    """
+
+    module: bytes
+    arguments: tuple[Path, ...]
+    input_shape: tuple[int, ...]
+    input_dtype: str
+    output_shape: tuple[int, ...]
+    output_dtype: str
+    _exported: Any = field(init=False, repr=False, compare=False)  # the jax.export.Exported
+    _call: Any = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        with dtype_scope(self.input_dtype):
+            exported = jax.export.deserialize(bytearray(self.module))
+        if len(exported.in_avals) != 1 + len(self.arguments):
+            raise ValueError(
+                f"the exported module takes {len(exported.in_avals)} arguments, the description names "
+                f"{1 + len(self.arguments)}"
+            )
+        object.__setattr__(self, "_exported", exported)
+        object.__setattr__(self, "_call", jax.jit(exported.call))
+
+    def weight_tensors(self, weights: Mapping[str, Any], config: UMXSeparatorConfig) -> list[jax.Array]:
+        """The parameters from canonical ``weights`` of ``config`` (``target_models.<t>.<name>`` or
+        ``{target: weights}``), as :func:`umx_jax.weights.materialize` would place them, on the CPU.
+
+        Raises:
+            WeightsMismatchError: a missing, unexpected or mis-shaped key.
+            ValueError: a parameter the weights do not give, or a value whose shape is not the graph's.
+        """
+        state = state_from_canonical(config, weights)
+        cpu = jax.devices("cpu")[0]
+        out = []
+        with dtype_scope(self.input_dtype):
+            for path, aval in zip(self.arguments, self._exported.in_avals[1:], strict=True):
+                value: Any = state
+                for key in path:
+                    if not isinstance(value, Mapping) or key not in value:
+                        raise ValueError(f"the weights give no parameter {_dotted(path)}")
+                    value = value[key]
+                if tuple(np.shape(value)) != tuple(aval.shape):
+                    raise ValueError(
+                        f"{_dotted(path)}: the graph takes {tuple(aval.shape)}, the weights give {np.shape(value)}"
+                    )
+                out.append(jax.device_put(np.asarray(value, aval.dtype), cpu))  # cast by NumPy: no XLA op
+        return out
+
+    def __call__(self, audio: Any, weights: Sequence[jax.Array]) -> jax.Array:
+        """Separate ``audio`` (:attr:`input_shape`) with :meth:`weight_tensors`' ``weights``: the estimates."""
+        audio = np.asarray(audio, self.input_dtype)
+        if audio.shape != self.input_shape:
+            raise ValueError(f"the exported graph takes audio of shape {self.input_shape}, got {audio.shape}")
+        with dtype_scope(self.input_dtype):
+            return self._call(jax.device_put(audio, jax.devices("cpu")[0]), *weights)
+
+    def to_bytes(self) -> bytes:
+        """The header line, the JSON description and the module (:func:`core_spec.files.pack_exported`)."""
+        meta = {
+            "input_shape": self.input_shape,
+            "input_dtype": self.input_dtype,
+            "output_shape": self.output_shape,
+            "output_dtype": self.output_dtype,
+            "arguments": [list(p) for p in self.arguments],
+        }
+        return pack_exported(EXPORT_FORMAT, meta, self.module)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> ExportedSeparator:
+        """Read :meth:`to_bytes`' output.
+
+        Raises:
+            ValueError: another format, a damaged description, or a module whose length or SHA-256 is not the
+                recorded one (a truncated or overwritten file).
+        """
+        meta, module = unpack_exported(EXPORT_FORMAT, data)
+        try:
+            arguments = tuple(tuple(k if isinstance(k, int) else str(k) for k in p) for p in meta["arguments"])
+            shapes = [tuple(int(v) for v in meta[k]) for k in ("input_shape", "output_shape")]
+            dtypes = [canonical_dtype(meta[k]).name for k in ("input_dtype", "output_dtype")]
+        except (ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"a damaged exported separator description: {e}") from None
+        return cls(module, arguments, shapes[0], dtypes[0], shapes[1], dtypes[1])
+
+
+def export_separator(separator: Separator, input_shape: Sequence[int]) -> ExportedSeparator:
+    """The separation of ``separator`` on audio of ``input_shape`` ``(nb_samples, nb_channels, nb_timesteps)``,
+    exported for the CPU with the separator's dtype and matmul precision.
+
+    Raises:
+        ValueError: the separator holds a variable that is not one of its weights' (a custom STFT window).
+    """
+    if jax.tree.leaves(nnx.state(separator, Window)):
+        raise ValueError("a separator with its own STFT window is not exported (the window is not a weight)")
+    graphdef, state = nnx.split(separator)
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
+    arguments = tuple(_plain(path) for path, _ in leaves)
+    dtype = np.dtype(separator.dtype)
+
+    def separate(audio: jax.Array, *params: jax.Array) -> jax.Array:
+        module = nnx.merge(graphdef, jax.tree.unflatten(treedef, params))
+        return module.forward(audio)
+
+    specs = [jax.ShapeDtypeStruct(tuple(int(n) for n in input_shape), dtype)]
+    specs += [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for _, leaf in leaves]
+    with dtype_scope(dtype, separator.precision):
+        exported = jax.export.export(jax.jit(separate), platforms=["cpu"])(*specs)
+    (out,) = exported.out_avals
+    return ExportedSeparator(
+        bytes(exported.serialize()), arguments, specs[0].shape, dtype.name, tuple(out.shape), np.dtype(out.dtype).name
+    )
+
+
+def exportable(device: str) -> bool:
+    """Whether a separator on ``device`` (``"cpu"``/``"gpu"``) is exported: the CPU."""
+    return device == "cpu"
+
+
+def _plain(path: Sequence[Any]) -> Path:
+    """A ``jax.tree_util`` key path of an NNX state leaf as plain keys (the variable's own ``.value`` dropped)."""
+    keys: list[str | int] = []
+    for key in path:
+        if isinstance(key, jax.tree_util.DictKey):
+            keys.append(key.key if isinstance(key.key, int) else str(key.key))
+        elif isinstance(key, jax.tree_util.SequenceKey):
+            keys.append(key.idx)
+        elif isinstance(key, jax.tree_util.GetAttrKey) and key.name != "value":
+            keys.append(key.name)
+    return tuple(keys)
+
+
+def _dotted(path: Path) -> str:
+    return ".".join(str(k) for k in path)
