@@ -66,7 +66,10 @@ __all__ = [
 
 ROOT = Path(__file__).resolve().parent.parent
 MIN_FREE_BYTES = 256 << 20  # below this, TF's cache is read-only (a failed write would fail the separation)
-JAX_MIN_COMPILE_SECONDS = 0.1  # graphs that compile faster are not worth a file (the separators take ~1 s)
+# Every graph is kept: a command also compiles a few dozen small ones (a Demucs track's normalisation, padding,
+# overlap-add, run op by op: 5-80 ms each, 0.55 s a Demucs run), and reading each back takes 1.5-7 ms. The entries
+# are 2-4 KB each; the separators' own graphs (0.07-0.12 MB) were kept before too.
+JAX_MIN_COMPILE_SECONDS = 0.0
 JAX_WARNINGS = ("Error reading persistent compilation cache", "Error writing persistent compilation cache")
 
 Warn = Callable[[str], object]

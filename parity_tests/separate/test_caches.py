@@ -3,7 +3,7 @@ cache folder, a full disk (simulated) and two processes at once each still separ
 the stems equal those of ``--no-cache``.
 
 Models: the small Demucs of the session fixtures, as the upstream package (the conversion cache) and in JAX (the
-compilation cache; every entry kept: ``JAX_MIN_COMPILE_SECONDS`` 0). TensorFlow's cache is checked in its own
+compilation cache, which keeps every entry: ``JAX_MIN_COMPILE_SECONDS`` 0). TensorFlow's cache is checked in its own
 processes (its flags are read once per process).
 """
 
