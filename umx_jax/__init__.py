@@ -12,25 +12,51 @@ gradient, GLU, convolutions), :mod:`~umx_jax.umx` (``OpenUnmix``), :mod:`~umx_ja
 (``BagOfModels`` and demucs 4's ``apply_model``, ``separate_track``)), :mod:`~umx_jax.weights` (canonical weights
 <-> Flax state, the msgpack native file), :mod:`~umx_jax.build` (models from weights), :mod:`~umx_jax.train`.
 
+The names below load their module on first use (PEP 562): ``import umx_jax`` imports neither Flax nor the
+models, so a command that runs an exported separator (:mod:`~umx_jax.exported`: JAX and NumPy only) never pays
+Flax's import (0.2 s). ``from umx_jax import Separator`` and ``umx_jax.weights`` work as for any package.
+
 float64: JAX runs in float32 unless 64-bit types are enabled; the port never enables them globally. The
 separators, the loaders and ``apply_model`` enter ``jax.enable_x64`` themselves for float64 modules; to call a
 float64 module or function directly, wrap the call in ``with umx_jax.dtype_scope("float64"):``.
 """
 
-from ._scope import dtype_scope
-from .apply import apply_model, separate_track
-from .build import from_canonical, from_canonical_file, load_module
-from .demucs import Demucs, center_trim, valid_length
-from .filtering import expectation_maximization, wiener
-from .htdemucs import HTDemucs
-from .htdemucs_apply import BagOfModels
-from .layers import LSTM
-from .resample import resample_frac
-from .separator import Separator
-from .transforms import complex_norm, istft, stft
-from .umx import OpenUnmix
-from .weights import WeightsMismatchError, load_native, load_weights, native_paths, save_native, to_canonical
+from __future__ import annotations
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._scope import dtype_scope
+    from .apply import apply_model, separate_track
+    from .build import from_canonical, from_canonical_file, load_module
+    from .demucs import Demucs, center_trim, valid_length
+    from .filtering import expectation_maximization, wiener
+    from .htdemucs import HTDemucs
+    from .htdemucs_apply import BagOfModels
+    from .layers import LSTM
+    from .resample import resample_frac
+    from .separator import Separator
+    from .transforms import complex_norm, istft, stft
+    from .umx import OpenUnmix
+    from .weights import WeightsMismatchError, load_native, load_weights, native_paths, save_native, to_canonical
+
+_HOMES = {
+    "_scope": ("dtype_scope",),
+    "apply": ("apply_model", "separate_track"),
+    "build": ("from_canonical", "from_canonical_file", "load_module"),
+    "demucs": ("Demucs", "center_trim", "valid_length"),
+    "filtering": ("expectation_maximization", "wiener"),
+    "htdemucs": ("HTDemucs",),
+    "htdemucs_apply": ("BagOfModels",),
+    "layers": ("LSTM",),
+    "resample": ("resample_frac",),
+    "separator": ("Separator",),
+    "transforms": ("complex_norm", "istft", "stft"),
+    "umx": ("OpenUnmix",),
+    "weights": ("WeightsMismatchError", "load_native", "load_weights", "native_paths", "save_native", "to_canonical"),
+}
+_HOME = {name: module for module, names in _HOMES.items() for name in names}
 __all__ = [
     "LSTM",
     "BagOfModels",
@@ -59,3 +85,22 @@ __all__ = [
     "valid_length",
     "wiener",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """A public name (imported from its module now, then kept) or a submodule (``umx_jax.weights``)."""
+    if name in _HOME:
+        value = getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)
+    else:
+        try:
+            value = importlib.import_module(f".{name}", __name__)
+        except ModuleNotFoundError as e:
+            if e.name != f"{__name__}.{name}":
+                raise
+            raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-from flax import nnx
+
+if TYPE_CHECKING:
+    from flax import nnx
 
 __all__ = ["as_device", "canonical_dtype", "default_device", "device_of", "dtype_scope"]
 
@@ -62,6 +64,8 @@ def default_device(device: Any) -> contextlib.AbstractContextManager[Any]:
 
 def device_of(module: nnx.Module) -> jax.Device:
     """The device holding a module's first parameter."""
+    from flax import nnx  # here, not above: the modules without a Flax module (umx_jax.exported) never import it
+
     leaf = jax.tree.leaves(nnx.state(module, nnx.Param))[0]
     array = leaf[...] if isinstance(leaf, nnx.Variable) else leaf
     return next(iter(array.devices()))

@@ -23,18 +23,19 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
-from flax import nnx
 
 from core_spec.configs import UMXSeparatorConfig
 from core_spec.files import pack_exported, unpack_exported
 
 from ._scope import canonical_dtype, dtype_scope
-from .separator import Separator, Window
 from .weights import state_from_canonical
+
+if TYPE_CHECKING:
+    from .separator import Separator
 
 __all__ = ["EXPORT_FORMAT", "ExportedSeparator", "export_separator", "exportable"]
 
@@ -144,6 +145,10 @@ def export_separator(separator: Separator, input_shape: Sequence[int]) -> Export
     Raises:
         ValueError: the separator holds a variable that is not one of its weights' (a custom STFT window).
     """
+    from flax import nnx  # only to export: running an exported graph needs no Flax (see umx_jax.weights)
+
+    from .separator import Window
+
     if jax.tree.leaves(nnx.state(separator, Window)):
         raise ValueError("a separator with its own STFT window is not exported (the window is not a weight)")
     graphdef, state = nnx.split(separator)

@@ -49,12 +49,11 @@ import os
 from collections.abc import Callable, Mapping
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx, serialization
 
 from core_spec.canonical import MODEL_PREFIX, check_canonical, join_targets, per_model, per_target
 from core_spec.configs import (
@@ -76,6 +75,13 @@ from core_spec.params import (
 )
 
 from ._scope import canonical_dtype, default_device, dtype_scope
+
+if TYPE_CHECKING:
+    from flax import nnx
+
+# Flax is imported by the functions that handle modules or the msgpack file, not here: the mapping between
+# canonical weights and the pure state runs without it, so a command that runs an exported graph
+# (umx_jax.exported) never imports Flax (0.2 s of its start).
 
 __all__ = [
     "FORMAT",
@@ -303,6 +309,8 @@ def _bag_canonical(state: PureDict, c: BagConfig) -> dict[str, np.ndarray]:
 
 
 def _pure(module: nnx.Module) -> PureDict:
+    from flax import nnx
+
     state = nnx.state(module, (nnx.Param, nnx.BatchStat))
     return jax.tree.map(np.asarray, nnx.to_pure_dict(state))
 
@@ -323,6 +331,8 @@ def load_weights(module: nnx.Module, weights: Mapping[str, Any]) -> None:
     """Replace ``module``'s parameters (in place, in its dtype and on its devices) by canonical ``weights``
     (an ``OpenUnmix``, a ``Separator``: ``{target: {name: array}}`` or ``target_models.<t>.<name>``, a ``Demucs``,
     an ``HTDemucs``, a bag of them: ``models.<i>.<name>``)."""
+    from flax import nnx
+
     config = _config_of(module)
     if isinstance(config, UMXSeparatorConfig):
         for target, w in per_target(weights, config.separator.targets).items():
@@ -371,6 +381,8 @@ def save_native(path: str | os.PathLike, weights: Mapping[str, Any], config: Con
     Returns:
         ``[<stem>.msgpack, <stem>.json]``.
     """
+    from flax import serialization
+
     msgpack_path, json_path = native_paths(path)
     state = state_from_canonical(config, weights)
     state = jax.tree.map(lambda a: np.ascontiguousarray(np.asarray(a, dtype=np.float32)), state)
@@ -399,6 +411,8 @@ def _int_keys(tree: Any) -> Any:
 
 
 def _read_native(path: str | os.PathLike) -> tuple[PureDict, Config, dict[str, np.ndarray]]:
+    from flax import serialization
+
     msgpack_path, _ = native_paths(path)
     if not msgpack_path.exists():
         raise FileNotFoundError(f"native JAX weights {msgpack_path} not found")
@@ -480,6 +494,8 @@ def materialize(
     the parameters are the weights (checked against ``config``'s inventory) in ``dtype`` on ``device`` (a
     ``jax.Device``, ``"cpu"``, ``"gpu"`` or ``None``: JAX's default; float64 under ``jax.enable_x64``).
     """
+    from flax import nnx
+
     dtype = canonical_dtype(dtype)
     leaves, treedef = jax.tree.flatten(state_from_canonical(config, weights))
     with dtype_scope(dtype), default_device(device):
@@ -498,6 +514,8 @@ def _abstract(make: Callable[[], nnx.Module]) -> tuple[Any, Any]:
     ``make`` is a ``functools.partial`` of hashable arguments (``Cls.from_config(config, dtype=...)``): tracing a
     constructor abstractly costs seconds for HTDemucs (Flax's counter of random draws), and a bag often holds
     several models of one config."""
+    from flax import nnx
+
     key = None
     if isinstance(make, partial):
         key = (make.func, make.args, tuple(sorted(make.keywords.items())), jax.config.jax_enable_x64)

@@ -78,7 +78,12 @@ class ExportedGraphs:
     def key(self, shape: tuple[int, ...]) -> str:
         """The entry's name for audio of ``shape``: the SHA-256 of what shapes the graph."""
         text = json.dumps(
-            {"format": self.port.EXPORT_FORMAT, "config": config_to_json(self.config), "dtype": self.dtype, "shape": shape},
+            {
+                "format": self.port.EXPORT_FORMAT,
+                "config": config_to_json(self.config),
+                "dtype": self.dtype,
+                "shape": shape,
+            },
             sort_keys=True,
         )
         return hashlib.sha256(text.encode()).hexdigest()[:32]
