@@ -129,29 +129,37 @@ def read_native_header(json_path: Path, fmt: str, what: str = "native weights") 
     return header, config_from_json(json.dumps(header["config"]))
 
 
-def pack_exported(header: str, meta: Mapping[str, Any], module: bytes) -> bytes:
-    """``header``, the JSON ``meta`` with the module's SHA-256 and length added, and ``module``: one line each,
-    the module last (it may hold any byte)."""
-    meta = {**meta, "module_sha256": hashlib.sha256(module).hexdigest(), "module_bytes": len(module)}
-    return b"\n".join([header.encode(), json.dumps(meta).encode(), module])
+def pack_exported(header: str, meta: Mapping[str, Any], *blobs: bytes) -> bytes:
+    """``header``, the JSON ``meta`` with each blob's length and SHA-256 added (``"blobs"``), then the blobs (the
+    serialised module, and what a port keeps beside it): one line each for the first two, the blobs last,
+    back to back (they may hold any byte)."""
+    meta = {**meta, "blobs": [[len(b), hashlib.sha256(b).hexdigest()] for b in blobs]}
+    return b"\n".join([header.encode(), json.dumps(meta).encode(), b"".join(blobs)])
 
 
-def unpack_exported(header: str, data: bytes, what: str = "exported separator") -> tuple[dict[str, Any], bytes]:
-    """``(meta, module)`` of :func:`pack_exported`'s bytes.
+def unpack_exported(header: str, data: bytes, what: str = "exported separator") -> tuple[dict[str, Any], list[bytes]]:
+    """``(meta, blobs)`` of :func:`pack_exported`'s bytes.
 
     Raises:
-        ValueError: another header, a description that is not JSON, or a module whose length or SHA-256 is not
-            the recorded one (a truncated or overwritten file).
+        ValueError: another header, a description that is not JSON, or blobs whose lengths or SHA-256 are not the
+            recorded ones (a truncated or overwritten file).
     """
     first, sep, rest = data.partition(b"\n")
     if first != header.encode() or not sep:
         raise ValueError(f"not an {what} (expected the header {header!r})")
-    text, _, module = rest.partition(b"\n")
+    text, _, payload = rest.partition(b"\n")
     try:
         meta = json.loads(text)
-        recorded, size = meta["module_sha256"], meta["module_bytes"]
+        recorded = [(int(size), str(digest)) for size, digest in meta["blobs"]]
     except (ValueError, KeyError, TypeError) as e:
         raise ValueError(f"a damaged {what} description: {e}") from None
-    if len(module) != size or hashlib.sha256(module).hexdigest() != recorded:
-        raise ValueError(f"the exported module is damaged: {len(module)} bytes, or not the recorded SHA-256")
-    return meta, module
+    if len(payload) != sum(size for size, _ in recorded):
+        raise ValueError(f"the exported module is damaged: {len(payload)} bytes, not the recorded length")
+    blobs, at = [], 0
+    for size, digest in recorded:
+        blob = payload[at : at + size]
+        if hashlib.sha256(blob).hexdigest() != digest:
+            raise ValueError("the exported module is damaged: not the recorded SHA-256")
+        blobs.append(blob)
+        at += size
+    return meta, blobs

@@ -21,6 +21,7 @@ the SHA-256 of the module) and ``jax.export``'s serialisation (:func:`core_spec.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -62,6 +63,7 @@ class ExportedSeparator:
     input_dtype: str
     output_shape: tuple[int, ...]
     output_dtype: str
+    executable: bytes = field(default=b"", repr=False)
     _exported: Any = field(init=False, repr=False, compare=False)  # the jax.export.Exported
     _call: Any = field(init=False, repr=False, compare=False)
 
@@ -74,7 +76,27 @@ class ExportedSeparator:
                 f"{1 + len(self.arguments)}"
             )
         object.__setattr__(self, "_exported", exported)
-        object.__setattr__(self, "_call", jax.jit(exported.call))
+        call = _load_executable(self.executable, len(exported.in_avals)) if self.executable else None
+        object.__setattr__(self, "_call", call or jax.jit(exported.call))
+
+    def compiled(self) -> ExportedSeparator:
+        """This graph with :attr:`executable`: its call compiled now for the CPU (through JAX's persistent cache
+        when one is set) and serialised, so that a process that reads it loads the executable and runs it, with
+        no lowering and no compilation-cache lookup. ``executable`` stays empty where the executable cannot be
+        serialised."""
+        from jax.experimental.serialize_executable import serialize
+
+        with dtype_scope(self.input_dtype):
+            compiled = jax.jit(self._exported.call).lower(*self._exported.in_avals).compile()
+        try:
+            data, in_tree, out_tree = serialize(compiled)
+        except (ValueError, NotImplementedError):
+            return self
+        if (in_tree, out_tree) != _trees(len(self._exported.in_avals)):
+            return self
+        graph = dataclasses.replace(self, executable=data)
+        object.__setattr__(graph, "_call", compiled)
+        return graph
 
     def weight_tensors(self, weights: Mapping[str, Any], config: UMXSeparatorConfig) -> list[jax.Array]:
         """The parameters from canonical ``weights`` of ``config`` (``target_models.<t>.<name>`` or
@@ -118,7 +140,7 @@ class ExportedSeparator:
             "output_dtype": self.output_dtype,
             "arguments": [list(p) for p in self.arguments],
         }
-        return pack_exported(EXPORT_FORMAT, meta, self.module)
+        return pack_exported(EXPORT_FORMAT, meta, self.module, self.executable)
 
     @classmethod
     def from_bytes(cls, data: bytes) -> ExportedSeparator:
@@ -128,19 +150,21 @@ class ExportedSeparator:
             ValueError: another format, a damaged description, or a module whose length or SHA-256 is not the
                 recorded one (a truncated or overwritten file).
         """
-        meta, module = unpack_exported(EXPORT_FORMAT, data)
+        meta, blobs = unpack_exported(EXPORT_FORMAT, data)
         try:
+            module, executable = blobs
             arguments = tuple(tuple(k if isinstance(k, int) else str(k) for k in p) for p in meta["arguments"])
             shapes = [tuple(int(v) for v in meta[k]) for k in ("input_shape", "output_shape")]
             dtypes = [canonical_dtype(meta[k]).name for k in ("input_dtype", "output_dtype")]
         except (ValueError, KeyError, TypeError) as e:
             raise ValueError(f"a damaged exported separator description: {e}") from None
-        return cls(module, arguments, shapes[0], dtypes[0], shapes[1], dtypes[1])
+        return cls(module, arguments, shapes[0], dtypes[0], shapes[1], dtypes[1], executable)
 
 
-def export_separator(separator: Separator, input_shape: Sequence[int]) -> ExportedSeparator:
+def export_separator(separator: Separator, input_shape: Sequence[int], compile: bool = True) -> ExportedSeparator:
     """The separation of ``separator`` on audio of ``input_shape`` ``(nb_samples, nb_channels, nb_timesteps)``,
-    exported for the CPU with the separator's dtype and matmul precision.
+    exported for the CPU with the separator's dtype and matmul precision, and compiled
+    (:meth:`ExportedSeparator.compiled`) unless ``compile`` is false.
 
     Raises:
         ValueError: the separator holds a variable that is not one of its weights' (a custom STFT window).
@@ -165,9 +189,10 @@ def export_separator(separator: Separator, input_shape: Sequence[int]) -> Export
     with dtype_scope(dtype, separator.precision):
         exported = jax.export.export(jax.jit(separate), platforms=["cpu"])(*specs)
     (out,) = exported.out_avals
-    return ExportedSeparator(
+    graph = ExportedSeparator(
         bytes(exported.serialize()), arguments, specs[0].shape, dtype.name, tuple(out.shape), np.dtype(out.dtype).name
     )
+    return graph.compiled() if compile else graph
 
 
 def exportable(device: str) -> bool:
@@ -190,3 +215,22 @@ def _plain(path: Sequence[Any]) -> Path:
 
 def _dotted(path: Path) -> str:
     return ".".join(str(k) for k in path)
+
+
+def _trees(nb_arguments: int) -> tuple[Any, Any]:
+    """The argument and result trees of the compiled call: ``nb_arguments`` positional arrays, one array out."""
+    return jax.tree_util.tree_structure(((0,) * nb_arguments, {})), jax.tree_util.tree_structure(0)
+
+
+def _load_executable(data: bytes, nb_arguments: int) -> Any:
+    """The compiled call serialised by :meth:`ExportedSeparator.compiled`, loaded on the CPU.
+
+    Raises:
+        ValueError: the bytes are not an executable this JAX can load.
+    """
+    from jax.experimental.serialize_executable import deserialize_and_load
+
+    try:
+        return deserialize_and_load(data, *_trees(nb_arguments), backend="cpu")
+    except Exception as e:  # an unpickling or XLA error: anything means "not loadable here"
+        raise ValueError(f"the compiled executable cannot be loaded ({type(e).__name__}: {e})") from None

@@ -128,8 +128,9 @@ class ExportedSeparator:
             ValueError: another format, a damaged description, or a module whose length or SHA-256 is not the
                 recorded one (a truncated or overwritten file).
         """
-        meta, module = unpack_exported(EXPORT_FORMAT, data)
+        meta, blobs = unpack_exported(EXPORT_FORMAT, data)
         try:
+            (module,) = blobs
             arguments = tuple(
                 ExportedArgument(tuple(n), None if p is None else tuple(p), tuple(s), str(d))
                 for n, p, s, d in meta["arguments"]

@@ -33,12 +33,15 @@ def test_exported_graph_equals_the_separator(dtype, niter, residual) -> None:
     audio = random_audio(20000, 2, seed=5, nb_samples=1).astype(dtype)
     separator = from_canonical(config, weights, dtype=dtype)
     expected = np.asarray(separator.separate(audio))
-    exported = ExportedSeparator.from_bytes(export_separator(separator, audio.shape).to_bytes())
-    assert exported.input_shape == audio.shape and exported.output_shape == expected.shape
-    assert exported.output_dtype == dtype
-    got = np.asarray(exported(audio, exported.weight_tensors(weights, config)))
-    assert got.dtype == expected.dtype
-    np.testing.assert_array_equal(got, expected)
+    graph = export_separator(separator, audio.shape)
+    assert graph.executable, "the compiled call was not serialised"
+    for kept in (graph, dataclasses.replace(graph, executable=b"")):  # the executable read back; the module alone
+        exported = ExportedSeparator.from_bytes(kept.to_bytes())
+        assert exported.input_shape == audio.shape and exported.output_shape == expected.shape
+        assert exported.output_dtype == dtype and exported.executable == kept.executable
+        got = np.asarray(exported(audio, exported.weight_tensors(weights, config)))
+        assert got.dtype == expected.dtype
+        np.testing.assert_array_equal(got, expected)
 
 
 def test_damaged_bytes_are_refused() -> None:
@@ -56,6 +59,9 @@ def test_damaged_bytes_are_refused() -> None:
     with pytest.raises(ValueError, match="damaged exported separator description"):
         ExportedSeparator.from_bytes(header + b"\n{not json\n" + rest.partition(b"\n")[2])
     assert data.startswith(EXPORT_FORMAT.encode() + b"\n")
+    graph = ExportedSeparator.from_bytes(data)
+    with pytest.raises(ValueError, match="compiled executable cannot be loaded"):
+        dataclasses.replace(graph, executable=b"not an executable")  # what from_bytes builds from a file
 
 
 def test_mismatched_weights_and_audio_are_refused() -> None:
