@@ -20,21 +20,31 @@ SHA-256 of the module) and the StableHLO bytecode; :meth:`ExportedSeparator.from
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from core_spec import shapes
 from core_spec.canonical import check_canonical
-from core_spec.configs import UMXSeparatorConfig
+from core_spec.configs import DemucsConfig, UMXSeparatorConfig
 from core_spec.files import pack_exported, unpack_exported
 
+from .demucs import Demucs
 from .separator import Separator, _auto_jit
 from .weights import entries, keras_value
 
-__all__ = ["EXPORT_FORMAT", "ExportedArgument", "ExportedSeparator", "export_separator", "exportable"]
+__all__ = [
+    "EXPORT_FORMAT",
+    "ExportedArgument",
+    "ExportedDemucs",
+    "ExportedSeparator",
+    "export_network",
+    "export_separator",
+    "exportable",
+]
 
 EXPORT_FORMAT = "unmix-ports tf-stablehlo 1"
 """The header line of :meth:`ExportedSeparator.to_bytes`."""
@@ -74,9 +84,9 @@ class ExportedSeparator:
     output_shape: tuple[int, ...]
     output_dtype: str
 
-    def weight_tensors(self, weights: Mapping[str, Any], config: UMXSeparatorConfig) -> list[tf.Tensor]:
-        """The parameters from canonical ``weights`` of ``config`` (``target_models.<t>.<name>`` or
-        ``{target: weights}``), as :func:`umx_tf.weights.load_weights` would assign them.
+    def weight_tensors(self, weights: Mapping[str, Any], config: UMXSeparatorConfig | DemucsConfig) -> list[tf.Tensor]:
+        """The parameters from canonical ``weights`` of ``config`` (a separator's ``target_models.<t>.<name>`` or
+        ``{target: weights}``, a Demucs's names), as :func:`umx_tf.weights.load_weights` would assign them.
 
         Raises:
             WeightsMismatchError: a missing, unexpected or mis-shaped key.
@@ -152,25 +162,86 @@ def export_separator(separator: Separator, input_shape: Sequence[int]) -> Export
     """
     if not separator.jit_compile:
         raise ValueError("only an XLA-compiled separator (jit_compile=True, the CPU) can be exported")
-    spec = tf.TensorSpec(tuple(int(n) for n in input_shape), separator.compute_dtype)
-    function = separator._separate.get_concrete_function(spec)
+    return _export(separator, separator._separate, input_shape)
+
+
+def export_network(model: Demucs, input_shape: Sequence[int]) -> ExportedSeparator:
+    """The graph of the Demucs network's XLA-compiled call (:meth:`Demucs.compiled_call`) on a chunk of
+    ``input_shape`` ``(nb_samples, audio_channels, valid_length)``, lowered by TensorFlow to StableHLO: what
+    :class:`ExportedDemucs` runs.
+
+    Raises:
+        ValueError: its graph captures a value that is not one of the model's weights.
+    """
+    return _export(model, model.compiled_call(True), input_shape)
+
+
+def _export(model: Any, function: Any, input_shape: Sequence[int]) -> ExportedSeparator:
+    """``function`` (a ``tf.function`` of ``model``'s call) on ``input_shape``, its captured variables as the
+    graph's parameters after the input."""
+    spec = tf.TensorSpec(tuple(int(n) for n in input_shape), model.compute_dtype)
+    concrete = function.get_concrete_function(spec)
     by_handle = {}
-    for entry in entries(separator):
+    for entry in entries(model):
         variable = getattr(entry.variable, "value", entry.variable)  # the tf.Variable behind a Keras variable
         by_handle[id(variable.handle)] = entry
     arguments = []
-    for captured in function.captured_inputs:
+    for captured in concrete.captured_inputs:
         entry = by_handle.get(id(captured))
         if entry is None:
-            raise ValueError(f"the separator's graph captures a value that is not one of its weights: {captured!r}")
+            raise ValueError(f"the model's graph captures a value that is not one of its weights: {captured!r}")
         arguments.append(
             ExportedArgument(entry.names, entry.perm, tuple(entry.variable.shape), np.dtype(entry.variable.dtype).name)
         )
-    module = separator._separate.experimental_get_compiler_ir(spec)(stage="stablehlo_serialized")
-    output = function.structured_outputs
+    module = function.experimental_get_compiler_ir(spec)(stage="stablehlo_serialized")
+    output = concrete.structured_outputs
     return ExportedSeparator(
         module, tuple(arguments), tuple(spec.shape), spec.dtype.name, tuple(output.shape), output.dtype.name
     )
+
+
+class ExportedDemucs:
+    """What :func:`umx_tf.apply.apply_model` and :func:`~umx_tf.apply.separate_track` use of a :class:`Demucs`,
+    the network run by exported graphs (:func:`export_network`), one per chunk shape: no Keras model.
+
+    Args:
+        config: the model's config (sources, channels, geometry, rate, segment).
+        dtype: ``"float32"`` or ``"float64"``.
+        graph: the exported network for a chunk shape ``(nb_samples, audio_channels, valid_length)`` (the caller
+            reads or exports and keeps it).
+        weights: a graph's weight tensors (:meth:`ExportedSeparator.weight_tensors`, converted once by the caller).
+    """
+
+    def __init__(
+        self,
+        config: DemucsConfig,
+        dtype: str,
+        graph: Callable[[tuple[int, ...]], ExportedSeparator],
+        weights: Callable[[ExportedSeparator], Sequence[tf.Tensor]],
+    ):
+        self.config, self.compute_dtype = config, np.dtype(dtype).name
+        self.sources, self.audio_channels = tuple(config.sources), config.audio_channels
+        self.samplerate, self.segment_length = config.samplerate, config.segment_length
+        self._graph, self._weights = graph, weights
+
+    def valid_length(self, length: int) -> int:
+        """As :meth:`Demucs.valid_length` (:func:`core_spec.shapes.valid_length`)."""
+        return shapes.valid_length(length, self.config)
+
+    def compiled_call(self, jit_compile: bool | None = None) -> Callable[[tf.Tensor], tf.Tensor]:
+        """The network on a padded chunk ``(nb_samples, audio_channels, valid_length)``: its exported graph.
+
+        Raises:
+            ValueError: ``jit_compile=False`` (``apply_model`` with shifts: a graph per shifted length is not kept;
+                use the Keras model).
+        """
+        if jit_compile is False:
+            raise ValueError("an exported Demucs runs XLA-compiled graphs only (shifts need the Keras model)")
+        return self._forward
+
+    def _forward(self, mix: tf.Tensor) -> tf.Tensor:
+        graph = self._graph(tuple(int(n) for n in mix.shape))
+        return graph(mix, self._weights(graph))
 
 
 def exportable(device: str) -> bool:

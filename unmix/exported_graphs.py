@@ -22,25 +22,27 @@ import contextlib
 import hashlib
 import importlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from core_spec.configs import UMXSeparatorConfig, config_to_json
+from core_spec.configs import DemucsConfig, UMXSeparatorConfig, config_to_json
 from core_spec.files import atomic_write
 
-__all__ = ["EXPORTING_PORTS", "ExportedGraphs", "SUFFIX", "exportable"]
+__all__ = ["EXPORTED_KINDS", "EXPORTING_PORTS", "ExportedGraphs", "SUFFIX", "exportable"]
 
 SUFFIX = ".stablehlo"
-EXPORTING_PORTS = ("tf", "jax")
-"""The ports with an ``exported`` module (``umx_<fw>.exported``)."""
+EXPORTED_KINDS = {"tf": ("umx", "demucs"), "jax": ("umx",)}
+"""What each port's ``exported`` module exports: the Open-Unmix separator (``export_separator``), the Demucs v2
+network (``export_network``, run through ``ExportedDemucs``)."""
+EXPORTING_PORTS = tuple(EXPORTED_KINDS)
 
 
-def exportable(framework: str, device: str) -> bool:
-    """Whether ``framework``'s Open-Unmix separator on ``device`` is exported (the port's ``exportable``)."""
-    if framework not in EXPORTING_PORTS:
+def exportable(framework: str, device: str, kind: str = "umx") -> bool:
+    """Whether ``framework``'s model of ``kind`` on ``device`` is exported (the port's ``exportable``)."""
+    if kind not in EXPORTED_KINDS.get(framework, ()):
         return False
     return bool(importlib.import_module(f"umx_{framework}.exported").exportable(device))
 
@@ -51,26 +53,32 @@ class ExportedGraphs:
     Args:
         framework: ``"tf"`` or ``"jax"`` (:data:`EXPORTING_PORTS`): the port whose ``exported`` module runs them.
         folder: ``<compile folder>/exported``.
-        config: the separator's config with the command's Wiener options applied.
+        config: the separator's config with the command's Wiener options applied, or a Demucs's config.
         dtype: ``"float32"`` or ``"float64"``.
-        build: builds the port's separator (called at most once, only when a shape has no entry yet).
+        build: builds the port's model (called at most once, only when a shape has no entry yet).
         writable: write new entries (``False``: a read-only cache, already reported).
         warn: one line to the user.
+        weights: the canonical weights; held until the graphs' tensors are made from them (:meth:`canonical`).
+        reload: reads the canonical weights again (a model built after they were released).
     """
 
     def __init__(
         self,
         framework: str,
         folder: Path,
-        config: UMXSeparatorConfig,
+        config: UMXSeparatorConfig | DemucsConfig,
         dtype: str,
         build: Callable[[], Any],
         writable: bool,
         warn: Callable[[str], None],
+        weights: Mapping[str, Any],
+        reload: Callable[[], Mapping[str, Any]],
     ):
         self.port = importlib.import_module(f"umx_{framework}.exported")
         self.folder, self.config, self.dtype = folder, config, dtype
         self._build, self.writable, self.warn = build, writable, warn
+        self._weights: Mapping[str, Any] | None = weights
+        self._reload = reload
         self._graphs: dict[tuple[int, ...], Any] = {}
         self._tensors: dict[Any, Any] = {}
         self._warned = False
@@ -88,20 +96,35 @@ class ExportedGraphs:
         )
         return hashlib.sha256(text.encode()).hexdigest()[:32]
 
-    def separate(self, batch: np.ndarray, weights: dict[str, Any]) -> Any:
-        """The estimates ``(nb_samples, nb_sources, 2, nb_timesteps)`` of ``batch`` ``(nb_samples, 2,
-        nb_timesteps)`` with canonical ``weights``."""
-        shape = tuple(int(n) for n in batch.shape)
+    def separate(self, batch: np.ndarray) -> Any:
+        """Open-Unmix: the estimates ``(nb_samples, nb_sources, 2, nb_timesteps)`` of ``batch`` ``(nb_samples, 2,
+        nb_timesteps)``."""
+        graph = self.graph(tuple(int(n) for n in batch.shape))
+        return graph(batch, self._arguments(graph))
+
+    def network(self) -> Any:
+        """Demucs: the port's ``ExportedDemucs`` for ``apply_model`` / ``separate_track``, its network run by these
+        graphs (one per chunk shape)."""
+        return self.port.ExportedDemucs(self.config, self.dtype, self.graph, self._arguments)
+
+    def canonical(self) -> Mapping[str, Any]:
+        """The canonical weights: those given, or read again once the graphs' tensors replaced them."""
+        return self._weights if self._weights is not None else self._reload()
+
+    def graph(self, shape: tuple[int, ...]) -> Any:
+        """The graph for an input of ``shape``: kept, read from the folder, or exported now."""
         graph = self._graphs.get(shape) or self._read(shape) or self._export(shape)
         self._graphs[shape] = graph
-        return graph(batch, self._arguments(graph, weights))
+        return graph
 
-    def _arguments(self, graph: Any, weights: dict[str, Any]) -> list[Any]:
-        """The graph's weight tensors, converted once per command: the graphs of other lengths take the same
-        parameters, found by their description (canonical names in TF, state paths in JAX)."""
+    def _arguments(self, graph: Any) -> list[Any]:
+        """The graph's weight tensors, converted once per command (the canonical weights are released then): the
+        graphs of other lengths take the same parameters, found by their description (canonical names in TF, state
+        paths in JAX)."""
         if not self._tensors:
-            tensors = graph.weight_tensors(weights, self.config)
+            tensors = graph.weight_tensors(self.canonical(), self.config)
             self._tensors = dict(zip(graph.arguments, tensors, strict=True))
+            self._weights = None
         return [self._tensors[arg] for arg in graph.arguments]
 
     def _path(self, shape: tuple[int, ...]) -> Path:
@@ -130,7 +153,8 @@ class ExportedGraphs:
         return graph
 
     def _export(self, shape: tuple[int, ...]) -> Any:
-        graph = self.port.export_separator(self._build(), shape)
+        export = self.port.export_network if isinstance(self.config, DemucsConfig) else self.port.export_separator
+        graph = export(self._build(), shape)
         if self.writable:
             path = self._path(shape)
             try:

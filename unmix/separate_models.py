@@ -94,8 +94,7 @@ class LoadedModel:
     port: Any = field(repr=False)
     max_segment: Fraction | None = None
     apply: Any = field(default=None, repr=False)
-    exported: Any = field(default=None, repr=False)  # TF/JAX Open-Unmix: unmix.exported_graphs.ExportedGraphs
-    weights: Mapping[str, Any] | None = field(default=None, repr=False)  # kept for the exported graphs only
+    exported: Any = field(default=None, repr=False)  # unmix.exported_graphs.ExportedGraphs (TF, JAX: EXPORTED_KINDS)
     build: Callable[[], Any] | None = field(default=None, repr=False)  # builds `model` when it is first needed
 
     def built(self) -> Any:
@@ -129,10 +128,14 @@ class LoadedModel:
         def run() -> Any:
             with self.scope():
                 if self.kind == "umx" and self.exported is not None:
-                    return self.exported.separate(batch, self.weights)
+                    return self.exported.separate(batch)
                 if self.kind == "umx":
                     return self.built().separate(batch)
-                return self.port.separate_track(self.model, batch, **dict(demucs or {}))
+                options = dict(demucs or {})
+                # the exported network runs one graph per chunk shape: without shifts (each shift is a length)
+                exported = self.exported is not None and not options.get("shifts")
+                model = self.exported.network() if exported else self.built()
+                return self.port.separate_track(model, batch, **options)
 
         if self.framework != "nnabla":
             return to_numpy(run())[0].astype(np.float32, copy=False)
@@ -422,9 +425,11 @@ def load_model(
         umx_options: Open-Unmix separator settings replacing the file's (``niter``, ``wiener_win_len``,
             ``softmask``, ``residual``); :attr:`LoadedModel.config` has them applied.
         cache: the cache folder for conversions of upstream files (:func:`resolve_weights`); ``None``: none.
-        exported: TensorFlow and JAX, an Open-Unmix separator on the CPU: the folder of exported graphs
+        exported: on the CPU, an Open-Unmix separator in TensorFlow or JAX, a Demucs v2 in TensorFlow
+            (:data:`unmix.exported_graphs.EXPORTED_KINDS`): the folder of exported graphs
             (:mod:`unmix.exported_graphs`), with ``exported_writable`` and ``warn`` for its entries; the port's
-            separator is then built only if a shape has no entry yet. ``None``: the separator, built here.
+            model is then built only if a shape has no entry yet (or Demucs runs with shifts). ``None``: the
+            model, built here.
 
     Raises:
         ModelError: see :func:`resolve_models`; EM on one target without the residual (:func:`check_em`).
@@ -446,19 +451,23 @@ def load_model(
     if kind == "htdemucs":
         loaded.apply = _htdemucs_apply(framework, shown(path))
 
-    def build() -> Any:
+    def build(canonical: Mapping[str, Any]) -> Any:
         try:
             with loaded.scope():  # TF and NNabla: entering it fails for a device they lack
-                return port.from_canonical(config, weights, device=device, dtype=dtype, **options)
+                return port.from_canonical(config, canonical, device=device, dtype=dtype, **options)
         except (RuntimeError, ValueError) as e:  # no such device here, a dtype the port lacks
             raise ModelError(f"--framework {framework}: {e}") from None
 
-    if exported is not None and kind == "umx" and exportable(framework, device):
-        loaded.weights, loaded.build = weights, build
+    if exported is not None and kind in ("umx", "demucs") and exportable(framework, device, kind):
+        # the graphs hold the canonical weights until they have converted them, then only their own tensors (no
+        # second copy of the model's weights: 1 GB for Demucs channels 64); a model built later reads them again
         loaded.exported = ExportedGraphs(framework, exported, config, dtype, loaded.built, exported_writable,
-                                         warn or (lambda message: None))  # fmt: skip
+                                         warn or (lambda message: None), weights,
+                                         reload=lambda: resolve_models(path, port, cache)[0])  # fmt: skip
+        loaded.build = lambda: build(loaded.exported.canonical())
     else:
-        loaded.model = build()
+        loaded.model = build(weights)
+    del weights
     if kind == "umx":
         sep = config.separator
         loaded.sources = tuple(sep.targets) + (("residual",) if sep.wiener.residual else ())
