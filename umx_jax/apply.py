@@ -10,21 +10,25 @@ slice; the overlap-add updates its accumulators in place
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 from jax import lax
 
 from core_spec import shapes
 from core_spec.audio import prepare_audio
 from core_spec.shapes import ShiftDraws, check_track, check_transition_power, is_silent, shift_draws
 
-from ._scope import canonical_dtype, device_of, dtype_scope
-from .demucs import Demucs, center_trim
+from ._scope import canonical_dtype, dtype_scope
+
+if TYPE_CHECKING:
+    from .demucs import Demucs
+
+Forward = Callable[[jax.Array], jax.Array]  # the network on a padded chunk: Demucs.compiled_call()
 
 __all__ = ["apply_model", "separate_track"]
 
@@ -61,42 +65,40 @@ def _margin(model: Demucs, lengths: list[int]) -> int:
     return max(model.valid_length(n) - n for n in set(lengths))
 
 
-@partial(nnx.jit, graph_updates=False)
-def _network(model: Demucs, window: jax.Array) -> jax.Array:
-    """The network on one padded chunk (compiled once per chunk shape, whatever the track's length)."""
-    return model(window)
-
-
-def _window_forward(model: Demucs, extended: jax.Array, start: jax.Array, size: int) -> jax.Array:
+def _window_forward(forward: Forward, extended: jax.Array, start: jax.Array, size: int) -> jax.Array:
     """The network on ``extended[..., start:start + size]``: the slice is cut before the compiled network, so
     that tracks of different lengths share its compilation (and its persistent-cache entry) per chunk length."""
-    return _network(model, lax.dynamic_slice_in_dim(extended, start, size, axis=-1))
+    return forward(lax.dynamic_slice_in_dim(extended, start, size, axis=-1))
 
 
-def _apply_valid(model: Demucs, track: _Track, offset: int, length: int) -> jax.Array:
+def _apply_valid(forward: Forward, model: Demucs, track: _Track, offset: int, length: int) -> jax.Array:
     """Pad the chunk to ``valid_length`` (real neighbours first), run the network, centre-trim to the chunk."""
     length = min(track.length - offset, length)
     target = model.valid_length(length)
     win = shapes.chunk_window(track.length, offset, length, target)
     track.extend(max(win.pad_left, win.pad_right))
     start = jnp.asarray(win.start - win.pad_left + track.margin)
-    return center_trim(_window_forward(model, track.extended, start, size=target), length)
+    out = _window_forward(forward, track.extended, start, size=target)
+    begin, stop = shapes.center_trim_bounds(out.shape[-1], length)
+    return lax.slice_in_dim(out, begin, stop, axis=-1)
 
 
-def _apply_shifted(model: Demucs, track: _Track, offset: int, length: int, shifts: int, rng: ShiftDraws) -> jax.Array:
+def _apply_shifted(
+    forward: Forward, model: Demucs, track: _Track, offset: int, length: int, shifts: int, rng: ShiftDraws
+) -> jax.Array:
     """Average of ``shifts`` runs on randomly shifted windows (one plain run when ``shifts`` is 0).
 
     Every shift gives the network another input length: one compilation per distinct ``valid_length``.
     """
     if not shifts:
-        return _apply_valid(model, track, offset, length)
+        return _apply_valid(forward, model, track, offset, length)
     length = min(track.length - offset, length)
     max_shift = shapes.max_shift(model.samplerate)
     padded = _Track(track.padded(offset, length, length + 2 * max_shift))  # a new track: zeros beyond it
     out = None
     for _ in range(shifts):
         shift = int(rng.integers(0, max_shift + 1))  # upstream: random.randint(0, max_shift), unseeded
-        shifted = _apply_valid(model, padded, shift, length + max_shift - shift)[..., max_shift - shift :]
+        shifted = _apply_valid(forward, model, padded, shift, length + max_shift - shift)[..., max_shift - shift :]
         out = shifted if out is None else out + shifted
     assert out is not None
     return out / shifts
@@ -150,12 +152,13 @@ def apply_model(
     unbatched = check_track(np.shape(mix), model.audio_channels)
     dtype = model.dtype
     with dtype_scope(dtype, precision):
-        track = jax.device_put(jnp.asarray(mix, dtype), device_of(model))
+        track = jax.device_put(jnp.asarray(mix, dtype), model.device)
         track = track[None] if unbatched else track
         rng = shift_draws(rng)
         length = track.shape[-1]
+        forward = model.compiled_call()
         if not split:
-            out = _apply_shifted(model, _Track(track, _margin(model, [length])), 0, length, shifts, rng)
+            out = _apply_shifted(forward, model, _Track(track, _margin(model, [length])), 0, length, shifts, rng)
         else:
             segment = segment_length or model.segment_length
             _, offsets = shapes.segment_offsets(length, segment, overlap)
@@ -164,7 +167,7 @@ def apply_model(
             sum_weight = jnp.zeros(length, dtype)
             chunks = _Track(track, _margin(model, [min(length - o, segment) for o in offsets]))
             for offset in offsets:
-                chunk_out = _apply_shifted(model, chunks, offset, segment, shifts, rng)
+                chunk_out = _apply_shifted(forward, model, chunks, offset, segment, shifts, rng)
                 out, sum_weight = _overlap_add(out, sum_weight, chunk_out, weight, jnp.asarray(offset))
             out = out / sum_weight
         return out[0] if unbatched else out
@@ -209,7 +212,7 @@ def separate_track(
     rng = shift_draws(rng)
     outputs = []
     with dtype_scope(dtype, precision):
-        for track in jax.device_put(batch, device_of(model)):
+        for track in jax.device_put(batch, model.device):
             mono = jnp.mean(track, axis=0)
             mean, std = jnp.mean(mono), jnp.std(mono, ddof=1)
             if silence_guard and is_silent(mean, std, dtype):

@@ -19,7 +19,8 @@ its kernel stored and used unflipped).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import jax
@@ -34,6 +35,7 @@ from core_spec.reference.demucs import DEMUCS_NORM_EPS, demucs_trace_keys
 from core_spec.shapes import valid_length
 from core_spec.trace import Recorder
 
+from ._scope import device_of
 from .layers import LSTM, ConvTranspose1d, conv1d, dense, glu
 from .resample import resample_time_major
 
@@ -171,9 +173,19 @@ class Demucs(nnx.Module):
     def dtype(self) -> np.dtype:
         return np.dtype(self.encoder[0].conv.kernel[...].dtype)
 
+    @property
+    def device(self) -> jax.Device:
+        """The device holding the parameters (where ``apply_model`` puts a track)."""
+        return device_of(self)
+
     def valid_length(self, length: int) -> int:
         """Smallest input length ``>= length`` the model takes whole (:func:`core_spec.shapes.valid_length`)."""
         return shapes.valid_length(length, self._config)
+
+    def compiled_call(self) -> Callable[[jax.Array], jax.Array]:
+        """The network ``jax.jit``-compiled, once per input shape: what :func:`umx_jax.apply.apply_model` runs on
+        each padded chunk ``(nb_samples, audio_channels, valid_length)``."""
+        return partial(_compiled, self)
 
     def output_length(self, length: int) -> int:
         """Output length for an input of ``length`` samples (:func:`core_spec.shapes.output_length`)."""
@@ -238,3 +250,9 @@ class Demucs(nnx.Module):
         if config.normalize:
             x = x * std + mean
         return x.reshape(x.shape[0], len(self.sources), self.audio_channels, x.shape[-1])
+
+
+# graph_updates=False: the network only reads its state (nnx.jit's default would return every parameter as an output)
+@partial(nnx.jit, graph_updates=False)
+def _compiled(model: Demucs, window: jax.Array) -> jax.Array:
+    return model(window)

@@ -22,23 +22,25 @@ the SHA-256 of the module) and ``jax.export``'s serialisation (:func:`core_spec.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import jax
 import numpy as np
 
-from core_spec.configs import UMXSeparatorConfig
+from core_spec import shapes
+from core_spec.configs import DemucsConfig, UMXSeparatorConfig
 from core_spec.files import pack_exported, unpack_exported
 
 from ._scope import canonical_dtype, dtype_scope
 from .weights import state_from_canonical
 
 if TYPE_CHECKING:
+    from .demucs import Demucs
     from .separator import Separator
 
-__all__ = ["EXPORT_FORMAT", "ExportedSeparator", "export_separator", "exportable"]
+__all__ = ["EXPORT_FORMAT", "ExportedDemucs", "ExportedSeparator", "export_network", "export_separator", "exportable"]
 
 EXPORT_FORMAT = "unmix-ports jax-export 1"
 """The header line of :meth:`ExportedSeparator.to_bytes`."""
@@ -175,24 +177,87 @@ def export_separator(separator: Separator, input_shape: Sequence[int], compile: 
 
     if jax.tree.leaves(nnx.state(separator, Window)):
         raise ValueError("a separator with its own STFT window is not exported (the window is not a weight)")
-    graphdef, state = nnx.split(separator)
+    return _export(separator, lambda module, audio: module.forward(audio), input_shape, separator.precision, compile)
+
+
+def export_network(
+    model: Demucs, input_shape: Sequence[int], precision: str | None = "highest", compile: bool = True
+) -> ExportedSeparator:
+    """The Demucs network on a padded chunk of ``input_shape`` ``(nb_samples, audio_channels, valid_length)``,
+    exported for the CPU with the model's dtype and ``precision`` (``apply_model``'s default), and compiled unless
+    ``compile`` is false: what :class:`ExportedDemucs` runs.
+
+    Raises:
+        ValueError: the model uses resampling filters of its own (``set_resample_kernels``: not weights).
+    """
+    if model.resample_kernels:
+        raise ValueError("a Demucs with its own resampling filters is not exported (they are not weights)")
+    return _export(model, lambda module, mix: module(mix), input_shape, precision, compile)
+
+
+def _export(
+    model: Any, run: Callable[[Any, jax.Array], jax.Array], input_shape: Sequence[int], precision: str | None,
+    compile: bool,
+) -> ExportedSeparator:  # fmt: skip
+    """``run(model, input)`` exported with the NNX state's leaves as the parameters after the input."""
+    from flax import nnx
+
+    graphdef, state = nnx.split(model)
     leaves, treedef = jax.tree_util.tree_flatten_with_path(state)
     arguments = tuple(_plain(path) for path, _ in leaves)
-    dtype = np.dtype(separator.dtype)
+    dtype = np.dtype(model.dtype)
 
-    def separate(audio: jax.Array, *params: jax.Array) -> jax.Array:
-        module = nnx.merge(graphdef, jax.tree.unflatten(treedef, params))
-        return module.forward(audio)
+    def function(x: jax.Array, *params: jax.Array) -> jax.Array:
+        return run(nnx.merge(graphdef, jax.tree.unflatten(treedef, params)), x)
 
     specs = [jax.ShapeDtypeStruct(tuple(int(n) for n in input_shape), dtype)]
     specs += [jax.ShapeDtypeStruct(leaf.shape, leaf.dtype) for _, leaf in leaves]
-    with dtype_scope(dtype, separator.precision):
-        exported = jax.export.export(jax.jit(separate), platforms=["cpu"])(*specs)
+    with dtype_scope(dtype, precision):
+        exported = jax.export.export(jax.jit(function), platforms=["cpu"])(*specs)
     (out,) = exported.out_avals
     graph = ExportedSeparator(
         bytes(exported.serialize()), arguments, specs[0].shape, dtype.name, tuple(out.shape), np.dtype(out.dtype).name
     )
     return graph.compiled() if compile else graph
+
+
+class ExportedDemucs:
+    """What :func:`umx_jax.apply.apply_model` and :func:`~umx_jax.apply.separate_track` use of a
+    :class:`~umx_jax.demucs.Demucs`, the network run by exported graphs (:func:`export_network`), one per chunk
+    shape: no Flax module, on the CPU.
+
+    Args:
+        config: the model's config (sources, channels, geometry, rate, segment).
+        dtype: ``"float32"`` or ``"float64"``.
+        graph: the exported network for a chunk shape ``(nb_samples, audio_channels, valid_length)`` (the caller
+            reads or exports and keeps it).
+        weights: a graph's weight arrays (:meth:`ExportedSeparator.weight_tensors`, converted once by the caller).
+    """
+
+    def __init__(
+        self,
+        config: DemucsConfig,
+        dtype: str,
+        graph: Callable[[tuple[int, ...]], ExportedSeparator],
+        weights: Callable[[ExportedSeparator], Sequence[jax.Array]],
+    ):
+        self.config, self.dtype = config, canonical_dtype(dtype)
+        self.sources, self.audio_channels = tuple(config.sources), config.audio_channels
+        self.samplerate, self.segment_length = config.samplerate, config.segment_length
+        self.device = jax.devices("cpu")[0]
+        self._graph, self._weights = graph, weights
+
+    def valid_length(self, length: int) -> int:
+        """As :meth:`Demucs.valid_length <umx_jax.demucs.Demucs.valid_length>`."""
+        return shapes.valid_length(length, self.config)
+
+    def compiled_call(self) -> Callable[[jax.Array], jax.Array]:
+        """The network on a padded chunk: its exported graph."""
+        return self._forward
+
+    def _forward(self, window: jax.Array) -> jax.Array:
+        graph = self._graph(tuple(int(n) for n in window.shape))
+        return graph(window, self._weights(graph))
 
 
 def exportable(device: str) -> bool:

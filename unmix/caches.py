@@ -166,11 +166,18 @@ class CompileCache:
 
     def exported_graphs(self, warn: Warn) -> dict[str, Any]:
         """``load_model``'s arguments for TensorFlow's and JAX's exported graphs (:mod:`unmix.exported_graphs`):
-        their folder beside the compiler's entries, written unless the cache is read-only; none without a cache."""
+        their folder beside the compiler's entries, written unless the cache is read-only; none without a cache.
+        Their warning and the compiler cache's are one per command (a full disk fails both)."""
         if self.framework not in ("tf", "jax") or self.folder is None:
             return {}
         writable = not any(note.startswith("read-only") for note in self.notes)
-        return {"exported": self.folder / "exported", "exported_writable": writable, "warn": warn}
+
+        def warn_once(message: str) -> None:
+            if "warned" not in self.notes:
+                self.notes.append("warned")
+                warn(message)
+
+        return {"exported": self.folder / "exported", "exported_writable": writable, "warn": warn_once}
 
     def close(self) -> None:
         """Give the process back its previous JAX cache setting (a command run inside a larger program)."""

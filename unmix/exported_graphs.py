@@ -34,7 +34,7 @@ from core_spec.files import atomic_write
 __all__ = ["EXPORTED_KINDS", "EXPORTING_PORTS", "ExportedGraphs", "SUFFIX", "exportable"]
 
 SUFFIX = ".stablehlo"
-EXPORTED_KINDS = {"tf": ("umx", "demucs"), "jax": ("umx",)}
+EXPORTED_KINDS = {"tf": ("umx", "demucs"), "jax": ("umx", "demucs")}
 """What each port's ``exported`` module exports: the Open-Unmix separator (``export_separator``), the Demucs v2
 network (``export_network``, run through ``ExportedDemucs``)."""
 EXPORTING_PORTS = tuple(EXPORTED_KINDS)
