@@ -1,22 +1,28 @@
-"""A separator's compiled graph kept as StableHLO (``jax.export``): a later process runs it without building the
-Flax modules or tracing the separation again.
+"""A model's compiled graph kept between processes (``jax.export``, with its compiled call): a later process runs
+it without importing Flax, building the modules or tracing anything.
 
-Every process that separates with a :class:`~umx_jax.separator.Separator` builds its NNX modules from the weights
-(0.25 s for umxhq) and traces :meth:`Separator.forward <umx_jax.separator.Separator.forward>` (0.4 s) before
-JAX's persistent cache can hand it the compiled code. :func:`export_separator` exports the separation of one input
-shape with ``jax.export`` (JAX's own serialisation of a lowered function: StableHLO with a compatibility
-guarantee), the separator's state passed as arguments; :class:`ExportedSeparator` calls it
-(``jax.export.Exported.call`` under ``jax.jit``), so a later process only deserialises it and finds its compiled
-code in the persistent cache by the module's hash. The program is the one the separator compiles, so the stems are
-equal bit for bit (``parity_tests/jax/test_exported.py``).
+Every process that separates with a :class:`~umx_jax.separator.Separator` imports Flax (0.2 s), builds its NNX
+modules from the weights (0.25 s for umxhq) and traces :meth:`Separator.forward
+<umx_jax.separator.Separator.forward>` (0.4 s) before JAX's persistent cache can hand it the compiled code; a
+Demucs does the same for its network. :func:`export_separator` (the separation of one input shape) and
+:func:`export_network` (the Demucs network on one padded chunk shape) export the function with ``jax.export``
+(JAX's own serialisation of a lowered function: StableHLO with a compatibility guarantee), the model's state passed
+as arguments, and serialise its compiled call for the CPU beside it (:meth:`ExportedSeparator.compiled`,
+``jax.experimental.serialize_executable``). :class:`ExportedSeparator` loads that executable and calls it (or,
+without one, calls the StableHLO by ``jax.export.Exported.call`` under ``jax.jit``); :class:`ExportedDemucs` is
+what ``apply_model`` uses of a Demucs, its network run by such graphs. The program is the one the model compiles,
+so the outputs are equal bit for bit (``parity_tests/jax/test_exported.py``,
+``parity_tests/separate/test_exported_graphs.py``).
 
-The graph's parameters are the leaves of the separator's NNX state in ``jax.tree`` order; the export records each
+The graph's parameters are the leaves of the model's NNX state in ``jax.tree`` order; the export records each
 one's path in that state (``("target_models", "vocals", "lstm", "layers", 0, "kernel_ih")``), the path of the
 same array in :func:`umx_jax.weights.state_from_canonical`'s pure state, so that
 :meth:`ExportedSeparator.weight_tensors` builds them from canonical weights with no module.
 
 The bytes (:meth:`ExportedSeparator.to_bytes`): a header line, a JSON description (shapes, dtypes, argument paths,
-the SHA-256 of the module) and ``jax.export``'s serialisation (:func:`core_spec.files.pack_exported`).
+each blob's length and SHA-256), ``jax.export``'s serialisation and the serialised executable
+(:func:`core_spec.files.pack_exported`). The executable is native code for this jaxlib and CPU, as every entry of
+JAX's own compilation cache: read only files that this user's runs wrote.
 """
 
 from __future__ import annotations
@@ -50,13 +56,15 @@ Path = tuple[str | int, ...]
 
 @dataclass(frozen=True)
 class ExportedSeparator:
-    """:meth:`Separator.forward` on one input shape, exported.
+    """:meth:`Separator.forward` (or a Demucs network, :func:`export_network`) on one input shape, exported.
 
     Attributes:
-        module: ``jax.export.Exported.serialize()`` of the separation (the audio, then the state's leaves).
-        arguments: the state path of each parameter after the audio, in order.
-        input_shape, input_dtype: the audio ``(nb_samples, nb_channels, nb_timesteps)`` it takes.
+        module: ``jax.export.Exported.serialize()`` of the function (the input, then the state's leaves).
+        arguments: the state path of each parameter after the input, in order.
+        input_shape, input_dtype: the audio ``(nb_samples, nb_channels, nb_timesteps)`` it takes (Demucs: a padded
+            chunk).
         output_shape, output_dtype: the estimates ``(nb_samples, nb_sources, 2, nb_timesteps)`` it returns.
+        executable: its call compiled for the CPU and serialised (:meth:`compiled`); empty: none.
     """
 
     module: bytes
@@ -100,9 +108,10 @@ class ExportedSeparator:
         object.__setattr__(graph, "_call", compiled)
         return graph
 
-    def weight_tensors(self, weights: Mapping[str, Any], config: UMXSeparatorConfig) -> list[jax.Array]:
-        """The parameters from canonical ``weights`` of ``config`` (``target_models.<t>.<name>`` or
-        ``{target: weights}``), as :func:`umx_jax.weights.materialize` would place them, on the CPU.
+    def weight_tensors(self, weights: Mapping[str, Any], config: UMXSeparatorConfig | DemucsConfig) -> list[jax.Array]:
+        """The parameters from canonical ``weights`` of ``config`` (a separator's ``target_models.<t>.<name>`` or
+        ``{target: weights}``, a Demucs's names), as :func:`umx_jax.weights.materialize` would place them, on the
+        CPU.
 
         Raises:
             WeightsMismatchError: a missing, unexpected or mis-shaped key.

@@ -1,21 +1,24 @@
-"""A separator's compiled graph kept as StableHLO: a later process runs it without building the Keras model,
-tracing it or lowering it to XLA again.
+"""A model's compiled graph kept as StableHLO: a later process runs it without building the Keras model, tracing
+it or lowering it to XLA again.
 
 TensorFlow keys its XLA cache by a traced function, so every process that separates with a :class:`Separator`
 builds the Keras model (0.45 s for umxhq), traces :meth:`Separator.call` (0.45 s) and lowers the traced graph to
 XLA (0.8 s with the compiled code cached on disk) before it separates anything. :func:`export_separator` takes the
 graph of one input shape at the StableHLO stage (``experimental_get_compiler_ir``: TensorFlow's own lowering of
 the same function); :class:`ExportedSeparator` runs it with TensorFlow's ``XlaCallModule`` operation (the one that
-runs jax2tf's graphs), XLA-compiled, the weights passed as arguments. The compiled program is the one the Keras
-path compiles, so the stems are equal bit for bit (``parity_tests/tf/test_exported.py``).
+runs jax2tf's graphs), XLA-compiled, the weights passed as arguments. :func:`export_network` does the same for the
+Demucs v2 network on one padded chunk shape, and :class:`ExportedDemucs` is what ``apply_model`` uses of a Demucs,
+its network run by such graphs. The compiled program is the one the Keras path compiles, so the stems are equal
+bit for bit (``parity_tests/tf/test_exported.py``, ``parity_tests/separate/test_exported_graphs.py``).
 
-The graph's parameters are the separator's variables in the order the trace captured them; the export records,
+The graph's parameters are the model's variables in the order the trace captured them; the export records,
 for each, the canonical name(s) and the axis permutation :mod:`umx_tf.weights` applies
 (:func:`umx_tf.weights.keras_value`), so that :meth:`ExportedSeparator.weight_tensors` builds the same values
 from canonical weights with no Keras model.
 
 The bytes (:meth:`ExportedSeparator.to_bytes`): a header line, a JSON description (shapes, dtypes, arguments, the
-SHA-256 of the module) and the StableHLO bytecode; :meth:`ExportedSeparator.from_bytes` refuses anything else.
+module's length and SHA-256) and the StableHLO bytecode (:func:`core_spec.files.pack_exported`);
+:meth:`ExportedSeparator.from_bytes` refuses anything else.
 """
 
 from __future__ import annotations
@@ -54,7 +57,7 @@ _CALL_MODULE_VERSION = 9  # XlaCallModule's serialisation version (the module is
 
 @dataclass(frozen=True)
 class ExportedArgument:
-    """One parameter of the graph after the audio: a variable of the separator.
+    """One parameter of the graph after the audio: a variable of the model.
 
     ``names``: its canonical name (two for a folded LSTM bias); ``perm``: the axes of the canonical array in the
     variable's layout (``None``: the same); ``shape``, ``dtype``: the variable's.
@@ -68,7 +71,8 @@ class ExportedArgument:
 
 @dataclass(frozen=True)
 class ExportedSeparator:
-    """:meth:`Separator.call` on one input shape, as StableHLO.
+    """:meth:`Separator.call` (or a Demucs network's call, :func:`export_network`) on one input shape, as
+    StableHLO.
 
     Attributes:
         module: the StableHLO bytecode (``stablehlo_serialized``).
