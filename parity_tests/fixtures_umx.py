@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from core_spec.canonical import join_targets
 from core_spec.configs import UMXSeparatorConfig, WienerConfig, umx_preset
 from core_spec.seeded import random_audio, random_weights
 from parity_tests.fixtures import save, weights_sha256
@@ -82,6 +83,15 @@ def target_seed(preset_seed: int, index: int) -> int:
 def separator_weights(config: UMXSeparatorConfig, seed: int = 0) -> dict[str, dict[str, np.ndarray]]:
     """Seeded weights for every target of a separator config."""
     return {t: random_weights(config.model, target_seed(seed, i)) for i, t in enumerate(config.separator.targets)}
+
+
+def small_separator(niter: int, residual: bool = False) -> tuple[UMXSeparatorConfig, dict[str, np.ndarray]]:
+    """A umxhq separator of 24 hidden units (quick to trace and export) with ``niter`` and ``residual``, and its
+    seeded weights (flat canonical names): what the exported-graph tests of every port separate with."""
+    config = _sep("umxhq", niter=niter, residual=residual)
+    config = dataclasses.replace(config, model=dataclasses.replace(config.model, hidden_size=24))
+    weights = {t: random_weights(config.model, seed=70 + i) for i, t in enumerate(config.separator.targets)}
+    return config, join_targets(weights)
 
 
 def wiener_inputs(case: int) -> tuple[np.ndarray, np.ndarray]:

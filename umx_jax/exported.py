@@ -27,7 +27,7 @@ JAX's own compilation cache: read only files that this user's runs wrote.
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import jax
 import numpy as np
 
-from core_spec import shapes
 from core_spec.configs import DemucsConfig, UMXSeparatorConfig
+from core_spec.exported import ExportedNetwork
 from core_spec.files import pack_exported, unpack_exported
 
 from ._scope import canonical_dtype, dtype_scope
@@ -104,7 +104,8 @@ class ExportedSeparator:
             return self
         if (in_tree, out_tree) != _trees(len(self._exported.in_avals)):
             return self
-        graph = dataclasses.replace(self, executable=data)
+        graph = copy.copy(self)  # the module stays deserialised; the executable is in hand, not loaded again
+        object.__setattr__(graph, "executable", data)
         object.__setattr__(graph, "_call", compiled)
         return graph
 
@@ -230,17 +231,16 @@ def _export(
     return graph.compiled() if compile else graph
 
 
-class ExportedDemucs:
+class ExportedDemucs(ExportedNetwork):
     """What :func:`umx_jax.apply.apply_model` and :func:`~umx_jax.apply.separate_track` use of a
     :class:`~umx_jax.demucs.Demucs`, the network run by exported graphs (:func:`export_network`), one per chunk
-    shape: no Flax module, on the CPU.
+    shape: no Flax module, on the CPU (:class:`core_spec.exported.ExportedNetwork` with JAX's ``dtype``,
+    ``device`` and ``compiled_call``).
 
     Args:
-        config: the model's config (sources, channels, geometry, rate, segment).
+        config, graph, weights: as :class:`~core_spec.exported.ExportedNetwork` (``weights``: a graph's arrays,
+            :meth:`ExportedSeparator.weight_tensors`).
         dtype: ``"float32"`` or ``"float64"``.
-        graph: the exported network for a chunk shape ``(nb_samples, audio_channels, valid_length)`` (the caller
-            reads or exports and keeps it).
-        weights: a graph's weight arrays (:meth:`ExportedSeparator.weight_tensors`, converted once by the caller).
     """
 
     def __init__(
@@ -250,23 +250,13 @@ class ExportedDemucs:
         graph: Callable[[tuple[int, ...]], ExportedSeparator],
         weights: Callable[[ExportedSeparator], Sequence[jax.Array]],
     ):
-        self.config, self.dtype = config, canonical_dtype(dtype)
-        self.sources, self.audio_channels = tuple(config.sources), config.audio_channels
-        self.samplerate, self.segment_length = config.samplerate, config.segment_length
+        super().__init__(config, graph, weights)
+        self.dtype = canonical_dtype(dtype)
         self.device = jax.devices("cpu")[0]
-        self._graph, self._weights = graph, weights
-
-    def valid_length(self, length: int) -> int:
-        """As :meth:`Demucs.valid_length <umx_jax.demucs.Demucs.valid_length>`."""
-        return shapes.valid_length(length, self.config)
 
     def compiled_call(self) -> Callable[[jax.Array], jax.Array]:
         """The network on a padded chunk: its exported graph."""
-        return self._forward
-
-    def _forward(self, window: jax.Array) -> jax.Array:
-        graph = self._graph(tuple(int(n) for n in window.shape))
-        return graph(window, self._weights(graph))
+        return self.forward
 
 
 def exportable(device: str) -> bool:

@@ -30,9 +30,9 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from core_spec import shapes
 from core_spec.canonical import check_canonical
 from core_spec.configs import DemucsConfig, UMXSeparatorConfig
+from core_spec.exported import ExportedNetwork
 from core_spec.files import pack_exported, unpack_exported
 
 from .demucs import Demucs
@@ -204,16 +204,15 @@ def _export(model: Any, function: Any, input_shape: Sequence[int]) -> ExportedSe
     )
 
 
-class ExportedDemucs:
+class ExportedDemucs(ExportedNetwork):
     """What :func:`umx_tf.apply.apply_model` and :func:`~umx_tf.apply.separate_track` use of a :class:`Demucs`,
-    the network run by exported graphs (:func:`export_network`), one per chunk shape: no Keras model.
+    the network run by exported graphs (:func:`export_network`), one per chunk shape: no Keras model
+    (:class:`core_spec.exported.ExportedNetwork` with TensorFlow's ``compute_dtype`` and ``compiled_call``).
 
     Args:
-        config: the model's config (sources, channels, geometry, rate, segment).
+        config, graph, weights: as :class:`~core_spec.exported.ExportedNetwork` (``weights``: a graph's tensors,
+            :meth:`ExportedSeparator.weight_tensors`).
         dtype: ``"float32"`` or ``"float64"``.
-        graph: the exported network for a chunk shape ``(nb_samples, audio_channels, valid_length)`` (the caller
-            reads or exports and keeps it).
-        weights: a graph's weight tensors (:meth:`ExportedSeparator.weight_tensors`, converted once by the caller).
     """
 
     def __init__(
@@ -223,14 +222,8 @@ class ExportedDemucs:
         graph: Callable[[tuple[int, ...]], ExportedSeparator],
         weights: Callable[[ExportedSeparator], Sequence[tf.Tensor]],
     ):
-        self.config, self.compute_dtype = config, np.dtype(dtype).name
-        self.sources, self.audio_channels = tuple(config.sources), config.audio_channels
-        self.samplerate, self.segment_length = config.samplerate, config.segment_length
-        self._graph, self._weights = graph, weights
-
-    def valid_length(self, length: int) -> int:
-        """As :meth:`Demucs.valid_length` (:func:`core_spec.shapes.valid_length`)."""
-        return shapes.valid_length(length, self.config)
+        super().__init__(config, graph, weights)
+        self.compute_dtype = np.dtype(dtype).name
 
     def compiled_call(self, jit_compile: bool | None = None) -> Callable[[tf.Tensor], tf.Tensor]:
         """The network on a padded chunk ``(nb_samples, audio_channels, valid_length)``: its exported graph.
@@ -241,11 +234,7 @@ class ExportedDemucs:
         """
         if jit_compile is False:
             raise ValueError("an exported Demucs runs XLA-compiled graphs only (shifts need the Keras model)")
-        return self._forward
-
-    def _forward(self, mix: tf.Tensor) -> tf.Tensor:
-        graph = self._graph(tuple(int(n) for n in mix.shape))
-        return graph(mix, self._weights(graph))
+        return self.forward
 
 
 def exportable(device: str) -> bool:

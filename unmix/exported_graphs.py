@@ -1,14 +1,14 @@
-"""TensorFlow's and JAX's Open-Unmix separations from exported graphs kept in the compilation cache
-(:mod:`umx_tf.exported`, :mod:`umx_jax.exported`).
+"""TensorFlow's and JAX's separations from exported graphs kept in the compilation cache (:mod:`umx_tf.exported`,
+:mod:`umx_jax.exported`): the Open-Unmix separator per track length, the Demucs v2 network per chunk shape.
 
-A TF or JAX command pays, in every process, the model's construction (Keras layers, Flax modules), the
-separator's tracing and (TF) the lowering of the traced graph to XLA before it separates anything
-(``docs/separate.md``, "What a command pays before it separates"). With the cache on, the first run of a shape
-exports the separator's graph (StableHLO) to ``<compile folder>/exported/<key>.stablehlo``; a later run reads it,
-passes the canonical weights straight to it and never builds the model. The key hashes what shapes the graph: the
-port's export format, the separator's config (the command's ``--niter``, ``--wiener-win-len``, ``--softmask``,
-``--residual`` applied), the dtype and the input shape; the folder name already holds the framework's version,
-the project's code and the CPU (:func:`unmix.caches.compile_folder`).
+A TF or JAX command pays, in every process, the model's construction (Keras layers, Flax modules), its tracing
+and (TF) the lowering of the traced graph to XLA before it separates anything (``docs/separate.md``, "What a
+command pays before it separates"). With the cache on, the first run of a shape exports the graph (StableHLO) to
+``<compile folder>/exported/<key>.stablehlo``; a later run reads it, passes the canonical weights straight to it
+and never builds the model. The key hashes what shapes the graph: the port's export format, the model's config
+(for Open-Unmix the command's ``--niter``, ``--wiener-win-len``, ``--softmask``, ``--residual`` applied), the
+dtype and the input shape; the folder name already holds the framework's version, the project's code and the CPU
+(:func:`unmix.caches.compile_folder`).
 
 Safety, as the other caches (``parity_tests/separate/test_caches.py``): an entry that cannot be read or is
 damaged is exported again and replaced, with one warning; one that cannot be written (a read-only folder, a full
@@ -34,21 +34,22 @@ from core_spec.files import atomic_write
 __all__ = ["EXPORTED_KINDS", "EXPORTING_PORTS", "ExportedGraphs", "SUFFIX", "exportable"]
 
 SUFFIX = ".stablehlo"
-EXPORTED_KINDS = {"tf": ("umx", "demucs"), "jax": ("umx", "demucs")}
-"""What each port's ``exported`` module exports: the Open-Unmix separator (``export_separator``), the Demucs v2
-network (``export_network``, run through ``ExportedDemucs``)."""
-EXPORTING_PORTS = tuple(EXPORTED_KINDS)
+EXPORTING_PORTS = ("tf", "jax")
+"""The ports with an ``exported`` module (``umx_<fw>.exported``)."""
+EXPORTED_KINDS = ("umx", "demucs")
+"""What they export: the Open-Unmix separator (``export_separator``), the Demucs v2 network (``export_network``,
+run through ``ExportedDemucs``)."""
 
 
 def exportable(framework: str, device: str, kind: str = "umx") -> bool:
     """Whether ``framework``'s model of ``kind`` on ``device`` is exported (the port's ``exportable``)."""
-    if kind not in EXPORTED_KINDS.get(framework, ()):
+    if framework not in EXPORTING_PORTS or kind not in EXPORTED_KINDS:
         return False
     return bool(importlib.import_module(f"umx_{framework}.exported").exportable(device))
 
 
 class ExportedGraphs:
-    """The exported separator graphs of one command: one per input shape, read from or written to ``folder``.
+    """The exported graphs of one command's model: one per input shape, read from or written to ``folder``.
 
     Args:
         framework: ``"tf"`` or ``"jax"`` (:data:`EXPORTING_PORTS`): the port whose ``exported`` module runs them.

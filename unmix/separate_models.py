@@ -94,7 +94,7 @@ class LoadedModel:
     port: Any = field(repr=False)
     max_segment: Fraction | None = None
     apply: Any = field(default=None, repr=False)
-    exported: Any = field(default=None, repr=False)  # unmix.exported_graphs.ExportedGraphs (TF, JAX: EXPORTED_KINDS)
+    exported: Any = field(default=None, repr=False)  # unmix.exported_graphs.ExportedGraphs (TF, JAX)
     build: Callable[[], Any] | None = field(default=None, repr=False)  # builds `model` when it is first needed
 
     def built(self) -> Any:
@@ -425,8 +425,8 @@ def load_model(
         umx_options: Open-Unmix separator settings replacing the file's (``niter``, ``wiener_win_len``,
             ``softmask``, ``residual``); :attr:`LoadedModel.config` has them applied.
         cache: the cache folder for conversions of upstream files (:func:`resolve_weights`); ``None``: none.
-        exported: on the CPU, an Open-Unmix separator in TensorFlow or JAX, a Demucs v2 in TensorFlow
-            (:data:`unmix.exported_graphs.EXPORTED_KINDS`): the folder of exported graphs
+        exported: on the CPU, an Open-Unmix separator or a Demucs v2 in TensorFlow or JAX
+            (:func:`unmix.exported_graphs.exportable`): the folder of exported graphs
             (:mod:`unmix.exported_graphs`), with ``exported_writable`` and ``warn`` for its entries; the port's
             model is then built only if a shape has no entry yet (or Demucs runs with shifts). ``None``: the
             model, built here.
@@ -458,7 +458,7 @@ def load_model(
         except (RuntimeError, ValueError) as e:  # no such device here, a dtype the port lacks
             raise ModelError(f"--framework {framework}: {e}") from None
 
-    if exported is not None and kind in ("umx", "demucs") and exportable(framework, device, kind):
+    if exported is not None and exportable(framework, device, kind):
         # the graphs hold the canonical weights until they have converted them, then only their own tensors (no
         # second copy of the model's weights: 1 GB for Demucs channels 64); a model built later reads them again
         loaded.exported = ExportedGraphs(framework, exported, config, dtype, loaded.built, exported_writable,

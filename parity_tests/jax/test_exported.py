@@ -10,26 +10,17 @@ import numpy as np
 import pytest
 
 from core_spec.canonical import join_targets
-from core_spec.configs import umx_preset
 from core_spec.params import WeightsMismatchError
 from core_spec.seeded import random_audio, random_weights
+from parity_tests.fixtures_umx import small_separator
 from umx_jax import from_canonical
 from umx_jax.exported import EXPORT_FORMAT, ExportedSeparator, export_separator, exportable
-
-
-def _small(niter: int, residual: bool = False):
-    config = umx_preset("umxhq")
-    model = dataclasses.replace(config.model, hidden_size=24)
-    wiener = dataclasses.replace(config.separator.wiener, niter=niter, residual=residual)
-    config = dataclasses.replace(config, model=model, separator=dataclasses.replace(config.separator, wiener=wiener))
-    weights = join_targets({t: random_weights(model, seed=70 + i) for i, t in enumerate(config.separator.targets)})
-    return config, weights
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 @pytest.mark.parametrize(("niter", "residual"), [(0, False), (1, True)])
 def test_exported_graph_equals_the_separator(dtype, niter, residual) -> None:
-    config, weights = _small(niter, residual)
+    config, weights = small_separator(niter, residual)
     audio = random_audio(20000, 2, seed=5, nb_samples=1).astype(dtype)
     separator = from_canonical(config, weights, dtype=dtype)
     expected = np.asarray(separator.separate(audio))
@@ -45,7 +36,7 @@ def test_exported_graph_equals_the_separator(dtype, niter, residual) -> None:
 
 
 def test_damaged_bytes_are_refused() -> None:
-    config, weights = _small(0)
+    config, weights = small_separator(0)
     data = export_separator(from_canonical(config, weights), (1, 2, 8192)).to_bytes()
     with pytest.raises(ValueError, match="not an exported separator"):
         ExportedSeparator.from_bytes(b"something else\n" + data)
@@ -65,7 +56,7 @@ def test_damaged_bytes_are_refused() -> None:
 
 
 def test_mismatched_weights_and_audio_are_refused() -> None:
-    config, weights = _small(0)
+    config, weights = small_separator(0)
     exported = export_separator(from_canonical(config, weights), (1, 2, 8192))
     missing = {k: v for k, v in weights.items() if not k.endswith("fc1.weight")}
     with pytest.raises(WeightsMismatchError, match=r"fc1\.weight"):
@@ -80,7 +71,7 @@ def test_mismatched_weights_and_audio_are_refused() -> None:
 
 
 def test_a_custom_window_is_not_exported() -> None:
-    config, weights = _small(0)
+    config, weights = small_separator(0)
     separator = from_canonical(config, weights, window=np.hanning(4096))
     with pytest.raises(ValueError, match="its own STFT window"):
         export_separator(separator, (1, 2, 8192))
