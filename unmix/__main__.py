@@ -9,6 +9,9 @@ from __future__ import annotations
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
+
+from unmix.quick_exit import run_console
 
 COMMANDS = {
     "separate": ("unmix.separate_cli", "audio files -> stems, in any port (unmix-separate)"),
@@ -36,5 +39,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(module.main(args[1:]) or 0)
 
 
+def console_main() -> NoReturn:
+    """The ``unmix`` console script and ``python -m unmix``: :func:`main`, then the process ends
+    without the interpreter's teardown (:mod:`unmix.quick_exit`)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

@@ -24,14 +24,16 @@ import argparse
 import sys
 import warnings
 from collections.abc import Sequence
+from typing import NoReturn
 
 from core_spec.configs import DEMUCS_PRESETS, HTDEMUCS_PRESETS, UMX_PRESETS
 from unmix.convert import convert
 from unmix.convert_targets import FRAMEWORKS
 from unmix.export_upstream import FORMATS
+from unmix.quick_exit import run_console
 from weights_convert.sources import PRESET_ALIASES
 
-__all__ = ["build_parser", "main"]
+__all__ = ["console_main", "build_parser", "main"]
 
 
 def _list(text: str) -> list[str]:
@@ -151,5 +153,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
+def console_main() -> NoReturn:
+    """The ``unmix-convert`` console script and ``python -m unmix.convert_cli``: :func:`main`, then the process ends
+    without the interpreter's teardown (:mod:`unmix.quick_exit`)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()

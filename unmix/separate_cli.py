@@ -49,7 +49,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -60,6 +60,7 @@ from unmix.audio_files import AudioFileError, StagedFiles, find_audio_files, rea
 from unmix.caches import CompileCache, cache_root, enable_compile_cache
 from unmix.environments import rerun_in_nnabla
 from unmix.heap import trim_after_jax_compilations
+from unmix.quick_exit import run_console
 from unmix.separate_models import LoadedModel, ModelError, load_model, shown
 from unmix.stems import (
     CLIP_MODES,
@@ -72,7 +73,7 @@ from unmix.stems import (
 )
 from unmix.umx_segments import AUTO, SegmentChoice, parse_segment, segment_plan
 
-__all__ = ["UMX_DEFAULTS", "DEMUCS_DEFAULTS", "HTDEMUCS_DEFAULTS", "build_parser", "main", "port_main"]
+__all__ = ["console_main", "UMX_DEFAULTS", "DEMUCS_DEFAULTS", "HTDEMUCS_DEFAULTS", "build_parser", "main", "port_main"]
 
 # upstream's command-line defaults (openunmix 1.3.0 cli.py; demucs 2.0.3 separate.py; demucs 4.1.0 separate.py)
 UMX_DEFAULTS: dict[str, Any] = {"niter": 1, "wiener_win_len": 300, "softmask": False, "residual": None}
@@ -555,5 +556,11 @@ def port_main(framework: str, argv: Sequence[str] | None = None) -> int:
     return main(argv[1:], prog=f"{prog} separate", framework=framework)
 
 
+def console_main() -> NoReturn:
+    """The ``unmix-separate`` console script and ``python -m unmix.separate_cli``: :func:`main`, then the process ends
+    without the interpreter's teardown (:mod:`unmix.quick_exit`)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -41,7 +41,7 @@ import importlib
 import importlib.util
 import sys
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 from core_spec.frameworks import FRAMEWORKS as _FRAMEWORKS
 from core_spec.frameworks import importable
@@ -54,8 +54,9 @@ from core_spec.training import (
     train_config_from_dict,
 )
 from unmix.environments import rerun_in_nnabla
+from unmix.quick_exit import run_console
 
-__all__ = ["FRAMEWORKS", "HTDEMUCS_FRAMEWORKS", "build_parser", "main", "recipe_from_args", "run_main"]
+__all__ = ["console_main", "FRAMEWORKS", "HTDEMUCS_FRAMEWORKS", "build_parser", "main", "recipe_from_args", "run_main"]
 
 FRAMEWORKS = tuple(_FRAMEWORKS)
 HTDEMUCS_FRAMEWORKS = ("torch", "tf", "jax", "nnabla")  # the ports whose Trainer takes an HTDemucs (demucs 4) recipe
@@ -166,5 +167,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return int(module.main(args) or 0)
 
 
+def console_main() -> NoReturn:
+    """The ``unmix-train`` console script and ``python -m unmix.train_cli``: :func:`main`, then the process ends
+    without the interpreter's teardown (:mod:`unmix.quick_exit`)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console_main()

@@ -1,5 +1,5 @@
 """``python -m unmix.parity``: the ``unmix-parity`` command."""
 
-from unmix.parity.cli import main
+from unmix.parity.cli import console_main
 
-raise SystemExit(main())
+console_main()

@@ -26,7 +26,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 
@@ -36,8 +36,9 @@ from unmix.parity.model import ModelError, load_model
 from unmix.parity.report import FILES, Report, format_table, write_report
 from unmix.parity.runner import Result, available_here, run, scale_weight
 from unmix.parity.stages import Config, judge_all, stage_order, with_upstream_stats
+from unmix.quick_exit import run_console
 
-__all__ = ["build_parser", "main"]
+__all__ = ["console_main", "build_parser", "main"]
 
 DTYPES = ("float32", "float64")
 
@@ -317,5 +318,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0 if report.ok else 1
 
 
+def console_main() -> NoReturn:
+    """The ``unmix-parity`` console script and ``python -m unmix.parity``: :func:`main`, then the process ends
+    without the interpreter's teardown (:mod:`unmix.quick_exit`)."""
+    run_console(main)
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    console_main()
