@@ -15,6 +15,11 @@ the miss is the port's or the framework's:
   floor under the BLSTM's time (T = 217 for 10 s of audio).
 - ``lstm``: ``torch.nn.LSTM(2048, 2048, 2, bidirectional=True)`` on ``(217, 1, 2048)``, the module upstream's
   Demucs and the torch port both run (10 s of audio), with oneDNN (torch's default on the CPU) and without.
+- ``segment``: the torch port's Demucs (channels 64, as ``demucs``) on one 40-s segment, the length
+  ``apply_model`` splits a long track into: the network's time and its BLSTM's share; then the same BLSTM on
+  ``B`` segments at once (``(T, B, 2048)``), the time per segment. A 3-min track is 6 segments, each run alone by
+  upstream and by the port; batching them would cut the BLSTM's time only from ``B = 5`` on, and hold every
+  batched segment's skip connections (about 450 MiB each at channels 64) until the decoders run.
 
 Usage: ``python -m benchmarks floors [--out DIR]``; writes ``floors.json`` and ``floors.md``.
 """
@@ -126,6 +131,31 @@ with torch.no_grad():
         print("nn.LSTM without oneDNN", timed(lambda: lstm(x), 1))
 """
 
+SEGMENT = """
+import torch
+torch.set_num_threads(2)
+torch.manual_seed(0)
+from core_spec.configs import demucs_preset
+from umx_torch.demucs import Demucs
+model = Demucs.from_config(demucs_preset("demucs"))
+x = torch.randn(1, 2, model.valid_length(40 * 44100))
+seen = {}
+def start(module, args):
+    seen["shape"], seen["t"] = tuple(args[0].shape), time.perf_counter()
+def stop(module, args, out):
+    seen["lstm"] = time.perf_counter() - seen["t"]
+model.lstm.register_forward_pre_hook(start)
+model.lstm.register_forward_hook(stop)
+with torch.no_grad():
+    model(x[..., : model.valid_length(44100)])
+    print("network", timed(lambda: model(x), 1))
+    print("BLSTM", seen["lstm"])
+    steps = seen["shape"][-1]
+    for batch in (1, 2, 3, 5):
+        h = torch.randn(steps, batch, seen["shape"][1])
+        print("BLSTM batch", batch, timed(lambda: model.lstm.lstm(h), 1) / batch)
+"""
+
 
 def _python(key: str) -> tuple[str, dict[str, str]]:
     env = {**nnabla_env(), "TF_CPP_MIN_LOG_LEVEL": "2", "OMP_NUM_THREADS": "2"}
@@ -156,11 +186,16 @@ def measure() -> dict:
     for line in _run("torch", TIMER + LSTM).splitlines():
         *name, seconds = line.split()
         lstm[" ".join(name)] = float(seconds)
+    segment: dict[str, float] = {}
+    for line in _run("torch", TIMER + SEGMENT).splitlines():
+        *name, seconds = line.split()
+        segment[" ".join(name)] = float(seconds)
     return {
         "import_rss_mib": imports,
         "import_s": import_s,
         "gemv": gemv,
         "lstm_10s_s": lstm,
+        "demucs_segment_40s_s": segment,
         "machine": machine_info(),
     }
 
@@ -178,6 +213,10 @@ def markdown(result: dict) -> str:
     lines += [f"| {row['kernel']} | {row['M']} | {row['ms']:.2f} | {row['GiB_s']:.1f} |" for row in result["gemv"]]
     lines += ["", "| Demucs BLSTM, 10 s (T = 217, batch 1) | s |", "|---|---:|"]
     lines += [f"| {name} | {seconds:.2f} |" for name, seconds in result["lstm_10s_s"].items()]
+    segment = result.get("demucs_segment_40s_s")
+    if segment:
+        lines += ["", "| torch port, Demucs channels 64, one 40-s segment | s (per segment) |", "|---|---:|"]
+        lines += [f"| {name} | {seconds:.2f} |" for name, seconds in segment.items()]
     return "\n".join(lines) + "\n"
 
 
