@@ -18,7 +18,7 @@ Dropout (``config.t_dropout``, upstream's ``dropout``; 0.02 in the released conf
 only, when a ``dropout_key`` is given, at the torch port's and upstream's four places in every layer: on the
 attention weights (after the softmax, before they weigh the values: ``nn.MultiheadAttention``'s ``dropout``),
 ``dropout1`` on the attention branch before ``gamma_1``, ``dropout`` between the GELU and ``linear2`` and
-``dropout2`` after ``linear2``. Masks are drawn with ``jax.random.bernoulli`` from keys split off ``dropout_key``
+``dropout2`` after ``linear2``. Masks are drawn by :func:`umx_jax.layers.dropout` from keys split off ``dropout_key``
 (one per layer and branch, four per layer: :func:`_site_keys`), kept values scaled by ``1 / (1 - rate)``. Without
 a key (every eval, apply and separation path) no dropout is traced.
 

@@ -347,11 +347,29 @@ class ConvTranspose1d(nnx.Module):
         return conv_transpose1d(x, self.kernel[...], self.stride) + self.bias[...]
 
 
+_DROPOUT_BITS = 16
+"""Bits of each dropout draw: two draws per 32-bit random word."""
+
+
 def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     """Inverted dropout (``torch.nn.functional.dropout`` in training): each element of ``x`` zeroed with probability
-    ``rate``, the others scaled by ``1 / (1 - rate)``, the mask ``jax.random.bernoulli(key)``; ``x`` itself for a
-    rate of 0. The LSTM's between layers and HTDemucs's cross-transformer use it."""
+    ``rate``, the others scaled by ``1 / (1 - rate)``; ``x`` itself for a rate of 0, zeros for a rate of 1. The LSTM's
+    between layers and HTDemucs's cross-transformer use it.
+
+    The mask compares 16-bit draws with ``round(rate * 2**16)``, two draws from each 32-bit word of
+    ``jax.random.bits(key)``: half the random numbers of ``jax.random.bernoulli``, whose cost is per number on the
+    CPU (XLA's generator, about 5 ns each whatever their width). An HTDemucs training step (7.8 s, batch 1, the
+    attention weights' masks 8 x 2688 x 2688 per frequency self-attention layer) goes from 10.3-11.1 to 9.0-9.6 s.
+    The rate is then a multiple of ``2**-16`` (0.02 drops with probability 0.0200043), as PyTorch's fused attention
+    kernels round theirs to 8 bits.
+    """
     if rate == 0:
         return x
-    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    if rate >= 1:
+        return jnp.zeros_like(x)
+    size = int(np.prod(x.shape))
+    words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
+    draws = lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size].reshape(x.shape)
+    threshold = min(round(rate * 2**_DROPOUT_BITS), 2**_DROPOUT_BITS - 1)
+    keep = draws >= np.uint16(threshold)  # P(keep) = 1 - threshold / 2**16
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))

@@ -607,7 +607,8 @@ DROPOUT_PRNG = "rbg"
 """The PRNG of the dropout masks: ``rbg`` (XLA's ``RngBitGenerator`` for the bits, threefry only to split and fold
 keys). JAX's default threefry computes every random bit in XLA's own arithmetic: HTDemucs's attention-weight masks
 alone are 8 x 2688 x 2688 draws per frequency self-attention layer, and with threefry the training step took 9.9 s
-against upstream's 9.2 (the step without dropout: 6.7-6.9 s); with ``rbg`` 9.5 s against 9.4."""
+against upstream's 9.2 (the step without dropout: 6.7-6.9 s); with ``rbg`` 9.5 s against 9.4. The masks take half
+as many random numbers since (:func:`umx_jax.layers.dropout`: 16-bit draws)."""
 
 _TRANSFORMER_PREFIX = "crosstransformer."  # HTDemucs: the parameters of demucs 4's second optimiser group
 

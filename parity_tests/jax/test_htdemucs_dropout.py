@@ -105,3 +105,36 @@ def test_attention_weight_dropout_probe(blocks, monkeypatch):
         size = -(-d // blocks)
         masks = [zeros[i * size : (i + 1) * size][: d - 2 * size] for i in range(blocks)]
         assert not np.array_equal(masks[0], masks[1]) and not np.array_equal(masks[1], masks[2])
+
+
+@pytest.mark.parametrize("rate", [0.02, 0.4, 0.75])
+def test_dropout_masks(rate):
+    """:func:`umx_jax.layers.dropout` itself, on an odd-sized array (the last 32-bit word's second draw unused): the
+    fraction of zeros is the rate within 5 binomial standard deviations, so is the fraction of neighbouring pairs
+    both zeroed (the two 16-bit draws of one word independent) against rate ** 2; the kept values are JAX's
+    ``x / (1 - rate)``; the same key gives the same mask, another key another."""
+    from umx_jax.layers import dropout
+
+    shape = (3, 401, 333)  # an odd number of elements
+    x = jnp.arange(1, math.prod(shape) + 1, dtype=jnp.float32).reshape(shape)
+    key = jax.random.key(1, impl="rbg")
+    y = np.asarray(dropout(x, rate, key))
+    zeros = (y == 0).reshape(-1)
+    n = zeros.size
+    assert abs(zeros.sum() - n * rate) <= 5 * math.sqrt(n * rate * (1 - rate)), zeros.mean()
+    pairs = zeros[0 : n - 1 : 2] & zeros[1:n:2]
+    p2 = rate * rate
+    assert abs(pairs.sum() - pairs.size * p2) <= 5 * math.sqrt(pairs.size * p2 * (1 - p2)), pairs.mean()
+    kept = ~zeros.reshape(shape)
+    np.testing.assert_array_equal(y[kept], np.asarray(x / (1.0 - rate))[kept])  # as JAX scales x
+    np.testing.assert_array_equal(np.asarray(dropout(x, rate, key)), y)
+    assert not np.array_equal(np.asarray(dropout(x, rate, jax.random.key(2, impl="rbg"))), y)
+
+
+def test_dropout_rates_zero_and_one():
+    from umx_jax.layers import dropout
+
+    x = jnp.ones((5, 7), jnp.float32)
+    key = jax.random.key(0, impl="rbg")
+    np.testing.assert_array_equal(np.asarray(dropout(x, 0.0, key)), np.asarray(x))
+    np.testing.assert_array_equal(np.asarray(dropout(x, 1.0, key)), np.zeros((5, 7), np.float32))
