@@ -347,10 +347,6 @@ class ConvTranspose1d(nnx.Module):
         return conv_transpose1d(x, self.kernel[...], self.stride) + self.bias[...]
 
 
-_DROPOUT_BITS = 16
-"""Bits of each dropout draw: two draws per 32-bit random word."""
-
-
 def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     """Inverted dropout (``torch.nn.functional.dropout`` in training): each element of ``x`` zeroed with probability
     ``rate``, the others scaled by ``1 / (1 - rate)``; ``x`` itself for a rate of 0, zeros for a rate of 1. The LSTM's
@@ -370,6 +366,6 @@ def dropout(x: jax.Array, rate: float, key: jax.Array) -> jax.Array:
     size = int(np.prod(x.shape))
     words = jax.random.bits(key, ((size + 1) // 2,), jnp.uint32)
     draws = lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:size].reshape(x.shape)
-    threshold = min(round(rate * 2**_DROPOUT_BITS), 2**_DROPOUT_BITS - 1)
+    threshold = min(round(rate * 2**16), 2**16 - 1)
     keep = draws >= np.uint16(threshold)  # P(keep) = 1 - threshold / 2**16
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros((), x.dtype))
